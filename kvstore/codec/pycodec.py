@@ -1,0 +1,196 @@
+"""The Python codec backend: value format v1 (see format.py) with msgpack,
+zstandard and xxhash. The native backend reads and writes the same bytes.
+
+zstd contexts and msgpack packers are not thread-safe, so each thread gets
+its own (a `threading.local`), created on first use and then reused.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable, Mapping
+
+import msgpack
+import xxhash
+import zstandard
+
+from ..errors import CorruptionError, EncodeError
+from .format import (
+    FLAG_DICT,
+    FLAG_MSGPACK,
+    FLAG_ZSTD,
+    HEADER,
+    HEADER_SIZE,
+    MAX_VALUE_SIZE,
+    VERSION,
+    parse_header,
+)
+
+__all__ = ["Codec", "hash64", "NAME"]
+
+NAME = "python"
+
+hash64 = xxhash.xxh64_intdigest
+
+_BYTES_LIKE = (bytearray, memoryview)
+_EMPTY: Mapping = {}
+
+
+def _refuse_ext(code, data):
+    raise CorruptionError(f"msgpack extension type {code} is not part of the kvstore format")
+
+
+class Codec:
+    """Encodes values into records and back, with one set of settings.
+
+    :param compression: "zstd" or "none"
+    :param level: zstd compression level
+    :param min_size: serialized values shorter than this stay uncompressed
+    :param max_value_size: largest serialized value accepted or decoded
+    """
+
+    backend = NAME
+
+    def __init__(self, compression: str = "zstd", level: int = 3, min_size: int = 128,
+                 max_value_size: int = MAX_VALUE_SIZE):
+        self.compress = compression == "zstd"
+        self.level = level
+        self.min_size = min_size
+        self.max_value_size = max_value_size
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ per thread
+
+    def _compressor(self, dictionary):
+        local = self._local
+        try:
+            cache = local.compressors
+        except AttributeError:
+            cache = local.compressors = {}
+        key = dictionary.id if dictionary is not None else 0
+        c = cache.get(key)
+        if c is None:
+            if dictionary is None:
+                c = zstandard.ZstdCompressor(level=self.level, write_content_size=True,
+                                             write_checksum=False)
+            else:
+                c = zstandard.ZstdCompressor(level=self.level, dict_data=dictionary.zstd_dict,
+                                             write_content_size=True, write_checksum=False,
+                                             write_dict_id=False)
+            cache[key] = c
+        return c
+
+    def _decompressor(self, dict_id, dictionaries):
+        local = self._local
+        try:
+            cache = local.decompressors
+        except AttributeError:
+            cache = local.decompressors = {}
+        d = cache.get(dict_id)
+        if d is None or (dict_id and d[0] is not dictionaries.get(dict_id)):
+            if dict_id:
+                dictionary = dictionaries.get(dict_id)
+                if dictionary is None:
+                    raise CorruptionError(f"record uses zstd dictionary {dict_id}, which this store does not hold")
+                d = (dictionary, zstandard.ZstdDecompressor(dict_data=dictionary.zstd_dict))
+            else:
+                d = (None, zstandard.ZstdDecompressor())
+            cache[dict_id] = d
+        return d[1]
+
+    def _packer(self):
+        try:
+            return self._local.packer
+        except AttributeError:
+            p = self._local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+            return p
+
+    # ---------------------------------------------------------------- encode
+
+    def serialize(self, value) -> tuple[int, bytes]:
+        """(flags, serialized bytes) for a value, before compression."""
+        if type(value) is bytes:
+            return 0, value
+        if isinstance(value, _BYTES_LIKE):
+            return 0, bytes(value)
+        try:
+            return FLAG_MSGPACK, self._packer().pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A failed pack leaves the packer's buffer half-written.
+            del self._local.packer
+            raise EncodeError(
+                f"cannot store a value of type {type(value).__name__}: {exc}; values may be None, "
+                f"bool, int (64-bit), float, str, bytes, list, tuple or dict of those"
+            ) from None
+
+    def encode(self, value, *, dictionary=None) -> bytes:
+        """One stored record (header included) for `value`."""
+        flags, raw = self.serialize(value)
+        return self.frame(flags, raw, dictionary)
+
+    def frame(self, flags: int, raw: bytes, dictionary=None) -> bytes:
+        """Compress (when worth it), checksum and frame serialized bytes."""
+        raw_len = len(raw)
+        if raw_len > self.max_value_size:
+            raise EncodeError(
+                f"value is {raw_len} bytes serialized, over max_value_size ({self.max_value_size}); "
+                f"split it or reopen the store with a larger max_value_size"
+            )
+        payload = raw
+        dict_id = 0
+        if self.compress and raw_len >= self.min_size:
+            z = self._compressor(dictionary).compress(raw)
+            if len(z) < raw_len:
+                payload = z
+                flags |= FLAG_ZSTD
+                if dictionary is not None:
+                    flags |= FLAG_DICT
+                    dict_id = dictionary.id
+        return HEADER.pack(VERSION, flags, raw_len, dict_id, hash64(payload)) + payload
+
+    def encode_many(self, values: Iterable, *, dictionary=None) -> list[bytes]:
+        return [self.encode(v, dictionary=dictionary) for v in values]
+
+    # ---------------------------------------------------------------- decode
+
+    def decode(self, data, *, dictionaries: Mapping | None = None):
+        """The value of a record. CorruptionError/FormatError if it is damaged."""
+        flags, raw_len, dict_id, checksum = parse_header(data, self.max_value_size)
+        payload = memoryview(data)[HEADER_SIZE:]
+        if hash64(payload) != checksum:
+            raise CorruptionError("checksum mismatch: the stored bytes were damaged")
+        if flags & FLAG_ZSTD:
+            raw = self._inflate(payload, raw_len, dict_id, dictionaries or _EMPTY)
+        else:
+            raw = payload
+        if not flags & FLAG_MSGPACK:
+            return bytes(raw)
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+        except CorruptionError:
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+    def _inflate(self, payload, raw_len, dict_id, dictionaries) -> bytes:
+        try:
+            declared = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError as exc:
+            raise CorruptionError(f"payload is not a zstd frame ({exc})") from None
+        if declared != raw_len:
+            raise CorruptionError(
+                f"zstd frame declares {declared} bytes, the record header {raw_len}"
+            )
+        d = self._decompressor(dict_id, dictionaries)
+        try:
+            raw = d.decompress(payload, max_output_size=raw_len)
+        except zstandard.ZstdError as exc:
+            raise CorruptionError(f"zstd payload does not decompress ({exc})") from None
+        if len(raw) != raw_len:
+            raise CorruptionError(f"decompressed to {len(raw)} bytes, the header declares {raw_len}")
+        return raw
+
+    def decode_many(self, records: Iterable, *, dictionaries: Mapping | None = None) -> list:
+        """Values of many records; None stays None (a missing key)."""
+        decode = self.decode
+        return [None if r is None else decode(r, dictionaries=dictionaries) for r in records]

@@ -1,0 +1,464 @@
+"""One LMDB environment per store path per process, shared by every handle.
+
+LMDB allows an environment to be opened only once per process, so every
+`kvstore.open()` of the same path in one process shares one `Environment`
+(reference-counted). It owns what is LMDB-specific:
+
+- checking the files before mapping them (a truncated data.mdb would kill the
+  process with SIGBUS on first touch);
+- the store's own metadata (format version, commit sequence) in the reserved
+  namespace ``__kvstore__``;
+- namespace handles (LMDB named databases);
+- the map size: growing it when a commit fills it, adopting a size grown by
+  another process. LMDB requires that no transaction be active in this
+  process while the map is resized, so every transaction runs under
+  `map_lock` held shared, and a resize holds it exclusively;
+- fork safety: an environment inherited through fork() is abandoned in the
+  child, which reopens the path on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+import lmdb
+
+from .errors import (
+    FormatError,
+    InvalidNamespaceError,
+    MapFullError,
+    NamespaceLimitError,
+    ReadOnlyError,
+    StoreNotFoundError,
+    translate,
+)
+from .options import Options
+
+__all__ = ["Environment", "acquire", "DEFAULT_NAMESPACE", "META_DB", "check_namespace_name"]
+
+DEFAULT_NAMESPACE = "default"
+META_DB = b"__kvstore__"  # reserved: store metadata, never a user namespace
+FORMAT_KEY = b"format_version"
+SEQ_KEY = b"commit_seq"  # u64 big-endian, +1 on every commit (any process)
+STORE_FORMAT = 1  # layout of the environment (names and meta keys), frozen
+SEQ = struct.Struct(">Q")
+
+_LMDB_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<II8xQ")  # magic, version, (address), mapsize
+_META_TAIL = struct.Struct("<QQ")  # last_pg, txnid, at offset 120 of the meta
+_PAGE_HEADER = 16
+
+
+class MapLock:
+    """A readers-writer lock that prefers the writer (the map resize).
+
+    Shared: any LMDB transaction in this process. Exclusive: set_mapsize.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0  # guarded by _cond
+        self._resizing = False  # guarded by _cond
+        self._waiting = 0  # resizers waiting; guarded by _cond
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._resizing or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers and self._waiting:
+                self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            self._waiting += 1
+            while self._readers or self._resizing:
+                self._cond.wait()
+            self._waiting -= 1
+            self._resizing = True
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._resizing = False
+            self._cond.notify_all()
+
+
+def check_namespace_name(name) -> bytes:
+    if not isinstance(name, str):
+        raise InvalidNamespaceError(f"a namespace name must be a str, not {type(name).__name__}")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidNamespaceError(f"namespace name {name!r} is not valid UTF-8") from None
+    if not 1 <= len(raw) <= 255:
+        raise InvalidNamespaceError(f"namespace name must be 1 to 255 bytes, not {len(raw)}")
+    if name.startswith("__"):
+        raise InvalidNamespaceError(f"namespace names starting with '__' are reserved: {name!r}")
+    return raw
+
+
+def check_data_file(path: str) -> None:
+    """Refuse a data.mdb that LMDB would map and then fault on.
+
+    Reads both meta pages; the newer valid one says how many pages the file
+    must hold. A file shorter than that is truncated: mapping it and touching
+    a page past its end would kill the process with SIGBUS.
+    """
+    data_path = os.path.join(path, "data.mdb")
+    try:
+        size = os.path.getsize(data_path)
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return  # LMDB initialises an empty file as a new environment
+    with open(data_path, "rb") as f:
+        head = f.read(64 * 1024 * 2)
+    if len(head) < _PAGE_HEADER + 136:
+        raise FormatError(f"{data_path} is {size} bytes: too short to be an LMDB file (truncated?)")
+    magic, version, _mapsize = _META.unpack_from(head, _PAGE_HEADER)
+    if magic != _LMDB_MAGIC:
+        raise FormatError(f"{data_path} is not an LMDB data file; {path!r} is not a kvstore store")
+    (psize,) = struct.unpack_from("<I", head, _PAGE_HEADER + 24)  # md_pad of the free DB
+    if psize < 512 or psize > 64 * 1024 or psize & (psize - 1):
+        raise FormatError(f"{data_path} has a damaged meta page (page size {psize})")
+    best = None
+    for off in (0, psize):
+        base = off + _PAGE_HEADER
+        if len(head) < base + 136:
+            raise FormatError(f"{data_path} is {size} bytes: truncated inside its meta pages")
+        m, _v, _ = _META.unpack_from(head, base)
+        if m != _LMDB_MAGIC:
+            continue
+        last_pg, txnid = _META_TAIL.unpack_from(head, base + 120)
+        if best is None or txnid > best[1]:
+            best = (last_pg, txnid)
+    if best is None:
+        raise FormatError(f"{data_path} has no valid meta page; not a kvstore store")
+    needed = (best[0] + 1) * psize
+    if size < needed:
+        raise FormatError(
+            f"{data_path} is truncated: {size} bytes, but its last commit uses {needed}; "
+            f"restore it from a backup (opening it would crash the process)"
+        )
+
+
+class Environment:
+    """The LMDB environment of one store path in this process."""
+
+    def __init__(self, path: str, options: Options):
+        self.path = path
+        self.options = options
+        self.readonly = options.readonly
+        self.pid = os.getpid()
+        self.forked = False  # set in a forked child: this object must not be used
+        self.map_lock = MapLock()
+        self.refs = 0  # guarded by _registry_lock
+        self._dbis: dict[str, object] = {}  # name -> LMDB handle; guarded by _dbi_lock
+        self._dbi_lock = threading.Lock()
+        self.writer = None  # set by the store when writable (kvstore.writer.Writer)
+        self.env = self._open()
+        try:
+            self.meta_db = self._init_meta()
+        except BaseException:
+            self.env.close()
+            raise
+
+    # ------------------------------------------------------------ opening
+
+    def _open(self) -> lmdb.Environment:
+        opts = self.options
+        path = self.path
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise FormatError(f"{path!r} is a file; a kvstore store is a directory")
+        data = os.path.join(path, "data.mdb")
+        if opts.readonly:
+            if not os.path.exists(data):
+                raise StoreNotFoundError(f"no kvstore store at {path!r} (opened with readonly=True, "
+                                         f"which never creates one)")
+        elif os.path.isdir(path) and not os.path.exists(data):
+            extra = [n for n in os.listdir(path) if n != "lock.mdb"]
+            if extra:
+                raise FormatError(
+                    f"{path!r} is a directory holding other files ({', '.join(sorted(extra)[:3])}) "
+                    f"and no store; give kvstore.open() a new or empty directory"
+                )
+        check_data_file(path)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise StoreNotFoundError(f"cannot create the store directory {path!r}: {exc}") from None
+        try:
+            return lmdb.open(
+                path,
+                map_size=opts.map_size,
+                subdir=True,
+                readonly=opts.readonly,
+                create=not opts.readonly,
+                sync=True,  # buffered writes wait in memory, never in an unsynced file
+                metasync=True,
+                max_dbs=opts.max_namespaces + 2,  # + default + __kvstore__
+                max_readers=opts.max_readers,
+                max_spare_txns=4,
+                readahead=False,  # random reads of a store bigger than RAM
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            if isinstance(exc, lmdb.ReadonlyError) or "Permission denied" in str(exc):
+                raise ReadOnlyError(
+                    f"cannot open {path!r} for writing ({exc}); open it with readonly=True"
+                ) from None
+            raise translate(exc, f"opening {path!r}") from None
+
+    def _init_meta(self):
+        env = self.env
+        try:
+            with env.begin() as txn:
+                names = [bytes(k) for k, _ in txn.cursor()]
+                meta = env.open_db(META_DB, txn=txn, create=False) if META_DB in names else None
+                version = txn.get(FORMAT_KEY, db=meta) if meta is not None else None
+        except lmdb.Error as exc:
+            raise translate(exc, f"opening {self.path!r}") from None
+        if meta is None:
+            if names:
+                raise FormatError(
+                    f"{self.path!r} is an LMDB environment but not a kvstore store (it holds "
+                    f"{len(names)} keys or databases and no {META_DB.decode()} metadata); "
+                    f"import it with `kvstore load` instead"
+                )
+            if self.readonly:
+                raise StoreNotFoundError(f"{self.path!r} holds no kvstore store yet")
+            return self._create_meta()
+        try:
+            version_n = int(version)
+        except (TypeError, ValueError):
+            raise FormatError(f"{self.path!r}: damaged store metadata (format version {version!r})") from None
+        if version_n > STORE_FORMAT:
+            raise FormatError(
+                f"{self.path!r} was written by a newer kvstore (store format {version_n}, this one "
+                f"reads {STORE_FORMAT}); upgrade kvstore"
+            )
+        return meta
+
+    def _create_meta(self):
+        def create(txn):
+            meta = self.env.open_db(META_DB, txn=txn, create=True)
+            if txn.get(FORMAT_KEY, db=meta) is None:
+                txn.put(FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
+                txn.put(SEQ_KEY, SEQ.pack(0), db=meta)
+            self.env.open_db(DEFAULT_NAMESPACE.encode(), txn=txn, create=True)
+            return meta
+
+        return self.write(create, "creating the store")
+
+    # ------------------------------------------------------------ transactions
+
+    def write(self, fn, doing: str):
+        """Run fn(txn) in a write transaction and commit it; return its result.
+
+        When the map fills up, the transaction is aborted, the map grown and
+        fn replayed from the start (so fn must be repeatable); a map grown by
+        another process is adopted the same way. Any other LMDB error is
+        translated and raised, with nothing written.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"{doing}: the store is open read-only")
+        while True:
+            self.map_lock.acquire_shared()
+            try:
+                txn = self.env.begin(write=True)
+                try:
+                    result = fn(txn)
+                    txn.commit()
+                    return result
+                except BaseException:
+                    txn.abort()
+                    raise
+            except lmdb.MapFullError:
+                retry = self.grow_map
+            except lmdb.MapResizedError:
+                retry = self.adopt_map_size
+            except lmdb.Error as exc:
+                raise translate(exc, doing) from None
+            finally:
+                self.map_lock.release_shared()
+            retry(doing)
+
+    def grow_map(self, doing: str = "committing") -> None:
+        """Double the map (up to max_map_size). No transaction may be active."""
+        self.map_lock.acquire_exclusive()
+        try:
+            current = self.env.info()["map_size"]
+            limit = self.options.max_map_size
+            if current >= limit:
+                raise MapFullError(
+                    f"{doing}: the store reached max_map_size ({limit} bytes); reopen it with a "
+                    f"larger max_map_size"
+                )
+            self.env.set_mapsize(min(current * 2, limit))
+        except lmdb.Error as exc:
+            raise translate(exc, "growing the map") from None
+        finally:
+            self.map_lock.release_exclusive()
+
+    def adopt_map_size(self, doing: str = "") -> None:
+        """Take the map size another process grew the store to."""
+        self.map_lock.acquire_exclusive()
+        try:
+            self.env.set_mapsize(0)
+        except lmdb.Error as exc:
+            raise translate(exc, "adopting the map size") from None
+        finally:
+            self.map_lock.release_exclusive()
+
+    # ------------------------------------------------------------ namespaces
+
+    def dbi(self, name: str, create: bool):
+        """The LMDB handle of a namespace; None when it does not exist and
+        create is False (or the store is read-only)."""
+        handle = self._dbis.get(name)
+        if handle is not None:
+            return handle
+        raw = name.encode("utf-8")
+        with self._dbi_lock:
+            handle = self._dbis.get(name)
+            if handle is not None:
+                return handle
+            handle = self._lookup_dbi(raw)
+            if handle is None and create and not self.readonly:
+                try:
+                    handle = self.write(lambda txn: self.env.open_db(raw, txn=txn, create=True),
+                                        f"creating namespace {name!r}")
+                except NamespaceLimitError:
+                    raise NamespaceLimitError(
+                        f"cannot create namespace {name!r}: the store holds max_namespaces "
+                        f"({self.options.max_namespaces}) already; reopen with a larger max_namespaces"
+                    ) from None
+            if handle is not None:
+                self._dbis[name] = handle
+            return handle
+
+    def _lookup_dbi(self, raw: bytes):
+        def look(txn):
+            if txn.get(raw) is None:
+                return None
+            return self.env.open_db(raw, txn=txn, create=False)
+
+        return self.read(look)
+
+    def namespace_names(self) -> list[str]:
+        names = []
+        for raw in self.read(lambda txn: [bytes(k) for k, _ in txn.cursor()]):
+            if raw.startswith(b"__"):
+                continue
+            try:
+                names.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue  # a database some other tool made; not a namespace
+        return names
+
+    # ------------------------------------------------------------ reading
+
+    def read(self, fn, db=None):
+        """fn(txn) in a read transaction (buffers=True: copy what outlives it)."""
+        while True:
+            self.map_lock.acquire_shared()
+            try:
+                with self.env.begin(db=db, buffers=True) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                pass
+            except lmdb.Error as exc:
+                raise translate(exc, "reading") from None
+            finally:
+                self.map_lock.release_shared()
+            self.adopt_map_size()
+
+    def info(self) -> dict:
+        self.map_lock.acquire_shared()
+        try:
+            info = self.env.info()
+            stat = self.env.stat()
+        finally:
+            self.map_lock.release_shared()
+        info["psize"] = stat["psize"]
+        info["map_used"] = (info["last_pgno"] + 1) * stat["psize"]
+        return info
+
+    def commit_seq(self) -> int:
+        """Number of commits the store has seen, from any process."""
+        raw = self.read(lambda txn: txn.get(SEQ_KEY, db=self.meta_db))
+        return SEQ.unpack(raw)[0] if raw is not None else 0
+
+    def bump_seq(self, txn) -> int:
+        """Inside a write transaction: count one more commit; return its number."""
+        raw = txn.get(SEQ_KEY, db=self.meta_db)
+        seq = (SEQ.unpack(raw)[0] if raw is not None else 0) + 1
+        txn.put(SEQ_KEY, SEQ.pack(seq), db=self.meta_db)
+        return seq
+
+    def close(self) -> None:
+        if self.forked:
+            return
+        self.map_lock.acquire_exclusive()
+        try:
+            self.env.close()
+        finally:
+            self.map_lock.release_exclusive()
+
+
+# ---------------------------------------------------------------- registry
+
+_registry: dict[str, Environment] = {}  # guarded by _registry_lock
+_registry_lock = threading.Lock()
+
+
+def acquire(path: str, options: Options) -> Environment:
+    """The shared Environment for path, opened on first use; count a reference."""
+    key = os.path.realpath(os.path.abspath(os.fspath(path)))
+    with _registry_lock:
+        env = _registry.get(key)
+        if env is None:
+            env = Environment(key, options)
+            _registry[key] = env
+        elif env.readonly and not options.readonly:
+            raise ReadOnlyError(
+                f"{key!r} is already open read-only in this process; close those handles before "
+                f"opening it for writing (one LMDB environment per path per process)"
+            )
+        env.refs += 1
+        return env
+
+
+def release(env: Environment) -> bool:
+    """Drop a reference; True when it was the last (the caller then closes)."""
+    with _registry_lock:
+        env.refs -= 1
+        if env.refs > 0:
+            return False
+        if _registry.get(env.path) is env:
+            del _registry[env.path]
+        return True
+
+
+def all_open() -> list[Environment]:
+    with _registry_lock:
+        return list(_registry.values())
+
+
+def _after_fork_in_child() -> None:
+    # Threads and locks of the parent are gone or frozen here: touch nothing
+    # of the inherited environments but a flag. Handles reopen on next use.
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for env in _registry.values():
+        env.forked = True
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

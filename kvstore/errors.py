@@ -1,0 +1,160 @@
+"""Every error kvstore raises, one class per failure mode, under `KVStoreError`.
+
+Grouped by the phase in which they occur. Each message says what to do next.
+No `lmdb.Error` escapes the package: `translate()` maps them onto these classes.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import lmdb
+
+__all__ = [
+    "KVStoreError",
+    # -- at the call, before anything is queued
+    "InvalidKeyError",
+    "InvalidNamespaceError",
+    "EncodeError",
+    "ReadOnlyError",
+    "StoreClosedError",
+    # -- opening a store
+    "FormatError",
+    "StoreNotFoundError",
+    # -- reading
+    "CorruptionError",
+    # -- committing
+    "MapFullError",
+    "NamespaceLimitError",
+    "ReadersFullError",
+    "StoreFailedError",
+    "TimeoutError",
+    "translate",
+]
+
+
+class KVStoreError(Exception):
+    """Root of every error kvstore raises."""
+
+
+# ---------------------------------------------------------------- at the call
+
+
+class InvalidKeyError(KVStoreError, ValueError):
+    """A key is not bytes or str, is empty, or is longer than 511 bytes."""
+
+
+class InvalidNamespaceError(KVStoreError, ValueError):
+    """A namespace name is not a usable name (empty, too long, reserved)."""
+
+
+class EncodeError(KVStoreError, TypeError):
+    """A value cannot be stored: msgpack cannot carry it, or it is too large."""
+
+
+class ReadOnlyError(KVStoreError):
+    """A write was attempted on a store opened with readonly=True."""
+
+
+class StoreClosedError(KVStoreError):
+    """The store (or namespace handle) was used after close()."""
+
+
+# ------------------------------------------------------------------- opening
+
+
+class FormatError(KVStoreError):
+    """The path is not a kvstore store, or was written by a newer format version."""
+
+
+class StoreNotFoundError(KVStoreError, FileNotFoundError):
+    """No store at the path, and the call may not create one (readonly=True)."""
+
+
+# ------------------------------------------------------------------- reading
+
+
+class CorruptionError(KVStoreError):
+    """A stored value failed its checksum or could not be decoded.
+
+    ``key`` names the key (bytes) when the error comes from a store read.
+    """
+
+    def __init__(self, message: str, key: bytes | None = None, namespace: str | None = None):
+        self.key = key
+        self.namespace = namespace
+        where = ""
+        if key is not None:
+            where = f"key {key!r}"
+            if namespace not in (None, "default"):
+                where += f" in namespace {namespace!r}"
+            where += ": "
+        super().__init__(where + message)
+        self.reason = message
+
+    def __reduce__(self):
+        return (type(self), (self.reason, self.key, self.namespace))
+
+
+# ---------------------------------------------------------------- committing
+
+
+class MapFullError(KVStoreError):
+    """The store reached max_map_size; reopen it with a larger max_map_size."""
+
+
+class NamespaceLimitError(KVStoreError):
+    """More namespaces than max_namespaces; reopen with a larger max_namespaces."""
+
+
+class ReadersFullError(KVStoreError):
+    """LMDB's reader table is full (too many processes or threads reading at once)."""
+
+
+class StoreFailedError(KVStoreError):
+    """A commit failed in a way that cannot be retried safely; reopen the store.
+
+    ``cause`` holds the original error. Every write of the failed commit was
+    discarded (none of it is on disk); the store refuses further writes.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+        self.__cause__ = cause
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.cause))
+
+
+class TimeoutError(KVStoreError, builtins.TimeoutError):
+    """flush(timeout=...) or a durable write did not complete in time.
+
+    Also a builtin ``TimeoutError``. The writes are still queued: they will
+    commit, or fail the store, as usual.
+    """
+
+
+def translate(exc: lmdb.Error, doing: str) -> KVStoreError:
+    """Map an `lmdb.Error` raised while `doing` something onto a kvstore error."""
+    if isinstance(exc, lmdb.MapFullError):
+        return MapFullError(f"{doing}: the store is full; reopen it with a larger max_map_size ({exc})")
+    if isinstance(exc, lmdb.DbsFullError):
+        return NamespaceLimitError(
+            f"{doing}: too many namespaces; reopen the store with a larger max_namespaces ({exc})"
+        )
+    if isinstance(exc, lmdb.ReadersFullError):
+        return ReadersFullError(
+            f"{doing}: LMDB's reader table is full; close idle stores or processes, "
+            f"or reopen with a larger max_readers ({exc})"
+        )
+    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)):
+        return CorruptionError(
+            f"{doing}: the LMDB file is damaged ({exc}); restore from a backup or run "
+            f"`kvstore check` to see what is readable"
+        )
+    if isinstance(exc, (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.IncompatibleError)):
+        return FormatError(f"{doing}: not a kvstore store, or made by an incompatible LMDB ({exc})")
+    if isinstance(exc, lmdb.ReadonlyError):
+        return ReadOnlyError(f"{doing}: the store's files are read-only ({exc})")
+    return StoreFailedError(f"{doing} failed: {exc}; reopen the store", exc)

@@ -1,0 +1,133 @@
+"""Every option `kvstore.open()` takes, with its default, unit and trade-off.
+
+`kvstore.open(path, **options)` builds an `Options` from its keyword
+arguments; an unknown name or a bad value is a `ValueError`/`TypeError` at
+open, before any file is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+__all__ = ["Options"]
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Options:
+    # ---------------------------------------------------- behaviour
+
+    # Default durability of put/delete/put_many/batch when durable=None.
+    # True: the call returns once its commit is fsynced (survives power loss).
+    # False: the call returns at once; the write is visible in this process at
+    # once and committed within flush_interval (a crash may lose it).
+    durable: bool = False
+
+    # Open the store read-only: every write raises ReadOnlyError. Works on
+    # files this process may not write; never creates a store.
+    readonly: bool = False
+
+    # Most namespaces (LMDB named databases) the store can hold, besides the
+    # default one. LMDB scans its table of open databases linearly, so keep it
+    # modest.
+    max_namespaces: int = 64
+
+    # Most threads and processes reading the same store at once (LMDB's reader
+    # table, shared by every process; fixed by the first process to open it).
+    max_readers: int = 126
+
+    # ---------------------------------------------------- size of the store
+
+    # Initial size of the memory map, bytes. Grown automatically (doubling)
+    # when full, so small is fine; a bigger start saves a few remaps.
+    map_size: int = 64 * MiB
+
+    # The map never grows past this, bytes. A commit that needs more fails
+    # with MapFullError. Only address space: nothing is allocated up front.
+    max_map_size: int = 1024 * GiB
+
+    # ---------------------------------------------------- batching (performance)
+
+    # Buffered writes are committed at most this long after they were
+    # accepted, seconds. Longer: fewer, larger commits (less fsync per write);
+    # shorter: less to lose in a crash. Durable writes never wait for it.
+    flush_interval: float = 0.1
+
+    # A commit holds at most this many operations (a single put_many or batch
+    # is never split). Measured on the bench (`python bench/run.py --only
+    # batchsize`): throughput is flat from ~1,000 up; bigger only delays
+    # durable writers queued behind a large buffered group.
+    max_batch_ops: int = 2000
+
+    # A commit holds at most this many bytes of encoded values (a single
+    # put_many or batch is never split).
+    max_batch_bytes: int = 16 * MiB
+
+    # Writers block (and help commit) once this many buffered operations wait
+    # uncommitted: bounds the memory a fast producer can pin.
+    max_pending_ops: int = 20000
+
+    # ---------------------------------------------------- values (performance)
+
+    # "zstd" or "none". Compression happens in the caller's thread.
+    compression: str = "zstd"
+
+    # zstd level, 1 (fastest) .. 22 (smallest). 3 is zstd's default.
+    compression_level: int = 3
+
+    # Values whose serialized form is shorter than this many bytes are stored
+    # uncompressed (zstd's frame overhead outweighs the gain on tiny values).
+    compress_min_size: int = 128
+
+    # Largest value accepted, bytes (serialized). Also the limit a stored
+    # record's declared length is checked against before any allocation.
+    max_value_size: int = 256 * MiB
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = f.type
+            if expected == "bool":
+                if not isinstance(value, bool):
+                    raise TypeError(f"option {f.name} must be True or False, not {value!r}")
+            elif expected == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"option {f.name} must be an int, not {value!r}")
+            elif expected == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"option {f.name} must be a number of seconds, not {value!r}")
+        _positive = ("max_namespaces", "max_readers", "map_size", "max_map_size", "max_batch_ops",
+                     "max_batch_bytes", "max_pending_ops", "max_value_size")
+        for name in _positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"option {name} must be positive, not {getattr(self, name)!r}")
+        if self.map_size > self.max_map_size:
+            raise ValueError(f"map_size ({self.map_size}) is larger than max_map_size ({self.max_map_size})")
+        if not 0 < self.flush_interval <= 3600:
+            raise ValueError(f"flush_interval must be in (0, 3600] seconds, not {self.flush_interval!r}")
+        if self.compression not in ("zstd", "none"):
+            raise ValueError(f"compression must be 'zstd' or 'none', not {self.compression!r}")
+        if not 1 <= self.compression_level <= 22:
+            raise ValueError(f"compression_level must be 1..22, not {self.compression_level!r}")
+        if self.compress_min_size < 0:
+            raise ValueError(f"compress_min_size must be >= 0, not {self.compress_min_size!r}")
+        if self.max_value_size > 0xFFFFFFFF:
+            raise ValueError("max_value_size cannot exceed 4 GiB - 1 (the format's length field)")
+        if self.max_pending_ops < self.max_batch_ops:
+            raise ValueError("max_pending_ops must be at least max_batch_ops")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> "Options":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
+            )
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> "Options":
+        return dataclasses.replace(self, **changes)

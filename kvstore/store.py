@@ -1,0 +1,686 @@
+"""The public handle: `kvstore.open()` returns a `Store`; `Store.namespace()`
+returns a `Namespace` with the same methods over a separate keyspace.
+
+Keys are bytes or str (UTF-8), 1 to 511 bytes; they come back from scans and
+iteration as bytes. Values are anything msgpack carries; they are validated
+and encoded in the caller's thread, so a bad value raises at the call and can
+never poison a group commit. Reads see this process's pending writes first
+(read-your-writes), then the database.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+from typing import Iterable, Iterator
+
+import lmdb
+
+from . import environment
+from .codec import Codec
+from .codec import backend as codec_backend
+from .environment import DEFAULT_NAMESPACE, check_namespace_name
+from .errors import (
+    CorruptionError,
+    FormatError,
+    InvalidKeyError,
+    KVStoreError,
+    ReadOnlyError,
+    StoreClosedError,
+    translate,
+)
+from .options import Options
+from .writer import Group, Writer
+
+__all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE"]
+
+MAX_KEY_SIZE = 511  # LMDB's limit with its default build
+SCAN_CHUNK = 256  # keys read per read transaction in a scan
+
+_MISSING = object()
+
+
+def open(path, **options) -> "Store":
+    """Open (creating if missing, unless readonly=True) the store at `path`.
+
+    :param path: a directory; created if missing
+    :param options: see `kvstore.Options` for every option and its default
+    :raises FormatError: path is not a kvstore store, or a newer format
+    :raises StoreNotFoundError: readonly=True and no store at path
+    """
+    return Store(path, Options.from_kwargs(options))
+
+
+def _check_key(key) -> bytes:
+    if type(key) is str:
+        try:
+            key = key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKeyError(f"key {key!r} cannot be encoded as UTF-8") from None
+    elif type(key) is not bytes:
+        if isinstance(key, str):
+            return _check_key(str(key))
+        if isinstance(key, bytes):
+            return _check_key(bytes(key))
+        raise InvalidKeyError(f"a key must be bytes or str, not {type(key).__name__}")
+    if not 0 < len(key) <= MAX_KEY_SIZE:
+        raise InvalidKeyError(
+            f"a key must be 1 to {MAX_KEY_SIZE} bytes long, not {len(key)}"
+            + ("" if key else " (empty)"))
+    return key
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with prefix."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+def _bound(value, name: str) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return bytes(value)
+    raise InvalidKeyError(f"{name} must be bytes or str, not {type(value).__name__}")
+
+
+class Store:
+    """A kvstore store: the default namespace of the store at `path`.
+
+    Thread-safe: share one handle between threads. Opening the same path again
+    in this process shares the same engine (and its pending writes).
+    """
+
+    def __init__(self, path, options: Options):
+        self._path = os.fspath(path)
+        self._options = options
+        self._ns = DEFAULT_NAMESPACE
+        self._root = self
+        self._closed = False
+        self._durable = options.durable
+        self._codec = Codec(options.compression, options.compression_level,
+                            options.compress_min_size, options.max_value_size)
+        self._env = self._attach()
+        _install_exit_hooks()
+
+    def _attach(self):
+        env = environment.acquire(self._path, self._options)
+        try:
+            if not env.readonly and env.writer is None:
+                with environment._registry_lock:
+                    if env.writer is None:
+                        env.writer = Writer(env, self._options)
+        except BaseException:
+            _detach(env)
+            raise
+        return env
+
+    # ------------------------------------------------------------ handles
+
+    @property
+    def path(self) -> str:
+        return self._root._path
+
+    @property
+    def name(self) -> str:
+        """The namespace this handle reads and writes."""
+        return self._ns
+
+    @property
+    def readonly(self) -> bool:
+        return self._root._options.readonly
+
+    @property
+    def options(self) -> Options:
+        return self._root._options
+
+    def _live_env(self):
+        """The Environment, after checking the handle is usable."""
+        root = self._root
+        if self._closed or root._closed:
+            raise StoreClosedError(f"the store at {root._path!r} is closed")
+        env = root._env
+        if env.forked:
+            env = root._reopen_after_fork()
+        return env
+
+    def _reopen_after_fork(self):
+        # An environment inherited through fork() must not be used in the
+        # child (LMDB's locks and reader slots belong to the parent). Abandon
+        # it, with the parent's pending writes (the parent commits those), and
+        # open the path afresh.
+        old = self._env
+        try:
+            old.env.close()  # py-lmdb sees the fork and leaves LMDB's state alone
+        except lmdb.Error:
+            pass
+        self._env = self._attach()
+        return self._env
+
+    def namespace(self, name: str) -> "Namespace":
+        """A handle on namespace `name`, created (durably) if missing.
+
+        :raises InvalidNamespaceError: not a str of 1-255 UTF-8 bytes, or starts with "__"
+        :raises NamespaceLimitError: the store already holds max_namespaces namespaces
+        """
+        check_namespace_name(name)
+        env = self._live_env()
+        env.dbi(name, create=not env.readonly)
+        return Namespace(self._root, name)
+
+    def namespaces(self) -> list[str]:
+        """Names of the namespaces in the store, sorted, "default" included."""
+        env = self._live_env()
+        return sorted(set(env.namespace_names()) | {DEFAULT_NAMESPACE})
+
+    # ------------------------------------------------------------ writes
+
+    def _writer(self, env) -> Writer:
+        if env.readonly or self.readonly:
+            raise ReadOnlyError(f"the store at {self.path!r} is open read-only; reopen it without readonly=True to write")
+        return env.writer
+
+    def _dbi(self, env, ns: str):
+        dbi = env._dbis.get(ns)
+        if dbi is None:
+            dbi = env.dbi(ns, create=not env.readonly)
+        return dbi
+
+    def _encode(self, value) -> tuple[bytes, int]:
+        record = self._root._codec.encode(value)
+        return record, int.from_bytes(record[2:6], "little")
+
+    def _submit(self, env, ops: list, durable) -> None:
+        writer = self._writer(env)
+        if durable is None:
+            durable = self._root._durable
+        writer.submit(Group(ops, bool(durable)))
+
+    def put(self, key, value, *, durable: bool | None = None) -> None:
+        """Store value under key.
+
+        :param durable: True: return once the write is synced to disk; False:
+            return at once (committed within flush_interval); None: the
+            store's default (Options.durable)
+        :raises InvalidKeyError: bad key; nothing is queued
+        :raises EncodeError: msgpack cannot carry the value; nothing is queued
+        """
+        env = self._live_env()
+        writer = self._writer(env)
+        key = _check_key(key)
+        record, raw_len = self._encode(value)
+        if durable is None:
+            durable = self._root._durable
+        writer.submit(Group([(self._ns, self._dbi(env, self._ns), key, record, raw_len)], bool(durable)))
+
+    def delete(self, key, *, durable: bool | None = None) -> None:
+        """Remove key (no error if it is missing)."""
+        env = self._live_env()
+        self._writer(env)
+        key = _check_key(key)
+        self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None, 0)], durable)
+
+    def put_many(self, items, *, durable: bool | None = None) -> None:
+        """Store many pairs atomically, in one commit (all or nothing, across crashes).
+
+        :param items: a mapping, or an iterable of (key, value) pairs; a later
+            pair for the same key wins
+        """
+        env = self._live_env()
+        self._writer(env)
+        if hasattr(items, "items"):
+            items = items.items()
+        ns, dbi = self._ns, self._dbi(env, self._ns)
+        ops = []
+        for pair in items:
+            try:
+                key, value = pair
+            except (TypeError, ValueError):
+                raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
+            key = _check_key(key)
+            record, raw_len = self._encode(value)
+            ops.append((ns, dbi, key, record, raw_len))
+        if ops:
+            self._submit(env, ops, durable)
+
+    def batch(self, durable: bool | None = None) -> "Batch":
+        """An atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
+
+        Committed as one group when the block exits normally; discarded if it
+        raises. Reads do not see the batch's writes until then.
+        """
+        env = self._live_env()
+        self._writer(env)
+        return Batch(self, durable)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every write accepted before the call is committed and synced.
+
+        :raises TimeoutError: not done within timeout seconds (writes stay queued)
+        :raises StoreFailedError: a commit failed; the writes it held are lost
+        """
+        env = self._live_env()
+        if env.writer is not None:
+            env.writer.flush(timeout)
+
+    def __setitem__(self, key, value) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.delete(key)
+
+    # ------------------------------------------------------------ reads
+
+    def _pending(self, env, key: bytes):
+        """(record-or-None,) if key has a pending write in this process, else None."""
+        writer = env.writer
+        if writer is not None:
+            pending = writer.overlay.get(self._ns)
+            if pending:
+                entry = pending.get(key)
+                if entry is not None:
+                    return (entry[1],)
+        return None
+
+    def _decode(self, key: bytes, record):
+        try:
+            return self._root._codec.decode(record)
+        except CorruptionError as exc:
+            raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
+        except FormatError as exc:
+            raise FormatError(f"key {key!r}: {exc}") from None
+
+    def get(self, key, default=None):
+        """The value stored under key, or default.
+
+        :raises CorruptionError: the stored bytes are damaged (names the key)
+        """
+        env = self._live_env()
+        key = _check_key(key)
+        hit = self._pending(env, key)
+        if hit is not None:
+            return default if hit[0] is None else self._decode(key, hit[0])
+        dbi = self._dbi(env, self._ns)
+        if dbi is None:
+            return default
+        lock = env.map_lock
+        lock.acquire_shared()
+        try:
+            txn = env.env.begin(db=dbi, buffers=True)
+            try:
+                record = txn.get(key)
+                return default if record is None else self._decode(key, record)
+            finally:
+                txn.abort()
+        except lmdb.MapResizedError:
+            pass
+        except lmdb.Error as exc:
+            raise translate(exc, "reading") from None
+        finally:
+            lock.release_shared()
+        env.adopt_map_size()
+        return self.get(key, default)
+
+    def get_many(self, keys: Iterable) -> list:
+        """Values of keys (None where missing), in the order given, from one snapshot."""
+        env = self._live_env()
+        keys = [_check_key(k) for k in keys]
+        out = [None] * len(keys)
+        todo = []
+        for i, key in enumerate(keys):
+            hit = self._pending(env, key)
+            if hit is None:
+                todo.append(i)
+            elif hit[0] is not None:
+                out[i] = self._decode(key, hit[0])
+        dbi = self._dbi(env, self._ns)
+        if todo and dbi is not None:
+            def read(txn):
+                for i in todo:
+                    record = txn.get(keys[i], db=dbi)
+                    if record is not None:
+                        out[i] = self._decode(keys[i], record)
+            env.read(read)
+        return out
+
+    def __getitem__(self, key):
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key) -> bool:
+        env = self._live_env()
+        key = _check_key(key)
+        hit = self._pending(env, key)
+        if hit is not None:
+            return hit[0] is not None
+        dbi = self._dbi(env, self._ns)
+        if dbi is None:
+            return False
+        return env.read(lambda txn: txn.get(key, db=dbi) is not None)
+
+    def __len__(self) -> int:
+        env = self._live_env()
+        dbi = self._dbi(env, self._ns)
+        pending = env.writer.snapshot(self._ns) if env.writer is not None else []
+        if dbi is None:
+            return sum(1 for _, r in pending if r is not None)
+
+        def count(txn):
+            n = txn.stat(dbi)["entries"]
+            for key, record in pending:
+                stored = txn.get(key, db=dbi) is not None
+                n += (record is not None) - stored
+            return n
+
+        return env.read(count)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.scan(keys_only=True)
+
+    def keys(self) -> Iterator[bytes]:
+        return self.scan(keys_only=True)
+
+    def items(self) -> Iterator[tuple[bytes, object]]:
+        return self.scan()
+
+    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False):
+        """Iterate (key, value) pairs (keys alone with keys_only) in key order.
+
+        :param prefix: only keys starting with it (bytes or str)
+        :param start: only keys >= start; :param stop: only keys < stop
+        :param reverse: descending order
+        Keys come back as bytes. The scan reads SCAN_CHUNK keys per read
+        transaction, so it never blocks writers or pins old pages for long:
+        each key is returned at most once, in order, with a value it held
+        during the scan; writes made while it runs may or may not be seen.
+        Pending writes of this process at the start of the scan are included.
+        """
+        env = self._live_env()
+        prefix = _bound(prefix, "prefix")
+        lo, hi = _bound(start, "start"), _bound(stop, "stop")
+        if prefix:
+            lo = prefix if lo is None else max(lo, prefix)
+            end = _prefix_end(prefix)
+            if end is not None:
+                hi = end if hi is None else min(hi, end)
+        return self._scan(env, lo, hi, bool(reverse), bool(keys_only))
+
+    def _scan(self, env, lo, hi, reverse, keys_only):
+        def in_range(k):
+            return (lo is None or k >= lo) and (hi is None or k < hi)
+
+        pending = []
+        if env.writer is not None:
+            pending = sorted((kv for kv in env.writer.snapshot(self._ns) if in_range(kv[0])),
+                             reverse=reverse)
+        stored = self._scan_stored(env, lo, hi, reverse)
+        pi = 0
+        for key, record in stored:
+            while pi < len(pending) and (pending[pi][0] > key if reverse else pending[pi][0] < key):
+                yield from self._emit(pending[pi], keys_only)
+                pi += 1
+            if pi < len(pending) and pending[pi][0] == key:
+                yield from self._emit(pending[pi], keys_only)
+                pi += 1
+                continue
+            yield key if keys_only else (key, self._decode(key, record))
+        while pi < len(pending):
+            yield from self._emit(pending[pi], keys_only)
+            pi += 1
+
+    def _emit(self, entry, keys_only):
+        key, record = entry
+        if record is not None:
+            yield key if keys_only else (key, self._decode(key, record))
+
+    def _scan_stored(self, env, lo, hi, reverse):
+        """(key, record) pairs in the database, chunk by chunk."""
+        after = None  # last key returned
+        while True:
+            self._live_env()
+            dbi = self._dbi(env, self._ns)
+            if dbi is None:
+                return
+            chunk = env.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after))
+            yield from chunk
+            if len(chunk) < SCAN_CHUNK:
+                return
+            after = chunk[-1][0]
+
+    @staticmethod
+    def _read_chunk(txn, dbi, lo, hi, reverse, after) -> list:
+        cur = txn.cursor(db=dbi)
+        out = []
+        if not reverse:
+            first = after if after is not None else lo
+            ok = cur.set_range(first) if first is not None else cur.first()
+            if ok and after is not None and bytes(cur.key()) == after:
+                ok = cur.next()
+            while ok and len(out) < SCAN_CHUNK:
+                key = bytes(cur.key())
+                if hi is not None and key >= hi:
+                    break
+                out.append((key, bytes(cur.value())))
+                ok = cur.next()
+        else:
+            top = after if after is not None else hi  # exclusive upper bound
+            if top is None:
+                ok = cur.last()
+            elif cur.set_range(top):
+                ok = cur.prev()
+            else:
+                ok = cur.last()
+            while ok and len(out) < SCAN_CHUNK:
+                key = bytes(cur.key())
+                if lo is not None and key < lo:
+                    break
+                out.append((key, bytes(cur.value())))
+                ok = cur.prev()
+        return out
+
+    # ------------------------------------------------------------ state
+
+    def stats(self) -> dict:
+        """Counters of the store's engine in this process, and the map's size.
+
+        commits, ops_committed, ops_per_commit {mean, max}, commit_seconds
+        {p50, p99}, pending, map_size, map_used, codec, bytes_in (serialized
+        bytes of values committed since open), bytes_stored (their stored
+        size, headers included), compression_ratio, commit_seq (commits by
+        every process), namespaces.
+        """
+        env = self._live_env()
+        info = env.info()
+        w = env.writer
+        out = {
+            "path": env.path,
+            "readonly": env.readonly,
+            "codec": codec_backend,
+            "map_size": info["map_size"],
+            "map_used": info["map_used"],
+            "last_txnid": info["last_txnid"],
+            "readers": info["num_readers"],
+            "commit_seq": env.commit_seq(),
+            "commits": 0,
+            "ops_committed": 0,
+            "ops_per_commit": {"mean": 0.0, "max": 0},
+            "commit_seconds": {"p50": 0.0, "p99": 0.0},
+            "durable_groups": 0,
+            "buffered_groups": 0,
+            "pending": 0,
+            "bytes_in": 0,
+            "bytes_stored": 0,
+            "compression_ratio": None,
+            "failed": None,
+        }
+        if w is not None:
+            with w._lock:
+                times = sorted(w.commit_seconds)
+                out.update(
+                    commits=w.commits,
+                    ops_committed=w.ops_committed,
+                    ops_per_commit={"mean": w.ops_committed / w.commits if w.commits else 0.0,
+                                    "max": w.max_ops_in_commit},
+                    durable_groups=w.durable_groups,
+                    buffered_groups=w.buffered_groups,
+                    bytes_in=w.bytes_in,
+                    bytes_stored=w.bytes_stored,
+                    failed=repr(w.failed.cause) if w.failed is not None else None,
+                )
+            if times:
+                out["commit_seconds"] = {"p50": times[len(times) // 2],
+                                         "p99": times[min(len(times) - 1, int(len(times) * 0.99))]}
+            out["pending"] = w.pending()
+            if out["bytes_in"]:
+                out["compression_ratio"] = out["bytes_stored"] / out["bytes_in"]
+        return out
+
+    def close(self) -> None:
+        """Commit pending writes and release the store. Idempotent.
+
+        :raises StoreFailedError: a commit had failed: some writes were lost
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._root is not self:
+            return
+        env = self._env
+        if not env.forked:
+            _detach(env)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if (self._closed or self._root._closed) else "open"
+        return f"<kvstore.{type(self).__name__} {self._root._path!r} namespace={self._ns!r} {state}>"
+
+
+class Namespace(Store):
+    """A separate keyspace of a store, with the same methods. Shares the
+    store's engine; closing it only closes this handle."""
+
+    def __init__(self, root: Store, name: str):  # noqa: super().__init__ on purpose not called
+        self._root = root
+        self._ns = name
+        self._closed = False
+        self._path = root._path
+
+
+class Batch:
+    """Writes that commit atomically when the `with` block exits normally."""
+
+    def __init__(self, store: Store, durable):
+        self._store = store
+        self._durable = durable
+        self._ops: list = []
+        self._state = "open"
+
+    def _target(self, namespace):
+        if self._state != "open":
+            raise StoreClosedError(f"this batch is {self._state}; start a new one with db.batch()")
+        store = self._store
+        env = store._live_env()
+        ns = store._ns if namespace is None else namespace
+        if namespace is not None:
+            check_namespace_name(namespace)
+        return ns, store._dbi(env, ns)
+
+    def put(self, key, value, *, namespace: str | None = None) -> None:
+        """Add a put to the batch; `namespace` targets another namespace of the store."""
+        ns, dbi = self._target(namespace)
+        key = _check_key(key)
+        record, raw_len = self._store._encode(value)
+        self._ops.append((ns, dbi, key, record, raw_len))
+
+    def delete(self, key, *, namespace: str | None = None) -> None:
+        ns, dbi = self._target(namespace)
+        self._ops.append((ns, dbi, _check_key(key), None, 0))
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._state != "open":
+            return
+        if exc_type is not None:
+            self._state = "discarded"
+            self._ops = []
+            return
+        self._state = "committed"
+        ops, self._ops = self._ops, []
+        if ops:
+            store = self._store
+            store._submit(store._live_env(), ops, self._durable)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def _detach(env) -> None:
+    """Drop one handle's reference; the last one flushes and closes."""
+    if not environment.release(env):
+        return
+    try:
+        if env.writer is not None:
+            env.writer.close()
+    finally:
+        env.close()
+
+
+_hooks_installed = False
+_hooks_lock = threading.Lock()
+
+
+def _close_all() -> None:
+    """At interpreter exit: commit every pending write of every open store."""
+    for env in environment.all_open():
+        if env.forked:
+            continue
+        try:
+            if env.writer is not None:
+                env.writer.close()
+        except KVStoreError as exc:
+            print(f"kvstore: {env.path}: {exc}", file=sys.stderr)
+
+
+def _on_sigterm(signum, frame):
+    # Unwind the main thread (releasing any lock it holds) and exit through
+    # the interpreter's normal shutdown, where atexit commits pending writes.
+    raise SystemExit(128 + signum)
+
+
+def _install_exit_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+        atexit.register(_close_all)
+        if threading.current_thread() is threading.main_thread():
+            try:
+                if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                    signal.signal(signal.SIGTERM, _on_sigterm)
+            except (ValueError, OSError):
+                pass  # not the main interpreter: the application owns signals
