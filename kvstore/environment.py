@@ -204,7 +204,7 @@ class Environment:
                 metasync=True,
                 max_dbs=opts.max_namespaces + 2,  # + default + __kvstore__
                 max_readers=opts.max_readers,
-                max_spare_txns=4,
+                max_spare_txns=0,  # see _before_fork: a child must find no transaction to abort
                 readahead=False,  # random reads of a store bigger than RAM
                 lock=True,
             )
@@ -220,8 +220,10 @@ class Environment:
         try:
             with env.begin() as txn:
                 names = [bytes(k) for k, _ in txn.cursor()]
-                meta = env.open_db(META_DB, txn=txn, create=False) if META_DB in names else None
-                version = txn.get(FORMAT_KEY, db=meta) if meta is not None else None
+            meta = self._lookup_dbi(META_DB) if META_DB in names else None
+            if meta is not None:
+                with env.begin(db=meta) as txn:
+                    version = txn.get(FORMAT_KEY)
         except lmdb.Error as exc:
             raise translate(exc, f"opening {self.path!r}") from None
         if meta is None:
@@ -344,12 +346,21 @@ class Environment:
             return handle
 
     def _lookup_dbi(self, raw: bytes):
-        def look(txn):
-            if txn.get(raw) is None:
+        # Not in a read transaction of ours: a handle opened in a read-only
+        # transaction dies with it. py-lmdb's internal transaction keeps it.
+        while True:
+            self.map_lock.acquire_shared()
+            try:
+                return self.env.open_db(raw, create=False)
+            except lmdb.NotFoundError:
                 return None
-            return self.env.open_db(raw, txn=txn, create=False)
-
-        return self.read(look)
+            except lmdb.MapResizedError:
+                pass
+            except lmdb.Error as exc:
+                raise translate(exc, f"opening namespace {raw!r}") from None
+            finally:
+                self.map_lock.release_shared()
+            self.adopt_map_size()
 
     def namespace_names(self) -> list[str]:
         names = []
@@ -451,14 +462,35 @@ def all_open() -> list[Environment]:
         return list(_registry.values())
 
 
+_held_for_fork: list[Environment] = []
+
+
+def _before_fork() -> None:
+    # Fork only when no transaction of ours is active: a child that closes
+    # an inherited environment aborts its live transactions, and with
+    # MDB_NOTLS that frees their reader slots, which the parent still uses.
+    _registry_lock.acquire()
+    for env in _registry.values():
+        env.map_lock.acquire_exclusive()
+        _held_for_fork.append(env)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().map_lock.release_exclusive()
+    _registry_lock.release()
+
+
 def _after_fork_in_child() -> None:
-    # Threads and locks of the parent are gone or frozen here: touch nothing
-    # of the inherited environments but a flag. Handles reopen on next use.
+    # The parent's threads are gone here, and its locks are copies: give the
+    # inherited environments nothing but a flag. Handles reopen on next use.
     global _registry_lock
     _registry_lock = threading.Lock()
+    _held_for_fork.clear()
     for env in _registry.values():
         env.forked = True
     _registry.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)

@@ -9,23 +9,26 @@ The write path, top to bottom:
 2. Buffered group: `submit()` returns at once. The background flusher
    commits the queue when its oldest group has waited `flush_interval`, or
    at once when the queue reaches `max_batch_ops`/`max_batch_bytes`.
-3. Durable group: the caller waits on the commit lock. Whoever holds it is
-   the leader: it takes every queued group (up to the batch limits, never
-   splitting a group), writes them in one LMDB transaction, commits and
-   syncs once, and marks them done. A waiter that gets the lock finds its
-   group done (it rode along) or leads the next commit with everything
-   queued meanwhile. So concurrent durable writers share fsyncs, and nobody
-   waits for a timer (LevelDB's writer queue, with LMDB underneath).
+3. Durable group: if no commit is running, the caller becomes the leader;
+   otherwise it waits to be released by the leader. The leader gives the
+   other durable writers that were active lately a moment to queue (at most
+   half a commit's time: their writes would otherwise wait a whole commit),
+   takes every queued group (up to the batch limits, never splitting a
+   group), writes them in one LMDB transaction, commits and syncs once, and
+   releases every writer whose group is done. So concurrent durable writers
+   share fsyncs, and nobody waits for the flush timer (LevelDB's writer
+   queue, with LMDB underneath).
 4. After the commit, the group's overlay entries are dropped (unless a newer
-   write to the same key replaced them) and its writers are released.
+   write to the same key replaced them).
 
 A commit that fills the map is replayed whole after the map grows
 (Environment.write). Any other commit error fails every group of that
-commit with that error, fails every group still queued, and turns the store
+commit with that error, fails every group still queued, and puts the store
 into the failed state: further writes raise StoreFailedError, because a
 failed fsync cannot be retried safely.
 
-Lock order: commit_lock, then _lock. Never take commit_lock holding _lock.
+One lock, `_lock`, guards all the state below; the LMDB transaction itself
+runs outside it, in the leader's thread (`_leading` says one is running).
 """
 
 from __future__ import annotations
@@ -41,11 +44,19 @@ __all__ = ["Group", "Writer", "TOMBSTONE"]
 
 TOMBSTONE = None  # the record of a pending delete in the overlay
 
+# A durable writer counts as active for this many commits after its last one.
+_ACTIVE_WINDOW = 16
+# Longest a leader waits for other active durable writers to queue, seconds.
+_MAX_GATHER = 0.002
+
 
 class Group:
-    """Writes that commit together, atomically. ops: (namespace, dbi, key, record-or-None, raw_len)."""
+    """Writes that commit together, atomically.
 
-    __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "done", "error")
+    ops: [(namespace, dbi, key, record or TOMBSTONE, serialized length)].
+    """
+
+    __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error")
 
     def __init__(self, ops: list, durable: bool):
         self.ops = ops
@@ -53,6 +64,7 @@ class Group:
         self.nbytes = sum(len(op[3]) for op in ops if op[3] is not None)
         self.seq = 0
         self.queued_at = 0.0
+        self.thread = 0
         self.done = False
         self.error: BaseException | None = None
 
@@ -66,18 +78,25 @@ class Writer:
         self._max_bytes = options.max_batch_bytes
         self._max_pending = options.max_pending_ops
         self._interval = options.flush_interval
-        self._commit_lock = threading.Lock()  # held by the thread that commits
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)  # a commit finished / the leader left
+        self._arrived = threading.Condition(self._lock)  # a durable group was queued
         self._wake = threading.Condition(self._lock)  # the flusher sleeps here
         # guarded by _lock:
         self._queue: collections.deque[Group] = collections.deque()
         self._queued_ops = 0
         self._queued_bytes = 0
+        self._queued_durable = 0
         self._in_flight_ops = 0
+        self._leading = False  # a thread is running a commit
+        self._gathering = False  # the leader waits for durable groups to arrive
+        self._flush_wanted = False
         self._next_seq = 1
         self._last: Group | None = None  # last group submitted
         self._failed: StoreFailedError | None = None
         self._closing = False
+        self._durable_seen: dict[int, int] = {}  # thread id -> commit number of its last durable group
+        self._gather_seconds = 0.0
         # namespace -> key -> (group seq, record or TOMBSTONE); mutated under
         # _lock, read without it (single dict operations are atomic).
         self.overlay: dict[str, dict[bytes, tuple]] = collections.defaultdict(dict)
@@ -97,7 +116,7 @@ class Writer:
 
     # ------------------------------------------------------------ callers
 
-    def submit(self, group: Group, timeout: float | None = None) -> None:
+    def submit(self, group: Group) -> None:
         """Queue a group; for a durable group, return once it is committed."""
         with self._lock:
             if self._failed is not None:
@@ -116,52 +135,89 @@ class Writer:
                 overlay[ns][key] = (group.seq, record)
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
-            full = self._queued_ops >= self._max_ops or self._queued_bytes >= self._max_bytes
-            if not group.durable and (full or len(self._queue) == 1):
+            if group.durable:
+                group.thread = threading.get_ident()
+                self._queued_durable += 1
+                if self._gathering:
+                    self._arrived.notify()
+            elif len(self._queue) == 1 or self._queued_ops >= self._max_ops \
+                    or self._queued_bytes >= self._max_bytes:
                 self._wake.notify()
             backlog = self._queued_ops + self._in_flight_ops > self._max_pending
         if group.durable or backlog:
-            self._wait(group, timeout)
+            self._wait(group)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Return once every group submitted before the call is committed."""
+        """Return once every group submitted before the call is committed.
+
+        The flusher thread commits; this thread only waits, so a timeout holds
+        even while another process keeps LMDB's write lock.
+        """
         with self._lock:
             last = self._last
+            if last is not None and not last.done:
+                self._flush_wanted = True
+                self._wake.notify()
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while not last.done:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(
+                            f"writes not committed within {timeout} s; they stay queued and will "
+                            f"commit (call flush() again to wait for them)")
+                    self._released.wait(left)
             failed = self._failed
-        if last is not None and not last.done:
-            self._wait(last, timeout, own=False)
-        elif failed is not None:
+        if failed is not None:
             raise failed
 
-    def _wait(self, group: Group, timeout: float | None, own: bool = True) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not group.done:
-            if deadline is None:
-                self._commit_lock.acquire()
+    def _wait(self, group: Group) -> None:
+        """Wait until group is committed, leading commits when nobody else is."""
+        with self._lock:
+            while not group.done and self._leading:
+                self._released.wait()
+            if group.done:
+                error = group.error
             else:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._commit_lock.acquire(timeout=left):
-                    raise TimeoutError(
-                        f"writes not committed within {timeout} s; they stay queued and will "
-                        f"commit (call flush() again to wait for them)")
+                self._leading = True
+                error = None
+        if not group.done:
             try:
-                if not group.done:
+                while not group.done:
+                    self._gather()
                     self._commit_next()
             finally:
-                self._commit_lock.release()
-        if group.error is not None:
+                with self._lock:
+                    self._leading = False
+                    self._released.notify_all()
             error = group.error
-            if not own and not isinstance(error, StoreFailedError):
-                error = StoreFailedError(f"a commit failed: {error}; reopen the store", error)
+        if error is not None:
             raise error
+
+    def _gather(self) -> None:
+        """Give durable writers that were active lately a moment to queue."""
+        with self._lock:
+            horizon = self.commits - _ACTIVE_WINDOW
+            expected = sum(1 for last in self._durable_seen.values() if last >= horizon)
+            if expected <= 1 or self._queued_durable >= expected:
+                return
+            deadline = time.monotonic() + self._gather_seconds
+            self._gathering = True
+            try:
+                while self._queued_durable < expected and self._queued_ops < self._max_ops:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._arrived.wait(left)
+            finally:
+                self._gathering = False
 
     # ------------------------------------------------------------ the commit
 
     def _commit_next(self) -> None:
-        """Commit the groups at the front of the queue. Caller holds commit_lock."""
+        """Commit the groups at the front of the queue. Caller is the leader."""
         with self._lock:
             groups = []
-            ops = nbytes = 0
+            ops = nbytes = durable = 0
             queue = self._queue
             while queue:
                 g = queue[0]
@@ -170,8 +226,10 @@ class Writer:
                 groups.append(queue.popleft())
                 ops += len(g.ops)
                 nbytes += g.nbytes
+                durable += g.durable
             self._queued_ops -= ops
             self._queued_bytes -= nbytes
+            self._queued_durable -= durable
             self._in_flight_ops += ops
             failed = self._failed
         if not groups:
@@ -196,6 +254,7 @@ class Writer:
                 self._queue.extendleft(reversed(groups))
                 self._queued_ops += ops
                 self._queued_bytes += nbytes
+                self._queued_durable += durable
                 self._in_flight_ops -= ops
             raise
         if killpoints.armed:
@@ -221,6 +280,7 @@ class Writer:
         return seq
 
     def _finish(self, groups, ops, error, seq=0, seconds=0.0) -> None:
+        """Mark groups done (with error, if any), drop their overlay entries, wake waiters."""
         overlay = self.overlay
         with self._lock:
             for g in groups:
@@ -237,6 +297,7 @@ class Writer:
                 if error is None:
                     if g.durable:
                         self.durable_groups += 1
+                        self._durable_seen[g.thread] = self.commits
                     else:
                         self.buffered_groups += 1
             self._in_flight_ops -= ops
@@ -246,6 +307,11 @@ class Writer:
                 self.max_ops_in_commit = max(self.max_ops_in_commit, ops)
                 self.commit_seconds.append(seconds)
                 self.last_commit_seq = seq
+                self._gather_seconds = min(seconds / 2, _MAX_GATHER)
+                if len(self._durable_seen) > 4 * _ACTIVE_WINDOW:
+                    horizon = self.commits - _ACTIVE_WINDOW
+                    self._durable_seen = {t: c for t, c in self._durable_seen.items() if c >= horizon}
+            self._released.notify_all()
 
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
@@ -258,8 +324,7 @@ class Writer:
             rest = list(self._queue)
             self._queue.clear()
             rest_ops = sum(len(g.ops) for g in rest)
-            self._queued_ops -= rest_ops
-            self._queued_bytes = 0
+            self._queued_ops = self._queued_bytes = self._queued_durable = 0
             self._in_flight_ops += rest_ops
         self._finish(groups, ops, exc)
         if rest:
@@ -273,25 +338,32 @@ class Writer:
             with self._lock:
                 while True:
                     if not self._queue:
+                        self._flush_wanted = False
                         if self._closing:
                             return
                         self._wake.wait()
                         continue
-                    if (self._closing or self._queued_ops >= self._max_ops
+                    if (self._closing or self._flush_wanted or self._queued_ops >= self._max_ops
                             or self._queued_bytes >= self._max_bytes):
                         break
                     wait = self._queue[0].queued_at + self._interval - time.monotonic()
                     if wait <= 0:
                         break
                     self._wake.wait(wait)
-            with self._commit_lock:
-                try:
-                    self._commit_next()
-                except BaseException as exc:  # never die silently with writes queued
-                    with self._lock:
-                        if self._failed is None:
-                            self._failed = StoreFailedError(f"the background writer failed: {exc!r}", exc)
-                    self._fail([], 0, self._failed)
+                while self._leading:
+                    self._released.wait()
+                self._leading = True
+            try:
+                self._commit_next()
+            except BaseException as exc:  # never die silently with writes queued
+                with self._lock:
+                    if self._failed is None:
+                        self._failed = StoreFailedError(f"the background writer failed: {exc!r}", exc)
+                self._fail([], 0, self._failed)
+            finally:
+                with self._lock:
+                    self._leading = False
+                    self._released.notify_all()
 
     # ------------------------------------------------------------ state
 
