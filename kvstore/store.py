@@ -196,15 +196,11 @@ class Store:
             dbi = env.dbi(ns, create=not env.readonly)
         return dbi
 
-    def _encode(self, value) -> tuple[bytes, int]:
-        record = self._root._codec.encode(value)
-        return record, int.from_bytes(record[2:6], "little")
-
-    def _submit(self, env, ops: list, durable) -> None:
+    def _submit(self, env, ops: list, nbytes: int, durable) -> None:
         writer = self._writer(env)
         if durable is None:
             durable = self._root._durable
-        writer.submit(Group(ops, bool(durable)))
+        writer.submit(Group(ops, bool(durable), nbytes))
 
     def put(self, key, value, *, durable: bool | None = None) -> None:
         """Store value under key.
@@ -215,20 +211,30 @@ class Store:
         :raises InvalidKeyError: bad key; nothing is queued
         :raises EncodeError: msgpack cannot carry the value; nothing is queued
         """
-        env = self._live_env()
-        writer = self._writer(env)
-        key = _check_key(key)
-        record, raw_len = self._encode(value)
-        if durable is None:
-            durable = self._root._durable
-        writer.submit(Group([(self._ns, self._dbi(env, self._ns), key, record, raw_len)], bool(durable)))
+        # The hot path of every buffered write: kept flat on purpose.
+        root = self._root
+        env = root._env
+        if self._closed or root._closed or env.forked:
+            env = self._live_env()
+        writer = env.writer
+        if writer is None:
+            self._writer(env)  # raises ReadOnlyError
+        if type(key) is not str or not 0 < len(key) <= 127:  # 127 chars: at most 511 UTF-8 bytes
+            key = _check_key(key)
+        else:
+            key = key.encode("utf-8") if key.isascii() else _check_key(key)
+        record = root._codec.encode(value)
+        ns = self._ns
+        dbi = env._dbis.get(ns) or self._dbi(env, ns)
+        writer.submit(Group([(ns, dbi, key, record)], root._durable if durable is None else bool(durable),
+                            len(record)))
 
     def delete(self, key, *, durable: bool | None = None) -> None:
         """Remove key (no error if it is missing)."""
         env = self._live_env()
         self._writer(env)
         key = _check_key(key)
-        self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None, 0)], durable)
+        self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable)
 
     def put_many(self, items, *, durable: bool | None = None) -> None:
         """Store many pairs atomically, in one commit (all or nothing, across crashes).
@@ -241,17 +247,20 @@ class Store:
         if hasattr(items, "items"):
             items = items.items()
         ns, dbi = self._ns, self._dbi(env, self._ns)
+        encode = self._root._codec.encode
         ops = []
+        nbytes = 0
         for pair in items:
             try:
                 key, value = pair
             except (TypeError, ValueError):
                 raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
             key = _check_key(key)
-            record, raw_len = self._encode(value)
-            ops.append((ns, dbi, key, record, raw_len))
+            record = encode(value)
+            nbytes += len(record)
+            ops.append((ns, dbi, key, record))
         if ops:
-            self._submit(env, ops, durable)
+            self._submit(env, ops, nbytes, durable)
 
     def batch(self, durable: bool | None = None) -> "Batch":
         """An atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
@@ -592,6 +601,7 @@ class Batch:
         self._store = store
         self._durable = durable
         self._ops: list = []
+        self._nbytes = 0
         self._state = "open"
 
     def _target(self, namespace):
@@ -608,12 +618,13 @@ class Batch:
         """Add a put to the batch; `namespace` targets another namespace of the store."""
         ns, dbi = self._target(namespace)
         key = _check_key(key)
-        record, raw_len = self._store._encode(value)
-        self._ops.append((ns, dbi, key, record, raw_len))
+        record = self._store._root._codec.encode(value)
+        self._nbytes += len(record)
+        self._ops.append((ns, dbi, key, record))
 
     def delete(self, key, *, namespace: str | None = None) -> None:
         ns, dbi = self._target(namespace)
-        self._ops.append((ns, dbi, _check_key(key), None, 0))
+        self._ops.append((ns, dbi, _check_key(key), None))
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -632,7 +643,7 @@ class Batch:
         ops, self._ops = self._ops, []
         if ops:
             store = self._store
-            store._submit(store._live_env(), ops, self._durable)
+            store._submit(store._live_env(), ops, self._nbytes, self._durable)
 
 
 # ---------------------------------------------------------------- lifecycle

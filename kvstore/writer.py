@@ -10,14 +10,15 @@ The write path, top to bottom:
    commits the queue when its oldest group has waited `flush_interval`, or
    at once when the queue reaches `max_batch_ops`/`max_batch_bytes`.
 3. Durable group: if no commit is running, the caller becomes the leader;
-   otherwise it waits to be released by the leader. The leader gives the
-   other durable writers that were active lately a moment to queue (at most
-   half a commit's time: their writes would otherwise wait a whole commit),
-   takes every queued group (up to the batch limits, never splitting a
-   group), writes them in one LMDB transaction, commits and syncs once, and
-   releases every writer whose group is done. So concurrent durable writers
-   share fsyncs, and nobody waits for the flush timer (LevelDB's writer
-   queue, with LMDB underneath).
+   otherwise it sleeps on its group's own lock. The leader gives the other
+   durable writers that were active lately a moment to queue (at most half
+   a commit's time: their writes would otherwise wait a whole commit), takes
+   every queued group (up to the batch limits, never splitting a group),
+   writes them in one LMDB transaction, commits and syncs once, and wakes
+   every writer whose group is done. When its own group is done it hands
+   the lead to the first writer still waiting, or gives it up. So concurrent
+   durable writers share fsyncs, and nobody waits for the flush timer
+   (LevelDB's writer queue, with LMDB underneath).
 4. After the commit, the group's overlay entries are dropped (unless a newer
    write to the same key replaced them).
 
@@ -29,11 +30,14 @@ failed fsync cannot be retried safely.
 
 One lock, `_lock`, guards all the state below; the LMDB transaction itself
 runs outside it, in the leader's thread (`_leading` says one is running).
+A sleeping writer is woken by the release of its group's `waiter` lock,
+after `done` or `lead` was set, so waking a writer never contends `_lock`.
 """
 
 from __future__ import annotations
 
 import collections
+import struct
 import threading
 import time
 
@@ -43,6 +47,7 @@ from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutErr
 __all__ = ["Group", "Writer", "TOMBSTONE"]
 
 TOMBSTONE = None  # the record of a pending delete in the overlay
+_RAW_LEN = struct.Struct("<I")  # a record's raw_len field, at offset 2 (codec/format.py)
 
 # A durable writer counts as active for this many commits after its last one.
 _ACTIVE_WINDOW = 16
@@ -53,20 +58,23 @@ _MAX_GATHER = 0.002
 class Group:
     """Writes that commit together, atomically.
 
-    ops: [(namespace, dbi, key, record or TOMBSTONE, serialized length)].
+    ops: [(namespace, dbi, key, record or TOMBSTONE)]; nbytes: their records' total size.
     """
 
-    __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error")
+    __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
+                 "waiter", "lead")
 
-    def __init__(self, ops: list, durable: bool):
+    def __init__(self, ops: list, durable: bool, nbytes: int):
         self.ops = ops
         self.durable = durable
-        self.nbytes = sum(len(op[3]) for op in ops if op[3] is not None)
+        self.nbytes = nbytes
         self.seq = 0
         self.queued_at = 0.0
         self.thread = 0
         self.done = False
         self.error: BaseException | None = None
+        self.waiter: threading.Lock | None = None  # held while its writer sleeps
+        self.lead = False  # the writer was woken to lead the next commit
 
 
 class Writer:
@@ -79,7 +87,7 @@ class Writer:
         self._max_pending = options.max_pending_ops
         self._interval = options.flush_interval
         self._lock = threading.Lock()
-        self._released = threading.Condition(self._lock)  # a commit finished / the leader left
+        self._released = threading.Condition(self._lock)  # for flush() and the flusher
         self._arrived = threading.Condition(self._lock)  # a durable group was queued
         self._wake = threading.Condition(self._lock)  # the flusher sleeps here
         # guarded by _lock:
@@ -90,6 +98,8 @@ class Writer:
         self._in_flight_ops = 0
         self._leading = False  # a thread is running a commit
         self._gathering = False  # the leader waits for durable groups to arrive
+        self._gather_target = 0
+        self._flush_waiters = 0
         self._flush_wanted = False
         self._next_seq = 1
         self._last: Group | None = None  # last group submitted
@@ -131,20 +141,27 @@ class Writer:
             self._queue.append(group)
             self._last = group
             overlay = self.overlay
-            for ns, _dbi, key, record, _raw_len in group.ops:
+            for ns, _dbi, key, record in group.ops:
                 overlay[ns][key] = (group.seq, record)
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
+            wait = group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
             if group.durable:
                 group.thread = threading.get_ident()
                 self._queued_durable += 1
-                if self._gathering:
+                if self._gathering and self._queued_durable >= self._gather_target:
                     self._arrived.notify()
             elif len(self._queue) == 1 or self._queued_ops >= self._max_ops \
                     or self._queued_bytes >= self._max_bytes:
                 self._wake.notify()
-            backlog = self._queued_ops + self._in_flight_ops > self._max_pending
-        if group.durable or backlog:
+            if wait:
+                if self._leading:
+                    group.waiter = threading.Lock()
+                    group.waiter.acquire()
+                else:
+                    self._leading = True
+                    group.lead = True
+        if wait:
             self._wait(group)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -159,39 +176,48 @@ class Writer:
                 self._flush_wanted = True
                 self._wake.notify()
                 deadline = None if timeout is None else time.monotonic() + timeout
-                while not last.done:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError(
-                            f"writes not committed within {timeout} s; they stay queued and will "
-                            f"commit (call flush() again to wait for them)")
-                    self._released.wait(left)
+                self._flush_waiters += 1
+                try:
+                    while not last.done:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise TimeoutError(
+                                f"writes not committed within {timeout} s; they stay queued and "
+                                f"will commit (call flush() again to wait for them)")
+                        self._released.wait(left)
+                finally:
+                    self._flush_waiters -= 1
             failed = self._failed
         if failed is not None:
             raise failed
 
     def _wait(self, group: Group) -> None:
-        """Wait until group is committed, leading commits when nobody else is."""
-        with self._lock:
-            while not group.done and self._leading:
-                self._released.wait()
-            if group.done:
-                error = group.error
-            else:
-                self._leading = True
-                error = None
+        """Sleep until group is committed, or lead commits until it is."""
+        if group.waiter is not None:
+            group.waiter.acquire()  # released by a leader: done, or our turn to lead
         if not group.done:
             try:
                 while not group.done:
                     self._gather()
                     self._commit_next()
             finally:
-                with self._lock:
-                    self._leading = False
-                    self._released.notify_all()
-            error = group.error
-        if error is not None:
-            raise error
+                self._hand_off()
+        if group.error is not None:
+            raise group.error
+
+    def _hand_off(self) -> None:
+        """The leader is done: wake the first writer still waiting to lead, or
+        give up the lead (the flusher takes buffered groups)."""
+        with self._lock:
+            for g in self._queue:
+                if g.waiter is not None:
+                    g.lead = True
+                    g.waiter.release()
+                    return
+            self._leading = False
+            if self._queue:
+                self._wake.notify()
+            self._released.notify_all()
 
     def _gather(self) -> None:
         """Give durable writers that were active lately a moment to queue."""
@@ -202,6 +228,7 @@ class Writer:
                 return
             deadline = time.monotonic() + self._gather_seconds
             self._gathering = True
+            self._gather_target = expected
             try:
                 while self._queued_durable < expected and self._queued_ops < self._max_ops:
                     left = deadline - time.monotonic()
@@ -266,7 +293,7 @@ class Writer:
         half = ops // 2 if killpoints.armed else -1
         n = 0
         for g in groups:
-            for _ns, dbi, key, record, _raw_len in g.ops:
+            for _ns, dbi, key, record in g.ops:
                 if record is None:
                     txn.delete(key, db=dbi)
                 else:
@@ -284,16 +311,18 @@ class Writer:
         overlay = self.overlay
         with self._lock:
             for g in groups:
-                for ns, _dbi, key, record, raw_len in g.ops:
+                for ns, _dbi, key, record in g.ops:
                     pending = overlay[ns]
                     entry = pending.get(key)
                     if entry is not None and entry[0] == g.seq:
                         del pending[key]
                     if error is None and record is not None:
-                        self.bytes_in += raw_len
+                        self.bytes_in += _RAW_LEN.unpack_from(record, 2)[0]
                         self.bytes_stored += len(record)
                 g.error = error
                 g.done = True
+                if g.waiter is not None and not g.lead:
+                    g.waiter.release()
                 if error is None:
                     if g.durable:
                         self.durable_groups += 1
@@ -311,7 +340,8 @@ class Writer:
                 if len(self._durable_seen) > 4 * _ACTIVE_WINDOW:
                     horizon = self.commits - _ACTIVE_WINDOW
                     self._durable_seen = {t: c for t, c in self._durable_seen.items() if c >= horizon}
-            self._released.notify_all()
+            if self._flush_waiters:
+                self._released.notify_all()
 
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
@@ -350,8 +380,11 @@ class Writer:
                     if wait <= 0:
                         break
                     self._wake.wait(wait)
-                while self._leading:
-                    self._released.wait()
+                if self._leading:
+                    # A writer is committing; it hands the queue back to us
+                    # (notifying _wake) when it gives up the lead.
+                    self._wake.wait()
+                    continue
                 self._leading = True
             try:
                 self._commit_next()
@@ -361,9 +394,7 @@ class Writer:
                         self._failed = StoreFailedError(f"the background writer failed: {exc!r}", exc)
                 self._fail([], 0, self._failed)
             finally:
-                with self._lock:
-                    self._leading = False
-                    self._released.notify_all()
+                self._hand_off()
 
     # ------------------------------------------------------------ state
 
