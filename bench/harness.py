@@ -1,0 +1,245 @@
+"""The benchmark harness: workload registry, targets, timing helpers, results.
+
+A workload is a function `fn(ctx) -> Result | list[Result]` registered with
+`@workload(name, doc, ...)`. It gets a `Context` (the records, the op counts,
+the thread count, fresh temporary directories) and returns what it measured.
+A target is a `Target(numerator, denominator, min_ratio, why)` over workload
+names. Names may contain `{T}`, replaced by the thread count (--threads).
+
+Adding a workload: write the function, decorate it, and add a line to the
+docstring of bench/run.py. Adding a target: append to `TARGETS` in run.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import math
+import os
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Result:
+    """What one run of one workload measured."""
+
+    name: str
+    system: str  # kvstore, lmdb, sqlite3, diskcache
+    ops: int = 0  # operations timed (calls of put/get/put_many, or puts in one txn)
+    seconds: float = 0.0  # wall time of the timed section
+    threads: int = 1
+    latencies: list | None = None  # seconds per call, when meaningful
+    note: str = ""
+    extra: dict = field(default_factory=dict)  # anything else worth keeping (stats...)
+    skipped: str = ""  # reason, when the workload could not run
+    peak_rss_mb: float | None = None
+    runs: list = field(default_factory=list)  # ops/s of every repetition
+    order: int = 0  # position in the registry, for printing
+
+    @property
+    def ops_per_sec(self) -> float:
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, p: float) -> float | None:
+        lat = self.latencies
+        if not lat:
+            return None
+        s = sorted(lat)
+        rank = math.ceil(p / 100.0 * len(s))  # nearest rank
+        return s[min(len(s), max(1, rank)) - 1]
+
+    def summary(self) -> dict:
+        out = {
+            "name": self.name,
+            "system": self.system,
+            "ops": self.ops,
+            "threads": self.threads,
+            "seconds": self.seconds,
+            "ops_per_sec": self.ops_per_sec,
+            "runs_ops_per_sec": self.runs,
+            "note": self.note,
+            "skipped": self.skipped or None,
+            "peak_rss_mb": self.peak_rss_mb,
+            "extra": self.extra,
+        }
+        if self.latencies:
+            lat = self.latencies
+            out["latency_us"] = {
+                "mean": sum(lat) / len(lat) * 1e6,
+                "p50": self.percentile(50) * 1e6,
+                "p90": self.percentile(90) * 1e6,
+                "p99": self.percentile(99) * 1e6,
+                "p99.9": self.percentile(99.9) * 1e6,
+                "max": max(lat) * 1e6,
+                "calls": len(lat),
+            }
+        return out
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass
+class Workload:
+    name: str  # may contain {T}
+    fn: Callable
+    doc: str
+    system: str
+    requires: tuple = ()  # importable modules needed; skipped with a note if missing
+    order: int = 0
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def workload(name: str, doc: str, system: str = "kvstore", requires: tuple = ()):
+    """Register `fn(ctx)` as workload `name` ({T} = thread count)."""
+
+    def deco(fn):
+        if name in WORKLOADS:
+            raise ValueError(f"workload {name!r} registered twice")
+        WORKLOADS[name] = Workload(name, fn, doc, system, tuple(requires), len(WORKLOADS))
+        return fn
+
+    return deco
+
+
+@dataclass
+class Target:
+    numerator: str  # workload name ({T} allowed)
+    denominator: str
+    min_ratio: float
+    why: str
+
+
+def expand(name: str, threads: int) -> str:
+    return name.replace("{T}", str(threads))
+
+
+def missing_requirements(w: Workload) -> list[str]:
+    return [m for m in w.requires if importlib.util.find_spec(m) is None]
+
+
+# ---------------------------------------------------------------- context
+
+
+@dataclass
+class Context:
+    records: list  # [(key str, value)] with distinct keys, file order
+    random_order: list  # the same records, shuffled once (seeded)
+    sorted_order: list  # the same records, sorted by key
+    sync_records: list  # the first sync_n of random_order: for per-put fsync workloads
+    group_records: list  # for kvstore's multi-thread durable fill
+    threads: int
+    seed: int
+    tmp_root: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @contextlib.contextmanager
+    def tmpdir(self):
+        """A fresh empty directory, removed afterwards."""
+        d = tempfile.mkdtemp(prefix="kvbench-", dir=self.tmp_root)
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def split(items: list, parts: int) -> list[list]:
+    """Round-robin split: thread i gets items[i::parts]."""
+    return [items[i::parts] for i in range(parts)]
+
+
+def run_threads(parts: list, worker: Callable) -> tuple[float, list]:
+    """Run worker(part, latencies) in one thread per part, all released at once.
+
+    Returns (seconds from the release to the last thread's end, all latencies).
+    A worker's exception is re-raised here.
+    """
+    n = len(parts)
+    barrier = threading.Barrier(n + 1)
+    lats = [[] for _ in range(n)]
+    errors: list = []
+
+    def body(i):
+        try:
+            barrier.wait()
+            worker(parts[i], lats[i])
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    ts = [threading.Thread(target=body, args=(i,), name=f"bench-{i}") for i in range(n)]
+    for t in ts:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return elapsed, [x for lat in lats for x in lat]
+
+
+# ---------------------------------------------------------------- memory
+
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux); False when not possible."""
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, MiB (since the last reset on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru / (1024.0 * 1024.0) if os.uname().sysname == "Darwin" else ru / 1024.0
+
+
+def run_once(w: Workload, ctx: Context) -> list[Result]:
+    """One run of a workload: a list of results, with peak RSS filled in."""
+    gc.collect()
+    reset_peak_rss()
+    out = w.fn(ctx)
+    rss = peak_rss_mb()
+    results = out if isinstance(out, list) else [out]
+    for r in results:
+        r.peak_rss_mb = rss
+        r.order = w.order
+    return results
+
+
+def median_result(results: list[Result]) -> Result:
+    """The run with the median ops/s, carrying every run's ops/s."""
+    runs = [r.ops_per_sec for r in results]
+    chosen = sorted(results, key=lambda r: r.ops_per_sec)[(len(results) - 1) // 2]
+    chosen.runs = runs
+    return chosen
