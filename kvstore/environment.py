@@ -34,6 +34,7 @@ from .errors import (
     StoreNotFoundError,
     translate,
 )
+from .dictionaries import Dictionaries
 from .options import Options
 
 __all__ = ["Environment", "acquire", "DEFAULT_NAMESPACE", "META_DB", "check_namespace_name"]
@@ -165,6 +166,7 @@ class Environment:
         self.env = self._open()
         try:
             self.meta_db = self._init_meta()
+            self.dicts = Dictionaries(self)
         except BaseException:
             self.env.close()
             raise

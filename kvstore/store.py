@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import struct
 import sys
 import threading
 from typing import Iterable, Iterator
@@ -22,6 +23,7 @@ import lmdb
 from . import environment
 from .codec import Codec
 from .codec import backend as codec_backend
+from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
 from .environment import DEFAULT_NAMESPACE, check_namespace_name
 from .errors import (
     CorruptionError,
@@ -38,6 +40,7 @@ from .writer import Group, Writer
 __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE"]
 
 MAX_KEY_SIZE = 511  # LMDB's limit with its default build
+_DICT_ID = struct.Struct("<I")  # a record's dict_id field, at offset 6 (codec/format.py)
 SCAN_CHUNK = 256  # keys read per read transaction in a scan
 
 _MISSING = object()
@@ -223,8 +226,8 @@ class Store:
             key = _check_key(key)
         else:
             key = key.encode("utf-8") if key.isascii() else _check_key(key)
-        record = root._codec.encode(value)
         ns = self._ns
+        record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
         dbi = env._dbis.get(ns) or self._dbi(env, ns)
         writer.submit(Group([(ns, dbi, key, record)], root._durable if durable is None else bool(durable),
                             len(record)))
@@ -248,6 +251,7 @@ class Store:
             items = items.items()
         ns, dbi = self._ns, self._dbi(env, self._ns)
         encode = self._root._codec.encode
+        dictionary = env.dicts.for_encoding(ns)
         ops = []
         nbytes = 0
         for pair in items:
@@ -256,7 +260,7 @@ class Store:
             except (TypeError, ValueError):
                 raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
             key = _check_key(key)
-            record = encode(value)
+            record = encode(value, dictionary=dictionary)
             nbytes += len(record)
             ops.append((ns, dbi, key, record))
         if ops:
@@ -304,9 +308,13 @@ class Store:
         return None
 
     def _decode(self, key: bytes, record):
+        dicts = self._root._env.dicts
         try:
-            return self._root._codec.decode(record)
+            return self._root._codec.decode(record, dictionaries=dicts.by_id)
         except CorruptionError as exc:
+            dict_id = _DICT_ID.unpack_from(record, 6)[0] if len(record) >= 10 else 0
+            if dict_id and dict_id not in dicts.by_id and dict_id in dicts.for_decoding(dict_id):
+                return self._decode(key, record)  # another process trained it meanwhile
             raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
         except FormatError as exc:
             raise FormatError(f"key {key!r}: {exc}") from None
@@ -501,6 +509,37 @@ class Store:
                 ok = cur.prev()
         return out
 
+    # ------------------------------------------------------------ dictionaries
+
+    def train_dictionary(self, namespace: str | None = None, samples: int = DEFAULT_SAMPLES,
+                         dict_size: int = DEFAULT_DICT_SIZE) -> int:
+        """Train a zstd dictionary on values of a namespace; new values of the
+        namespace are compressed with it. Returns the dictionary's id.
+
+        Pending writes are committed first so that they are sampled too.
+        Values already stored keep the compression they have.
+
+        :param namespace: defaults to this handle's namespace
+        :param samples: values sampled (uniformly) for training
+        :param dict_size: dictionary size in bytes
+        """
+        ns = self._ns if namespace is None else namespace
+        check_namespace_name(ns) if ns != DEFAULT_NAMESPACE else None
+        env = self._live_env()
+        self._writer(env)
+        self.flush()
+        dbi = self._dbi(env, ns)
+        codec = self._root._codec
+
+        def serialize(record):
+            return codec.serialize(codec.decode(record, dictionaries=env.dicts.by_id))[1]
+
+        return env.dicts.train(ns, dbi, samples, dict_size, serialize)
+
+    def dictionaries(self) -> list[dict]:
+        """Every dictionary in the store: id, namespace, size, created, samples, current."""
+        return self._live_env().dicts.info()
+
     # ------------------------------------------------------------ state
 
     def stats(self) -> dict:
@@ -618,7 +657,8 @@ class Batch:
         """Add a put to the batch; `namespace` targets another namespace of the store."""
         ns, dbi = self._target(namespace)
         key = _check_key(key)
-        record = self._store._root._codec.encode(value)
+        env = self._store._live_env()
+        record = self._store._root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
         self._nbytes += len(record)
         self._ops.append((ns, dbi, key, record))
 
