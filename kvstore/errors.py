@@ -16,6 +16,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidNamespaceError",
     "EncodeError",
+    "CodecSelectionError",
     "ReadOnlyError",
     "StoreClosedError",
     # -- opening a store
@@ -50,6 +51,10 @@ class InvalidNamespaceError(KVStoreError, ValueError):
 
 class EncodeError(KVStoreError, TypeError):
     """A value cannot be stored: msgpack cannot carry it, or it is too large."""
+
+
+class CodecSelectionError(KVStoreError, ValueError):
+    """KVSTORE_CODEC (or a backend name) is not one kvstore knows."""
 
 
 class ReadOnlyError(KVStoreError):

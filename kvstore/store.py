@@ -21,8 +21,7 @@ from typing import Iterable, Iterator
 import lmdb
 
 from . import environment
-from .codec import Codec
-from .codec import backend as codec_backend
+from . import codec as _codec
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
 from .environment import DEFAULT_NAMESPACE, check_namespace_name
 from .errors import (
@@ -111,7 +110,7 @@ class Store:
         self._root = self
         self._closed = False
         self._durable = options.durable
-        self._codec = Codec(options.compression, options.compression_level,
+        self._codec = _codec.Codec(options.compression, options.compression_level,
                             options.compress_min_size, options.max_value_size)
         self._env = self._attach()
         _install_exit_hooks()
@@ -557,7 +556,7 @@ class Store:
         out = {
             "path": env.path,
             "readonly": env.readonly,
-            "codec": codec_backend,
+            "codec": self._root._codec.backend,
             "map_size": info["map_size"],
             "map_used": info["map_used"],
             "last_txnid": info["last_txnid"],

@@ -8,7 +8,14 @@ import shutil
 import tempfile
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 import kvstore
 
@@ -125,4 +132,5 @@ def _lists(value):
     return value
 
 
-TestStoreMatchesDict = StoreMatchesDict.TestCase
+def test_store_matches_dict(codec_backend):
+    run_state_machine_as_test(StoreMatchesDict)

@@ -9,6 +9,17 @@ backend and exposes its functions:
     encode_many(values) / decode_many(records)     batch forms
     hash64(data) -> int                            XXH64, seed 0
     backend                                        name of the active backend
+    backends() -> list[str]                        backends that work here
+    get_backend(name) -> module                    a backend's module
+
+Two backends write and read the same bytes: "native" (C through cffi,
+`nativecodec`, see docs/native.md) and "python" (`pycodec`). The environment
+variable KVSTORE_CODEC picks one when kvstore is imported:
+
+    auto (or unset)  native when its extension is built and works, else python
+                     with one RuntimeWarning saying why
+    native           native, or ImportError if it is not available
+    python           python
 
 Module-level functions use the default settings of a store (zstd level 3,
 values under 128 bytes uncompressed); a store uses a `Codec` built from its
@@ -17,19 +28,27 @@ options.
 
 from __future__ import annotations
 
-from . import pycodec as _backend
+import os
+import warnings
+
+from . import pycodec
+from ..errors import CodecSelectionError
 from .dictionary import Dictionary
 from .format import HEADER_SIZE, MAX_VALUE_SIZE, VERSION, parse_header, stored_checksum
 
 __all__ = [
     "Codec",
+    "CodecSelectionError",
     "Dictionary",
     "backend",
+    "backends",
     "decode",
     "decode_many",
     "encode",
     "encode_many",
+    "get_backend",
     "hash64",
+    "use",
     "parse_header",
     "stored_checksum",
     "HEADER_SIZE",
@@ -37,12 +56,93 @@ __all__ = [
     "VERSION",
 ]
 
-backend: str = _backend.NAME
-Codec = _backend.Codec
-hash64 = _backend.hash64
+ENV_VAR = "KVSTORE_CODEC"
+CHOICES = ("auto", "native", "python")
+NAMES = ("native", "python")
 
-_default = Codec()
-encode = _default.encode
-decode = _default.decode
-encode_many = _default.encode_many
-decode_many = _default.decode_many
+
+_native_module = None
+_native_error: ImportError | None = None
+
+
+def _load_native():
+    """The native backend's module; ImportError (cached) if it is unavailable."""
+    global _native_module, _native_error
+    if _native_module is not None:
+        return _native_module
+    if _native_error is None:
+        try:
+            from . import nativecodec
+        except ImportError as exc:
+            _native_error = exc
+        except Exception as exc:  # a broken build must not break `import kvstore`
+            _native_error = ImportError(f"the native codec failed to load: {type(exc).__name__}: {exc}")
+        else:
+            _native_module = nativecodec
+            return nativecodec
+    raise ImportError(str(_native_error)) from _native_error
+
+
+def get_backend(name: str):
+    """The module of backend `name` ("native" or "python"), which has `Codec`,
+    `hash64` and `NAME`. ImportError if the native backend is not available."""
+    if name == "python":
+        return pycodec
+    if name == "native":
+        return _load_native()
+    raise CodecSelectionError(f"unknown codec backend {name!r}; valid backends: {', '.join(NAMES)}")
+
+
+def backends() -> list[str]:
+    """Names of the backends that work in this process, preferred first."""
+    names = []
+    try:
+        _load_native()
+        names.append("native")
+    except ImportError:
+        pass
+    names.append("python")
+    return names
+
+
+def _select():
+    choice = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise CodecSelectionError(
+            f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not a codec backend; valid values: "
+            f"{', '.join(CHOICES)} (unset means auto)"
+        )
+    if choice == "python":
+        return pycodec
+    try:
+        return _load_native()
+    except ImportError as exc:
+        if choice == "native":
+            raise ImportError(
+                f"{ENV_VAR}=native but the native codec is not available: {exc}. Reinstall "
+                f"kvstore where a C compiler and the Python headers are present, or set "
+                f"{ENV_VAR}=auto or python"
+            ) from exc
+        warnings.warn(
+            f"kvstore: using the slower pure-Python codec because the native one is not "
+            f"available ({exc}); set {ENV_VAR}=python to choose it explicitly",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return pycodec
+
+
+def use(name: str) -> None:
+    """Make backend `name` the process default: stores opened afterwards, and
+    this module's functions, use it. (The test suite runs once per backend
+    this way.) ImportError if it is not available."""
+    global backend, Codec, hash64, encode, decode, encode_many, decode_many
+    module = get_backend(name)
+    default = module.Codec()
+    backend, Codec, hash64 = module.NAME, module.Codec, module.hash64
+    encode, decode = default.encode, default.decode
+    encode_many, decode_many = default.encode_many, default.decode_many
+
+
+backend: str
+use(_select().NAME)

@@ -1,0 +1,628 @@
+"""The native codec backend: value format v1 (see format.py) done in C.
+
+`kvstore._native` (native/kvcodec.c, built by cffi when kvstore is installed)
+builds and checks record headers, computes XXH64 and drives zstd; Python
+keeps msgpack, with the same options as the Python backend, so both backends
+read and write the same bytes. docs/native.md describes the design.
+
+Importing this module raises ImportError when the extension is not built or
+no usable libzstd can be loaded; `kvstore.codec` then falls back to the
+Python backend. zstd comes from the zstandard package's own extension, else
+the system's libzstd.so.1; the environment variable KVSTORE_ZSTD_LIBRARY
+names another shared object to use instead.
+
+Thread safety: zstd contexts, msgpack packers and the output buffer belong to
+one thread each (a `threading.local`); digested dictionaries are read-only
+and shared. The C calls release the GIL (cffi's default) and touch no Python
+object.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+from itertools import accumulate
+from typing import Iterable, Mapping
+
+import msgpack
+
+from ..errors import CorruptionError, EncodeError, FormatError
+from .format import HEADER_SIZE, MAX_VALUE_SIZE
+
+try:
+    from .._native import ffi, lib
+except ImportError as exc:  # not built (no C compiler at install time)
+    raise ImportError(
+        f"the native codec extension kvstore._native is not built ({exc}); reinstall kvstore "
+        f"with a C compiler and the Python headers available (pip install -e .)"
+    ) from exc
+
+__all__ = ["Codec", "hash64", "NAME", "zstd_library", "zstd_version"]
+
+NAME = "native"
+
+_BYTES_LIKE = (bytearray, memoryview)
+_NULL = ffi.NULL
+_SIZE_MAX = (1 << (8 * ffi.sizeof("size_t"))) - 1
+_FLAG_DICT = lib.KVC_FLAG_DICT
+_E_SPACE = lib.KVC_E_SPACE
+
+# Output buffers: each thread keeps one of _INITIAL_CAP bytes, grown up to
+# _KEEP_CAP on demand; larger outputs get a buffer of their own for one call.
+_INITIAL_CAP = 64 << 10
+_KEEP_CAP = 4 << 20
+# decode() copies memoryview records up to this size rather than pass a
+# pointer into them (cheaper than ffi.from_buffer for small records).
+_COPY_MAX = 4096
+# Batch decodes pass every dictionary to C when there are at most this many,
+# else only those the batch's records name.
+_MAX_DICTS_PASSED = 32
+
+# Buffers that C fills completely need no zeroing.
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+
+_xxh64 = lib.kvc_xxh64
+_encode = lib.kvc_encode
+_encode_into = lib.kvc_encode_into
+_encode_many = lib.kvc_encode_many
+_decode = lib.kvc_decode
+_decode_into = lib.kvc_decode_into
+_decode_many = lib.kvc_decode_many
+_unpackb = msgpack.unpackb
+
+
+# ------------------------------------------------------------------ zstd
+
+
+def _zstd_candidates() -> list[str]:
+    """Shared objects that may provide zstd, best first."""
+    chosen = os.environ.get("KVSTORE_ZSTD_LIBRARY")
+    if chosen:  # an explicit choice, tried alone
+        return [chosen]
+    found = []
+    # The zstandard package (a dependency) builds libzstd statically into its
+    # cffi extension, which exports the whole ZSTD_* API: the exact zstd the
+    # Python backend uses, present wherever kvstore is installed.
+    try:
+        spec = importlib.util.find_spec("zstandard._cffi")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        found.append(spec.origin)
+    if sys.platform == "darwin":
+        found.append("libzstd.1.dylib")
+    elif sys.platform != "win32":
+        found.append("libzstd.so.1")
+    return found
+
+
+def _load_zstd() -> str:
+    msg = ffi.new("char[]", 512)
+    tried = []
+    for path in _zstd_candidates():
+        if lib.kvc_load_zstd(path.encode(sys.getfilesystemencoding()), msg, len(msg)) == 0:
+            return path
+        tried.append(ffi.string(msg).decode("utf-8", "replace"))
+    raise ImportError(
+        "the native codec found no usable zstd library: "
+        + ("; ".join(tried) if tried else "no candidate (zstandard._cffi, libzstd.so.1)")
+    )
+
+
+zstd_library: str = _load_zstd()
+"""The shared object zstd was loaded from."""
+
+_v = lib.kvc_zstd_version()
+zstd_version: tuple[int, int, int] = (_v // 10000, _v // 100 % 100, _v % 100)
+del _v
+
+
+# -------------------------------------------------------------- hashing
+
+
+def hash64(data) -> int:
+    """XXH64 (seed 0) of a bytes-like object, as xxhash.xxh64_intdigest."""
+    if type(data) is bytes:
+        return _xxh64(data, len(data))
+    if isinstance(data, str):
+        raise TypeError("Strings must be encoded before hashing")
+    buf = ffi.from_buffer(data)
+    return _xxh64(buf, len(buf))
+
+
+# ------------------------------------------------------------- helpers
+
+
+def _refuse_ext(code, data):
+    raise CorruptionError(f"msgpack extension type {code} is not part of the kvstore format")
+
+
+def _encode_room(size: int, count: int = 1) -> int:
+    """Output room for `count` values of `size` bytes in all: header plus
+    zstd's worst case (ZSTD_compressBound <= n + n/256 + 64) each."""
+    return size + (size >> 8) + (HEADER_SIZE + 64) * count
+
+
+def _unpack(raw):
+    try:
+        return _unpackb(raw, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+    except CorruptionError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def _new_packer():
+    return msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def _encode_type_error(value, exc) -> EncodeError:
+    return EncodeError(
+        f"cannot store a value of type {type(value).__name__}: {exc}; values may be None, "
+        f"bool, int (64-bit), float, str, bytes, list, tuple or dict of those"
+    )
+
+
+def _zstd_error(err) -> str:
+    return ffi.string(err.zstd_error).decode("ascii", "replace") if err.zstd_error else "unknown error"
+
+
+def _decode_error(code: int, err, max_value_size: int) -> Exception:
+    """The exception for a KVC_E_* code of a decode call."""
+    a, b = err.a, err.b
+    if code == lib.KVC_E_SHORT:
+        return CorruptionError(f"record is {a} bytes, shorter than the {HEADER_SIZE}-byte header")
+    if code == lib.KVC_E_NEWER:
+        return FormatError(
+            f"value written by a newer kvstore (format version {a}, this one reads "
+            f"{lib.KVC_VERSION}); upgrade kvstore to read it"
+        )
+    if code == lib.KVC_E_VERSION:
+        return CorruptionError(f"bad format version {a} in record header")
+    if code == lib.KVC_E_FLAGS:
+        return CorruptionError(f"unknown flags 0x{a:02x} in record header")
+    if code == lib.KVC_E_DICT_NO_ZSTD:
+        return CorruptionError("record header has the dictionary flag without the zstd flag")
+    if code == lib.KVC_E_DICT_ZERO:
+        return CorruptionError("record header has the dictionary flag but dictionary id 0")
+    if code == lib.KVC_E_DICT_ID:
+        return CorruptionError(f"record header names dictionary {a} without the dictionary flag")
+    if code == lib.KVC_E_TOO_LARGE:
+        return CorruptionError(
+            f"record declares {a} bytes, over the {max_value_size}-byte limit (max_value_size)"
+        )
+    if code == lib.KVC_E_RAW_LEN:
+        return CorruptionError(f"record declares {a} bytes but holds {b} uncompressed")
+    if code == lib.KVC_E_CHECKSUM:
+        return CorruptionError("checksum mismatch: the stored bytes were damaged")
+    if code == lib.KVC_E_NOT_FRAME:
+        return CorruptionError("payload is not a zstd frame (its frame header does not parse)")
+    if code == lib.KVC_E_FRAME_SIZE:
+        return CorruptionError(f"zstd frame declares {a} bytes, the record header {b}")
+    if code == lib.KVC_E_NO_DICT:
+        return CorruptionError(f"record uses zstd dictionary {a}, which this store does not hold")
+    if code == lib.KVC_E_INFLATE:
+        return CorruptionError(f"zstd payload does not decompress ({_zstd_error(err)})")
+    if code == lib.KVC_E_INFLATE_SIZE:
+        return CorruptionError(f"decompressed to {a} bytes, the header declares {b}")
+    if code == lib.KVC_E_NOMEM:
+        return MemoryError("out of memory while decoding a value")
+    return RuntimeError(f"native codec failed with code {code}")
+
+
+def _encode_error(code: int, err, max_value_size: int) -> Exception:
+    """The exception for a KVC_E_* code of an encode call."""
+    if code == lib.KVC_E_ENCODE_SIZE:
+        return EncodeError(
+            f"value is {err.a} bytes serialized, over max_value_size ({max_value_size}); "
+            f"split it or reopen the store with a larger max_value_size"
+        )
+    if code == lib.KVC_E_NOMEM:
+        return MemoryError(f"out of memory while compressing a value ({_zstd_error(err)})")
+    if code == lib.KVC_E_COMPRESS:
+        return RuntimeError(f"zstd failed to compress a value ({_zstd_error(err)})")
+    return RuntimeError(f"native codec failed with code {code}")
+
+
+class _Thread:
+    """What one thread needs: a kvc_ctx (zstd contexts, the codec's settings,
+    an error slot), the output buffer it writes to, a msgpack packer."""
+
+    __slots__ = ("ctx", "err", "out", "cap", "buf", "packer")
+
+    def __init__(self, level: int, min_size: int, max_value_size: int):
+        ctx = lib.kvc_ctx_new(level, min_size, max_value_size)
+        if ctx == _NULL:
+            raise MemoryError("cannot create zstd contexts")
+        self.ctx = ffi.gc(ctx, lib.kvc_ctx_free)
+        self.err = lib.kvc_ctx_err(ctx)  # inside ctx: lives as long as it
+        self.packer = _new_packer()
+        self._set_buffer(_INITIAL_CAP)
+
+    def _set_buffer(self, cap: int) -> None:
+        self.out = _alloc("char[]", cap)
+        self.cap = cap
+        self.buf = ffi.buffer(self.out)
+        lib.kvc_ctx_set_output(self.ctx, self.out, cap)
+
+    def room(self, need: int):
+        """(pointer, capacity, buffer) with at least `need` bytes."""
+        if need <= self.cap:
+            return self.out, self.cap, self.buf
+        if need <= _KEEP_CAP:
+            self._set_buffer(max(need, min(2 * self.cap, _KEEP_CAP)))
+            return self.out, self.cap, self.buf
+        out = _alloc("char[]", need)
+        return out, need, ffi.buffer(out)
+
+
+class Codec:
+    """Encodes values into records and back, with one set of settings.
+
+    Same interface and same bytes as `kvstore.codec.pycodec.Codec`.
+
+    :param compression: "zstd" or "none"
+    :param level: zstd compression level
+    :param min_size: serialized values shorter than this stay uncompressed
+    :param max_value_size: largest serialized value accepted or decoded
+    """
+
+    backend = NAME
+
+    def __init__(self, compression: str = "zstd", level: int = 3, min_size: int = 128,
+                 max_value_size: int = MAX_VALUE_SIZE):
+        self._compress = compression == "zstd"
+        self._min_size = min_size
+        self._level = level
+        self._max_value_size = max_value_size
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._cdicts: dict = {}  # id(Dictionary) -> (Dictionary, kvc_cdict)
+        self._ddicts: dict = {}  # id(Dictionary) -> (Dictionary, kvc_ddict)
+
+    # The settings are attributes, as in the Python backend. Each thread's
+    # C context holds a copy: changing one starts every thread afresh.
+
+    def _reset(self) -> None:
+        with self._lock:
+            self._local = threading.local()
+
+    @property
+    def compress(self) -> bool:
+        return self._compress
+
+    @compress.setter
+    def compress(self, value: bool) -> None:
+        self._compress = bool(value)
+        self._reset()
+
+    @property
+    def min_size(self) -> int:
+        return self._min_size
+
+    @min_size.setter
+    def min_size(self, value: int) -> None:
+        self._min_size = value
+        self._reset()
+
+    @property
+    def max_value_size(self) -> int:
+        return self._max_value_size
+
+    @max_value_size.setter
+    def max_value_size(self, value: int) -> None:
+        self._max_value_size = value
+        self._reset()
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    @level.setter
+    def level(self, value: int) -> None:
+        # Digested compression dictionaries carry the level too.
+        with self._lock:
+            self._level = value
+            self._local = threading.local()
+            self._cdicts = {}
+
+    # ------------------------------------------------------------ per thread
+
+    def _thread(self) -> _Thread:
+        try:
+            return self._local.t
+        except AttributeError:
+            t = self._local.t = _Thread(self._level,
+                                        self._min_size if self._compress else _SIZE_MAX,
+                                        self._max_value_size)
+            return t
+
+    def _cdict(self, dictionary):
+        entry = self._cdicts.get(id(dictionary))
+        if entry is None or entry[0] is not dictionary:
+            with self._lock:
+                entry = self._cdicts.get(id(dictionary))
+                if entry is None or entry[0] is not dictionary:
+                    data = dictionary.data
+                    c = lib.kvc_cdict_new(data, len(data), self._level)
+                    if c == _NULL:
+                        raise EncodeError(f"zstd cannot use {dictionary!r} as a compression dictionary")
+                    entry = (dictionary, ffi.gc(c, lib.kvc_cdict_free))
+                    self._cdicts[id(dictionary)] = entry
+        return entry[1]
+
+    def _ddict(self, dictionary):
+        entry = self._ddicts.get(id(dictionary))
+        if entry is None or entry[0] is not dictionary:
+            with self._lock:
+                entry = self._ddicts.get(id(dictionary))
+                if entry is None or entry[0] is not dictionary:
+                    data = dictionary.data
+                    d = lib.kvc_ddict_new(data, len(data))
+                    if d == _NULL:
+                        raise CorruptionError(
+                            f"zstd cannot use {dictionary!r} as a decompression dictionary"
+                        )
+                    entry = (dictionary, ffi.gc(d, lib.kvc_ddict_free))
+                    self._ddicts[id(dictionary)] = entry
+        return entry[1]
+
+    # ---------------------------------------------------------------- encode
+
+    def serialize(self, value) -> tuple[int, bytes]:
+        """(flags, serialized bytes) for a value, before compression."""
+        if type(value) is bytes:
+            return 0, value
+        if isinstance(value, _BYTES_LIKE):
+            return 0, bytes(value)
+        t = self._thread()
+        try:
+            return 1, t.packer.pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A failed pack leaves the packer's buffer half-written.
+            t.packer = _new_packer()
+            raise _encode_type_error(value, exc) from None
+
+    def encode(self, value, *, dictionary=None) -> bytes:
+        """One stored record (header included) for `value`."""
+        try:
+            t = self._local.t
+        except AttributeError:
+            t = self._thread()
+        if type(value) is bytes:
+            flags = 0
+            raw = value
+        elif isinstance(value, _BYTES_LIKE):
+            flags = 0
+            raw = bytes(value)
+        else:
+            flags = 1
+            try:
+                raw = t.packer.pack(value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                t.packer = _new_packer()
+                raise _encode_type_error(value, exc) from None
+        if dictionary is None:
+            r = _encode(t.ctx, flags, raw, len(raw))
+            if r >= 0:
+                return t.buf[:r]
+        return self._frame(t, flags, raw, dictionary)
+
+    def frame(self, flags: int, raw: bytes, dictionary=None) -> bytes:
+        """Compress (when worth it), checksum and frame serialized bytes."""
+        if type(raw) is not bytes:
+            raw = bytes(raw)
+        try:
+            t = self._local.t
+        except AttributeError:
+            t = self._thread()
+        return self._frame(t, flags, raw, dictionary)
+
+    def _frame(self, t: _Thread, flags: int, raw: bytes, dictionary) -> bytes:
+        if dictionary is None:
+            cdict, dict_id = _NULL, 0
+        else:
+            cdict, dict_id = self._cdict(dictionary), dictionary.id
+        n = len(raw)
+        out, cap, buf = t.room(_encode_room(n) if n <= self._max_value_size else 0)
+        r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, out, cap)
+        if r == _E_SPACE:  # a zstd whose compressBound exceeds our estimate
+            out, cap, buf = t.room(t.err.a)
+            r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, out, cap)
+        if r < 0:
+            raise _encode_error(r, t.err, self._max_value_size)
+        return buf[:r]
+
+    def encode_many(self, values: Iterable, *, dictionary=None) -> list[bytes]:
+        """Records for many values; the C work is one call for all of them."""
+        t = self._thread()
+        raws = []
+        flags = bytearray()
+        add_raw = raws.append
+        add_flag = flags.append
+        pack = t.packer.pack
+        value = None
+        try:
+            for value in values:
+                if type(value) is bytes:
+                    add_raw(value)
+                    add_flag(0)
+                elif isinstance(value, _BYTES_LIKE):
+                    add_raw(bytes(value))
+                    add_flag(0)
+                else:
+                    add_raw(pack(value))
+                    add_flag(1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            t.packer = _new_packer()
+            raise _encode_type_error(value, exc) from None
+        n = len(raws)
+        if n == 0:
+            return []
+        if dictionary is None:
+            cdict, dict_id = _NULL, 0
+        else:
+            cdict, dict_id = self._cdict(dictionary), dictionary.id
+        lens = list(map(len, raws))
+        blob = b"".join(raws)
+        del raws
+        c_lens = _alloc("size_t[]", lens)
+        out_lens = _alloc("size_t[]", n)
+        flags = bytes(flags)
+        out, cap, buf = t.room(_encode_room(len(blob), n))
+        r = _encode_many(t.ctx, n, flags, blob, c_lens, cdict, dict_id, out, cap, out_lens)
+        if r == _E_SPACE:
+            out, cap, buf = t.room(t.err.a)
+            r = _encode_many(t.ctx, n, flags, blob, c_lens, cdict, dict_id, out, cap, out_lens)
+        if r < 0:
+            raise _encode_error(r, t.err, self._max_value_size)
+        records = buf[:r]
+        ends = list(accumulate(ffi.unpack(out_lens, n)))
+        return [records[s:e] for s, e in zip([0] + ends, ends)]
+
+    # ---------------------------------------------------------------- decode
+
+    def decode(self, data, *, dictionaries: Mapping | None = None):
+        """The value of a record. CorruptionError/FormatError if it is damaged."""
+        try:
+            t = self._local.t
+        except AttributeError:
+            t = self._thread()
+        if dictionaries:
+            return self._decode(t, data, dictionaries)
+        if type(data) is not bytes:
+            # Stores read with buffers=True: memoryviews. Copying a small
+            # one costs less than ffi.from_buffer.
+            if type(data) is not memoryview or data.nbytes > _COPY_MAX:
+                return self._decode(t, data, None)
+            data = data.tobytes()
+        r = _decode(t.ctx, data, len(data))
+        if r < 0:  # an error, or a value larger than the buffer
+            return self._decode(t, data, dictionaries)
+        raw = t.buf[:r >> 8]
+        if not r & 1:
+            return raw
+        try:
+            return _unpackb(raw, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+        except CorruptionError:
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+    def _decode(self, t: _Thread, data, dictionaries):
+        """decode() for any bytes-like record, dictionaries, large values, errors."""
+        if dictionaries:
+            dict_id, ddict = self._dict_for(data, dictionaries)
+        else:
+            dict_id, ddict = 0, _NULL
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        out, cap, buf = t.out, t.cap, t.buf
+        r = _decode_into(t.ctx, data, len(data), dict_id, ddict, out, cap)
+        if r == _E_SPACE:
+            out, cap, buf = t.room(t.err.a)
+            r = _decode_into(t.ctx, data, len(data), dict_id, ddict, out, cap)
+        if r < 0:
+            raise _decode_error(r, t.err, self._max_value_size)
+        raw = buf[:r >> 8]
+        return _unpack(raw) if r & 1 else raw
+
+    def _dict_for(self, data, dictionaries: Mapping):
+        """(dict_id, kvc_ddict) for a record that names a dictionary we hold."""
+        head = data[:10] if type(data) is bytes else bytes(memoryview(data).cast("B")[:10])
+        if len(head) == 10 and head[1] & _FLAG_DICT:
+            dictionary = dictionaries.get(int.from_bytes(head[6:10], "little"))
+            if dictionary is not None:
+                return int.from_bytes(head[6:10], "little"), self._ddict(dictionary)
+        return 0, _NULL
+
+    def _dict_table(self, recs: list, dictionaries: Mapping):
+        """(count, ids, kvc_ddict pointers) of the dictionaries a batch may use."""
+        if len(dictionaries) <= _MAX_DICTS_PASSED:
+            ids = list(dictionaries)
+        else:
+            wanted = set()
+            for rec in recs:
+                head = bytes(memoryview(rec).cast("B")[:10])
+                if len(head) == 10 and head[1] & _FLAG_DICT:
+                    wanted.add(int.from_bytes(head[6:10], "little"))
+            ids = [i for i in wanted if i in dictionaries]
+        ids = [i for i in ids if type(i) is int and 0 < i <= 0xFFFFFFFF]
+        if not ids:
+            return 0, _NULL, _NULL
+        ddicts = [self._ddict(dictionaries[i]) for i in ids]
+        # The pointer array holds no references: keep ddicts alive in the table.
+        table = ffi.new("kvc_ddict *[]", ddicts)
+        return len(ids), ffi.new("uint32_t[]", ids), (table, ddicts)
+
+    def decode_many(self, records: Iterable, *, dictionaries: Mapping | None = None) -> list:
+        """Values of many records; None stays None (a missing key). The C work
+        (checks, checksums, decompression) is one call for all of them."""
+        t = self._thread()
+        recs = records if type(records) is list else list(records)
+        present = [r for r in recs if r is not None]
+        n = len(present)
+        if n == 0:
+            return [None] * len(recs)
+        blob = b"".join(present)
+        c_lens = _alloc("size_t[]", list(map(len, present)))
+        if dictionaries:
+            ndicts, c_ids, keep = self._dict_table(present, dictionaries)
+            c_ddicts = keep[0] if ndicts else _NULL
+        else:
+            ndicts, c_ids, c_ddicts = 0, _NULL, _NULL
+        info = _alloc("uint64_t[]", n)
+        out, cap, buf = t.out, t.cap, t.buf
+        r = _decode_many(t.ctx, n, blob, c_lens, ndicts, c_ids, c_ddicts, out, cap, info)
+        if r == _E_SPACE:
+            out, cap, buf = t.room(t.err.a)
+            r = _decode_many(t.ctx, n, blob, c_lens, ndicts, c_ids, c_ddicts, out, cap, info)
+        if r < 0:
+            # Records before the bad one decoded: unpack them first, so a
+            # msgpack error earlier in the batch wins, as it would one by one.
+            bad = t.err.index
+            exc = _decode_error(r, t.err, self._max_value_size)
+            self._unpack_all(ffi.unpack(info, bad), buf[:sum(i >> 8 for i in ffi.unpack(info, bad))])
+            raise exc
+        values = self._unpack_all(ffi.unpack(info, n), buf[:r])
+        if n == len(recs):
+            return values
+        it = iter(values)
+        return [None if rec is None else next(it) for rec in recs]
+
+    @staticmethod
+    def _unpack_all(infos: list, raws: bytes) -> list:
+        view = memoryview(raws)
+        values = []
+        add = values.append
+        start = 0
+        try:
+            for info in infos:
+                end = start + (info >> 8)
+                if info & 1:
+                    add(_unpackb(view[start:end], raw=False, strict_map_key=False,
+                                 ext_hook=_refuse_ext))
+                else:
+                    add(raws[start:end])
+                start = end
+        except CorruptionError:
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+        return values
+
+
+def _self_test() -> None:
+    """Refuse to load if the extension and zstd do not work together."""
+    if hash64(b"") != 0xEF46DB3751D8E999 or hash64(bytes(range(100))) != 0x6AC1E58032166597:
+        raise ImportError("the native codec's XXH64 gives wrong results")
+    codec = Codec()
+    value = {"text": "native codec self-test " * 16, "n": [1, 2, 3]}
+    record = codec.encode(value)
+    if not record[1] & 2 or codec.decode(record) != value:
+        raise ImportError(f"the native codec failed its self-test with zstd from {zstd_library}")
+
+
+_self_test()
