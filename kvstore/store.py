@@ -363,11 +363,17 @@ class Store:
                 out[i] = self._decode(key, hit[0])
         dbi = self._dbi(env, self._ns)
         if todo and dbi is not None:
+            codec = self._root._codec
+
             def read(txn):
-                for i in todo:
-                    record = txn.get(keys[i], db=dbi)
-                    if record is not None:
-                        out[i] = self._decode(keys[i], record)
+                found = [(i, r) for i, r in ((i, txn.get(keys[i], db=dbi)) for i in todo) if r is not None]
+                try:  # one call into the codec for the whole batch
+                    values = codec.decode_many([r for _, r in found], dictionaries=env.dicts.by_id)
+                except (CorruptionError, FormatError):
+                    values = [self._decode(keys[i], r) for i, r in found]  # names the bad key
+                for (i, _), value in zip(found, values):
+                    out[i] = value
+
             env.read(read)
         return out
 
