@@ -78,7 +78,10 @@ class Dictionaries:
             by_id = dict(self.by_id)
             for did, raw in found.items():
                 if did not in by_id:
-                    by_id[did] = Dictionary(did, msgpack.unpackb(raw, raw=False)["data"])
+                    try:
+                        by_id[did] = Dictionary(did, msgpack.unpackb(raw, raw=False)["data"])
+                    except Exception:  # damaged entry: its records fail as "unknown dictionary"
+                        continue
             self.by_id = by_id
             self.current = {ns: by_id[did] for ns, did in current.items() if did in by_id}
             self._checked = time.monotonic()

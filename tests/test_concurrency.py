@@ -8,7 +8,6 @@ import textwrap
 import threading
 import time
 
-import lmdb
 import pytest
 
 import kvstore

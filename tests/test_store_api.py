@@ -32,6 +32,7 @@ VALUES = [
     {},
     {"role": "user", "content": "hello " * 200, "nested": {"a": [1, 2, {"b": b"x"}]}},
     {1: "int key", b"bin": "bytes key"},
+    {("tuple", 1): [1], "nested": {(1, (2, 3)): "tuple keys come back as tuples"}},
     "x" * 100_000,
     b"\x01" * 300_000,
 ]

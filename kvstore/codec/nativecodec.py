@@ -29,6 +29,7 @@ from typing import Iterable, Mapping
 import msgpack
 
 from ..errors import CorruptionError, EncodeError, FormatError
+from .serial import unpack
 from .format import HEADER_SIZE, MAX_VALUE_SIZE
 
 try:
@@ -70,7 +71,6 @@ _encode_many = lib.kvc_encode_many
 _decode = lib.kvc_decode
 _decode_into = lib.kvc_decode_into
 _decode_many = lib.kvc_decode_many
-_unpackb = msgpack.unpackb
 
 
 # ------------------------------------------------------------------ zstd
@@ -135,10 +135,6 @@ def hash64(data) -> int:
 # ------------------------------------------------------------- helpers
 
 
-def _refuse_ext(code, data):
-    raise CorruptionError(f"msgpack extension type {code} is not part of the kvstore format")
-
-
 def _encode_room(size: int, count: int = 1) -> int:
     """Output room for `count` values of `size` bytes in all: header plus
     zstd's worst case (ZSTD_compressBound <= n + n/256 + 64) each."""
@@ -147,7 +143,7 @@ def _encode_room(size: int, count: int = 1) -> int:
 
 def _unpack(raw):
     try:
-        return _unpackb(raw, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+        return unpack(raw)
     except CorruptionError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
@@ -505,7 +501,7 @@ class Codec:
         if not r & 1:
             return raw
         try:
-            return _unpackb(raw, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+            return unpack(raw)
         except CorruptionError:
             raise
         except Exception as exc:  # msgpack raises several unrelated types on bad input
@@ -602,8 +598,7 @@ class Codec:
             for info in infos:
                 end = start + (info >> 8)
                 if info & 1:
-                    add(_unpackb(view[start:end], raw=False, strict_map_key=False,
-                                 ext_hook=_refuse_ext))
+                    add(unpack(view[start:end]))
                 else:
                     add(raws[start:end])
                 start = end

@@ -15,6 +15,7 @@ import xxhash
 import zstandard
 
 from ..errors import CorruptionError, EncodeError
+from .serial import unpack
 from .format import (
     FLAG_DICT,
     FLAG_MSGPACK,
@@ -34,10 +35,6 @@ hash64 = xxhash.xxh64_intdigest
 
 _BYTES_LIKE = (bytearray, memoryview)
 _EMPTY: Mapping = {}
-
-
-def _refuse_ext(code, data):
-    raise CorruptionError(f"msgpack extension type {code} is not part of the kvstore format")
 
 
 class Codec:
@@ -166,7 +163,7 @@ class Codec:
         if not flags & FLAG_MSGPACK:
             return bytes(raw)
         try:
-            return msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+            return unpack(raw)
         except CorruptionError:
             raise
         except Exception as exc:  # msgpack raises several unrelated types on bad input

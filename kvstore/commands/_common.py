@@ -1,0 +1,175 @@
+"""What the commands share: errors with exit statuses, opening stores,
+namespaces, progress on stderr, sizes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import kvstore
+from kvstore.environment import DEFAULT_NAMESPACE, META_DB
+from kvstore.errors import KVStoreError, StoreNotFoundError
+
+from ._encoding import dumps, escape_key
+
+__all__ = ["CommandError", "NotFound", "open_readonly", "open_writable", "namespace_handle",
+           "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal"]
+
+# The CLI opens stores with room for many namespaces, so that it can show a
+# store whose application raised max_namespaces; it costs a few bytes each.
+CLI_MAX_NAMESPACES = 1024
+
+
+class CommandError(Exception):
+    """A failure the command explains: printed as `kvstore: error: MESSAGE`."""
+
+    status = 2
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class NotFound(CommandError):
+    """A key or namespace that is not in the store: exit status 1."""
+
+    status = 1
+
+
+def quote_key(key) -> str:
+    return "'" + escape_key(key) + "'"
+
+
+def is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def write_json(out, doc, indent=2) -> None:
+    out.write(dumps(doc, indent=indent) + "\n")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def human_size(n) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# ---------------------------------------------------------------- stores
+
+
+def _open(path, **options):
+    try:
+        return kvstore.open(path, max_namespaces=CLI_MAX_NAMESPACES, **options)
+    except KVStoreError:
+        raise
+    except (KeyError, TypeError, ValueError, EOFError) as exc:
+        # Opening reads the store's dictionaries from its metadata; a damaged
+        # entry there surfaces as a msgpack or zstd error, not a KVStoreError.
+        what = f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+        raise CommandError(f"cannot open the store at {path!r}: its metadata (the {META_DB.decode()} "
+                           f"database, where the dictionaries are) is damaged ({what})") from None
+
+
+def open_readonly(path):
+    """The store at path, read-only; StoreNotFoundError if there is none."""
+    return _open(path, readonly=True)
+
+
+def open_writable(path, create: bool):
+    """The store at path for writing; every write durable by default. Creates
+    the store only when create is True."""
+    if not create and not os.path.exists(os.path.join(os.fspath(path), "data.mdb")):
+        raise StoreNotFoundError(f"no kvstore store at {os.fspath(path)!r}")
+    return _open(path, durable=True)
+
+
+def namespace_dbi(db, name: str):
+    """The LMDB handle of namespace name; NotFound if the store lacks it.
+
+    The default namespace always exists (it may lack a database, in a store
+    made by other tools: then it reads as empty and this returns None)."""
+    dbi = db._env.dbi(name, create=False)
+    if dbi is None and name != DEFAULT_NAMESPACE:
+        names = ", ".join(db.namespaces())
+        raise NotFound(f"no namespace {name!r} in the store at {db.path!r} (it holds: {names})")
+    return dbi
+
+
+def namespace_handle(db, name: str, create: bool = False):
+    """A handle on namespace name (the store itself for the default one)."""
+    if name == DEFAULT_NAMESPACE:
+        return db
+    if not create:
+        namespace_dbi(db, name)
+    return db.namespace(name)
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """A one-line progress report on stderr, redrawn at most 10 times a second;
+    silent when stderr is not a terminal."""
+
+    def __init__(self, label: str, total=None, *, unit: str = "", stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = is_terminal(self.stream)
+        self.label = label
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self._last = 0.0
+        self._drawn = False
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.enabled:
+            now = time.monotonic()
+            if now - self._last >= 0.1:
+                self._last = now
+                self._draw()
+
+    def set(self, done: int) -> None:
+        self.update(done - self.done)
+
+    def _fmt(self, n) -> str:
+        return human_size(n) if self.unit == "bytes" else f"{n:,}"
+
+    def _draw(self) -> None:
+        text = f"{self.label}: {self._fmt(self.done)}"
+        if self.total:
+            pct = min(100.0, 100.0 * self.done / self.total)
+            width = 30
+            fill = int(width * pct / 100)
+            text = (f"{self.label}: [{'#' * fill}{'.' * (width - fill)}] {pct:5.1f}% "
+                    f"{self._fmt(self.done)}/{self._fmt(self.total)}")
+        self.stream.write("\r" + text + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self.enabled and self._drawn:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,98 @@
+"""Copying a live store (LMDB's mdb_env_copy2) into a new directory,
+atomically: into a temporary directory beside DEST, synced, then renamed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+
+import lmdb
+
+from kvstore.errors import translate
+
+from ._common import CommandError, Progress
+
+__all__ = ["check_dest", "copy_store"]
+
+
+def check_dest(dest: str) -> None:
+    """DEST must be new, or an empty directory."""
+    if os.path.isdir(dest):
+        if os.path.exists(os.path.join(dest, "data.mdb")):
+            raise CommandError(f"{dest!r} already holds a store; give a new directory")
+        if os.listdir(dest):
+            raise CommandError(f"{dest!r} is a directory that is not empty; give a new or empty directory")
+    elif os.path.lexists(dest):
+        raise CommandError(f"{dest!r} exists and is not a directory; give a new directory")
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy(env, tmp: str, target: str, compact: bool, dest: str) -> None:
+    while True:
+        env.map_lock.acquire_shared()  # no map resize in this process meanwhile
+        try:
+            env.env.copy(tmp, compact=compact)
+            return
+        except lmdb.MapResizedError:
+            pass  # another process grew the map: adopt its size, start again
+        except lmdb.Error as exc:
+            raise translate(exc, f"copying the store to {dest!r}") from None
+        finally:
+            env.map_lock.release_shared()
+        if os.path.exists(target):
+            os.unlink(target)
+        env.adopt_map_size()
+
+
+def copy_store(db, dest: str, compact: bool, label: str) -> int:
+    """Copy db's environment into dest; return the size of the new data.mdb."""
+    check_dest(dest)
+    env = db._env
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise CommandError(f"cannot create {dest!r}: {parent!r} is not a directory")
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(dest)) + ".", suffix=".tmp", dir=parent)
+    try:
+        target = os.path.join(tmp, "data.mdb")
+        expected = env.info()["map_used"]
+        done = threading.Event()
+        with Progress(label, expected, unit="bytes") as progress:
+            watcher = None
+            if progress.enabled:
+                def watch():
+                    while not done.wait(0.2):
+                        try:
+                            progress.set(os.path.getsize(target))
+                        except OSError:
+                            pass
+                watcher = threading.Thread(target=watch, daemon=True)
+                watcher.start()
+            try:
+                _copy(env, tmp, target, compact, dest)
+            finally:
+                done.set()
+                if watcher is not None:
+                    watcher.join()
+            size = os.path.getsize(target)
+            progress.set(size)
+        _fsync_path(target)
+        if os.path.isdir(dest):  # an empty directory: move the file in
+            os.replace(target, os.path.join(dest, "data.mdb"))
+            _fsync_path(dest)
+            os.rmdir(tmp)
+        else:
+            os.rename(tmp, dest)
+        _fsync_path(parent)
+        return size
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

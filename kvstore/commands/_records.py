@@ -1,0 +1,153 @@
+"""Reading a store's records and metadata for inspection: the namespaces and
+their LMDB handles, the dictionaries as of one snapshot, and one record
+examined layer by layer (header, checksum, dictionary, decode)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import msgpack
+
+from kvstore import codec as _codec
+from kvstore.codec import Dictionary
+from kvstore.codec.format import FLAG_DICT, FLAG_MSGPACK, FLAG_ZSTD, HEADER, HEADER_SIZE, parse_header
+from kvstore.dictionaries import CURRENT_PREFIX, DICT_PREFIX
+from kvstore.environment import FORMAT_KEY, SEQ_KEY
+from kvstore.errors import CorruptionError, FormatError
+
+__all__ = ["namespaces", "snapshot_meta", "examine", "Examined", "flag_names", "MISSING"]
+
+_ID = struct.Struct(">I")
+MISSING = object()
+
+
+def namespaces(db) -> list[tuple[str, object]]:
+    """[(name, dbi-or-None)] of every namespace, sorted by name; the default
+    namespace always listed (None when its database does not exist)."""
+    env = db._env
+    return [(name, env.dbi(name, create=False)) for name in db.namespaces()]
+
+
+def flag_names(flags: int) -> list[str]:
+    names = [n for bit, n in ((FLAG_MSGPACK, "MSGPACK"), (FLAG_ZSTD, "ZSTD"), (FLAG_DICT, "DICT"))
+             if flags & bit]
+    unknown = flags & ~(FLAG_MSGPACK | FLAG_ZSTD | FLAG_DICT)
+    if unknown:
+        names.append(f"UNKNOWN(0x{unknown:02x})")
+    return names
+
+
+@dataclass
+class Meta:
+    """The reserved metadata database as one snapshot sees it."""
+
+    format_version: object = None  # bytes, or None when missing
+    commit_seq: int | None = None
+    dictionaries: dict = field(default_factory=dict)  # id -> Dictionary (the ones that parse)
+    docs: dict = field(default_factory=dict)  # id -> {namespace, created, samples, size}
+    current: dict = field(default_factory=dict)  # namespace -> id
+    problems: list = field(default_factory=list)  # (what, reason)
+
+
+def snapshot_meta(txn, env) -> Meta:
+    """Read __kvstore__ inside txn: format version, commit count, dictionaries."""
+    meta = Meta()
+    db = env.meta_db
+    raw = txn.get(FORMAT_KEY, db=db)
+    meta.format_version = bytes(raw) if raw is not None else None
+    if raw is None:
+        meta.problems.append(("metadata", "format_version is missing"))
+    raw = txn.get(SEQ_KEY, db=db)
+    if raw is not None and len(raw) == 8:
+        meta.commit_seq = struct.unpack(">Q", raw)[0]
+    else:
+        meta.problems.append(("metadata", f"commit_seq is {'missing' if raw is None else f'{len(raw)} bytes, not 8'}"))
+    cur = txn.cursor(db=db)
+    if cur.set_range(DICT_PREFIX):
+        for key, value in cur:
+            key = bytes(key)
+            if not key.startswith(DICT_PREFIX):
+                break
+            if len(key) != len(DICT_PREFIX) + 4:
+                meta.problems.append(("metadata", f"dictionary key {key!r} is not dict:<u32>"))
+                continue
+            (did,) = _ID.unpack(key[len(DICT_PREFIX):])
+            try:
+                doc = msgpack.unpackb(bytes(value), raw=False)
+                data = doc["data"]
+                if not isinstance(data, bytes) or did == 0:
+                    raise ValueError("no dictionary bytes" if did else "id 0")
+                meta.dictionaries[did] = Dictionary(did, data)
+                meta.docs[did] = {"namespace": doc.get("namespace"), "created": doc.get("created"),
+                                  "samples": doc.get("samples"), "size": len(data)}
+            except Exception as exc:  # a damaged entry: msgpack, KeyError, TypeError...
+                meta.problems.append((f"dictionary {did}", f"unreadable ({type(exc).__name__}: {exc})"))
+    if cur.set_range(CURRENT_PREFIX):
+        for key, value in cur:
+            key = bytes(key)
+            if not key.startswith(CURRENT_PREFIX):
+                break
+            name = key[len(CURRENT_PREFIX):].decode("utf-8", "replace")
+            if len(value) != 4:
+                meta.problems.append((f"dictionary pointer of {name!r}", f"{len(value)} bytes, not 4"))
+                continue
+            (did,) = _ID.unpack(bytes(value))
+            meta.current[name] = did
+            if did not in meta.dictionaries:
+                meta.problems.append((f"dictionary pointer of {name!r}",
+                                      f"names dictionary {did}, which the store does not hold"))
+    return meta
+
+
+@dataclass
+class Examined:
+    """One record, layer by layer. `problem` is None when it decodes."""
+
+    size: int
+    version: int | None = None
+    flags: int | None = None
+    raw_len: int | None = None
+    dict_id: int | None = None
+    checksum_stored: int | None = None
+    checksum_computed: int | None = None
+    problem: str | None = None
+    value: object = MISSING
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def payload_size(self) -> int:
+        return max(0, self.size - HEADER_SIZE)
+
+
+def examine(record, codec, dictionaries, decode: bool = True) -> Examined:
+    """Check a record the way a reader does, one layer at a time, and say
+    which layer failed: header, checksum, dictionary, or decode."""
+    record = bytes(record)
+    ex = Examined(size=len(record))
+    if len(record) < HEADER_SIZE:
+        ex.problem = f"header: record is {len(record)} bytes, shorter than the {HEADER_SIZE}-byte header"
+        return ex
+    ex.version, ex.flags, ex.raw_len, ex.dict_id, ex.checksum_stored = HEADER.unpack_from(record)
+    ex.checksum_computed = _codec.hash64(record[HEADER_SIZE:])
+    try:
+        parse_header(record, codec.max_value_size)
+    except (CorruptionError, FormatError) as exc:
+        ex.problem = f"header: {getattr(exc, 'reason', exc)}"
+        return ex
+    if ex.checksum_computed != ex.checksum_stored:
+        ex.problem = (f"checksum mismatch: stored 0x{ex.checksum_stored:016x}, "
+                      f"computed 0x{ex.checksum_computed:016x} (the stored bytes were damaged)")
+        return ex
+    if ex.dict_id and ex.dict_id not in dictionaries:
+        ex.problem = f"dictionary: the record uses dictionary {ex.dict_id}, which the store does not hold"
+        return ex
+    if decode:
+        try:
+            ex.value = codec.decode(record, dictionaries=dictionaries)
+        except (CorruptionError, FormatError) as exc:
+            ex.problem = f"decode: {getattr(exc, 'reason', exc)}"
+    return ex

@@ -1,0 +1,121 @@
+"""`kvstore dump PATH`: every record of a store (or of one namespace) as text,
+from one read transaction (a consistent snapshot, even while others write).
+
+Formats (docs/cli.md has the details):
+
+- jsonl: per namespace, a header line then one line per record, with the
+  tagged JSON encoding of `_encoding`; lossless, readable, decoded values.
+- mdb: the text format of LMDB's mdb_dump, the stored records verbatim; with
+  all namespaces it is what `mdb_dump -a` writes, `__kvstore__` included, so
+  `mdb_load -f FILE DIR` makes a kvstore store of it.
+"""
+
+from __future__ import annotations
+
+from kvstore.environment import META_DB
+from kvstore.errors import CorruptionError, FormatError
+
+from . import _mdbtext
+from ._common import Progress, namespace_dbi, open_readonly, plural, quote_key
+from ._encoding import dumps, key_to_json, to_json
+from ._output import AtomicOutput
+from ._records import namespaces, snapshot_meta
+
+__all__ = ["add_parser", "run", "JSONL_FORMAT", "JSONL_VERSION"]
+
+JSONL_FORMAT = "kvstore-jsonl"
+JSONL_VERSION = 1
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "dump", help="write every record as text (jsonl, or mdb_dump's format)",
+        description="Write the records of every namespace (or of one, with -n) as text, from one "
+                    "consistent snapshot. jsonl: decoded values, lossless (docs/cli.md). mdb: the "
+                    "stored records verbatim in the format of LMDB's mdb_dump (-a style with all "
+                    "namespaces, the __kvstore__ metadata included).")
+    p.add_argument("path", help="store directory")
+    p.add_argument("-n", "--namespace", help="only this namespace (default: all)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    p.add_argument("--format", choices=("jsonl", "mdb"), default="jsonl", help="jsonl (default) or mdb")
+    return p
+
+
+def _dump_jsonl(txn, env, codec, sections, write, progress) -> int:
+    meta = snapshot_meta(txn, env)
+    dictionaries = meta.dictionaries
+    total = 0
+    for name, dbi in sections:
+        count = txn.stat(dbi)["entries"] if dbi is not None else 0
+        write(dumps({"kvstore": JSONL_FORMAT, "version": JSONL_VERSION, "namespace": name, "count": count},
+                    compact=True) + "\n")
+        if dbi is None:
+            continue
+        for key, record in txn.cursor(db=dbi):
+            try:
+                value = codec.decode(record, dictionaries=dictionaries)
+            except (CorruptionError, FormatError) as exc:
+                raise CorruptionError(
+                    f"cannot dump key {quote_key(key)} of namespace {name!r}: "
+                    f"{getattr(exc, 'reason', exc)}; `kvstore check` lists every damaged record, and "
+                    f"`--format mdb` dumps the stored bytes as they are") from None
+            write(dumps({"k": key_to_json(key), "v": to_json(value)}, compact=True) + "\n")
+            progress.update()
+            total += 1
+    return total
+
+
+def _dump_mdb(txn, env, sections, write, progress) -> int:
+    info = env.env.info()
+    total = 0
+    for name, dbi in sections:
+        if dbi is None:
+            continue
+        psize = txn.stat(dbi)["psize"]
+        _mdbtext.write_header(write, name.encode("utf-8"), info["map_size"], info["max_readers"], psize)
+        record_text = _mdbtext.record_text
+        counted = dbi is not env.meta_db
+        for key, record in txn.cursor(db=dbi):
+            write(record_text(key, record))
+            if counted:
+                progress.update()
+                total += 1
+        write(_mdbtext.END)
+    return total
+
+
+def run(args, out) -> int:
+    with open_readonly(args.path) as db:
+        env = db._env
+        if args.namespace is not None:
+            sections = [(args.namespace, namespace_dbi(db, args.namespace))]
+        else:
+            sections = namespaces(db)
+        if args.format == "mdb":
+            # Like mdb_dump -a: every database in the order of their names'
+            # bytes, the metadata included (its dictionaries travel along).
+            sections = sorted([(META_DB.decode(), env.meta_db)] + sections, key=lambda s: s[0].encode("utf-8"))
+
+        def work(write):
+            def snapshot(txn):
+                total = sum(txn.stat(dbi)["entries"] for _, dbi in sections
+                            if dbi is not None and dbi is not env.meta_db)
+                with Progress("dump", total) as progress:
+                    if args.format == "mdb":
+                        return _dump_mdb(txn, env, sections, write, progress)
+                    return _dump_jsonl(txn, env, db._codec, sections, write, progress)
+
+            return env.read(snapshot)
+
+        if args.output is None:
+            work(out.write)
+            out.flush()
+            return 0
+        with AtomicOutput(args.output) as f:
+            n = work(f.write)
+    users = [name for name, _ in sections if name != META_DB.decode()]
+    what = f"namespace {users[0]!r}" if args.namespace is not None else plural(len(users), "namespace")
+    extra = f", with the {META_DB.decode()} metadata" if args.format == "mdb" else ""
+    out.write(f"dumped {plural(n, 'record')} of {what}{extra} to {args.output} ({args.format})\n")
+    return 0
+

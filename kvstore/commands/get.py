@@ -1,0 +1,74 @@
+"""`kvstore get PATH KEY`: the value stored under a key."""
+
+from __future__ import annotations
+
+from ._common import CommandError, NotFound, is_terminal, namespace_handle, open_readonly, quote_key
+from ._encoding import dumps, parse_key, to_json
+from ._records import MISSING
+
+FORMATS = ("json", "repr", "raw", "hex")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "get", help="print the value of a key",
+        description="Print the value stored under KEY (escaped form: \\\\ for a backslash, \\xNN for "
+                    "a byte). Exit status 1 when the key is missing.")
+    p.add_argument("path", help="store directory")
+    p.add_argument("key", help="the key")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument("--format", choices=FORMATS, default="json",
+                   help="json (default; tagged encoding, see docs/cli.md), repr (Python), raw (the "
+                        "bytes of a bytes or str value; never to a terminal), hex")
+    p.add_argument("--json", action="store_const", dest="format", const="json", help="same as --format json")
+    return p
+
+
+def parse_key_arg(text: str) -> bytes:
+    try:
+        return parse_key(text)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _as_bytes(value, fmt: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise CommandError(f"--format {fmt} shows bytes and str values; this one is a "
+                       f"{type(value).__name__}: use --format json or repr")
+
+
+def write_raw(out, data: bytes) -> None:
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:
+        if hasattr(out, "write") and not hasattr(out, "encoding"):
+            out.write(data)  # a binary stream
+            return
+        raise CommandError("--format raw needs a binary output stream")
+    out.flush()
+    buffer.write(data)
+    buffer.flush()
+
+
+def run(args, out) -> int:
+    key = parse_key_arg(args.key)
+    with open_readonly(args.path) as db:
+        handle = namespace_handle(db, args.namespace)
+        value = handle.get(key, MISSING)
+    if value is MISSING:
+        raise NotFound(f"key {quote_key(key)} not found in namespace {args.namespace!r}")
+    if args.format == "json":
+        out.write(dumps(to_json(value)) + "\n")
+    elif args.format == "repr":
+        out.write(repr(value) + "\n")
+    elif args.format == "hex":
+        out.write(_as_bytes(value, "hex").hex() + "\n")
+    else:
+        data = _as_bytes(value, "raw")
+        if is_terminal(out):
+            raise CommandError("refusing to write raw bytes to a terminal; use --format hex, or "
+                               "redirect the output to a file or a pipe")
+        write_raw(out, data)
+    return 0

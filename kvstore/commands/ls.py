@@ -1,0 +1,31 @@
+"""`kvstore ls PATH`: the namespaces of a store and their entry counts."""
+
+from __future__ import annotations
+
+from ._common import open_readonly, write_json
+from ._encoding import escape_key
+from ._records import namespaces
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("ls", help="list the namespaces of a store",
+                              description="List the namespaces of the store at PATH with their entry counts.")
+    p.add_argument("path", help="store directory")
+    p.add_argument("--json", action="store_true", help="print JSON: [{namespace, entries}]")
+    return p
+
+
+def run(args, out) -> int:
+    with open_readonly(args.path) as db:
+        handles = namespaces(db)
+        counts = db._env.read(lambda txn: [txn.stat(dbi)["entries"] if dbi is not None else 0
+                                           for _, dbi in handles])
+    rows = [{"namespace": name, "entries": n} for (name, _), n in zip(handles, counts)]
+    if args.json:
+        write_json(out, rows)
+        return 0
+    shown = [escape_key(r["namespace"].encode("utf-8")) for r in rows]
+    width = max(len(s) for s in shown)
+    for name, row in zip(shown, rows):
+        out.write(f"{name:<{width}}  {row['entries']:>10,}\n")
+    return 0

@@ -1,0 +1,42 @@
+"""`kvstore put PATH KEY VALUE`: store a value, durably."""
+
+from __future__ import annotations
+
+import json
+
+from ._common import CommandError, namespace_handle, open_writable
+from ._encoding import TagError, from_json
+from .get import parse_key_arg
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "put", help="store a value under a key (durable)",
+        description="Store VALUE under KEY (escaped form) and return once it is synced to disk. "
+                    "Creates the store and the namespace if missing.")
+    p.add_argument("path", help="store directory (created if missing)")
+    p.add_argument("key", help="the key")
+    p.add_argument("value", help="the value: a string, or JSON with --json")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default; created if missing)")
+    p.add_argument("--json", action="store_true",
+                   help='parse VALUE as JSON, with the tagged encoding for bytes ({"$bytes": BASE64}), '
+                        'maps with non-string keys ({"$map": [[k, v], ...]}) and nan/inf ({"$float": "nan"})')
+    return p
+
+
+def run(args, out) -> int:
+    key = parse_key_arg(args.key)
+    value = args.value
+    if args.json:
+        try:
+            value = from_json(json.loads(value))
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"VALUE is not valid JSON ({exc}); drop --json to store it as a string") from None
+        except TagError as exc:
+            raise CommandError(f"VALUE: {exc}") from None
+    db = open_writable(args.path, create=True)
+    try:
+        namespace_handle(db, args.namespace, create=True).put(key, value, durable=True)
+    finally:
+        db.close()
+    return 0

@@ -1,0 +1,92 @@
+"""`kvstore train-dict PATH`: train a zstd dictionary for a namespace and
+show what it saves on a sample of its values."""
+
+from __future__ import annotations
+
+import random
+
+from kvstore.dictionaries import DEFAULT_SAMPLES, MIN_SAMPLES
+
+from ._common import CommandError, human_size, namespace_dbi, open_writable, write_json
+from ._records import examine
+
+EVAL_SAMPLES = 1000  # values re-encoded to measure the ratio
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "train-dict", help="train a zstd dictionary for a namespace; show the size it saves",
+        description="Train a zstd dictionary on values of a namespace and store it: new values of "
+                    "the namespace are compressed with it (values already stored keep theirs). "
+                    "Prints the stored size of a sample of values encoded without and with it.")
+    p.add_argument("path", help="store directory")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"values to train on (default {DEFAULT_SAMPLES}, at least {MIN_SAMPLES})")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _sample_values(db, dbi, limit: int) -> list:
+    """Up to `limit` values of the namespace, chosen uniformly."""
+    env = db._env
+
+    def read(txn):
+        n = txn.stat(dbi)["entries"]
+        keep = set(random.Random(0x6B76).sample(range(n), limit)) if n > limit else None
+        records = []
+        for i, (_key, record) in enumerate(txn.cursor(db=dbi)):
+            if keep is None or i in keep:
+                records.append(bytes(record))
+        return records
+
+    values = []
+    dictionaries = env.dicts.by_id
+    for record in env.read(read):
+        ex = examine(record, db._codec, dictionaries)
+        if ex.ok:
+            values.append(ex.value)
+    return values
+
+
+def run(args, out) -> int:
+    if args.samples < MIN_SAMPLES:
+        raise CommandError(f"--samples must be at least {MIN_SAMPLES}")
+    db = open_writable(args.path, create=False)
+    try:
+        dbi = namespace_dbi(db, args.namespace)
+        if dbi is None:
+            raise CommandError(f"namespace {args.namespace!r} holds no values")
+        dict_id = db.train_dictionary(args.namespace, samples=args.samples)
+        dictionary = db._env.dicts.by_id[dict_id]
+        codec = db._codec
+        values = _sample_values(db, dbi, EVAL_SAMPLES)
+        serialized = sum(len(codec.serialize(v)[1]) for v in values)
+        without = sum(len(codec.encode(v)) for v in values)
+        with_dict = sum(len(codec.encode(v, dictionary=dictionary)) for v in values)
+        info = next(d for d in db.dictionaries() if d["id"] == dict_id)
+    finally:
+        db.close()
+    doc = {
+        "namespace": args.namespace,
+        "dictionary_id": dict_id,
+        "dictionary_size": info["size"],
+        "trained_on": info["samples"],
+        "sample_values": len(values),
+        "serialized_bytes": serialized,
+        "stored_bytes_without": without,
+        "stored_bytes_with": with_dict,
+        "ratio_without": without / serialized if serialized else None,
+        "ratio_with": with_dict / serialized if serialized else None,
+    }
+    if args.json:
+        write_json(out, doc)
+        return 0
+    out.write(f"trained dictionary {dict_id} for namespace {args.namespace!r} on {info['samples']:,} values "
+              f"({human_size(info['size'])}); new values of the namespace use it\n")
+    if serialized:
+        out.write(f"sample of {len(values):,} values, {human_size(serialized)} serialized; stored size "
+                  f"(headers included):\n"
+                  f"  without the dictionary  {human_size(without):>10}  ratio {doc['ratio_without']:.3f}\n"
+                  f"  with dictionary {dict_id:<7} {human_size(with_dict):>10}  ratio {doc['ratio_with']:.3f}\n")
+    return 0
