@@ -349,7 +349,18 @@ class Environment:
 
     def _lookup_dbi(self, raw: bytes):
         # Not in a read transaction of ours: a handle opened in a read-only
-        # transaction dies with it. py-lmdb's internal transaction keeps it.
+        # transaction dies with it. In a writable store, in a write
+        # transaction of ours: py-lmdb's own (open_db without txn) would wait
+        # for LMDB's write lock holding the GIL, and deadlock with a thread of
+        # this process that holds the lock and needs the GIL to commit.
+        if not self.readonly:
+            def look(txn):
+                try:
+                    return self.env.open_db(raw, txn=txn, create=False)
+                except lmdb.NotFoundError:
+                    return None
+
+            return self.write(look, f"opening namespace {raw.decode('utf-8', 'replace')!r}")
         while True:
             self.map_lock.acquire_shared()
             try:
