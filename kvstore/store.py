@@ -529,7 +529,8 @@ class Store:
         :param dict_size: dictionary size in bytes
         """
         ns = self._ns if namespace is None else namespace
-        check_namespace_name(ns) if ns != DEFAULT_NAMESPACE else None
+        if ns != DEFAULT_NAMESPACE:
+            check_namespace_name(ns)
         env = self._live_env()
         self._writer(env)
         self.flush()
