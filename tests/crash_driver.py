@@ -1,0 +1,710 @@
+"""Writer processes that get killed, and the oracle that checks what survived.
+
+Used by tests/property/. A writer child (`child_main`, started with
+`start_child`) runs threads; each thread is an *owner* with keys of its own
+(``"<owner>:NNN"``, in a few namespaces) and a seeded random mix of puts,
+deletes, put_many and batches (some aborted), durable or buffered. It logs,
+one line per event, to its stdout (a file the parent reads after the kill):
+
+    S <commit_seq>                       at start, before any thread writes
+    B <owner> <op as JSON>               before the call
+    A <owner> <n> <commit_seq or ->      after the call returned (a durable
+                                         op: its commit is acknowledged)
+    E <owner> <n> <error class> <text>   the call raised
+    V <owner> <n> ...                    a durable op returned but commit_seq
+                                         did not move past the owner's previous
+                                         durable op (a violation: fails the test)
+    W <text>                             a warning (an open retried)
+    F <what> <result>                    after the threads: flush/close/reads
+
+A value is a pure function of (owner, op number, namespace, key), so the log
+says exactly what every write stored.
+
+The oracle (`check_owner`): one thread's groups are queued and committed in
+the order it submitted them, and a crash loses a suffix of the queue, so
+what the store holds of an owner's keys must be the state after some prefix
+of its operations (failed ones left out) that includes at least every
+operation up to its last acknowledged durable one. That single check says:
+no acknowledged durable write is lost (unless a later write of the owner
+replaced it), every put_many/batch is wholly present or wholly absent,
+aborted batches and failed groups never appear, and nothing else was
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------- values
+
+
+def value_for(owner: str, n: int, ns: str, key: str, big: int = 0):
+    """The value op n of owner writes under (ns, key): every shape the codec
+    stores differently (small and compressible msgpack, lists, raw bytes),
+    or `big` incompressible bytes."""
+    r = zlib.crc32(f"{owner}|{n}|{ns}|{key}".encode())
+    if big:
+        return random.Random(r).randbytes(big)
+    kind = r % 4
+    if kind == 0:
+        return {"o": owner, "n": n, "ns": ns, "k": key}
+    if kind == 1:
+        return {"o": owner, "n": n, "pad": "x" * (r % 700)}  # compressed past 128 bytes
+    if kind == 2:
+        return [owner, n, key, r, 1.5, None, True]
+    return f"{owner}|{n}|{key}".encode() + bytes(r % 300)  # top-level bytes: stored raw
+
+
+def normalize(value):
+    """What a value reads back as (msgpack has no tuple)."""
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [normalize(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- operations
+
+MIXES = {
+    # kind weights (put, delete, put_many, batch), chance of durable, chance a batch aborts
+    "mixed": ((4, 2, 2, 2), 0.3, 0.15),
+    "durable": ((4, 0, 2, 2), 1.0, 0.0),  # every op writes a distinct value: always visible
+    "buffered": ((4, 2, 2, 2), 0.0, 0.15),
+}
+
+
+def gen_op(rng: random.Random, n: int, owner: str, mix: str, namespaces, nkeys: int, big: int = 0) -> dict:
+    weights, p_durable, p_abort = MIXES[mix]
+    kind = rng.choices(("put", "delete", "put_many", "batch"), weights)[0]
+
+    def key():
+        return f"{owner}:{rng.randrange(nkeys):03d}"
+
+    if kind == "put":
+        writes = [[rng.choice(namespaces), key(), 1]]
+    elif kind == "delete":
+        writes = [[rng.choice(namespaces), key(), 0]]
+    elif kind == "put_many":
+        ns = rng.choice(namespaces)
+        writes = [[ns, key(), 1] for _ in range(rng.randint(2, 8))]
+    else:
+        writes = [[rng.choice(namespaces), key(), 1]]
+        for _ in range(rng.randint(0, 5)):
+            writes.append([rng.choice(namespaces), key(), int(weights[1] == 0 or rng.random() < 0.7)])
+        rng.shuffle(writes)
+    return {"n": n, "k": kind, "d": rng.random() < p_durable, "w": writes,
+            "x": kind == "batch" and rng.random() < p_abort, "big": big}
+
+
+class _Abort(Exception):
+    pass
+
+
+def run_op(db, handles: dict, owner: str, op: dict) -> None:
+    n, big = op["n"], op["big"]
+    durable = op["d"]
+    writes = op["w"]
+    kind = op["k"]
+    if kind == "put":
+        ns, key, _ = writes[0]
+        handles[ns].put(key, value_for(owner, n, ns, key, big), durable=durable)
+    elif kind == "delete":
+        ns, key, _ = writes[0]
+        handles[ns].delete(key, durable=durable)
+    elif kind == "put_many":
+        ns = writes[0][0]
+        handles[ns].put_many([(key, value_for(owner, n, ns, key, big)) for _, key, _ in writes],
+                             durable=durable)
+    else:
+        try:
+            with db.batch(durable=durable) as b:
+                for ns, key, live in writes:
+                    if live:
+                        b.put(key, value_for(owner, n, ns, key, big), namespace=ns)
+                    else:
+                        b.delete(key, namespace=ns)
+                if op["x"]:
+                    raise _Abort()
+        except _Abort:
+            pass
+
+
+def apply_op(state: dict, owner: str, op: dict) -> None:
+    """The model: what op does to state {(ns, key): value}."""
+    if op["x"]:
+        return
+    for ns, key, live in op["w"]:
+        if live:
+            state[(ns, key)] = normalize(value_for(owner, op["n"], ns, key, op["big"]))
+        else:
+            state.pop((ns, key), None)
+
+
+# ---------------------------------------------------------------- the child
+
+
+def open_handles(db, namespaces) -> dict:
+    """{namespace: handle}. The default namespace's LMDB handle is left to
+    be opened by the first write in it, racing the other threads' commits
+    (that once deadlocked the process: tests/test_namespace_deadlock.py)."""
+    return {ns: db if ns == "default" else db.namespace(ns) for ns in namespaces}
+
+
+def run_owner(db, handles: dict, spec: dict, cfg: dict, log, deadline: float) -> None:
+    """One owner's seeded operations on db, each logged before and after
+    (see the module docstring). spec: owner, mix, ops; cfg: seed, nkeys,
+    big, max_errors (errors tolerated before the owner stops)."""
+    import kvstore
+
+    owner = spec["owner"]
+    rng = random.Random(f"{cfg['seed']}:{owner}")
+    namespaces = list(handles)
+    errors = 0
+    last_seq = -1
+    for n in range(spec["ops"]):
+        if time.monotonic() > deadline:
+            break
+        op = gen_op(rng, n, owner, spec["mix"], namespaces, cfg.get("nkeys", 24), cfg.get("big", 0))
+        log(f"B {owner} {json.dumps(op, separators=(',', ':'))}")
+        try:
+            run_op(db, handles, owner, op)
+        except kvstore.KVStoreError as exc:
+            log(f"E {owner} {n} {type(exc).__name__} {str(exc)!r}")
+            errors += 1
+            if errors > cfg.get("max_errors", 0):
+                return
+            continue
+        if not op["d"] or op["x"]:  # buffered, or an aborted batch: nothing was committed
+            log(f"A {owner} {n} -")
+            continue
+        seq = db.stats()["commit_seq"]
+        log(f"A {owner} {n} {seq}")
+        if seq <= last_seq:
+            # this thread's durable op returned, so its commit came after the
+            # one of its previous durable op: the count must have moved
+            log(f"V {owner} {n} commit_seq {seq} after a durable op; {last_seq} before it; "
+                f"{lmdb_state(db.path)}")
+        last_seq = seq
+
+
+class LineLog:
+    """A thread-safe in-memory log for owners run in this process."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        with self._lock:
+            self.lines.append(line)
+
+    def parsed(self) -> "Log":
+        with self._lock:
+            return Log(("\n".join(self.lines) + "\n").encode())
+
+
+def child_main(config_json: str) -> None:
+    """Entry point of a writer child. config: path, seed, options, threads
+    [{owner, mix, ops}], namespaces, nkeys, big, fsize_margin, max_errors,
+    deadline (seconds), finish ("close" | "flush+close" | "none")."""
+    import kvstore
+
+    cfg = json.loads(config_json)
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        data = (line + "\n").encode("utf-8", "backslashreplace")
+        with lock:
+            os.write(1, data)
+
+    for attempt in range(20):
+        try:
+            db = kvstore.open(cfg["path"], **cfg.get("options", {}))
+            break
+        except kvstore.FormatError as exc:
+            # A known engine bug: opening while another process grows the
+            # file can be refused as "truncated" (see
+            # test_open_while_another_process_grows_the_file). Retried here
+            # so that it does not hide what these children test.
+            if "truncated" not in str(exc) or attempt == 19:
+                raise
+            log(f"W open refused, retried: {exc}")
+            time.sleep(0.05)
+    namespaces = cfg.get("namespaces", ["default"])
+    handles = open_handles(db, namespaces)
+    log(f"S {db.stats()['commit_seq']}")
+    if cfg.get("fsize_margin"):
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        size = os.path.getsize(os.path.join(cfg["path"], "data.mdb"))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + cfg["fsize_margin"], resource.RLIM_INFINITY))
+    deadline = time.monotonic() + cfg.get("deadline", 60)
+
+    def work(spec):
+        run_owner(db, handles, spec, cfg, log, deadline)
+
+    threads = [threading.Thread(target=work, args=(spec,)) for spec in cfg["threads"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log("F threads done")
+    finish = cfg.get("finish", "close")
+    if "flush" in finish:
+        try:
+            db.flush()
+            log("F flush ok")
+        except kvstore.KVStoreError as exc:
+            log(f"F flush {type(exc).__name__}")
+    if cfg.get("read_back"):
+        try:
+            n = sum(1 for ns in namespaces for _ in handles[ns].scan())
+            log(f"F reads ok {n}")
+        except kvstore.KVStoreError as exc:
+            log(f"F reads {type(exc).__name__} {exc}")
+    if "close" in finish:
+        try:
+            db.close()
+            log("F close ok")
+        except kvstore.KVStoreError as exc:
+            log(f"F close {type(exc).__name__}")
+    if finish == "none":
+        os._exit(0)  # no atexit: like a crash right after the last line
+
+
+def lmdb_state(path: str) -> str:
+    """The two meta pages of data.mdb and the shared txnid of lock.mdb, read raw."""
+    import struct
+
+    out = []
+    try:
+        with open(os.path.join(path, "data.mdb"), "rb") as f:
+            head = f.read(8192)
+        psize = struct.unpack_from("<I", head, 16 + 24)[0] or 4096
+        for p in (0, 1):
+            base = p * psize + 16
+            last_pg, txnid = struct.unpack_from("<QQ", head, base + 120)
+            out.append(f"meta{p} txnid={txnid} last_pg={last_pg}")
+        # Read by another process: closing a file descriptor of lock.mdb
+        # would drop every fcntl lock this process holds on it, LMDB's
+        # included (then a new opener could think it is alone and reset it).
+        txnid = subprocess.run(
+            [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); f.seek(48); "
+             "print(int.from_bytes(f.read(8), 'little'))", os.path.join(path, "lock.mdb")],
+            capture_output=True, text=True, timeout=30).stdout.strip()
+        out.append(f"lock.mdb txnid={txnid}")
+    except (OSError, struct.error, subprocess.TimeoutExpired) as exc:
+        out.append(f"({exc})")
+    return ", ".join(out)
+
+
+# SIGUSR1 makes a child print every thread's stack to its stderr (a hang's post-mortem).
+CHILD_CODE = (
+    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "sys.path.insert(0, {tests!r}); import crash_driver; crash_driver.child_main(sys.argv[1])"
+)
+
+
+def start_child(config: dict, out_path: str, env_extra: dict | None = None) -> subprocess.Popen:
+    """Start a writer child logging to out_path (stderr to out_path + '.err')."""
+    env = dict(os.environ)
+    env.pop("KVSTORE_KILL_POINT", None)
+    env.update(env_extra or {})
+    out = open(out_path, "wb")
+    err = open(out_path + ".err", "wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD_CODE.format(tests=TESTS_DIR), json.dumps(config)],
+            stdout=out, stderr=err, env=env)
+    finally:
+        out.close()
+        err.close()
+
+
+def wait_for_line(out_path: str, prefix: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until out_path holds a line starting with prefix (or the child ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(out_path, "rb") as f:
+            if any(line.startswith(prefix.encode()) for line in f.read().split(b"\n")):
+                return
+        if proc.poll() is not None:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"child wrote no {prefix!r} line within {timeout} s; its stacks:\n"
+                         f"{dump_stacks(proc, out_path)}")
+
+
+def dump_stacks(proc: subprocess.Popen, out_path: str) -> str:
+    """Every thread's stack of a live (hung) child, from its stderr."""
+    if proc.poll() is not None:
+        return f"(exited with {proc.returncode})"
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    with open(out_path + ".err", "rb") as f:
+        return f.read().decode("utf-8", "replace")[-6000:]
+
+
+def waiting_on_lmdb_write_mutex(pid: int) -> bool:
+    """True if a thread of process pid sleeps in futex() on an address in
+    its mapping of lock.mdb: waiting for LMDB's write (or reader) mutex."""
+    try:
+        ranges = []
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                if line.rstrip().endswith("/lock.mdb"):
+                    lo, hi = line.split()[0].split("-")
+                    ranges.append((int(lo, 16), int(hi, 16)))
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                fields = f.read().split()
+            if fields and fields[0] == "202" and any(lo <= int(fields[1], 16) < hi for lo, hi in ranges):
+                return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def readline_within(stream, timeout: float = 30) -> str:
+    """stream.readline(), or AssertionError after timeout seconds (a hung child)."""
+    import queue
+
+    q: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: q.put(stream.readline()), daemon=True).start()
+    try:
+        return q.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no line from the child within {timeout} s") from None
+
+
+def kill(proc: subprocess.Popen) -> int:
+    try:
+        proc.send_signal(signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.wait(60)
+
+
+# ---------------------------------------------------------------- the log
+
+
+class Log:
+    """What one child said: per owner, its operations in order, which were
+    acknowledged (returned) and which failed; the commit_seqs it printed."""
+
+    def __init__(self, text: bytes):
+        self.ops: dict[str, list] = {}
+        self.acked: dict[str, set] = {}
+        self.errors: dict[str, dict] = {}
+        self.seqs: list[int] = []
+        self.start_seq: int | None = None
+        self.finals: list[str] = []
+        self.violations: list[str] = []
+        self.lines: list[str] = []
+        # A line cut by the kill has no newline: dropped (the child died
+        # while printing it, so before the call for a B line, and an A line
+        # cut short is simply not an acknowledgement).
+        for raw in text.split(b"\n")[:-1]:
+            line = raw.decode("utf-8", "replace")
+            self.lines.append(line)
+            tag, _, rest = line.partition(" ")
+            if tag == "S":
+                self.start_seq = int(rest)
+                self.seqs.append(int(rest))
+            elif tag == "B":
+                owner, _, op = rest.partition(" ")
+                op = json.loads(op)
+                ops = self.ops.setdefault(owner, [])
+                assert op["n"] == len(ops), f"{owner}: op {op['n']} logged out of order"
+                ops.append(op)
+            elif tag == "A":
+                owner, n, seq = rest.split(" ")
+                self.acked.setdefault(owner, set()).add(int(n))
+                if seq != "-":
+                    self.seqs.append(int(seq))
+            elif tag == "E":
+                owner, n, cls, text_ = rest.split(" ", 3)
+                self.errors.setdefault(owner, {})[int(n)] = (cls, text_)
+            elif tag == "V":
+                self.violations.append(rest)
+            elif tag == "F":
+                self.finals.append(rest)
+
+    @classmethod
+    def read(cls, path: str) -> "Log":
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def acked_durable(self, owner: str) -> list[int]:
+        acked = self.acked.get(owner, set())
+        return [op["n"] for op in self.ops.get(owner, []) if op["d"] and not op["x"] and op["n"] in acked]
+
+    def tail(self, n: int = 15) -> str:
+        return "\n".join(self.lines[-n:])
+
+
+# ---------------------------------------------------------------- the oracle
+
+
+def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = False,
+                floor: int = 0) -> list[int]:
+    """Assert actual (the owner's keys in the store: {(ns, key): value}) is
+    the state after a prefix of the owner's operations that holds every
+    acknowledged durable one (all of them if the child exited cleanly).
+    Returns the matching prefix lengths, counted in op numbers."""
+    ops = log.ops.get(owner, [])
+    failed = log.errors.get(owner, {})
+    acked = log.acked.get(owner, set())
+    durable_acked = log.acked_durable(owner)
+    need = (max(durable_acked) + 1) if durable_acked else 0
+    if exited_cleanly:
+        need = len(ops)
+    need = max(need, floor)
+
+    def states():
+        state: dict = {}
+        for j in range(len(ops) + 1):
+            if j and ops[j - 1]["n"] not in failed:  # a failed op never reaches the store
+                apply_op(state, owner, ops[j - 1])
+            yield j, state
+
+    matches = [j for j, state in states() if state == actual]
+    good = [j for j in matches if j >= need]
+    if good:
+        return good
+    # The diagnosis: the closest prefix, and the acknowledged durable writes missing.
+    best_j, best_n = None, None
+    for j, state in states():
+        if j >= need:
+            n_diff = sum(1 for k in set(state) | set(actual) if state.get(k, _ABSENT) != actual.get(k, _ABSENT))
+            if best_n is None or n_diff < best_n:
+                best_j, best_n = j, n_diff
+    best_diff = next(_diff(state, actual) for j, state in states() if j == best_j) if best_j is not None else []
+    lost = []
+    for n in durable_acked:
+        op = ops[n]
+        last = {(ns, key): live for ns, key, live in op["w"]}  # the last write of each key wins
+        for (ns, key), live in last.items():
+            later = [o for o in ops[n + 1:need] if o["n"] not in failed and not o["x"]
+                     and any(w[0] == ns and w[1] == key for w in o["w"])]
+            if not later:
+                want = normalize(value_for(owner, n, ns, key, op["big"])) if live else _ABSENT
+                if actual.get((ns, key), _ABSENT) != want:
+                    lost.append((n, ns, key, "put" if live else "delete"))
+    raise AssertionError(
+        f"owner {owner}: the store holds no state reachable by a prefix of its {len(ops)} ops that "
+        f"keeps every acknowledged durable op (needs >= {need}; prefixes matching below that: "
+        f"{matches}).\n  acknowledged durable writes lost: {lost[:10]}\n"
+        f"  closest prefix {best_j}: {best_n} differences {best_diff[:10]}\n"
+        f"  acked: {sorted(acked)[-10:]}, failed: {sorted(failed)[:10]}")
+
+
+_ABSENT = object()
+
+
+def _diff(model: dict, actual: dict) -> list:
+    out = []
+    for k in sorted(set(model) | set(actual)):
+        if model.get(k, "<absent>") != actual.get(k, "<absent>"):
+            out.append((k, "model:", _short(model.get(k, "<absent>")), "store:", _short(actual.get(k, "<absent>"))))
+    return out
+
+
+def _short(v):
+    r = repr(v)
+    return r if len(r) < 80 else r[:77] + "..."
+
+
+def read_everything(db) -> dict:
+    """Walk every namespace with scan (both directions), get and get_many;
+    assert they agree and every value decodes. Returns {owner: {(ns, key): value}}
+    for keys of the form owner:rest."""
+    by_owner: dict[str, dict] = {}
+    for ns in db.namespaces():
+        h = db if ns == "default" else db.namespace(ns)
+        items = list(h.scan())
+        keys = [k for k, _ in items]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys), f"{ns}: scan out of order"
+        assert list(h.scan(reverse=True)) == items[::-1], f"{ns}: reverse scan differs"
+        assert len(h) == len(items), f"{ns}: len() {len(h)} != scan {len(items)}"
+        values = h.get_many(keys)
+        for (k, v), v2 in zip(items, values):
+            assert h.get(k, "<absent>") == v == v2, f"{ns} {k!r}: get/get_many/scan disagree"
+            owner, sep, _ = k.decode("utf-8", "replace").partition(":")
+            assert sep, f"{ns}: unexpected key {k!r}"
+            by_owner.setdefault(owner, {})[(ns, k.decode())] = v
+    return by_owner
+
+
+def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set = frozenset(),
+                 fixed: dict | None = None, open_options: dict | None = None) -> dict:
+    """Reopen path and check every owner of every log, and again every owner
+    verified earlier (`known`, as returned by a previous call).
+
+    An owner's state may only move forward: a later check must find a
+    prefix at least as long as the shortest one found before. (It can move
+    forward after its process died: when a writer is killed between writing
+    LMDB's meta page and publishing the new txnid in lock.mdb, a process
+    that already has the store open reads the previous snapshot until the
+    next writer takes LMDB's write lock and recovers the committed one. No
+    writer of that last commit was acknowledged.)
+
+    fixed: {owner: state} written outside any log, that must be exactly there.
+    Returns {owner: {"log", "floor", "clean", "seen"}}."""
+    import kvstore
+
+    known = dict(known or {})
+    for log in logs:
+        for owner in log.ops:
+            known[owner] = {"log": log, "floor": 0, "clean": owner in clean, "seen": None}
+    state_before = lmdb_state(path)
+    with kvstore.open(path, **(open_options or {})) as db:
+        actual = read_everything(db)
+        seq = db.stats()["commit_seq"]
+    for log in logs:
+        top = max(log.seqs, default=0)
+        assert seq >= top, f"commit_seq went back: {seq} after reopen, a child printed {top}"
+        assert not log.violations, f"a durable op returned with no commit after it: {log.violations[:3]}"
+    fixed = fixed or {}
+    for owner, state in fixed.items():
+        assert actual.get(owner, {}) == state, f"{owner}: {_diff(state, actual.get(owner, {}))[:5]}"
+    stray = set(actual) - set(known) - set(fixed)
+    assert not stray, f"keys of unknown owners in the store: {sorted(stray)[:5]}"
+    for owner, k in known.items():
+        try:
+            good = check_owner(owner, k["log"], actual.get(owner, {}), exited_cleanly=k["clean"],
+                               floor=k["floor"])
+        except AssertionError as exc:
+            if k["seen"] is None:
+                raise
+            raise AssertionError(f"{exc}\n  (verified before, with prefix >= {k['floor']}, when LMDB "
+                                 f"was: {k['seen']}; now: {state_before})") from None
+        k["floor"] = min(good)
+        k["seen"] = state_before
+    return known
+
+
+# ---------------------------------------------------------------- opening hostile files
+
+
+def probe_open(req: dict) -> dict:
+    """Open req["path"] with kvstore and read every key of every namespace
+    (scan, then get of each key), optionally write one key. Returns what
+    happened: status "ok" or "error" (a KVStoreError, with its class, and
+    the stage: open, read or write)."""
+    import kvstore
+
+    stage = "open"
+    bad_keys = []
+    try:
+        db = kvstore.open(req["path"], readonly=req.get("readonly", False))
+        try:
+            stage = "read"
+            n = 0
+            for ns in db.namespaces():
+                h = db if ns == "default" else db.namespace(ns)
+                for key in h.scan(keys_only=True):
+                    n += 1
+                    try:
+                        h.get(key)
+                    except kvstore.KVStoreError as exc:
+                        bad_keys.append([ns, key.decode("utf-8", "replace"), type(exc).__name__])
+                if not bad_keys:
+                    for _ in h.scan():
+                        pass
+            if req.get("write"):
+                stage = "write"
+                db.put("probe:0", "written", durable=True)
+                assert db.get("probe:0") == "written"
+        finally:
+            db.close()
+    except kvstore.KVStoreError as exc:
+        return {"status": "error", "stage": stage, "type": type(exc).__name__, "msg": str(exc)[:400],
+                "bad_keys": bad_keys[:10]}
+    return {"status": "ok", "keys": n, "bad_keys": bad_keys[:10]}
+
+
+_PROBE_SERVER = r'''
+import json, os, signal, sys, time
+sys.path.insert(0, {tests!r})
+import crash_driver, kvstore
+for line in sys.stdin:
+    req = json.loads(line)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            result = crash_driver.probe_open(req)
+        except BaseException as exc:
+            result = {{"status": "exception", "type": type(exc).__name__, "msg": repr(exc)[:400]}}
+        os.write(w, json.dumps(result).encode()[:60000])
+        os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + req.get("timeout", 10)
+    status = None
+    while True:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.001)
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    if status is None:
+        result = {{"status": "timeout"}}
+    elif os.WIFSIGNALED(status):
+        result = {{"status": "signal", "signal": signal.Signals(os.WTERMSIG(status)).name}}
+    elif not data:
+        result = {{"status": "no result", "exit": os.WEXITSTATUS(status)}}
+    else:
+        result = json.loads(data)
+    print(json.dumps(result), flush=True)
+'''
+
+
+class Prober:
+    """A child process that opens paths for the tests, each in a process of
+    its own (forked from it), so that a crash or a hang of the open shows up
+    as a result ("signal", "timeout") instead of taking the test run down."""
+
+    def __init__(self, env_extra: dict | None = None):
+        env = dict(os.environ, **(env_extra or {}))
+        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_SERVER.format(tests=TESTS_DIR)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def probe(self, path: str, *, timeout: float = 10, **req) -> dict:
+        req.update(path=path, timeout=timeout)
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = readline_within(self.proc.stdout, timeout + 20)
+        assert line, "the prober died"
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            kill(self.proc)
