@@ -34,6 +34,7 @@ from .errors import (
     StoreNotFoundError,
     translate,
 )
+from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .options import Options
 
@@ -164,9 +165,12 @@ class Environment:
         self._dbi_lock = threading.Lock()
         self.writer = None  # set by the store when writable (kvstore.writer.Writer)
         self.env = self._open()
+        self.cache = None
+        self.last_txnid = None
         try:
             self.meta_db = self._init_meta()
             self.dicts = Dictionaries(self)
+            self._init_cache()
         except BaseException:
             self.env.close()
             raise
@@ -248,6 +252,29 @@ class Environment:
                 f"reads {STORE_FORMAT}); upgrade kvstore"
             )
         return meta
+
+    def _init_cache(self) -> None:
+        """The read cache (kvstore/cache.py), unless the options turn it off.
+
+        Its versions come from LastTxnid, which reads LMDB's meta pages
+        itself; if that does not agree with LMDB's own reading (an LMDB
+        build with another meta layout), the cache stays off rather than
+        risk serving a stale value."""
+        opts = self.options
+        cache = ReadCache.create(opts.cache_entries, opts.cache_bytes)
+        if cache is None:
+            return
+        try:
+            last = LastTxnid(self.path)
+        except (OSError, ValueError):
+            return
+        before = self.info()["last_txnid"]
+        mine = last()
+        after = self.info()["last_txnid"]
+        if not before <= mine <= after:
+            last.close()
+            return
+        self.cache, self.last_txnid = cache, last
 
     def _create_meta(self):
         def create(txn):
@@ -429,6 +456,8 @@ class Environment:
     def close(self) -> None:
         if self.forked:
             return
+        if self.last_txnid is not None:
+            self.last_txnid.close()
         self.map_lock.acquire_exclusive()
         try:
             self.env.close()

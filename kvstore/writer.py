@@ -330,6 +330,12 @@ class Writer:
     def _finish(self, groups, ops, error, seq=0, seconds=0.0) -> None:
         """Mark groups done (with error, if any), drop their overlay entries, wake waiters."""
         overlay = self.overlay
+        cache = self._env.cache
+        if cache is not None and error is None and len(cache):
+            # The commit changed these keys: free their cached values now
+            # (correctness does not need it: the commit moved the txnid, so
+            # their entries would be revalidated on their next read).
+            cache.invalidate_many((ns, key) for g in groups for ns, _dbi, key, _r in g.ops)
         callbacks = False
         with self._lock:
             for g in groups:
