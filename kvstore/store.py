@@ -126,6 +126,7 @@ class Store:
         except BaseException:
             _detach(env)
             raise
+        _commit_at_multiprocessing_exit()
         return env
 
     # ------------------------------------------------------------ handles
@@ -759,6 +760,7 @@ def _detach(env) -> None:
 
 _hooks_installed = False
 _hooks_lock = threading.Lock()
+_finalizer_pid = 0  # the process that registered _close_all with multiprocessing
 
 
 def _close_all() -> None:
@@ -793,3 +795,21 @@ def _install_exit_hooks() -> None:
             except (ValueError, OSError):
                 pass  # not the main interpreter: the application owns signals
 
+
+def _commit_at_multiprocessing_exit() -> None:
+    """A multiprocessing child ends with os._exit() when its target returns:
+    atexit never runs there, but multiprocessing's own exit function runs the
+    finalizers registered in the child. Register the commit of pending
+    writes there too, once per process (a child forked from this one
+    registers again when it first uses a store)."""
+    global _finalizer_pid
+    pid = os.getpid()
+    if _finalizer_pid == pid:
+        return
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None:
+        return  # no multiprocessing: no child of it either
+    with _hooks_lock:
+        if _finalizer_pid != pid:
+            _finalizer_pid = pid
+            mp_util.Finalize(None, _close_all, exitpriority=10)
