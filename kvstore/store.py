@@ -328,12 +328,24 @@ class Store:
 
         :raises CorruptionError: the stored bytes are damaged (names the key)
         """
-        env = self._live_env()
-        key = _check_key(key)
-        hit = self._pending(env, key)
-        if hit is not None:
-            return default if hit[0] is None else self._decode(key, hit[0])
+        # The hot path of every cache hit: kept flat on purpose (what
+        # _live_env, _check_key and _pending do, inlined).
+        root = self._root
+        env = root._env
+        if self._closed or root._closed or env.forked:
+            env = self._live_env()
+        if type(key) is str and 0 < len(key) <= 127 and key.isascii():
+            key = key.encode("ascii")
+        elif type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = _check_key(key)
         ns = self._ns
+        writer = env.writer
+        if writer is not None:
+            pending = writer.overlay.get(ns)
+            if pending:
+                entry = pending.get(key)
+                if entry is not None:
+                    return default if entry[1] is None else self._decode(key, entry[1])
         cache = env.cache
         cached = SKIP
         if cache is not None:
