@@ -377,6 +377,10 @@ class Store:
                 txn.abort()
         except lmdb.MapResizedError:
             pass
+        except lmdb.ReadersFullError as exc:
+            if not env.clear_stale_readers():
+                raise translate(exc, "reading") from None
+            return self.get(key, default)
         except lmdb.Error as exc:
             raise translate(exc, "reading") from None
         finally:
