@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator, Iterable
 
+from .errors import InvalidArgumentError
 from .options import Options
 from .store import SCAN_CHUNK, Batch, Store
 
@@ -149,8 +150,8 @@ class AsyncStore:
 
     def __init__(self, store: Store):
         if not isinstance(store, Store):
-            raise TypeError(f"AsyncStore wraps a kvstore.Store (from kvstore.open()), "
-                            f"not {type(store).__name__}")
+            raise InvalidArgumentError(f"AsyncStore wraps a kvstore.Store (from kvstore.open()), "
+                                       f"not {type(store).__name__}")
         self._store = store
 
     @property

@@ -94,7 +94,7 @@ def test_bad_option_raises_at_the_call():
 
 
 def test_wraps_only_a_store():
-    with pytest.raises(TypeError, match="kvstore.Store"):
+    with pytest.raises(kvstore.InvalidArgumentError, match="kvstore.Store"):
         AsyncStore({})
 
 
