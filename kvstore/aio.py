@@ -40,6 +40,8 @@ included, for its duration.
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from typing import AsyncIterator, Iterable
 
 from .errors import InvalidArgumentError
@@ -102,29 +104,69 @@ class _Opening:
         await self._db.aclose()
 
 
-class _Completion:
-    """Carries one group's completion from the committing thread into the loop.
+class _Bridge:
+    """Carries completions from committing threads into one event loop.
 
-    The writer calls it with the group once the group is committed or has
-    failed; it resolves the future with ``group.error`` (None on success),
-    as a result rather than an exception, so an unawaited future never logs
-    "exception was never retrieved".
+    A commit completes many groups at once (one per waiting task); the
+    committing thread appends each to a list and wakes the loop only for
+    the first, so a commit costs the loop one wake-up, not one per task.
     """
 
-    __slots__ = ("_loop", "future")
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._done: list = []  # (future, error); guarded by _lock
+
+    def settle(self, future: asyncio.Future, error) -> None:  # in the committing thread
+        with self._lock:
+            self._done.append((future, error))
+            first = len(self._done) == 1
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nobody is left to tell
+                with self._lock:
+                    self._done.clear()
+
+    def _drain(self) -> None:  # in the loop
+        with self._lock:
+            done, self._done = self._done, []
+        for future, error in done:
+            # a result, not an exception: an unawaited future must not log
+            # "exception was never retrieved"; done: its task was cancelled
+            if not future.done():
+                future.set_result(error)
+
+
+_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Bridge]" = weakref.WeakKeyDictionary()
+_bridges_lock = threading.Lock()
+
+
+def _bridge(loop: asyncio.AbstractEventLoop) -> _Bridge:
+    bridge = _bridges.get(loop)
+    if bridge is None:
+        with _bridges_lock:
+            bridge = _bridges.get(loop)
+            if bridge is None:
+                bridge = _bridges[loop] = _Bridge(loop)
+    return bridge
+
+
+class _Completion:
+    """The writer's callback for one group: resolves a future of the calling
+    loop with ``group.error`` (None on success) once the group is done."""
+
+    __slots__ = ("_bridge", "future")
 
     def __init__(self):
-        self._loop = asyncio.get_running_loop()
-        self.future: asyncio.Future | None = self._loop.create_future()
+        loop = asyncio.get_running_loop()
+        self._bridge = _bridge(loop)
+        self.future: asyncio.Future | None = loop.create_future()
 
     def __call__(self, group) -> None:  # in the committing thread
         future = self.future
-        if future is None:  # a buffered write nobody waits for
-            return
-        try:
-            self._loop.call_soon_threadsafe(_settle, future, group.error)
-        except RuntimeError:  # the loop is closed: nobody is left to tell
-            pass
+        if future is not None:  # None: a buffered write nobody waits for
+            self._bridge.settle(future, group.error)
 
     async def wait(self, must_wait: bool) -> None:
         """Await the group if `must_wait` (Writer.submit's answer); raise its error."""
@@ -134,11 +176,6 @@ class _Completion:
         error = await self.future
         if error is not None:
             raise error
-
-
-def _settle(future: asyncio.Future, error) -> None:
-    if not future.done():  # done: the waiting task was cancelled
-        future.set_result(error)
 
 
 class AsyncStore:
