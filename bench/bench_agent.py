@@ -47,13 +47,13 @@ import platform
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import data  # noqa: E402  (bench/data.py)
+import harness  # noqa: E402  (bench/harness.py)
 
 import kvstore  # noqa: E402
 import kvstore.aio  # noqa: E402
@@ -201,30 +201,6 @@ def play(saver, ops, latencies: list) -> None:
         assert got.config["configurable"]["checkpoint_id"] == stored["configurable"]["checkpoint_id"]
 
 
-def play_threads(saver, per_thread: list) -> float:
-    latencies: list = []
-    barrier = threading.Barrier(len(per_thread) + 1)
-    errors = []
-
-    def body(ops):
-        barrier.wait()
-        try:
-            play(saver, ops, latencies)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(ops,)) for ops in per_thread]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - start
-
-
 class Peer:
     """A fresh saver in a fresh directory, closed and removed afterwards."""
 
@@ -250,7 +226,7 @@ def checkpoint_run(system, scenario, scripts_by_thread, n_ops, tmpdir) -> dict:
     peer = Peer(system, tmpdir, durable=not scenario.endswith("1t-buffered"))
     try:
         per_thread = [ops_of(s, n_ops // len(scripts_by_thread)) for s in scripts_by_thread]
-        seconds = play_threads(peer.saver, per_thread)
+        seconds, _ = harness.run_threads(per_thread, lambda ops, lat: play(peer.saver, ops, lat))
         ops = sum(len(p) for p in per_thread)
         out = {"ops": ops, "seconds": seconds, "ops_per_sec": ops / seconds}
         if system == "kvstore":
