@@ -204,6 +204,26 @@ def test_unchanged_channels_are_stored_once(db):
     assert saver.get_tuple(second).checkpoint["channel_values"] == {"big": "x" * 1000, "small": 2}
 
 
+def test_list_across_namespaces_and_threads_newest_first(db):
+    saver = KVStoreSaver(db)
+    made = []
+    for thread_id, ns in [("a", ""), ("b", ""), ("a", "child:1"), ("b", "child:2"), ("a", "")]:
+        made.append((thread_id, ns, put(saver, thread_id, ns=ns,
+                                        metadata=generate_metadata(step=len(made)))))
+    ids = [c["configurable"]["checkpoint_id"] for _, _, c in made]
+
+    def listed(config, **kw):
+        return [t.config["configurable"]["checkpoint_id"] for t in saver.list(config, **kw)]
+
+    assert listed(None) == ids[::-1]
+    assert listed({"configurable": {"thread_id": "a"}}) == [ids[4], ids[2], ids[0]]
+    assert listed({"configurable": {"thread_id": "a"}}, limit=2) == [ids[4], ids[2]]
+    assert listed(None, filter={"step": 3}) == [ids[3]]
+    assert listed(None, before={"configurable": {"checkpoint_id": ids[2]}}) == [ids[1], ids[0]]
+    assert listed({"configurable": {"thread_id": "a", "checkpoint_ns": "child:1"}}) == [ids[2]]
+    assert listed({"configurable": {"thread_id": "a", "checkpoint_id": ids[0]}}) == [ids[0]]
+
+
 def test_prune_keeps_delta_channel_ancestors_back_to_a_snapshot(db):
     saver = KVStoreSaver(db)
     # c1 stores the delta channel's value (a snapshot); c2 and c3 store none

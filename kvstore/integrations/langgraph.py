@@ -160,12 +160,12 @@ class _Owner:
     def _from_path(cls, path, options: dict, **kwargs):
         db = _open_store(path, **options)
         try:
-            self = cls(db, **kwargs)
+            owner = cls(db, **kwargs)
         except BaseException:
             db.close()
             raise
-        self._owned = True
-        return self
+        owner._owned = True
+        return owner
 
     def close(self) -> None:
         """Close the store if it was opened by from_path() (committing pending writes)."""
