@@ -104,12 +104,22 @@ class _Opening:
         await self._db.aclose()
 
 
+# Completions settled per turn of the loop. One commit can complete a
+# hundred waiting tasks; woken all at once, their next steps (each encoding
+# its next value) would run back to back and hold the loop for milliseconds.
+# In slices, other callbacks run between them: measured with 100 tasks doing
+# durable writes, loop lag p99 about 6-9 ms instead of 10-19 ms (slices of 8
+# and 32 did no better), on a loaded 2-core machine whose idle loop lags 3 ms.
+_SLICE = 16
+
+
 class _Bridge:
     """Carries completions from committing threads into one event loop.
 
     A commit completes many groups at once (one per waiting task); the
     committing thread appends each to a list and wakes the loop only for
     the first, so a commit costs the loop one wake-up, not one per task.
+    The loop settles them _SLICE at a time.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -130,7 +140,9 @@ class _Bridge:
 
     def _drain(self) -> None:  # in the loop
         with self._lock:
-            done, self._done = self._done, []
+            done, self._done = self._done[:_SLICE], self._done[_SLICE:]
+            if self._done:  # the rest after the tasks woken now have run
+                self._loop.call_soon(self._drain)
         for future, error in done:
             # a result, not an exception: an unawaited future must not log
             # "exception was never retrieved"; done: its task was cancelled
