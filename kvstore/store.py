@@ -201,11 +201,17 @@ class Store:
             dbi = env.dbi(ns, create=not env.readonly)
         return dbi
 
-    def _submit(self, env, ops: list, nbytes: int, durable) -> None:
+    # Each write method has a private twin taking `callback`: None for the
+    # calling thread to wait in the writer (durable) or not at all
+    # (buffered); a function for asyncio callers (kvstore/aio.py), which
+    # the writer calls once the group is done. The twin returns whether the
+    # caller must wait for that callback (Writer.submit).
+
+    def _submit(self, env, ops: list, nbytes: int, durable, callback=None) -> bool:
         writer = self._writer(env)
         if durable is None:
             durable = self._root._durable
-        writer.submit(Group(ops, bool(durable), nbytes))
+        return writer.submit(Group(ops, bool(durable), nbytes, callback))
 
     def put(self, key, value, *, durable: bool | None = None) -> None:
         """Store value under key.
@@ -216,6 +222,9 @@ class Store:
         :raises InvalidKeyError: bad key; nothing is queued
         :raises EncodeError: msgpack cannot carry the value; nothing is queued
         """
+        self._put(key, value, durable, None)
+
+    def _put(self, key, value, durable, callback) -> bool:
         # The hot path of every buffered write: kept flat on purpose.
         root = self._root
         env = root._env
@@ -231,15 +240,20 @@ class Store:
         ns = self._ns
         record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
         dbi = env._dbis.get(ns) or self._dbi(env, ns)
-        writer.submit(Group([(ns, dbi, key, record)], root._durable if durable is None else bool(durable),
-                            len(record)))
+        return writer.submit(Group([(ns, dbi, key, record)],
+                                   root._durable if durable is None else bool(durable),
+                                   len(record), callback))
 
     def delete(self, key, *, durable: bool | None = None) -> None:
         """Remove key (no error if it is missing)."""
+        self._delete(key, durable, None)
+
+    def _delete(self, key, durable, callback) -> bool:
         env = self._live_env()
         self._writer(env)
         key = _check_key(key)
-        self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable)
+        return self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable,
+                            callback)
 
     def put_many(self, items, *, durable: bool | None = None) -> None:
         """Store many pairs atomically, in one commit (all or nothing, across crashes).
@@ -247,6 +261,9 @@ class Store:
         :param items: a mapping, or an iterable of (key, value) pairs; a later
             pair for the same key wins
         """
+        self._put_many(items, durable, None)
+
+    def _put_many(self, items, durable, callback) -> bool:
         env = self._live_env()
         self._writer(env)
         if hasattr(items, "items"):
@@ -265,8 +282,7 @@ class Store:
             record = encode(value, dictionary=dictionary)
             nbytes += len(record)
             ops.append((ns, dbi, key, record))
-        if ops:
-            self._submit(env, ops, nbytes, durable)
+        return bool(ops) and self._submit(env, ops, nbytes, durable, callback)
 
     def batch(self, durable: bool | None = None) -> "Batch":
         """An atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
@@ -746,17 +762,22 @@ class Batch:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._close(exc_type is not None, None)
+
+    def _close(self, discard: bool, callback) -> bool:
+        """Discard the batch, or submit its writes as one group (see
+        Store._submit); returns whether to wait for callback."""
         if self._state != "open":
-            return
-        if exc_type is not None:
-            self._state = "discarded"
-            self._ops = []
-            return
-        self._state = "committed"
+            return False
         ops, self._ops = self._ops, []
-        if ops:
-            store = self._store
-            store._submit(store._live_env(), ops, self._nbytes, self._durable)
+        if discard:
+            self._state = "discarded"
+            return False
+        self._state = "committed"
+        if not ops:
+            return False
+        store = self._store
+        return store._submit(store._live_env(), ops, self._nbytes, self._durable, callback)
 
 
 # ---------------------------------------------------------------- lifecycle
