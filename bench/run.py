@@ -12,15 +12,16 @@ scale sweep, and the TARGETS (ratios of ops/s measured in this run).
 
 Run from the repository root (any directory works) after
 `pip install -e '.[bench]'`. --quick takes one to two minutes on a 2-core
-machine: up to 5,000 records, 500 ops for the fsync-per-put workloads,
-500 agent turns and scans, the median of 3 runs, a scale sweep of 10k, 30k
-and 100k records. The default
-(full) run, about ten minutes, writes every record of the data (20,000),
-2,000 ops for the fsync-per-put workloads, 2,000 agent turns and scans, the
+machine: up to 5,000 records, 500 ops for the fsync-per-put workloads, 500
+agent turns and scans, 20,000 hot reads, the median of 3 runs, and a scale
+sweep of 10k, 30k and 100k records. The default (full) run, about ten
+minutes, writes every record of the data (20,000), 2,000 ops for the
+fsync-per-put workloads, 2,000 agent turns and scans, 50,000 hot reads, the
 median of 5 runs, and sweeps 10k, 100k and 1M records. Agent turns that
-fsync each turn or each write play a fifth of --sync-ops turns. Repetitions go round the whole workload list, so a
-slow spell of a shared machine hits kvstore and its peers alike; `ratio` and
-`scale` run once, after the repetitions.
+fsync each turn or each write play a fifth of --sync-ops turns. Repetitions
+go round the whole workload list, so a slow spell of a shared machine hits
+kvstore and its peers alike; `ratio` and `scale` run once, after the
+repetitions.
 
 Data: ../shared/corpus/agent_memory.jsonl.zst (relative to the repository
 root) by default; --data FILE for any JSON-lines file of {"key", "value"}
@@ -577,7 +578,7 @@ def build_context(args) -> tuple[Context, dict]:
                   sorted_order=sorted(records, key=lambda kv: kv[0].encode()),
                   sync_records=random_order[:sync_n], group_records=random_order[:min(n, 4 * sync_n)],
                   threads=args.threads, seed=args.seed, tmp_root=args.tmpdir, quick=quick, base=base,
-                  reads=n, turns=min(n, 500 if quick else 2000), sync_turns=max(1, sync_n // 5),
+                  reads=20_000 if quick else 50_000, turns=min(n, 500 if quick else 2000), sync_turns=max(1, sync_n // 5),
                   scans=min(n, 500 if quick else 2000),
                   scale_sizes=args.scale or ((10_000, 30_000, 100_000) if quick else (10_000, 100_000, 1_000_000)),
                   scale_reads=20_000 if quick else 100_000)
@@ -665,7 +666,8 @@ def main(argv=None) -> int:
           f"{'; cycled through the data' if n > about['records_in_data'] else ''})")
     print(f"ops:      {n:,} per workload; {about['sync_ops']:,} for fsync-per-put workloads (1 thread, and "
           f"lmdb with {T} threads); {about['group_ops']:,} for fillsync-{T}t; {ctx.turns:,} agent turns "
-          f"({ctx.sync_turns:,} when each turn fsyncs); {ctx.scans:,} scans; median of {repeats} run(s)")
+          f"({ctx.sync_turns:,} when each turn fsyncs); {ctx.scans:,} scans; {ctx.reads:,} hot reads; "
+          f"median of {repeats} run(s)")
     print(f"scale:    {', '.join(f'{s:,}' for s in ctx.scale_sizes)} records, {ctx.scale_reads:,} reads each")
     print(f"machine:  {machine['nproc']} CPUs, {machine['cpu']}, Linux {machine['kernel']}, "
           f"Python {machine['python']}")
