@@ -306,6 +306,14 @@ def _rows(results: list, prefix: str) -> list:
     return [r for r in results if r.name.startswith(prefix) and not r.skipped]
 
 
+def _section(out, title: list, hdr: str) -> None:
+    out("")
+    for line in title:
+        out(line)
+    out(hdr)
+    out("-" * len(hdr))
+
+
 def print_table(results: list, repeats: int, out=print) -> None:
     spread_hdr = f" {'spread':>6}" if repeats > 1 else ""
     hdr = (f"{'workload':<37} {'system':<10} {'ops':>7} {'thr':>3} {'ops/s':>10} {'p50 us':>8} "
@@ -338,13 +346,10 @@ def print_batchsize(results: list, out=print) -> list:
     if not rows:
         return []
     best = max(r.ops_per_sec for r in rows)
-    out("")
-    out(f"BATCHSIZE: buffered fill of {rows[0].ops:,} records, 1 thread, random order, "
-        f"flush_interval=60 s (the size limit triggers the commits)")
-    hdr = (f"{'max_batch_ops':>13} {'ops/s':>10} {'% of best':>9} {'mean ops/commit':>15} {'commits':>8} "
-           f"{'commit p50 ms':>13}")
-    out(hdr)
-    out("-" * len(hdr))
+    _section(out, [f"BATCHSIZE: buffered fill of {rows[0].ops:,} records, 1 thread, random order, "
+                   f"flush_interval=60 s (the size limit triggers the commits)"],
+             f"{'max_batch_ops':>13} {'ops/s':>10} {'% of best':>9} {'mean ops/commit':>15} {'commits':>8} "
+             f"{'commit p50 ms':>13}")
     for r in rows:
         e = r.extra
         out(f"{e['max_batch_ops']:>13,} {r.ops_per_sec:>10,.0f} {100 * r.ops_per_sec / best:>8.0f}% "
@@ -358,13 +363,10 @@ def print_cache(results: list, out=print) -> list:
     rows = [r for r in _rows(results, "readhot") if "cache" in r.extra]
     if not rows:
         return []
-    out("")
-    out("CACHE: the hot reads' cache after the timed Zipf reads (hit ratio of the timed reads only;")
-    out("       bytes as the cache accounts them; heap = growth of anonymous RSS over warm-up and reads)")
-    hdr = (f"{'workload':<16} {'hit ratio':>9} {'entries':>8} {'limit':>8} {'bytes MiB':>9} {'limit MiB':>9} "
-           f"{'heap MB':>8}  within limits")
-    out(hdr)
-    out("-" * len(hdr))
+    _section(out, ["CACHE: the hot reads' cache after the timed Zipf reads (hit ratio of the timed reads only;",
+                   "       bytes as the cache accounts them; heap = growth of anonymous RSS over warm-up and reads)"],
+             f"{'workload':<16} {'hit ratio':>9} {'entries':>8} {'limit':>8} {'bytes MiB':>9} {'limit MiB':>9} "
+             f"{'heap MB':>8}  within limits")
     doc = []
     for r in rows:
         c, opts = r.extra["cache"], r.extra["options"]
@@ -383,11 +385,9 @@ def print_codec(results: list, out=print) -> list:
     if not rows:
         return []
     by = {(r.extra["backend"], r.extra["op"]): r for r in rows}
-    out("")
-    out("CODEC: one value a call; MB/s of stored records; ratio = python backend time / this time")
-    hdr = f"{'backend':<10} {'encode us':>9} {'decode us':>9} {'encode MB/s':>11} {'decode MB/s':>11} {'x python':>13}"
-    out(hdr)
-    out("-" * len(hdr))
+    _section(out, ["CODEC: one value a call; MB/s of stored records; ratio = python backend time / this time"],
+             f"{'backend':<10} {'encode us':>9} {'decode us':>9} {'encode MB/s':>11} {'decode MB/s':>11} "
+             f"{'x python':>13}")
     doc = []
     for backend in ("native", "python", "zstandard"):
         enc, dec = by.get((backend, "encode")), by.get((backend, "decode"))
@@ -437,11 +437,8 @@ def print_scale(results: list, out=print) -> list:
         return []
     sizes = sorted({r.extra["records"] for r in rows})
     by = {(r.name.split("-")[1], r.extra["records"]): r for r in rows}
-    out("")
-    out("SCALE: kvstore throughput as the store grows (fresh store per size; % of the smallest size)")
-    hdr = f"{'records':>10} {'fillrandom ops/s':>17} {'%':>5} {'readrandom ops/s':>17} {'%':>5} {'store MB':>9}"
-    out(hdr)
-    out("-" * len(hdr))
+    _section(out, ["SCALE: kvstore throughput as the store grows (fresh store per size; % of the smallest size)"],
+             f"{'records':>10} {'fillrandom ops/s':>17} {'%':>5} {'readrandom ops/s':>17} {'%':>5} {'store MB':>9}")
     doc = []
     first = {w: by.get((w, sizes[0])) for w in ("fillrandom", "readrandom")}
     for n in sizes:

@@ -69,13 +69,18 @@ def _prefill(db, records) -> None:
     db.flush()
 
 
+def _puts_until_flushed(db, records) -> tuple[float, list]:
+    """Buffered puts of records, then flush(): (seconds until flush() returned, put latencies)."""
+    t0 = time.perf_counter()
+    _, lat = time_puts(db.put, records)
+    db.flush()
+    return time.perf_counter() - t0, lat
+
+
 def _buffered_fill(ctx, name, records, note="", disk=False, **options) -> Result:
     with ctx.tmpdir() as d:
         db = _open(d, **options)
-        t0 = time.perf_counter()
-        _, lat = time_puts(db.put, records)
-        db.flush()
-        seconds = time.perf_counter() - t0
+        seconds, lat = _puts_until_flushed(db, records)
         extra = _commit_stats(db)
         db.close()
         if disk:  # the store's files after close, for the SIZE section
@@ -158,10 +163,7 @@ def overwrite(ctx):
         db = _open(d)
         _prefill(db, ctx.records)
         before = db.stats()["commits"]
-        t0 = time.perf_counter()
-        _, lat = time_puts(db.put, rewrites)
-        db.flush()
-        seconds = time.perf_counter() - t0
+        seconds, lat = _puts_until_flushed(db, rewrites)
         extra = _commit_stats(db)
         db.close()
     extra["commits"] -= before
@@ -492,10 +494,7 @@ def scale(ctx):
         label = count_label(size)
         with ctx.tmpdir() as d:
             db = _open(d)
-            t0 = time.perf_counter()
-            _, lat = time_puts(db.put, records)
-            db.flush()
-            seconds = time.perf_counter() - t0
+            seconds, lat = _puts_until_flushed(db, records)
             extra = _commit_stats(db)
             extra.update(records=size, map_used=db.stats()["map_used"])
             db.close()
