@@ -13,7 +13,7 @@ scale sweep, and the TARGETS (ratios of ops/s measured in this run).
 Run from the repository root (any directory works) after
 `pip install -e '.[bench]'`. --quick takes one to two minutes on a 2-core
 machine: up to 5,000 records, 500 ops for the fsync-per-put workloads, 500
-agent turns and scans, 20,000 hot reads, the median of 3 runs, and a scale
+agent turns and scans, 10,000 hot reads, the median of 3 runs, and a scale
 sweep of 10k, 30k and 100k records. The default (full) run, about ten
 minutes, writes every record of the data (20,000), 2,000 ops for the
 fsync-per-put workloads, 2,000 agent turns and scans, 50,000 hot reads, the
@@ -575,7 +575,8 @@ def build_context(args) -> tuple[Context, dict]:
                   sorted_order=sorted(records, key=lambda kv: kv[0].encode()),
                   sync_records=random_order[:sync_n], group_records=random_order[:min(n, 4 * sync_n)],
                   threads=args.threads, seed=args.seed, tmp_root=args.tmpdir, quick=quick, base=base,
-                  reads=20_000 if quick else 50_000, turns=min(n, 500 if quick else 2000), sync_turns=max(1, sync_n // 5),
+                  reads=10_000 if quick else 50_000, turns=min(n, 500 if quick else 2000),
+                  sync_turns=max(1, sync_n // 5),
                   scans=min(n, 500 if quick else 2000),
                   scale_sizes=args.scale or ((10_000, 30_000, 100_000) if quick else (10_000, 100_000, 1_000_000)),
                   scale_reads=20_000 if quick else 100_000)
