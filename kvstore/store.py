@@ -41,7 +41,8 @@ __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE"]
 
 MAX_KEY_SIZE = 511  # LMDB's limit with its default build
 _DICT_ID = struct.Struct("<I")  # a record's dict_id field, at offset 6 (codec/format.py)
-SCAN_CHUNK = 256  # keys read per read transaction in a scan
+SCAN_CHUNK = 256  # most keys read per read transaction in a scan
+SCAN_FIRST_CHUNK = 32  # the first chunk: a scan stopped early (the last 20 messages) reads little
 
 _MISSING = object()
 
@@ -328,12 +329,24 @@ class Store:
 
         :raises CorruptionError: the stored bytes are damaged (names the key)
         """
-        env = self._live_env()
-        key = _check_key(key)
-        hit = self._pending(env, key)
-        if hit is not None:
-            return default if hit[0] is None else self._decode(key, hit[0])
+        # The hot path of every cache hit: kept flat on purpose (what
+        # _live_env, _check_key and _pending do, inlined).
+        root = self._root
+        env = root._env
+        if self._closed or root._closed or env.forked:
+            env = self._live_env()
+        if type(key) is str and 0 < len(key) <= 127 and key.isascii():
+            key = key.encode("ascii")
+        elif type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = _check_key(key)
         ns = self._ns
+        writer = env.writer
+        if writer is not None:
+            pending = writer.overlay.get(ns)
+            if pending:
+                entry = pending.get(key)
+                if entry is not None:
+                    return default if entry[1] is None else self._decode(key, entry[1])
         cache = env.cache
         cached = SKIP
         if cache is not None:
@@ -365,6 +378,10 @@ class Store:
                 txn.abort()
         except lmdb.MapResizedError:
             pass
+        except lmdb.ReadersFullError as exc:
+            if not env.clear_stale_readers():
+                raise translate(exc, "reading") from None
+            return self.get(key, default)
         except lmdb.Error as exc:
             raise translate(exc, "reading") from None
         finally:
@@ -476,8 +493,8 @@ class Store:
         :param prefix: only keys starting with it (bytes or str)
         :param start: only keys >= start; :param stop: only keys < stop
         :param reverse: descending order
-        Keys come back as bytes. The scan reads SCAN_CHUNK keys per read
-        transaction, so it never blocks writers or pins old pages for long:
+        Keys come back as bytes. The scan reads at most SCAN_CHUNK keys per
+        read transaction (fewer at first), so it never pins old pages for long:
         each key is returned at most once, in order, with a value it held
         during the scan; writes made while it runs may or may not be seen.
         Pending writes of this process at the start of the scan are included.
@@ -493,13 +510,9 @@ class Store:
         return self._scan(env, lo, hi, bool(reverse), bool(keys_only))
 
     def _scan(self, env, lo, hi, reverse, keys_only):
-        def in_range(k):
-            return (lo is None or k >= lo) and (hi is None or k < hi)
-
         pending = []
         if env.writer is not None:
-            pending = sorted((kv for kv in env.writer.snapshot(self._ns) if in_range(kv[0])),
-                             reverse=reverse)
+            pending = sorted(env.writer.snapshot(self._ns, lo, hi), reverse=reverse)
         stored = self._scan_stored(env, lo, hi, reverse)
         pi = 0
         for key, record in stored:
@@ -523,19 +536,21 @@ class Store:
     def _scan_stored(self, env, lo, hi, reverse):
         """(key, record) pairs in the database, chunk by chunk."""
         after = None  # last key returned
+        size = SCAN_FIRST_CHUNK
         while True:
             self._live_env()
             dbi = self._dbi(env, self._ns)
             if dbi is None:
                 return
-            chunk = env.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after))
+            chunk = env.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after, size))
             yield from chunk
-            if len(chunk) < SCAN_CHUNK:
+            if len(chunk) < size:
                 return
             after = chunk[-1][0]
+            size = min(2 * size, SCAN_CHUNK)
 
     @staticmethod
-    def _read_chunk(txn, dbi, lo, hi, reverse, after) -> list:
+    def _read_chunk(txn, dbi, lo, hi, reverse, after, size) -> list:
         cur = txn.cursor(db=dbi)
         out = []
         if not reverse:
@@ -543,7 +558,7 @@ class Store:
             ok = cur.set_range(first) if first is not None else cur.first()
             if ok and after is not None and bytes(cur.key()) == after:
                 ok = cur.next()
-            while ok and len(out) < SCAN_CHUNK:
+            while ok and len(out) < size:
                 key = bytes(cur.key())
                 if hi is not None and key >= hi:
                     break
@@ -557,7 +572,7 @@ class Store:
                 ok = cur.prev()
             else:
                 ok = cur.last()
-            while ok and len(out) < SCAN_CHUNK:
+            while ok and len(out) < size:
                 key = bytes(cur.key())
                 if lo is not None and key < lo:
                     break

@@ -444,11 +444,20 @@ class Writer:
         with self._lock:
             return self._queued_ops + self._in_flight_ops
 
-    def snapshot(self, ns: str) -> list:
-        """[(key, record-or-TOMBSTONE)] pending in namespace ns, unordered."""
+    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
+        """[(key, record-or-TOMBSTONE)] pending in namespace ns, unordered;
+        only keys in [lo, hi) when given."""
         with self._lock:
             pending = self.overlay.get(ns)
-            return [(k, v[1]) for k, v in pending.items()] if pending else []
+            if not pending:
+                return []
+            if lo is None and hi is None:
+                return [(k, v[1]) for k, v in pending.items()]
+            if hi is None:
+                return [(k, v[1]) for k, v in pending.items() if k >= lo]
+            if lo is None:
+                return [(k, v[1]) for k, v in pending.items() if k < hi]
+            return [(k, v[1]) for k, v in pending.items() if lo <= k < hi]
 
     def close(self) -> None:
         """Commit everything queued, stop the flusher. Raises if the store failed."""
