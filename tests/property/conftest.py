@@ -1,8 +1,10 @@
 """tests/property: crash, fault-injection and hostile-file properties.
 
-The hypothesis profiles ("ci" by default, "fuzz" with HYPOTHESIS_PROFILE=fuzz)
-come from tests/conftest.py, which pytest loads first. This file only makes
-the shared helper module tests/crash_driver.py importable from here (the
+The hypothesis profiles (HYPOTHESIS_PROFILE=dev, the default, ci or deep:
+tests/profiles.py) and the counts printed at the end of the run
+(tests/crash_report.py) come from tests/conftest.py, which pytest loads
+first. This file only makes the shared helper modules of tests/
+(crash_driver.py, profiles.py, crash_report.py) importable from here (the
 test directories are not packages).
 """
 

@@ -23,8 +23,10 @@ parent reopens the store and checks, for every thread (crash_driver.check_owner)
   reader) reads the previous snapshot until the next writer recovers the
   lock. No writer of that commit was acknowledged, so no guarantee breaks.
 
-Reproduce a failure with its seed: the test id carries it, and
-KVSTORE_CRASH_SEEDS=a,b,c runs those seeds (HYPOTHESIS_PROFILE=fuzz runs many).
+How many trials run is the profile's (tests/profiles.py: HYPOTHESIS_PROFILE
+dev, ci or deep); reproduce a failure with its seed: the test id carries it,
+and KVSTORE_CRASH_SEEDS=a,b,c runs those seeds. Each SIGKILLed writer is
+counted as a crash trial (tests/crash_report.py).
 """
 
 import os
@@ -36,18 +38,13 @@ import warnings
 
 import pytest
 
+import crash_report
 import kvstore
+import profiles
 from crash_driver import (Log, check_owner, dump_stacks, kill, lmdb_state, read_everything, start_child,
                           verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
 
 NAMESPACES = ["default", "side", "third"]
-
-
-def _seeds():
-    if os.environ.get("KVSTORE_CRASH_SEEDS"):
-        return [int(s) for s in os.environ["KVSTORE_CRASH_SEEDS"].split(",")]
-    n = 40 if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else 5
-    return list(range(n))
 
 
 def _child_config(path, rng, tag, options):
@@ -58,7 +55,7 @@ def _child_config(path, rng, tag, options):
             "finish": rng.choice(["close", "close", "none"])}
 
 
-@pytest.mark.parametrize("seed", _seeds())
+@pytest.mark.parametrize("seed", profiles.crash_seeds())
 def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
     rng = random.Random(seed)
     path = str(tmp_path / "store")
@@ -125,6 +122,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                 with open(out + ".err") as f:
                     err = f.read()
                 assert rc in (0, -9), f"child exited with {rc}:\n{err}\n{log.tail()}"
+                if rc == -9:
+                    crash_report.record(crash_trials=1)
                 if rc == 0:
                     assert not err, err
                     if cfg["finish"] == "close":
@@ -146,7 +145,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
 
 
 @pytest.mark.parametrize("point", ["mid-apply", "before-commit", "after-commit"])
-@pytest.mark.parametrize("nth", [1, 4, 17])
+@pytest.mark.parametrize("nth", profiles.kill_counts())
 def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
     path = str(tmp_path / "store")
     with kvstore.open(path) as db:
@@ -167,6 +166,7 @@ def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
         raise AssertionError(f"the child hung; its threads:\n{stacks}") from None
     log = Log.read(out)
     assert rc == -9, f"the kill point did not fire (exit {rc}):\n{open(out + '.err').read()}\n{log.tail()}"
+    crash_report.record(crash_trials=1, kill_points=[point])
     assert log.start_seq is not None
     base = log.start_seq
     with kvstore.open(path) as db:
