@@ -43,6 +43,8 @@ import threading
 import time
 import zlib
 
+import crash_report
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # ---------------------------------------------------------------- values
@@ -458,12 +460,85 @@ class Log:
 # ---------------------------------------------------------------- the oracle
 
 
+def _writers(owner: str, ops: list, failed: dict) -> dict:
+    """{(ns, key): [(op number, live)]}: which ops that can have reached the
+    store write each key (the last write of a key in an op wins)."""
+    out: dict = {}
+    for op in ops:
+        if op["x"] or op["n"] in failed:
+            continue
+        for (ns, key), live in {(ns, key): live for ns, key, live in op["w"]}.items():
+            out.setdefault((ns, key), []).append((op["n"], live))
+    return out
+
+
+def _stale_keys(owner: str, op: dict, writers: dict, actual: dict) -> list:
+    """The keys of op whose stored state is older than op: neither op's own
+    write nor one of a later op of the owner. (A value is a function of
+    (owner, op number, namespace, key), so it says which op wrote it.)"""
+    stale = []
+    n = op["n"]
+    for (ns, key), live in {(ns, key): live for ns, key, live in op["w"]}.items():
+        later = [(m, lv) for m, lv in writers.get((ns, key), ()) if m > n]
+        stored = actual.get((ns, key), _ABSENT)
+        if stored is _ABSENT:
+            ok = not live or any(not lv for _, lv in later)
+        else:
+            ok = any(lv and stored == normalize(value_for(owner, m, ns, key, op["big"]))
+                     for m, lv in [(n, live)] + later)
+        if not ok:
+            stale.append((n, ns, key, "put" if live else "delete"))
+    return stale
+
+
+def lost_and_partial(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = False):
+    """The two properties, checked directly (check_owner's prefix check
+    implies both; these say which writes broke it):
+
+    lost: the writes of acknowledged ops (durable and returned, or every op
+    when the child closed the store cleanly) whose key holds an older state
+    than the op wrote, [(op, ns, key, "put" | "delete")];
+    partial: the put_many/batch ops that are in the store only in part
+    (one key holds the op's own value, another an older state), [op numbers].
+
+    Returns (lost, partial, acknowledged key writes checked)."""
+    ops = log.ops.get(owner, [])
+    failed = log.errors.get(owner, {})
+    writers = _writers(owner, ops, failed)
+    if exited_cleanly:
+        acked = [op for op in ops if not op["x"] and op["n"] not in failed]
+    else:
+        acked = [ops[n] for n in log.acked_durable(owner)]
+    lost, checked = [], 0
+    for op in acked:
+        lost += _stale_keys(owner, op, writers, actual)
+        checked += len({(ns, key) for ns, key, _ in op["w"]})
+    partial = []
+    for op in ops:
+        if op["x"] or op["n"] in failed or len({(ns, key) for ns, key, _ in op["w"]}) < 2:
+            continue
+        own = [(ns, key) for ns, key, live in op["w"]
+               if live and actual.get((ns, key), _ABSENT) == normalize(value_for(owner, op["n"], ns, key, op["big"]))]
+        if own and _stale_keys(owner, op, writers, actual):
+            partial.append(op["n"])
+    return lost, partial, checked
+
+
 def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = False,
-                floor: int = 0) -> list[int]:
+                floor: int = 0, count: bool = True) -> list[int]:
     """Assert actual (the owner's keys in the store: {(ns, key): value}) is
     the state after a prefix of the owner's operations that holds every
     acknowledged durable one (all of them if the child exited cleanly).
-    Returns the matching prefix lengths, counted in op numbers."""
+    Returns the matching prefix lengths, counted in op numbers.
+
+    Also asserts, and counts (crash_report; unless count=False, for an
+    owner checked again), the two properties it implies: no acknowledged
+    write lost, no put_many/batch partly in the store."""
+    lost, partial, checked = lost_and_partial(owner, log, actual, exited_cleanly=exited_cleanly)
+    if count:
+        crash_report.record(acked_writes_checked=checked, writes_lost=len(lost), partial_batches=len(partial))
+    assert not lost, f"owner {owner}: acknowledged writes lost (op, namespace, key, write): {lost[:10]}"
+    assert not partial, f"owner {owner}: put_many/batch ops partly in the store: {partial[:10]}"
     ops = log.ops.get(owner, [])
     failed = log.errors.get(owner, {})
     acked = log.acked.get(owner, set())
@@ -484,7 +559,7 @@ def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = Fa
     good = [j for j in matches if j >= need]
     if good:
         return good
-    # The diagnosis: the closest prefix, and the acknowledged durable writes missing.
+    # The diagnosis: the closest prefix.
     best_j, best_n = None, None
     for j, state in states():
         if j >= need:
@@ -492,22 +567,10 @@ def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = Fa
             if best_n is None or n_diff < best_n:
                 best_j, best_n = j, n_diff
     best_diff = next(_diff(state, actual) for j, state in states() if j == best_j) if best_j is not None else []
-    lost = []
-    for n in durable_acked:
-        op = ops[n]
-        last = {(ns, key): live for ns, key, live in op["w"]}  # the last write of each key wins
-        for (ns, key), live in last.items():
-            later = [o for o in ops[n + 1:need] if o["n"] not in failed and not o["x"]
-                     and any(w[0] == ns and w[1] == key for w in o["w"])]
-            if not later:
-                want = normalize(value_for(owner, n, ns, key, op["big"])) if live else _ABSENT
-                if actual.get((ns, key), _ABSENT) != want:
-                    lost.append((n, ns, key, "put" if live else "delete"))
     raise AssertionError(
         f"owner {owner}: the store holds no state reachable by a prefix of its {len(ops)} ops that "
         f"keeps every acknowledged durable op (needs >= {need}; prefixes matching below that: "
-        f"{matches}).\n  acknowledged durable writes lost: {lost[:10]}\n"
-        f"  closest prefix {best_j}: {best_n} differences {best_diff[:10]}\n"
+        f"{matches}).\n  closest prefix {best_j}: {best_n} differences {best_diff[:10]}\n"
         f"  acked: {sorted(acked)[-10:]}, failed: {sorted(failed)[:10]}")
 
 
@@ -527,10 +590,31 @@ def _short(v):
     return r if len(r) < 80 else r[:77] + "..."
 
 
+def checksum_failures(db) -> list:
+    """[(namespace, key, error)] for every stored value that fails to decode
+    (CorruptionError: checksum, header or payload; FormatError: a record
+    version this kvstore does not read)."""
+    import kvstore
+
+    bad = []
+    for ns in db.namespaces():
+        h = db if ns == "default" else db.namespace(ns)
+        for key in h.scan(keys_only=True):
+            try:
+                h.get(key)
+            except (kvstore.CorruptionError, kvstore.FormatError) as exc:
+                bad.append((ns, key, f"{type(exc).__name__}: {exc}"))
+    return bad
+
+
 def read_everything(db) -> dict:
     """Walk every namespace with scan (both directions), get and get_many;
-    assert they agree and every value decodes. Returns {owner: {(ns, key): value}}
-    for keys of the form owner:rest."""
+    assert every value decodes (counted: crash_report checksum_failures) and
+    the reads agree. Returns {owner: {(ns, key): value}} for keys of the
+    form owner:rest."""
+    bad = checksum_failures(db)
+    crash_report.record(checksum_failures=len(bad))
+    assert not bad, f"stored values that fail to decode: {bad[:5]}"
     by_owner: dict[str, dict] = {}
     for ns in db.namespaces():
         h = db if ns == "default" else db.namespace(ns)
@@ -546,6 +630,21 @@ def read_everything(db) -> dict:
             assert sep, f"{ns}: unexpected key {k!r}"
             by_owner.setdefault(owner, {})[(ns, k.decode())] = v
     return by_owner
+
+
+def check_every_record(path: str) -> None:
+    """`kvstore check --json PATH`, in process: every record of every
+    namespace read raw from one snapshot, its header, checksum and
+    dictionary verified (the CLI's own code, not the store's read path)."""
+    import io
+
+    from kvstore.cli import main
+
+    out = io.StringIO()
+    status = main(["check", path, "--json"], out=out)
+    doc = json.loads(out.getvalue())
+    crash_report.record(values_checksummed=doc["values"], checksum_failures=doc["bad_values"])
+    assert status == 0 and doc["ok"], f"kvstore check: {doc['bad'][:5]} {doc['metadata_problems'][:5]}"
 
 
 def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set = frozenset(),
@@ -573,6 +672,7 @@ def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set
     with kvstore.open(path, **(open_options or {})) as db:
         actual = read_everything(db)
         seq = db.stats()["commit_seq"]
+    check_every_record(path)
     for log in logs:
         top = max(log.seqs, default=0)
         assert seq >= top, f"commit_seq went back: {seq} after reopen, a child printed {top}"
@@ -585,7 +685,7 @@ def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set
     for owner, k in known.items():
         try:
             good = check_owner(owner, k["log"], actual.get(owner, {}), exited_cleanly=k["clean"],
-                               floor=k["floor"])
+                               floor=k["floor"], count=k["seen"] is None)
         except AssertionError as exc:
             if k["seen"] is None:
                 raise

@@ -35,6 +35,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+import crash_report
 import kvstore
 from kvstore.options import Options
 
@@ -100,6 +101,8 @@ class CrashModel(RuleBasedStateMachine):
         self.seq_floor = self.db.stats()["commit_seq"]  # commit_seq when durable was last exact
         self.last_seq = self.seq_floor
         self.crashes = 0
+        self.acked_unchecked = 0  # writes acknowledged (durable, flushed, closed) since the last check
+        self.acked_checked = 0
 
     def handle(self, ns):
         return self.db if ns == "default" else self.db.namespace(ns)
@@ -118,6 +121,7 @@ class CrashModel(RuleBasedStateMachine):
         """Everything submitted so far is committed: fold pending into durable."""
         for g, _ in self.pending:
             assert g.done and g.error is None, f"group {g.seq} not committed at a sync point"
+        self.acked_unchecked += sum(len(w) for _g, w in self.pending)
         self.durable = self.visible()
         self.pending = []
         self.seq_floor = self.db.stats()["commit_seq"]
@@ -234,6 +238,7 @@ class CrashModel(RuleBasedStateMachine):
                       f"(>= {done_before} seen committed, {commits} commits since the last sync): "
                       f"{actual} vs durable {self.durable}")
         assert states[kept] == actual, f"expected exactly the {kept} groups the crash did not drop"
+        self.checked()
         self.durable = actual
         self.pending = []
         self.seq_floor = self.last_seq = seq
@@ -245,6 +250,12 @@ class CrashModel(RuleBasedStateMachine):
         # close() committed everything: the groups are done, their writes on disk
         self.synced()
         assert self.read_all() == self.durable
+        self.checked()
+
+    def checked(self) -> None:
+        """The store was reopened and found to hold the durable state."""
+        self.acked_checked += self.acked_unchecked
+        self.acked_unchecked = 0
 
     # ------------------------------------------------------------ reads
 
@@ -304,6 +315,7 @@ class CrashModel(RuleBasedStateMachine):
         assert st_["commit_seq"] == self.seq_floor
 
     def teardown(self):
+        crash_report.record(simulated_crashes=self.crashes, acked_writes_checked=self.acked_checked)
         if self.db is not None:
             try:
                 self.db.close()

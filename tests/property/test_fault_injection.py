@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import crash_report
 import kvstore
 from crash_driver import (LineLog, Log, check_owner, dump_stacks, kill, open_handles, read_everything,
                           run_owner, start_child, verify_store, wait_for_line)
@@ -95,6 +96,7 @@ def test_sigkill_while_the_map_grows(tmp_path, seed):
         time.sleep(rng.uniform(0.3, 1.0))
     finally:
         kill(proc)
+    crash_report.record(crash_trials=1)
     log = Log.read(out)
     assert sum(len(v) for v in log.acked.values()) > 5, log.tail()
     verify_store(path, [log])
