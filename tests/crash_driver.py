@@ -808,3 +808,57 @@ class Prober:
             self.proc.wait(30)
         except (OSError, subprocess.TimeoutExpired):
             kill(self.proc)
+
+
+# ---------------------------------------------------------------- another process's writes
+
+_OTHER_WRITER = r'''
+import base64, pickle, sys
+sys.path.insert(0, {tests!r})
+import kvstore
+for line in sys.stdin:
+    path, ns, key, value, delete = pickle.loads(base64.b64decode(line))
+    try:
+        with kvstore.open(path) as db:
+            h = db if ns == "default" else db.namespace(ns)
+            if delete:
+                h.delete(key, durable=True)
+            else:
+                h.put(key, value, durable=True)
+            result = ("ok", db.stats()["commit_seq"])
+    except Exception as exc:
+        result = ("error", repr(exc))
+    print(base64.b64encode(pickle.dumps(result)).decode(), flush=True)
+'''
+
+
+class OtherWriter:
+    """A process that writes one key durably to a store when asked (opening
+    and closing it each time), so a test can interleave another process's
+    commits with its own reads and writes."""
+
+    def __init__(self, env_extra: dict | None = None):
+        env = dict(os.environ, **(env_extra or {}))
+        env.pop("KVSTORE_KILL_POINT", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", _OTHER_WRITER.format(tests=TESTS_DIR)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def write(self, path: str, ns: str, key, value=None, *, delete: bool = False) -> int:
+        """Commit the write in the other process; returns its commit_seq after."""
+        import base64
+        import pickle
+
+        self.proc.stdin.write(base64.b64encode(pickle.dumps((path, ns, key, value, delete))).decode() + "\n")
+        self.proc.stdin.flush()
+        line = readline_within(self.proc.stdout, 60)
+        assert line, "the other writer died"
+        status, result = pickle.loads(base64.b64decode(line))
+        assert status == "ok", f"the other process's write failed: {result}"
+        return result
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            kill(self.proc)

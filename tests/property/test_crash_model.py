@@ -23,10 +23,19 @@ without committing (as SIGKILL would drop them), then the store is closed
   is exactly the groups the crash did not drop (the in-process crash is
   exact).
 
+In the quiet machine another process also commits writes (durably, one key
+at a time) under this one's pending writes; they join the durable state.
+
+Reads (get, get_many, scan, len, and every key through get_many after each
+step) must always agree with the model, with the read cache off, on and
+tiny (CACHE_VARIANTS), also after a caller mutates a value get returned and
+after another process's commits.
+
 A failing example prints the steps and a @reproduce_failure line (the
-hypothesis profiles of tests/conftest.py set print_blob).
+hypothesis profiles of tests/profiles.py set print_blob).
 """
 
+import atexit
 import dataclasses
 import shutil
 import tempfile
@@ -37,10 +46,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import crash_report
 import kvstore
+from crash_driver import OtherWriter
 from kvstore.options import Options
 
 NAMESPACES = ["default", "episodes", "meta"]
-KEYS = st.sampled_from([b"a", b"ab", b"abc", b"b", "c", "c\u00e9", b"\xff", b"\x00", b"m" * 40, "z" * 127])
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
     | st.text(max_size=200) | st.binary(max_size=300),
@@ -51,11 +60,25 @@ NS = st.sampled_from(NAMESPACES)
 DURABLE = st.sampled_from([False, None, False, True])  # None: the store's default (buffered)
 DELETED = object()
 
-# The read cache being added to the store: run both ways if the option exists.
+# The read cache: every machine runs with it off, on (the defaults) and tiny
+# (a few entries, so evictions happen within an example), once Options has it.
 _OPTION_NAMES = {f.name for f in dataclasses.fields(Options)}
 HAS_CACHE_OPTION = "cache_entries" in _OPTION_NAMES
-CACHE_VARIANTS = {"nocache": {"cache_entries": 0}, "cache": {"cache_entries": 64}} if HAS_CACHE_OPTION \
-    else {"default": {}}
+CACHE_VARIANTS = {"cache_off": {"cache_entries": 0}, "cache_on": {},
+                  "cache_tiny": {"cache_entries": 3}} if HAS_CACHE_OPTION else {"default": {}}
+ALL_KEYS = [b"a", b"ab", b"abc", b"b", "c", "c\u00e9", b"\xff", b"\x00", b"m" * 40, "z" * 127]
+KEYS = st.sampled_from(ALL_KEYS)
+
+_other_writer = None
+
+
+def other_writer() -> OtherWriter:
+    """One helper process for the whole run (started on first use)."""
+    global _other_writer
+    if _other_writer is None:
+        _other_writer = OtherWriter()
+        atexit.register(_other_writer.close)
+    return _other_writer
 
 
 def raw(key) -> bytes:
@@ -183,6 +206,19 @@ class CrashModel(RuleBasedStateMachine):
                 raise Abort()
         assert self.writer._last is before, "an aborted batch submitted a group"
 
+    @precondition(lambda self: not self.BUSY)  # commits here and there in a known order
+    @rule(ns=NS, key=KEYS, value=st.just(DELETED) | VALUES)
+    def other_process_writes(self, ns, key, value):
+        """Another process commits a write under this one's pending writes:
+        reads see it (through the read cache, if on) where no pending write
+        of this process to the key hides it; a crash keeps it."""
+        seq = other_writer().write(self.dir, ns, key, None if value is DELETED else value,
+                                   delete=value is DELETED)
+        assert seq == self.seq_floor + 1, "the other process's commit was not the only one"
+        self.durable = apply(self.durable, [(ns, raw(key), value)])
+        self.seq_floor = self.last_seq = seq
+        self.acked_unchecked += 1
+
     @rule()
     def flush(self):
         self.db.flush()
@@ -266,6 +302,18 @@ class CrashModel(RuleBasedStateMachine):
         assert h.get(key, "<missing>") == want
         assert (key in h) == (want != "<missing>")
 
+    @rule(ns=NS, key=KEYS)
+    def get_and_mutate(self, ns, key):
+        """A caller may change what get returns; the store's copy must not change."""
+        value = self.handle(ns).get(key)
+        if isinstance(value, dict):
+            value.clear()
+            value["mutated"] = True
+        elif isinstance(value, list):
+            value.append("mutated")
+            if value and isinstance(value[0], (dict, list)):
+                value[0].clear()
+
     @rule(ns=NS, keys=st.lists(KEYS, max_size=5))
     def get_many(self, ns, keys):
         vis = self.visible()[ns]
@@ -295,6 +343,7 @@ class CrashModel(RuleBasedStateMachine):
             h = self.handle(ns)
             assert dict(h.scan()) == vis[ns], f"namespace {ns}"
             assert len(h) == len(vis[ns])
+            assert h.get_many(ALL_KEYS) == [vis[ns].get(raw(k)) for k in ALL_KEYS], f"namespace {ns}"
 
     @precondition(lambda self: self.db is not None)
     @invariant()
