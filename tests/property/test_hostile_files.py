@@ -44,13 +44,6 @@ def probe(_probers, codec_backend):
     return _probers[codec_backend].probe
 
 
-@pytest.fixture
-def one_backend(codec_backend):
-    """For tests of LMDB files that decode no value: one codec backend is enough."""
-    if codec_backend != kvstore.codec.backends()[0]:
-        pytest.skip("file-level: run with the first codec backend only")
-
-
 def _digest(path):
     """What a failed open must leave alone: every file's bytes (lock.mdb may appear)."""
     out = {}

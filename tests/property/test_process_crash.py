@@ -195,6 +195,33 @@ def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
         assert unacked_present, "after-commit: no committed-but-unacknowledged durable write found"
 
 
+@pytest.mark.parametrize("point", ["mid-apply", "before-commit", "after-commit"])
+@pytest.mark.parametrize("nth", [n for n in profiles.kill_counts() if n >= 17] or [17])
+def test_kill_points_while_the_map_grows(tmp_path, point, nth):
+    """The same points in commits that fill a 1 MiB map: aborted, the map
+    grown, the commit replayed (and the point reached again) in one process
+    while the map is being resized; killed there, nothing acknowledged is lost."""
+    path = str(tmp_path / "store")
+    kvstore.open(path, map_size=1 << 20).close()
+    cfg = {"path": path, "seed": nth, "namespaces": NAMESPACES, "nkeys": 200, "big": 20_000, "deadline": 30,
+           "options": {"map_size": 1 << 20, "compression": "none", "flush_interval": 3600,
+                       "max_batch_ops": 100_000, "max_pending_ops": 1_000_000},
+           "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]}
+    out = str(tmp_path / "child.log")
+    proc = start_child(cfg, out, {"KVSTORE_KILL_POINT": f"{point}:{nth}"})
+    try:
+        rc = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        stacks = dump_stacks(proc, out)
+        kill(proc)
+        raise AssertionError(f"the child hung; its threads:\n{stacks}") from None
+    log = Log.read(out)
+    assert rc == -9, f"the kill point did not fire (exit {rc}):\n{open(out + '.err').read()}\n{log.tail()}"
+    crash_report.record(crash_trials=1, kill_points=[point])
+    verify_store(path, [log])
+    assert os.path.getsize(os.path.join(path, "data.mdb")) > 1 << 20, "the map never grew before the kill"
+
+
 # ---------------------------------------------------------------- a hang found here
 
 
