@@ -33,6 +33,7 @@ written.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -74,6 +75,13 @@ def normalize(value):
     if isinstance(value, (list, tuple)):
         return [normalize(v) for v in value]
     return value
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def stored_value(owner: str, n: int, ns: str, key: str, big: int = 0):
+    """value_for as it reads back (cached: the oracle asks for each many times;
+    callers must not mutate it)."""
+    return normalize(value_for(owner, n, ns, key, big))
 
 
 # ---------------------------------------------------------------- operations
@@ -148,7 +156,7 @@ def apply_op(state: dict, owner: str, op: dict) -> None:
         return
     for ns, key, live in op["w"]:
         if live:
-            state[(ns, key)] = normalize(value_for(owner, op["n"], ns, key, op["big"]))
+            state[(ns, key)] = stored_value(owner, op["n"], ns, key, op["big"])
         else:
             state.pop((ns, key), None)
 
@@ -258,6 +266,18 @@ def child_main(config_json: str) -> None:
         run_owner(db, handles, spec, cfg, log, deadline)
 
     threads = [threading.Thread(target=work, args=(spec,)) for spec in cfg["threads"]]
+    if cfg.get("train_after") is not None:
+        # a new dictionary for one namespace while the owners write (and maybe the kill comes)
+        def train():
+            time.sleep(cfg["train_after"])
+            ns = cfg["train_namespace"]
+            try:
+                new_id = handles[ns].train_dictionary(samples=300, dict_size=4096)
+                log(f"F trained {ns} {new_id}")
+            except kvstore.KVStoreError as exc:
+                log(f"F train {type(exc).__name__} {exc}")
+
+        threads.append(threading.Thread(target=train))
     for t in threads:
         t.start()
     for t in threads:
@@ -284,6 +304,23 @@ def child_main(config_json: str) -> None:
             log(f"F close {type(exc).__name__}")
     if finish == "none":
         os._exit(0)  # no atexit: like a crash right after the last line
+
+
+def seed_dictionaries(path: str, namespaces, n: int = 200) -> dict:
+    """Write n sample values (owner "dict") into each namespace and train a
+    dictionary on them, so that later values are compressed with one.
+    Returns the "dict" owner's state, for verify_store(fixed=...)."""
+    import kvstore
+
+    state = {}
+    with kvstore.open(path) as db:
+        for ns in namespaces:
+            h = db if ns == "default" else db.namespace(ns)
+            items = {f"dict:{i:04d}": value_for("dict", i, ns, f"dict:{i:04d}") for i in range(n)}
+            h.put_many(items, durable=True)
+            h.train_dictionary(samples=n, dict_size=4096)
+            state.update({(ns, k): normalize(v) for k, v in items.items()})
+    return state
 
 
 def lmdb_state(path: str) -> str:
@@ -484,7 +521,7 @@ def _stale_keys(owner: str, op: dict, writers: dict, actual: dict) -> list:
         if stored is _ABSENT:
             ok = not live or any(not lv for _, lv in later)
         else:
-            ok = any(lv and stored == normalize(value_for(owner, m, ns, key, op["big"]))
+            ok = any(lv and stored == stored_value(owner, m, ns, key, op["big"])
                      for m, lv in [(n, live)] + later)
         if not ok:
             stale.append((n, ns, key, "put" if live else "delete"))
@@ -518,7 +555,7 @@ def lost_and_partial(owner: str, log: Log, actual: dict, *, exited_cleanly: bool
         if op["x"] or op["n"] in failed or len({(ns, key) for ns, key, _ in op["w"]}) < 2:
             continue
         own = [(ns, key) for ns, key, live in op["w"]
-               if live and actual.get((ns, key), _ABSENT) == normalize(value_for(owner, op["n"], ns, key, op["big"]))]
+               if live and actual.get((ns, key), _ABSENT) == stored_value(owner, op["n"], ns, key, op["big"])]
         if own and _stale_keys(owner, op, writers, actual):
             partial.append(op["n"])
     return lost, partial, checked
@@ -632,7 +669,7 @@ def read_everything(db) -> dict:
     return by_owner
 
 
-def check_every_record(path: str) -> None:
+def check_every_record(path: str) -> dict:
     """`kvstore check --json PATH`, in process: every record of every
     namespace read raw from one snapshot, its header, checksum and
     dictionary verified (the CLI's own code, not the store's read path)."""
@@ -645,6 +682,7 @@ def check_every_record(path: str) -> None:
     doc = json.loads(out.getvalue())
     crash_report.record(values_checksummed=doc["values"], checksum_failures=doc["bad_values"])
     assert status == 0 and doc["ok"], f"kvstore check: {doc['bad'][:5]} {doc['metadata_problems'][:5]}"
+    return doc
 
 
 def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set = frozenset(),

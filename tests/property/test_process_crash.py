@@ -41,18 +41,21 @@ import pytest
 import crash_report
 import kvstore
 import profiles
-from crash_driver import (Log, check_owner, dump_stacks, kill, lmdb_state, read_everything, start_child,
-                          verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
+from crash_driver import (Log, check_every_record, check_owner, dump_stacks, kill, lmdb_state, read_everything, seed_dictionaries,
+                          start_child, verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
 
 NAMESPACES = ["default", "side", "third"]
 
 
-def _child_config(path, rng, tag, options):
+def _child_config(path, rng, tag, options, dictionaries):
     threads = [{"owner": f"{tag}t{i}", "mix": rng.choice(["mixed", "mixed", "buffered", "durable"]),
                 "ops": 800} for i in range(rng.randint(1, 3))]
-    return {"path": path, "seed": rng.randrange(1 << 30), "options": options, "threads": threads,
-            "namespaces": NAMESPACES, "nkeys": rng.choice([4, 24, 200]), "deadline": 20,
-            "finish": rng.choice(["close", "close", "none"])}
+    cfg = {"path": path, "seed": rng.randrange(1 << 30), "options": options, "threads": threads,
+           "namespaces": NAMESPACES, "nkeys": rng.choice([4, 24, 200]), "deadline": 20,
+           "finish": rng.choice(["close", "close", "none"])}
+    if dictionaries and rng.random() < 0.5:
+        cfg.update(train_after=rng.uniform(0.0, 0.3), train_namespace=rng.choice(NAMESPACES))
+    return cfg
 
 
 @pytest.mark.parametrize("seed", profiles.crash_seeds())
@@ -64,6 +67,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                "max_batch_ops": rng.choice([3, 50, 2000]),
                "map_size": rng.choice([1 << 20, 64 << 20])}
     options["max_pending_ops"] = max(options["max_batch_ops"], rng.choice([10, 20000]))
+    # half the seeds: values compressed with trained dictionaries, and new
+    # ones trained while the writers run (and die)
+    dictionaries = rng.random() < 0.5
+    fixed = {"dict": seed_dictionaries(path, NAMESPACES)} if dictionaries else {}
     known: dict = {}
     stop = threading.Event()
     reader_errors = []
@@ -88,7 +95,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
         for rnd in range(2):
             children = []
             for c in range(3):
-                cfg = _child_config(path, rng, f"s{seed}r{rnd}c{c}", options)
+                cfg = _child_config(path, rng, f"s{seed}r{rnd}c{c}", options, dictionaries)
                 out = str(tmp_path / f"r{rnd}c{c}.log")
                 proc = start_child(cfg, out)
                 started.append(proc)
@@ -131,7 +138,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                         clean |= set(log.ops)  # closed cleanly: every op committed
                 logs.append(log)
             # the owners of earlier rounds are checked again: never gone backwards
-            known = verify_store(path, logs, known, clean=clean)
+            known = verify_store(path, logs, known, clean=clean, fixed=fixed)
     finally:
         for proc in started:
             if proc.poll() is None:
@@ -139,6 +146,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
         stop.set()
         watcher.join(60)
     assert not reader_errors, reader_errors
+    if dictionaries:
+        referenced = check_every_record(path)["dictionaries_referenced"]
+        assert referenced, "no stored value was compressed with a trained dictionary"
 
 
 # ---------------------------------------------------------------- kill points
