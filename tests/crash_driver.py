@@ -822,23 +822,21 @@ for line in sys.stdin:
 '''
 
 
-class Prober:
-    """A child process that opens paths for the tests, each in a process of
-    its own (forked from it), so that a crash or a hang of the open shows up
-    as a result ("signal", "timeout") instead of taking the test run down."""
+class _Server:
+    """A helper child process that answers one line per request line."""
 
-    def __init__(self, env_extra: dict | None = None):
+    def __init__(self, code: str, env_extra: dict | None = None):
         env = dict(os.environ, **(env_extra or {}))
-        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_SERVER.format(tests=TESTS_DIR)],
+        env.pop("KVSTORE_KILL_POINT", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", code.format(tests=TESTS_DIR)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
-    def probe(self, path: str, *, timeout: float = 10, **req) -> dict:
-        req.update(path=path, timeout=timeout)
-        self.proc.stdin.write(json.dumps(req) + "\n")
+    def ask(self, request: str, timeout: float) -> str:
+        self.proc.stdin.write(request + "\n")
         self.proc.stdin.flush()
-        line = readline_within(self.proc.stdout, timeout + 20)
-        assert line, "the prober died"
-        return json.loads(line)
+        line = readline_within(self.proc.stdout, timeout)
+        assert line, f"the helper process died (exit {self.proc.poll()})"
+        return line
 
     def close(self) -> None:
         try:
@@ -846,6 +844,19 @@ class Prober:
             self.proc.wait(30)
         except (OSError, subprocess.TimeoutExpired):
             kill(self.proc)
+
+
+class Prober(_Server):
+    """A child process that opens paths for the tests, each in a process of
+    its own (forked from it), so that a crash or a hang of the open shows up
+    as a result ("signal", "timeout") instead of taking the test run down."""
+
+    def __init__(self, env_extra: dict | None = None):
+        super().__init__(_PROBE_SERVER, env_extra)
+
+    def probe(self, path: str, *, timeout: float = 10, **req) -> dict:
+        req.update(path=path, timeout=timeout)
+        return json.loads(self.ask(json.dumps(req), timeout + 20))
 
 
 # ---------------------------------------------------------------- another process's writes
@@ -870,33 +881,20 @@ for line in sys.stdin:
 '''
 
 
-class OtherWriter:
+class OtherWriter(_Server):
     """A process that writes one key durably to a store when asked (opening
     and closing it each time), so a test can interleave another process's
     commits with its own reads and writes."""
 
     def __init__(self, env_extra: dict | None = None):
-        env = dict(os.environ, **(env_extra or {}))
-        env.pop("KVSTORE_KILL_POINT", None)
-        self.proc = subprocess.Popen([sys.executable, "-c", _OTHER_WRITER.format(tests=TESTS_DIR)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        super().__init__(_OTHER_WRITER, env_extra)
 
     def write(self, path: str, ns: str, key, value=None, *, delete: bool = False) -> int:
         """Commit the write in the other process; returns its commit_seq after."""
         import base64
         import pickle
 
-        self.proc.stdin.write(base64.b64encode(pickle.dumps((path, ns, key, value, delete))).decode() + "\n")
-        self.proc.stdin.flush()
-        line = readline_within(self.proc.stdout, 60)
-        assert line, "the other writer died"
+        line = self.ask(base64.b64encode(pickle.dumps((path, ns, key, value, delete))).decode(), 60)
         status, result = pickle.loads(base64.b64decode(line))
         assert status == "ok", f"the other process's write failed: {result}"
         return result
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(30)
-        except (OSError, subprocess.TimeoutExpired):
-            kill(self.proc)

@@ -154,6 +154,21 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
 # ---------------------------------------------------------------- kill points
 
 
+def _killed_at(cfg: dict, out: str, point: str, nth: int) -> Log:
+    """Run a writer child with the kill point armed; its log once it died there."""
+    proc = start_child(cfg, out, {"KVSTORE_KILL_POINT": f"{point}:{nth}"})
+    try:
+        rc = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        stacks = dump_stacks(proc, out)
+        kill(proc)
+        raise AssertionError(f"the child hung; its threads:\n{stacks}") from None
+    log = Log.read(out)
+    assert rc == -9, f"the kill point did not fire (exit {rc}):\n{open(out + '.err').read()}\n{log.tail()}"
+    crash_report.record(crash_trials=1, kill_points=[point])
+    return log
+
+
 @pytest.mark.parametrize("point", ["mid-apply", "before-commit", "after-commit"])
 @pytest.mark.parametrize("nth", profiles.kill_counts())
 def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
@@ -166,17 +181,7 @@ def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
            "options": {"flush_interval": 3600, "max_batch_ops": 100_000, "max_pending_ops": 1_000_000},
            "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]
            + [{"owner": "b0", "mix": "buffered", "ops": 2000}]}
-    out = str(tmp_path / "child.log")
-    proc = start_child(cfg, out, {"KVSTORE_KILL_POINT": f"{point}:{nth}"})
-    try:
-        rc = proc.wait(60)
-    except subprocess.TimeoutExpired:
-        stacks = dump_stacks(proc, out)
-        kill(proc)
-        raise AssertionError(f"the child hung; its threads:\n{stacks}") from None
-    log = Log.read(out)
-    assert rc == -9, f"the kill point did not fire (exit {rc}):\n{open(out + '.err').read()}\n{log.tail()}"
-    crash_report.record(crash_trials=1, kill_points=[point])
+    log = _killed_at(cfg, str(tmp_path / "child.log"), point, nth)
     assert log.start_seq is not None
     base = log.start_seq
     with kvstore.open(path) as db:
@@ -217,17 +222,7 @@ def test_kill_points_while_the_map_grows(tmp_path, point, nth):
            "options": {"map_size": 1 << 20, "compression": "none", "flush_interval": 3600,
                        "max_batch_ops": 100_000, "max_pending_ops": 1_000_000},
            "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]}
-    out = str(tmp_path / "child.log")
-    proc = start_child(cfg, out, {"KVSTORE_KILL_POINT": f"{point}:{nth}"})
-    try:
-        rc = proc.wait(60)
-    except subprocess.TimeoutExpired:
-        stacks = dump_stacks(proc, out)
-        kill(proc)
-        raise AssertionError(f"the child hung; its threads:\n{stacks}") from None
-    log = Log.read(out)
-    assert rc == -9, f"the kill point did not fire (exit {rc}):\n{open(out + '.err').read()}\n{log.tail()}"
-    crash_report.record(crash_trials=1, kill_points=[point])
+    log = _killed_at(cfg, str(tmp_path / "child.log"), point, nth)
     verify_store(path, [log])
     assert os.path.getsize(os.path.join(path, "data.mdb")) > 1 << 20, "the map never grew before the kill"
 
