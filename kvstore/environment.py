@@ -20,6 +20,7 @@ LMDB allows an environment to be opened only once per process, so every
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 
@@ -34,6 +35,7 @@ from .errors import (
     StoreNotFoundError,
     translate,
 )
+from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .options import Options
 
@@ -50,6 +52,15 @@ _LMDB_MAGIC = 0xBEEFC0DE
 _META = struct.Struct("<II8xQ")  # magic, version, (address), mapsize
 _META_TAIL = struct.Struct("<QQ")  # last_pg, txnid, at offset 120 of the meta
 _PAGE_HEADER = 16
+_PAGE = struct.Struct("<QHH")  # a page header: pgno, pad, flags (P_BRANCH 1, P_LEAF 2, ...)
+_PAGE_BOUNDS = struct.Struct("<QHHHH")  # ... then lower and upper (ends of the free space)
+_NODE = struct.Struct("<HHHH")  # an MDB_node: lo, hi (data size or child pgno), flags, key size
+_U16 = struct.Struct("<H")
+_U64 = struct.Struct("<Q")
+_DB_RECORD = struct.Struct("<4xHH32xQ")  # an MDB_db: (pad), flags, depth, (counts), root
+_NO_PAGE = 0xFFFFFFFFFFFFFFFF  # P_INVALID: an empty database has no root
+_FREE_DB_FLAGS = (0x08,)  # MDB_INTEGERKEY, what LMDB always gives the free list
+_MAIN_DB_FLAGS = (0x00,)  # kvstore opens the main database without flags
 
 
 class MapLock:
@@ -105,26 +116,69 @@ def check_namespace_name(name) -> bytes:
 
 
 def check_data_file(path: str) -> None:
-    """Refuse a data.mdb that LMDB would map and then fault on.
+    """Refuse a data.mdb that LMDB would map and then fault on, or abort on.
 
     Reads both meta pages; the newer valid one says how many pages the file
     must hold. A file shorter than that is truncated: mapping it and touching
-    a page past its end would kill the process with SIGBUS.
+    a page past its end would kill the process with SIGBUS. The database
+    records of that meta page must hold flags kvstore writes and root pages
+    that exist and are tree pages: LMDB trusts them and aborts the process
+    (an assertion) on the first write otherwise.
+
+    The meta pages are read before the file's size: another process may
+    commit meanwhile, but a file only grows and a meta page is written after
+    the pages it names, so the size read second is never too small for the
+    meta page read first.
     """
     data_path = os.path.join(path, "data.mdb")
     try:
-        size = os.path.getsize(data_path)
+        fd = os.open(data_path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return
+    except NotADirectoryError:
+        raise StoreNotFoundError(f"{path!r} is below a file, not a directory; give kvstore.open() "
+                                 f"a directory path") from None
+    except OSError as exc:
+        raise FormatError(f"cannot read {data_path} ({exc.strerror}); check that it is a store's "
+                          f"data file and that this user may read it") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError(f"{data_path} is not a regular file; {path!r} is not a kvstore store")
+        for attempt in range(3):
+            txnid = _newest_txnid(fd)
+            try:
+                _check_meta(data_path, fd)
+                return
+            except FormatError:
+                # Pages read without a transaction can be reused by a commit
+                # of another process meanwhile: damage is only believed if no
+                # commit happened while the file was read.
+                if attempt == 2 or _newest_txnid(fd) == txnid:
+                    raise
+    finally:
+        os.close(fd)
+
+
+def _newest_txnid(fd: int) -> int:
+    """The larger txnid of the two meta pages (0 if unreadable)."""
+    head = os.pread(fd, 64 * 1024 * 2, 0)
+    try:
+        (psize,) = struct.unpack_from("<I", head, _PAGE_HEADER + 24)
+        return max(_META_TAIL.unpack_from(head, off + _PAGE_HEADER + 120)[1] for off in (0, psize))
+    except struct.error:
+        return 0
+
+
+def _check_meta(data_path: str, fd: int) -> None:
+    head = os.pread(fd, 64 * 1024 * 2, 0)
+    size = os.fstat(fd).st_size
     if size == 0:
         return  # LMDB initialises an empty file as a new environment
-    with open(data_path, "rb") as f:
-        head = f.read(64 * 1024 * 2)
     if len(head) < _PAGE_HEADER + 136:
         raise FormatError(f"{data_path} is {size} bytes: too short to be an LMDB file (truncated?)")
     magic, version, _mapsize = _META.unpack_from(head, _PAGE_HEADER)
     if magic != _LMDB_MAGIC:
-        raise FormatError(f"{data_path} is not an LMDB data file; {path!r} is not a kvstore store")
+        raise FormatError(f"{data_path} is not an LMDB data file; it is not a kvstore store")
     (psize,) = struct.unpack_from("<I", head, _PAGE_HEADER + 24)  # md_pad of the free DB
     if psize < 512 or psize > 64 * 1024 or psize & (psize - 1):
         raise FormatError(f"{data_path} has a damaged meta page (page size {psize})")
@@ -138,15 +192,109 @@ def check_data_file(path: str) -> None:
             continue
         last_pg, txnid = _META_TAIL.unpack_from(head, base + 120)
         if best is None or txnid > best[1]:
-            best = (last_pg, txnid)
+            best = (last_pg, txnid, base)
     if best is None:
-        raise FormatError(f"{data_path} has no valid meta page; not a kvstore store")
-    needed = (best[0] + 1) * psize
+        raise FormatError(f"{data_path} has no valid meta page; it is not a kvstore store")
+    last_pg, _txnid, base = best
+    needed = (last_pg + 1) * psize
     if size < needed:
         raise FormatError(
             f"{data_path} is truncated: {size} bytes, but its last commit uses {needed}; "
             f"restore it from a backup (opening it would crash the process)"
         )
+    roots = {}
+    for name, at, flags_allowed in (("free-list", base + 24, _FREE_DB_FLAGS),
+                                    ("main", base + 72, _MAIN_DB_FLAGS)):
+        flags, depth, root = _DB_RECORD.unpack_from(head, at)
+        if flags not in flags_allowed:
+            raise FormatError(f"{data_path}: the {name} database record of the newest meta page has "
+                              f"flags {flags:#x} that kvstore never writes (damaged file, or not a "
+                              f"kvstore store); restore it from a backup")
+        if root == _NO_PAGE:
+            continue
+        if not 2 <= root <= last_pg or not 1 <= depth <= 64:
+            raise FormatError(f"{data_path}: the {name} database's root page {root} (depth {depth}) is "
+                              f"outside the file's {last_pg + 1} pages; the file is damaged, restore "
+                              f"it from a backup")
+        roots[name] = root
+    if "main" in roots:
+        try:
+            free = _free_pages(fd, psize, last_pg, roots.get("free-list"))
+        except _Damaged as exc:
+            raise FormatError(f"{data_path}: the free list is damaged (page {exc.args[0]}); restore "
+                              f"the store from a backup") from None
+        if roots["main"] in free:
+            raise FormatError(f"{data_path}: the main database's root page {roots['main']} is on the "
+                              f"free list (damaged file); restore it from a backup")
+    for name, root in roots.items():
+        pgno, _pad, page_flags = _PAGE.unpack_from(os.pread(fd, _PAGE_HEADER, root * psize))
+        if pgno != root or page_flags & 0x03 in (0, 0x03):
+            raise FormatError(f"{data_path}: the {name} database's root page {root} is not a tree page "
+                              f"(damaged file); restore it from a backup")
+
+
+# At most this many pages of the free-list tree are read at open; a bigger
+# free list is not checked (reading it would slow the open down).
+_MAX_FREE_LIST_PAGES = 256
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _free_pages(fd: int, psize: int, last_pg: int, root) -> set:
+    """Page numbers on the free list whose tree starts at page `root`, as far
+    as _MAX_FREE_LIST_PAGES pages of it go. Raises _Damaged if the tree is
+    not well formed."""
+    free: set = set()
+    if root is None:
+        return free
+    todo = [root]
+    seen = 0
+    try:
+        while todo and seen < _MAX_FREE_LIST_PAGES:
+            pgno = todo.pop()
+            seen += 1
+            page = os.pread(fd, psize, pgno * psize)
+            if len(page) < psize:
+                raise _Damaged(pgno)
+            own, _pad, flags, lower, upper = _PAGE_BOUNDS.unpack_from(page)
+            if own != pgno or not _PAGE_HEADER <= lower <= upper <= psize:
+                raise _Damaged(pgno)
+            for i in range((lower - _PAGE_HEADER) >> 1):
+                (at,) = _U16.unpack_from(page, _PAGE_HEADER + 2 * i)
+                if not upper <= at <= psize - 8:
+                    raise _Damaged(pgno)
+                lo, hi, nflags, ksize = _NODE.unpack_from(page, at)
+                if flags & 0x03 == 0x01:  # a branch page: children
+                    child = lo | hi << 16 | nflags << 32
+                    if not 2 <= child <= last_pg:
+                        raise _Damaged(pgno)
+                    todo.append(child)
+                    continue
+                if flags & 0x03 != 0x02:
+                    raise _Damaged(pgno)
+                data_at = at + 8 + ksize
+                if nflags & 0x01:  # F_BIGDATA: the IDL is on an overflow page
+                    if data_at + 8 > psize:
+                        raise _Damaged(pgno)
+                    (over,) = _U64.unpack_from(page, data_at)
+                    if not 2 <= over <= last_pg:
+                        raise _Damaged(pgno)
+                    size = lo | hi << 16
+                    idl = os.pread(fd, _PAGE_HEADER + size, over * psize)[_PAGE_HEADER:]
+                    seen += 1 + size // psize
+                else:
+                    idl = page[data_at:data_at + (lo | hi << 16)]
+                if len(idl) < 8:
+                    raise _Damaged(pgno)
+                (count,) = _U64.unpack_from(idl)
+                if 8 * (count + 1) > len(idl):
+                    raise _Damaged(pgno)
+                free.update(struct.unpack_from(f"<{count}Q", idl, 8))
+    except struct.error:
+        raise _Damaged(pgno) from None
+    return free
 
 
 class Environment:
@@ -164,9 +312,12 @@ class Environment:
         self._dbi_lock = threading.Lock()
         self.writer = None  # set by the store when writable (kvstore.writer.Writer)
         self.env = self._open()
+        self.cache = None
+        self.last_txnid = None
         try:
             self.meta_db = self._init_meta()
             self.dicts = Dictionaries(self)
+            self._init_cache()
         except BaseException:
             self.env.close()
             raise
@@ -248,6 +399,29 @@ class Environment:
                 f"reads {STORE_FORMAT}); upgrade kvstore"
             )
         return meta
+
+    def _init_cache(self) -> None:
+        """The read cache (kvstore/cache.py), unless the options turn it off.
+
+        Its versions come from LastTxnid, which reads LMDB's meta pages
+        itself; if that does not agree with LMDB's own reading (an LMDB
+        build with another meta layout), the cache stays off rather than
+        risk serving a stale value."""
+        opts = self.options
+        cache = ReadCache.create(opts.cache_entries, opts.cache_bytes)
+        if cache is None:
+            return
+        try:
+            last = LastTxnid(self.path)
+        except (OSError, ValueError):
+            return
+        before = self.info()["last_txnid"]
+        mine = last()
+        after = self.info()["last_txnid"]
+        if not before <= mine <= after:
+            last.close()
+            return
+        self.cache, self.last_txnid = cache, last
 
     def _create_meta(self):
         def create(txn):
@@ -429,6 +603,8 @@ class Environment:
     def close(self) -> None:
         if self.forked:
             return
+        if self.last_txnid is not None:
+            self.last_txnid.close()
         self.map_lock.acquire_exclusive()
         try:
             self.env.close()

@@ -86,6 +86,19 @@ class Options:
     # record's declared length is checked against before any allocation.
     max_value_size: int = 256 * MiB
 
+    # ---------------------------------------------------- read cache (performance)
+
+    # Most decoded values the read cache keeps (an LRU shared by every handle
+    # and namespace of the store in this process). 0 turns the cache off.
+    # A hit costs about a third of an uncached get; a key enters the cache on
+    # its second miss, so keys read once never evict hot ones.
+    cache_entries: int = 10_000
+
+    # Most bytes the read cache accounts for, estimated from each value's
+    # serialized size (decoded Python objects take ~5x it). 0 turns the cache
+    # off. Entries are evicted, least recently used first, past either limit.
+    cache_bytes: int = 64 * MiB
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -112,6 +125,10 @@ class Options:
             raise ValueError(f"compression must be 'zstd' or 'none', not {self.compression!r}")
         if not 1 <= self.compression_level <= 22:
             raise ValueError(f"compression_level must be 1..22, not {self.compression_level!r}")
+        for name in ("cache_entries", "cache_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"option {name} must be >= 0 (0 turns the read cache off), "
+                                 f"not {getattr(self, name)!r}")
         if self.compress_min_size < 0:
             raise ValueError(f"compress_min_size must be >= 0, not {self.compress_min_size!r}")
         if self.max_value_size > 0xFFFFFFFF:

@@ -22,6 +22,7 @@ import lmdb
 
 from . import environment
 from . import codec as _codec
+from .cache import MISS, SKIP, STALE, Sentinel
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
 from .environment import DEFAULT_NAMESPACE, check_namespace_name
 from .errors import (
@@ -125,6 +126,7 @@ class Store:
         except BaseException:
             _detach(env)
             raise
+        _commit_at_multiprocessing_exit()
         return env
 
     # ------------------------------------------------------------ handles
@@ -321,14 +323,36 @@ class Store:
     def get(self, key, default=None):
         """The value stored under key, or default.
 
+        Served from the read cache when the cached value is known current
+        (kvstore/cache.py); a pending write of this process wins over both.
+
         :raises CorruptionError: the stored bytes are damaged (names the key)
         """
-        env = self._live_env()
-        key = _check_key(key)
-        hit = self._pending(env, key)
-        if hit is not None:
-            return default if hit[0] is None else self._decode(key, hit[0])
-        dbi = self._dbi(env, self._ns)
+        # The hot path of every cache hit: kept flat on purpose (what
+        # _live_env, _check_key and _pending do, inlined).
+        root = self._root
+        env = root._env
+        if self._closed or root._closed or env.forked:
+            env = self._live_env()
+        if type(key) is str and 0 < len(key) <= 127 and key.isascii():
+            key = key.encode("ascii")
+        elif type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = _check_key(key)
+        ns = self._ns
+        writer = env.writer
+        if writer is not None:
+            pending = writer.overlay.get(ns)
+            if pending:
+                entry = pending.get(key)
+                if entry is not None:
+                    return default if entry[1] is None else self._decode(key, entry[1])
+        cache = env.cache
+        cached = SKIP
+        if cache is not None:
+            cached = cache.lookup(ns, key, env.last_txnid.both)
+            if type(cached) is not Sentinel:
+                return cached
+        dbi = self._dbi(env, ns)
         if dbi is None:
             return default
         lock = env.map_lock
@@ -337,7 +361,18 @@ class Store:
             txn = env.env.begin(db=dbi, buffers=True)
             try:
                 record = txn.get(key)
-                return default if record is None else self._decode(key, record)
+                if cached is SKIP:
+                    return default if record is None else self._decode(key, record)
+                txnid = txn.id()
+                if cached is STALE:
+                    value = cache.revalidate(ns, key, record, txnid)
+                    if value is not MISS:
+                        return value
+                if record is None:
+                    return default
+                value = self._decode(key, record)
+                cache.fill(ns, key, value, record, txnid)
+                return value
             finally:
                 txn.abort()
         except lmdb.MapResizedError:
@@ -361,18 +396,43 @@ class Store:
                 todo.append(i)
             elif hit[0] is not None:
                 out[i] = self._decode(key, hit[0])
-        dbi = self._dbi(env, self._ns)
+        ns = self._ns
+        dbi = self._dbi(env, ns)
         if todo and dbi is not None:
             codec = self._root._codec
+            cache = env.cache
 
             def read(txn):
-                found = [(i, r) for i, r in ((i, txn.get(keys[i], db=dbi)) for i in todo) if r is not None]
+                txnid = txn.id() if cache is not None else 0
+                found = []  # (index, record, fill it)
+                for i in todo:
+                    key = keys[i]
+                    cached = SKIP
+                    if cache is not None:
+                        # a hit must be valid at this snapshot exactly: the
+                        # values returned all come from one snapshot
+                        cached = cache.lookup_at(ns, key, txnid)
+                        if type(cached) is not Sentinel:
+                            out[i] = cached
+                            continue
+                    record = txn.get(key, db=dbi)
+                    if cached is STALE:
+                        value = cache.revalidate(ns, key, record, txnid)
+                        if value is not MISS:
+                            out[i] = value
+                            continue
+                        cached = MISS
+                    if record is not None:
+                        found.append((i, record, cached is MISS))
+                records = [r for _, r, _ in found]
                 try:  # one call into the codec for the whole batch
-                    values = codec.decode_many([r for _, r in found], dictionaries=env.dicts.by_id)
+                    values = codec.decode_many(records, dictionaries=env.dicts.by_id)
                 except (CorruptionError, FormatError):
-                    values = [self._decode(keys[i], r) for i, r in found]  # names the bad key
-                for (i, _), value in zip(found, values):
+                    values = [self._decode(keys[i], r) for i, r, _ in found]  # names the bad key
+                for (i, record, fill), value in zip(found, values):
                     out[i] = value
+                    if fill:
+                        cache.fill(ns, keys[i], value, record, txnid)
 
             env.read(read)
         return out
@@ -389,6 +449,9 @@ class Store:
         hit = self._pending(env, key)
         if hit is not None:
             return hit[0] is not None
+        cache = env.cache
+        if cache is not None and cache.contains(self._ns, key, env.last_txnid.both):
+            return True
         dbi = self._dbi(env, self._ns)
         if dbi is None:
             return False
@@ -580,6 +643,7 @@ class Store:
             "bytes_stored": 0,
             "compression_ratio": None,
             "failed": None,
+            "cache": env.cache.stats() if env.cache is not None else None,
         }
         if w is not None:
             with w._lock:
@@ -708,6 +772,7 @@ def _detach(env) -> None:
 
 _hooks_installed = False
 _hooks_lock = threading.Lock()
+_finalizer_pid = 0  # the process that registered _close_all with multiprocessing
 
 
 def _close_all() -> None:
@@ -741,3 +806,22 @@ def _install_exit_hooks() -> None:
                     signal.signal(signal.SIGTERM, _on_sigterm)
             except (ValueError, OSError):
                 pass  # not the main interpreter: the application owns signals
+
+
+def _commit_at_multiprocessing_exit() -> None:
+    """A multiprocessing child ends with os._exit() when its target returns:
+    atexit never runs there, but multiprocessing's own exit function runs the
+    finalizers registered in the child. Register the commit of pending
+    writes there too, once per process (a child forked from this one
+    registers again when it first uses a store)."""
+    global _finalizer_pid
+    pid = os.getpid()
+    if _finalizer_pid == pid:
+        return
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None:
+        return  # no multiprocessing: no child of it either
+    with _hooks_lock:
+        if _finalizer_pid != pid:
+            _finalizer_pid = pid
+            mp_util.Finalize(None, _close_all, exitpriority=10)

@@ -59,15 +59,22 @@ class Group:
     """Writes that commit together, atomically.
 
     ops: [(namespace, dbi, key, record or TOMBSTONE)]; nbytes: their records' total size.
+    callback: None for a writer thread that waits in submit() (durable) or
+    does not wait (buffered). Otherwise a function called with the group,
+    in the committing thread and outside the writer's lock, once the group
+    is done (see `error`); submit() then never blocks, and a durable group
+    is committed at once by the flusher instead of by the caller (asyncio
+    callers, kvstore/aio.py).
     """
 
     __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
-                 "waiter", "lead")
+                 "waiter", "lead", "callback")
 
-    def __init__(self, ops: list, durable: bool, nbytes: int):
+    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None):
         self.ops = ops
         self.durable = durable
         self.nbytes = nbytes
+        self.callback = callback
         self.seq = 0
         self.queued_at = 0.0
         self.thread = 0
@@ -126,8 +133,13 @@ class Writer:
 
     # ------------------------------------------------------------ callers
 
-    def submit(self, group: Group) -> None:
-        """Queue a group; for a durable group, return once it is committed."""
+    def submit(self, group: Group) -> bool:
+        """Queue a group; for a durable group, return once it is committed.
+
+        A group with a callback never blocks here: the return value says
+        whether its caller should wait for the callback (a durable group, or
+        a buffered one over max_pending_ops) before acknowledging the write.
+        """
         with self._lock:
             if self._failed is not None:
                 raise StoreFailedError(
@@ -146,6 +158,14 @@ class Writer:
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
             wait = group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
+            if group.callback is not None:
+                if wait:  # commit it now, in the flusher
+                    self._flush_wanted = True
+                    self._wake.notify()
+                elif len(self._queue) == 1 or self._queued_ops >= self._max_ops \
+                        or self._queued_bytes >= self._max_bytes:
+                    self._wake.notify()
+                return wait
             if group.durable:
                 group.thread = threading.get_ident()
                 self._queued_durable += 1
@@ -163,6 +183,7 @@ class Writer:
                     group.lead = True
         if wait:
             self._wait(group)
+        return wait
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every group submitted before the call is committed.
@@ -253,7 +274,7 @@ class Writer:
                 groups.append(queue.popleft())
                 ops += len(g.ops)
                 nbytes += g.nbytes
-                durable += g.durable
+                durable += g.durable and g.callback is None
             self._queued_ops -= ops
             self._queued_bytes -= nbytes
             self._queued_durable -= durable
@@ -309,6 +330,13 @@ class Writer:
     def _finish(self, groups, ops, error, seq=0, seconds=0.0) -> None:
         """Mark groups done (with error, if any), drop their overlay entries, wake waiters."""
         overlay = self.overlay
+        cache = self._env.cache
+        if cache is not None and error is None and len(cache):
+            # The commit changed these keys: free their cached values now
+            # (correctness does not need it: the commit moved the txnid, so
+            # their entries would be revalidated on their next read).
+            cache.invalidate_many((ns, key) for g in groups for ns, _dbi, key, _r in g.ops)
+        callbacks = False
         with self._lock:
             for g in groups:
                 for ns, _dbi, key, record in g.ops:
@@ -323,10 +351,12 @@ class Writer:
                 g.done = True
                 if g.waiter is not None and not g.lead:
                     g.waiter.release()
+                callbacks = callbacks or g.callback is not None
                 if error is None:
                     if g.durable:
                         self.durable_groups += 1
-                        self._durable_seen[g.thread] = self.commits
+                        if g.callback is None:
+                            self._durable_seen[g.thread] = self.commits
                     else:
                         self.buffered_groups += 1
             self._in_flight_ops -= ops
@@ -342,6 +372,13 @@ class Writer:
                     self._durable_seen = {t: c for t, c in self._durable_seen.items() if c >= horizon}
             if self._flush_waiters:
                 self._released.notify_all()
+        if callbacks:
+            for g in groups:
+                if g.callback is not None:
+                    try:
+                        g.callback(g)
+                    except Exception:  # a caller's bug must not stop the writer
+                        pass
 
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""

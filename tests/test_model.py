@@ -1,11 +1,22 @@
 """Model-based test: any sequence of operations gives the same reads as a dict.
 
+Every operation goes to two stores, one with the read cache on (large, or
+so small that it evicts all the time) and one with it off, and to a dict;
+every read of either store must agree with the dict. Another process (a
+real one, `OtherProcess`) also writes to both stores now and then, so the
+cache must notice commits it did not make.
+
 A failing example prints the steps and a @reproduce_failure line (see the
 hypothesis profiles in conftest.py).
 """
 
+import pickle
 import shutil
+import struct
+import subprocess
+import sys
 import tempfile
+import textwrap
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,31 +44,84 @@ def raw(key) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
+class OtherProcess:
+    """A second writer process: applies (op, path, namespace, args) with durable=True."""
+
+    CODE = textwrap.dedent("""
+        import pickle, struct, sys
+        import kvstore
+        stores = {}
+        inp, out = sys.stdin.buffer, sys.stdout.buffer
+        while True:
+            head = inp.read(4)
+            if len(head) < 4:
+                break
+            op, path, ns, args = pickle.loads(inp.read(struct.unpack("<I", head)[0]))
+            if op == "close":
+                stores.pop(path).close()
+            else:
+                db = stores.get(path) or stores.setdefault(path, kvstore.open(path))
+                target = db if ns == "default" else db.namespace(ns)
+                getattr(target, op)(*args, durable=True)
+            out.write(b"k")
+            out.flush()
+    """)
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+        self.opened = set()
+
+    def do(self, op, path, ns="default", *args):
+        data = pickle.dumps((op, path, ns, args))
+        self.proc.stdin.write(struct.pack("<I", len(data)) + data)
+        self.proc.stdin.flush()
+        if self.proc.stdout.read(1) != b"k":
+            raise AssertionError(f"the other writer process died doing {op} (exit {self.proc.wait()})")
+        if op == "close":
+            self.opened.discard(path)
+        else:
+            self.opened.add(path)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+OTHER: OtherProcess | None = None  # set by the test function while the machine runs
+
+
 class StoreMatchesDict(RuleBasedStateMachine):
-    @initialize(flush_interval=st.sampled_from([0.001, 0.05, 3600]), max_batch_ops=st.sampled_from([1, 3, 2000]))
-    def open_store(self, flush_interval, max_batch_ops):
-        self.dir = tempfile.mkdtemp(prefix="kvstore-model-")
-        self.opts = dict(flush_interval=flush_interval, max_batch_ops=max_batch_ops,
-                         max_pending_ops=max(max_batch_ops, 50), map_size=1 << 20)
-        self.db = kvstore.open(self.dir, **self.opts)
+    @initialize(flush_interval=st.sampled_from([0.001, 0.05, 3600]), max_batch_ops=st.sampled_from([1, 3, 2000]),
+                cache_entries=st.sampled_from([2, 10_000]))
+    def open_store(self, flush_interval, max_batch_ops, cache_entries):
+        self.dirs = [tempfile.mkdtemp(prefix="kvstore-model-cached-"),
+                     tempfile.mkdtemp(prefix="kvstore-model-uncached-")]
+        common = dict(flush_interval=flush_interval, max_batch_ops=max_batch_ops,
+                      max_pending_ops=max(max_batch_ops, 50), map_size=1 << 20)
+        self.opts = [dict(common, cache_entries=cache_entries), dict(common, cache_entries=0)]
+        self.dbs = [kvstore.open(d, **o) for d, o in zip(self.dirs, self.opts)]
         self.model = {"default": {}, "episodes": {}, "meta": {}}
 
-    def ns(self, name):
-        return self.db if name == "default" else self.db.namespace(name)
+    def each(self, name):
+        return [db if name == "default" else db.namespace(name) for db in self.dbs]
 
     @rule(ns=NAMESPACES, key=KEYS, value=VALUES, durable=st.booleans())
     def put(self, ns, key, value, durable):
-        self.ns(ns).put(key, value, durable=durable)
+        for target in self.each(ns):
+            target.put(key, value, durable=durable)
         self.model[ns][raw(key)] = value
 
     @rule(ns=NAMESPACES, key=KEYS, durable=st.booleans())
     def delete(self, ns, key, durable):
-        self.ns(ns).delete(key, durable=durable)
+        for target in self.each(ns):
+            target.delete(key, durable=durable)
         self.model[ns].pop(raw(key), None)
 
     @rule(ns=NAMESPACES, items=st.lists(st.tuples(KEYS, VALUES), max_size=6), durable=st.booleans())
     def put_many(self, ns, items, durable):
-        self.ns(ns).put_many(items, durable=durable)
+        for target in self.each(ns):
+            target.put_many(items, durable=durable)
         for k, v in items:
             self.model[ns][raw(k)] = v
 
@@ -67,16 +131,19 @@ class StoreMatchesDict(RuleBasedStateMachine):
         class Abort(Exception):
             pass
 
-        try:
-            with self.db.batch(durable=durable) as b:
-                for ns, k, v in ops:
-                    if v is None:
-                        b.delete(k, namespace=ns)
-                    else:
-                        b.put(k, v, namespace=ns)
-                if abort:
-                    raise Abort()
-        except Abort:
+        for db in self.dbs:
+            try:
+                with db.batch(durable=durable) as b:
+                    for ns, k, v in ops:
+                        if v is None:
+                            b.delete(k, namespace=ns)
+                        else:
+                            b.put(k, v, namespace=ns)
+                    if abort:
+                        raise Abort()
+            except Abort:
+                pass
+        if abort:
             return
         for ns, k, v in ops:
             if v is None:
@@ -84,43 +151,81 @@ class StoreMatchesDict(RuleBasedStateMachine):
             else:
                 self.model[ns][raw(k)] = v
 
+    @rule(ns=NAMESPACES, items=st.lists(st.tuples(KEYS, st.none() | VALUES), min_size=1, max_size=4))
+    def other_process_writes(self, ns, items):
+        # This process's pending writes first: their commit order against the
+        # other process's would otherwise be up to the flush timer.
+        self.flush()
+        for path in self.dirs:
+            if len(items) == 1:
+                k, v = items[0]
+                if v is None:
+                    OTHER.do("delete", path, ns, k)
+                else:
+                    OTHER.do("put", path, ns, k, v)
+            else:
+                OTHER.do("put_many", path, ns, [(k, v) for k, v in items])
+        for k, v in items:
+            if len(items) == 1 and v is None:
+                self.model[ns].pop(raw(k), None)
+            else:
+                self.model[ns][raw(k)] = v
+
+    @rule(ns=NAMESPACES, key=KEYS, value=st.none() | VALUES)
+    def cached_then_changed_by_other_process(self, ns, key, value):
+        self.get(ns, key, 2)  # now cached by the store with the cache on
+        self.other_process_writes(ns, [(key, value)])
+        self.get(ns, key, 1)
+
     @rule()
     def flush(self):
-        self.db.flush()
-        assert self.db.stats()["pending"] == 0
+        for db in self.dbs:
+            db.flush()
+            assert db.stats()["pending"] == 0
 
     @rule()
     def reopen(self):
-        self.db.close()
-        self.db = kvstore.open(self.dir, **self.opts)
+        for i, db in enumerate(self.dbs):
+            db.close()
+            self.dbs[i] = kvstore.open(self.dirs[i], **self.opts[i])
 
-    @rule(ns=NAMESPACES, key=KEYS)
-    def get(self, ns, key):
-        expected = self.model[ns].get(raw(key), "missing")
-        assert self.ns(ns).get(key, "missing") == _lists(expected)
-        assert (key in self.ns(ns)) == (raw(key) in self.model[ns])
+    @rule(ns=NAMESPACES, key=KEYS, times=st.integers(1, 3))
+    def get(self, ns, key, times):
+        expected = _lists(self.model[ns].get(raw(key), "missing"))
+        for target in self.each(ns):
+            for _ in range(times):  # a second read fills the cache, a third hits
+                got = target.get(key, "missing")
+                assert got == expected
+                if isinstance(got, (dict, list)):
+                    got.clear()  # mutating what a read returned changes nothing
+            assert (key in target) == (raw(key) in self.model[ns])
 
     @rule(ns=NAMESPACES, keys=st.lists(KEYS, max_size=5))
     def get_many(self, ns, keys):
-        assert self.ns(ns).get_many(keys) == [_lists(self.model[ns].get(raw(k))) for k in keys]
+        for target in self.each(ns):
+            assert target.get_many(keys) == [_lists(self.model[ns].get(raw(k))) for k in keys]
 
     @rule(ns=NAMESPACES, prefix=st.sampled_from([None, b"a", b"b", b"c", b"\xff"]), reverse=st.booleans())
     def scan(self, ns, prefix, reverse):
-        got = list(self.ns(ns).scan(prefix, reverse=reverse))
         want = sorted(((k, _lists(v)) for k, v in self.model[ns].items()
                        if prefix is None or k.startswith(prefix)), reverse=reverse, key=lambda kv: kv[0])
-        assert got == want
+        for target in self.each(ns):
+            assert list(target.scan(prefix, reverse=reverse)) == want
 
-    @precondition(lambda self: hasattr(self, "db"))
+    @precondition(lambda self: hasattr(self, "dbs"))
     @invariant()
     def lengths_agree(self):
         for ns, data in self.model.items():
-            assert len(self.ns(ns)) == len(data)
+            for target in self.each(ns):
+                assert len(target) == len(data)
 
     def teardown(self):
-        if hasattr(self, "db"):
-            self.db.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+        if hasattr(self, "dbs"):
+            for db, path in zip(self.dbs, self.dirs):
+                db.close()
+                if path in OTHER.opened:
+                    OTHER.do("close", path)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _lists(value):
@@ -133,4 +238,10 @@ def _lists(value):
 
 
 def test_store_matches_dict(codec_backend):
-    run_state_machine_as_test(StoreMatchesDict)
+    global OTHER
+    OTHER = OtherProcess()  # started here: it inherits the backend's KVSTORE_CODEC
+    try:
+        run_state_machine_as_test(StoreMatchesDict)
+    finally:
+        OTHER.close()
+        OTHER = None

@@ -347,11 +347,6 @@ def _buffered_write_then_return(db):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork")
-@pytest.mark.xfail(strict=True, reason=(
-    "ENGINE GAP: a multiprocessing child (fork context) that returns normally ends with os._exit(), "
-    "so kvstore's atexit hook never runs and its buffered writes are dropped silently, although the "
-    "README says interpreter exit commits pending writes. Registering the commit with "
-    "multiprocessing.util.Finalize (or an at-fork hook) in the child would keep them"))
 def test_buffered_writes_of_a_forked_child_that_returns(tmp_path):
     import multiprocessing
 
@@ -375,17 +370,17 @@ _GROW = ("import os, sys, kvstore\n"
 _OPEN_WHILE_ANOTHER_PROCESS_COMMITS = """
 import os, subprocess, sys, kvstore
 path, grow = sys.argv[1], sys.argv[2]
-real_getsize = os.path.getsize
+real_fstat = os.fstat
 
-def getsize(p):
-    size = real_getsize(p)
-    if p.endswith("data.mdb"):
-        os.path.getsize = real_getsize
+def fstat(fd):
+    result = real_fstat(fd)
+    if result.st_size:  # data.mdb's size was just read
+        os.fstat = real_fstat
         # another process commits (and grows data.mdb) right after the size was read
         subprocess.run([sys.executable, "-c", grow, path], check=True)
-    return size
+    return result
 
-os.path.getsize = getsize
+os.fstat = fstat
 try:
     kvstore.open(path).close()
     print("opened")
@@ -394,13 +389,6 @@ except kvstore.KVStoreError as exc:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENGINE BUG: Environment.check_data_file reads data.mdb's size, then its meta pages; a commit "
-    "by another process in between (one that grows the file) makes kvstore.open() refuse a healthy "
-    "store with FormatError 'data.mdb is truncated ... restore it from a backup'. Seen for real in "
-    "test_sigkill_at_random_moments_loses_no_acknowledged_write under load (a child's open failed "
-    "while its siblings wrote); here the interleaving is forced by running the other process's "
-    "commit inside os.path.getsize. Reading the size after the meta pages (or retrying) avoids it"))
 def test_open_while_another_process_grows_the_file(tmp_path):
     path = str(tmp_path / "store")
     with kvstore.open(path) as db:

@@ -325,11 +325,6 @@ def test_value_with_a_newer_record_version(tmp_path, probe, version):
 # ---------------------------------------------------------------- found here: crashes and hangs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENGINE BUG: an OSError, not a KVStoreError, escapes kvstore.open() from Environment.check_data_file: "
-    "IsADirectoryError when data.mdb is a directory (opened without checking it is a regular file), "
-    "NotADirectoryError when the path is below a file (os.path.getsize raises it; only "
-    "FileNotFoundError is caught). README: every error is a KVStoreError"))
 @pytest.mark.parametrize("what", ["data.mdb is a directory", "path below a file"])
 def test_odd_paths_raise_a_kvstore_error(tmp_path, one_backend, probe, what):
     path = str(tmp_path / "store")
@@ -343,9 +338,6 @@ def test_odd_paths_raise_a_kvstore_error(tmp_path, one_backend, probe, what):
     assert result["status"] == "error" and result["type"] in FILE_ERRORS, result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENGINE BUG: a FIFO named data.mdb makes kvstore.open() hang for ever: check_data_file sees size 0 "
-    "(\"a new store\") and LMDB then blocks reading the pipe. A non-regular data.mdb should be refused"))
 def test_data_mdb_that_is_a_fifo(tmp_path, one_backend, probe):
     path = str(tmp_path / "store")
     os.makedirs(path)
@@ -354,11 +346,6 @@ def test_data_mdb_that_is_a_fifo(tmp_path, one_backend, probe):
     assert result["status"] == "error" and result["type"] in FILE_ERRORS, result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENGINE BUG (cheap to check): a meta page whose free-list database record has MDB_DUPSORT set in "
-    "its flags makes LMDB abort the process (mdb.c assertion 'mx != NULL' in mdb_cursor_init, SIGABRT) "
-    "in the first write transaction, which kvstore.open() itself begins. check_data_file reads the "
-    "meta pages but checks only magic, page size and length, not the database records in them"))
 def test_damaged_database_flags_in_the_meta_page(tmp_path, one_backend, probe, real_files):
     data = bytearray(real_files["data"])
     flags_at = _newest_meta(data) * PSIZE + 16 + 24 + 4  # mm_dbs[FREE_DBI].md_flags
@@ -386,12 +373,6 @@ def _free_list_pages(data, newest):
     return pages
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENGINE BUG (LMDB does not check it; kvstore could): the main database's root page number in the "
-    "newest meta page pointing at a page of the free list (one byte damaged: hypothesis found it) "
-    "makes LMDB abort the process (mdb.c assertion 'mp->mp_pgno != pgno' in mdb_page_touch, SIGABRT) "
-    "on the first write, as the page is handed out again while it is the root. Checking that each "
-    "root named in the meta pages is a branch or leaf page not on the free list would refuse it"))
 def test_meta_root_pointing_at_a_free_page(tmp_path, one_backend, probe, real_files):
     data = real_files["data"]
     newest = _newest_meta(data)

@@ -1,0 +1,562 @@
+"""The read-through cache: a bounded LRU of decoded values in front of LMDB.
+
+A `ReadCache` belongs to one store path in one process (the Environment) and
+is shared by every handle and namespace of it. The store consults it after
+the writer's overlay (pending writes of this process always win) and before
+LMDB:
+
+    value = cache.lookup(ns, key, last_txnid.both)   # no transaction, no lock of LMDB's
+    if value is a sentinel (STALE, MISS, SKIP):
+        in a read transaction: record = txn.get(key); txnid = txn.id()
+        if value is STALE:
+            value = cache.revalidate(ns, key, record, txnid)   # value, or MISS
+        if value is MISS or SKIP, and record is not None:
+            value = decode(record)
+            if MISS: cache.fill(ns, key, value, record, txnid)
+
+Versions are LMDB transaction ids
+---------------------------------
+Every commit, by any process, makes a new txnid. Each entry remembers the
+txnid it is known valid at:
+
+- lookup: an entry validated at the last committed txnid (or later) is
+  served at once, a hit: nothing committed since. An older entry is STALE.
+- revalidate: the caller read the stored record in a snapshot (no
+  decompression, no decoding); its 18-byte header is compared with the
+  cached one. Equal: the same stored bytes (XXH64 of the payload, same flags,
+  length and dictionary id), so the entry is marked valid at the snapshot's
+  txnid and served, a revalidation. Different, or the key is gone: the entry
+  is dropped, an invalidation, and the caller decodes. The checksum alone
+  would not do: a top-level bytes value is stored raw, so b"\x01" and 1
+  (msgpack 0x01) have the same payload and checksum; only the flags differ.
+- fill: tagged with the txnid of the snapshot it was read from, it never
+  replaces an entry validated at that txnid or later. An old value filled
+  after its key changed keeps its old txnid, so it is revalidated before
+  being served.
+- lookup_at: get_many reads one snapshot and must not mix in a later
+  commit, so it hits only entries validated at exactly its txnid.
+
+So the cache stays transparent when other processes commit: their commits
+move the txnid and each entry is revalidated on its next read. Commits of
+this process also drop their keys (`invalidate_many` from Writer._finish),
+which frees memory early; correctness does not depend on it.
+
+`LastTxnid` reads the txnids of LMDB's two meta pages in data.mdb through a
+read-only mapping of its own, in one C call: 0.07 us, no transaction, no
+lock. env.info()["last_txnid"] reads the same field through LMDB's map, so
+it needs the store's map lock (a resize must not run meanwhile): 0.9 us +
+1.0 us for the lock; a read transaction's txn.id() costs 0.5 us + the lock
+(tight loops on this machine, a shared 2-core VM). The larger of the two
+txnids is the last commit. Reading them needs no lock: the page not being
+written holds the previous txnid T, and a torn read of the other gives less
+than T (the max ignores it), T+1, or more than T+1, which only makes lookups
+revalidate through a real transaction.
+
+Copy-on-read: decoded values, copied by a plan made at fill
+----------------------------------------------------------
+A caller may mutate what get returns; the next get must not see it. The
+forms, measured per record on the 20,000 records of
+../shared/corpus/agent_memory.jsonl.zst (CPU us per record, fastest of 7
+rounds; `python bench/bench_cache.py --forms` prints this table again):
+
+    form                                   hit    fill
+    copy.deepcopy                         20.7    20.7
+    hand-written copier (dict/list only)   2.8     2.8
+    copier driven by a plan (chosen)       1.2     3.4   (copy + plan)
+    msgpack bytes: unpackb / packb         3.6     2.9
+    marshal bytes: loads / dumps           2.3     2.8
+    immutable structures: - / freeze       0       6.7
+
+    hit by kind    records   copier   plan   marshal
+    session         12,316     1.2     0.7      1.6
+    episode          3,613     4.8     2.6      4.3
+    session meta     2,495    10.3     5.4      4.2
+    embedding        1,576    18.8     3.4     11.7
+
+The hit decided it: a hit must cost a third of an uncached get, and where a
+get is slow the copy is slow too unless it shares what it can. The cache
+keeps decoded objects and, per value, a plan saying which children are
+dicts or lists: a hit is dict.copy()/list.copy() at C speed for each
+container, shares every immutable (str, bytes, int, float, bool, None, the
+tuple keys msgpack makes of array keys), and never inspects a list of
+scalars again (an embedding's 384 floats cost a type scan once, at fill;
+marshal.loads rebuilds them on every hit). marshal is faster only on the
+session metadata (lists of small dicts), 12% of the records. Immutable
+structures cost nothing per hit but change the types callers see (tuple
+is not list, mappingproxy is not dict): the cache would not be transparent.
+
+Admission: a key is cached on its second miss
+---------------------------------------------
+Caching a value costs a copy and a plan (3.4 us), an LRU insert and an
+eviction (about 2 us with cachetools, more to free a cold evicted value): a
+filling miss costs 2.2x an uncached get in the bench, paid for nothing by a
+key read once, which also evicts a key that may be hot. A first miss that
+only marks the key costs 1.13x (alone) to 1.19x (the bench, a full cache of
+10,000 entries) an uncached get. So, as
+TinyLFU's doorkeeper does, a key's first miss only marks it in a Bloom
+filter (two bytes that hash(key) picks in a table of 32 to 64 bytes per
+entry, set to the current generation) and returns SKIP: decode, do not
+fill. A miss that finds both bytes marked in this generation or the last
+fills; a generation ends after max_entries first misses. Other keys' marks
+make a first miss fill at once now and then (the bench prints how often:
+0.3%). A key dropped by an invalidation (its content changed, or this
+process wrote it) is admitted at its next miss. `admit_on_first_miss=True`
+turns this off.
+
+Sizes and limits
+----------------
+An entry counts ENTRY_OVERHEAD bytes, the key's length, and OBJECT_FACTOR
+times the serialized (msgpack) length of its value, read from the record
+header: the decoded objects of the corpus take 3.7x (embeddings) to 6.3x
+(session metadata) their msgpack size, 4.6x overall. The admission table
+(32 to 64 bytes per max_entries) is not counted. The cache holds at most
+max_entries entries and max_bytes such bytes, evicting the least recently
+used; a value bigger than max_bytes, or nested deeper than MAX_DEPTH, is
+not cached. 0 for either limit disables the cache: `ReadCache.create`
+returns None then.
+
+Thread safety: one lock guards the LRU, the admission table and the
+counters; copies are made outside it (cached objects are never mutated,
+only read). The LRU is cachetools.LRUCache with a getsizeof; lookups call
+its dict's get and its OrderedDict's move_to_end directly, which is what
+its __getitem__ does, without its two Python frames (see `_reads`).
+
+Corruption: a hit or a revalidation serves the value whose payload was
+checked (XXH64) when it was decoded; a payload damaged later under an
+intact header raises CorruptionError only once the entry has left the cache.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import mmap
+import os
+import struct
+import threading
+
+import cachetools
+
+from .codec.format import HEADER_SIZE
+
+__all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "record_tag", "ENTRY_OVERHEAD",
+           "OBJECT_FACTOR"]
+
+
+class Sentinel:
+    """What a lookup returns instead of a value: test `type(x) is Sentinel`."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+MISS = Sentinel("MISS")  # not cached (or just dropped): decode, then fill
+SKIP = Sentinel("SKIP")  # not cached, first miss of the key: decode, do not fill
+STALE = Sentinel("STALE")  # cached, but something committed since: revalidate
+
+# Bytes of one entry besides its value's objects and its key's length,
+# measured with tracemalloc over 20,000 fills (python 3.11, cachetools 8):
+# the entry list, the (namespace, key) tuple, the key and tag bytes objects,
+# the LRU's dict slots and OrderedDict node.
+ENTRY_OVERHEAD = 400
+# Decoded objects per serialized byte (see "Sizes and limits").
+OBJECT_FACTOR = 5
+# Values nested deeper are not cached (copying them recurses).
+MAX_DEPTH = 100
+
+_CONTAINERS = frozenset((dict, list))
+_peek = cachetools.Cache.__getitem__  # a read that leaves the LRU order alone
+_raw_len = struct.Struct("<I").unpack_from
+
+# Entry layout: a list, so that revalidation updates it in place.
+_VALUE, _PLAN, _TAG, _TXNID, _SIZE = range(5)
+
+
+def record_tag(record) -> bytes:
+    """What identifies a stored record's content: its 18-byte header
+    (version, flags, raw length, dictionary id, XXH64 of the payload).
+    Reads no payload byte; `record` may be a buffer of a live transaction."""
+    return bytes(record[:HEADER_SIZE])
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _snapshot(v, depth=0):
+    """(a private copy of v, its plan). Plans: None, v is immutable (shared);
+    (), a dict or list of immutables (copied with .copy()); else a tuple of
+    (index or key, plan) for each child that is a dict or list."""
+    t = type(v)
+    if t is dict:
+        if depth >= MAX_DEPTH:
+            raise _TooDeep
+        c = v.copy()
+        subs = None
+        for k, x in v.items():
+            tx = type(x)
+            if tx is dict or tx is list:
+                c[k], p = _snapshot(x, depth + 1)
+                if subs is None:
+                    subs = []
+                subs.append((k, p))
+        return c, (tuple(subs) if subs else ())
+    if t is list:
+        if _CONTAINERS.isdisjoint(map(type, v)):
+            return v.copy(), ()
+        if depth >= MAX_DEPTH:
+            raise _TooDeep
+        c = v.copy()
+        subs = []
+        for i, x in enumerate(v):
+            tx = type(x)
+            if tx is dict or tx is list:
+                c[i], p = _snapshot(x, depth + 1)
+                subs.append((i, p))
+        return c, tuple(subs)
+    return v, None
+
+
+def _copy(v, plan):
+    """A copy of a cached dict or list that has nested containers."""
+    c = v.copy()
+    for k, sub in plan:
+        c[k] = _copy(v[k], sub) if sub else v[k].copy()
+    return c
+
+
+class LastTxnid:
+    """The last committed LMDB txnid of the store at `path`, read from the two
+    meta pages of its data.mdb (the layout check_data_file in environment.py
+    reads) through a read-only mapping of their own.
+
+    `both()`: the txnids of the two meta pages, in one C call (what
+    ReadCache.lookup and contains take); calling the object: their max.
+    Independent of LMDB's map, so safe while the map is resized, without a
+    lock or a transaction. close() drops the mapping (it goes once no
+    reader still holds `both`)."""
+
+    _META_TXNID = 16 + 128  # page header, then mm_txnid in MDB_meta (64-bit)
+
+    def __init__(self, path: str):
+        fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY)
+        try:
+            head = os.pread(fd, 64, 0)
+            (psize,) = struct.unpack_from("<I", head, 16 + 24)  # md_pad of the free DB
+            self._map = mmap.mmap(fd, 2 * psize, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        unpack = struct.Struct(f"<Q{psize - 8}xQ").unpack_from
+        self.both = functools.partial(unpack, self._map, self._META_TXNID)
+
+    def __call__(self) -> int:
+        return max(self.both())
+
+    def close(self) -> None:
+        self.both = self._map = None
+
+
+class _LRU(cachetools.LRUCache):
+    """cachetools' LRU with a getsizeof, counting evictions."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.evictions = 0
+
+    @staticmethod
+    def getsizeof(entry) -> int:
+        return entry[_SIZE]
+
+    def popitem(self):
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
+def _reads(lru: _LRU, fast: bool):
+    """(get, touch) for lru: get(k) -> entry or None, leaving the LRU order
+    alone; touch(k) makes k the most recently used.
+
+    LRUCache.__getitem__ is `data[key]` then `order.move_to_end(key)` on its
+    private dict and OrderedDict, behind two Python frames; cachetools 5.3
+    to 8 all lay them out so. Calling the two C methods directly saves
+    about 0.6 us per lookup (a third of a hit's cost in the cache). Any other
+    layout gets the public, slower equivalent."""
+    data = getattr(lru, "_Cache__data", None)
+    order = getattr(lru, "_LRUCache__order", None)
+    if fast and type(data) is dict and isinstance(order, collections.OrderedDict):
+        return data.get, order.move_to_end
+
+    def get(k):
+        return _peek(lru, k) if k in lru else None
+
+    return get, lru.__getitem__
+
+
+class ReadCache:
+    """A thread-safe LRU of decoded values keyed by (namespace, key), validated
+    by LMDB txnid. See the module docstring for the protocol."""
+
+    def __init__(self, max_entries: int, max_bytes: int, *, admit_on_first_miss: bool = False,
+                 _fast: bool = True):
+        if max_entries < 0 or max_bytes < 0:
+            raise ValueError(f"cache sizes must be >= 0, not {max_entries!r}, {max_bytes!r}")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.enabled = bool(max_entries and max_bytes)
+        self._lru = _LRU(max_bytes)
+        self._get, self._touch = _reads(self._lru, _fast)
+        self._lock = threading.Lock()
+        # admission (the doorkeeper): a Bloom filter of two probes, bytes
+        # holding the last generation that marked them (0: none); a key is
+        # marked when both of its bytes hold this generation or the last. A
+        # generation ends after max_entries first misses.
+        self._admit_all = admit_on_first_miss or not self.enabled
+        size = 1 << max(6, (32 * max_entries - 1).bit_length())  # >= 32 bytes per entry
+        self._door = bytearray(0 if self._admit_all else size)
+        self._door_mask = size - 1
+        self._door_gen = 1
+        self._door_next = max_entries  # the generation ends when _deferred reaches it
+        # counters, guarded by _lock (stats() is the public view)
+        self._hits = 0  # served at once
+        self._revalidations = 0  # served after comparing the stored header
+        self._misses = 0  # not served, to be decoded and filled (MISS)
+        self._deferred = 0  # not served, to be decoded only (SKIP: first miss)
+        self._fills = 0  # values cached
+        self._invalidations = 0  # dropped: content changed, deleted, written here
+
+    @classmethod
+    def create(cls, max_entries: int, max_bytes: int, **kwargs) -> "ReadCache | None":
+        """A cache, or None when either limit is 0 (the cache is off)."""
+        return cls(max_entries, max_bytes, **kwargs) if max_entries and max_bytes else None
+
+    # ------------------------------------------------------------ reads
+
+    def lookup(self, ns: str, key: bytes, txnids):
+        """For a single read. txnids: a callable returning the txnids of the
+        two LMDB meta pages (`LastTxnid.both`); the larger is the last commit.
+
+        Returns the value (a fresh object the caller may keep and mutate) if
+        cached and valid at the last commit; else STALE (read the record,
+        then `revalidate`), MISS (decode, then `fill`) or SKIP (decode only:
+        the key's first miss)."""
+        k = (ns, key)
+        with self._lock:
+            e = self._get(k)
+            if e is None:
+                if self._admit_all:
+                    return self._missed(k)
+                # the rest of _missed, inlined: a first miss must cost little
+                h = hash(key)  # cached in the bytes object; namespaces share marks
+                mask = self._door_mask
+                door = self._door
+                gen = self._door_gen
+                i, j = h & mask, (h >> 32) & mask
+                a, b = door[i], door[j]
+                door[i] = door[j] = gen
+                if a and b and a >= gen - 1 and b >= gen - 1:
+                    self._misses += 1
+                    return MISS  # it missed in this generation or the last
+                self._deferred += 1
+                if self._deferred == self._door_next:
+                    self._next_generation()
+                return SKIP
+            self._touch(k)
+            t = e[_TXNID]
+            a, b = txnids()
+            if t < a or t < b:
+                return STALE
+            self._hits += 1
+        plan = e[_PLAN]
+        if plan is None:
+            return e[_VALUE]
+        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
+
+    def lookup_at(self, ns: str, key: bytes, txnid: int):
+        """`lookup` for a read that must see the snapshot txnid exactly (and no
+        later commit), such as get_many: hits only an entry validated at
+        txnid; an entry validated earlier or later is STALE."""
+        k = (ns, key)
+        with self._lock:
+            e = self._get(k)
+            if e is None:
+                return self._missed(k)
+            self._touch(k)
+            if e[_TXNID] != txnid:
+                return STALE
+            self._hits += 1
+        plan = e[_PLAN]
+        if plan is None:
+            return e[_VALUE]
+        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
+
+    def _missed(self, k):
+        """A lookup of an uncached key: MISS, or SKIP on its first miss. Under _lock."""
+        if self._admit_all:
+            if self.enabled:
+                self._misses += 1
+                return MISS
+            self._deferred += 1
+            return SKIP
+        h = hash(k[1])
+        mask = self._door_mask
+        door = self._door
+        gen = self._door_gen
+        i, j = h & mask, (h >> 32) & mask
+        a, b = door[i], door[j]
+        door[i] = door[j] = gen
+        if a and b and a >= gen - 1 and b >= gen - 1:
+            self._misses += 1
+            return MISS  # it missed in this generation or the last
+        self._deferred += 1
+        if self._deferred == self._door_next:
+            self._next_generation()
+        return SKIP
+
+    def _next_generation(self) -> None:
+        self._door_next = self._deferred + self.max_entries
+        self._door_gen += 1
+        if self._door_gen == 256:  # a byte's worth: start over, forgetting all
+            self._door = bytearray(len(self._door))
+            self._door_gen = 1
+
+    def _admit(self, k) -> None:
+        """Admit k at its next miss (it was cached). Under _lock."""
+        if not self._admit_all:
+            h = hash(k[1])
+            mask = self._door_mask
+            self._door[h & mask] = self._door[(h >> 32) & mask] = self._door_gen
+
+    def revalidate(self, ns: str, key: bytes, record, txnid: int):
+        """After a lookup said STALE: record is what the snapshot txnid holds
+        for the key (None: no such key). Returns the value if that record is
+        the one cached, else MISS (decode the record, if any, and fill)."""
+        k = (ns, key)
+        with self._lock:
+            e = self._get(k)
+            if e is None:  # dropped meanwhile
+                self._misses += 1
+                return MISS
+            same = record is not None and e[_TAG] == record[:HEADER_SIZE]
+            if e[_TXNID] < txnid:
+                if not same:
+                    del self._lru[k]
+                    self._invalidations += 1
+                    self._misses += 1
+                    self._admit(k)  # it was cached: admit it again at once
+                    return MISS
+                e[_TXNID] = txnid
+            elif not same:
+                # the entry holds a later commit than this snapshot (lookup_at
+                # of an older snapshot): keep it, the caller decodes its own
+                self._misses += 1
+                return MISS
+            self._revalidations += 1
+        plan = e[_PLAN]
+        if plan is None:
+            return e[_VALUE]
+        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
+
+    def contains(self, ns: str, key: bytes, txnids) -> bool:
+        """True if the key is cached and valid at the last commit (txnids as
+        for lookup), so it exists; False means "ask LMDB". Counts nothing,
+        leaves the LRU order alone."""
+        with self._lock:
+            e = self._get((ns, key))
+            if e is None:
+                return False
+            a, b = txnids()
+            return e[_TXNID] >= a and e[_TXNID] >= b
+
+    # ------------------------------------------------------------ writes
+
+    def fill(self, ns: str, key: bytes, value, record, txnid: int) -> None:
+        """After a MISS: cache value, just decoded from record (the stored
+        bytes; may be a buffer of the live transaction) read in the snapshot
+        txnid. Keeps a private copy: the caller keeps value. An entry
+        validated at txnid or later is kept instead."""
+        if not self.enabled:
+            return
+        k = (ns, key)
+        size = ENTRY_OVERHEAD + len(key) + OBJECT_FACTOR * _raw_len(record, 2)[0]
+        try:
+            if size > self.max_bytes:
+                raise _TooDeep
+            stored, plan = _snapshot(value)
+        except _TooDeep:  # too big or too deep to cache: make sure no old value stays
+            self._drop([k])
+            return
+        entry = [stored, plan, bytes(record[:HEADER_SIZE]), txnid, size]
+        lru = self._lru
+        with self._lock:
+            old = self._get(k)
+            if old is not None and old[_TXNID] >= txnid:
+                return  # a fill or revalidation as new or newer won
+            lru[k] = entry
+            self._fills += 1
+            if len(lru) > self.max_entries:  # one entry added: one eviction at most
+                lru.popitem()
+
+    def invalidate(self, ns: str, key: bytes) -> None:
+        """Drop the entry of (ns, key), if any."""
+        self._drop([(ns, key)])
+
+    def invalidate_many(self, pairs, chunk: int = 256) -> None:
+        """Drop the entries of an iterable of (ns, key) pairs, holding the lock
+        for at most `chunk` pairs at a time (readers get in between)."""
+        batch = []
+        for pair in pairs:
+            batch.append(pair)
+            if len(batch) >= chunk:
+                self._drop(batch)
+                batch = []
+        if batch:
+            self._drop(batch)
+
+    def _drop(self, batch) -> None:
+        lru = self._lru
+        get = self._get
+        with self._lock:
+            for k in batch:
+                if get(k) is not None:
+                    del lru[k]
+                    self._invalidations += 1
+                    self._admit(k)  # it was cached: admit it again at once
+
+    def clear(self) -> None:
+        """Drop every entry and the admission history (the counters stay)."""
+        with self._lock:
+            self._lru.clear()
+            self._door = bytearray(len(self._door))
+            self._door_gen = 1
+            self._door_next = self._deferred + self.max_entries
+
+    # ------------------------------------------------------------ state
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def stats(self) -> dict:
+        """Counters for Store.stats()['cache']."""
+        with self._lock:
+            hits, reval, misses = self._hits, self._revalidations, self._misses + self._deferred
+            served = hits + reval
+            return {
+                "hits": hits,
+                "misses": misses,
+                "revalidations": reval,
+                "invalidations": self._invalidations,
+                "evictions": self._lru.evictions,
+                "fills": self._fills,
+                "deferred": self._deferred,
+                "entries": len(self._lru),
+                "bytes": self._lru.currsize,
+                "max_entries": self.max_entries,
+                "max_bytes": self.max_bytes,
+                "hit_ratio": served / (served + misses) if served + misses else None,
+            }
