@@ -14,7 +14,6 @@ one line per event, to its stdout (a file the parent reads after the kill):
     V <owner> <n> ...                    a durable op returned but commit_seq
                                          did not move past the owner's previous
                                          durable op (a violation: fails the test)
-    W <text>                             a warning (an open retried)
     F <what> <result>                    after the threads: flush/close/reads
 
 A value is a pure function of (owner, op number, namespace, key), so the log
@@ -238,19 +237,7 @@ def child_main(config_json: str) -> None:
         with lock:
             os.write(1, data)
 
-    for attempt in range(20):
-        try:
-            db = kvstore.open(cfg["path"], **cfg.get("options", {}))
-            break
-        except kvstore.FormatError as exc:
-            # A known engine bug: opening while another process grows the
-            # file can be refused as "truncated" (see
-            # test_open_while_another_process_grows_the_file). Retried here
-            # so that it does not hide what these children test.
-            if "truncated" not in str(exc) or attempt == 19:
-                raise
-            log(f"W open refused, retried: {exc}")
-            time.sleep(0.05)
+    db = kvstore.open(cfg["path"], **cfg.get("options", {}))
     namespaces = cfg.get("namespaces", ["default"])
     handles = open_handles(db, namespaces)
     log(f"S {db.stats()['commit_seq']}")
@@ -865,16 +852,20 @@ _OTHER_WRITER = r'''
 import base64, pickle, sys
 sys.path.insert(0, {tests!r})
 import kvstore
+db = None  # the store of the last request, kept open until another path comes
 for line in sys.stdin:
     path, ns, key, value, delete = pickle.loads(base64.b64decode(line))
     try:
-        with kvstore.open(path) as db:
-            h = db if ns == "default" else db.namespace(ns)
-            if delete:
-                h.delete(key, durable=True)
-            else:
-                h.put(key, value, durable=True)
-            result = ("ok", db.stats()["commit_seq"])
+        if db is None or db.path != path:
+            if db is not None:
+                db.close()
+            db = kvstore.open(path)
+        h = db if ns == "default" else db.namespace(ns)
+        if delete:
+            h.delete(key, durable=True)
+        else:
+            h.put(key, value, durable=True)
+        result = ("ok", db.stats()["commit_seq"])
     except Exception as exc:
         result = ("error", repr(exc))
     print(base64.b64encode(pickle.dumps(result)).decode(), flush=True)
@@ -882,8 +873,8 @@ for line in sys.stdin:
 
 
 class OtherWriter(_Server):
-    """A process that writes one key durably to a store when asked (opening
-    and closing it each time), so a test can interleave another process's
+    """A process that writes one key durably to a store when asked (keeping
+    the last store it wrote open), so a test can interleave another process's
     commits with its own reads and writes."""
 
     def __init__(self, env_extra: dict | None = None):

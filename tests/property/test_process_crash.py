@@ -67,6 +67,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                "max_batch_ops": rng.choice([3, 50, 2000]),
                "map_size": rng.choice([1 << 20, 64 << 20])}
     options["max_pending_ops"] = max(options["max_batch_ops"], rng.choice([10, 20000]))
+    # the read cache on (its defaults) or off, in the writers and in this
+    # process's reader and checks (one engine per path per process)
+    cache = rng.choice([{}, {"cache_entries": 0}])
+    options.update(cache)
     # half the seeds: values compressed with trained dictionaries, and new
     # ones trained while the writers run (and die)
     dictionaries = rng.random() < 0.5
@@ -78,7 +82,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
     def reader():
         # Another process's view while the writers die: every value decodes.
         try:
-            with kvstore.open(path) as db:
+            with kvstore.open(path, **cache) as db:
                 while not stop.is_set():
                     for ns in db.namespaces():
                         h = db if ns == "default" else db.namespace(ns)
@@ -138,7 +142,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                         clean |= set(log.ops)  # closed cleanly: every op committed
                 logs.append(log)
             # the owners of earlier rounds are checked again: never gone backwards
-            known = verify_store(path, logs, known, clean=clean, fixed=fixed)
+            known = verify_store(path, logs, known, clean=clean, fixed=fixed, open_options=cache)
     finally:
         for proc in started:
             if proc.poll() is None:
