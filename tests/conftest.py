@@ -83,6 +83,8 @@ def pytest_terminal_summary(terminalreporter):
     t = crash_report.totals(os.environ[crash_report.ENV], os.environ[crash_report.RUN_ENV])
     if not any(t.values()):
         return
-    terminalreporter.write_sep("=", f"reliability counts (HYPOTHESIS_PROFILE={profiles.NAME})")
+    sizes = " ".join(f"{k}={os.environ[k]}" for k in ("KVSTORE_EXAMPLES", "KVSTORE_CRASH_TRIALS",
+                                                       "KVSTORE_CRASH_SEEDS") if os.environ.get(k))
+    terminalreporter.write_sep("=", f"reliability counts (HYPOTHESIS_PROFILE={profiles.NAME}{' ' + sizes if sizes else ''})")
     for line in crash_report.format_totals(t):
         terminalreporter.write_line(line)

@@ -13,7 +13,8 @@ Every profile prints a failing example's reproduction: hypothesis shows the
 failing steps (or arguments) and, with print_blob, the
 ``@reproduce_failure(...)`` line to paste above the test.
 
-Overrides for one run: KVSTORE_CRASH_TRIALS=N (seeds 0..N-1 of the random
+Overrides for one run: KVSTORE_EXAMPLES=N (examples per property, to bound
+a deep run's time), KVSTORE_CRASH_TRIALS=N (seeds 0..N-1 of the random
 crash test) or KVSTORE_CRASH_SEEDS=a,b,c (exactly those seeds, to replay a
 failure: the seed is in the test id).
 """
@@ -45,6 +46,10 @@ for _name, _p in PROFILES.items():
 NAME = os.environ.get("HYPOTHESIS_PROFILE") or "dev"
 settings.load_profile(NAME)  # an unknown name raises InvalidArgument here
 CURRENT = PROFILES[NAME]
+if os.environ.get("KVSTORE_EXAMPLES"):
+    settings.register_profile(f"{NAME}+examples", settings.get_profile(NAME),
+                              max_examples=int(os.environ["KVSTORE_EXAMPLES"]))
+    settings.load_profile(f"{NAME}+examples")
 
 
 def crash_seeds() -> list[int]:
