@@ -26,7 +26,7 @@ RUN_ENV = "KVSTORE_CRASH_REPORT_RUN"  # set per pytest run: the summary counts t
 
 # key: what it counts (the summary's wording)
 COUNTERS = {
-    "crash_trials": "crash trials run (writer processes SIGKILLed, store checked after)",
+    "crash_trials": "crash trials run (processes SIGKILLed, store checked after)",
     "kill_points": "kill points covered",
     "simulated_crashes": "simulated crashes (crash model, in process)",
     "examples": "hypothesis examples run",
