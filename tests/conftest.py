@@ -1,17 +1,12 @@
 import os
+import tempfile
+import uuid
 
 import pytest
-from hypothesis import HealthCheck, settings
 
+import crash_report
 import kvstore.codec
-
-# Profiles: "ci" (default) and "fuzz" (HYPOTHESIS_PROFILE=fuzz, for the fuzzing
-# job). print_blob makes a failing example print the @reproduce_failure line.
-settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fuzz", max_examples=3000, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+import profiles  # registers and loads the hypothesis profile (HYPOTHESIS_PROFILE)
 
 # The whole suite runs once per codec backend built here (test modules that
 # parametrise over the backends themselves are left alone).
@@ -53,3 +48,43 @@ def db(store_path):
     store = kvstore.open(store_path)
     yield store
     store.close()
+
+
+# ---------------------------------------------------------------- reliability counts
+
+_OWNED_REPORT = pytest.StashKey[str]()  # the report file this run made (and removes)
+
+
+def pytest_configure(config):
+    # Tests append their counts to KVSTORE_CRASH_REPORT (a fresh file unless
+    # one is named); the lines of this run carry its id.
+    if not os.environ.get(crash_report.ENV):
+        fd, path = tempfile.mkstemp(prefix="kvstore-crash-report-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[crash_report.ENV] = path
+        config.stash[_OWNED_REPORT] = path
+    os.environ[crash_report.RUN_ENV] = uuid.uuid4().hex
+
+
+def pytest_unconfigure(config):
+    owned = config.stash.get(_OWNED_REPORT, None)
+    if owned:
+        os.unlink(owned)
+        os.environ.pop(crash_report.ENV, None)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)  # inside hypothesis's own wrapper: its hook is chained
+def pytest_runtest_call(item):
+    with crash_report.counting_examples():
+        return (yield)
+
+
+def pytest_terminal_summary(terminalreporter):
+    t = crash_report.totals(os.environ[crash_report.ENV], os.environ[crash_report.RUN_ENV])
+    if not any(t.values()):
+        return
+    sizes = " ".join(f"{k}={os.environ[k]}" for k in ("KVSTORE_EXAMPLES", "KVSTORE_CRASH_TRIALS",
+                                                       "KVSTORE_CRASH_SEEDS") if os.environ.get(k))
+    terminalreporter.write_sep("=", f"reliability counts (HYPOTHESIS_PROFILE={profiles.NAME}{' ' + sizes if sizes else ''})")
+    for line in crash_report.format_totals(t):
+        terminalreporter.write_line(line)

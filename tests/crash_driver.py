@@ -14,7 +14,6 @@ one line per event, to its stdout (a file the parent reads after the kill):
     V <owner> <n> ...                    a durable op returned but commit_seq
                                          did not move past the owner's previous
                                          durable op (a violation: fails the test)
-    W <text>                             a warning (an open retried)
     F <what> <result>                    after the threads: flush/close/reads
 
 A value is a pure function of (owner, op number, namespace, key), so the log
@@ -33,6 +32,7 @@ written.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -42,6 +42,8 @@ import sys
 import threading
 import time
 import zlib
+
+import crash_report
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -72,6 +74,13 @@ def normalize(value):
     if isinstance(value, (list, tuple)):
         return [normalize(v) for v in value]
     return value
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def stored_value(owner: str, n: int, ns: str, key: str, big: int = 0):
+    """value_for as it reads back (cached: the oracle asks for each many times;
+    callers must not mutate it)."""
+    return normalize(value_for(owner, n, ns, key, big))
 
 
 # ---------------------------------------------------------------- operations
@@ -146,7 +155,7 @@ def apply_op(state: dict, owner: str, op: dict) -> None:
         return
     for ns, key, live in op["w"]:
         if live:
-            state[(ns, key)] = normalize(value_for(owner, op["n"], ns, key, op["big"]))
+            state[(ns, key)] = stored_value(owner, op["n"], ns, key, op["big"])
         else:
             state.pop((ns, key), None)
 
@@ -228,19 +237,7 @@ def child_main(config_json: str) -> None:
         with lock:
             os.write(1, data)
 
-    for attempt in range(20):
-        try:
-            db = kvstore.open(cfg["path"], **cfg.get("options", {}))
-            break
-        except kvstore.FormatError as exc:
-            # A known engine bug: opening while another process grows the
-            # file can be refused as "truncated" (see
-            # test_open_while_another_process_grows_the_file). Retried here
-            # so that it does not hide what these children test.
-            if "truncated" not in str(exc) or attempt == 19:
-                raise
-            log(f"W open refused, retried: {exc}")
-            time.sleep(0.05)
+    db = kvstore.open(cfg["path"], **cfg.get("options", {}))
     namespaces = cfg.get("namespaces", ["default"])
     handles = open_handles(db, namespaces)
     log(f"S {db.stats()['commit_seq']}")
@@ -256,6 +253,18 @@ def child_main(config_json: str) -> None:
         run_owner(db, handles, spec, cfg, log, deadline)
 
     threads = [threading.Thread(target=work, args=(spec,)) for spec in cfg["threads"]]
+    if cfg.get("train_after") is not None:
+        # a new dictionary for one namespace while the owners write (and maybe the kill comes)
+        def train():
+            time.sleep(cfg["train_after"])
+            ns = cfg["train_namespace"]
+            try:
+                new_id = handles[ns].train_dictionary(samples=300, dict_size=4096)
+                log(f"F trained {ns} {new_id}")
+            except kvstore.KVStoreError as exc:
+                log(f"F train {type(exc).__name__} {exc}")
+
+        threads.append(threading.Thread(target=train))
     for t in threads:
         t.start()
     for t in threads:
@@ -282,6 +291,23 @@ def child_main(config_json: str) -> None:
             log(f"F close {type(exc).__name__}")
     if finish == "none":
         os._exit(0)  # no atexit: like a crash right after the last line
+
+
+def seed_dictionaries(path: str, namespaces, n: int = 200) -> dict:
+    """Write n sample values (owner "dict") into each namespace and train a
+    dictionary on them, so that later values are compressed with one.
+    Returns the "dict" owner's state, for verify_store(fixed=...)."""
+    import kvstore
+
+    state = {}
+    with kvstore.open(path) as db:
+        for ns in namespaces:
+            h = db if ns == "default" else db.namespace(ns)
+            items = {f"dict:{i:04d}": value_for("dict", i, ns, f"dict:{i:04d}") for i in range(n)}
+            h.put_many(items, durable=True)
+            h.train_dictionary(samples=n, dict_size=4096)
+            state.update({(ns, k): normalize(v) for k, v in items.items()})
+    return state
 
 
 def lmdb_state(path: str) -> str:
@@ -458,12 +484,85 @@ class Log:
 # ---------------------------------------------------------------- the oracle
 
 
+def _writers(owner: str, ops: list, failed: dict) -> dict:
+    """{(ns, key): [(op number, live)]}: which ops that can have reached the
+    store write each key (the last write of a key in an op wins)."""
+    out: dict = {}
+    for op in ops:
+        if op["x"] or op["n"] in failed:
+            continue
+        for (ns, key), live in {(ns, key): live for ns, key, live in op["w"]}.items():
+            out.setdefault((ns, key), []).append((op["n"], live))
+    return out
+
+
+def _stale_keys(owner: str, op: dict, writers: dict, actual: dict) -> list:
+    """The keys of op whose stored state is older than op: neither op's own
+    write nor one of a later op of the owner. (A value is a function of
+    (owner, op number, namespace, key), so it says which op wrote it.)"""
+    stale = []
+    n = op["n"]
+    for (ns, key), live in {(ns, key): live for ns, key, live in op["w"]}.items():
+        later = [(m, lv) for m, lv in writers.get((ns, key), ()) if m > n]
+        stored = actual.get((ns, key), _ABSENT)
+        if stored is _ABSENT:
+            ok = not live or any(not lv for _, lv in later)
+        else:
+            ok = any(lv and stored == stored_value(owner, m, ns, key, op["big"])
+                     for m, lv in [(n, live)] + later)
+        if not ok:
+            stale.append((n, ns, key, "put" if live else "delete"))
+    return stale
+
+
+def lost_and_partial(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = False):
+    """The two properties, checked directly (check_owner's prefix check
+    implies both; these say which writes broke it):
+
+    lost: the writes of acknowledged ops (durable and returned, or every op
+    when the child closed the store cleanly) whose key holds an older state
+    than the op wrote, [(op, ns, key, "put" | "delete")];
+    partial: the put_many/batch ops that are in the store only in part
+    (one key holds the op's own value, another an older state), [op numbers].
+
+    Returns (lost, partial, acknowledged key writes checked)."""
+    ops = log.ops.get(owner, [])
+    failed = log.errors.get(owner, {})
+    writers = _writers(owner, ops, failed)
+    if exited_cleanly:
+        acked = [op for op in ops if not op["x"] and op["n"] not in failed]
+    else:
+        acked = [ops[n] for n in log.acked_durable(owner)]
+    lost, checked = [], 0
+    for op in acked:
+        lost += _stale_keys(owner, op, writers, actual)
+        checked += len({(ns, key) for ns, key, _ in op["w"]})
+    partial = []
+    for op in ops:
+        if op["x"] or op["n"] in failed or len({(ns, key) for ns, key, _ in op["w"]}) < 2:
+            continue
+        own = [(ns, key) for ns, key, live in op["w"]
+               if live and actual.get((ns, key), _ABSENT) == stored_value(owner, op["n"], ns, key, op["big"])]
+        if own and _stale_keys(owner, op, writers, actual):
+            partial.append(op["n"])
+    return lost, partial, checked
+
+
 def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = False,
-                floor: int = 0) -> list[int]:
+                floor: int = 0, count: bool = True) -> list[int]:
     """Assert actual (the owner's keys in the store: {(ns, key): value}) is
     the state after a prefix of the owner's operations that holds every
     acknowledged durable one (all of them if the child exited cleanly).
-    Returns the matching prefix lengths, counted in op numbers."""
+    Returns the matching prefix lengths, counted in op numbers.
+
+    Also asserts, and counts (crash_report; unless count=False, for an
+    owner checked again), the two properties it implies: no acknowledged
+    write lost, no put_many/batch partly in the store."""
+    lost, partial, checked = lost_and_partial(owner, log, actual, exited_cleanly=exited_cleanly)
+    if count:
+        crash_report.record(acked_writes_checked=checked, writes_lost=len(lost), partial_batches=len(partial))
+    assert not lost, f"owner {owner}: acknowledged writes lost (op, namespace, key, write): {lost[:10]}"
+    assert not partial, f"owner {owner}: put_many/batch ops partly in the store: {partial[:10]}"
     ops = log.ops.get(owner, [])
     failed = log.errors.get(owner, {})
     acked = log.acked.get(owner, set())
@@ -484,7 +583,7 @@ def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = Fa
     good = [j for j in matches if j >= need]
     if good:
         return good
-    # The diagnosis: the closest prefix, and the acknowledged durable writes missing.
+    # The diagnosis: the closest prefix.
     best_j, best_n = None, None
     for j, state in states():
         if j >= need:
@@ -492,22 +591,10 @@ def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = Fa
             if best_n is None or n_diff < best_n:
                 best_j, best_n = j, n_diff
     best_diff = next(_diff(state, actual) for j, state in states() if j == best_j) if best_j is not None else []
-    lost = []
-    for n in durable_acked:
-        op = ops[n]
-        last = {(ns, key): live for ns, key, live in op["w"]}  # the last write of each key wins
-        for (ns, key), live in last.items():
-            later = [o for o in ops[n + 1:need] if o["n"] not in failed and not o["x"]
-                     and any(w[0] == ns and w[1] == key for w in o["w"])]
-            if not later:
-                want = normalize(value_for(owner, n, ns, key, op["big"])) if live else _ABSENT
-                if actual.get((ns, key), _ABSENT) != want:
-                    lost.append((n, ns, key, "put" if live else "delete"))
     raise AssertionError(
         f"owner {owner}: the store holds no state reachable by a prefix of its {len(ops)} ops that "
         f"keeps every acknowledged durable op (needs >= {need}; prefixes matching below that: "
-        f"{matches}).\n  acknowledged durable writes lost: {lost[:10]}\n"
-        f"  closest prefix {best_j}: {best_n} differences {best_diff[:10]}\n"
+        f"{matches}).\n  closest prefix {best_j}: {best_n} differences {best_diff[:10]}\n"
         f"  acked: {sorted(acked)[-10:]}, failed: {sorted(failed)[:10]}")
 
 
@@ -527,10 +614,31 @@ def _short(v):
     return r if len(r) < 80 else r[:77] + "..."
 
 
+def checksum_failures(db) -> list:
+    """[(namespace, key, error)] for every stored value that fails to decode
+    (CorruptionError: checksum, header or payload; FormatError: a record
+    version this kvstore does not read)."""
+    import kvstore
+
+    bad = []
+    for ns in db.namespaces():
+        h = db if ns == "default" else db.namespace(ns)
+        for key in h.scan(keys_only=True):
+            try:
+                h.get(key)
+            except (kvstore.CorruptionError, kvstore.FormatError) as exc:
+                bad.append((ns, key, f"{type(exc).__name__}: {exc}"))
+    return bad
+
+
 def read_everything(db) -> dict:
     """Walk every namespace with scan (both directions), get and get_many;
-    assert they agree and every value decodes. Returns {owner: {(ns, key): value}}
-    for keys of the form owner:rest."""
+    assert every value decodes (counted: crash_report checksum_failures) and
+    the reads agree. Returns {owner: {(ns, key): value}} for keys of the
+    form owner:rest."""
+    bad = checksum_failures(db)
+    crash_report.record(checksum_failures=len(bad))
+    assert not bad, f"stored values that fail to decode: {bad[:5]}"
     by_owner: dict[str, dict] = {}
     for ns in db.namespaces():
         h = db if ns == "default" else db.namespace(ns)
@@ -546,6 +654,22 @@ def read_everything(db) -> dict:
             assert sep, f"{ns}: unexpected key {k!r}"
             by_owner.setdefault(owner, {})[(ns, k.decode())] = v
     return by_owner
+
+
+def check_every_record(path: str) -> dict:
+    """`kvstore check --json PATH`, in process: every record of every
+    namespace read raw from one snapshot, its header, checksum and
+    dictionary verified (the CLI's own code, not the store's read path)."""
+    import io
+
+    from kvstore.cli import main
+
+    out = io.StringIO()
+    status = main(["check", path, "--json"], out=out)
+    doc = json.loads(out.getvalue())
+    crash_report.record(values_checksummed=doc["values"], checksum_failures=doc["bad_values"])
+    assert status == 0 and doc["ok"], f"kvstore check: {doc['bad'][:5]} {doc['metadata_problems'][:5]}"
+    return doc
 
 
 def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set = frozenset(),
@@ -573,6 +697,7 @@ def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set
     with kvstore.open(path, **(open_options or {})) as db:
         actual = read_everything(db)
         seq = db.stats()["commit_seq"]
+    check_every_record(path)
     for log in logs:
         top = max(log.seqs, default=0)
         assert seq >= top, f"commit_seq went back: {seq} after reopen, a child printed {top}"
@@ -585,7 +710,7 @@ def verify_store(path: str, logs: list, known: dict | None = None, *, clean: set
     for owner, k in known.items():
         try:
             good = check_owner(owner, k["log"], actual.get(owner, {}), exited_cleanly=k["clean"],
-                               floor=k["floor"])
+                               floor=k["floor"], count=k["seen"] is None)
         except AssertionError as exc:
             if k["seen"] is None:
                 raise
@@ -684,23 +809,21 @@ for line in sys.stdin:
 '''
 
 
-class Prober:
-    """A child process that opens paths for the tests, each in a process of
-    its own (forked from it), so that a crash or a hang of the open shows up
-    as a result ("signal", "timeout") instead of taking the test run down."""
+class _Server:
+    """A helper child process that answers one line per request line."""
 
-    def __init__(self, env_extra: dict | None = None):
+    def __init__(self, code: str, env_extra: dict | None = None):
         env = dict(os.environ, **(env_extra or {}))
-        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_SERVER.format(tests=TESTS_DIR)],
+        env.pop("KVSTORE_KILL_POINT", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", code.format(tests=TESTS_DIR)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
-    def probe(self, path: str, *, timeout: float = 10, **req) -> dict:
-        req.update(path=path, timeout=timeout)
-        self.proc.stdin.write(json.dumps(req) + "\n")
+    def ask(self, request: str, timeout: float) -> str:
+        self.proc.stdin.write(request + "\n")
         self.proc.stdin.flush()
-        line = readline_within(self.proc.stdout, timeout + 20)
-        assert line, "the prober died"
-        return json.loads(line)
+        line = readline_within(self.proc.stdout, timeout)
+        assert line, f"the helper process died (exit {self.proc.poll()})"
+        return line
 
     def close(self) -> None:
         try:
@@ -708,3 +831,61 @@ class Prober:
             self.proc.wait(30)
         except (OSError, subprocess.TimeoutExpired):
             kill(self.proc)
+
+
+class Prober(_Server):
+    """A child process that opens paths for the tests, each in a process of
+    its own (forked from it), so that a crash or a hang of the open shows up
+    as a result ("signal", "timeout") instead of taking the test run down."""
+
+    def __init__(self, env_extra: dict | None = None):
+        super().__init__(_PROBE_SERVER, env_extra)
+
+    def probe(self, path: str, *, timeout: float = 10, **req) -> dict:
+        req.update(path=path, timeout=timeout)
+        return json.loads(self.ask(json.dumps(req), timeout + 20))
+
+
+# ---------------------------------------------------------------- another process's writes
+
+_OTHER_WRITER = r'''
+import base64, pickle, sys
+sys.path.insert(0, {tests!r})
+import kvstore
+db = None  # the store of the last request, kept open until another path comes
+for line in sys.stdin:
+    path, ns, key, value, delete = pickle.loads(base64.b64decode(line))
+    try:
+        if db is None or db.path != path:
+            if db is not None:
+                db.close()
+            db = kvstore.open(path)
+        h = db if ns == "default" else db.namespace(ns)
+        if delete:
+            h.delete(key, durable=True)
+        else:
+            h.put(key, value, durable=True)
+        result = ("ok", db.stats()["commit_seq"])
+    except Exception as exc:
+        result = ("error", repr(exc))
+    print(base64.b64encode(pickle.dumps(result)).decode(), flush=True)
+'''
+
+
+class OtherWriter(_Server):
+    """A process that writes one key durably to a store when asked (keeping
+    the last store it wrote open), so a test can interleave another process's
+    commits with its own reads and writes."""
+
+    def __init__(self, env_extra: dict | None = None):
+        super().__init__(_OTHER_WRITER, env_extra)
+
+    def write(self, path: str, ns: str, key, value=None, *, delete: bool = False) -> int:
+        """Commit the write in the other process; returns its commit_seq after."""
+        import base64
+        import pickle
+
+        line = self.ask(base64.b64encode(pickle.dumps((path, ns, key, value, delete))).decode(), 60)
+        status, result = pickle.loads(base64.b64decode(line))
+        assert status == "ok", f"the other process's write failed: {result}"
+        return result

@@ -28,25 +28,96 @@ def _entry_points(db):
         "delete": lambda k: db.delete(k),
         "getitem": lambda k: db[k],
         "setitem": lambda k: db.__setitem__(k, 1),
+        "delitem": lambda k: db.__delitem__(k),
         "contains": lambda k: k in db,
         "get_many": lambda k: db.get_many(["ok", k]),
         "put_many": lambda k: db.put_many([("ok", 1), (k, 1)]),
+        "put_many(dict)": lambda k: db.put_many({"ok": 1, k: 1}) if isinstance(k, (str, bytes)) else
+        db.put_many([("ok", 1), (k, 1)]),
         "batch.put": lambda k: db.batch().put(k, 1),
         "batch.delete": lambda k: db.batch().delete(k),
+        "batch.put(namespace)": lambda k: db.batch().put(k, 1, namespace="ns"),
         "ns.put": lambda k: ns.put(k, 1),
         "ns.get": lambda k: ns.get(k),
+        "ns.delete": lambda k: ns.delete(k),
+        "ns.getitem": lambda k: ns[k],
+        "ns.contains": lambda k: k in ns,
+        "ns.get_many": lambda k: ns.get_many([k, "ok"]),
+        "ns.put_many": lambda k: ns.put_many([("ok", 1), (k, 1)]),
+        "ns.batch.put": lambda k: ns.batch().put(k, 1),
     }
+
+
+def _fill(db) -> dict:
+    """Data that bad input must leave alone, in both namespaces."""
+    db.put_many({"keep:1": {"a": 1}, "keep:2": [1, 2]}, durable=True)
+    db.namespace("ns").put("keep:3", "three", durable=True)
+    return _contents(db)
+
+
+def _contents(db) -> dict:
+    db.flush()
+    return {name: dict((db if name == "default" else db.namespace(name)).scan()) for name in ("default", "ns")}
 
 
 @pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
 def test_bad_keys_raise_invalid_key_everywhere(db, key):
+    before = _fill(db)
     for name, call in _entry_points(db).items():
         with pytest.raises(InvalidKeyError) as info:
             call(key)
         assert isinstance(info.value, ValueError), name
         assert "key" in str(info.value)
-    db.flush()
-    assert len(db) == 0  # nothing was queued
+    assert _contents(db) == before  # nothing was queued, nothing changed
+
+
+@pytest.mark.parametrize("bound", ["prefix", "start", "stop"])
+@pytest.mark.parametrize("value", [1, 1.5, ["a"], bytearray(b"a")], ids=repr)
+def test_bad_scan_bounds_raise_invalid_key(db, bound, value):
+    _fill(db)
+    for h in (db, db.namespace("ns")):
+        with pytest.raises(InvalidKeyError, match=bound):
+            list(h.scan(**{bound: value}))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ENGINE BUG: a str scan bound that is not valid UTF-8 (a lone surrogate, '\\ud800') escapes "
+    "db.scan() as a bare UnicodeEncodeError, where keys get InvalidKeyError (\"cannot be encoded as "
+    "UTF-8\"): store._bound encodes without catching it. README: every error is a KVStoreError"))
+@pytest.mark.parametrize("bound", ["prefix", "start", "stop"])
+def test_scan_bound_that_is_not_utf8(db, bound):
+    with pytest.raises(InvalidKeyError):
+        list(db.scan(**{bound: "\ud800"}))
+
+
+BAD_NAMESPACES = ["", "__kvstore__", "__mine", "x" * 256, "\ud800", 1, b"ns", ["ns"]]
+
+
+@pytest.mark.parametrize("name", BAD_NAMESPACES, ids=repr)
+def test_bad_namespace_names(db, name):
+    before = _fill(db)
+    for call in (lambda: db.namespace(name), lambda: db.batch().put("k", 1, namespace=name),
+                 lambda: db.batch().delete("keep:1", namespace=name)):
+        with pytest.raises(kvstore.InvalidNamespaceError):
+            call()
+    assert _contents(db) == before
+    assert db.namespaces() == ["default", "ns"]
+
+
+def test_a_batch_with_one_bad_write_writes_nothing(db):
+    """The with-block raises at the bad write: the batch is discarded whole."""
+    before = _fill(db)
+    for bad in (lambda b: b.put(b"", 1), lambda b: b.put("k", object()),
+                lambda b: b.delete(None), lambda b: b.put("k", 1, namespace="__x")):
+        with pytest.raises((InvalidKeyError, EncodeError, kvstore.InvalidNamespaceError)):
+            with db.batch(durable=True) as b:
+                b.put("keep:1", "replaced")
+                b.delete("keep:2", namespace=None)
+                b.put("new", 1, namespace="ns")
+                bad(b)
+    assert _contents(db) == before
+    db.put("after", 1, durable=True)  # the writer goes on
+    assert db.get("after") == 1
 
 
 def test_max_length_key_is_fine(db):
@@ -56,13 +127,35 @@ def test_max_length_key_is_fine(db):
 
 @pytest.mark.parametrize("value", BAD_VALUES, ids=lambda v: type(v).__name__)
 def test_bad_values_raise_encode_error(db, value):
+    before = _fill(db)
+    ns = db.namespace("ns")
     for call in (lambda: db.put("k", value), lambda: db.put_many({"k": value}),
-                 lambda: db.batch().put("k", value), lambda: db.__setitem__("k", value)):
+                 lambda: db.put_many([("ok", 1), ("k", value)]), lambda: db.batch().put("k", value),
+                 lambda: db.__setitem__("k", value), lambda: ns.put("k", value),
+                 lambda: ns.put_many({"k": value}), lambda: ns.__setitem__("k", value),
+                 lambda: db.batch().put("k", value, namespace="ns")):
         with pytest.raises(EncodeError) as info:
             call()
         assert isinstance(info.value, TypeError)
+    assert _contents(db) == before
     db.put("after", "fine", durable=True)  # the writer was not poisoned
     assert db.get("after") == "fine" and db.get("k") is None
+
+
+def test_values_too_deep_or_too_big(store_path):
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    cyclic: list = []
+    cyclic.append(cyclic)
+    with kvstore.open(store_path, max_value_size=1000) as db:
+        before = _fill(db)
+        for value in (deep, {"a": deep}, cyclic, b"x" * 1001, "y" * 2000):
+            with pytest.raises(EncodeError):
+                db.put("k", value)
+            with pytest.raises(EncodeError):
+                db.put_many({"ok": 1, "k": value})
+        assert _contents(db) == before
 
 
 def _corrupt_value(path, key: bytes, mutate):
@@ -105,60 +198,6 @@ def test_corrupted_value_names_the_key(store_path, how):
         assert "bad" in db  # presence needs no decoding
         db.put("bad", "repaired", durable=True)  # overwriting a damaged value works
         assert db.get("bad") == "repaired"
-
-
-def test_path_is_a_file(tmp_path):
-    f = tmp_path / "file"
-    f.write_bytes(b"hello")
-    with pytest.raises(FormatError, match="file"):
-        kvstore.open(str(f))
-    assert f.read_bytes() == b"hello"
-
-
-def test_directory_with_other_files_is_not_a_store(tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FormatError, match="not|other files"):
-        kvstore.open(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
-
-
-def test_random_bytes_as_data_file(tmp_path):
-    d = tmp_path / "s"
-    d.mkdir()
-    (d / "data.mdb").write_bytes(os.urandom(20000))
-    with pytest.raises(FormatError, match="not an LMDB"):
-        kvstore.open(str(d))
-
-
-@pytest.mark.parametrize("keep", [100, 4096, 5000, 12288])
-def test_truncated_data_file_is_refused_not_sigbus(store_path, keep):
-    with kvstore.open(store_path) as db:
-        db.put_many({f"k{i}": "v" * 200 for i in range(2000)}, durable=True)
-    data = os.path.join(store_path, "data.mdb")
-    with open(data, "r+b") as f:
-        f.truncate(keep)
-    with pytest.raises(FormatError, match="truncated|too short"):
-        kvstore.open(store_path)
-
-
-def test_plain_lmdb_environment_is_not_a_store(tmp_path):
-    env = lmdb.open(str(tmp_path / "plain"))
-    with env.begin(write=True) as txn:
-        txn.put(b"a", b"b")
-    env.close()
-    with pytest.raises(FormatError, match="not a kvstore"):
-        kvstore.open(str(tmp_path / "plain"))
-
-
-def test_newer_store_format_is_refused(store_path):
-    kvstore.open(store_path).close()
-    env = lmdb.open(store_path, max_dbs=10)
-    meta = env.open_db(b"__kvstore__")
-    with env.begin(write=True, db=meta) as txn:
-        txn.put(b"format_version", b"2")
-    env.close()
-    with pytest.raises(FormatError, match="newer"):
-        kvstore.open(store_path)
 
 
 def test_no_bare_lmdb_errors_escape(store_path):

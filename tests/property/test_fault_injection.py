@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import crash_report
 import kvstore
 from crash_driver import (LineLog, Log, check_owner, dump_stacks, kill, open_handles, read_everything,
                           run_owner, start_child, verify_store, wait_for_line)
@@ -95,6 +96,7 @@ def test_sigkill_while_the_map_grows(tmp_path, seed):
         time.sleep(rng.uniform(0.3, 1.0))
     finally:
         kill(proc)
+    crash_report.record(crash_trials=1)
     log = Log.read(out)
     assert sum(len(v) for v in log.acked.values()) > 5, log.tail()
     verify_store(path, [log])
@@ -395,3 +397,62 @@ def test_open_while_another_process_grows_the_file(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "opened", out.stdout
+
+
+# ---------------------------------------------------------------- (f) readers that crash
+
+_READER = ("import sys, kvstore\n"
+           "db = kvstore.open(sys.argv[1])\n"
+           "print('reading', flush=True)\n"
+           "while True:\n"
+           "    db.get_many([f'k:{i:05d}' for i in range(3000)])\n")
+
+
+def _dead_reader_slots(db) -> list[int]:
+    """Pids in LMDB's reader table (of this process's view of lock.mdb) that are not alive."""
+    pids = []
+    for line in db._env.env.readers().splitlines()[1:]:
+        pid = int(line.split()[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ENGINE BUG: a reader process SIGKILLed inside a read transaction leaves its slot in LMDB's "
+    "reader table (lock.mdb), and nothing ever clears it while any process keeps the store open: "
+    "kvstore never calls LMDB's reader check (py-lmdb env.reader_check(), what `mdb_stat -rr` "
+    "does). The dead reader's snapshot then pins every page freed after it, so data.mdb grows "
+    "with each rewrite instead of reusing space (here: 10 rewrites of 1 MB grow it ~10x), and "
+    "after max_readers such crashes no read can start (MDB_READERS_FULL). Calling reader_check() "
+    "when a store is opened (and on READERS_FULL) frees them"))
+def test_readers_killed_mid_read_leave_no_stale_slot(tmp_path, one_backend):
+    path = str(tmp_path / "store")
+    db = kvstore.open(path, compression="none")  # open throughout: lock.mdb is never reset
+    try:
+        db.put_many({f"k:{i:05d}": os.urandom(300) for i in range(3000)}, durable=True)
+        filled = os.path.getsize(os.path.join(path, "data.mdb"))
+        for _ in range(40):  # until 3 readers died inside a read (each kill ~1 in 3)
+            proc = subprocess.Popen([sys.executable, "-c", _READER, path], stdout=subprocess.PIPE)
+            try:
+                assert proc.stdout.readline() == b"reading\n"
+                time.sleep(0.1)
+            finally:
+                kill(proc)
+                proc.stdout.close()
+            crash_report.record(crash_trials=1)
+            if len(_dead_reader_slots(db)) >= 3:
+                break
+        # The next process to open the store is where a check would run.
+        subprocess.run([sys.executable, "-c", "import sys, kvstore; kvstore.open(sys.argv[1]).close()", path],
+                       check=True, timeout=60)
+        for _ in range(10):
+            db.put_many({f"k:{i:05d}": os.urandom(300) for i in range(3000)}, durable=True)
+        dead = _dead_reader_slots(db)
+        grown = os.path.getsize(os.path.join(path, "data.mdb"))
+        assert not dead and grown <= 4 * filled, (
+            f"dead readers still in the reader table: {dead}; data.mdb {filled} -> {grown} bytes")
+    finally:
+        db.close()

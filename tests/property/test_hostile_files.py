@@ -44,13 +44,6 @@ def probe(_probers, codec_backend):
     return _probers[codec_backend].probe
 
 
-@pytest.fixture
-def one_backend(codec_backend):
-    """For tests of LMDB files that decode no value: one codec backend is enough."""
-    if codec_backend != kvstore.codec.backends()[0]:
-        pytest.skip("file-level: run with the first codec backend only")
-
-
 def _digest(path):
     """What a failed open must leave alone: every file's bytes (lock.mdb may appear)."""
     out = {}
@@ -131,8 +124,13 @@ def test_garbage_data_file(tmp_path, probe, kind, size):
     path = str(tmp_path / "store")
     _write(path, "data.mdb", _garbage(kind, size))
     before = _digest(path)
-    _assert_clean_failure(probe(path, write=True), path, before)
-    _assert_clean_failure(probe(path, readonly=True), path, before)
+    for req in ({"write": True}, {"readonly": True}):
+        result = probe(path, **req)
+        _assert_clean_failure(result, path, before)
+        if size < 16 + 136:
+            assert "too short" in result["msg"], result
+        elif kind != "lmdb-magic":
+            assert "not an LMDB data file" in result["msg"], result
 
 
 @pytest.mark.parametrize("cut", ["1 page", "2 pages", "3 pages", "2 pages + 1", "middle", "last page short",
@@ -259,9 +257,15 @@ def test_paths_that_are_not_a_store(tmp_path, probe, what):
     while not os.path.isdir(top):
         top = os.path.dirname(top)
     before = _digest(top)
+    # what the message must say, for the write open (the read-only one may
+    # say "no store" first)
+    said = {"other files": "other files", "path is a file": "is a file",
+            "plain LMDB environment": "not a kvstore store"}.get(what)
     for req in ({"write": True}, {"readonly": True}):
         result = probe(path, **req)
         assert result["status"] == "error" and result["type"] in FILE_ERRORS, result
+        if said and "write" in req:
+            assert said in result["msg"], result
         after = _digest(top)
         after.pop("lock.mdb", None) if "lock.mdb" not in before else None
         assert after == before

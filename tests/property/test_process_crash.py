@@ -23,8 +23,10 @@ parent reopens the store and checks, for every thread (crash_driver.check_owner)
   reader) reads the previous snapshot until the next writer recovers the
   lock. No writer of that commit was acknowledged, so no guarantee breaks.
 
-Reproduce a failure with its seed: the test id carries it, and
-KVSTORE_CRASH_SEEDS=a,b,c runs those seeds (HYPOTHESIS_PROFILE=fuzz runs many).
+How many trials run is the profile's (tests/profiles.py: HYPOTHESIS_PROFILE
+dev, ci or deep); reproduce a failure with its seed: the test id carries it,
+and KVSTORE_CRASH_SEEDS=a,b,c runs those seeds. Each SIGKILLed writer is
+counted as a crash trial (tests/crash_report.py).
 """
 
 import os
@@ -36,29 +38,27 @@ import warnings
 
 import pytest
 
+import crash_report
 import kvstore
-from crash_driver import (Log, check_owner, dump_stacks, kill, lmdb_state, read_everything, start_child,
-                          verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
+import profiles
+from crash_driver import (Log, check_every_record, check_owner, dump_stacks, kill, lmdb_state, read_everything, seed_dictionaries,
+                          start_child, verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
 
 NAMESPACES = ["default", "side", "third"]
 
 
-def _seeds():
-    if os.environ.get("KVSTORE_CRASH_SEEDS"):
-        return [int(s) for s in os.environ["KVSTORE_CRASH_SEEDS"].split(",")]
-    n = 40 if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else 5
-    return list(range(n))
-
-
-def _child_config(path, rng, tag, options):
+def _child_config(path, rng, tag, options, dictionaries):
     threads = [{"owner": f"{tag}t{i}", "mix": rng.choice(["mixed", "mixed", "buffered", "durable"]),
                 "ops": 800} for i in range(rng.randint(1, 3))]
-    return {"path": path, "seed": rng.randrange(1 << 30), "options": options, "threads": threads,
-            "namespaces": NAMESPACES, "nkeys": rng.choice([4, 24, 200]), "deadline": 20,
-            "finish": rng.choice(["close", "close", "none"])}
+    cfg = {"path": path, "seed": rng.randrange(1 << 30), "options": options, "threads": threads,
+           "namespaces": NAMESPACES, "nkeys": rng.choice([4, 24, 200]), "deadline": 20,
+           "finish": rng.choice(["close", "close", "none"])}
+    if dictionaries and rng.random() < 0.5:
+        cfg.update(train_after=rng.uniform(0.0, 0.3), train_namespace=rng.choice(NAMESPACES))
+    return cfg
 
 
-@pytest.mark.parametrize("seed", _seeds())
+@pytest.mark.parametrize("seed", profiles.crash_seeds())
 def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
     rng = random.Random(seed)
     path = str(tmp_path / "store")
@@ -67,6 +67,14 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                "max_batch_ops": rng.choice([3, 50, 2000]),
                "map_size": rng.choice([1 << 20, 64 << 20])}
     options["max_pending_ops"] = max(options["max_batch_ops"], rng.choice([10, 20000]))
+    # the read cache on (its defaults) or off, in the writers and in this
+    # process's reader and checks (one engine per path per process)
+    cache = rng.choice([{}, {"cache_entries": 0}])
+    options.update(cache)
+    # half the seeds: values compressed with trained dictionaries, and new
+    # ones trained while the writers run (and die)
+    dictionaries = rng.random() < 0.5
+    fixed = {"dict": seed_dictionaries(path, NAMESPACES)} if dictionaries else {}
     known: dict = {}
     stop = threading.Event()
     reader_errors = []
@@ -74,7 +82,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
     def reader():
         # Another process's view while the writers die: every value decodes.
         try:
-            with kvstore.open(path) as db:
+            with kvstore.open(path, **cache) as db:
                 while not stop.is_set():
                     for ns in db.namespaces():
                         h = db if ns == "default" else db.namespace(ns)
@@ -91,7 +99,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
         for rnd in range(2):
             children = []
             for c in range(3):
-                cfg = _child_config(path, rng, f"s{seed}r{rnd}c{c}", options)
+                cfg = _child_config(path, rng, f"s{seed}r{rnd}c{c}", options, dictionaries)
                 out = str(tmp_path / f"r{rnd}c{c}.log")
                 proc = start_child(cfg, out)
                 started.append(proc)
@@ -125,6 +133,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                 with open(out + ".err") as f:
                     err = f.read()
                 assert rc in (0, -9), f"child exited with {rc}:\n{err}\n{log.tail()}"
+                if rc == -9:
+                    crash_report.record(crash_trials=1)
                 if rc == 0:
                     assert not err, err
                     if cfg["finish"] == "close":
@@ -132,7 +142,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
                         clean |= set(log.ops)  # closed cleanly: every op committed
                 logs.append(log)
             # the owners of earlier rounds are checked again: never gone backwards
-            known = verify_store(path, logs, known, clean=clean)
+            known = verify_store(path, logs, known, clean=clean, fixed=fixed, open_options=cache)
     finally:
         for proc in started:
             if proc.poll() is None:
@@ -140,13 +150,31 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path, seed):
         stop.set()
         watcher.join(60)
     assert not reader_errors, reader_errors
+    if dictionaries:
+        referenced = check_every_record(path)["dictionaries_referenced"]
+        assert referenced, "no stored value was compressed with a trained dictionary"
 
 
 # ---------------------------------------------------------------- kill points
 
 
+def _killed_at(cfg: dict, out: str, point: str, nth: int) -> Log:
+    """Run a writer child with the kill point armed; its log once it died there."""
+    proc = start_child(cfg, out, {"KVSTORE_KILL_POINT": f"{point}:{nth}"})
+    try:
+        rc = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        stacks = dump_stacks(proc, out)
+        kill(proc)
+        raise AssertionError(f"the child hung; its threads:\n{stacks}") from None
+    log = Log.read(out)
+    assert rc == -9, f"the kill point did not fire (exit {rc}):\n{open(out + '.err').read()}\n{log.tail()}"
+    crash_report.record(crash_trials=1, kill_points=[point])
+    return log
+
+
 @pytest.mark.parametrize("point", ["mid-apply", "before-commit", "after-commit"])
-@pytest.mark.parametrize("nth", [1, 4, 17])
+@pytest.mark.parametrize("nth", profiles.kill_counts())
 def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
     path = str(tmp_path / "store")
     with kvstore.open(path) as db:
@@ -157,16 +185,7 @@ def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
            "options": {"flush_interval": 3600, "max_batch_ops": 100_000, "max_pending_ops": 1_000_000},
            "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]
            + [{"owner": "b0", "mix": "buffered", "ops": 2000}]}
-    out = str(tmp_path / "child.log")
-    proc = start_child(cfg, out, {"KVSTORE_KILL_POINT": f"{point}:{nth}"})
-    try:
-        rc = proc.wait(60)
-    except subprocess.TimeoutExpired:
-        stacks = dump_stacks(proc, out)
-        kill(proc)
-        raise AssertionError(f"the child hung; its threads:\n{stacks}") from None
-    log = Log.read(out)
-    assert rc == -9, f"the kill point did not fire (exit {rc}):\n{open(out + '.err').read()}\n{log.tail()}"
+    log = _killed_at(cfg, str(tmp_path / "child.log"), point, nth)
     assert log.start_seq is not None
     base = log.start_seq
     with kvstore.open(path) as db:
@@ -193,6 +212,23 @@ def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
     if point == "after-commit":
         # the killed commit is on disk, and none of its durable writers was acknowledged
         assert unacked_present, "after-commit: no committed-but-unacknowledged durable write found"
+
+
+@pytest.mark.parametrize("point", ["mid-apply", "before-commit", "after-commit"])
+@pytest.mark.parametrize("nth", [n for n in profiles.kill_counts() if n >= 17] or [17])
+def test_kill_points_while_the_map_grows(tmp_path, point, nth):
+    """The same points in commits that fill a 1 MiB map: aborted, the map
+    grown, the commit replayed (and the point reached again) in one process
+    while the map is being resized; killed there, nothing acknowledged is lost."""
+    path = str(tmp_path / "store")
+    kvstore.open(path, map_size=1 << 20).close()
+    cfg = {"path": path, "seed": nth, "namespaces": NAMESPACES, "nkeys": 200, "big": 20_000, "deadline": 30,
+           "options": {"map_size": 1 << 20, "compression": "none", "flush_interval": 3600,
+                       "max_batch_ops": 100_000, "max_pending_ops": 1_000_000},
+           "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]}
+    log = _killed_at(cfg, str(tmp_path / "child.log"), point, nth)
+    verify_store(path, [log])
+    assert os.path.getsize(os.path.join(path, "data.mdb")) > 1 << 20, "the map never grew before the kill"
 
 
 # ---------------------------------------------------------------- a hang found here
