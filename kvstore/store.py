@@ -28,6 +28,7 @@ from .environment import DEFAULT_NAMESPACE, check_namespace_name
 from .errors import (
     CorruptionError,
     FormatError,
+    InvalidArgumentError,
     InvalidKeyError,
     KVStoreError,
     ReadOnlyError,
@@ -92,7 +93,10 @@ def _bound(value, name: str) -> bytes | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKeyError(f"{name} {value!r} cannot be encoded as UTF-8") from None
     if isinstance(value, bytes):
         return bytes(value)
     raise InvalidKeyError(f"{name} must be bytes or str, not {type(value).__name__}")
@@ -268,6 +272,9 @@ class Store:
         self._writer(env)
         if hasattr(items, "items"):
             items = items.items()
+        elif not hasattr(items, "__iter__"):
+            raise InvalidArgumentError(f"put_many takes a mapping or an iterable of (key, value) "
+                                       f"pairs, not {type(items).__name__}")
         ns, dbi = self._ns, self._dbi(env, self._ns)
         encode = self._root._codec.encode
         dictionary = env.dicts.for_encoding(ns)

@@ -420,14 +420,6 @@ def _dead_reader_slots(db) -> list[int]:
     return pids
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENGINE BUG: a reader process SIGKILLed inside a read transaction leaves its slot in LMDB's "
-    "reader table (lock.mdb), and nothing ever clears it while any process keeps the store open: "
-    "kvstore never calls LMDB's reader check (py-lmdb env.reader_check(), what `mdb_stat -rr` "
-    "does). The dead reader's snapshot then pins every page freed after it, so data.mdb grows "
-    "with each rewrite instead of reusing space (here: 10 rewrites of 1 MB grow it ~10x), and "
-    "after max_readers such crashes no read can start (MDB_READERS_FULL). Calling reader_check() "
-    "when a store is opened (and on READERS_FULL) frees them"))
 def test_readers_killed_mid_read_leave_no_stale_slot(tmp_path, one_backend):
     path = str(tmp_path / "store")
     db = kvstore.open(path, compression="none")  # open throughout: lock.mdb is never reset
