@@ -17,6 +17,7 @@ from .errors import (
     FormatError,
     InvalidKeyError,
     InvalidNamespaceError,
+    InvalidTTLError,
     KVStoreError,
     MapFullError,
     NamespaceLimitError,
@@ -26,6 +27,7 @@ from .errors import (
     StoreFailedError,
     StoreNotFoundError,
     TimeoutError,
+    TTLMismatchError,
 )
 from .options import Options
 from .store import Batch, Namespace, Store, open
@@ -45,6 +47,7 @@ __all__ = [
     "FormatError",
     "InvalidKeyError",
     "InvalidNamespaceError",
+    "InvalidTTLError",
     "MapFullError",
     "NamespaceLimitError",
     "ReadersFullError",
@@ -53,4 +56,5 @@ __all__ = [
     "StoreFailedError",
     "StoreNotFoundError",
     "TimeoutError",
+    "TTLMismatchError",
 ]

@@ -137,7 +137,8 @@ import threading
 
 import cachetools
 
-from .codec.format import HEADER_SIZE
+from . import ttl as _ttl
+from .codec.format import HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION
 
 __all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "record_tag", "ENTRY_OVERHEAD",
            "OBJECT_FACTOR"]
@@ -173,15 +174,23 @@ _CONTAINERS = frozenset((dict, list))
 _peek = cachetools.Cache.__getitem__  # a read that leaves the LRU order alone
 _raw_len = struct.Struct("<I").unpack_from
 
-# Entry layout: a list, so that revalidation updates it in place.
-_VALUE, _PLAN, _TAG, _TXNID, _SIZE = range(5)
+# Entry layout: a list, so that revalidation updates it in place. _EXPIRES:
+# when the value expires (ms, kvstore.ttl), 0 if it has no TTL.
+_VALUE, _PLAN, _TAG, _TXNID, _SIZE, _EXPIRES = range(6)
+
+
+def _tag_size(record) -> int:
+    if len(record) and record[0] == TTL_VERSION:
+        return TTL_HEADER_SIZE + HEADER_SIZE
+    return HEADER_SIZE
 
 
 def record_tag(record) -> bytes:
     """What identifies a stored record's content: its 18-byte header
-    (version, flags, raw length, dictionary id, XXH64 of the payload).
-    Reads no payload byte; `record` may be a buffer of a live transaction."""
-    return bytes(record[:HEADER_SIZE])
+    (version, flags, raw length, dictionary id, XXH64 of the payload),
+    after the TTL prefix (expiry and TTL) when it has one. Reads no payload
+    byte; `record` may be a buffer of a live transaction."""
+    return bytes(record[:_tag_size(record)])
 
 
 class _TooDeep(Exception):
@@ -329,6 +338,7 @@ class ReadCache:
         self._deferred = 0  # not served, to be decoded only (SKIP: first miss)
         self._fills = 0  # values cached
         self._invalidations = 0  # dropped: content changed, deleted, written here
+        self._expirations = 0  # dropped: the value's TTL ran out
 
     @classmethod
     def create(cls, max_entries: int, max_bytes: int, **kwargs) -> "ReadCache | None":
@@ -371,6 +381,8 @@ class ReadCache:
             a, b = txnids()
             if t < a or t < b:
                 return STALE
+            if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
+                return self._expired(k)
             self._hits += 1
         plan = e[_PLAN]
         if plan is None:
@@ -389,6 +401,8 @@ class ReadCache:
             self._touch(k)
             if e[_TXNID] != txnid:
                 return STALE
+            if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
+                return self._expired(k)
             self._hits += 1
         plan = e[_PLAN]
         if plan is None:
@@ -418,6 +432,15 @@ class ReadCache:
             self._next_generation()
         return SKIP
 
+    def _expired(self, k):
+        """A lookup found k's value past its expiry: drop it; MISS (the
+        caller reads the store, which holds it expired, or a newer value).
+        Under _lock."""
+        del self._lru[k]
+        self._expirations += 1
+        self._misses += 1
+        return MISS
+
     def _next_generation(self) -> None:
         self._door_next = self._deferred + self.max_entries
         self._door_gen += 1
@@ -434,15 +457,17 @@ class ReadCache:
 
     def revalidate(self, ns: str, key: bytes, record, txnid: int):
         """After a lookup said STALE: record is what the snapshot txnid holds
-        for the key (None: no such key). Returns the value if that record is
-        the one cached, else MISS (decode the record, if any, and fill)."""
+        for the key (None: no such key, or its value expired). Returns the
+        value if that record is the one cached, else MISS (decode the record,
+        if any, and fill)."""
         k = (ns, key)
         with self._lock:
             e = self._get(k)
             if e is None:  # dropped meanwhile
                 self._misses += 1
                 return MISS
-            same = record is not None and e[_TAG] == record[:HEADER_SIZE]
+            tag = e[_TAG]
+            same = record is not None and tag == record[:len(tag)]
             if e[_TXNID] < txnid:
                 if not same:
                     del self._lru[k]
@@ -471,19 +496,22 @@ class ReadCache:
             if e is None:
                 return False
             a, b = txnids()
-            return e[_TXNID] >= a and e[_TXNID] >= b
+            return e[_TXNID] >= a and e[_TXNID] >= b and not (e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms())
 
     # ------------------------------------------------------------ writes
 
     def fill(self, ns: str, key: bytes, value, record, txnid: int) -> None:
         """After a MISS: cache value, just decoded from record (the stored
-        bytes; may be a buffer of the live transaction) read in the snapshot
-        txnid. Keeps a private copy: the caller keeps value. An entry
-        validated at txnid or later is kept instead."""
+        bytes, TTL prefix included, unexpired; may be a buffer of the live
+        transaction) read in the snapshot txnid. Keeps a private copy: the
+        caller keeps value. An entry validated at txnid or later is kept
+        instead."""
         if not self.enabled:
             return
         k = (ns, key)
-        size = ENTRY_OVERHEAD + len(key) + OBJECT_FACTOR * _raw_len(record, 2)[0]
+        tag_size = _tag_size(record)
+        expires = _ttl.expiry_ms(record) if tag_size != HEADER_SIZE else 0
+        size = ENTRY_OVERHEAD + len(key) + OBJECT_FACTOR * _raw_len(record, tag_size - HEADER_SIZE + 2)[0]
         try:
             if size > self.max_bytes:
                 raise _TooDeep
@@ -491,7 +519,7 @@ class ReadCache:
         except _TooDeep:  # too big or too deep to cache: make sure no old value stays
             self._drop([k])
             return
-        entry = [stored, plan, bytes(record[:HEADER_SIZE]), txnid, size]
+        entry = [stored, plan, bytes(record[:tag_size]), txnid, size, expires]
         lru = self._lru
         with self._lock:
             old = self._get(k)
@@ -551,6 +579,7 @@ class ReadCache:
                 "misses": misses,
                 "revalidations": reval,
                 "invalidations": self._invalidations,
+                "expirations": self._expirations,
                 "evictions": self._lru.evictions,
                 "fills": self._fills,
                 "deferred": self._deferred,

@@ -5,7 +5,8 @@ Keys are bytes or str (UTF-8), 1 to 511 bytes; they come back from scans and
 iteration as bytes. Values are anything msgpack carries; they are validated
 and encoded in the caller's thread, so a bad value raises at the call and can
 never poison a group commit. Reads see this process's pending writes first
-(read-your-writes), then the database.
+(read-your-writes), then the database. A value with a TTL (kvstore/ttl.py)
+reads as missing once it has expired, wherever it is found.
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ import lmdb
 
 from . import environment
 from . import codec as _codec
+from . import ttl as _ttl
 from .cache import MISS, SKIP, STALE, Sentinel
+from .codec.format import TTL_VERSION, inner_record, parse_ttl, wrap_ttl
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
 from .environment import DEFAULT_NAMESPACE, check_namespace_name
 from .errors import (
     CorruptionError,
     FormatError,
     InvalidKeyError,
+    InvalidTTLError,
     KVStoreError,
     ReadOnlyError,
     StoreClosedError,
+    TTLMismatchError,
     translate,
 )
 from .options import Options
@@ -97,6 +102,18 @@ def _bound(value, name: str) -> bytes | None:
     raise InvalidKeyError(f"{name} must be bytes or str, not {type(value).__name__}")
 
 
+def _live(record, now: int | None = None) -> bool:
+    """Whether stored bytes (TTL prefix included) hold a value that has not
+    expired at now (ms; None: the clock's now). A damaged prefix counts as
+    live: presence needs no decoding (reading the value reports the damage)."""
+    if not len(record) or record[0] != TTL_VERSION:
+        return True
+    try:
+        return parse_ttl(record)[0] > (_ttl.now_ms() if now is None else now)
+    except CorruptionError:
+        return True
+
+
 class Store:
     """A kvstore store: the default namespace of the store at `path`.
 
@@ -123,6 +140,8 @@ class Store:
                 with environment._registry_lock:
                     if env.writer is None:
                         env.writer = Writer(env, self._options)
+                        env.sweeper = _ttl.Sweeper(env, env.writer, self._options.ttl_sweep_interval,
+                                                   self._options.ttl_sweep_batch)
         except BaseException:
             _detach(env)
             raise
@@ -171,16 +190,68 @@ class Store:
         self._env = self._attach()
         return self._env
 
-    def namespace(self, name: str) -> "Namespace":
+    def namespace(self, name: str, *, ttl: float | None = None) -> "Namespace":
         """A handle on namespace `name`, created (durably) if missing.
 
+        :param ttl: the namespace's default TTL in seconds, for puts that
+            give none: stored in the store (durably) if the namespace has
+            none yet; if it has another, TTLMismatchError (change it with
+            `set_default_ttl`). None: use whatever the namespace has.
         :raises InvalidNamespaceError: not a str of 1-255 UTF-8 bytes, or starts with "__"
         :raises NamespaceLimitError: the store already holds max_namespaces namespaces
+        :raises InvalidTTLError: ttl is not a finite number of seconds > 0
         """
         check_namespace_name(name)
+        wanted = None
+        if ttl is not None:
+            wanted = _ttl.to_ms(ttl)
+            if not wanted:
+                raise InvalidTTLError(f"a namespace's default ttl must be finite, not {ttl!r}; leave it "
+                                      f"out (or call set_default_ttl(None)) for values that never expire")
         env = self._live_env()
         env.dbi(name, create=not env.readonly)
-        return Namespace(self._root, name)
+        handle = Namespace(self._root, name)
+        if wanted is None:
+            return handle
+        current = env.ttl.default(name)
+        if current == wanted:
+            if env.ttl.defaults.get(name) != wanted:
+                env.ttl.reload()  # another process set it since this one last looked
+            return handle
+        if current:
+            raise TTLMismatchError(
+                f"namespace {name!r} has a default TTL of {current / 1000:g} s, not {ttl!r} s; "
+                f"change it with db.namespace({name!r}).set_default_ttl({ttl!r}), or leave ttl= out "
+                f"to use the stored one")
+        handle._writer(env)  # ReadOnlyError
+        env.ttl.enable(name, wanted)
+        return handle
+
+    @property
+    def default_ttl(self) -> float | None:
+        """This namespace's default TTL in seconds (None: none), as stored now."""
+        ms = self._live_env().ttl.default(self._ns)
+        return ms / 1000 if ms else None
+
+    def set_default_ttl(self, ttl: float | None) -> None:
+        """Set (seconds), or remove (None), this namespace's default TTL, durably.
+
+        Applies to puts from now on that give no ttl, in this process at once
+        and in others within ttl_sweep_interval; values already stored keep
+        their own expiry.
+
+        :raises InvalidTTLError: ttl is not a finite number of seconds > 0
+        """
+        ms = 0
+        if ttl is not None:
+            ms = _ttl.to_ms(ttl)
+            if not ms:
+                raise InvalidTTLError(f"a namespace's default ttl must be finite, not {ttl!r}; "
+                                      f"set_default_ttl(None) removes it")
+        env = self._live_env()
+        self._writer(env)
+        if ms or env.ttl.default(self._ns):
+            env.ttl.enable(self._ns, ms)
 
     def namespaces(self) -> list[str]:
         """Names of the namespaces in the store, sorted, "default" included."""
@@ -206,14 +277,17 @@ class Store:
             durable = self._root._durable
         writer.submit(Group(ops, bool(durable), nbytes))
 
-    def put(self, key, value, *, durable: bool | None = None) -> None:
+    def put(self, key, value, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store value under key.
 
         :param durable: True: return once the write is synced to disk; False:
             return at once (committed within flush_interval); None: the
             store's default (Options.durable)
+        :param ttl: seconds until the value expires (reads then see no key);
+            None: the namespace's default TTL, if it has one; math.inf: never
         :raises InvalidKeyError: bad key; nothing is queued
         :raises EncodeError: msgpack cannot carry the value; nothing is queued
+        :raises InvalidTTLError: ttl is not a number of seconds > 0; nothing is queued
         """
         # The hot path of every buffered write: kept flat on purpose.
         root = self._root
@@ -229,6 +303,8 @@ class Store:
             key = key.encode("utf-8") if key.isascii() else _check_key(key)
         ns = self._ns
         record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
+        if ttl is not None or env.ttl.defaults:
+            record = _ttl.stamp(env, ns, record, ttl)
         dbi = env._dbis.get(ns) or self._dbi(env, ns)
         writer.submit(Group([(ns, dbi, key, record)], root._durable if durable is None else bool(durable),
                             len(record)))
@@ -240,11 +316,12 @@ class Store:
         key = _check_key(key)
         self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable)
 
-    def put_many(self, items, *, durable: bool | None = None) -> None:
+    def put_many(self, items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store many pairs atomically, in one commit (all or nothing, across crashes).
 
         :param items: a mapping, or an iterable of (key, value) pairs; a later
             pair for the same key wins
+        :param ttl: as for put, for every pair
         """
         env = self._live_env()
         self._writer(env)
@@ -253,6 +330,9 @@ class Store:
         ns, dbi = self._ns, self._dbi(env, self._ns)
         encode = self._root._codec.encode
         dictionary = env.dicts.for_encoding(ns)
+        if ttl is not None:
+            _ttl.to_ms(ttl)  # a bad ttl raises before any value is encoded
+        stamped = ttl is not None or ns in env.ttl.defaults
         ops = []
         nbytes = 0
         for pair in items:
@@ -262,6 +342,8 @@ class Store:
                 raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
             key = _check_key(key)
             record = encode(value, dictionary=dictionary)
+            if stamped:
+                record = _ttl.stamp(env, ns, record, ttl)
             nbytes += len(record)
             ops.append((ns, dbi, key, record))
         if ops:
@@ -308,7 +390,29 @@ class Store:
                     return (entry[1],)
         return None
 
+    def _current(self, env, key: bytes):
+        """The stored bytes (a copy) of key: its pending write in this process,
+        else what the database holds; None when neither has it. Expiry
+        unchecked."""
+        hit = self._pending(env, key)
+        if hit is not None:
+            return hit[0]
+        dbi = self._dbi(env, self._ns)
+        if dbi is None:
+            return None
+        return env.read(lambda txn: (lambda r: None if r is None else bytes(r))(txn.get(key, db=dbi)))
+
+    def _expired(self, key: bytes, record) -> bool:
+        """Whether a TTL record (stored bytes starting with TTL_VERSION) has
+        expired. CorruptionError naming the key if its prefix is damaged."""
+        try:
+            return parse_ttl(record)[0] <= _ttl.now_ms()
+        except CorruptionError as exc:
+            raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
+
     def _decode(self, key: bytes, record):
+        """The value of stored bytes (its expiry, if any, is the caller's to check)."""
+        record = inner_record(record)
         dicts = self._root._env.dicts
         try:
             return self._root._codec.decode(record, dictionaries=dicts.by_id)
@@ -320,14 +424,21 @@ class Store:
         except FormatError as exc:
             raise FormatError(f"key {key!r}: {exc}") from None
 
-    def get(self, key, default=None):
-        """The value stored under key, or default.
+    def get(self, key, default=None, *, refresh_ttl: bool = False):
+        """The value stored under key, or default (also once it has expired).
 
         Served from the read cache when the cached value is known current
         (kvstore/cache.py); a pending write of this process wins over both.
 
+        :param refresh_ttl: if the value has a TTL, push its expiry to now +
+            that TTL (a buffered write, applied only if the key still holds
+            this value then; skipped when it would move the expiry by less
+            than 1% of the TTL). Such reads bypass the read cache. Needs a
+            writable store.
         :raises CorruptionError: the stored bytes are damaged (names the key)
         """
+        if refresh_ttl:
+            return self._get_refreshing(key, default)
         # The hot path of every cache hit: kept flat on purpose (what
         # _live_env, _check_key and _pending do, inlined).
         root = self._root
@@ -345,7 +456,10 @@ class Store:
             if pending:
                 entry = pending.get(key)
                 if entry is not None:
-                    return default if entry[1] is None else self._decode(key, entry[1])
+                    record = entry[1]
+                    if record is None or (record[0] == TTL_VERSION and self._expired(key, record)):
+                        return default
+                    return self._decode(key, record)
         cache = env.cache
         cached = SKIP
         if cache is not None:
@@ -361,6 +475,8 @@ class Store:
             txn = env.env.begin(db=dbi, buffers=True)
             try:
                 record = txn.get(key)
+                if record and record[0] == TTL_VERSION and self._expired(key, record):
+                    record = None
                 if cached is SKIP:
                     return default if record is None else self._decode(key, record)
                 txnid = txn.id()
@@ -384,6 +500,50 @@ class Store:
         env.adopt_map_size()
         return self.get(key, default)
 
+    def _get_refreshing(self, key, default):
+        """get(key, default, refresh_ttl=True): see get."""
+        env = self._live_env()
+        writer = self._writer(env)
+        key = _check_key(key)
+        ns = self._ns
+        record = self._current(env, key)
+        if record is None:
+            return default
+        if not len(record) or record[0] != TTL_VERSION:
+            return self._decode(key, record)
+        try:
+            expires, ttl_ms = parse_ttl(record)
+        except CorruptionError as exc:
+            raise CorruptionError(exc.reason, key=key, namespace=ns) from None
+        now = _ttl.now_ms()
+        if expires <= now:
+            return default
+        value = self._decode(key, record)
+        if now + ttl_ms - expires >= max(1, ttl_ms // 100):
+            refreshed = wrap_ttl(bytes(inner_record(record)), now + ttl_ms, ttl_ms)
+            writer.submit(Group([(ns, self._dbi(env, ns), key, refreshed)], False, len(refreshed),
+                                condition=_ttl.Refresh([record])))
+        return value
+
+    def expiry(self, key) -> tuple[float, float] | None:
+        """(expires_at, ttl) of key's value: when it expires, in seconds on
+        time.time()'s scale, and the TTL it was written (or last refreshed)
+        with, in seconds. None when the value has no TTL.
+
+        :raises KeyError: no such key (or its value has expired)
+        """
+        env = self._live_env()
+        key = _check_key(key)
+        record = self._current(env, key)
+        if record is None:
+            raise KeyError(key)
+        if not len(record) or record[0] != TTL_VERSION:
+            return None
+        if self._expired(key, record):
+            raise KeyError(key)
+        expires, ttl_ms = parse_ttl(record)
+        return expires / 1000, ttl_ms / 1000
+
     def get_many(self, keys: Iterable) -> list:
         """Values of keys (None where missing), in the order given, from one snapshot."""
         env = self._live_env()
@@ -394,7 +554,7 @@ class Store:
             hit = self._pending(env, key)
             if hit is None:
                 todo.append(i)
-            elif hit[0] is not None:
+            elif hit[0] is not None and not (hit[0][0] == TTL_VERSION and self._expired(key, hit[0])):
                 out[i] = self._decode(key, hit[0])
         ns = self._ns
         dbi = self._dbi(env, ns)
@@ -416,6 +576,8 @@ class Store:
                             out[i] = cached
                             continue
                     record = txn.get(key, db=dbi)
+                    if record and record[0] == TTL_VERSION and self._expired(key, record):
+                        record = None
                     if cached is STALE:
                         value = cache.revalidate(ns, key, record, txnid)
                         if value is not MISS:
@@ -424,7 +586,7 @@ class Store:
                         cached = MISS
                     if record is not None:
                         found.append((i, record, cached is MISS))
-                records = [r for _, r, _ in found]
+                records = [inner_record(r) for _, r, _ in found]
                 try:  # one call into the codec for the whole batch
                     values = codec.decode_many(records, dictionaries=env.dicts.by_id)
                 except (CorruptionError, FormatError):
@@ -448,27 +610,40 @@ class Store:
         key = _check_key(key)
         hit = self._pending(env, key)
         if hit is not None:
-            return hit[0] is not None
+            return hit[0] is not None and _live(hit[0])
         cache = env.cache
         if cache is not None and cache.contains(self._ns, key, env.last_txnid.both):
             return True
         dbi = self._dbi(env, self._ns)
         if dbi is None:
             return False
-        return env.read(lambda txn: txn.get(key, db=dbi) is not None)
+
+        def present(txn):
+            record = txn.get(key, db=dbi)
+            return record is not None and _live(record)
+
+        return env.read(present)
 
     def __len__(self) -> int:
+        """The number of keys. O(1), except in a namespace that has held TTL
+        values: its records are counted one by one, skipping expired ones
+        (about 0.2 us a record)."""
         env = self._live_env()
         dbi = self._dbi(env, self._ns)
         pending = env.writer.snapshot(self._ns) if env.writer is not None else []
+        now = _ttl.now_ms()
         if dbi is None:
-            return sum(1 for _, r in pending if r is not None)
+            return sum(1 for _, r in pending if r is not None and _live(r, now))
+        marker = _ttl.TTL_PREFIX + self._ns.encode("utf-8")
 
         def count(txn):
-            n = txn.stat(dbi)["entries"]
+            if txn.get(marker, db=env.meta_db) is None:  # no TTL value in the namespace
+                n = txn.stat(dbi)["entries"]
+            else:
+                n = sum(1 for record in txn.cursor(db=dbi).iternext(keys=False) if _live(record, now))
             for key, record in pending:
-                stored = txn.get(key, db=dbi) is not None
-                n += (record is not None) - stored
+                stored = txn.get(key, db=dbi)
+                n += (record is not None and _live(record, now)) - (stored is not None and _live(stored, now))
             return n
 
         return env.read(count)
@@ -522,6 +697,8 @@ class Store:
                 yield from self._emit(pending[pi], keys_only)
                 pi += 1
                 continue
+            if record and record[0] == TTL_VERSION and self._gone(key, record, keys_only):
+                continue
             yield key if keys_only else (key, self._decode(key, record))
         while pi < len(pending):
             yield from self._emit(pending[pi], keys_only)
@@ -529,8 +706,13 @@ class Store:
 
     def _emit(self, entry, keys_only):
         key, record = entry
-        if record is not None:
+        if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
             yield key if keys_only else (key, self._decode(key, record))
+
+    def _gone(self, key, record, keys_only) -> bool:
+        """Whether a TTL record has expired; a damaged prefix raises, unless
+        only the key is wanted (presence needs no decoding)."""
+        return not _live(record) if keys_only else self._expired(key, record)
 
     def _scan_stored(self, env, lo, hi, reverse):
         """(key, record) pairs in the database, chunk by chunk."""
@@ -601,7 +783,7 @@ class Store:
         codec = self._root._codec
 
         def serialize(record):
-            return codec.serialize(codec.decode(record, dictionaries=env.dicts.by_id))[1]
+            return codec.serialize(codec.decode(inner_record(record), dictionaries=env.dicts.by_id))[1]
 
         return env.dicts.train(ns, dbi, samples, dict_size, serialize)
 
@@ -618,7 +800,9 @@ class Store:
         {p50, p99}, pending, map_size, map_used, codec, bytes_in (serialized
         bytes of values committed since open), bytes_stored (their stored
         size, headers included), compression_ratio, commit_seq (commits by
-        every process), namespaces.
+        every process), expired_swept (expired values the background sweep of
+        this process deleted since open), ttl_sweep_error (what stopped the
+        sweep, if anything did).
         """
         env = self._live_env()
         info = env.info()
@@ -644,7 +828,14 @@ class Store:
             "compression_ratio": None,
             "failed": None,
             "cache": env.cache.stats() if env.cache is not None else None,
+            "expired_swept": 0,
+            "ttl_sweep_error": None,
         }
+        sweeper = env.sweeper
+        if sweeper is not None:
+            with sweeper._lock:
+                out["expired_swept"] = sweeper.swept
+            out["ttl_sweep_error"] = repr(sweeper.error) if sweeper.error is not None else None
         if w is not None:
             with w._lock:
                 times = sorted(w.commit_seconds)
@@ -723,12 +914,15 @@ class Batch:
             check_namespace_name(namespace)
         return ns, store._dbi(env, ns)
 
-    def put(self, key, value, *, namespace: str | None = None) -> None:
-        """Add a put to the batch; `namespace` targets another namespace of the store."""
+    def put(self, key, value, *, namespace: str | None = None, ttl: float | None = None) -> None:
+        """Add a put to the batch; `namespace` targets another namespace of the
+        store; `ttl` as for Store.put (None: that namespace's default)."""
         ns, dbi = self._target(namespace)
         key = _check_key(key)
         env = self._store._live_env()
         record = self._store._root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
+        if ttl is not None or env.ttl.defaults:
+            record = _ttl.stamp(env, ns, record, ttl)
         self._nbytes += len(record)
         self._ops.append((ns, dbi, key, record))
 
@@ -764,6 +958,8 @@ def _detach(env) -> None:
     if not environment.release(env):
         return
     try:
+        if env.sweeper is not None:
+            env.sweeper.stop()
         if env.writer is not None:
             env.writer.close()
     finally:
@@ -781,6 +977,8 @@ def _close_all() -> None:
         if env.forked:
             continue
         try:
+            if env.sweeper is not None:
+                env.sweeper.stop()
             if env.writer is not None:
                 env.writer.close()
         except KVStoreError as exc:

@@ -42,6 +42,7 @@ import threading
 import time
 
 from . import killpoints
+from .codec.format import TTL_HEADER_SIZE, TTL_VERSION
 from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
 
 __all__ = ["Group", "Writer", "TOMBSTONE"]
@@ -65,16 +66,22 @@ class Group:
     is done (see `error`); submit() then never blocks, and a durable group
     is committed at once by the flusher instead of by the caller (asyncio
     callers, kvstore/aio.py).
+    condition: None for plain writes. Otherwise the ops are decided inside
+    the write transaction (TTL sweeps and refreshes, kvstore/ttl.py):
+    condition.apply(txn, ops) writes those that still apply, and
+    condition.enter(overlay, seq, ops), called under the writer's lock at
+    submit, puts in the overlay what reads should see until the commit.
     """
 
     __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
-                 "waiter", "lead", "callback")
+                 "waiter", "lead", "callback", "condition")
 
-    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None):
+    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None, condition=None):
         self.ops = ops
         self.durable = durable
         self.nbytes = nbytes
         self.callback = callback
+        self.condition = condition
         self.seq = 0
         self.queued_at = 0.0
         self.thread = 0
@@ -153,8 +160,11 @@ class Writer:
             self._queue.append(group)
             self._last = group
             overlay = self.overlay
-            for ns, _dbi, key, record in group.ops:
-                overlay[ns][key] = (group.seq, record)
+            if group.condition is None:
+                for ns, _dbi, key, record in group.ops:
+                    overlay[ns][key] = (group.seq, record)
+            else:
+                group.condition.enter(overlay, group.seq, group.ops)
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
             wait = group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
@@ -314,6 +324,10 @@ class Writer:
         half = ops // 2 if killpoints.armed else -1
         n = 0
         for g in groups:
+            if g.condition is not None:
+                g.condition.apply(txn, g.ops)
+                n += len(g.ops)
+                continue
             for _ns, dbi, key, record in g.ops:
                 if record is None:
                     txn.delete(key, db=dbi)
@@ -345,7 +359,9 @@ class Writer:
                     if entry is not None and entry[0] == g.seq:
                         del pending[key]
                     if error is None and record is not None:
-                        self.bytes_in += _RAW_LEN.unpack_from(record, 2)[0]
+                        # raw_len of the v1 record, behind the TTL prefix if any
+                        at = 2 if record[0] != TTL_VERSION else TTL_HEADER_SIZE + 2
+                        self.bytes_in += _RAW_LEN.unpack_from(record, at)[0]
                         self.bytes_stored += len(record)
                 g.error = error
                 g.done = True

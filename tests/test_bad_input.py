@@ -155,7 +155,7 @@ def test_newer_store_format_is_refused(store_path):
     env = lmdb.open(store_path, max_dbs=10)
     meta = env.open_db(b"__kvstore__")
     with env.begin(write=True, db=meta) as txn:
-        txn.put(b"format_version", b"2")
+        txn.put(b"format_version", str(kvstore.environment.STORE_FORMAT + 1).encode())
     env.close()
     with pytest.raises(FormatError, match="newer"):
         kvstore.open(store_path)
