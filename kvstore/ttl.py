@@ -246,14 +246,17 @@ class Refresh:
 
 class Sweeper:
     """The background sweep of one Environment in this process: every
-    `interval` seconds, up to `batch` records of the next TTL namespace,
-    continuing where the last pass stopped; expired keys go to the writer as
-    one Sweep group, and the next pass waits for it to commit.
+    `interval` seconds, up to `batch` records of the next namespace that
+    holds TTL values, continuing where the last pass stopped; the expired
+    keys go to the writer as one buffered Sweep group. A pass starts only
+    once the previous pass's group has committed, so the sweep never has
+    more than one group of work queued, and never blocks on a commit.
 
     Also re-reads the TTL metadata every pass, so a default TTL set by
     another process applies here within `interval` seconds.
 
-    `swept` counts the values it deleted (guarded by _lock)."""
+    Thread safety: passes run in the sweeper's thread (or in a test's
+    thread, never both); `swept` and `error` are written under _lock."""
 
     def __init__(self, env, writer, interval: float, batch: int):
         self._env = env
@@ -262,11 +265,11 @@ class Sweeper:
         self._batch = batch
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.swept = 0  # guarded by _lock
-        self.passes = 0  # guarded by _lock
-        self._position: dict[str, bytes] = {}  # namespace -> last key read (the sweeper thread's own)
-        self._turn = 0
+        self.swept = 0  # values deleted by committed sweeps; guarded by _lock
         self.error: BaseException | None = None  # what stopped the thread, if anything did
+        self._position: dict[str, bytes] = {}  # namespace -> last key read
+        self._turn = 0  # index of the namespace to read next, in sorted order
+        self._queued = None  # the last pass's group, until it is done
         self._thread = None
         if interval > 0:
             self._thread = threading.Thread(target=self._run, name=f"kvstore-ttl-sweep:{env.path}",
@@ -286,12 +289,18 @@ class Sweeper:
             except (StoreClosedError, StoreFailedError):
                 return  # the store's own writes report these
             except BaseException as exc:  # a background thread must not die unseen
-                self.error = exc  # Store.stats()["ttl_sweep_error"]
+                with self._lock:
+                    self.error = exc  # Store.stats()["ttl_sweep_error"]
                 return
 
     def sweep_once(self, now: int | None = None) -> int:
-        """One pass: read up to `batch` records, delete the expired ones and
-        wait for that commit. Returns the number deleted."""
+        """One pass: read up to `batch` records and queue the deletion of the
+        expired ones (`now`: the time in ms to judge by; None: the clock's).
+        Returns how many were queued: 0 also when the previous pass's group
+        has not committed yet (the pass is skipped)."""
+        queued = self._queued
+        if queued is not None and not queued.done:
+            return 0
         env = self._env
         env.ttl.reload()
         names = sorted(env.ttl.namespaces)
@@ -311,13 +320,9 @@ class Sweeper:
             self._turn += 1
         else:
             self._position[ns] = last
-        deleted = 0
         if expired:
-            deleted = self._delete(ns, dbi, expired, now)
-        with self._lock:
-            self.passes += 1
-            self.swept += deleted
-        return deleted
+            self._submit(ns, dbi, expired, now)
+        return len(expired)
 
     def _scan(self, txn, dbi, after, now):
         """(expired keys, last key read, reached the end) of one chunk."""
@@ -335,23 +340,23 @@ class Sweeper:
                     if parse_ttl(record)[0] <= now:
                         expired.append(bytes(cur.key()))
                 except CorruptionError:
-                    pass  # left for `kvstore check` to report
+                    pass  # an expiry that cannot be trusted: `kvstore check` reports it
             n += 1
             last = cur.key()
             ok = cur.next()
-        return expired, bytes(last) if last is not None else None, not ok
+        return expired, (bytes(last) if last is not None else None), not ok
 
-    def _delete(self, ns, dbi, keys, now) -> int:
+    def _submit(self, ns, dbi, keys, now) -> None:
         from .writer import Group
 
         sweep = Sweep(now)
-        committed = threading.Event()
-        group = Group([(ns, dbi, key, None) for key in keys], False, 0,
-                      callback=lambda g: committed.set(), condition=sweep)
+
+        def committed(group):
+            if group.error is None:
+                with self._lock:
+                    self.swept += sweep.deleted
+
+        group = Group([(ns, dbi, key, None) for key in keys], False, 0, callback=committed,
+                      condition=sweep)
+        self._queued = group
         self._writer.submit(group)
-        while not committed.wait(0.1):
-            if self._stop.is_set():
-                return 0  # closing: the group commits with the rest, uncounted
-        if group.error is not None:
-            raise group.error
-        return sweep.deleted
