@@ -121,6 +121,15 @@ only read). The LRU is cachetools.LRUCache with a getsizeof; lookups call
 its dict's get and its OrderedDict's move_to_end directly, which is what
 its __getitem__ does, without its two Python frames (see `_reads`).
 
+Expiry (values with a TTL, kvstore/ttl.py): an entry remembers when its
+value expires (0: never), read from the record's TTL prefix at fill. A
+lookup that finds an entry valid at the last commit but past its expiry
+drops it and returns MISS, so an expired value is never served, even though
+no commit told the cache (expiry is a matter of time, not of txnids). For
+a value without TTL the check is one field test on the hit path. A TTL
+record's tag is its TTL prefix and inner header (40 bytes): a refresh that
+only moves the expiry changes the tag.
+
 Corruption: a hit or a revalidation serves the value whose payload was
 checked (XXH64) when it was decoded; a payload damaged later under an
 intact header raises CorruptionError only once the entry has left the cache.

@@ -108,14 +108,13 @@ def ttl_of(meta_value) -> int:
     return _DEFAULT.unpack(bytes(meta_value))[0] if meta_value is not None and len(meta_value) == 8 else 0
 
 
-
 class TTLMeta:
     """The TTL metadata of one store as this process knows it: which
     namespaces may hold TTL values, and their default TTLs."""
 
     def __init__(self, env):
         self._env = env
-        self._lock = threading.Lock()  # serialises enable() and set_default()
+        self._lock = threading.Lock()  # serialises enable() and reload()
         # replaced whole, never mutated: read without the lock
         self.defaults: dict[str, int] = {}  # namespace -> default TTL, ms (only those with one)
         self.namespaces: frozenset = frozenset()  # namespaces that have a ttl: key
@@ -134,9 +133,11 @@ class TTLMeta:
         return out
 
     def reload(self) -> None:
-        """Read the ttl: keys afresh (other processes may have changed them)."""
-        found = self._env.read(self._read)
-        self._adopt(found)
+        """Read the ttl: keys afresh (other processes may have changed them).
+        Under the lock: a reload that read before an enable() committed must
+        not replace what that enable() adopted."""
+        with self._lock:
+            self._adopt(self._env.read(self._read))
 
     def _adopt(self, found: dict) -> None:
         self.defaults = {ns: ms for ns, ms in found.items() if ms}
