@@ -41,7 +41,7 @@ import struct
 import threading
 import time
 
-from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, wrap_ttl
+from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, ttl_expired, wrap_ttl
 from .errors import CorruptionError, InvalidTTLError, StoreClosedError, StoreFailedError
 
 __all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "now_ms", "expiry_ms", "stamp",
@@ -66,6 +66,9 @@ def now_ms() -> int:
 def to_ms(ttl) -> int:
     """A TTL in seconds as whole milliseconds (at least 1); 0 for math.inf
     (no expiry). InvalidTTLError for anything else."""
+    t = type(ttl)
+    if (t is int or t is float) and 0.001 <= ttl <= MAX_TTL:  # the common case, quickly
+        return round(ttl * 1000)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise InvalidTTLError(f"ttl must be a number of seconds, not {type(ttl).__name__}; "
                               f"pass ttl=None for the namespace's default, math.inf for no expiry")
@@ -338,7 +341,7 @@ class Sweeper:
             record = cur.value()
             if len(record) and record[0] == TTL_VERSION:
                 try:
-                    if parse_ttl(record)[0] <= now:
+                    if ttl_expired(record, now):
                         expired.append(bytes(cur.key()))
                 except CorruptionError:
                     pass  # an expiry that cannot be trusted: `kvstore check` reports it

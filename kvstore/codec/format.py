@@ -72,6 +72,7 @@ __all__ = [
     "TTL_HEADER_SIZE",
     "wrap_ttl",
     "parse_ttl",
+    "ttl_expired",
     "inner_record",
 ]
 
@@ -94,8 +95,9 @@ _CHECKSUM_OFFSET = HEADER_SIZE - 8
 TTL_VERSION = 2  # frozen: the first byte of a ttl_record
 TTL_HEADER = struct.Struct("<BBQQI")  # version, flags, expires (ms), ttl (ms), check
 TTL_HEADER_SIZE = TTL_HEADER.size  # 22
-_TTL_TIMES = struct.Struct("<QQ")  # expires, ttl: at offset 2 of a ttl_record
-_TTL_CHECKED = TTL_HEADER_SIZE - 4  # the bytes check covers
+_TTL_CHECKED = struct.Struct("<BBQQ")  # the 18 bytes check covers
+_CHECK = struct.Struct("<I")
+_EXPIRES = struct.Struct("<Q")  # at offset 2
 _xxh32 = xxhash.xxh32_intdigest
 
 
@@ -145,8 +147,8 @@ def stored_checksum(data) -> int:
 def wrap_ttl(record: bytes, expires_ms: int, ttl_ms: int) -> bytes:
     """The ttl_record of a v1 record that expires at expires_ms (Unix epoch,
     milliseconds) and was given ttl_ms to live."""
-    head = TTL_HEADER.pack(TTL_VERSION, 0, expires_ms, ttl_ms, 0)[:_TTL_CHECKED]
-    return head + struct.pack("<I", _xxh32(head)) + record
+    head = _TTL_CHECKED.pack(TTL_VERSION, 0, expires_ms, ttl_ms)
+    return head + _CHECK.pack(_xxh32(head)) + record
 
 
 def parse_ttl(data) -> tuple[int, int]:
@@ -155,8 +157,8 @@ def parse_ttl(data) -> tuple[int, int]:
     if len(data) < TTL_HEADER_SIZE + HEADER_SIZE:
         raise CorruptionError(f"TTL record is {len(data)} bytes, shorter than its "
                               f"{TTL_HEADER_SIZE}-byte prefix and a {HEADER_SIZE}-byte header")
-    version, flags, expires, ttl, check = TTL_HEADER.unpack_from(data)
-    if check != _xxh32(bytes(data[:_TTL_CHECKED])):
+    _version, flags, expires, ttl, check = TTL_HEADER.unpack_from(data)
+    if check != _xxh32(data[:_TTL_CHECKED.size]):
         raise CorruptionError("the TTL prefix fails its check: the stored expiry was damaged")
     if flags:
         raise CorruptionError(f"unknown flags 0x{flags:02x} in the TTL prefix")
@@ -165,6 +167,17 @@ def parse_ttl(data) -> tuple[int, int]:
     if data[TTL_HEADER_SIZE] != VERSION:
         raise CorruptionError(f"the record inside the TTL prefix has version {data[TTL_HEADER_SIZE]}, not {VERSION}")
     return expires, ttl
+
+
+def ttl_expired(data, now_ms: int) -> bool:
+    """Whether a ttl_record has expired at now_ms; CorruptionError if its
+    prefix is damaged. Its check is verified only when the expiry field says
+    expired: a live-looking value costs no hash (a damaged one is caught when
+    it is decoded, by parse_ttl, or by `kvstore check`); a value is never
+    taken for expired on a damaged field."""
+    if len(data) >= TTL_HEADER_SIZE and _EXPIRES.unpack_from(data, 2)[0] > now_ms:
+        return False
+    return parse_ttl(data)[0] <= now_ms
 
 
 def inner_record(data):
