@@ -25,7 +25,7 @@ from . import environment
 from . import codec as _codec
 from . import ttl as _ttl
 from .cache import MISS, SKIP, STALE, Sentinel
-from .codec.format import TTL_VERSION, inner_record, parse_ttl, ttl_expired, wrap_ttl
+from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, inner_record, parse_ttl, ttl_expired, wrap_ttl
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
 from .environment import DEFAULT_NAMESPACE, check_namespace_name
 from .errors import (
@@ -40,7 +40,7 @@ from .errors import (
     translate,
 )
 from .options import Options
-from .writer import Group, Writer
+from .writer import ConditionalGroup, Group, Writer
 
 __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE"]
 
@@ -412,7 +412,8 @@ class Store:
 
     def _decode(self, key: bytes, record):
         """The value of stored bytes (its expiry, if any, is the caller's to check)."""
-        record = inner_record(record)
+        if record and record[0] == TTL_VERSION:
+            record = record[TTL_HEADER_SIZE:]
         dicts = self._root._env.dicts
         try:
             return self._root._codec.decode(record, dictionaries=dicts.by_id)
@@ -521,8 +522,8 @@ class Store:
         value = self._decode(key, record)
         if now + ttl_ms - expires >= max(1, ttl_ms // 100):
             refreshed = wrap_ttl(bytes(inner_record(record)), now + ttl_ms, ttl_ms)
-            writer.submit(Group([(ns, self._dbi(env, ns), key, refreshed)], False, len(refreshed),
-                                condition=_ttl.Refresh([record])))
+            writer.submit(ConditionalGroup([(ns, self._dbi(env, ns), key, refreshed)], False, len(refreshed),
+                                           _ttl.Refresh([record])))
         return value
 
     def expiry(self, key) -> tuple[float, float] | None:

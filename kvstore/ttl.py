@@ -43,6 +43,7 @@ import time
 
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, ttl_expired, wrap_ttl
 from .errors import CorruptionError, InvalidTTLError, StoreClosedError, StoreFailedError
+from .writer import ConditionalGroup
 
 __all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "now_ms", "expiry_ms", "stamp",
            "TTL_PREFIX", "MAX_TTL"]
@@ -176,7 +177,7 @@ class TTLMeta:
 
 
 class Sweep:
-    """The condition of a sweep group (writer.Group.condition): its ops are
+    """The condition of a sweep group (writer.ConditionalGroup): its ops are
     (namespace, dbi, key, None) for keys whose record had expired when the
     sweep read them. Each is deleted only if the record the key holds inside
     the write transaction has expired too; the rest are left alone."""
@@ -351,8 +352,6 @@ class Sweeper:
         return expired, (bytes(last) if last is not None else None), not ok
 
     def _submit(self, ns, dbi, keys, now) -> None:
-        from .writer import Group
-
         sweep = Sweep(now)
 
         def committed(group):
@@ -360,7 +359,7 @@ class Sweeper:
                 with self._lock:
                     self.swept += sweep.deleted
 
-        group = Group([(ns, dbi, key, None) for key in keys], False, 0, callback=committed,
-                      condition=sweep)
+        group = ConditionalGroup([(ns, dbi, key, None) for key in keys], False, 0, sweep,
+                                 callback=committed)
         self._queued = group
         self._writer.submit(group)

@@ -45,7 +45,7 @@ from . import killpoints
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION
 from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
 
-__all__ = ["Group", "Writer", "TOMBSTONE"]
+__all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]
 
 TOMBSTONE = None  # the record of a pending delete in the overlay
 _RAW_LEN = struct.Struct("<I")  # a record's raw_len field, at offset 2 (codec/format.py)
@@ -66,22 +66,18 @@ class Group:
     is done (see `error`); submit() then never blocks, and a durable group
     is committed at once by the flusher instead of by the caller (asyncio
     callers, kvstore/aio.py).
-    condition: None for plain writes. Otherwise the ops are decided inside
-    the write transaction (TTL sweeps and refreshes, kvstore/ttl.py):
-    condition.apply(txn, ops) writes those that still apply, and
-    condition.enter(overlay, seq, ops), called under the writer's lock at
-    submit, puts in the overlay what reads should see until the commit.
     """
 
     __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
-                 "waiter", "lead", "callback", "condition")
+                 "waiter", "lead", "callback")
 
-    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None, condition=None):
+    condition = None  # see ConditionalGroup
+
+    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None):
         self.ops = ops
         self.durable = durable
         self.nbytes = nbytes
         self.callback = callback
-        self.condition = condition
         self.seq = 0
         self.queued_at = 0.0
         self.thread = 0
@@ -89,6 +85,20 @@ class Group:
         self.error: BaseException | None = None
         self.waiter: threading.Lock | None = None  # held while its writer sleeps
         self.lead = False  # the writer was woken to lead the next commit
+
+
+class ConditionalGroup(Group):
+    """A group whose ops are decided inside the write transaction (TTL sweeps
+    and refreshes, kvstore/ttl.py): condition.apply(txn, ops) writes those
+    that still apply, and condition.enter(overlay, seq, ops), called under
+    the writer's lock at submit, puts in the overlay what reads of this
+    process should see until the commit."""
+
+    __slots__ = ("condition",)
+
+    def __init__(self, ops: list, durable: bool, nbytes: int, condition, callback=None):
+        super().__init__(ops, durable, nbytes, callback)
+        self.condition = condition
 
 
 class Writer:

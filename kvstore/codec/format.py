@@ -165,7 +165,8 @@ def parse_ttl(data) -> tuple[int, int]:
     if ttl == 0:
         raise CorruptionError("the TTL prefix holds a time to live of 0")
     if data[TTL_HEADER_SIZE] != VERSION:
-        raise CorruptionError(f"the record inside the TTL prefix has version {data[TTL_HEADER_SIZE]}, not {VERSION}")
+        raise CorruptionError(f"the record inside the TTL prefix has version {data[TTL_HEADER_SIZE]}, "
+                              f"not {VERSION}")
     return expires, ttl
 
 
