@@ -32,7 +32,6 @@ from .errors import (
     CorruptionError,
     FormatError,
     InvalidKeyError,
-    InvalidTTLError,
     KVStoreError,
     ReadOnlyError,
     StoreClosedError,
@@ -202,12 +201,7 @@ class Store:
         :raises InvalidTTLError: ttl is not a finite number of seconds > 0
         """
         check_namespace_name(name)
-        wanted = None
-        if ttl is not None:
-            wanted = _ttl.to_ms(ttl)
-            if not wanted:
-                raise InvalidTTLError(f"a namespace's default ttl must be finite, not {ttl!r}; leave it "
-                                      f"out (or call set_default_ttl(None)) for values that never expire")
+        wanted = None if ttl is None else _ttl.default_to_ms(ttl)
         env = self._live_env()
         env.dbi(name, create=not env.readonly)
         handle = Namespace(self._root, name)
@@ -242,12 +236,7 @@ class Store:
 
         :raises InvalidTTLError: ttl is not a finite number of seconds > 0
         """
-        ms = 0
-        if ttl is not None:
-            ms = _ttl.to_ms(ttl)
-            if not ms:
-                raise InvalidTTLError(f"a namespace's default ttl must be finite, not {ttl!r}; "
-                                      f"set_default_ttl(None) removes it")
+        ms = 0 if ttl is None else _ttl.default_to_ms(ttl)
         env = self._live_env()
         self._writer(env)
         if ms or env.ttl.default(self._ns):

@@ -45,7 +45,7 @@ from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, ttl_expired, 
 from .errors import CorruptionError, InvalidTTLError, StoreClosedError, StoreFailedError
 from .writer import ConditionalGroup
 
-__all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "now_ms", "expiry_ms", "stamp",
+__all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "default_to_ms", "now_ms", "expiry_ms", "stamp",
            "TTL_PREFIX", "MAX_TTL"]
 
 TTL_PREFIX = b"ttl:"
@@ -79,6 +79,16 @@ def to_ms(ttl) -> int:
         raise InvalidTTLError(f"ttl must be > 0 and at most {MAX_TTL} seconds (100 years), not {ttl!r}; "
                               f"pass math.inf for a value that never expires")
     return max(1, round(ttl * 1000))
+
+
+def default_to_ms(ttl) -> int:
+    """A namespace's default TTL in seconds as milliseconds: like to_ms, but
+    it must be finite (a namespace without a default has none)."""
+    ms = to_ms(ttl)
+    if not ms:
+        raise InvalidTTLError(f"a namespace's default ttl must be finite, not {ttl!r}; leave it out, or "
+                              f"call set_default_ttl(None), for values that never expire")
+    return ms
 
 
 def expiry_ms(record) -> int:

@@ -68,51 +68,49 @@ def snapshot_meta(txn, env) -> Meta:
     else:
         meta.problems.append(("metadata", f"commit_seq is {'missing' if raw is None else f'{len(raw)} bytes, not 8'}"))
     cur = txn.cursor(db=db)
-    if cur.set_range(DICT_PREFIX):
-        for key, value in cur:
-            key = bytes(key)
-            if not key.startswith(DICT_PREFIX):
-                break
-            if len(key) != len(DICT_PREFIX) + 4:
-                meta.problems.append(("metadata", f"dictionary key {key!r} is not dict:<u32>"))
-                continue
-            (did,) = _ID.unpack(key[len(DICT_PREFIX):])
-            try:
-                doc = msgpack.unpackb(bytes(value), raw=False)
-                data = doc["data"]
-                if not isinstance(data, bytes) or did == 0:
-                    raise ValueError("no dictionary bytes" if did else "id 0")
-                meta.dictionaries[did] = Dictionary(did, data)
-                meta.docs[did] = {"namespace": doc.get("namespace"), "created": doc.get("created"),
-                                  "samples": doc.get("samples"), "size": len(data)}
-            except Exception as exc:  # a damaged entry: msgpack, KeyError, TypeError...
-                meta.problems.append((f"dictionary {did}", f"unreadable ({type(exc).__name__}: {exc})"))
-    if cur.set_range(CURRENT_PREFIX):
-        for key, value in cur:
-            key = bytes(key)
-            if not key.startswith(CURRENT_PREFIX):
-                break
-            name = key[len(CURRENT_PREFIX):].decode("utf-8", "replace")
-            if len(value) != 4:
-                meta.problems.append((f"dictionary pointer of {name!r}", f"{len(value)} bytes, not 4"))
-                continue
-            (did,) = _ID.unpack(bytes(value))
-            meta.current[name] = did
-            if did not in meta.dictionaries:
-                meta.problems.append((f"dictionary pointer of {name!r}",
-                                      f"names dictionary {did}, which the store does not hold"))
-    if cur.set_range(TTL_PREFIX):
-        for key, value in cur:
-            key = bytes(key)
-            if not key.startswith(TTL_PREFIX):
-                break
-            name = key[len(TTL_PREFIX):].decode("utf-8", "replace")
-            meta.ttl_namespaces.add(name)
-            if len(value) != 8:
-                meta.problems.append((f"default TTL of {name!r}", f"{len(value)} bytes, not 8"))
-            elif ttl_of(value):
-                meta.ttl_defaults[name] = ttl_of(value)
+    for suffix, value in _prefixed(cur, DICT_PREFIX):
+        if len(suffix) != 4:
+            meta.problems.append(("metadata", f"dictionary key {DICT_PREFIX + suffix!r} is not dict:<u32>"))
+            continue
+        (did,) = _ID.unpack(suffix)
+        try:
+            doc = msgpack.unpackb(bytes(value), raw=False)
+            data = doc["data"]
+            if not isinstance(data, bytes) or did == 0:
+                raise ValueError("no dictionary bytes" if did else "id 0")
+            meta.dictionaries[did] = Dictionary(did, data)
+            meta.docs[did] = {"namespace": doc.get("namespace"), "created": doc.get("created"),
+                              "samples": doc.get("samples"), "size": len(data)}
+        except Exception as exc:  # a damaged entry: msgpack, KeyError, TypeError...
+            meta.problems.append((f"dictionary {did}", f"unreadable ({type(exc).__name__}: {exc})"))
+    for suffix, value in _prefixed(cur, CURRENT_PREFIX):
+        name = suffix.decode("utf-8", "replace")
+        if len(value) != 4:
+            meta.problems.append((f"dictionary pointer of {name!r}", f"{len(value)} bytes, not 4"))
+            continue
+        (did,) = _ID.unpack(bytes(value))
+        meta.current[name] = did
+        if did not in meta.dictionaries:
+            meta.problems.append((f"dictionary pointer of {name!r}",
+                                  f"names dictionary {did}, which the store does not hold"))
+    for suffix, value in _prefixed(cur, TTL_PREFIX):
+        name = suffix.decode("utf-8", "replace")
+        meta.ttl_namespaces.add(name)
+        if len(value) != 8:
+            meta.problems.append((f"default TTL of {name!r}", f"{len(value)} bytes, not 8"))
+        elif ttl_of(value):
+            meta.ttl_defaults[name] = ttl_of(value)
     return meta
+
+
+def _prefixed(cur, prefix: bytes):
+    """(key without prefix, value) of the keys starting with prefix, in order."""
+    if cur.set_range(prefix):
+        for key, value in cur:
+            key = bytes(key)
+            if not key.startswith(prefix):
+                return
+            yield key[len(prefix):], value
 
 
 def inner_dict_id(record) -> int:
