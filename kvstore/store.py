@@ -292,7 +292,7 @@ class Store:
             key = key.encode("utf-8") if key.isascii() else _check_key(key)
         ns = self._ns
         record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
-        if ttl is not None or env.ttl.defaults:
+        if ttl is not None or ns in env.ttl.defaults:
             record = _ttl.stamp(env, ns, record, ttl)
         dbi = env._dbis.get(ns) or self._dbi(env, ns)
         writer.submit(Group([(ns, dbi, key, record)], root._durable if durable is None else bool(durable),
@@ -911,7 +911,7 @@ class Batch:
         key = _check_key(key)
         env = self._store._live_env()
         record = self._store._root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
-        if ttl is not None or env.ttl.defaults:
+        if ttl is not None or ns in env.ttl.defaults:
             record = _ttl.stamp(env, ns, record, ttl)
         self._nbytes += len(record)
         self._ops.append((ns, dbi, key, record))
