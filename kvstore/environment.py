@@ -597,6 +597,14 @@ class Environment:
         info["map_used"] = (info["last_pgno"] + 1) * stat["psize"]
         return info
 
+    def current_txnid(self) -> int:
+        """The txnid of the last commit to the store, by any process: from
+        LMDB's meta pages directly when the read cache set that up
+        (LastTxnid, no lock), else through LMDB."""
+        if self.last_txnid is not None:
+            return self.last_txnid()
+        return self.info()["last_txnid"]
+
     def commit_seq(self) -> int:
         """Number of commits the store has seen, from any process."""
         raw = self.read(lambda txn: txn.get(SEQ_KEY, db=self.meta_db))

@@ -380,16 +380,21 @@ class Store:
         return None
 
     def _current(self, env, key: bytes):
-        """The stored bytes (a copy) of key: its pending write in this process,
-        else what the database holds; None when neither has it. Expiry
-        unchecked."""
+        """(stored bytes, txnid) of key: its pending write in this process
+        (txnid None), else a copy of what the database holds and the txnid
+        it was read at; (None, ...) when neither has it. Expiry unchecked."""
         hit = self._pending(env, key)
         if hit is not None:
-            return hit[0]
+            return hit[0], None
         dbi = self._dbi(env, self._ns)
         if dbi is None:
-            return None
-        return env.read(lambda txn: (lambda r: None if r is None else bytes(r))(txn.get(key, db=dbi)))
+            return None, None
+
+        def read(txn):
+            record = txn.get(key, db=dbi)
+            return (None if record is None else bytes(record)), txn.id()
+
+        return env.read(read)
 
     def _expired(self, key: bytes, record) -> bool:
         """Whether a TTL record (stored bytes starting with TTL_VERSION) has
@@ -496,7 +501,7 @@ class Store:
         writer = self._writer(env)
         key = _check_key(key)
         ns = self._ns
-        record = self._current(env, key)
+        record, txnid = self._current(env, key)
         if record is None:
             return default
         if not len(record) or record[0] != TTL_VERSION:
@@ -512,7 +517,7 @@ class Store:
         if now + ttl_ms - expires >= max(1, ttl_ms // 100):
             refreshed = wrap_ttl(bytes(inner_record(record)), now + ttl_ms, ttl_ms)
             writer.submit(ConditionalGroup([(ns, self._dbi(env, ns), key, refreshed)], False, len(refreshed),
-                                           _ttl.Refresh([record])))
+                                           _ttl.Refresh(env, [(record, txnid)])))
         return value
 
     def expiry(self, key) -> tuple[float, float] | None:
@@ -524,7 +529,7 @@ class Store:
         """
         env = self._live_env()
         key = _check_key(key)
-        record = self._current(env, key)
+        record = self._current(env, key)[0]
         if record is None:
             raise KeyError(key)
         if not len(record) or record[0] != TTL_VERSION:

@@ -28,8 +28,8 @@ Metadata, in the reserved ``__kvstore__`` database::
                              milliseconds, 0 for none
 
 A namespace gets its key before its first TTL value is committed, and keeps
-it: so a namespace without one holds no TTL value, and its reads and len()
-need no expiry checks. Writing the first one also sets the store's
+it: so a namespace without one holds no TTL value, and its len() is LMDB's
+entry count, with no record to look at. Writing the first one also sets the store's
 format_version to 2 (environment.TTL_STORE_FORMAT), which kvstore versions
 without TTL refuse to open.
 """
@@ -45,8 +45,8 @@ from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, ttl_expired, 
 from .errors import CorruptionError, InvalidTTLError, StoreClosedError, StoreFailedError
 from .writer import ConditionalGroup
 
-__all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "default_to_ms", "now_ms", "expiry_ms", "stamp",
-           "TTL_PREFIX", "MAX_TTL"]
+__all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "default_to_ms", "now_ms", "expiry_ms",
+           "stamp", "TTL_PREFIX", "MAX_TTL"]
 
 TTL_PREFIX = b"ttl:"
 _DEFAULT = struct.Struct(">Q")
@@ -222,27 +222,40 @@ class Sweep:
 
 class Refresh:
     """The condition of a refresh group: its ops are (namespace, dbi, key,
-    refreshed record), bases the records they were made from (as read by
-    get). A refreshed record replaces the key's record only if that still
-    holds the same value (the same v1 record) with an earlier expiry."""
+    refreshed record); `bases` says what each was made from, as get read
+    it: (record, None) from this process's pending writes, (record, txnid)
+    from the database at that txnid. A refreshed record replaces the key's
+    record only if that still holds the same value (the same v1 record)
+    with an earlier expiry."""
 
-    __slots__ = ("bases",)
+    __slots__ = ("_env", "bases")
 
-    def __init__(self, bases: list):
+    def __init__(self, env, bases: list):
+        self._env = env
         self.bases = bases
 
     def enter(self, overlay, seq: int, ops) -> None:
         # Under the writer's lock. Reads of this process see the refreshed
-        # record at once, unless a newer write of the key is pending (then
-        # the refresh will not apply either).
-        for (ns, _dbi, key, record), base in zip(ops, self.bases):
+        # record at once if what get read is still the key's newest version:
+        # the very pending write it read, or, with nothing pending, the
+        # database unchanged since it read it. Otherwise reads keep seeing
+        # what they see (the refresh applies at the commit, or not at all):
+        # they must never go back to an older value.
+        last = None
+        for (ns, _dbi, key, record), (base, txnid) in zip(ops, self.bases):
             pending = overlay[ns]
             entry = pending.get(key)
-            if entry is None or entry[1] is base:
+            if txnid is None:
+                current = entry is not None and entry[1] is base
+            else:
+                if entry is None and last is None:
+                    last = self._env.current_txnid()
+                current = entry is None and last == txnid
+            if current:
                 pending[key] = (seq, record)
 
     def apply(self, txn, ops) -> None:
-        for (_ns, dbi, key, record), base in zip(ops, self.bases):
+        for (_ns, dbi, key, record), (base, _) in zip(ops, self.bases):
             current = txn.get(key, db=dbi)
             if current is None or not len(current) or current[0] != TTL_VERSION:
                 continue

@@ -19,6 +19,7 @@ import kvstore
 import kvstore.ttl
 from kvstore import CorruptionError, FormatError, InvalidTTLError, ReadOnlyError, TTLMismatchError
 from kvstore.codec import format as fmt
+from kvstore.writer import ConditionalGroup
 
 T0 = 1_800_000_000.0  # the fake clock's start, seconds
 
@@ -328,6 +329,23 @@ def test_refresh_never_overwrites_a_newer_value(store_path, clock):
         db.put("j", "newer")
         db.flush()
         assert db.get("j") == "newer" and db.expiry("j") is None
+
+
+@pytest.mark.parametrize("cache_entries", [0, 10_000])
+def test_refresh_made_from_an_outdated_read_never_shows_the_old_value(store_path, clock, cache_entries):
+    # get(refresh_ttl=True) read "old"; "new" committed before its refresh
+    # was queued: reads must not go back to "old", before or after the commit.
+    with open_store(store_path, cache_entries=cache_entries) as db:
+        db.put("k", "old", ttl=10, durable=True)
+        record, txnid = db._current(db._env, b"k")
+        db.put("k", "new", durable=True)
+        refreshed = fmt.wrap_ttl(bytes(fmt.inner_record(record)), kvstore.ttl.now_ms() + 10_000, 10_000)
+        dbi = db._env.dbi("default", create=False)
+        db._env.writer.submit(ConditionalGroup([("default", dbi, b"k", refreshed)], False, len(refreshed),
+                                               kvstore.ttl.Refresh(db._env, [(record, txnid)])))
+        assert db.stats()["pending"] == 1 and db.get("k") == "new"
+        db.flush()
+        assert db.get("k") == "new" and db.expiry("k") is None
 
 
 # ---------------------------------------------------------------- the sweep
