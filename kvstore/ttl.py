@@ -326,11 +326,11 @@ class Sweeper:
         expired ones (`now`: the time in ms to judge by; None: the clock's).
         Returns how many were queued: 0 also when the previous pass's group
         has not committed yet (the pass is skipped)."""
+        env = self._env
+        env.ttl.reload()
         queued = self._queued
         if queued is not None and not queued.done:
             return 0
-        env = self._env
-        env.ttl.reload()
         names = sorted(env.ttl.namespaces)
         if not names:
             return 0
