@@ -565,3 +565,31 @@ def test_namespace_default_set_by_another_process_applies_here(store_path, clock
             time.sleep(0.02)  # the sweeper re-reads the metadata every pass
         sessions.put("a", 1)
         assert sessions.expiry("a") == (T0 + 60, 60)
+
+
+# ---------------------------------------------------------------- the cache alone
+
+
+def test_cache_entries_of_ttl_records(clock):
+    from kvstore.cache import MISS, ReadCache, record_tag
+
+    cache = ReadCache(100, 1 << 20, admit_on_first_miss=True)
+    inner = kvstore.codec.encode({"v": 1})
+    now = kvstore.ttl.now_ms()
+    record = fmt.wrap_ttl(inner, now + 1000, 1000)
+    refreshed = fmt.wrap_ttl(inner, now + 1500, 1000)
+    assert record_tag(record) != record_tag(refreshed)  # the same value, another expiry
+    assert record_tag(record)[fmt.TTL_HEADER_SIZE:] == inner[:fmt.HEADER_SIZE]
+    txnids = lambda: (7, 6)  # noqa: E731
+    assert cache.lookup("ns", b"k", txnids) is MISS
+    cache.fill("ns", b"k", {"v": 1}, record, 7)
+    assert cache.lookup("ns", b"k", txnids) == {"v": 1}
+    assert cache.lookup_at("ns", b"k", 7) == {"v": 1} and cache.contains("ns", b"k", txnids)
+    assert cache.revalidate("ns", b"k", refreshed, 8) is MISS  # a refresh is a new version
+    cache.fill("ns", b"k", {"v": 1}, refreshed, 8)
+    clock.advance(1.499)
+    assert cache.lookup("ns", b"k", lambda: (8, 7)) == {"v": 1}
+    clock.advance(0.001)
+    assert not cache.contains("ns", b"k", lambda: (8, 7))
+    assert cache.lookup("ns", b"k", lambda: (8, 7)) is MISS
+    assert cache.stats()["expirations"] == 1 and len(cache) == 0
