@@ -9,7 +9,9 @@ the data to reach --records repeats every key) gets a suffix "~N".
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
 import os
 import random
@@ -106,3 +108,39 @@ def distinct(base: list, n: int) -> list[tuple[str, object]]:
         used.add(key)
         out.append((key, value))
     return out
+
+
+def with_value_size(records: list, size: int, seed: int = 7) -> list[tuple[str, object]]:
+    """The same keys with str values of `size` characters cut from the data's
+    own text (its values as JSON, end to end), so that they compress like it."""
+    text = "".join(json.dumps(v, ensure_ascii=False) for _, v in records[:2000])
+    while len(text) < 2 * size:
+        text += text
+    rng = random.Random(seed)
+    top = len(text) - size
+    return [(k, text[(o := rng.randrange(top + 1)):o + size]) for k, _ in records]
+
+
+ZIPF_S = 1.1  # exponent of the Zipf law of the hot reads (as in bench_cache.py)
+
+
+def zipf_keys(keys: list, count: int, s: float, seed: int) -> list:
+    """count keys drawn with weight 1/rank**s; ranks go to the keys in a seeded shuffled order."""
+    order = keys[:]
+    random.Random(seed).shuffle(order)
+    cum = list(itertools.accumulate(rank ** -s for rank in range(1, len(order) + 1)))
+    total = cum[-1]
+    rnd = random.Random(seed + 1).random
+    return [order[bisect.bisect_left(cum, rnd() * total)] for _ in range(count)]
+
+
+def hot_keys(ctx) -> tuple[list, list]:
+    """(warm-up, timed) Zipf streams of ctx.reads keys each over ctx.records,
+    the same ranks, other draws: shared by every hot-read workload of a run."""
+
+    def make():
+        keys = [k for k, _ in ctx.records]
+        both = zipf_keys(keys, 2 * ctx.reads, ZIPF_S, ctx.seed)
+        return both[:ctx.reads], both[ctx.reads:]
+
+    return ctx.shared("hot-keys", make)

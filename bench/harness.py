@@ -13,6 +13,7 @@ docstring of bench/run.py. Adding a target: append to `TARGETS` in run.py.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import gc
 import importlib.util
 import math
@@ -42,6 +43,7 @@ class Result:
     extra: dict = field(default_factory=dict)  # anything else worth keeping (stats...)
     skipped: str = ""  # reason, when the workload could not run
     peak_rss_mb: float | None = None
+    start_rss_mb: float | None = None  # resident memory when the workload began
     runs: list = field(default_factory=list)  # ops/s of every repetition
     order: int = 0  # position in the registry, for printing
 
@@ -69,6 +71,7 @@ class Result:
             "note": self.note,
             "skipped": self.skipped or None,
             "peak_rss_mb": self.peak_rss_mb,
+            "start_rss_mb": self.start_rss_mb,
             "extra": self.extra,
         }
         if self.latencies:
@@ -96,29 +99,37 @@ class Workload:
     system: str
     requires: tuple = ()  # importable modules needed; skipped with a note if missing
     order: int = 0
+    once: bool = False  # run in the first repetition only (long, or a measurement that does not vary)
 
 
 WORKLOADS: dict[str, Workload] = {}
 
 
-def workload(name: str, doc: str, system: str = "kvstore", requires: tuple = ()):
+def workload(name: str, doc: str, system: str = "kvstore", requires: tuple = (), once: bool = False):
     """Register `fn(ctx)` as workload `name` ({T} = thread count)."""
 
     def deco(fn):
         if name in WORKLOADS:
             raise ValueError(f"workload {name!r} registered twice")
-        WORKLOADS[name] = Workload(name, fn, doc, system, tuple(requires), len(WORKLOADS))
+        WORKLOADS[name] = Workload(name, fn, doc, system, tuple(requires), len(WORKLOADS), once)
         return fn
 
     return deco
+
+
+class Unavailable(Exception):
+    """Raised by a workload that cannot run here (an API this kvstore lacks,
+    data without the keys it needs). The runner prints the message as the
+    reason, without a traceback, and does not retry it."""
 
 
 @dataclass
 class Target:
     numerator: str  # workload name ({T} allowed)
     denominator: str
-    min_ratio: float
+    min_ratio: float | None  # None: a ratio printed for information, no threshold
     why: str
+    source: str = ""  # the issue that set the threshold
 
 
 def expand(name: str, threads: int) -> str:
@@ -127,6 +138,24 @@ def expand(name: str, threads: int) -> str:
 
 def missing_requirements(w: Workload) -> list[str]:
     return [m for m in w.requires if importlib.util.find_spec(m) is None]
+
+
+# Families of workloads, for the order of the table and the plots: kvstore's
+# rows sit among those of its peers that do the same thing.
+FAMILIES = (
+    ("write", ("fill*", "overwrite", "*txn-per-put*", "*-one-txn", "*commit-per-put", "*-set")),
+    ("read", ("read*", "*-readrandom", "*-get", "*-readhot")),
+    ("scan", ("scan", "*-scan")),
+    ("agent turn", ("mixed*", "*-mixed-*")),
+    ("codec", ("codec-*",)),
+)
+
+
+def family(name: str) -> int:
+    for i, (_, patterns) in enumerate(FAMILIES):
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            return i
+    return len(FAMILIES)
 
 
 # ---------------------------------------------------------------- context
@@ -142,6 +171,21 @@ class Context:
     threads: int
     seed: int
     tmp_root: str | None = None
+    quick: bool = False
+    base: list = field(default_factory=list)  # the data as loaded, before distinct keys (for the scale sweep)
+    reads: int = 0  # reads of the Zipf workloads
+    turns: int = 0  # agent turns of the mixed workloads that do not fsync each write
+    sync_turns: int = 0  # agent turns of those that do
+    scans: int = 0  # prefix scans of the scan workloads
+    scale_sizes: tuple = ()  # record counts of the scale sweep
+    scale_reads: int = 0  # reads at each point of the scale sweep
+    memo: dict = field(default_factory=dict)  # data derived once and shared by workloads (Zipf stream, turns)
+
+    def shared(self, name: str, make: Callable):
+        """make(), computed once per run and shared by every workload that asks for `name`."""
+        if name not in self.memo:
+            self.memo[name] = make()
+        return self.memo[name]
 
     @property
     def n(self) -> int:
@@ -163,6 +207,36 @@ class Context:
 def split(items: list, parts: int) -> list[list]:
     """Round-robin split: thread i gets items[i::parts]."""
     return [items[i::parts] for i in range(parts)]
+
+
+def time_puts(put: Callable, records) -> tuple[float, list]:
+    """put(key, value) for each record, each call timed: (seconds, latencies)."""
+    pc = time.perf_counter
+    lat: list = []
+    t0 = pc()
+    for key, value in records:
+        t = pc()
+        put(key, value)
+        lat.append(pc() - t)
+    return pc() - t0, lat
+
+
+def time_gets(get: Callable, keys) -> tuple[float, list, int]:
+    """get(key) for each key, each call timed: (seconds, latencies, results not None)."""
+    pc = time.perf_counter
+    lat: list = []
+    found = 0
+    t0 = pc()
+    for key in keys:
+        t = pc()
+        value = get(key)
+        lat.append(pc() - t)
+        found += value is not None
+    return pc() - t0, lat, found
+
+
+def found_note(found: int, expected: int) -> str:
+    return "" if found == expected else f"{found:,} of {expected:,} found!"
 
 
 def run_threads(parts: list, worker: Callable) -> tuple[float, list]:
@@ -211,28 +285,65 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process, MiB (since the last reset on Linux)."""
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status ("VmHWM", "VmRSS", "RssAnon"), MiB; None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, MiB (since the last reset on Linux)."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ru / (1024.0 * 1024.0) if os.uname().sysname == "Darwin" else ru / 1024.0
 
 
+def rss_mb() -> float | None:
+    """Resident set size of this process now, MiB (Linux)."""
+    return _proc_status_mb("VmRSS")
+
+
+def anon_rss_mb() -> float | None:
+    """Anonymous resident memory now, MiB (Linux): the heap, without the pages
+    of mapped files such as LMDB's data.mdb."""
+    return _proc_status_mb("RssAnon")
+
+
+def dir_bytes(path: str) -> int:
+    """Disk space allocated to the files under path (st_blocks), bytes."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
 def run_once(w: Workload, ctx: Context) -> list[Result]:
-    """One run of a workload: a list of results, with peak RSS filled in."""
+    """One run of a workload: a list of results, with peak RSS filled in.
+
+    The kernel's peak mark is reset first (Linux), so the peak is this
+    workload's, over the memory the process already held when it began.
+    """
     gc.collect()
     reset_peak_rss()
+    start = rss_mb()
     out = w.fn(ctx)
     rss = peak_rss_mb()
     results = out if isinstance(out, list) else [out]
     for r in results:
         r.peak_rss_mb = rss
+        r.start_rss_mb = start
         r.order = w.order
     return results
 

@@ -5,7 +5,10 @@
 - the hand loop: msgpack + zstd (one reused ZstdCompressor, level 3) + XXH64
   + kvstore's 18-byte header, put into one raw LMDB transaction: the cost of
   kvstore's encoding with no batching layer around it;
-- sqlite3 (WAL) and diskcache, when importable.
+- sqlite3 (WAL): a commit per put, one transaction, reads, prefix scans and
+  the agent turn;
+- diskcache, dbm (the best module this Python has), sqlitedict and lmdbm,
+  each skipped with a note when it is not installed.
 
 The LMDB peers open their environment as kvstore does (sync=True,
 metasync=True), so a commit costs the same fsyncs.
@@ -17,7 +20,9 @@ import os
 import struct
 import time
 
-from harness import Result, run_threads, split, workload
+import data as bench_data
+import sessions
+from harness import Result, dir_bytes, found_note, run_threads, split, time_gets, time_puts, workload
 
 LMDB_MAP_SIZE = 1 << 30
 HEADER = struct.Struct("<BBIIQ")  # version, flags, raw_len, dict_id, xxh64 (kvstore value format v1)
@@ -109,8 +114,9 @@ def lmdb_one_txn(ctx):
                 lat.append(pc() - t)
         seconds = pc() - t0
         env.close()
+        disk = dir_bytes(d) / len(records)
     return Result("lmdb-one-txn", "lmdb", len(records), seconds, 1, lat,
-                  note="timed to commit; latency = put in txn")
+                  note="timed to commit; latency = put in txn", extra={"disk_bytes_per_record": disk})
 
 
 def _hand_encoder():
@@ -295,8 +301,22 @@ def sqlite_one_txn(ctx):
         ex("COMMIT")
         seconds = pc() - t0
         con.close()
+        disk = dir_bytes(d) / len(records)
     return Result("sqlite-one-txn", "sqlite3", len(records), seconds, 1, lat,
-                  note="timed to commit; latency = insert in txn")
+                  note="timed to commit; latency = insert in txn", extra={"disk_bytes_per_record": disk})
+
+
+def _sqlite_filled(ctx, d, synchronous):
+    """A fresh connection to a sqlite3 WAL database at d holding ctx.records (msgpack values)."""
+    import msgpack
+
+    con = _sqlite(d, synchronous)
+    con.execute("BEGIN")
+    con.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)",
+                    ((k, msgpack.packb(v)) for k, v in ctx.records))
+    con.execute("COMMIT")
+    con.close()
+    return _sqlite(d, synchronous)
 
 
 @workload("sqlite-readrandom", "sqlite3 WAL: SELECT + msgpack unpack of random existing keys",
@@ -306,28 +326,121 @@ def sqlite_readrandom(ctx):
 
     keys = [k for k, _ in ctx.random_order]
     with ctx.tmpdir() as d:
-        con = _sqlite(d, "NORMAL")
-        con.execute("BEGIN")
-        con.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)",
-                        ((k, msgpack.packb(v)) for k, v in ctx.records))
-        con.execute("COMMIT")
-        con.close()
-        con = _sqlite(d, "NORMAL")
-        ex, unpackb, pc = con.execute, msgpack.unpackb, time.perf_counter
+        con = _sqlite_filled(ctx, d, "NORMAL")
+        ex, unpackb = con.execute, msgpack.unpackb
         sql = "SELECT v FROM kv WHERE k = ?"
-        lat = []
-        found = 0
-        t0 = pc()
-        for key in keys:
-            t = pc()
+
+        def get(key):
             row = ex(sql, (key,)).fetchone()
-            value = unpackb(row[0], raw=False) if row is not None else None
-            lat.append(pc() - t)
-            found += value is not None
-        seconds = pc() - t0
+            return unpackb(row[0], raw=False) if row is not None else None
+
+        seconds, lat, found = time_gets(get, keys)
         con.close()
     return Result("sqlite-readrandom", "sqlite3", len(keys), seconds, 1, lat,
-                  note="" if found == len(keys) else f"only {found} found!")
+                  note=found_note(found, len(keys)))
+
+
+_LAST_SQL = "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k DESC LIMIT ?"
+_RANGE_SQL = "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k"
+
+
+@workload("sqlite-scan", "sqlite3 WAL: SELECT of one session's messages by key range + msgpack unpack",
+          system="sqlite3", requires=("sqlite3",))
+def sqlite_scan(ctx):
+    import msgpack
+
+    prefixes = sessions.scan_prefixes(ctx)
+    with ctx.tmpdir() as d:
+        con = _sqlite_filled(ctx, d, "NORMAL")
+        ex, unpackb, end = con.execute, msgpack.unpackb, sessions.prefix_end
+
+        def scan(p):
+            return sum(1 for _k, v in ex(_RANGE_SQL, (p, end(p))) if unpackb(v, raw=False) is not None)
+
+        seconds, lat, rows = sessions.time_scans(scan, prefixes)
+        con.close()
+    return sessions.scan_result("sqlite-scan", "sqlite3", prefixes, seconds, lat, rows)
+
+
+@workload("lmdb-scan", "raw py-lmdb: cursor over one session's messages + msgpack unpack, a read txn per scan",
+          system="lmdb")
+def lmdb_scan(ctx):
+    import msgpack
+
+    prefixes = sessions.scan_prefixes(ctx)
+    with ctx.tmpdir() as d:
+        _lmdb_fill(d, ctx.records, msgpack.packb)
+        env = _lmdb_env(d)
+        unpackb = msgpack.unpackb
+
+        def scan(p):
+            lo, hi = p.encode(), sessions.prefix_end(p).encode()
+            n = 0
+            with env.begin(buffers=True) as txn:
+                cur = txn.cursor()
+                ok = cur.set_range(lo)
+                while ok and bytes(cur.key()) < hi:
+                    n += unpackb(cur.value(), raw=False) is not None
+                    ok = cur.next()
+            return n
+
+        seconds, lat, rows = sessions.time_scans(scan, prefixes)
+        env.close()
+    return sessions.scan_result("lmdb-scan", "lmdb", prefixes, seconds, lat, rows, "txn per scan")
+
+
+def _sqlite_turn(con, turn, txn_per_turn: bool, packb, unpackb) -> int:
+    ex = con.execute
+    row = ex("SELECT v FROM kv WHERE k = ?", (turn.meta_key,)).fetchone()
+    meta = unpackb(row[0], raw=False) if row is not None else None
+    last = [(k, unpackb(v, raw=False)) for k, v in
+            ex(_LAST_SQL, (turn.prefix, sessions.prefix_end(turn.prefix), sessions.LAST_MESSAGES))]
+    put = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
+    if txn_per_turn:
+        ex("BEGIN")
+    for key, value in turn.messages:
+        ex(put, (key, packb(value)))  # outside BEGIN: autocommit, a transaction per statement
+    ex(put, (turn.episode[0], packb(turn.episode[1])))
+    ex(put, (turn.meta_key, packb(sessions.updated_meta(meta, turn))))
+    if txn_per_turn:
+        ex("COMMIT")
+    return len(last)
+
+
+def _sqlite_mixed(ctx, name, synchronous, count, txn_per_turn, note):
+    import msgpack
+
+    plan = sessions.turns(ctx)[:count]
+    with ctx.tmpdir() as d:
+        con = _sqlite_filled(ctx, d, synchronous)
+        packb, unpackb = msgpack.packb, msgpack.unpackb
+        seconds, lat, _ = time_gets(lambda t: _sqlite_turn(con, t, txn_per_turn, packb, unpackb), plan)
+        con.close()
+    return Result(name, "sqlite3", len(plan), seconds, 1, lat, note=note)
+
+
+@workload("sqlite-mixed-commit-per-write",
+          "the agent turn on sqlite3 WAL (synchronous=FULL, its default): SELECTs, then a commit per write",
+          system="sqlite3", requires=("sqlite3",))
+def sqlite_mixed_full(ctx):
+    return _sqlite_mixed(ctx, "sqlite-mixed-commit-per-write", "FULL", ctx.sync_turns, False,
+                         "ops = turns; 5 commits + fsyncs a turn; fewer turns")
+
+
+@workload("sqlite-mixed-normal-commit-per-write",
+          "the same with synchronous=NORMAL: a commit per write, no fsync per commit",
+          system="sqlite3", requires=("sqlite3",))
+def sqlite_mixed_normal(ctx):
+    return _sqlite_mixed(ctx, "sqlite-mixed-normal-commit-per-write", "NORMAL", ctx.turns, False,
+                         "ops = turns; WAL+NORMAL: no fsync per commit")
+
+
+@workload("sqlite-mixed-txn-per-turn",
+          "the same turn, its 5 writes in one transaction (FULL): the peer of mixed-durable",
+          system="sqlite3", requires=("sqlite3",))
+def sqlite_mixed_txn(ctx):
+    return _sqlite_mixed(ctx, "sqlite-mixed-txn-per-turn", "FULL", ctx.sync_turns, True,
+                         "ops = turns; 1 commit + fsync a turn; fewer turns")
 
 
 # ---------------------------------------------------------------- diskcache
@@ -341,42 +454,183 @@ def diskcache_set(ctx):
     records = ctx.random_order
     with ctx.tmpdir() as d:
         cache = diskcache.Cache(d)
-        put, pc = cache.set, time.perf_counter
-        lat = []
-        t0 = pc()
-        for key, value in records:
-            t = pc()
-            put(key, value)
-            lat.append(pc() - t)
-        seconds = pc() - t0
+        seconds, lat = time_puts(cache.set, records)
         cache.close()
+        disk = dir_bytes(d) / len(records)
     return Result("diskcache-set", "diskcache", len(records), seconds, 1, lat,
-                  note="pickled values; no fsync per set")
+                  note="pickled values; no fsync per set", extra={"disk_bytes_per_record": disk})
+
+
+def _diskcache_filled(ctx, d):
+    import diskcache
+
+    cache = diskcache.Cache(d)
+    with cache.transact():
+        for key, value in ctx.records:
+            cache.set(key, value)
+    cache.close()
+    return diskcache.Cache(d)
+
+
+def _diskcache_get(ctx, name, keys, warm=()):
+    with ctx.tmpdir() as d:
+        cache = _diskcache_filled(ctx, d)
+        for key in warm:
+            cache.get(key)
+        seconds, lat, found = time_gets(cache.get, keys)
+        cache.close()
+    return Result(name, "diskcache", len(keys), seconds, 1, lat, note=found_note(found, len(keys)))
 
 
 @workload("diskcache-get", "diskcache.Cache.get of random existing keys (fresh Cache after the fill)",
           system="diskcache", requires=("diskcache",))
 def diskcache_get(ctx):
-    import diskcache
+    return _diskcache_get(ctx, "diskcache-get", [k for k, _ in ctx.random_order])
+
+
+@workload("diskcache-readhot", "diskcache.Cache.get of readhot's Zipf keys, after the same warm-up reads",
+          system="diskcache", requires=("diskcache",))
+def diskcache_readhot(ctx):
+    warm, keys = bench_data.hot_keys(ctx)
+    return _diskcache_get(ctx, "diskcache-readhot", keys, warm)
+
+
+# ---------------------------------------------------------------- dbm, sqlitedict, lmdbm
+
+
+def best_dbm():
+    """The best dbm module this Python has: dbm.gnu, else dbm.ndbm, else dbm.dumb."""
+    import importlib
+
+    for name in ("dbm.gnu", "dbm.ndbm"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            pass
+    import dbm.dumb
+
+    return dbm.dumb
+
+
+def _unpacking(dget):
+    """get(key) -> the msgpack-unpacked value of dget(key), or None."""
+    import msgpack
+
+    unpackb = msgpack.unpackb
+
+    def get(key):
+        raw = dget(key)
+        return unpackb(raw, raw=False) if raw is not None else None
+
+    return get
+
+
+def _dbm_note(mod) -> str:
+    return f"{mod.__name__}; msgpack values; no fsync"
+
+
+@workload("dbm-set", "the best dbm module (gnu, else ndbm, else dumb): store[key] = msgpack, timed to close()",
+          system="dbm")
+def dbm_set(ctx):
+    import msgpack
+
+    mod, records = best_dbm(), ctx.random_order
+    with ctx.tmpdir() as d:
+        db = mod.open(os.path.join(d, "db"), "c")
+        packb = msgpack.packb
+        t0 = time.perf_counter()
+        _, lat = time_puts(lambda k, v: db.__setitem__(k, packb(v)), records)
+        db.close()
+        seconds = time.perf_counter() - t0
+        disk = dir_bytes(d) / len(records)
+    return Result("dbm-set", "dbm", len(records), seconds, 1, lat, note=_dbm_note(mod),
+                  extra={"module": mod.__name__, "disk_bytes_per_record": disk})
+
+
+@workload("dbm-get", "the best dbm module: store.get(key) + msgpack unpack of random existing keys",
+          system="dbm")
+def dbm_get(ctx):
+    import msgpack
+
+    mod, keys = best_dbm(), [k for k, _ in ctx.random_order]
+    with ctx.tmpdir() as d:
+        path = os.path.join(d, "db")
+        db = mod.open(path, "c")
+        for key, value in ctx.records:
+            db[key] = msgpack.packb(value)
+        db.close()
+        db = mod.open(path, "r")
+        seconds, lat, found = time_gets(_unpacking(db.get), keys)
+        db.close()
+    return Result("dbm-get", "dbm", len(keys), seconds, 1, lat,
+                  note="; ".join(x for x in (mod.__name__, found_note(found, len(keys))) if x),
+                  extra={"module": mod.__name__})
+
+
+@workload("sqlitedict-set", "sqlitedict.SqliteDict[key] = value (its defaults: pickle, journal DELETE, "
+                            "autocommit off), timed to commit()", system="sqlitedict", requires=("sqlitedict",))
+def sqlitedict_set(ctx):
+    from sqlitedict import SqliteDict
+
+    records = ctx.random_order
+    with ctx.tmpdir() as d:
+        db = SqliteDict(os.path.join(d, "kv.sqlite"))
+        t0 = time.perf_counter()
+        _, lat = time_puts(db.__setitem__, records)
+        db.commit()
+        seconds = time.perf_counter() - t0
+        db.close()
+        disk = dir_bytes(d) / len(records)
+    return Result("sqlitedict-set", "sqlitedict", len(records), seconds, 1, lat,
+                  note="pickled values; one commit at the end", extra={"disk_bytes_per_record": disk})
+
+
+@workload("sqlitedict-get", "sqlitedict.SqliteDict.get of random existing keys (fresh SqliteDict after the fill)",
+          system="sqlitedict", requires=("sqlitedict",))
+def sqlitedict_get(ctx):
+    from sqlitedict import SqliteDict
 
     keys = [k for k, _ in ctx.random_order]
     with ctx.tmpdir() as d:
-        cache = diskcache.Cache(d)
-        with cache.transact():
-            for key, value in ctx.records:
-                cache.set(key, value)
-        cache.close()
-        cache = diskcache.Cache(d)
-        get, pc = cache.get, time.perf_counter
-        lat = []
-        found = 0
-        t0 = pc()
-        for key in keys:
-            t = pc()
-            value = get(key)
-            lat.append(pc() - t)
-            found += value is not None
-        seconds = pc() - t0
-        cache.close()
-    return Result("diskcache-get", "diskcache", len(keys), seconds, 1, lat,
-                  note="" if found == len(keys) else f"only {found} found!")
+        path = os.path.join(d, "kv.sqlite")
+        db = SqliteDict(path)
+        db.update(ctx.records)
+        db.commit()
+        db.close()
+        db = SqliteDict(path, flag="r")
+        seconds, lat, found = time_gets(db.get, keys)
+        db.close()
+    return Result("sqlitedict-get", "sqlitedict", len(keys), seconds, 1, lat, note=found_note(found, len(keys)))
+
+
+@workload("lmdbm-set", "lmdbm.Lmdb[key] = msgpack (its defaults: a write txn + fsync per set)",
+          system="lmdbm", requires=("lmdbm",))
+def lmdbm_set(ctx):
+    import lmdbm
+    import msgpack
+
+    records = ctx.sync_records
+    with ctx.tmpdir() as d:
+        db = lmdbm.open(os.path.join(d, "db"), "c")
+        packb = msgpack.packb
+        seconds, lat = time_puts(lambda k, v: db.__setitem__(k, packb(v)), records)
+        db.close()
+    return Result("lmdbm-set", "lmdbm", len(records), seconds, 1, lat, note="fsync per set; fewer ops")
+
+
+@workload("lmdbm-get", "lmdbm.Lmdb.get + msgpack unpack of random existing keys", system="lmdbm",
+          requires=("lmdbm",))
+def lmdbm_get(ctx):
+    import lmdbm
+    import msgpack
+
+    keys = [k for k, _ in ctx.random_order]
+    with ctx.tmpdir() as d:
+        path = os.path.join(d, "db")
+        db = lmdbm.open(path, "c")
+        db.update((k, msgpack.packb(v)) for k, v in ctx.records)
+        db.close()
+        db = lmdbm.open(path, "r")
+        seconds, lat, found = time_gets(_unpacking(db.get), keys)
+        db.close()
+    return Result("lmdbm-get", "lmdbm", len(keys), seconds, 1, lat, note=found_note(found, len(keys)))

@@ -365,27 +365,36 @@ class ReadCache:
         then `revalidate`), MISS (decode, then `fill`) or SKIP (decode only:
         the key's first miss)."""
         k = (ns, key)
-        with self._lock:
-            e = self._get(k)
-            if e is None:
-                if self._admit_all:
+        e = self._get(k)  # a dict lookup: atomic, no lock needed to find out
+        if e is None:
+            if self._admit_all:
+                with self._lock:
                     return self._missed(k)
-                # the rest of _missed, inlined: a first miss must cost little
-                h = hash(key)  # cached in the bytes object; namespaces share marks
-                mask = self._door_mask
-                door = self._door
-                gen = self._door_gen
-                i, j = h & mask, (h >> 32) & mask
-                a, b = door[i], door[j]
-                door[i] = door[j] = gen
-                if a and b and a >= gen - 1 and b >= gen - 1:
-                    self._misses += 1
-                    return MISS  # it missed in this generation or the last
-                self._deferred += 1
-                if self._deferred == self._door_next:
-                    self._next_generation()
-                return SKIP
-            self._touch(k)
+            # A first miss must cost little: the doorkeeper without the lock.
+            # Its bytes and counters are single operations under the GIL; a
+            # race between threads can only lose a mark or a count (the key
+            # then fills on its next miss, or a generation lasts longer).
+            h = hash(key)  # cached in the bytes object; namespaces share marks
+            mask = self._door_mask
+            door = self._door
+            gen = self._door_gen
+            i, j = h & mask, (h >> 32) & mask
+            a, b = door[i], door[j]
+            door[i] = door[j] = gen
+            if a and b and a >= gen - 1 and b >= gen - 1:
+                self._misses += 1
+                return MISS  # it missed in this generation or the last
+            self._deferred += 1
+            if self._deferred >= self._door_next:
+                with self._lock:
+                    if self._deferred >= self._door_next:
+                        self._next_generation()
+            return SKIP
+        with self._lock:
+            try:
+                self._touch(k)
+            except KeyError:
+                pass  # evicted since: e is still a value valid at e's txnid
             t = e[_TXNID]
             a, b = txnids()
             if t < a or t < b:
@@ -437,7 +446,7 @@ class ReadCache:
             self._misses += 1
             return MISS  # it missed in this generation or the last
         self._deferred += 1
-        if self._deferred == self._door_next:
+        if self._deferred >= self._door_next:
             self._next_generation()
         return SKIP
 

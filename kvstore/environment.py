@@ -323,6 +323,7 @@ class Environment:
         self.last_txnid = None
         self.sweeper = None  # set by the store when writable (kvstore.ttl.Sweeper)
         try:
+            self.clear_stale_readers()
             self.meta_db = self._init_meta()
             self.dicts = Dictionaries(self)
             self.ttl = TTLMeta(self)
@@ -470,14 +471,33 @@ class Environment:
                 retry = self.grow_map
             except lmdb.MapResizedError:
                 retry = self.adopt_map_size
+            except lmdb.ReadersFullError as exc:
+                if not self.clear_stale_readers():
+                    raise translate(exc, doing) from None
+                retry = None
             except lmdb.Error as exc:
                 raise translate(exc, doing) from None
             finally:
                 self.map_lock.release_shared()
-            retry(doing)
+            if retry is not None:
+                retry(doing)
+
+    def clear_stale_readers(self) -> int:
+        """Free the reader-table slots of processes that died inside a read
+        transaction (LMDB's reader check, what `mdb_stat -rr` does); return
+        how many. Such a slot pins every page freed after its snapshot, so
+        the file grows instead of reusing space, and enough of them stop
+        every read (MDB_READERS_FULL). Run at open, before the map grows,
+        and when the table is full."""
+        try:
+            return self.env.reader_check()
+        except lmdb.Error:
+            return 0
 
     def grow_map(self, doing: str = "committing") -> None:
         """Double the map (up to max_map_size). No transaction may be active."""
+        if self.clear_stale_readers():
+            return  # the pages dead readers pinned are free again: replay first
         self.map_lock.acquire_exclusive()
         try:
             current = self.env.info()["map_size"]
@@ -580,6 +600,10 @@ class Environment:
                     return fn(txn)
             except lmdb.MapResizedError:
                 pass
+            except lmdb.ReadersFullError as exc:
+                if not self.clear_stale_readers():
+                    raise translate(exc, "reading") from None
+                continue
             except lmdb.Error as exc:
                 raise translate(exc, "reading") from None
             finally:

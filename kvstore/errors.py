@@ -21,6 +21,8 @@ __all__ = [
     "CodecSelectionError",
     "ReadOnlyError",
     "StoreClosedError",
+    "InvalidArgumentError",
+    "NotSupportedError",
     # -- opening a store
     "FormatError",
     "StoreNotFoundError",
@@ -74,6 +76,17 @@ class ReadOnlyError(KVStoreError):
 
 class StoreClosedError(KVStoreError):
     """The store (or namespace handle) was used after close()."""
+
+
+class InvalidArgumentError(KVStoreError, ValueError):
+    """An argument kvstore cannot use: the wrong kind of object, or a value
+    outside what the call accepts (a LangGraph config without a thread_id,
+    an unknown prune strategy, a search filter operator it does not know)."""
+
+
+class NotSupportedError(KVStoreError, NotImplementedError):
+    """A feature the call asks for that kvstore does not offer (yet), such as
+    a time-to-live in the LangGraph store."""
 
 
 # ------------------------------------------------------------------- opening

@@ -45,7 +45,8 @@ __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE"]
 
 MAX_KEY_SIZE = 511  # LMDB's limit with its default build
 _DICT_ID = struct.Struct("<I")  # a record's dict_id field, at offset 6 (codec/format.py)
-SCAN_CHUNK = 256  # keys read per read transaction in a scan
+SCAN_CHUNK = 256  # most keys read per read transaction in a scan
+SCAN_FIRST_CHUNK = 32  # the first chunk: a scan stopped early (the last 20 messages) reads little
 
 _MISSING = object()
 
@@ -260,11 +261,17 @@ class Store:
             dbi = env.dbi(ns, create=not env.readonly)
         return dbi
 
-    def _submit(self, env, ops: list, nbytes: int, durable) -> None:
+    # Each write method has a private twin taking `callback`: None for the
+    # calling thread to wait in the writer (durable) or not at all
+    # (buffered); a function for asyncio callers (kvstore/aio.py), which
+    # the writer calls once the group is done. The twin returns whether the
+    # caller must wait for that callback (Writer.submit).
+
+    def _submit(self, env, ops: list, nbytes: int, durable, callback=None) -> bool:
         writer = self._writer(env)
         if durable is None:
             durable = self._root._durable
-        writer.submit(Group(ops, bool(durable), nbytes))
+        return writer.submit(Group(ops, bool(durable), nbytes, callback))
 
     def put(self, key, value, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store value under key.
@@ -278,6 +285,9 @@ class Store:
         :raises EncodeError: msgpack cannot carry the value; nothing is queued
         :raises InvalidTTLError: ttl is not a number of seconds > 0; nothing is queued
         """
+        self._put(key, value, durable, None, ttl)
+
+    def _put(self, key, value, durable, callback, ttl=None) -> bool:
         # The hot path of every buffered write: kept flat on purpose.
         root = self._root
         env = root._env
@@ -295,15 +305,20 @@ class Store:
         if ttl is not None or ns in env.ttl.defaults:
             record = _ttl.stamp(env, ns, record, ttl)
         dbi = env._dbis.get(ns) or self._dbi(env, ns)
-        writer.submit(Group([(ns, dbi, key, record)], root._durable if durable is None else bool(durable),
-                            len(record)))
+        return writer.submit(Group([(ns, dbi, key, record)],
+                                   root._durable if durable is None else bool(durable),
+                                   len(record), callback))
 
     def delete(self, key, *, durable: bool | None = None) -> None:
         """Remove key (no error if it is missing)."""
+        self._delete(key, durable, None)
+
+    def _delete(self, key, durable, callback) -> bool:
         env = self._live_env()
         self._writer(env)
         key = _check_key(key)
-        self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable)
+        return self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable,
+                            callback)
 
     def put_many(self, items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store many pairs atomically, in one commit (all or nothing, across crashes).
@@ -312,6 +327,9 @@ class Store:
             pair for the same key wins
         :param ttl: as for put, for every pair
         """
+        self._put_many(items, durable, None, ttl)
+
+    def _put_many(self, items, durable, callback, ttl=None) -> bool:
         env = self._live_env()
         self._writer(env)
         if hasattr(items, "items"):
@@ -335,8 +353,7 @@ class Store:
                 record = _ttl.stamp(env, ns, record, ttl)
             nbytes += len(record)
             ops.append((ns, dbi, key, record))
-        if ops:
-            self._submit(env, ops, nbytes, durable)
+        return bool(ops) and self._submit(env, ops, nbytes, durable, callback)
 
     def batch(self, durable: bool | None = None) -> "Batch":
         """An atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
@@ -488,6 +505,10 @@ class Store:
                 txn.abort()
         except lmdb.MapResizedError:
             pass
+        except lmdb.ReadersFullError as exc:
+            if not env.clear_stale_readers():
+                raise translate(exc, "reading") from None
+            return self.get(key, default)
         except lmdb.Error as exc:
             raise translate(exc, "reading") from None
         finally:
@@ -658,8 +679,8 @@ class Store:
         :param prefix: only keys starting with it (bytes or str)
         :param start: only keys >= start; :param stop: only keys < stop
         :param reverse: descending order
-        Keys come back as bytes. The scan reads SCAN_CHUNK keys per read
-        transaction, so it never blocks writers or pins old pages for long:
+        Keys come back as bytes. The scan reads at most SCAN_CHUNK keys per
+        read transaction (fewer at first), so it never pins old pages for long:
         each key is returned at most once, in order, with a value it held
         during the scan; writes made while it runs may or may not be seen.
         Pending writes of this process at the start of the scan are included.
@@ -675,13 +696,9 @@ class Store:
         return self._scan(env, lo, hi, bool(reverse), bool(keys_only))
 
     def _scan(self, env, lo, hi, reverse, keys_only):
-        def in_range(k):
-            return (lo is None or k >= lo) and (hi is None or k < hi)
-
         pending = []
         if env.writer is not None:
-            pending = sorted((kv for kv in env.writer.snapshot(self._ns) if in_range(kv[0])),
-                             reverse=reverse)
+            pending = sorted(env.writer.snapshot(self._ns, lo, hi), reverse=reverse)
         stored = self._scan_stored(env, lo, hi, reverse)
         pi = 0
         for key, record in stored:
@@ -712,19 +729,21 @@ class Store:
     def _scan_stored(self, env, lo, hi, reverse):
         """(key, record) pairs in the database, chunk by chunk."""
         after = None  # last key returned
+        size = SCAN_FIRST_CHUNK
         while True:
             self._live_env()
             dbi = self._dbi(env, self._ns)
             if dbi is None:
                 return
-            chunk = env.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after))
+            chunk = env.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after, size))
             yield from chunk
-            if len(chunk) < SCAN_CHUNK:
+            if len(chunk) < size:
                 return
             after = chunk[-1][0]
+            size = min(2 * size, SCAN_CHUNK)
 
     @staticmethod
-    def _read_chunk(txn, dbi, lo, hi, reverse, after) -> list:
+    def _read_chunk(txn, dbi, lo, hi, reverse, after, size) -> list:
         cur = txn.cursor(db=dbi)
         out = []
         if not reverse:
@@ -732,7 +751,7 @@ class Store:
             ok = cur.set_range(first) if first is not None else cur.first()
             if ok and after is not None and bytes(cur.key()) == after:
                 ok = cur.next()
-            while ok and len(out) < SCAN_CHUNK:
+            while ok and len(out) < size:
                 key = bytes(cur.key())
                 if hi is not None and key >= hi:
                     break
@@ -746,7 +765,7 @@ class Store:
                 ok = cur.prev()
             else:
                 ok = cur.last()
-            while ok and len(out) < SCAN_CHUNK:
+            while ok and len(out) < size:
                 key = bytes(cur.key())
                 if lo is not None and key < lo:
                     break
@@ -932,17 +951,22 @@ class Batch:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._close(exc_type is not None, None)
+
+    def _close(self, discard: bool, callback) -> bool:
+        """Discard the batch, or submit its writes as one group (see
+        Store._submit); returns whether to wait for callback."""
         if self._state != "open":
-            return
-        if exc_type is not None:
-            self._state = "discarded"
-            self._ops = []
-            return
-        self._state = "committed"
+            return False
         ops, self._ops = self._ops, []
-        if ops:
-            store = self._store
-            store._submit(store._live_env(), ops, self._nbytes, self._durable)
+        if discard:
+            self._state = "discarded"
+            return False
+        self._state = "committed"
+        if not ops:
+            return False
+        store = self._store
+        return store._submit(store._live_env(), ops, self._nbytes, self._durable, callback)
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -19,8 +19,8 @@ The write path, top to bottom:
    the lead to the first writer still waiting, or gives it up. So concurrent
    durable writers share fsyncs, and nobody waits for the flush timer
    (LevelDB's writer queue, with LMDB underneath).
-4. After the commit, the group's overlay entries are dropped (unless a newer
-   write to the same key replaced them).
+4. After the commit, the groups' writers are woken, then the groups' overlay
+   entries are dropped (unless a newer write to the same key replaced them).
 
 A commit that fills the map is replayed whole after the map grows
 (Environment.write). Any other commit error fails every group of that
@@ -54,6 +54,8 @@ _RAW_LEN = struct.Struct("<I")  # a record's raw_len field, at offset 2 (codec/f
 _ACTIVE_WINDOW = 16
 # Longest a leader waits for other active durable writers to queue, seconds.
 _MAX_GATHER = 0.002
+# Overlay entries dropped per hold of the writer's lock after a commit.
+_OVERLAY_SLICE = 256
 
 
 class Group:
@@ -352,27 +354,37 @@ class Writer:
         return seq
 
     def _finish(self, groups, ops, error, seq=0, seconds=0.0) -> None:
-        """Mark groups done (with error, if any), drop their overlay entries, wake waiters."""
-        overlay = self.overlay
+        """Mark groups done (with error, if any), wake their writers, then
+        drop their overlay entries.
+
+        After a commit the writers are woken first: an overlay entry left a
+        moment longer holds exactly what was committed, so reads stay right
+        (after a failure, the entries go first). The overlay
+        is then cleaned a slice at a time, so that writers submitting
+        meanwhile wait for the lock at most a slice's time, not a whole
+        commit's (asyncio callers submit from the event loop)."""
         cache = self._env.cache
         if cache is not None and error is None and len(cache):
             # The commit changed these keys: free their cached values now
             # (correctness does not need it: the commit moved the txnid, so
             # their entries would be revalidated on their next read).
             cache.invalidate_many((ns, key) for g in groups for ns, _dbi, key, _r in g.ops)
+        bytes_in = bytes_stored = 0
+        if error is not None:
+            # nothing was written: no read may see these writes once their
+            # writers have their error
+            self._drop_overlay(groups)
+        else:
+            for g in groups:
+                for _ns, _dbi, _key, record in g.ops:
+                    if record is not None:
+                        # raw_len of the v1 record, behind the TTL prefix if any
+                        at = 2 if record[0] != TTL_VERSION else TTL_HEADER_SIZE + 2
+                        bytes_in += _RAW_LEN.unpack_from(record, at)[0]
+                        bytes_stored += len(record)
         callbacks = False
         with self._lock:
             for g in groups:
-                for ns, _dbi, key, record in g.ops:
-                    pending = overlay[ns]
-                    entry = pending.get(key)
-                    if entry is not None and entry[0] == g.seq:
-                        del pending[key]
-                    if error is None and record is not None:
-                        # raw_len of the v1 record, behind the TTL prefix if any
-                        at = 2 if record[0] != TTL_VERSION else TTL_HEADER_SIZE + 2
-                        self.bytes_in += _RAW_LEN.unpack_from(record, at)[0]
-                        self.bytes_stored += len(record)
                 g.error = error
                 g.done = True
                 if g.waiter is not None and not g.lead:
@@ -389,6 +401,8 @@ class Writer:
             if error is None:
                 self.commits += 1
                 self.ops_committed += ops
+                self.bytes_in += bytes_in
+                self.bytes_stored += bytes_stored
                 self.max_ops_in_commit = max(self.max_ops_in_commit, ops)
                 self.commit_seconds.append(seconds)
                 self.last_commit_seq = seq
@@ -405,6 +419,21 @@ class Writer:
                         g.callback(g)
                     except Exception:  # a caller's bug must not stop the writer
                         pass
+        if error is None:
+            self._drop_overlay(groups)
+
+    def _drop_overlay(self, groups) -> None:
+        """Drop the overlay entries of committed (or failed) groups, unless a
+        later write replaced them; _OVERLAY_SLICE ops per hold of the lock."""
+        overlay = self.overlay
+        entries = [(ns, key, g.seq) for g in groups for ns, _dbi, key, _r in g.ops]
+        for i in range(0, len(entries), _OVERLAY_SLICE):
+            with self._lock:
+                for ns, key, seq in entries[i:i + _OVERLAY_SLICE]:
+                    pending = overlay[ns]
+                    entry = pending.get(key)
+                    if entry is not None and entry[0] == seq:
+                        del pending[key]
 
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
@@ -470,11 +499,20 @@ class Writer:
         with self._lock:
             return self._queued_ops + self._in_flight_ops
 
-    def snapshot(self, ns: str) -> list:
-        """[(key, record-or-TOMBSTONE)] pending in namespace ns, unordered."""
+    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
+        """[(key, record-or-TOMBSTONE)] pending in namespace ns, unordered;
+        only keys in [lo, hi) when given."""
         with self._lock:
             pending = self.overlay.get(ns)
-            return [(k, v[1]) for k, v in pending.items()] if pending else []
+            if not pending:
+                return []
+            if lo is None and hi is None:
+                return [(k, v[1]) for k, v in pending.items()]
+            if hi is None:
+                return [(k, v[1]) for k, v in pending.items() if k >= lo]
+            if lo is None:
+                return [(k, v[1]) for k, v in pending.items() if k < hi]
+            return [(k, v[1]) for k, v in pending.items() if lo <= k < hi]
 
     def close(self) -> None:
         """Commit everything queued, stop the flusher. Raises if the store failed."""

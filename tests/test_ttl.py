@@ -593,3 +593,30 @@ def test_cache_entries_of_ttl_records(clock):
     assert not cache.contains("ns", b"k", lambda: (8, 7))
     assert cache.lookup("ns", b"k", lambda: (8, 7)) is MISS
     assert cache.stats()["expirations"] == 1 and len(cache) == 0
+
+
+# ---------------------------------------------------------------- asyncio
+
+
+def test_asyncio_api_takes_ttls(store_path, clock):
+    import asyncio
+
+    import kvstore.aio
+
+    async def main():
+        async with kvstore.aio.open(store_path, ttl_sweep_interval=0) as db:
+            await db.aput("a", 1, ttl=5, durable=True)
+            await db.aput_many({"b": 2}, ttl=10)
+            sessions = await db.anamespace("sessions", ttl=60)
+            await sessions.aput("s", 1)
+            async with db.abatch() as b:
+                b.put("c", 3, ttl=1)
+            clock.advance(3)
+            assert await db.aget("b", refresh_ttl=True) == 2
+            assert db.store.expiry("b") == (T0 + 13, 10)
+            assert sessions.store.expiry("s") == (T0 + 60, 60)
+            assert await db.aget_many(["a", "b", "c"]) == [1, 2, None]
+            clock.advance(2)
+            assert await db.aget("a") is None and not await db.acontains("a")
+
+    asyncio.run(main())

@@ -1,0 +1,511 @@
+"""kvstore's own workloads (the peers are in peers.py): fills, reads, the
+agent-memory turn, batch sizes, the codec, stored sizes and the scale sweep.
+
+Each is a function `fn(ctx) -> Result | list[Result]` registered with
+`@workload`; bench/run.py's docstring says what each one times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import os
+import random
+import time
+
+import kvstore
+
+import data as bench_data
+import sessions
+from harness import (
+    Result,
+    Unavailable,
+    anon_rss_mb,
+    dir_bytes,
+    found_note,
+    run_threads,
+    split,
+    time_gets,
+    time_puts,
+    workload,
+)
+
+BATCH_SIZES = (50, 100, 500, 1000, 2000, 5000, 10000)
+PUT_MANY_SIZE = 100
+PREFILL_CHUNK = 1000
+MiB = 1 << 20
+
+# ---------------------------------------------------------------- kvstore workloads
+
+
+def _open(d, **options):
+    return kvstore.open(os.path.join(d, "store"), **options)
+
+
+def _commit_stats(db) -> dict:
+    st = db.stats()
+    return {
+        "commits": st["commits"],
+        "ops_committed": st["ops_committed"],
+        "ops_per_commit_mean": st["ops_per_commit"]["mean"],
+        "ops_per_commit_max": st["ops_per_commit"]["max"],
+        "commit_seconds_p50": st["commit_seconds"]["p50"],
+        "commit_seconds_p99": st["commit_seconds"]["p99"],
+        "durable_groups": st["durable_groups"],
+        "buffered_groups": st["buffered_groups"],
+        "compression_ratio": st["compression_ratio"],
+        "codec": st["codec"],
+    }
+
+
+def _commit_note(extra: dict) -> str:
+    return f"{extra['commits']} commits, {extra['ops_per_commit_mean']:.1f} ops/commit"
+
+
+def _prefill(db, records) -> None:
+    for i in range(0, len(records), PREFILL_CHUNK):
+        db.put_many(records[i:i + PREFILL_CHUNK])
+    db.flush()
+
+
+def _puts_until_flushed(db, records) -> tuple[float, list]:
+    """Buffered puts of records, then flush(): (seconds until flush() returned, put latencies)."""
+    t0 = time.perf_counter()
+    _, lat = time_puts(db.put, records)
+    db.flush()
+    return time.perf_counter() - t0, lat
+
+
+def _buffered_fill(ctx, name, records, note="", disk=False, **options) -> Result:
+    with ctx.tmpdir() as d:
+        db = _open(d, **options)
+        seconds, lat = _puts_until_flushed(db, records)
+        extra = _commit_stats(db)
+        db.close()
+        if disk:  # the store's files after close, for the SIZE section
+            extra["disk_bytes_per_record"] = dir_bytes(d) / len(records)
+    extra.update(options)
+    return Result(name, "kvstore", len(records), seconds, 1, lat,
+                  note="; ".join(x for x in (note, _commit_note(extra)) if x), extra=extra)
+
+
+@workload("fillseq", "buffered puts, 1 thread, keys in sorted order, timed until flush() returns")
+def fillseq(ctx):
+    return _buffered_fill(ctx, "fillseq", ctx.sorted_order)
+
+
+@workload("fillrandom", "buffered puts, 1 thread, keys in random order, timed until flush() returns")
+def fillrandom(ctx):
+    return _buffered_fill(ctx, "fillrandom", ctx.random_order, disk=True)
+
+
+@workload("fillsync", "durable puts (durable=True), 1 thread")
+def fillsync(ctx):
+    records = ctx.sync_records
+    with ctx.tmpdir() as d:
+        db = _open(d)
+        seconds, lat = time_puts(functools.partial(db.put, durable=True), records)
+        extra = _commit_stats(db)
+        db.close()
+    return Result("fillsync", "kvstore", len(records), seconds, 1, lat,
+                  note="fewer ops; " + _commit_note(extra), extra=extra)
+
+
+@workload("fillsync-{T}t", "durable puts from {T} threads sharing one handle (group commit)")
+def fillsync_mt(ctx):
+    records = ctx.group_records
+    with ctx.tmpdir() as d:
+        db = _open(d)
+
+        def worker(part, lat):
+            put, pc = db.put, time.perf_counter
+            for key, value in part:
+                t = pc()
+                put(key, value, durable=True)
+                lat.append(pc() - t)
+
+        seconds, lat = run_threads(split(records, ctx.threads), worker)
+        extra = _commit_stats(db)
+        db.close()
+    return Result(f"fillsync-{ctx.threads}t", "kvstore", len(records), seconds, ctx.threads, lat,
+                  note=_commit_note(extra), extra=extra)
+
+
+@workload("fillbatch", f"put_many of {PUT_MANY_SIZE} records per call, buffered, timed until flush() returns")
+def fillbatch(ctx):
+    records = ctx.random_order
+    chunks = [records[i:i + PUT_MANY_SIZE] for i in range(0, len(records), PUT_MANY_SIZE)]
+    with ctx.tmpdir() as d:
+        db = _open(d)
+        put_many, pc = db.put_many, time.perf_counter
+        lat = []
+        t0 = pc()
+        for chunk in chunks:
+            t = pc()
+            put_many(chunk)
+            lat.append(pc() - t)
+        db.flush()
+        seconds = pc() - t0
+        extra = _commit_stats(db)
+        db.close()
+    return Result("fillbatch", "kvstore", len(records), seconds, 1, lat,
+                  note=f"ops = records; latency per call of {PUT_MANY_SIZE}; " + _commit_note(extra),
+                  extra=extra)
+
+
+@workload("overwrite", "buffered puts over existing keys (random order, new values), timed until flush()")
+def overwrite(ctx):
+    records = ctx.random_order
+    # every key gets the value of the next record: a real rewrite, same sizes overall
+    rewrites = [(records[i][0], records[(i + 1) % len(records)][1]) for i in range(len(records))]
+    with ctx.tmpdir() as d:
+        db = _open(d)
+        _prefill(db, ctx.records)
+        before = db.stats()["commits"]
+        seconds, lat = _puts_until_flushed(db, rewrites)
+        extra = _commit_stats(db)
+        db.close()
+    extra["commits"] -= before
+    extra["ops_per_commit_mean"] = len(rewrites) / extra["commits"] if extra["commits"] else 0.0
+    return Result("overwrite", "kvstore", len(rewrites), seconds, 1, lat, note=_commit_note(extra),
+                  extra=extra)
+
+
+# ---------------------------------------------------------------- reads
+
+
+def _has_option(name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(kvstore.Options)}
+
+
+# The uncached workloads turn the read cache off once kvstore has one (issue 4).
+UNCACHED = {"cache_entries": 0} if _has_option("cache_entries") else {}
+
+
+def _reader(ctx, d, records=None, **options):
+    """A fresh handle (with `options`) on a store holding records
+    (ctx.records by default), and a note when it is not fresh.
+
+    The store is filled and closed, then opened again, so nothing is pending
+    or cached in this process. If the reopened store cannot be read (a kvstore
+    bug), the reads run on a store filled through the handle that reads it,
+    after flush() (nothing pending either), and the note says so.
+    """
+    records = ctx.records if records is None else records
+    db = _open(d)
+    _prefill(db, records)
+    db.close()
+    db = _open(d, **options)
+    try:
+        db.get(records[0][0])
+        return db, ""
+    except kvstore.KVStoreError as exc:
+        problem = str(exc)
+        try:
+            db.close()
+        except kvstore.KVStoreError:
+            pass
+    fallback = os.path.join(d, "again")
+    os.makedirs(fallback)
+    db = _open(fallback, **options)
+    _prefill(db, records)
+    return db, f"SAME handle as the fill (reopened store unreadable: {problem})"
+
+
+def _read(ctx, name, keys, expect_found: bool) -> Result:
+    with ctx.tmpdir() as d:
+        db, note = _reader(ctx, d, **UNCACHED)
+        seconds, lat, found = time_gets(db.get, keys)
+        db.close()
+    note = "; ".join(x for x in (found_note(found, len(keys) if expect_found else 0), note) if x)
+    return Result(name, "kvstore", len(keys), seconds, 1, lat, extra={"found": found}, note=note)
+
+
+@workload("readrandom", "get of random existing keys, each once, on a fresh handle after the fill (cache off)")
+def readrandom(ctx):
+    return _read(ctx, "readrandom", [k for k, _ in ctx.random_order], True)
+
+
+@workload("readmissing", "get of keys that do not exist, on a fresh handle after the fill (cache off)")
+def readmissing(ctx):
+    return _read(ctx, "readmissing", [k + "#missing" for k, _ in ctx.random_order], False)
+
+
+HOT_CACHE = {"cache_entries": 10_000, "cache_bytes": 64 * MiB}  # kvstore's defaults
+TIGHT_CACHE = {"cache_entries": 10_000, "cache_bytes": 2 * MiB}  # the byte limit binds
+
+
+def _cache_options(options: dict) -> dict:
+    missing = [name for name in options if not _has_option(name)]
+    if missing:
+        raise Unavailable(f"this kvstore has no read cache: kvstore.open() takes no {', '.join(missing)} "
+                          f"(issue 4); the hot reads are not run uncached in its place")
+    return options
+
+
+def _cache_delta(before: dict, after: dict) -> dict:
+    d = {k: after[k] - before[k] for k in ("hits", "misses", "revalidations", "evictions")}
+    served = d["hits"] + d["revalidations"]
+    d["hit_ratio"] = served / (served + d["misses"]) if served + d["misses"] else None
+    return d
+
+
+def _readhot(ctx, name, options, doc) -> Result:
+    """Zipf reads through a handle opened with `options`, after a warm-up
+    stream of the same law; with the cache's counters and memory."""
+    warm, keys = bench_data.hot_keys(ctx)
+    cached = bool(options.get("cache_entries") and options.get("cache_bytes"))
+    with ctx.tmpdir() as d:
+        db, note = _reader(ctx, d, **options)
+        heap0 = anon_rss_mb()
+        for key in warm:  # a key enters the cache on its second miss
+            db.get(key)
+        before = db.stats().get("cache") if cached else None
+        if cached and before is None:
+            db.close()
+            raise Unavailable("db.stats() has no 'cache' entry although the cache options were accepted")
+        seconds, lat, found = time_gets(db.get, keys)
+        heap1 = anon_rss_mb()
+        after = db.stats()["cache"] if cached else None
+        db.close()
+    extra = {"options": options, "found": found, "zipf_s": bench_data.ZIPF_S}
+    notes = [found_note(found, len(keys)), note]
+    if cached:
+        delta = _cache_delta(before, after)
+        limit = options["cache_bytes"]
+        within = after["bytes"] <= limit and after["entries"] <= options["cache_entries"]
+        extra.update(cache=after, timed=delta, cache_bytes_limit=limit, within_limit=within)
+        notes.insert(0, f"hit ratio {delta['hit_ratio']:.1%}; cache {after['bytes'] / MiB:.1f} of "
+                        f"{limit / MiB:.0f} MiB, {after['entries']:,} entries: "
+                        f"{'within' if within else 'OVER the limit'}")
+    if heap0 is not None and heap1 is not None:
+        extra["heap_growth_mb"] = heap1 - heap0
+        notes.append(f"heap +{heap1 - heap0:.1f} MB")
+    return Result(name, "kvstore", len(keys), seconds, 1, lat, extra=extra,
+                  note="; ".join(x for x in notes if x))
+
+
+@workload("readhot", "Zipf reads (s=1.1) of existing keys, read cache on: 10,000 entries, 64 MiB")
+def readhot(ctx):
+    return _readhot(ctx, "readhot", _cache_options(HOT_CACHE), "")
+
+
+@workload("readhot-tight", "the same Zipf reads with cache_bytes=2 MiB: the byte limit binds")
+def readhot_tight(ctx):
+    return _readhot(ctx, "readhot-tight", _cache_options(TIGHT_CACHE), "")
+
+
+@workload("readhot-uncached", "the same Zipf reads, read cache off: what the cache saves")
+def readhot_uncached(ctx):
+    return _readhot(ctx, "readhot-uncached", UNCACHED, "")
+
+
+# ---------------------------------------------------------------- agent memory
+
+
+@workload("scan", "prefix scan of one session's messages (keys and decoded values), sessions at random")
+def scan(ctx):
+    prefixes = sessions.scan_prefixes(ctx)
+    with ctx.tmpdir() as d:
+        db, note = _reader(ctx, d)
+        s = db.scan
+        seconds, lat, rows = sessions.time_scans(lambda p: sum(1 for _ in s(prefix=p)), prefixes)
+        db.close()
+    return sessions.scan_result("scan", "kvstore", prefixes, seconds, lat, rows, note)
+
+
+def _kv_turn(db, turn, durable: bool) -> int:
+    meta = db.get(turn.meta_key)
+    last = list(itertools.islice(db.scan(prefix=turn.prefix, reverse=True), sessions.LAST_MESSAGES))
+    if durable:
+        with db.batch(durable=True) as b:
+            for key, value in turn.messages:
+                b.put(key, value)
+            b.put(*turn.episode)
+            b.put(turn.meta_key, sessions.updated_meta(meta, turn))
+    else:
+        for key, value in turn.messages:
+            db.put(key, value)
+        db.put(*turn.episode)
+        db.put(turn.meta_key, sessions.updated_meta(meta, turn))
+    return len(last)
+
+
+def _mixed(ctx, name, count, durable: bool, note: str) -> Result:
+    plan = sessions.turns(ctx)[:count]
+    with ctx.tmpdir() as d:
+        db, fresh = _reader(ctx, d)
+        t0 = time.perf_counter()
+        _, lat, _ = time_gets(lambda t: _kv_turn(db, t, durable), plan)
+        db.flush()
+        seconds = time.perf_counter() - t0
+        extra = _commit_stats(db)
+        extra["cache"] = db.stats().get("cache")
+        db.close()
+    return Result(name, "kvstore", len(plan), seconds, 1, lat, extra=extra,
+                  note="; ".join(x for x in (note, _commit_note(extra), fresh) if x))
+
+
+@workload("mixed", "agent turn: get meta, last 20 messages (reverse scan), put 3 messages + an episode, "
+                   "rewrite meta; buffered puts, timed until flush()")
+def mixed(ctx):
+    return _mixed(ctx, "mixed", ctx.turns, False, "ops = turns of 2 reads + 5 writes")
+
+
+@workload("mixed-durable", "the same turn, its 5 writes in one batch(durable=True): atomic, one fsync per turn")
+def mixed_durable(ctx):
+    return _mixed(ctx, "mixed-durable", ctx.sync_turns, True, "ops = turns; fewer turns")
+
+
+@workload("batchsize", "buffered fill with max_batch_ops in " + ", ".join(map(str, BATCH_SIZES))
+          + " (flush_interval 60 s): ops/s and mean ops per commit")
+def batchsize(ctx):
+    out = []
+    for m in BATCH_SIZES:
+        r = _buffered_fill(ctx, f"batchsize-{m}", ctx.random_order, max_batch_ops=m, flush_interval=60.0)
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------- codec
+
+
+def _codec_results(backend: str, system: str, encode, decode, values) -> list[Result]:
+    records = [encode(v) for v in values]  # a warm-up, and the records to decode
+    enc_s, enc_lat, _ = time_gets(encode, values)
+    dec_s, dec_lat, _ = time_gets(decode, records)
+    raw = sum(map(len, records))
+    out = []
+    for op, seconds, lat in (("encode", enc_s, enc_lat), ("decode", dec_s, dec_lat)):
+        out.append(Result(f"codec-{backend}-{op}", system, len(values), seconds, 1, lat,
+                          extra={"backend": backend, "op": op, "record_bytes": raw},
+                          note=f"ops = values; {raw / len(values):,.0f} B a record"))
+    return out
+
+
+@workload("codec", "encode and decode of every value, one call each: kvstore.codec.use('native'), "
+                   "use('python'), and msgpack + the zstandard package alone")
+def codec(ctx):
+    import msgpack
+    import zstandard
+
+    values = [v for _, v in ctx.records]
+    out = []
+    active = kvstore.codec.backend
+    try:
+        for backend in ("native", "python"):
+            try:
+                kvstore.codec.use(backend)
+            except ImportError as exc:
+                for op in ("encode", "decode"):
+                    out.append(Result(f"codec-{backend}-{op}", "kvstore",
+                                      skipped=f"backend not available: {exc}"))
+                continue
+            out += _codec_results(backend, "kvstore", kvstore.codec.encode, kvstore.codec.decode, values)
+    finally:
+        kvstore.codec.use(active)
+    # the work both backends do, through the Python packages: msgpack, then zstd level 3
+    # (no header, no checksum, values under 128 bytes compressed too)
+    pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    compress = zstandard.ZstdCompressor(level=3, write_content_size=True).compress
+    decompress = zstandard.ZstdDecompressor().decompress
+    out += _codec_results("zstandard", "zstandard", lambda v: compress(pack(v)),
+                          lambda r: msgpack.unpackb(decompress(r), raw=False, strict_map_key=False), values)
+    return out
+
+
+# ---------------------------------------------------------------- stored size
+
+
+def _stored(ctx, d, name, records, **options) -> tuple[Result, object]:
+    """Fill a store at d with records; the Result has bytes per record. Returns the open handle."""
+    db = _open(d, **options)
+    t0 = time.perf_counter()
+    _prefill(db, records)
+    seconds = time.perf_counter() - t0
+    st = db.stats()
+    n = len(records)
+    extra = {"options": options, "msgpack_bytes_per_record": st["bytes_in"] / n,
+             "stored_bytes_per_record": st["bytes_stored"] / n,
+             "lmdb_bytes_per_record": st["map_used"] / n}
+    return Result(name, "kvstore", n, seconds, 1, None, extra=extra), db
+
+
+def _ratio_note(extra: dict) -> str:
+    return (f"{extra['stored_bytes_per_record']:,.0f} B stored a record "
+            f"({extra['stored_bytes_per_record'] / extra['msgpack_bytes_per_record']:.2f} of msgpack)")
+
+
+@workload("ratio", "bytes stored per record (value records, 18-byte header included; and LMDB pages): "
+                   "compression none, zstd, zstd with a trained dictionary", once=True)
+def ratio(ctx):
+    records = ctx.records
+    out = []
+    with ctx.tmpdir() as d:
+        for name, options in (("ratio-none", {"compression": "none"}), ("ratio-zstd", {})):
+            r, db = _stored(ctx, os.path.join(d, name), name, records, **options)
+            db.close()
+            r.note = _ratio_note(r.extra) + "; ops/s = put_many fill"
+            out.append(r)
+        # the zstd store, trained, then every record written again with the dictionary
+        db = _open(os.path.join(d, "ratio-zstd"))
+        try:
+            db.train_dictionary()
+        except Exception as exc:  # noqa: BLE001 - too little data to train on, for one
+            db.close()
+            out.append(Result("ratio-zstd-dict", "kvstore", skipped=f"train_dictionary failed: {exc!r}"))
+            return out
+        info = db.dictionaries()[-1]
+        st0 = db.stats()
+        t0 = time.perf_counter()
+        _prefill(db, records)
+        seconds = time.perf_counter() - t0
+        st1 = db.stats()
+        db.close()
+    n = len(records)
+    extra = {"msgpack_bytes_per_record": (st1["bytes_in"] - st0["bytes_in"]) / n,
+             "stored_bytes_per_record": (st1["bytes_stored"] - st0["bytes_stored"]) / n,
+             "dictionary": {k: info[k] for k in ("id", "size", "samples") if k in info}}
+    out.append(Result("ratio-zstd-dict", "kvstore", n, seconds, 1, None, extra=extra,
+                      note=_ratio_note(extra) + f"; dictionary of {info.get('size', 0):,} B"))
+    return out
+
+
+# ---------------------------------------------------------------- scale
+
+
+def count_label(n: int) -> str:
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+@workload("scale", "fillrandom and readrandom (cache off) at each size of --scale: "
+                   "throughput as the store grows", once=True)
+def scale(ctx):
+    out = []
+    rng = random.Random(ctx.seed + 3)
+    for size in ctx.scale_sizes:
+        records = bench_data.distinct(ctx.base, size)
+        rng.shuffle(records)
+        keys = [k for k, _ in rng.sample(records, min(size, ctx.scale_reads))]
+        label = count_label(size)
+        with ctx.tmpdir() as d:
+            db = _open(d)
+            seconds, lat = _puts_until_flushed(db, records)
+            extra = _commit_stats(db)
+            extra.update(records=size, map_used=db.stats()["map_used"])
+            db.close()
+            out.append(Result(f"scale-fillrandom-{label}", "kvstore", size, seconds, 1, lat,
+                              extra=extra, note=_commit_note(extra)))
+            del records, lat
+            db = _open(d, **UNCACHED)
+            seconds, lat, found = time_gets(db.get, keys)
+            db.close()
+            out.append(Result(f"scale-readrandom-{label}", "kvstore", len(keys), seconds, 1, lat,
+                              extra={"records": size, "found": found},
+                              note="; ".join(x for x in (f"{len(keys):,} gets of {size:,} records",
+                                                         found_note(found, len(keys))) if x)))
+    return out
