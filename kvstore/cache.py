@@ -400,7 +400,7 @@ class ReadCache:
             if t < a or t < b:
                 return STALE
             if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
-                return self._expired(k)
+                return self._expired(k, e)
             self._hits += 1
         plan = e[_PLAN]
         if plan is None:
@@ -420,7 +420,7 @@ class ReadCache:
             if e[_TXNID] != txnid:
                 return STALE
             if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
-                return self._expired(k)
+                return self._expired(k, e)
             self._hits += 1
         plan = e[_PLAN]
         if plan is None:
@@ -450,11 +450,12 @@ class ReadCache:
             self._next_generation()
         return SKIP
 
-    def _expired(self, k):
-        """A lookup found k's value past its expiry: drop it; MISS (the
-        caller reads the store, which holds it expired, or a newer value).
-        Under _lock."""
-        del self._lru[k]
+    def _expired(self, k, e):
+        """A lookup found entry e of k past its expiry: drop it (unless it was
+        evicted or replaced meanwhile); MISS (the caller reads the store,
+        which holds it expired, or a newer value). Under _lock."""
+        if self._get(k) is e:
+            del self._lru[k]
         self._expirations += 1
         self._misses += 1
         return MISS
