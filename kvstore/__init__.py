@@ -18,6 +18,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidKeyError,
     InvalidNamespaceError,
+    InvalidTTLError,
     KVStoreError,
     MapFullError,
     NamespaceLimitError,
@@ -28,6 +29,7 @@ from .errors import (
     StoreFailedError,
     StoreNotFoundError,
     TimeoutError,
+    TTLMismatchError,
 )
 from .options import Options
 from .store import Batch, Namespace, Store, open
@@ -48,6 +50,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidKeyError",
     "InvalidNamespaceError",
+    "InvalidTTLError",
     "MapFullError",
     "NamespaceLimitError",
     "NotSupportedError",
@@ -57,4 +60,5 @@ __all__ = [
     "StoreFailedError",
     "StoreNotFoundError",
     "TimeoutError",
+    "TTLMismatchError",
 ]

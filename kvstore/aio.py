@@ -227,24 +227,25 @@ class AsyncStore:
 
     # ------------------------------------------------------------ writes
 
-    async def aput(self, key, value, *, durable: bool | None = None) -> None:
-        """`Store.put`: a durable put returns once its commit is synced.
+    async def aput(self, key, value, *, durable: bool | None = None, ttl: float | None = None) -> None:
+        """`Store.put`: a durable put returns once its commit is synced; `ttl`
+        as for Store.put.
 
-        :raises InvalidKeyError, EncodeError: at the call; nothing is queued
+        :raises InvalidKeyError, EncodeError, InvalidTTLError: at the call; nothing is queued
         :raises StoreFailedError: the commit failed (durable writes only)
         """
         done = _Completion()
-        await done.wait(self._store._put(key, value, durable, done))
+        await done.wait(self._store._put(key, value, durable, done, ttl))
 
     async def adelete(self, key, *, durable: bool | None = None) -> None:
         """`Store.delete`: remove key (no error if it is missing)."""
         done = _Completion()
         await done.wait(self._store._delete(key, durable, done))
 
-    async def aput_many(self, items, *, durable: bool | None = None) -> None:
+    async def aput_many(self, items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """`Store.put_many`: many pairs atomically, in one commit."""
         done = _Completion()
-        await done.wait(self._store._put_many(items, durable, done))
+        await done.wait(self._store._put_many(items, durable, done, ttl))
 
     def abatch(self, durable: bool | None = None) -> "AsyncBatch":
         """An atomic batch: ``async with db.abatch() as b: b.put(...)``.
@@ -265,9 +266,9 @@ class AsyncStore:
 
     # ------------------------------------------------------------ reads
 
-    async def aget(self, key, default=None):
+    async def aget(self, key, default=None, *, refresh_ttl: bool = False):
         """`Store.get`: the value stored under key, or default (runs inline)."""
-        return self._store.get(key, default)
+        return self._store.get(key, default, refresh_ttl=refresh_ttl)
 
     async def aget_many(self, keys: Iterable) -> list:
         """`Store.get_many`: values of keys (None where missing), from one snapshot."""
@@ -297,10 +298,11 @@ class AsyncStore:
 
     # ------------------------------------------------------------ namespaces, state
 
-    async def anamespace(self, name: str) -> "AsyncStore":
+    async def anamespace(self, name: str, *, ttl: float | None = None) -> "AsyncStore":
         """`Store.namespace`: a handle on namespace `name`, created (durably,
-        in a worker thread) if missing."""
-        ns = await asyncio.get_running_loop().run_in_executor(None, self._store.namespace, name)
+        in a worker thread) if missing; `ttl`: its default TTL, as there."""
+        ns = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._store.namespace(name, ttl=ttl))
         return AsyncStore(ns)
 
     async def anamespaces(self) -> list[str]:
@@ -341,9 +343,9 @@ class AsyncBatch:
     def __init__(self, batch: Batch):
         self._batch = batch
 
-    def put(self, key, value, *, namespace: str | None = None) -> None:
+    def put(self, key, value, *, namespace: str | None = None, ttl: float | None = None) -> None:
         """Add a put; `namespace` targets another namespace of the store."""
-        self._batch.put(key, value, namespace=namespace)
+        self._batch.put(key, value, namespace=namespace, ttl=ttl)
 
     def delete(self, key, *, namespace: str | None = None) -> None:
         self._batch.delete(key, namespace=namespace)

@@ -121,6 +121,15 @@ only read). The LRU is cachetools.LRUCache with a getsizeof; lookups call
 its dict's get and its OrderedDict's move_to_end directly, which is what
 its __getitem__ does, without its two Python frames (see `_reads`).
 
+Expiry (values with a TTL, kvstore/ttl.py): an entry remembers when its
+value expires (0: never), read from the record's TTL prefix at fill. A
+lookup that finds an entry valid at the last commit but past its expiry
+drops it and returns MISS, so an expired value is never served, even though
+no commit told the cache (expiry is a matter of time, not of txnids). For
+a value without TTL the check is one field test on the hit path. A TTL
+record's tag is its TTL prefix and inner header (40 bytes): a refresh that
+only moves the expiry changes the tag.
+
 Corruption: a hit or a revalidation serves the value whose payload was
 checked (XXH64) when it was decoded; a payload damaged later under an
 intact header raises CorruptionError only once the entry has left the cache.
@@ -137,7 +146,8 @@ import threading
 
 import cachetools
 
-from .codec.format import HEADER_SIZE
+from . import ttl as _ttl
+from .codec.format import HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION
 
 __all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "record_tag", "ENTRY_OVERHEAD",
            "OBJECT_FACTOR"]
@@ -173,15 +183,23 @@ _CONTAINERS = frozenset((dict, list))
 _peek = cachetools.Cache.__getitem__  # a read that leaves the LRU order alone
 _raw_len = struct.Struct("<I").unpack_from
 
-# Entry layout: a list, so that revalidation updates it in place.
-_VALUE, _PLAN, _TAG, _TXNID, _SIZE = range(5)
+# Entry layout: a list, so that revalidation updates it in place. _EXPIRES:
+# when the value expires (ms, kvstore.ttl), 0 if it has no TTL.
+_VALUE, _PLAN, _TAG, _TXNID, _SIZE, _EXPIRES = range(6)
+
+
+def _tag_size(record) -> int:
+    if len(record) and record[0] == TTL_VERSION:
+        return TTL_HEADER_SIZE + HEADER_SIZE
+    return HEADER_SIZE
 
 
 def record_tag(record) -> bytes:
     """What identifies a stored record's content: its 18-byte header
-    (version, flags, raw length, dictionary id, XXH64 of the payload).
-    Reads no payload byte; `record` may be a buffer of a live transaction."""
-    return bytes(record[:HEADER_SIZE])
+    (version, flags, raw length, dictionary id, XXH64 of the payload),
+    after the TTL prefix (expiry and TTL) when it has one. Reads no payload
+    byte; `record` may be a buffer of a live transaction."""
+    return bytes(record[:_tag_size(record)])
 
 
 class _TooDeep(Exception):
@@ -329,6 +347,7 @@ class ReadCache:
         self._deferred = 0  # not served, to be decoded only (SKIP: first miss)
         self._fills = 0  # values cached
         self._invalidations = 0  # dropped: content changed, deleted, written here
+        self._expirations = 0  # dropped: the value's TTL ran out
 
     @classmethod
     def create(cls, max_entries: int, max_bytes: int, **kwargs) -> "ReadCache | None":
@@ -380,6 +399,8 @@ class ReadCache:
             a, b = txnids()
             if t < a or t < b:
                 return STALE
+            if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
+                return self._expired(k, e)
             self._hits += 1
         plan = e[_PLAN]
         if plan is None:
@@ -398,6 +419,8 @@ class ReadCache:
             self._touch(k)
             if e[_TXNID] != txnid:
                 return STALE
+            if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
+                return self._expired(k, e)
             self._hits += 1
         plan = e[_PLAN]
         if plan is None:
@@ -427,6 +450,16 @@ class ReadCache:
             self._next_generation()
         return SKIP
 
+    def _expired(self, k, e):
+        """A lookup found entry e of k past its expiry: drop it (unless it was
+        evicted or replaced meanwhile); MISS (the caller reads the store,
+        which holds it expired, or a newer value). Under _lock."""
+        if self._get(k) is e:
+            del self._lru[k]
+        self._expirations += 1
+        self._misses += 1
+        return MISS
+
     def _next_generation(self) -> None:
         self._door_next = self._deferred + self.max_entries
         self._door_gen += 1
@@ -443,15 +476,17 @@ class ReadCache:
 
     def revalidate(self, ns: str, key: bytes, record, txnid: int):
         """After a lookup said STALE: record is what the snapshot txnid holds
-        for the key (None: no such key). Returns the value if that record is
-        the one cached, else MISS (decode the record, if any, and fill)."""
+        for the key (None: no such key, or its value expired). Returns the
+        value if that record is the one cached, else MISS (decode the record,
+        if any, and fill)."""
         k = (ns, key)
         with self._lock:
             e = self._get(k)
             if e is None:  # dropped meanwhile
                 self._misses += 1
                 return MISS
-            same = record is not None and e[_TAG] == record[:HEADER_SIZE]
+            tag = e[_TAG]
+            same = record is not None and tag == record[:len(tag)]
             if e[_TXNID] < txnid:
                 if not same:
                     del self._lru[k]
@@ -480,19 +515,22 @@ class ReadCache:
             if e is None:
                 return False
             a, b = txnids()
-            return e[_TXNID] >= a and e[_TXNID] >= b
+            return e[_TXNID] >= a and e[_TXNID] >= b and not (e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms())
 
     # ------------------------------------------------------------ writes
 
     def fill(self, ns: str, key: bytes, value, record, txnid: int) -> None:
         """After a MISS: cache value, just decoded from record (the stored
-        bytes; may be a buffer of the live transaction) read in the snapshot
-        txnid. Keeps a private copy: the caller keeps value. An entry
-        validated at txnid or later is kept instead."""
+        bytes, TTL prefix included, unexpired; may be a buffer of the live
+        transaction) read in the snapshot txnid. Keeps a private copy: the
+        caller keeps value. An entry validated at txnid or later is kept
+        instead."""
         if not self.enabled:
             return
         k = (ns, key)
-        size = ENTRY_OVERHEAD + len(key) + OBJECT_FACTOR * _raw_len(record, 2)[0]
+        tag_size = _tag_size(record)
+        expires = _ttl.expiry_ms(record) if tag_size != HEADER_SIZE else 0
+        size = ENTRY_OVERHEAD + len(key) + OBJECT_FACTOR * _raw_len(record, tag_size - HEADER_SIZE + 2)[0]
         try:
             if size > self.max_bytes:
                 raise _TooDeep
@@ -500,7 +538,7 @@ class ReadCache:
         except _TooDeep:  # too big or too deep to cache: make sure no old value stays
             self._drop([k])
             return
-        entry = [stored, plan, bytes(record[:HEADER_SIZE]), txnid, size]
+        entry = [stored, plan, bytes(record[:tag_size]), txnid, size, expires]
         lru = self._lru
         with self._lock:
             old = self._get(k)
@@ -560,6 +598,7 @@ class ReadCache:
                 "misses": misses,
                 "revalidations": reval,
                 "invalidations": self._invalidations,
+                "expirations": self._expirations,
                 "evictions": self._lru.evictions,
                 "fills": self._fills,
                 "deferred": self._deferred,

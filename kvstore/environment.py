@@ -7,7 +7,7 @@ LMDB allows an environment to be opened only once per process, so every
 - checking the files before mapping them (a truncated data.mdb would kill the
   process with SIGBUS on first touch);
 - the store's own metadata (format version, commit sequence) in the reserved
-  namespace ``__kvstore__``;
+  namespace ``__kvstore__``, and what the TTL module keeps there (`ttl`);
 - namespace handles (LMDB named databases);
 - the map size: growing it when a commit fills it, adopting a size grown by
   another process. LMDB requires that no transaction be active in this
@@ -38,6 +38,7 @@ from .errors import (
 from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .options import Options
+from .ttl import TTLMeta
 
 __all__ = ["Environment", "acquire", "DEFAULT_NAMESPACE", "META_DB", "check_namespace_name"]
 
@@ -45,7 +46,13 @@ DEFAULT_NAMESPACE = "default"
 META_DB = b"__kvstore__"  # reserved: store metadata, never a user namespace
 FORMAT_KEY = b"format_version"
 SEQ_KEY = b"commit_seq"  # u64 big-endian, +1 on every commit (any process)
-STORE_FORMAT = 1  # layout of the environment (names and meta keys), frozen
+# Layout of the environment (database names and meta keys), frozen. A new
+# store is format 1; writing its first TTL value makes it format 2 (ttl: keys
+# in the metadata, TTL records in namespaces), which older kvstore versions
+# refuse to open. STORE_FORMAT is the newest this version reads.
+BASE_STORE_FORMAT = 1
+TTL_STORE_FORMAT = 2
+STORE_FORMAT = TTL_STORE_FORMAT
 SEQ = struct.Struct(">Q")
 
 _LMDB_MAGIC = 0xBEEFC0DE
@@ -314,10 +321,12 @@ class Environment:
         self.env = self._open()
         self.cache = None
         self.last_txnid = None
+        self.sweeper = None  # set by the store when writable (kvstore.ttl.Sweeper)
         try:
             self.clear_stale_readers()
             self.meta_db = self._init_meta()
             self.dicts = Dictionaries(self)
+            self.ttl = TTLMeta(self)
             self._init_cache()
         except BaseException:
             self.env.close()
@@ -428,7 +437,7 @@ class Environment:
         def create(txn):
             meta = self.env.open_db(META_DB, txn=txn, create=True)
             if txn.get(FORMAT_KEY, db=meta) is None:
-                txn.put(FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
+                txn.put(FORMAT_KEY, str(BASE_STORE_FORMAT).encode(), db=meta)
                 txn.put(SEQ_KEY, SEQ.pack(0), db=meta)
             self.env.open_db(DEFAULT_NAMESPACE.encode(), txn=txn, create=True)
             return meta
@@ -611,6 +620,14 @@ class Environment:
         info["psize"] = stat["psize"]
         info["map_used"] = (info["last_pgno"] + 1) * stat["psize"]
         return info
+
+    def current_txnid(self) -> int:
+        """The txnid of the last commit to the store, by any process: from
+        LMDB's meta pages directly when the read cache set that up
+        (LastTxnid, no lock), else through LMDB."""
+        if self.last_txnid is not None:
+            return self.last_txnid()
+        return self.info()["last_txnid"]
 
     def commit_seq(self) -> int:
         """Number of commits the store has seen, from any process."""

@@ -15,6 +15,8 @@ __all__ = [
     # -- at the call, before anything is queued
     "InvalidKeyError",
     "InvalidNamespaceError",
+    "InvalidTTLError",
+    "TTLMismatchError",
     "EncodeError",
     "CodecSelectionError",
     "ReadOnlyError",
@@ -49,6 +51,15 @@ class InvalidKeyError(KVStoreError, ValueError):
 
 class InvalidNamespaceError(KVStoreError, ValueError):
     """A namespace name is not a usable name (empty, too long, reserved)."""
+
+
+class InvalidTTLError(KVStoreError, ValueError):
+    """A time to live is not a number of seconds > 0 (math.inf: no expiry)."""
+
+
+class TTLMismatchError(KVStoreError, ValueError):
+    """namespace(name, ttl=...) names a default TTL other than the one the
+    namespace holds; change it explicitly with set_default_ttl()."""
 
 
 class EncodeError(KVStoreError, TypeError):

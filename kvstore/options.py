@@ -86,6 +86,25 @@ class Options:
     # record's declared length is checked against before any allocation.
     max_value_size: int = 256 * MiB
 
+    # ---------------------------------------------------- TTL sweep (performance)
+
+    # Expired values are invisible at once; a background thread of each
+    # writable process deletes them (kvstore/ttl.py), one pass every this many
+    # seconds. A pass reads at most ttl_sweep_batch records of the namespaces
+    # that hold TTL values, picking up where the last one stopped, and
+    # deletes the expired ones in one buffered commit. Shorter: disk space
+    # comes back sooner, for more background reads. 0 turns the sweep off:
+    # expired values stay on disk (still invisible) until overwritten or
+    # `kvstore compact` drops them. A namespace default TTL set by another
+    # process is also picked up this often (0: when this process opens the
+    # store, or calls namespace(name, ttl=...)).
+    ttl_sweep_interval: float = 0.5
+
+    # Most records one sweep pass reads (and deletes). With the interval, it
+    # bounds the sweep's work: 2,000 records a second by default, about 1 ms
+    # of CPU per pass; a pass never holds a read transaction longer than that.
+    ttl_sweep_batch: int = 1000
+
     # ---------------------------------------------------- read cache (performance)
 
     # Most decoded values the read cache keeps (an LRU shared by every handle
@@ -113,12 +132,15 @@ class Options:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise TypeError(f"option {f.name} must be a number of seconds, not {value!r}")
         _positive = ("max_namespaces", "max_readers", "map_size", "max_map_size", "max_batch_ops",
-                     "max_batch_bytes", "max_pending_ops", "max_value_size")
+                     "max_batch_bytes", "max_pending_ops", "max_value_size", "ttl_sweep_batch")
         for name in _positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"option {name} must be positive, not {getattr(self, name)!r}")
         if self.map_size > self.max_map_size:
             raise ValueError(f"map_size ({self.map_size}) is larger than max_map_size ({self.max_map_size})")
+        if not 0 <= self.ttl_sweep_interval <= 3600:
+            raise ValueError(f"ttl_sweep_interval must be in [0, 3600] seconds (0 turns the sweep off), "
+                             f"not {self.ttl_sweep_interval!r}")
         if not 0 < self.flush_interval <= 3600:
             raise ValueError(f"flush_interval must be in (0, 3600] seconds, not {self.flush_interval!r}")
         if self.compression not in ("zstd", "none"):

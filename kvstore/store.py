@@ -5,7 +5,8 @@ Keys are bytes or str (UTF-8), 1 to 511 bytes; they come back from scans and
 iteration as bytes. Values are anything msgpack carries; they are validated
 and encoded in the caller's thread, so a bad value raises at the call and can
 never poison a group commit. Reads see this process's pending writes first
-(read-your-writes), then the database.
+(read-your-writes), then the database. A value with a TTL (kvstore/ttl.py)
+reads as missing once it has expired, wherever it is found.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import lmdb
 
 from . import environment
 from . import codec as _codec
+from . import ttl as _ttl
 from .cache import MISS, SKIP, STALE, Sentinel
+from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, inner_record, parse_ttl, ttl_expired, wrap_ttl
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
 from .environment import DEFAULT_NAMESPACE, check_namespace_name
 from .errors import (
@@ -33,10 +36,11 @@ from .errors import (
     KVStoreError,
     ReadOnlyError,
     StoreClosedError,
+    TTLMismatchError,
     translate,
 )
 from .options import Options
-from .writer import Group, Writer
+from .writer import ConditionalGroup, Group, Writer
 
 __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE"]
 
@@ -102,6 +106,18 @@ def _bound(value, name: str) -> bytes | None:
     raise InvalidKeyError(f"{name} must be bytes or str, not {type(value).__name__}")
 
 
+def _live(record, now: int | None = None) -> bool:
+    """Whether stored bytes (TTL prefix included) hold a value that has not
+    expired at now (ms; None: the clock's now). A damaged prefix counts as
+    live: presence needs no decoding (reading the value reports the damage)."""
+    if not len(record) or record[0] != TTL_VERSION:
+        return True
+    try:
+        return not ttl_expired(record, _ttl.now_ms() if now is None else now)
+    except CorruptionError:
+        return True
+
+
 class Store:
     """A kvstore store: the default namespace of the store at `path`.
 
@@ -128,6 +144,8 @@ class Store:
                 with environment._registry_lock:
                     if env.writer is None:
                         env.writer = Writer(env, self._options)
+                        env.sweeper = _ttl.Sweeper(env, env.writer, self._options.ttl_sweep_interval,
+                                                   self._options.ttl_sweep_batch)
         except BaseException:
             _detach(env)
             raise
@@ -176,16 +194,58 @@ class Store:
         self._env = self._attach()
         return self._env
 
-    def namespace(self, name: str) -> "Namespace":
+    def namespace(self, name: str, *, ttl: float | None = None) -> "Namespace":
         """A handle on namespace `name`, created (durably) if missing.
 
+        :param ttl: the namespace's default TTL in seconds, for puts that
+            give none: stored in the store (durably) if the namespace has
+            none yet; if it has another, TTLMismatchError (change it with
+            `set_default_ttl`). None: use whatever the namespace has.
         :raises InvalidNamespaceError: not a str of 1-255 UTF-8 bytes, or starts with "__"
         :raises NamespaceLimitError: the store already holds max_namespaces namespaces
+        :raises InvalidTTLError: ttl is not a finite number of seconds > 0
         """
         check_namespace_name(name)
+        wanted = None if ttl is None else _ttl.default_to_ms(ttl)
         env = self._live_env()
         env.dbi(name, create=not env.readonly)
-        return Namespace(self._root, name)
+        handle = Namespace(self._root, name)
+        if wanted is None:
+            return handle
+        current = env.ttl.default(name)
+        if current == wanted:
+            if env.ttl.defaults.get(name) != wanted:
+                env.ttl.reload()  # another process set it since this one last looked
+            return handle
+        if current:
+            raise TTLMismatchError(
+                f"namespace {name!r} has a default TTL of {current / 1000:g} s, not {ttl!r} s; "
+                f"change it with db.namespace({name!r}).set_default_ttl({ttl!r}), or leave ttl= out "
+                f"to use the stored one")
+        handle._writer(env)  # ReadOnlyError
+        env.ttl.enable(name, wanted)
+        return handle
+
+    @property
+    def default_ttl(self) -> float | None:
+        """This namespace's default TTL in seconds (None: none), as stored now."""
+        ms = self._live_env().ttl.default(self._ns)
+        return ms / 1000 if ms else None
+
+    def set_default_ttl(self, ttl: float | None) -> None:
+        """Set (seconds), or remove (None), this namespace's default TTL, durably.
+
+        Applies to puts from now on that give no ttl, in this process at once
+        and in others within ttl_sweep_interval; values already stored keep
+        their own expiry.
+
+        :raises InvalidTTLError: ttl is not a finite number of seconds > 0
+        """
+        ms = 0 if ttl is None else _ttl.default_to_ms(ttl)
+        env = self._live_env()
+        self._writer(env)
+        if ms or env.ttl.default(self._ns):
+            env.ttl.enable(self._ns, ms)
 
     def namespaces(self) -> list[str]:
         """Names of the namespaces in the store, sorted, "default" included."""
@@ -217,18 +277,21 @@ class Store:
             durable = self._root._durable
         return writer.submit(Group(ops, bool(durable), nbytes, callback))
 
-    def put(self, key, value, *, durable: bool | None = None) -> None:
+    def put(self, key, value, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store value under key.
 
         :param durable: True: return once the write is synced to disk; False:
             return at once (committed within flush_interval); None: the
             store's default (Options.durable)
+        :param ttl: seconds until the value expires (reads then see no key);
+            None: the namespace's default TTL, if it has one; math.inf: never
         :raises InvalidKeyError: bad key; nothing is queued
         :raises EncodeError: msgpack cannot carry the value; nothing is queued
+        :raises InvalidTTLError: ttl is not a number of seconds > 0; nothing is queued
         """
-        self._put(key, value, durable, None)
+        self._put(key, value, durable, None, ttl)
 
-    def _put(self, key, value, durable, callback) -> bool:
+    def _put(self, key, value, durable, callback, ttl=None) -> bool:
         # The hot path of every buffered write: kept flat on purpose.
         root = self._root
         env = root._env
@@ -243,6 +306,8 @@ class Store:
             key = key.encode("utf-8") if key.isascii() else _check_key(key)
         ns = self._ns
         record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
+        if ttl is not None or ns in env.ttl.defaults:
+            record = _ttl.stamp(env, ns, record, ttl)
         dbi = env._dbis.get(ns) or self._dbi(env, ns)
         return writer.submit(Group([(ns, dbi, key, record)],
                                    root._durable if durable is None else bool(durable),
@@ -259,15 +324,16 @@ class Store:
         return self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable,
                             callback)
 
-    def put_many(self, items, *, durable: bool | None = None) -> None:
+    def put_many(self, items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store many pairs atomically, in one commit (all or nothing, across crashes).
 
         :param items: a mapping, or an iterable of (key, value) pairs; a later
             pair for the same key wins
+        :param ttl: as for put, for every pair
         """
-        self._put_many(items, durable, None)
+        self._put_many(items, durable, None, ttl)
 
-    def _put_many(self, items, durable, callback) -> bool:
+    def _put_many(self, items, durable, callback, ttl=None) -> bool:
         env = self._live_env()
         self._writer(env)
         if hasattr(items, "items"):
@@ -278,6 +344,9 @@ class Store:
         ns, dbi = self._ns, self._dbi(env, self._ns)
         encode = self._root._codec.encode
         dictionary = env.dicts.for_encoding(ns)
+        if ttl is not None:
+            _ttl.to_ms(ttl)  # a bad ttl raises before any value is encoded
+        stamped = ttl is not None or ns in env.ttl.defaults
         ops = []
         nbytes = 0
         for pair in items:
@@ -287,6 +356,8 @@ class Store:
                 raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
             key = _check_key(key)
             record = encode(value, dictionary=dictionary)
+            if stamped:
+                record = _ttl.stamp(env, ns, record, ttl)
             nbytes += len(record)
             ops.append((ns, dbi, key, record))
         return bool(ops) and self._submit(env, ops, nbytes, durable, callback)
@@ -332,7 +403,35 @@ class Store:
                     return (entry[1],)
         return None
 
+    def _current(self, env, key: bytes):
+        """(stored bytes, txnid) of key: its pending write in this process
+        (txnid None), else a copy of what the database holds and the txnid
+        it was read at; (None, ...) when neither has it. Expiry unchecked."""
+        hit = self._pending(env, key)
+        if hit is not None:
+            return hit[0], None
+        dbi = self._dbi(env, self._ns)
+        if dbi is None:
+            return None, None
+
+        def read(txn):
+            record = txn.get(key, db=dbi)
+            return (None if record is None else bytes(record)), txn.id()
+
+        return env.read(read)
+
+    def _expired(self, key: bytes, record) -> bool:
+        """Whether a TTL record (stored bytes starting with TTL_VERSION) has
+        expired. CorruptionError naming the key if its prefix is damaged."""
+        try:
+            return parse_ttl(record)[0] <= _ttl.now_ms()
+        except CorruptionError as exc:
+            raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
+
     def _decode(self, key: bytes, record):
+        """The value of stored bytes (its expiry, if any, is the caller's to check)."""
+        if record and record[0] == TTL_VERSION:
+            record = record[TTL_HEADER_SIZE:]
         dicts = self._root._env.dicts
         try:
             return self._root._codec.decode(record, dictionaries=dicts.by_id)
@@ -344,14 +443,21 @@ class Store:
         except FormatError as exc:
             raise FormatError(f"key {key!r}: {exc}") from None
 
-    def get(self, key, default=None):
-        """The value stored under key, or default.
+    def get(self, key, default=None, *, refresh_ttl: bool = False):
+        """The value stored under key, or default (also once it has expired).
 
         Served from the read cache when the cached value is known current
         (kvstore/cache.py); a pending write of this process wins over both.
 
+        :param refresh_ttl: if the value has a TTL, push its expiry to now +
+            that TTL (a buffered write, applied only if the key still holds
+            this value then; skipped when it would move the expiry by less
+            than 1% of the TTL). Such reads bypass the read cache. Needs a
+            writable store.
         :raises CorruptionError: the stored bytes are damaged (names the key)
         """
+        if refresh_ttl:
+            return self._get_refreshing(key, default)
         # The hot path of every cache hit: kept flat on purpose (what
         # _live_env, _check_key and _pending do, inlined).
         root = self._root
@@ -369,7 +475,10 @@ class Store:
             if pending:
                 entry = pending.get(key)
                 if entry is not None:
-                    return default if entry[1] is None else self._decode(key, entry[1])
+                    record = entry[1]
+                    if record is None or (record[0] == TTL_VERSION and self._expired(key, record)):
+                        return default
+                    return self._decode(key, record)
         cache = env.cache
         cached = SKIP
         if cache is not None:
@@ -385,6 +494,8 @@ class Store:
             txn = env.env.begin(db=dbi, buffers=True)
             try:
                 record = txn.get(key)
+                if record and record[0] == TTL_VERSION and self._expired(key, record):
+                    record = None
                 if cached is SKIP:
                     return default if record is None else self._decode(key, record)
                 txnid = txn.id()
@@ -412,6 +523,50 @@ class Store:
         env.adopt_map_size()
         return self.get(key, default)
 
+    def _get_refreshing(self, key, default):
+        """get(key, default, refresh_ttl=True): see get."""
+        env = self._live_env()
+        writer = self._writer(env)
+        key = _check_key(key)
+        ns = self._ns
+        record, txnid = self._current(env, key)
+        if record is None:
+            return default
+        if not len(record) or record[0] != TTL_VERSION:
+            return self._decode(key, record)
+        try:
+            expires, ttl_ms = parse_ttl(record)
+        except CorruptionError as exc:
+            raise CorruptionError(exc.reason, key=key, namespace=ns) from None
+        now = _ttl.now_ms()
+        if expires <= now:
+            return default
+        value = self._decode(key, record)
+        if now + ttl_ms - expires >= max(1, ttl_ms // 100):
+            refreshed = wrap_ttl(bytes(inner_record(record)), now + ttl_ms, ttl_ms)
+            writer.submit(ConditionalGroup([(ns, self._dbi(env, ns), key, refreshed)], False, len(refreshed),
+                                           _ttl.Refresh(env, [(record, txnid)])))
+        return value
+
+    def expiry(self, key) -> tuple[float, float] | None:
+        """(expires_at, ttl) of key's value: when it expires, in seconds on
+        time.time()'s scale, and the TTL it was written (or last refreshed)
+        with, in seconds. None when the value has no TTL.
+
+        :raises KeyError: no such key (or its value has expired)
+        """
+        env = self._live_env()
+        key = _check_key(key)
+        record = self._current(env, key)[0]
+        if record is None:
+            raise KeyError(key)
+        if not len(record) or record[0] != TTL_VERSION:
+            return None
+        if self._expired(key, record):
+            raise KeyError(key)
+        expires, ttl_ms = parse_ttl(record)
+        return expires / 1000, ttl_ms / 1000
+
     def get_many(self, keys: Iterable) -> list:
         """Values of keys (None where missing), in the order given, from one snapshot."""
         env = self._live_env()
@@ -422,7 +577,7 @@ class Store:
             hit = self._pending(env, key)
             if hit is None:
                 todo.append(i)
-            elif hit[0] is not None:
+            elif hit[0] is not None and not (hit[0][0] == TTL_VERSION and self._expired(key, hit[0])):
                 out[i] = self._decode(key, hit[0])
         ns = self._ns
         dbi = self._dbi(env, ns)
@@ -444,6 +599,8 @@ class Store:
                             out[i] = cached
                             continue
                     record = txn.get(key, db=dbi)
+                    if record and record[0] == TTL_VERSION and self._expired(key, record):
+                        record = None
                     if cached is STALE:
                         value = cache.revalidate(ns, key, record, txnid)
                         if value is not MISS:
@@ -452,7 +609,7 @@ class Store:
                         cached = MISS
                     if record is not None:
                         found.append((i, record, cached is MISS))
-                records = [r for _, r, _ in found]
+                records = [inner_record(r) for _, r, _ in found]
                 try:  # one call into the codec for the whole batch
                     values = codec.decode_many(records, dictionaries=env.dicts.by_id)
                 except (CorruptionError, FormatError):
@@ -476,27 +633,40 @@ class Store:
         key = _check_key(key)
         hit = self._pending(env, key)
         if hit is not None:
-            return hit[0] is not None
+            return hit[0] is not None and _live(hit[0])
         cache = env.cache
         if cache is not None and cache.contains(self._ns, key, env.last_txnid.both):
             return True
         dbi = self._dbi(env, self._ns)
         if dbi is None:
             return False
-        return env.read(lambda txn: txn.get(key, db=dbi) is not None)
+
+        def present(txn):
+            record = txn.get(key, db=dbi)
+            return record is not None and _live(record)
+
+        return env.read(present)
 
     def __len__(self) -> int:
+        """The number of keys. O(1), except in a namespace that has held TTL
+        values: its records are counted one by one, skipping expired ones
+        (bench/bench_ttl.py measures it per record)."""
         env = self._live_env()
         dbi = self._dbi(env, self._ns)
         pending = env.writer.snapshot(self._ns) if env.writer is not None else []
+        now = _ttl.now_ms()
         if dbi is None:
-            return sum(1 for _, r in pending if r is not None)
+            return sum(1 for _, r in pending if r is not None and _live(r, now))
+        marker = _ttl.TTL_PREFIX + self._ns.encode("utf-8")
 
         def count(txn):
-            n = txn.stat(dbi)["entries"]
+            if txn.get(marker, db=env.meta_db) is None:  # no TTL value in the namespace
+                n = txn.stat(dbi)["entries"]
+            else:
+                n = sum(1 for record in txn.cursor(db=dbi).iternext(keys=False) if _live(record, now))
             for key, record in pending:
-                stored = txn.get(key, db=dbi) is not None
-                n += (record is not None) - stored
+                stored = txn.get(key, db=dbi)
+                n += (record is not None and _live(record, now)) - (stored is not None and _live(stored, now))
             return n
 
         return env.read(count)
@@ -546,6 +716,8 @@ class Store:
                 yield from self._emit(pending[pi], keys_only)
                 pi += 1
                 continue
+            if record and record[0] == TTL_VERSION and self._gone(key, record, keys_only):
+                continue
             yield key if keys_only else (key, self._decode(key, record))
         while pi < len(pending):
             yield from self._emit(pending[pi], keys_only)
@@ -553,8 +725,13 @@ class Store:
 
     def _emit(self, entry, keys_only):
         key, record = entry
-        if record is not None:
+        if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
             yield key if keys_only else (key, self._decode(key, record))
+
+    def _gone(self, key, record, keys_only) -> bool:
+        """Whether a TTL record has expired; a damaged prefix raises, unless
+        only the key is wanted (presence needs no decoding)."""
+        return not _live(record) if keys_only else self._expired(key, record)
 
     def _scan_stored(self, env, lo, hi, reverse):
         """(key, record) pairs in the database, chunk by chunk."""
@@ -627,7 +804,7 @@ class Store:
         codec = self._root._codec
 
         def serialize(record):
-            return codec.serialize(codec.decode(record, dictionaries=env.dicts.by_id))[1]
+            return codec.serialize(codec.decode(inner_record(record), dictionaries=env.dicts.by_id))[1]
 
         return env.dicts.train(ns, dbi, samples, dict_size, serialize)
 
@@ -644,7 +821,9 @@ class Store:
         {p50, p99}, pending, map_size, map_used, codec, bytes_in (serialized
         bytes of values committed since open), bytes_stored (their stored
         size, headers included), compression_ratio, commit_seq (commits by
-        every process), namespaces.
+        every process), expired_swept (expired values the background sweep of
+        this process deleted since open), ttl_sweep_error (what stopped the
+        sweep, if anything did).
         """
         env = self._live_env()
         info = env.info()
@@ -670,7 +849,14 @@ class Store:
             "compression_ratio": None,
             "failed": None,
             "cache": env.cache.stats() if env.cache is not None else None,
+            "expired_swept": 0,
+            "ttl_sweep_error": None,
         }
+        sweeper = env.sweeper
+        if sweeper is not None:
+            with sweeper._lock:
+                out["expired_swept"] = sweeper.swept
+            out["ttl_sweep_error"] = repr(sweeper.error) if sweeper.error is not None else None
         if w is not None:
             with w._lock:
                 times = sorted(w.commit_seconds)
@@ -749,12 +935,15 @@ class Batch:
             check_namespace_name(namespace)
         return ns, store._dbi(env, ns)
 
-    def put(self, key, value, *, namespace: str | None = None) -> None:
-        """Add a put to the batch; `namespace` targets another namespace of the store."""
+    def put(self, key, value, *, namespace: str | None = None, ttl: float | None = None) -> None:
+        """Add a put to the batch; `namespace` targets another namespace of the
+        store; `ttl` as for Store.put (None: that namespace's default)."""
         ns, dbi = self._target(namespace)
         key = _check_key(key)
         env = self._store._live_env()
         record = self._store._root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
+        if ttl is not None or ns in env.ttl.defaults:
+            record = _ttl.stamp(env, ns, record, ttl)
         self._nbytes += len(record)
         self._ops.append((ns, dbi, key, record))
 
@@ -795,6 +984,8 @@ def _detach(env) -> None:
     if not environment.release(env):
         return
     try:
+        if env.sweeper is not None:
+            env.sweeper.stop()
         if env.writer is not None:
             env.writer.close()
     finally:
@@ -812,6 +1003,8 @@ def _close_all() -> None:
         if env.forked:
             continue
         try:
+            if env.sweeper is not None:
+                env.sweeper.stop()
             if env.writer is not None:
                 env.writer.close()
         except KVStoreError as exc:

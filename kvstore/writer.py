@@ -42,9 +42,10 @@ import threading
 import time
 
 from . import killpoints
+from .codec.format import TTL_HEADER_SIZE, TTL_VERSION
 from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
 
-__all__ = ["Group", "Writer", "TOMBSTONE"]
+__all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]
 
 TOMBSTONE = None  # the record of a pending delete in the overlay
 _RAW_LEN = struct.Struct("<I")  # a record's raw_len field, at offset 2 (codec/format.py)
@@ -72,6 +73,8 @@ class Group:
     __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
                  "waiter", "lead", "callback")
 
+    condition = None  # see ConditionalGroup
+
     def __init__(self, ops: list, durable: bool, nbytes: int, callback=None):
         self.ops = ops
         self.durable = durable
@@ -84,6 +87,20 @@ class Group:
         self.error: BaseException | None = None
         self.waiter: threading.Lock | None = None  # held while its writer sleeps
         self.lead = False  # the writer was woken to lead the next commit
+
+
+class ConditionalGroup(Group):
+    """A group whose ops are decided inside the write transaction (TTL sweeps
+    and refreshes, kvstore/ttl.py): condition.apply(txn, ops) writes those
+    that still apply, and condition.enter(overlay, seq, ops), called under
+    the writer's lock at submit, puts in the overlay what reads of this
+    process should see until the commit."""
+
+    __slots__ = ("condition",)
+
+    def __init__(self, ops: list, durable: bool, nbytes: int, condition, callback=None):
+        super().__init__(ops, durable, nbytes, callback)
+        self.condition = condition
 
 
 class Writer:
@@ -155,8 +172,11 @@ class Writer:
             self._queue.append(group)
             self._last = group
             overlay = self.overlay
-            for ns, _dbi, key, record in group.ops:
-                overlay[ns][key] = (group.seq, record)
+            if group.condition is None:
+                for ns, _dbi, key, record in group.ops:
+                    overlay[ns][key] = (group.seq, record)
+            else:
+                group.condition.enter(overlay, group.seq, group.ops)
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
             wait = group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
@@ -316,6 +336,10 @@ class Writer:
         half = ops // 2 if killpoints.armed else -1
         n = 0
         for g in groups:
+            if g.condition is not None:
+                g.condition.apply(txn, g.ops)
+                n += len(g.ops)
+                continue
             for _ns, dbi, key, record in g.ops:
                 if record is None:
                     txn.delete(key, db=dbi)
@@ -354,7 +378,9 @@ class Writer:
             for g in groups:
                 for _ns, _dbi, _key, record in g.ops:
                     if record is not None:
-                        bytes_in += _RAW_LEN.unpack_from(record, 2)[0]
+                        # raw_len of the v1 record, behind the TTL prefix if any
+                        at = 2 if record[0] != TTL_VERSION else TTL_HEADER_SIZE + 2
+                        bytes_in += _RAW_LEN.unpack_from(record, at)[0]
                         bytes_stored += len(record)
         callbacks = False
         with self._lock:

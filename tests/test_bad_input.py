@@ -1,6 +1,5 @@
 """Bad input at every entry point gets a clear KVStoreError, and changes nothing."""
 
-import os
 import struct
 
 import lmdb

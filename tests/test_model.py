@@ -6,10 +6,18 @@ every read of either store must agree with the dict. Another process (a
 real one, `OtherProcess`) also writes to both stores now and then, so the
 cache must notice commits it did not make.
 
+Values may have a TTL: the dict keeps each value's expiry, a fake clock
+(kvstore.ttl._clock) moves only when the `advance_clock` rule says, and a
+read must not see a value whose expiry has passed, pending, committed or
+cached; `refresh` and `sweep` rules exercise get(refresh_ttl=True) and the
+sweep. The other process writes values without TTL, with its sweep off
+(its clock is the real one).
+
 A failing example prints the steps and a @reproduce_failure line (see the
 hypothesis profiles in conftest.py).
 """
 
+import math
 import pickle
 import shutil
 import struct
@@ -29,6 +37,7 @@ from hypothesis.stateful import (
 )
 
 import kvstore
+import kvstore.ttl
 
 KEYS = st.sampled_from([b"a", b"ab", b"abc", b"b", b"ba", "c", "cé", b"\xff", b"\x00", b"m" * 40])
 VALUES = st.recursive(
@@ -38,6 +47,8 @@ VALUES = st.recursive(
     max_leaves=8,
 )
 NAMESPACES = st.sampled_from(["default", "episodes", "meta"])
+# None: no TTL (the namespace's default, and none has one); seconds otherwise
+TTLS = st.none() | st.sampled_from([0.001, 0.5, 1, 2.5, 30, math.inf])
 
 
 def raw(key) -> bytes:
@@ -60,7 +71,7 @@ class OtherProcess:
             if op == "close":
                 stores.pop(path).close()
             else:
-                db = stores.get(path) or stores.setdefault(path, kvstore.open(path))
+                db = stores.get(path) or stores.setdefault(path, kvstore.open(path, ttl_sweep_interval=0))
                 target = db if ns == "default" else db.namespace(ns)
                 getattr(target, op)(*args, durable=True)
             out.write(b"k")
@@ -91,6 +102,19 @@ class OtherProcess:
 OTHER: OtherProcess | None = None  # set by the test function while the machine runs
 
 
+class FakeClock:
+    """kvstore.ttl._clock while the machine runs: moved by advance_clock only."""
+
+    def __init__(self):
+        self.now = 1_800_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+CLOCK = FakeClock()
+
+
 class StoreMatchesDict(RuleBasedStateMachine):
     @initialize(flush_interval=st.sampled_from([0.001, 0.05, 3600]), max_batch_ops=st.sampled_from([1, 3, 2000]),
                 cache_entries=st.sampled_from([2, 10_000]))
@@ -98,19 +122,29 @@ class StoreMatchesDict(RuleBasedStateMachine):
         self.dirs = [tempfile.mkdtemp(prefix="kvstore-model-cached-"),
                      tempfile.mkdtemp(prefix="kvstore-model-uncached-")]
         common = dict(flush_interval=flush_interval, max_batch_ops=max_batch_ops,
-                      max_pending_ops=max(max_batch_ops, 50), map_size=1 << 20)
+                      max_pending_ops=max(max_batch_ops, 50), map_size=1 << 20, ttl_sweep_interval=0)
         self.opts = [dict(common, cache_entries=cache_entries), dict(common, cache_entries=0)]
         self.dbs = [kvstore.open(d, **o) for d, o in zip(self.dirs, self.opts)]
+        # namespace -> key -> (value, expires ms or None, ttl ms)
         self.model = {"default": {}, "episodes": {}, "meta": {}}
 
     def each(self, name):
         return [db if name == "default" else db.namespace(name) for db in self.dbs]
 
-    @rule(ns=NAMESPACES, key=KEYS, value=VALUES, durable=st.booleans())
-    def put(self, ns, key, value, durable):
+    def record(self, ns, key, value, ttl):
+        ms = kvstore.ttl.to_ms(ttl) if ttl is not None else 0
+        self.model[ns][raw(key)] = (value, kvstore.ttl.now_ms() + ms if ms else None, ms)
+
+    def live(self, ns) -> dict:
+        """What reads of namespace ns must see: key -> value."""
+        now = kvstore.ttl.now_ms()
+        return {k: v for k, (v, expires, _) in self.model[ns].items() if expires is None or expires > now}
+
+    @rule(ns=NAMESPACES, key=KEYS, value=VALUES, durable=st.booleans(), ttl=TTLS)
+    def put(self, ns, key, value, durable, ttl):
         for target in self.each(ns):
-            target.put(key, value, durable=durable)
-        self.model[ns][raw(key)] = value
+            target.put(key, value, durable=durable, ttl=ttl)
+        self.record(ns, key, value, ttl)
 
     @rule(ns=NAMESPACES, key=KEYS, durable=st.booleans())
     def delete(self, ns, key, durable):
@@ -118,14 +152,15 @@ class StoreMatchesDict(RuleBasedStateMachine):
             target.delete(key, durable=durable)
         self.model[ns].pop(raw(key), None)
 
-    @rule(ns=NAMESPACES, items=st.lists(st.tuples(KEYS, VALUES), max_size=6), durable=st.booleans())
-    def put_many(self, ns, items, durable):
+    @rule(ns=NAMESPACES, items=st.lists(st.tuples(KEYS, VALUES), max_size=6), durable=st.booleans(),
+          ttl=TTLS)
+    def put_many(self, ns, items, durable, ttl):
         for target in self.each(ns):
-            target.put_many(items, durable=durable)
+            target.put_many(items, durable=durable, ttl=ttl)
         for k, v in items:
-            self.model[ns][raw(k)] = v
+            self.record(ns, k, v, ttl)
 
-    @rule(ops=st.lists(st.tuples(NAMESPACES, KEYS, st.none() | VALUES), max_size=6),
+    @rule(ops=st.lists(st.tuples(NAMESPACES, KEYS, st.none() | VALUES, TTLS), max_size=6),
           abort=st.booleans(), durable=st.booleans())
     def batch(self, ops, abort, durable):
         class Abort(Exception):
@@ -134,22 +169,45 @@ class StoreMatchesDict(RuleBasedStateMachine):
         for db in self.dbs:
             try:
                 with db.batch(durable=durable) as b:
-                    for ns, k, v in ops:
+                    for ns, k, v, ttl in ops:
                         if v is None:
                             b.delete(k, namespace=ns)
                         else:
-                            b.put(k, v, namespace=ns)
+                            b.put(k, v, namespace=ns, ttl=ttl)
                     if abort:
                         raise Abort()
             except Abort:
                 pass
         if abort:
             return
-        for ns, k, v in ops:
+        for ns, k, v, ttl in ops:
             if v is None:
                 self.model[ns].pop(raw(k), None)
             else:
-                self.model[ns][raw(k)] = v
+                self.record(ns, k, v, ttl)
+
+    @rule(seconds=st.sampled_from([0.001, 0.3, 0.5, 1, 2.5, 40]))
+    def advance_clock(self, seconds):
+        CLOCK.now += seconds
+
+    @rule(ns=NAMESPACES, key=KEYS)
+    def refresh(self, ns, key):
+        expected = _lists(self.live(ns).get(raw(key), "missing"))
+        for target in self.each(ns):
+            assert target.get(key, "missing", refresh_ttl=True) == expected
+        entry = self.model[ns].get(raw(key))
+        if expected != "missing" and entry[1] is not None:
+            now = kvstore.ttl.now_ms()
+            value, expires, ms = entry
+            if now + ms - expires >= max(1, ms // 100):  # Store.get's rule
+                self.model[ns][raw(key)] = (value, now + ms, ms)
+
+    @rule()
+    def sweep(self):
+        for db in self.dbs:
+            for _ in range(len(self.model)):  # one pass per TTL namespace at most
+                db._env.sweeper.sweep_once()
+                db.flush()
 
     @rule(ns=NAMESPACES, items=st.lists(st.tuples(KEYS, st.none() | VALUES), min_size=1, max_size=4))
     def other_process_writes(self, ns, items):
@@ -169,7 +227,7 @@ class StoreMatchesDict(RuleBasedStateMachine):
             if len(items) == 1 and v is None:
                 self.model[ns].pop(raw(k), None)
             else:
-                self.model[ns][raw(k)] = v
+                self.record(ns, k, v, None)
 
     @rule(ns=NAMESPACES, key=KEYS, value=st.none() | VALUES)
     def cached_then_changed_by_other_process(self, ns, key, value):
@@ -191,23 +249,25 @@ class StoreMatchesDict(RuleBasedStateMachine):
 
     @rule(ns=NAMESPACES, key=KEYS, times=st.integers(1, 3))
     def get(self, ns, key, times):
-        expected = _lists(self.model[ns].get(raw(key), "missing"))
+        live = self.live(ns)
+        expected = _lists(live.get(raw(key), "missing"))
         for target in self.each(ns):
             for _ in range(times):  # a second read fills the cache, a third hits
                 got = target.get(key, "missing")
                 assert got == expected
                 if isinstance(got, (dict, list)):
                     got.clear()  # mutating what a read returned changes nothing
-            assert (key in target) == (raw(key) in self.model[ns])
+            assert (key in target) == (raw(key) in live)
 
     @rule(ns=NAMESPACES, keys=st.lists(KEYS, max_size=5))
     def get_many(self, ns, keys):
+        live = self.live(ns)
         for target in self.each(ns):
-            assert target.get_many(keys) == [_lists(self.model[ns].get(raw(k))) for k in keys]
+            assert target.get_many(keys) == [_lists(live.get(raw(k))) for k in keys]
 
     @rule(ns=NAMESPACES, prefix=st.sampled_from([None, b"a", b"b", b"c", b"\xff"]), reverse=st.booleans())
     def scan(self, ns, prefix, reverse):
-        want = sorted(((k, _lists(v)) for k, v in self.model[ns].items()
+        want = sorted(((k, _lists(v)) for k, v in self.live(ns).items()
                        if prefix is None or k.startswith(prefix)), reverse=reverse, key=lambda kv: kv[0])
         for target in self.each(ns):
             assert list(target.scan(prefix, reverse=reverse)) == want
@@ -215,9 +275,10 @@ class StoreMatchesDict(RuleBasedStateMachine):
     @precondition(lambda self: hasattr(self, "dbs"))
     @invariant()
     def lengths_agree(self):
-        for ns, data in self.model.items():
+        for ns in self.model:
+            live = self.live(ns)
             for target in self.each(ns):
-                assert len(target) == len(data)
+                assert len(target) == len(live)
 
     def teardown(self):
         if hasattr(self, "dbs"):
@@ -237,8 +298,9 @@ def _lists(value):
     return value
 
 
-def test_store_matches_dict(codec_backend):
+def test_store_matches_dict(codec_backend, monkeypatch):
     global OTHER
+    monkeypatch.setattr(kvstore.ttl, "_clock", CLOCK)
     OTHER = OtherProcess()  # started here: it inherits the backend's KVSTORE_CODEC
     try:
         run_state_machine_as_test(StoreMatchesDict)

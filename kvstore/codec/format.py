@@ -1,8 +1,10 @@
-"""Value format v1: the bytes kvstore stores for each value. Frozen.
+"""Value format v1, and the TTL record around it: the bytes kvstore stores
+for each value. Frozen.
 
-Every value in every namespace is one record::
+Every value in every namespace is one record, plain or with an expiry::
 
-    record   := header payload
+    stored     := record | ttl_record
+    record     := header payload
     header   := version flags raw_len dict_id checksum          (18 bytes)
     version  := u8      = 1; a larger number was written by a newer kvstore
     flags    := u8      bit 0 FLAG_MSGPACK   payload decodes with msgpack
@@ -22,14 +24,35 @@ to raw_len. FLAG_DICT implies FLAG_ZSTD. Values are msgpack'd with the bin type
 (bytes stay bytes, str stays str); a top-level `bytes` value is stored raw so
 that LMDB's own tools see it verbatim.
 
-The flag values and the header layout reach disk: never change their meaning.
-A new layout gets a new version number; readers refuse versions they do not
-know with `FormatError`.
+A value written with a time to live is a v1 record behind a 22-byte prefix::
+
+    ttl_record := ttl_header record
+    ttl_header := version flags expires ttl check               (22 bytes)
+    version    := u8      = 2 (TTL_VERSION): what a v1 reader sees first, so
+                          it refuses the record as newer instead of misreading it
+    flags      := u8      = 0; any bit set is corruption (reserved)
+    expires    := u64le   wall-clock time the value expires at, milliseconds
+                          since the Unix epoch: gone once time.time() * 1000 >= expires
+    ttl        := u64le   the time to live it was written with, milliseconds
+                          (>= 1): get(refresh_ttl=True) sets expires to now + ttl
+    check      := u32le   XXH32, seed 0, of the 18 bytes before it
+
+The inner record is exactly what the value would be without a TTL (version
+1); the codec backends never see the prefix: `wrap_ttl` and `parse_ttl` here
+add and check it, in Python, for both. `check` exists because nothing else
+covers the times: a flipped bit must not make a live value look expired to
+the background sweep, which would delete it.
+
+The flag values and the header layouts reach disk: never change their
+meaning. A new layout gets a new version number; readers refuse versions they
+do not know with `FormatError`.
 """
 
 from __future__ import annotations
 
 import struct
+
+import xxhash
 
 from ..errors import CorruptionError, FormatError
 
@@ -44,6 +67,13 @@ __all__ = [
     "MAX_VALUE_SIZE",
     "parse_header",
     "stored_checksum",
+    "TTL_VERSION",
+    "TTL_HEADER",
+    "TTL_HEADER_SIZE",
+    "wrap_ttl",
+    "parse_ttl",
+    "ttl_expired",
+    "inner_record",
 ]
 
 VERSION = 1
@@ -61,6 +91,14 @@ MAX_VALUE_SIZE = 256 << 20
 
 _CHECKSUM = struct.Struct("<Q")
 _CHECKSUM_OFFSET = HEADER_SIZE - 8
+
+TTL_VERSION = 2  # frozen: the first byte of a ttl_record
+TTL_HEADER = struct.Struct("<BBQQI")  # version, flags, expires (ms), ttl (ms), check
+TTL_HEADER_SIZE = TTL_HEADER.size  # 22
+_TTL_CHECKED = struct.Struct("<BBQQ")  # the 18 bytes check covers
+_CHECK = struct.Struct("<I")
+_EXPIRES = struct.Struct("<Q")  # at offset 2
+_xxh32 = xxhash.xxh32_intdigest
 
 
 def parse_header(data, max_value_size: int = MAX_VALUE_SIZE) -> tuple[int, int, int, int]:
@@ -104,3 +142,48 @@ def stored_checksum(data) -> int:
     if len(data) < HEADER_SIZE:
         raise CorruptionError(f"record is {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
     return _CHECKSUM.unpack_from(data, _CHECKSUM_OFFSET)[0]
+
+
+def wrap_ttl(record: bytes, expires_ms: int, ttl_ms: int) -> bytes:
+    """The ttl_record of a v1 record that expires at expires_ms (Unix epoch,
+    milliseconds) and was given ttl_ms to live."""
+    head = _TTL_CHECKED.pack(TTL_VERSION, 0, expires_ms, ttl_ms)
+    return head + _CHECK.pack(_xxh32(head)) + record
+
+
+def parse_ttl(data) -> tuple[int, int]:
+    """(expires_ms, ttl_ms) of a ttl_record; CorruptionError if its prefix is
+    damaged. Does not look at the inner record past its version byte."""
+    if len(data) < TTL_HEADER_SIZE + HEADER_SIZE:
+        raise CorruptionError(f"TTL record is {len(data)} bytes, shorter than its "
+                              f"{TTL_HEADER_SIZE}-byte prefix and a {HEADER_SIZE}-byte header")
+    _version, flags, expires, ttl, check = TTL_HEADER.unpack_from(data)
+    if check != _xxh32(data[:_TTL_CHECKED.size]):
+        raise CorruptionError("the TTL prefix fails its check: the stored expiry was damaged")
+    if flags:
+        raise CorruptionError(f"unknown flags 0x{flags:02x} in the TTL prefix")
+    if ttl == 0:
+        raise CorruptionError("the TTL prefix holds a time to live of 0")
+    if data[TTL_HEADER_SIZE] != VERSION:
+        raise CorruptionError(f"the record inside the TTL prefix has version {data[TTL_HEADER_SIZE]}, "
+                              f"not {VERSION}")
+    return expires, ttl
+
+
+def ttl_expired(data, now_ms: int) -> bool:
+    """Whether a ttl_record has expired at now_ms; CorruptionError if its
+    prefix is damaged. Its check is verified only when the expiry field says
+    expired: a live-looking value costs no hash (a damaged one is caught when
+    it is decoded, by parse_ttl, or by `kvstore check`); a value is never
+    taken for expired on a damaged field."""
+    if len(data) >= TTL_HEADER_SIZE and _EXPIRES.unpack_from(data, 2)[0] > now_ms:
+        return False
+    return parse_ttl(data)[0] <= now_ms
+
+
+def inner_record(data):
+    """The v1 record of a stored value: data itself, or what follows the TTL
+    prefix (a slice: a memoryview stays a memoryview). Checks nothing."""
+    if len(data) and data[0] == TTL_VERSION:
+        return data[TTL_HEADER_SIZE:]
+    return data

@@ -3,6 +3,7 @@ namespaces, progress on stderr, sizes."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import time
@@ -14,7 +15,8 @@ from kvstore.errors import KVStoreError, StoreNotFoundError
 from ._encoding import dumps, escape_key
 
 __all__ = ["CommandError", "NotFound", "open_readonly", "open_writable", "namespace_handle",
-           "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal"]
+           "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal",
+           "utc_text", "expiry_doc", "expiry_text"]
 
 # The CLI opens stores with room for many namespaces, so that it can show a
 # store whose application raised max_namespaces; it costs a few bytes each.
@@ -66,6 +68,33 @@ def human_size(n) -> str:
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def utc_text(ms: int) -> str:
+    """A time in ms since the Unix epoch as ISO 8601 UTC, to the millisecond."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def expiry_doc(expires_ms, ttl_ms, now_ms: int) -> dict | None:
+    """The JSON form of a record's expiry: None without a TTL."""
+    if expires_ms is None:
+        return None
+    return {"expires_at": expires_ms / 1000, "expires_at_utc": utc_text(expires_ms),
+            "expires_in": (expires_ms - now_ms) / 1000, "ttl": ttl_ms / 1000,
+            "expired": expires_ms <= now_ms}
+
+
+def expiry_text(expires_ms, ttl_ms, now_ms: int) -> str:
+    """One line for a record's expiry, as inspect and get --ttl print it."""
+    if expires_ms is None:
+        return "never (no TTL)"
+    when = f"{utc_text(expires_ms)} ({expires_ms / 1000:.3f})"
+    if expires_ms > now_ms:
+        state = f"in {(expires_ms - now_ms) / 1000:.3f} s"
+    else:
+        state = f"EXPIRED {(now_ms - expires_ms) / 1000:.3f} s ago"
+    return f"{when}, {state}; ttl {ttl_ms / 1000:g} s"
 
 
 # ---------------------------------------------------------------- stores

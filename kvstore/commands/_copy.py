@@ -53,8 +53,11 @@ def _copy(env, tmp: str, target: str, compact: bool, dest: str) -> None:
         env.adopt_map_size()
 
 
-def copy_store(db, dest: str, compact: bool, label: str) -> int:
-    """Copy db's environment into dest; return the size of the new data.mdb."""
+def copy_store(db, dest: str, compact: bool, label: str, rewrite=None) -> int:
+    """Copy db's environment into dest; return the size of the new data.mdb.
+
+    rewrite(directory), if given, may change the copy (a private one, in a
+    temporary directory) before it is synced and renamed into place."""
     check_dest(dest)
     env = db._env
     parent = os.path.dirname(os.path.abspath(dest))
@@ -78,6 +81,8 @@ def copy_store(db, dest: str, compact: bool, label: str) -> int:
                 watcher.start()
             try:
                 _copy(env, tmp, target, compact, dest)
+                if rewrite is not None:
+                    rewrite(tmp)
             finally:
                 done.set()
                 if watcher is not None:

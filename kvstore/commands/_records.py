@@ -11,12 +11,14 @@ import msgpack
 
 from kvstore import codec as _codec
 from kvstore.codec import Dictionary
-from kvstore.codec.format import FLAG_DICT, FLAG_MSGPACK, FLAG_ZSTD, HEADER, HEADER_SIZE, parse_header
+from kvstore.codec.format import (FLAG_DICT, FLAG_MSGPACK, FLAG_ZSTD, HEADER, HEADER_SIZE, TTL_HEADER_SIZE,
+                                  TTL_VERSION, parse_header, parse_ttl)
 from kvstore.dictionaries import CURRENT_PREFIX, DICT_PREFIX
 from kvstore.environment import FORMAT_KEY, SEQ_KEY
 from kvstore.errors import CorruptionError, FormatError
+from kvstore.ttl import TTL_PREFIX, ttl_of
 
-__all__ = ["namespaces", "snapshot_meta", "examine", "Examined", "flag_names", "MISSING"]
+__all__ = ["namespaces", "snapshot_meta", "examine", "Examined", "flag_names", "MISSING", "inner_dict_id"]
 
 _ID = struct.Struct(">I")
 MISSING = object()
@@ -47,6 +49,8 @@ class Meta:
     dictionaries: dict = field(default_factory=dict)  # id -> Dictionary (the ones that parse)
     docs: dict = field(default_factory=dict)  # id -> {namespace, created, samples, size}
     current: dict = field(default_factory=dict)  # namespace -> id
+    ttl_namespaces: set = field(default_factory=set)  # namespaces with a ttl: key (may hold TTL values)
+    ttl_defaults: dict = field(default_factory=dict)  # namespace -> default TTL in ms (those with one)
     problems: list = field(default_factory=list)  # (what, reason)
 
 
@@ -64,47 +68,69 @@ def snapshot_meta(txn, env) -> Meta:
     else:
         meta.problems.append(("metadata", f"commit_seq is {'missing' if raw is None else f'{len(raw)} bytes, not 8'}"))
     cur = txn.cursor(db=db)
-    if cur.set_range(DICT_PREFIX):
-        for key, value in cur:
-            key = bytes(key)
-            if not key.startswith(DICT_PREFIX):
-                break
-            if len(key) != len(DICT_PREFIX) + 4:
-                meta.problems.append(("metadata", f"dictionary key {key!r} is not dict:<u32>"))
-                continue
-            (did,) = _ID.unpack(key[len(DICT_PREFIX):])
-            try:
-                doc = msgpack.unpackb(bytes(value), raw=False)
-                data = doc["data"]
-                if not isinstance(data, bytes) or did == 0:
-                    raise ValueError("no dictionary bytes" if did else "id 0")
-                meta.dictionaries[did] = Dictionary(did, data)
-                meta.docs[did] = {"namespace": doc.get("namespace"), "created": doc.get("created"),
-                                  "samples": doc.get("samples"), "size": len(data)}
-            except Exception as exc:  # a damaged entry: msgpack, KeyError, TypeError...
-                meta.problems.append((f"dictionary {did}", f"unreadable ({type(exc).__name__}: {exc})"))
-    if cur.set_range(CURRENT_PREFIX):
-        for key, value in cur:
-            key = bytes(key)
-            if not key.startswith(CURRENT_PREFIX):
-                break
-            name = key[len(CURRENT_PREFIX):].decode("utf-8", "replace")
-            if len(value) != 4:
-                meta.problems.append((f"dictionary pointer of {name!r}", f"{len(value)} bytes, not 4"))
-                continue
-            (did,) = _ID.unpack(bytes(value))
-            meta.current[name] = did
-            if did not in meta.dictionaries:
-                meta.problems.append((f"dictionary pointer of {name!r}",
-                                      f"names dictionary {did}, which the store does not hold"))
+    for suffix, value in _prefixed(cur, DICT_PREFIX):
+        if len(suffix) != 4:
+            meta.problems.append(("metadata", f"dictionary key {DICT_PREFIX + suffix!r} is not dict:<u32>"))
+            continue
+        (did,) = _ID.unpack(suffix)
+        try:
+            doc = msgpack.unpackb(bytes(value), raw=False)
+            data = doc["data"]
+            if not isinstance(data, bytes) or did == 0:
+                raise ValueError("no dictionary bytes" if did else "id 0")
+            meta.dictionaries[did] = Dictionary(did, data)
+            meta.docs[did] = {"namespace": doc.get("namespace"), "created": doc.get("created"),
+                              "samples": doc.get("samples"), "size": len(data)}
+        except Exception as exc:  # a damaged entry: msgpack, KeyError, TypeError...
+            meta.problems.append((f"dictionary {did}", f"unreadable ({type(exc).__name__}: {exc})"))
+    for suffix, value in _prefixed(cur, CURRENT_PREFIX):
+        name = suffix.decode("utf-8", "replace")
+        if len(value) != 4:
+            meta.problems.append((f"dictionary pointer of {name!r}", f"{len(value)} bytes, not 4"))
+            continue
+        (did,) = _ID.unpack(bytes(value))
+        meta.current[name] = did
+        if did not in meta.dictionaries:
+            meta.problems.append((f"dictionary pointer of {name!r}",
+                                  f"names dictionary {did}, which the store does not hold"))
+    for suffix, value in _prefixed(cur, TTL_PREFIX):
+        name = suffix.decode("utf-8", "replace")
+        meta.ttl_namespaces.add(name)
+        if len(value) != 8:
+            meta.problems.append((f"default TTL of {name!r}", f"{len(value)} bytes, not 8"))
+        elif ttl_of(value):
+            meta.ttl_defaults[name] = ttl_of(value)
     return meta
+
+
+def _prefixed(cur, prefix: bytes):
+    """(key without prefix, value) of the keys starting with prefix, in order."""
+    if cur.set_range(prefix):
+        for key, value in cur:
+            key = bytes(key)
+            if not key.startswith(prefix):
+                return
+            yield key[len(prefix):], value
+
+
+def inner_dict_id(record) -> int:
+    """The dictionary id in a stored record's v1 header (behind its TTL
+    prefix, if any); 0 when it is too short to hold one."""
+    at = TTL_HEADER_SIZE if len(record) and record[0] == TTL_VERSION else 0
+    return int.from_bytes(record[at + 6:at + 10], "little") if len(record) >= at + 10 else 0
 
 
 @dataclass
 class Examined:
-    """One record, layer by layer. `problem` is None when it decodes."""
+    """One record, layer by layer. `problem` is None when it decodes.
+
+    The header fields are those of the v1 record, behind the TTL prefix when
+    the record has one (`expires_ms` and `ttl_ms` are then set)."""
 
     size: int
+    prefix_size: int = 0  # TTL_HEADER_SIZE for a TTL record
+    expires_ms: int | None = None
+    ttl_ms: int | None = None
     version: int | None = None
     flags: int | None = None
     raw_len: int | None = None
@@ -120,14 +146,25 @@ class Examined:
 
     @property
     def payload_size(self) -> int:
-        return max(0, self.size - HEADER_SIZE)
+        return max(0, self.size - self.prefix_size - HEADER_SIZE)
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_ms is not None and self.expires_ms <= now_ms
 
 
 def examine(record, codec, dictionaries, decode: bool = True) -> Examined:
     """Check a record the way a reader does, one layer at a time, and say
-    which layer failed: header, checksum, dictionary, or decode."""
+    which layer failed: TTL prefix, header, checksum, dictionary, or decode."""
     record = bytes(record)
     ex = Examined(size=len(record))
+    if record[:1] == bytes([TTL_VERSION]):
+        ex.prefix_size = TTL_HEADER_SIZE
+        try:
+            ex.expires_ms, ex.ttl_ms = parse_ttl(record)
+        except CorruptionError as exc:
+            ex.problem = f"TTL prefix: {exc.reason}"
+            return ex
+        record = record[TTL_HEADER_SIZE:]
     if len(record) < HEADER_SIZE:
         ex.problem = f"header: record is {len(record)} bytes, shorter than the {HEADER_SIZE}-byte header"
         return ex

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from kvstore import ttl
+from kvstore.environment import TTL_STORE_FORMAT
+
 from ._common import Progress, open_readonly, plural, quote_key, write_json
 from ._encoding import key_to_json
 from ._records import examine, namespaces, snapshot_meta
@@ -11,9 +14,10 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "check", help="verify every value: header, checksum, dictionary, decode",
         description="Read every record of every namespace from one snapshot and check it the way "
-                    "a reader does: header, checksum, the dictionary it names, a full decode; also "
-                    "the store's metadata and dictionaries. Prints each damaged key with the reason "
-                    "and a summary. Exit status 0 when everything is good, 1 otherwise.")
+                    "a reader does: TTL prefix, header, checksum, the dictionary it names, a full "
+                    "decode; also the store's metadata and dictionaries. Prints each damaged key "
+                    "with the reason and a summary. Expired values not yet swept are good values. "
+                    "Exit status 0 when everything is good, 1 otherwise.")
     p.add_argument("path", help="store directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -27,22 +31,32 @@ def run(args, out) -> int:
 
         def snapshot(txn):
             meta = snapshot_meta(txn, env)
+            now = ttl.now_ms()
             per_ns, bad, referenced = {}, [], {}
             total = sum(txn.stat(dbi)["entries"] for _, dbi in handles if dbi is not None)
             with Progress("check", total) as progress:
                 for name, dbi in handles:
-                    n = nbad = 0
+                    n = nbad = with_ttl = expired = 0
                     if dbi is not None:
                         for key, record in txn.cursor(db=dbi):
                             ex = examine(record, codec, meta.dictionaries)
                             n += 1
+                            with_ttl += ex.prefix_size > 0
+                            expired += ex.expired(now)
                             if ex.dict_id:
                                 referenced[ex.dict_id] = referenced.get(ex.dict_id, 0) + 1
                             if not ex.ok:
                                 nbad += 1
                                 bad.append((name, bytes(key), ex.problem))
                             progress.update()
-                    per_ns[name] = {"values": n, "bad": nbad}
+                    per_ns[name] = {"values": n, "bad": nbad, "ttl_values": with_ttl, "expired": expired}
+                    if with_ttl and name not in meta.ttl_namespaces:
+                        meta.problems.append((f"namespace {name!r}", "holds TTL values but has no ttl: key in "
+                                              "the metadata, so len() miscounts it"))
+            if meta.ttl_namespaces and meta.format_version is not None \
+                    and meta.format_version.isdigit() and int(meta.format_version) < TTL_STORE_FORMAT:
+                meta.problems.append(("metadata", f"TTL namespaces in a store of format "
+                                      f"{meta.format_version.decode()}, not {TTL_STORE_FORMAT}"))
             return meta, per_ns, bad, referenced
 
         meta, per_ns, bad, referenced = env.read(snapshot)
@@ -55,6 +69,8 @@ def run(args, out) -> int:
             "ok": ok,
             "values": checked,
             "bad_values": len(bad),
+            "ttl_values": sum(ns["ttl_values"] for ns in per_ns.values()),
+            "expired_values": sum(ns["expired"] for ns in per_ns.values()),
             "namespaces": per_ns,
             "bad": [{"namespace": ns, "key": key_to_json(key), "reason": reason} for ns, key, reason in bad],
             "metadata_problems": [{"what": what, "reason": reason} for what, reason in problems],
@@ -69,7 +85,10 @@ def run(args, out) -> int:
         out.write(f"BAD  {what}: {reason}\n")
     if missing:
         out.write(f"records name dictionaries {missing}, which the store does not hold\n")
-    summary = (f"checked {plural(checked, 'value')} in {plural(len(per_ns), 'namespace')}, "
+    with_ttl = sum(ns["ttl_values"] for ns in per_ns.values())
+    expired = sum(ns["expired"] for ns in per_ns.values())
+    ttl_note = f" ({with_ttl:,} with a TTL, {expired:,} of them expired)" if with_ttl else ""
+    summary = (f"checked {plural(checked, 'value')}{ttl_note} in {plural(len(per_ns), 'namespace')}, "
                f"{plural(len(meta.dictionaries), 'dictionary')}: ").replace("dictionarys", "dictionaries")
     if ok:
         summary += "all good"

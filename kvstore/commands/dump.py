@@ -4,7 +4,8 @@ from one read transaction (a consistent snapshot, even while others write).
 Formats (docs/cli.md has the details):
 
 - jsonl: per namespace, a header line then one line per record, with the
-  tagged JSON encoding of `_encoding`; lossless, readable, decoded values.
+  tagged JSON encoding of `_encoding`; lossless, readable, decoded values,
+  with the expiry of those that have a TTL (expired values are left out).
 - mdb: the text format of LMDB's mdb_dump, the stored records verbatim; with
   all namespaces it is what `mdb_dump -a` writes, `__kvstore__` included, so
   `mdb_load -f FILE DIR` makes a kvstore store of it.
@@ -12,6 +13,8 @@ Formats (docs/cli.md has the details):
 
 from __future__ import annotations
 
+from kvstore import ttl
+from kvstore.codec.format import TTL_VERSION, inner_record, parse_ttl
 from kvstore.environment import META_DB
 from kvstore.errors import CorruptionError, FormatError
 
@@ -24,16 +27,20 @@ from ._records import namespaces, snapshot_meta
 __all__ = ["add_parser", "run", "JSONL_FORMAT", "JSONL_VERSION"]
 
 JSONL_FORMAT = "kvstore-jsonl"
-JSONL_VERSION = 1
+# 2: a section may carry TTLs (a header's default_ttl, a record's expires_at
+# and ttl). A section without them is written as version 1, which kvstore
+# versions without TTL read.
+JSONL_VERSION = 2
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "dump", help="write every record as text (jsonl, or mdb_dump's format)",
         description="Write the records of every namespace (or of one, with -n) as text, from one "
-                    "consistent snapshot. jsonl: decoded values, lossless (docs/cli.md). mdb: the "
-                    "stored records verbatim in the format of LMDB's mdb_dump (-a style with all "
-                    "namespaces, the __kvstore__ metadata included).")
+                    "consistent snapshot. jsonl: decoded values, lossless, with their expiry "
+                    "(docs/cli.md); expired values are left out. mdb: the stored records verbatim in "
+                    "the format of LMDB's mdb_dump (-a style with all namespaces, the __kvstore__ "
+                    "metadata included).")
     p.add_argument("path", help="store directory")
     p.add_argument("-n", "--namespace", help="only this namespace (default: all)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
@@ -41,25 +48,56 @@ def add_parser(subparsers):
     return p
 
 
+def _damaged(key, name, exc) -> CorruptionError:
+    return CorruptionError(
+        f"cannot dump key {quote_key(key)} of namespace {name!r}: {getattr(exc, 'reason', exc)}; "
+        f"`kvstore check` lists every damaged record, and `--format mdb` dumps the stored bytes as "
+        f"they are")
+
+
+def _expiry(key, name, record):
+    """(expires_ms, ttl_ms) of a stored record, or None without a TTL."""
+    if not len(record) or record[0] != TTL_VERSION:
+        return None
+    try:
+        return parse_ttl(record)
+    except CorruptionError as exc:
+        raise _damaged(key, name, exc) from None
+
+
 def _dump_jsonl(txn, env, codec, sections, write, progress) -> int:
     meta = snapshot_meta(txn, env)
     dictionaries = meta.dictionaries
+    now = ttl.now_ms()  # one judgement of expiry for the whole dump
     total = 0
     for name, dbi in sections:
-        count = txn.stat(dbi)["entries"] if dbi is not None else 0
-        write(dumps({"kvstore": JSONL_FORMAT, "version": JSONL_VERSION, "namespace": name, "count": count},
-                    compact=True) + "\n")
+        count = with_ttl = 0
+        if dbi is not None:  # a first pass, reading headers only: the count of what is written
+            for key, record in txn.cursor(db=dbi):
+                expiry = _expiry(key, name, record)
+                count += expiry is None or expiry[0] > now
+                with_ttl += expiry is not None
+        header = {"kvstore": JSONL_FORMAT, "version": 1, "namespace": name, "count": count}
+        default = meta.ttl_defaults.get(name)
+        if default:
+            header["default_ttl"] = default / 1000
+        if default or with_ttl:
+            header["version"] = 2
+        write(dumps(header, compact=True) + "\n")
         if dbi is None:
             continue
         for key, record in txn.cursor(db=dbi):
+            expiry = _expiry(key, name, record)
+            if expiry is not None and expiry[0] <= now:
+                continue
             try:
-                value = codec.decode(record, dictionaries=dictionaries)
+                value = codec.decode(inner_record(record), dictionaries=dictionaries)
             except (CorruptionError, FormatError) as exc:
-                raise CorruptionError(
-                    f"cannot dump key {quote_key(key)} of namespace {name!r}: "
-                    f"{getattr(exc, 'reason', exc)}; `kvstore check` lists every damaged record, and "
-                    f"`--format mdb` dumps the stored bytes as they are") from None
-            write(dumps({"k": key_to_json(key), "v": to_json(value)}, compact=True) + "\n")
+                raise _damaged(key, name, exc) from None
+            line = {"k": key_to_json(key), "v": to_json(value)}
+            if expiry is not None:
+                line["expires_at"], line["ttl"] = expiry[0] / 1000, expiry[1] / 1000
+            write(dumps(line, compact=True) + "\n")
             progress.update()
             total += 1
     return total

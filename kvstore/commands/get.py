@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ._common import CommandError, NotFound, is_terminal, namespace_handle, open_readonly, quote_key
+from kvstore import ttl
+
+from ._common import (CommandError, NotFound, expiry_doc, is_terminal, namespace_handle, open_readonly,
+                      quote_key, write_json)
 from ._encoding import dumps, parse_key, to_json
 from ._records import MISSING
 
@@ -13,7 +16,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "get", help="print the value of a key",
         description="Print the value stored under KEY (escaped form: \\\\ for a backslash, \\xNN for "
-                    "a byte). Exit status 1 when the key is missing.")
+                    "a byte), or with --ttl when it expires. Exit status 1 when the key is missing "
+                    "(an expired value is missing).")
     p.add_argument("path", help="store directory")
     p.add_argument("key", help="the key")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
@@ -21,6 +25,9 @@ def add_parser(subparsers):
                    help="json (default; tagged encoding, see docs/cli.md), repr (Python), raw (the "
                         "bytes of a bytes or str value; never to a terminal), hex")
     p.add_argument("--json", action="store_const", dest="format", const="json", help="same as --format json")
+    p.add_argument("--ttl", action="store_true",
+                   help="print when the value expires instead of the value, as JSON: {expires_at, "
+                        "expires_at_utc, expires_in, ttl, expired}, or null when it has no TTL")
     return p
 
 
@@ -52,10 +59,24 @@ def write_raw(out, data: bytes) -> None:
     buffer.flush()
 
 
+def _show_expiry(handle, key, args, out) -> int:
+    try:
+        expiry = handle.expiry(key)
+    except KeyError:
+        raise NotFound(f"key {quote_key(key)} not found in namespace {args.namespace!r}") from None
+    if expiry is None:
+        out.write("null\n")
+    else:
+        write_json(out, expiry_doc(round(expiry[0] * 1000), round(expiry[1] * 1000), ttl.now_ms()))
+    return 0
+
+
 def run(args, out) -> int:
     key = parse_key_arg(args.key)
     with open_readonly(args.path) as db:
         handle = namespace_handle(db, args.namespace)
+        if args.ttl:
+            return _show_expiry(handle, key, args, out)
         value = handle.get(key, MISSING)
     if value is MISSING:
         raise NotFound(f"key {quote_key(key)} not found in namespace {args.namespace!r}")

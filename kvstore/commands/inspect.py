@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from kvstore import ttl
 from kvstore.codec.format import HEADER_SIZE
 
-from ._common import NotFound, namespace_dbi, open_readonly, quote_key, write_json
+from ._common import NotFound, expiry_doc, expiry_text, namespace_dbi, open_readonly, quote_key, write_json
 from ._encoding import dumps, key_to_json, to_json
-from ._records import examine, flag_names
+from ._records import examine, flag_names, inner_dict_id
 from .get import parse_key_arg
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "inspect", help="show how a value is stored: header, sizes, checksum, value",
-        description="Show the record stored under KEY layer by layer: the header's fields, the "
+        description="Show the record stored under KEY layer by layer: its expiry if it has a TTL "
+                    "(an expired record is still shown, marked EXPIRED), the header's fields, the "
                     "stored and decoded sizes, the checksum as stored and as recomputed, then the "
                     "value. Exit status 1 when the key is missing or the record is damaged.")
     p.add_argument("path", help="store directory")
@@ -37,15 +39,18 @@ def run(args, out) -> int:
             record = env.read(lambda txn: (lambda r: None if r is None else bytes(r))(txn.get(key, db=dbi)))
         if record is None:
             raise NotFound(f"key {quote_key(key)} not found in namespace {args.namespace!r}")
-        dict_id = int.from_bytes(record[6:10], "little") if len(record) >= 10 else 0
+        dict_id = inner_dict_id(record)
         dictionaries = env.dicts.for_decoding(dict_id) if dict_id else env.dicts.by_id
         ex = examine(record, db._codec, dictionaries)
+    now = ttl.now_ms()
     doc = {
         "namespace": args.namespace,
         "key": key_to_json(key),
         "stored_size": ex.size,
+        "ttl_prefix_size": ex.prefix_size,
         "header_size": HEADER_SIZE,
         "payload_size": ex.payload_size,
+        "expiry": expiry_doc(ex.expires_ms, ex.ttl_ms, now),
         "header": None if ex.version is None else {
             "version": ex.version,
             "flags": ex.flags,
@@ -65,9 +70,13 @@ def run(args, out) -> int:
     if args.json:
         write_json(out, doc)
         return 0 if ex.ok else 1
+    prefix = f"{ex.prefix_size}-byte TTL prefix + " if ex.prefix_size else ""
     rows = [("namespace", args.namespace), ("key", quote_key(key)),
-            ("stored", f"{ex.size} bytes = {HEADER_SIZE}-byte header + {ex.payload_size}-byte payload"
-             if ex.size >= HEADER_SIZE else f"{ex.size} bytes (shorter than a header)")]
+            ("stored", f"{ex.size} bytes = {prefix}{HEADER_SIZE}-byte header + {ex.payload_size}-byte payload"
+             if ex.size >= ex.prefix_size + HEADER_SIZE else f"{ex.size} bytes (shorter than a header)")]
+    if ex.prefix_size:
+        rows.append(("expires", expiry_text(ex.expires_ms, ex.ttl_ms, now) if ex.expires_ms is not None
+                     else "unknown: the TTL prefix is damaged"))
     if ex.version is not None:
         names = flag_names(ex.flags)
         layers = "msgpack" if ex.flags & 1 else "raw bytes"

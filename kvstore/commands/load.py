@@ -13,6 +13,11 @@ dictionaries (from its `__kvstore__` section) are copied into the store
 under their ids; a dump dictionary whose id the store already uses for a
 different dictionary is not copied, and the records using it are decoded
 and encoded again with the store's own settings.
+
+Values keep their expiry (jsonl: a record's expires_at and ttl; mdb: the
+TTL prefix, as it is); values already expired are left out. A namespace's
+default TTL (a jsonl header's default_ttl, the ttl: keys of an mdb dump's
+`__kvstore__`) is given to the destination namespace when it has none.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from dataclasses import dataclass, field
 import msgpack
 
 from kvstore import codec as _codec
+from kvstore import ttl
 from kvstore.codec import Dictionary
+from kvstore.codec.format import TTL_HEADER_SIZE, TTL_VERSION, inner_record, parse_ttl, wrap_ttl
 from kvstore.dictionaries import CURRENT_PREFIX, DICT_PREFIX
 from kvstore.environment import DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, STORE_FORMAT, check_namespace_name
 from kvstore.errors import KVStoreError
@@ -38,7 +45,7 @@ from kvstore.store import _check_key
 from . import _mdbtext
 from ._common import CommandError, Progress, open_writable, plural, quote_key
 from ._encoding import TagError, from_json, key_from_json
-from ._records import examine
+from ._records import examine, inner_dict_id
 from .dump import JSONL_FORMAT, JSONL_VERSION
 
 __all__ = ["add_parser", "run"]
@@ -76,6 +83,7 @@ class Section:
     dict_ids: set = field(default_factory=set)
     dest: str | None = None  # the namespace it is loaded into; None: skipped
     printable: bool = False  # mdb: format=print
+    default_ttl: int = 0  # ms: the namespace's default TTL in the dump (0: none)
 
 
 @dataclass
@@ -85,6 +93,7 @@ class Plan:
     meta_records: list = field(default_factory=list)  # mdb: (key, value) of __kvstore__
     dump_dicts: dict = field(default_factory=dict)  # id -> (doc bytes, Dictionary)
     dump_current: dict = field(default_factory=dict)  # namespace -> id
+    dump_ttl: dict = field(default_factory=dict)  # mdb: namespace -> default TTL in ms (ttl: keys)
 
 
 # ---------------------------------------------------------------- input
@@ -142,14 +151,26 @@ def _detect(binary) -> str:
 # ---------------------------------------------------------------- pass 1
 
 
+def _seconds(doc, name: str, lineno: int) -> int:
+    """A time field of a jsonl line (seconds, a JSON number) in ms."""
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 2**53 / 1000:
+        raise CommandError(f"line {lineno}: {name} must be a positive number of seconds, not {value!r}")
+    return max(1, round(value * 1000))
+
+
 def _record_from_jsonl(line: str, lineno: int):
-    """(key bytes, value) of a jsonl record line."""
+    """(key bytes, value, expiry) of a jsonl record line: expiry is None, or
+    (expires_ms, ttl_ms) from its expires_at and ttl."""
     try:
         doc = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
     if type(doc) is not dict or "k" not in doc or "v" not in doc:
         raise CommandError(f"line {lineno}: a record line is {{\"k\": KEY, \"v\": VALUE}}")
+    expiry = None
+    if "expires_at" in doc or "ttl" in doc:
+        expiry = (_seconds(doc, "expires_at", lineno), _seconds(doc, "ttl", lineno))
     try:
         key = key_from_json(doc["k"])
         value = from_json(doc["v"])
@@ -160,7 +181,7 @@ def _record_from_jsonl(line: str, lineno: int):
         _SERIALIZER.serialize(value)  # a value msgpack cannot carry (an int over 64 bits)
     except KVStoreError as exc:
         raise CommandError(f"line {lineno}: {exc}") from None
-    return key, value
+    return key, value, expiry
 
 
 def _header(line: str, lineno: int):
@@ -196,9 +217,12 @@ def _scan_jsonl(binary) -> Plan:
             if type(name) is not str:
                 raise CommandError(f"line {lineno}: the header names no namespace")
             count = doc.get("count")
+            default_ttl = 0
+            if doc.get("default_ttl") is not None:
+                default_ttl = _seconds(doc, "default_ttl", lineno)
             _close_jsonl_section(current)
             current = Section(len(sections), name, lineno,
-                              declared=count if type(count) is int else None)
+                              declared=count if type(count) is int else None, default_ttl=default_ttl)
             sections.append(current)
             continue
         if current is None:  # a file of records without a header: one section
@@ -241,8 +265,9 @@ def _scan_mdb(binary) -> Plan:
                     plan.meta_records.append((key, value))
                     continue
                 section.count += 1
-                if len(value) >= 10 and value[1] & 0x04:
-                    section.dict_ids.add(int.from_bytes(value[6:10], "little"))
+                dict_id = inner_dict_id(value)
+                if dict_id:
+                    section.dict_ids.add(dict_id)
     except _mdbtext.MdbFormatError as exc:
         raise CommandError(f"not mdb_dump text: {exc}") from None
     _read_meta(plan)
@@ -274,6 +299,10 @@ def _read_meta(plan: Plan) -> None:
             plan.dump_dicts[did] = (value, dictionary)
         elif key.startswith(CURRENT_PREFIX) and len(value) == 4:
             plan.dump_current[key[len(CURRENT_PREFIX):].decode("utf-8", "replace")] = _ID.unpack(value)[0]
+        elif key.startswith(ttl.TTL_PREFIX) and ttl.ttl_of(value):
+            plan.dump_ttl[key[len(ttl.TTL_PREFIX):].decode("utf-8", "replace")] = ttl.ttl_of(value)
+    for s in plan.sections:
+        s.default_ttl = plan.dump_ttl.get(s.source, 0)
 
 
 # ---------------------------------------------------------------- where each section goes
@@ -323,6 +352,8 @@ class _Loader:
         self.nbytes = 0
         self.loaded: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
+        self.expired: dict[str, int] = {}
+        self.now = ttl.now_ms()  # one judgement of expiry for the whole load
         self._dbis: dict[str, object] = {}
 
     def dbi(self, namespace: str):
@@ -331,10 +362,20 @@ class _Loader:
             dbi = self._dbis[namespace] = self.env.dbi(namespace, create=True)
             self.loaded.setdefault(namespace, 0)
             self.skipped.setdefault(namespace, 0)
+            self.expired.setdefault(namespace, 0)
         return dbi
 
     def add(self, namespace: str, key: bytes, record: bytes) -> None:
-        self.batch.append((namespace, self.dbi(namespace), key, record))
+        """Queue a stored record; one whose TTL has run out is left out."""
+        dbi = self.dbi(namespace)
+        if record[:1] == bytes([TTL_VERSION]):
+            if parse_ttl(record)[0] <= self.now:
+                self.expired[namespace] += 1
+                self.progress.update()
+                return
+            if namespace not in self.env.ttl.namespaces:
+                self.env.ttl.enable(namespace)  # committed before any TTL value of it
+        self.batch.append((namespace, dbi, key, record))
         self.nbytes += len(record)
         if len(self.batch) >= BATCH_RECORDS or self.nbytes >= BATCH_BYTES:
             self.flush()
@@ -379,11 +420,13 @@ def _load_jsonl(binary, plan: Plan, db, loader: _Loader) -> None:
             started = True
         if dest is None:
             continue
-        key, value = _record_from_jsonl(line, lineno)
+        key, value, expiry = _record_from_jsonl(line, lineno)
         try:
             record = codec.encode(value, dictionary=dicts.for_encoding(dest))
         except KVStoreError as exc:
             raise CommandError(f"line {lineno}: key {quote_key(key)}: {exc}") from None
+        if expiry is not None:
+            record = wrap_ttl(record, *expiry)
         loader.add(dest, key, record)
 
 
@@ -439,9 +482,10 @@ def _load_mdb(binary, plan: Plan, db, loader: _Loader, conflicts: set) -> None:
             dest = None if event[1] == META_DB else next(sections).dest
         elif kind == "record" and dest is not None:
             _, key, record, _lineno = event
-            if conflicts and len(record) >= 10 and int.from_bytes(record[6:10], "little") in conflicts:
-                value = codec.decode(record, dictionaries=dump_dicts)
-                record = codec.encode(value, dictionary=env.dicts.for_encoding(dest))
+            if conflicts and inner_dict_id(record) in conflicts:
+                value = codec.decode(inner_record(record), dictionaries=dump_dicts)
+                prefix = record[:TTL_HEADER_SIZE] if record[0] == TTL_VERSION else b""  # kept as it is
+                record = prefix + codec.encode(value, dictionary=env.dicts.for_encoding(dest))
             loader.add(dest, key, record)
 
 
@@ -495,6 +539,7 @@ def run(args, out) -> int:
             for s in chosen:  # create every destination, even for an empty section
                 if s.dest != DEFAULT_NAMESPACE:
                     db.namespace(s.dest)
+            defaults = _give_default_ttls(db, chosen)
             with Progress("load", sum(s.count for s in chosen)) as progress:
                 loader = _Loader(db, not args.no_overwrite, progress)
                 for s in chosen:
@@ -514,5 +559,27 @@ def run(args, out) -> int:
         line = f"loaded {plural(loader.loaded[namespace], 'record')} into namespace {namespace!r}"
         if loader.skipped[namespace]:
             line += f"; {plural(loader.skipped[namespace], 'key')} already present kept (--no-overwrite)"
+        if loader.expired[namespace]:
+            line += f"; {plural(loader.expired[namespace], 'expired value')} left out"
+        out.write(line + "\n")
+    for line in defaults:
         out.write(line + "\n")
     return 0
+
+
+def _give_default_ttls(db, chosen) -> list[str]:
+    """Give each destination the default TTL its dump section has, unless it
+    has one already; lines saying what was done."""
+    lines = []
+    env = db._env
+    for s in chosen:
+        if not s.default_ttl:
+            continue
+        have = env.ttl.default(s.dest)
+        if not have:
+            env.ttl.enable(s.dest, s.default_ttl)
+            lines.append(f"namespace {s.dest!r}: default TTL {s.default_ttl / 1000:g} s, from the dump")
+        elif have != s.default_ttl:
+            lines.append(f"namespace {s.dest!r}: kept its default TTL of {have / 1000:g} s (the dump's is "
+                         f"{s.default_ttl / 1000:g} s; change it with set_default_ttl)")
+    return lines

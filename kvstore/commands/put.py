@@ -13,7 +13,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "put", help="store a value under a key (durable)",
         description="Store VALUE under KEY (escaped form) and return once it is synced to disk. "
-                    "Creates the store and the namespace if missing.")
+                    "Creates the store and the namespace if missing. Without --ttl, the value gets "
+                    "the namespace's default TTL, if it has one.")
     p.add_argument("path", help="store directory (created if missing)")
     p.add_argument("key", help="the key")
     p.add_argument("value", help="the value: a string, or JSON with --json")
@@ -21,6 +22,8 @@ def add_parser(subparsers):
     p.add_argument("--json", action="store_true",
                    help='parse VALUE as JSON, with the tagged encoding for bytes ({"$bytes": BASE64}), '
                         'maps with non-string keys ({"$map": [[k, v], ...]}) and nan/inf ({"$float": "nan"})')
+    p.add_argument("--ttl", type=float, metavar="SECONDS",
+                   help="the value expires SECONDS from now (inf: never, even in a namespace with a default TTL)")
     return p
 
 
@@ -36,7 +39,7 @@ def run(args, out) -> int:
             raise CommandError(f"VALUE: {exc}") from None
     db = open_writable(args.path, create=True)
     try:
-        namespace_handle(db, args.namespace, create=True).put(key, value, durable=True)
+        namespace_handle(db, args.namespace, create=True).put(key, value, durable=True, ttl=args.ttl)
     finally:
         db.close()
     return 0

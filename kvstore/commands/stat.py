@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from kvstore import codec
-from kvstore.codec.format import HEADER, HEADER_SIZE
+from kvstore import codec, ttl
+from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, parse_ttl
+from kvstore.errors import CorruptionError
 
 from ._common import human_size, open_readonly, plural, write_json
 from ._encoding import escape_key
@@ -19,25 +20,35 @@ def add_parser(subparsers):
         description="Statistics of the store at PATH, from one consistent snapshot: the LMDB "
                     "environment (map size and use, page size, last transaction, readers), each "
                     "namespace (entries, B-tree depth and pages, stored and decoded bytes, "
-                    "compression ratio, dictionaries in use) and the codec backend.")
+                    "compression ratio, dictionaries in use, values with a TTL and how many of them "
+                    "have expired, the default TTL) and the codec backend.")
     p.add_argument("path", help="store directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
-def _namespace_stats(txn, dbi) -> dict:
+def _namespace_stats(txn, dbi, now: int) -> dict:
     st = txn.stat(dbi) if dbi is not None else {"entries": 0, "depth": 0, "branch_pages": 0,
                                                 "leaf_pages": 0, "overflow_pages": 0}
-    stored = decoded = bad = 0
+    stored = decoded = bad = with_ttl = expired = 0
     dicts: Counter = Counter()
     if dbi is not None:
         unpack = HEADER.unpack_from
         for _key, record in txn.cursor(db=dbi):
             stored += len(record)
-            if len(record) < HEADER_SIZE:
+            at = 0
+            if len(record) and record[0] == TTL_VERSION:
+                with_ttl += 1
+                try:
+                    expired += parse_ttl(record)[0] <= now
+                except CorruptionError:
+                    bad += 1
+                    continue
+                at = TTL_HEADER_SIZE
+            if len(record) < at + HEADER_SIZE:
                 bad += 1
                 continue
-            version, _flags, raw_len, dict_id, _ = unpack(record)
+            version, _flags, raw_len, dict_id, _ = unpack(record, at)
             if version != 1:
                 bad += 1
                 continue
@@ -53,6 +64,8 @@ def _namespace_stats(txn, dbi) -> dict:
         "compression_ratio": stored / decoded if decoded else None,
         "dictionaries_in_use": {str(k): v for k, v in sorted(dicts.items())},
         "unreadable_headers": bad,
+        "ttl_values": with_ttl,
+        "expired_values": expired,
     }
 
 
@@ -62,7 +75,12 @@ def collect(db) -> dict:
 
     def read(txn):
         meta = snapshot_meta(txn, env)
-        return meta, {name: _namespace_stats(txn, dbi) for name, dbi in handles}, txn.id()
+        now = ttl.now_ms()
+        per_ns = {name: _namespace_stats(txn, dbi, now) for name, dbi in handles}
+        for name, ns in per_ns.items():
+            default = meta.ttl_defaults.get(name, 0)
+            ns["default_ttl"] = default / 1000 if default else None
+        return meta, per_ns, txn.id()
 
     meta, per_ns, txnid = env.read(read)
     info = env.info()
@@ -125,10 +143,14 @@ def run(args, out) -> int:
         rows.append([escape_key(name.encode("utf-8")), f"{ns['entries']:,}", ns["depth"],
                      f"{p['branch']}/{p['leaf']}/{p['overflow']}", human_size(ns["stored_bytes"]),
                      human_size(ns["decoded_bytes"]), "-" if ratio is None else f"{ratio:.3f}",
-                     ",".join(ns["dictionaries_in_use"]) or "-"])
-    _table(out, ["namespace", "entries", "depth", "pages b/l/o", "stored", "decoded", "ratio", "dicts"], rows, "lrrrrrrl")
-    out.write("\n(stored: record bytes with their 18-byte headers; decoded: the values' serialized "
-              "size; ratio: stored / decoded)\n")
+                     ",".join(ns["dictionaries_in_use"]) or "-",
+                     f"{ns['ttl_values']:,}/{ns['expired_values']:,}" if ns["ttl_values"] else "-",
+                     "-" if ns["default_ttl"] is None else f"{ns['default_ttl']:g} s"])
+    _table(out, ["namespace", "entries", "depth", "pages b/l/o", "stored", "decoded", "ratio", "dicts",
+                 "ttl/expired", "default ttl"], rows, "lrrrrrrlrr")
+    out.write("\n(stored: record bytes with their headers; decoded: the values' serialized size; ratio: "
+              "stored / decoded;\n ttl/expired: values with a TTL, and those of them expired but not yet "
+              "swept, counted in entries)\n")
     bad = sum(ns["unreadable_headers"] for ns in report["namespaces"].values())
     if bad:
         out.write(f"{bad} records have unreadable headers: run `kvstore check`\n")
