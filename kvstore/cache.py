@@ -367,29 +367,7 @@ class ReadCache:
         k = (ns, key)
         e = self._get(k)  # a dict lookup: atomic, no lock needed to find out
         if e is None:
-            if self._admit_all:
-                with self._lock:
-                    return self._missed(k)
-            # A first miss must cost little: the doorkeeper without the lock.
-            # Its bytes and counters are single operations under the GIL; a
-            # race between threads can only lose a mark or a count (the key
-            # then fills on its next miss, or a generation lasts longer).
-            h = hash(key)  # cached in the bytes object; namespaces share marks
-            mask = self._door_mask
-            door = self._door
-            gen = self._door_gen
-            i, j = h & mask, (h >> 32) & mask
-            a, b = door[i], door[j]
-            door[i] = door[j] = gen
-            if a and b and a >= gen - 1 and b >= gen - 1:
-                self._misses += 1
-                return MISS  # it missed in this generation or the last
-            self._deferred += 1
-            if self._deferred >= self._door_next:
-                with self._lock:
-                    if self._deferred >= self._door_next:
-                        self._next_generation()
-            return SKIP
+            return self._missed(k)
         with self._lock:
             try:
                 self._touch(k)
@@ -428,7 +406,13 @@ class ReadCache:
         return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
 
     def _missed(self, k):
-        """A lookup of an uncached key: MISS, or SKIP on its first miss. Under _lock."""
+        """A lookup of an uncached key: MISS, or SKIP on its first miss.
+
+        Needs no lock (lookup calls it without, lookup_at and revalidate
+        under _lock): the doorkeeper's marks and the counters are single
+        operations under the GIL, so a race between threads can only lose a
+        mark or a count (the key then fills on its next miss, or a
+        generation ends a little early or late)."""
         if self._admit_all:
             if self.enabled:
                 self._misses += 1
