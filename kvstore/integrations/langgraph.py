@@ -25,6 +25,7 @@ and namespace labels never contain):
     <prefix>:writes       thread, checkpoint_ns, checkpoint_id, task_id, idx
                           -> [task_id, channel, type, bytes, task_path, idx]
     langgraph:store       label, ..., label, "", key -> [value, created, updated]
+                          (an item with a TTL expires in the engine: kvstore/ttl.py)
 
 Channel values are stored once per channel version (a checkpoint that
 changes one channel writes one blob), checkpoint ids are time-ordered
@@ -38,6 +39,7 @@ Requires the `langgraph` extra: ``pip install 'kvstore[langgraph]'``.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -69,6 +71,7 @@ try:
         Result,
         SearchItem,
         SearchOp,
+        TTLConfig,
         validate_op_namespace,
     )
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -78,8 +81,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .. import errors
 from ..aio import AsyncStore
-from ..errors import InvalidArgumentError, NotSupportedError
+from ..errors import InvalidArgumentError, InvalidTTLError
 from ..store import MAX_KEY_SIZE, Store, open as _open_store
+from ..ttl import MAX_TTL
 
 __all__ = ["KVStoreSaver", "KVStore", "InvalidStoreNamespaceError"]
 
@@ -115,12 +119,13 @@ def _parts(key: bytes) -> list[str]:
 
 
 def _apply(batch, ops: list) -> None:
-    """Fill a kvstore Batch or AsyncBatch with ops: [(namespace, key, value or None to delete)]."""
-    for ns, key, value in ops:
+    """Fill a kvstore Batch or AsyncBatch with ops: [(namespace, key, value or
+    None to delete[, ttl in seconds, as for kvstore's put])]."""
+    for ns, key, value, *ttl in ops:
         if value is None:
             batch.delete(key, namespace=ns)
         else:
-            batch.put(key, value, namespace=ns)
+            batch.put(key, value, namespace=ns, ttl=ttl[0] if ttl else None)
 
 
 class _Owner:
@@ -598,6 +603,20 @@ def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+def _ttl_seconds(minutes) -> float:
+    """A LangGraph TTL (minutes; None: never expires) as a kvstore one
+    (seconds; math.inf: never expires, whatever default the kvstore
+    namespace may have). InvalidTTLError for anything else."""
+    if minutes is None or minutes == math.inf:
+        return math.inf
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
+            or not 0 < minutes <= MAX_TTL / 60:  # also refuses nan
+        raise InvalidTTLError(
+            f"a LangGraph ttl is a number of minutes > 0 and at most {MAX_TTL // 60} (100 years), "
+            f"not {minutes!r}; pass ttl=None for an item that never expires")
+    return minutes * 60
+
+
 def _ns_matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
     path = tuple(condition.path)
     if len(namespace) < len(path):
@@ -655,31 +674,53 @@ class KVStore(_Owner, BaseStore):
     :param db: an open `kvstore.Store` (or `kvstore.aio.AsyncStore`); not closed by this object
     :param durable: True (default): a put/delete returns once synced; False: at once
     :param namespace: the kvstore namespace holding the items
+    :param ttl: LangGraph's TTLConfig: ``default_ttl`` (minutes) for puts
+        that give no ttl, ``refresh_on_read`` (default True) for reads that
+        do not say whether to refresh. ``sweep_interval_minutes`` is not
+        used: kvstore's own background sweep deletes expired items
+        (the store's ``ttl_sweep_interval``), and reads never see them.
 
     Supported: get, put (a value that msgpack carries: JSON-like data, bytes),
     delete, search by namespace prefix with equality / ``$eq $ne $gt $gte $lt
     $lte`` filters (nested mappings compared member by member), limit and
     offset, list_namespaces with prefix, suffix (``"*"`` wildcards),
     max_depth, limit and offset. Search returns items in namespace-then-key
-    order. Not supported yet: TTL (``supports_ttl`` is False: a put with a
-    ttl raises NotSupportedError; refresh_ttl is ignored) and semantic search
-    (no vector index: a search's ``query`` is ignored, as in LangGraph's
-    InMemoryStore without an index). An update keeps the item's created_at.
+    order. An update keeps the item's created_at.
+
+    TTL, as in LangGraph's PostgresStore: a put's ``ttl`` is in minutes
+    (None: never expires; ``put()`` without one uses the config's
+    default_ttl), and an item expires that long after its last put or
+    refreshing read. A get or search with ``refresh_ttl`` (GetOp/SearchOp's
+    default, or the config's refresh_on_read through get()/search()) pushes
+    the expiry of the items it returns to now + their TTL. Expired items are
+    invisible to get, search and list_namespaces at once, as TTLConfig's
+    ``omit_expired`` asks. Not supported: semantic search (no vector index:
+    a search's ``query`` is ignored, as in LangGraph's InMemoryStore without
+    an index).
     """
 
-    supports_ttl = False
+    supports_ttl = True
 
-    def __init__(self, db, *, durable: bool = True, namespace: str = "langgraph:store") -> None:
+    def __init__(self, db, *, durable: bool = True, namespace: str = "langgraph:store",
+                 ttl: TTLConfig | None = None) -> None:
         store = self._attach(db, durable)
+        if ttl is not None:
+            if not isinstance(ttl, dict):
+                raise InvalidArgumentError(
+                    f"ttl takes LangGraph's TTLConfig, a dict such as {{'default_ttl': 60}} "
+                    f"(minutes), not {type(ttl).__name__}")
+            _ttl_seconds(ttl.get("default_ttl"))  # a bad default raises now, not at a put
+        self.ttl_config = ttl
         self._ns_items = namespace
         self._items = store.namespace(namespace)
+        self._refreshable = not store.readonly  # a refresh is a write
 
     @classmethod
     def from_path(cls, path, *, durable: bool = True, namespace: str = "langgraph:store",
-                  **options) -> "KVStore":
+                  ttl: TTLConfig | None = None, **options) -> "KVStore":
         """A store on the kvstore store at `path` (created if missing), which it
         owns: `close()` or ``with``/``async with`` closes it."""
-        return cls._from_path(path, options, durable=durable, namespace=namespace)
+        return cls._from_path(path, options, durable=durable, namespace=namespace, ttl=ttl)
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """Run ops; reads see the store before the batch, and the batch's puts
@@ -702,16 +743,13 @@ class KVStore(_Owner, BaseStore):
             except _LangGraphNamespaceError as exc:
                 raise InvalidStoreNamespaceError(str(exc)) from None
             if isinstance(op, GetOp):
-                results.append(self._get(_namespace(op.namespace), str(op.key)))
+                results.append(self._get(_namespace(op.namespace), str(op.key),
+                                         op.refresh_ttl))
             elif isinstance(op, SearchOp):
                 results.append(self._search(op))
             elif isinstance(op, ListNamespacesOp):
                 results.append(self._list_namespaces(op))
             elif isinstance(op, PutOp):
-                if op.ttl is not None:
-                    raise NotSupportedError(
-                        "KVStore does not support TTL yet (kvstore has no expiry): put "
-                        "without ttl and delete stale items yourself")
                 puts[(_namespace(op.namespace), str(op.key))] = op
                 results.append(None)
             else:
@@ -730,13 +768,15 @@ class KVStore(_Owner, BaseStore):
                 ops.append((self._ns_items, key, None))
             else:
                 created = old[1] if old is not None else now
-                ops.append((self._ns_items, key, [dict(op.value), created, now]))
+                ops.append((self._ns_items, key, [dict(op.value), created, now],
+                            _ttl_seconds(op.ttl)))  # a bad ttl raises before any write
         return ops
 
-    def _get(self, namespace: tuple[str, ...], key: str) -> Item | None:
+    def _get(self, namespace: tuple[str, ...], key: str, refresh: bool) -> Item | None:
         if not namespace:
             return None
-        record = self._items.get(_item_key(namespace, key))
+        record = self._items.get(_item_key(namespace, key),
+                                 refresh_ttl=bool(refresh) and self._refreshable)
         if record is None:
             return None
         value, created, updated = record
@@ -745,6 +785,7 @@ class KVStore(_Owner, BaseStore):
 
     def _search(self, op: SearchOp) -> list[SearchItem]:
         out: list[SearchItem] = []
+        found: list[bytes] = []  # their keys
         if op.limit <= 0:
             return out
         skip = max(op.offset, 0)
@@ -758,8 +799,12 @@ class KVStore(_Owner, BaseStore):
             namespace, key = _split_item_key(raw)
             out.append(SearchItem(namespace=namespace, key=key, value=value,
                                   created_at=_when(created), updated_at=_when(updated)))
+            found.append(raw)
             if len(out) >= op.limit:
                 break
+        if op.refresh_ttl and self._refreshable:
+            for raw in found:  # the items returned, as PostgresStore refreshes them
+                self._items.get(raw, refresh_ttl=True)
         return out
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
