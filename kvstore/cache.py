@@ -356,14 +356,15 @@ class ReadCache:
 
     # ------------------------------------------------------------ reads
 
-    def lookup(self, ns: str, key: bytes, txnids):
+    def lookup(self, ns: str, key: bytes, txnids, untimed_only: bool = False):
         """For a single read. txnids: a callable returning the txnids of the
         two LMDB meta pages (`LastTxnid.both`); the larger is the last commit.
 
         Returns the value (a fresh object the caller may keep and mutate) if
         cached and valid at the last commit; else STALE (read the record,
         then `revalidate`), MISS (decode, then `fill`) or SKIP (decode only:
-        the key's first miss)."""
+        the key's first miss). untimed_only: a value that has a TTL is
+        STALE too (a read that refreshes TTLs must see its record)."""
         k = (ns, key)
         e = self._get(k)  # a dict lookup: atomic, no lock needed to find out
         if e is None:
@@ -377,8 +378,11 @@ class ReadCache:
             a, b = txnids()
             if t < a or t < b:
                 return STALE
-            if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
-                return self._expired(k, e)
+            if e[_EXPIRES]:
+                if untimed_only:
+                    return STALE
+                if e[_EXPIRES] <= _ttl.now_ms():
+                    return self._expired(k, e)
             self._hits += 1
         plan = e[_PLAN]
         if plan is None:

@@ -452,8 +452,8 @@ class Store:
         :param refresh_ttl: if the value has a TTL, push its expiry to now +
             that TTL (a buffered write, applied only if the key still holds
             this value then; skipped when it would move the expiry by less
-            than 1% of the TTL). Such reads bypass the read cache. Needs a
-            writable store.
+            than 1% of the TTL). Such reads use the read cache only for
+            values without a TTL. Needs a writable store.
         :raises CorruptionError: the stored bytes are damaged (names the key)
         """
         if refresh_ttl:
@@ -529,11 +529,29 @@ class Store:
         writer = self._writer(env)
         key = _check_key(key)
         ns = self._ns
+        cache = env.cache
+        cached = SKIP
+        if cache is not None and self._pending(env, key) is None:
+            # A value cached, valid at the last commit and without a TTL
+            # has nothing to refresh: serve it.
+            cached = cache.lookup(ns, key, env.last_txnid.both, untimed_only=True)
+            if type(cached) is not Sentinel:
+                return cached
         record, txnid = self._current(env, key)
         if record is None:
             return default
         if not len(record) or record[0] != TTL_VERSION:
-            return self._decode(key, record)
+            if txnid is None:  # a pending write
+                return self._decode(key, record)
+            if cached is STALE:
+                value = cache.revalidate(ns, key, record, txnid)
+                if value is not MISS:
+                    return value
+                cached = MISS
+            value = self._decode(key, record)
+            if cached is MISS:
+                cache.fill(ns, key, value, record, txnid)
+            return value
         try:
             expires, ttl_ms = parse_ttl(record)
         except CorruptionError as exc:

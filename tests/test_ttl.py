@@ -298,6 +298,31 @@ def test_refresh_ttl_pushes_the_expiry(store_path, clock):
         assert "k" not in db
 
 
+def test_refreshing_reads_use_the_cache_for_values_without_ttl(store_path, clock):
+    with open_store(store_path) as db:
+        db.put("plain", {"v": [1]}, durable=True)
+        for _ in range(2):  # the second miss fills the cache
+            assert db.get("plain", refresh_ttl=True) == {"v": [1]}
+        hits = db.stats()["cache"]["hits"]
+        got = db.get("plain", refresh_ttl=True)
+        assert got == {"v": [1]} and db.stats()["cache"]["hits"] == hits + 1
+        got["v"].append(2)  # the caller's copy
+        db.put("other", 1, durable=True)  # an unrelated commit: revalidated, still no refresh
+        assert db.get("plain", refresh_ttl=True) == {"v": [1]}
+        assert db.stats()["cache"]["revalidations"] >= 1
+        # The key gets a TTL value: a refreshing read must see it and refresh it
+        db.put("plain", {"v": [3]}, ttl=10, durable=True)
+        clock.advance(6)
+        assert db.get("plain", refresh_ttl=True) == {"v": [3]}
+        assert db.expiry("plain") == (T0 + 16, 10)
+        for _ in range(3):  # a cached value with a TTL is never served to a refreshing read
+            assert db.get("plain") == {"v": [3]}
+        db.flush()
+        clock.advance(6)
+        assert db.get("plain", refresh_ttl=True) == {"v": [3]}
+        assert db.expiry("plain") == (T0 + 22, 10)
+
+
 def test_refresh_is_skipped_when_it_would_move_the_expiry_by_under_one_percent(store_path, clock):
     with open_store(store_path) as db:
         db.put("k", 1, ttl=100, durable=True)
