@@ -240,6 +240,14 @@ def _snapshot(v, depth=0):
     return v, None
 
 
+def _give(e):
+    """What a read of entry e returns: its value, or a private copy of it."""
+    plan = e[_PLAN]
+    if plan is None:
+        return e[_VALUE]
+    return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
+
+
 def _copy(v, plan):
     """A copy of a cached dict or list that has nested containers."""
     c = v.copy()
@@ -384,10 +392,7 @@ class ReadCache:
                 if e[_EXPIRES] <= _ttl.now_ms():
                     return self._expired(k, e)
             self._hits += 1
-        plan = e[_PLAN]
-        if plan is None:
-            return e[_VALUE]
-        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
+        return _give(e)
 
     def lookup_at(self, ns: str, key: bytes, txnid: int):
         """`lookup` for a read that must see the snapshot txnid exactly (and no
@@ -404,10 +409,7 @@ class ReadCache:
             if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
                 return self._expired(k, e)
             self._hits += 1
-        plan = e[_PLAN]
-        if plan is None:
-            return e[_VALUE]
-        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
+        return _give(e)
 
     def _missed(self, k):
         """A lookup of an uncached key: MISS, or SKIP on its first miss.
@@ -489,10 +491,7 @@ class ReadCache:
                 self._misses += 1
                 return MISS
             self._revalidations += 1
-        plan = e[_PLAN]
-        if plan is None:
-            return e[_VALUE]
-        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
+        return _give(e)
 
     def contains(self, ns: str, key: bytes, txnids) -> bool:
         """True if the key is cached and valid at the last commit (txnids as
