@@ -448,3 +448,48 @@ def test_readers_killed_mid_read_leave_no_stale_slot(tmp_path, one_backend):
             f"dead readers still in the reader table: {dead}; data.mdb {filled} -> {grown} bytes")
     finally:
         db.close()
+
+
+_HOLD_READ = ("import sys, time, kvstore\n"
+              "db = kvstore.open(sys.argv[1], ttl_sweep_interval=0)\n"
+              "txn = db._env.env.begin()  # a read transaction held open: one reader slot\n"
+              "print('holding', flush=True)\n"
+              "time.sleep(600)\n")
+
+
+@pytest.mark.parametrize("read", ["get", "get_many"])
+def test_reads_clear_dead_readers_when_the_reader_table_is_full(tmp_path, one_backend, read):
+    # Every slot of LMDB's reader table taken by a process that then died
+    # while reading: the next read of this process gets MDB_READERS_FULL,
+    # clears the dead slots (LMDB's reader check) and succeeds.
+    path = str(tmp_path / "store")
+    db = kvstore.open(path, max_readers=4, ttl_sweep_interval=0)
+    try:
+        db.put_many({"a": 1, "b": 2}, durable=True)
+        procs = []
+        full = False
+        while not full and len(procs) < 16:  # until a reader cannot get a slot
+            proc = subprocess.Popen([sys.executable, "-c", _HOLD_READ, path], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            procs.append(proc)
+            full = proc.stdout.readline() != b"holding\n"
+        assert full, "the reader table never filled up"
+        assert b"ReadersFullError" in procs[-1].communicate(timeout=60)[1]
+        for proc in procs:
+            kill(proc)
+            proc.stdout.close()
+            proc.stderr.close()
+        crash_report.record(crash_trials=len(procs))
+        assert len(_dead_reader_slots(db)) == len(procs) - 1
+        held = db._env.env.begin()  # the last free slot: the table is full, of dead readers but one
+        try:
+            # MDB_READERS_FULL, the reader check frees the dead slots, the read is retried
+            if read == "get":
+                assert db.get("a") == 1
+            else:
+                assert db.get_many(["a", "b"]) == [1, 2]
+        finally:
+            held.abort()
+        assert _dead_reader_slots(db) == []
+    finally:
+        db.close()
