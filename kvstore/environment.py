@@ -28,6 +28,7 @@ import lmdb
 
 from .errors import (
     FormatError,
+    KVStoreError,
     InvalidNamespaceError,
     MapFullError,
     NamespaceLimitError,
@@ -37,7 +38,7 @@ from .errors import (
 )
 from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
-from .options import Options
+from .options import MiB, Options
 from .ttl import TTLMeta
 
 __all__ = ["Environment", "acquire", "DEFAULT_NAMESPACE", "META_DB", "check_namespace_name"]
@@ -45,6 +46,15 @@ __all__ = ["Environment", "acquire", "DEFAULT_NAMESPACE", "META_DB", "check_name
 DEFAULT_NAMESPACE = "default"
 META_DB = b"__kvstore__"  # reserved: store metadata, never a user namespace
 FORMAT_KEY = b"format_version"
+# preallocate(): zero-filled room kept past the used pages, and the most
+# filled per write transaction (each step holds LMDB's write lock).
+_FILL_STEP = 2 * MiB
+
+
+def _slack(used: int) -> int:
+    return min(max(used // 8, MiB), 32 * MiB)
+
+
 SEQ_KEY = b"commit_seq"  # u64 big-endian, +1 on every commit (any process)
 # Layout of the environment (database names and meta keys), frozen. A new
 # store is format 1; writing its first TTL value makes it format 2 (ttl: keys
@@ -328,6 +338,10 @@ class Environment:
             self.dicts = Dictionaries(self)
             self.ttl = TTLMeta(self)
             self._init_cache()
+            self._psize = self.env.stat()["psize"]
+            # bytes of data.mdb known allocated; -1: not preallocating
+            self._allocated = (os.path.getsize(os.path.join(path, "data.mdb"))
+                               if options.preallocate and not options.readonly else -1)
         except BaseException:
             self.env.close()
             raise
@@ -633,6 +647,56 @@ class Environment:
         """Number of commits the store has seen, from any process."""
         raw = self.read(lambda txn: txn.get(SEQ_KEY, db=self.meta_db))
         return SEQ.unpack(raw)[0] if raw is not None else 0
+
+    # ------------------------------------------------------------ preallocation
+
+    def space_low(self) -> bool:
+        """After a commit: is the zero-filled space past LMDB's last page
+        below half of what preallocate() keeps ready?"""
+        if self._allocated < 0:
+            return False
+        try:
+            used = (self.env.info()["last_pgno"] + 1) * self._psize
+        except lmdb.Error:  # the map is being resized: ask after the next commit
+            return False
+        return used + _slack(used) // 2 > self._allocated
+
+    def preallocate(self) -> None:
+        """Zero-fill data.mdb past the last page LMDB uses, up to _slack of
+        room (Options.preallocate), and sync it, _FILL_STEP bytes per write
+        transaction. The transaction holds LMDB's write lock, so no process
+        writes pages meanwhile, and the fill starts at the end of the file
+        or of the used pages, whichever is further: it never touches a
+        page LMDB uses. LMDB then writes its new pages into space that is
+        already allocated and initialised, and its syncs stop changing the
+        file's size. Best effort: an error (disk full) stops filling and
+        disables it for this process."""
+        if self._allocated < 0:
+            return
+        try:
+            while self.write(self._fill_step, "preallocating disk space"):
+                pass
+        except (KVStoreError, OSError):
+            self._allocated = -1
+
+    def _fill_step(self, _txn) -> bool:
+        """One step of preallocate(), inside a write transaction; True if
+        there is more to fill."""
+        used = (self.env.info()["last_pgno"] + 1) * self._psize
+        target = min(used + _slack(used), self.env.info()["map_size"])
+        fd = os.open(os.path.join(self.path, "data.mdb"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            start = max(os.fstat(fd).st_size, used)
+            end = min(target, start + _FILL_STEP)
+            if end - start >= self._psize:
+                zeros = bytes(min(_FILL_STEP, 256 * 1024))
+                for at in range(start, end, len(zeros)):
+                    os.pwrite(fd, zeros[:end - at], at)
+                os.fdatasync(fd)
+            self._allocated = max(start, end)
+        finally:
+            os.close(fd)
+        return end < target
 
     def bump_seq(self, txn) -> int:
         """Inside a write transaction: count one more commit; return its number."""

@@ -129,6 +129,7 @@ class Writer:
         self._gather_target = 0
         self._flush_waiters = 0
         self._flush_wanted = False
+        self._space_wanted = False  # the flusher should preallocate disk space
         self._next_seq = 1
         self._last: Group | None = None  # last group submitted
         self._failed: StoreFailedError | None = None
@@ -401,8 +402,12 @@ class Writer:
                         at = 2 if record[0] != TTL_VERSION else TTL_HEADER_SIZE + 2
                         bytes_in += _RAW_LEN.unpack_from(record, at)[0]
                         bytes_stored += len(record)
+        low = error is None and self._env.space_low()
         callbacks = False
         with self._lock:
+            if low and not self._space_wanted:
+                self._space_wanted = True
+                self._wake.notify()
             for g in groups:
                 g.error = error
                 g.done = True
@@ -476,12 +481,16 @@ class Writer:
 
     def _flusher(self) -> None:
         while True:
+            grow = False
             with self._lock:
                 while True:
                     if not self._queue:
                         self._flush_wanted = False
                         if self._closing:
                             return
+                        if self._space_wanted:
+                            grow = True
+                            break
                         self._wake.wait()
                         continue
                     if (self._closing or self._flush_wanted or self._queued_ops >= self._max_ops
@@ -490,13 +499,24 @@ class Writer:
                     wait = self._queue[0].queued_at + self._interval - time.monotonic()
                     if wait <= 0:
                         break
+                    if self._space_wanted:
+                        grow = True
+                        break
                     self._wake.wait(wait)
-                if self._leading:
+                if grow:
+                    self._space_wanted = False
+                elif self._leading:
                     # A writer is committing; it hands the queue back to us
                     # (notifying _wake) when it gives up the lead.
                     self._wake.wait()
                     continue
-                self._leading = True
+                else:
+                    self._leading = True
+            if grow:
+                # Between commits, never ahead of one that is due: see
+                # Environment.preallocate.
+                self._env.preallocate()
+                continue
             try:
                 self._commit_next()
             except BaseException as exc:  # never die silently with writes queued

@@ -145,12 +145,13 @@ def test_max_map_size_reached_fails_clearly_and_loses_nothing_committed(store_pa
 
 def test_failing_disk_write_fails_the_group_and_the_store(store_path):
     # A real write error: the child may not grow data.mdb past a size limit
-    # (RLIMIT_FSIZE; SIGXFSZ ignored so write() returns EFBIG).
-    kvstore.open(store_path).close()
+    # (RLIMIT_FSIZE; SIGXFSZ ignored so write() returns EFBIG). Without
+    # preallocation, so that the group must grow the file.
+    kvstore.open(store_path, preallocate=False).close()
     p = spawn("""
         import os, resource, signal, sys, kvstore
         path = sys.argv[1]
-        db = kvstore.open(path, map_size=64 << 20, compression="none")
+        db = kvstore.open(path, map_size=64 << 20, compression="none", preallocate=False)
         db.put("before", "ok", durable=True)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         size = os.path.getsize(os.path.join(path, "data.mdb"))
