@@ -66,10 +66,12 @@ def _assert_clean_failure(result, path, before, stages=("open",)):
     assert after == before, f"a failed open changed the files: {before} -> {after}"
 
 
-def _real_store(path, n=3000):
+def _real_store(path, n=3000, preallocate=False):
     """A store with deterministic content (no compression: the same bytes
-    whatever the codec), several pages deep, in two namespaces."""
-    with kvstore.open(path, compression="none") as db:
+    whatever the codec), several pages deep, in two namespaces. Without
+    preallocated room by default, so that data.mdb ends at its last page
+    and every cut below removes pages."""
+    with kvstore.open(path, compression="none", preallocate=preallocate) as db:
         db.put_many({f"k:{i:05d}": bytes([i % 251]) * (i % 300) for i in range(n)}, durable=True)
         db.namespace("other").put_many({f"o:{i:04d}": {"i": i} for i in range(300)}, durable=True)
     return path
@@ -149,6 +151,22 @@ def test_real_data_file_truncated(tmp_path, probe, real_files, cut, with_lock):
         result = probe(path, **req)
         _assert_clean_failure(result, path, before)
         assert result["type"] == "FormatError" and ("truncated" in result["msg"] or "short" in result["msg"])
+
+
+def test_preallocated_room_cut_anywhere_loses_nothing(tmp_path, probe):
+    # The zeroed room past LMDB's last page (Options.preallocate) is not
+    # part of the store: cutting the file anywhere in it leaves every key.
+    path = _real_store(str(tmp_path / "full"), preallocate=True)
+    with kvstore.open(path, readonly=True) as db:
+        used = db.stats()["map_used"]
+    with open(os.path.join(path, "data.mdb"), "rb") as f:
+        data = f.read()
+    assert len(data) > used + PSIZE, "no room was preallocated"
+    for keep in (used, used + PSIZE, (used + len(data)) // 2 + 1):
+        cut = str(tmp_path / f"cut{keep}")
+        _write(cut, "data.mdb", data[:keep])
+        result = probe(cut, readonly=True)
+        assert result == {"status": "ok", "keys": 3300, "bad_keys": []}, (keep, result)
 
 
 # Offsets inside the two meta records (LMDB's MDB_meta: 136 bytes after the
