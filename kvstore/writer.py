@@ -36,6 +36,7 @@ after `done` or `lead` was set, so waking a writer never contends `_lock`.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import struct
 import threading
@@ -58,6 +59,9 @@ _MAX_GATHER = 0.002
 _OVERLAY_SLICE = 256
 # Puts written into the LMDB transaction per hold of the writer's lock (_apply).
 _APPLY_SLICE = 256
+# A range snapshot of a namespace with fewer pending writes filters them all;
+# from this many on, it keeps their keys in order (Writer._ordered).
+_ORDER_FROM = 128
 
 
 class Group:
@@ -139,6 +143,13 @@ class Writer:
         # namespace -> key -> (group seq, record or TOMBSTONE); mutated under
         # _lock, read without it (single dict operations are atomic).
         self.overlay: dict[str, dict[bytes, tuple]] = collections.defaultdict(dict)
+        # For range snapshots (scans) of namespaces with many pending writes:
+        # ns -> the overlay's keys in order (with keys dropped from the
+        # overlay since, and without those in _unordered), and ns -> keys
+        # added to the overlay since, in any order. Made by the first range
+        # snapshot of the namespace, dropped when writes go on without one.
+        self._ordered: dict[str, list[bytes]] = {}
+        self._unordered: dict[str, list[bytes]] = {}
         # statistics, guarded by _lock
         self.commits = 0
         self.ops_committed = 0
@@ -180,6 +191,11 @@ class Writer:
                     overlay[ns][key] = (group.seq, record)
             else:
                 group.condition.enter(overlay, group.seq, group.ops)
+            if self._unordered:
+                for ns, _dbi, key, _record in group.ops:
+                    added = self._unordered.get(ns)
+                    if added is not None:
+                        added.append(key)
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
             wait = group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
@@ -458,6 +474,12 @@ class Writer:
                     entry = pending.get(key)
                     if entry is not None and entry[0] == seq:
                         del pending[key]
+        if self._unordered:
+            with self._lock:
+                # writes went on without a range snapshot to sort them in
+                for ns, added in list(self._unordered.items()):
+                    if len(added) > 4 * len(overlay.get(ns, ())) + 1024:
+                        del self._unordered[ns], self._ordered[ns]
 
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
@@ -539,19 +561,45 @@ class Writer:
             return self._queued_ops + self._in_flight_ops
 
     def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
-        """[(key, record-or-TOMBSTONE)] pending in namespace ns, unordered;
-        only keys in [lo, hi) when given."""
+        """[(key, record-or-TOMBSTONE)] pending in namespace ns; only keys in
+        [lo, hi) when given (then in key order)."""
         with self._lock:
             pending = self.overlay.get(ns)
             if not pending:
                 return []
             if lo is None and hi is None:
                 return [(k, v[1]) for k, v in pending.items()]
-            if hi is None:
-                return [(k, v[1]) for k, v in pending.items() if k >= lo]
-            if lo is None:
-                return [(k, v[1]) for k, v in pending.items() if k < hi]
-            return [(k, v[1]) for k, v in pending.items() if lo <= k < hi]
+            if len(pending) < _ORDER_FROM:
+                return sorted((k, v[1]) for k, v in pending.items()
+                              if (lo is None or lo <= k) and (hi is None or k < hi))
+            ordered = self._in_order(ns, pending)
+            i = 0 if lo is None else bisect.bisect_left(ordered, lo)
+            j = len(ordered) if hi is None else bisect.bisect_left(ordered, hi)
+            out = []
+            for k in ordered[i:j]:
+                entry = pending.get(k)
+                if entry is not None:
+                    out.append((k, entry[1]))
+            return out
+
+    def _in_order(self, ns: str, pending: dict) -> list:
+        """The keys pending in ns, in order (and maybe some dropped since).
+        Under _lock. The writes since the last call are inserted one by one
+        (a scan per agent turn sorts in that turn's writes); the list is
+        rebuilt when it is made or holds twice as many keys as are pending."""
+        ordered = self._ordered.get(ns)
+        if ordered is None or len(ordered) > 2 * len(pending) + _ORDER_FROM:
+            ordered = self._ordered[ns] = sorted(pending)
+            self._unordered[ns] = []
+            return ordered
+        added = self._unordered[ns]
+        if added:
+            for key in added:
+                at = bisect.bisect_left(ordered, key)
+                if at == len(ordered) or ordered[at] != key:
+                    ordered.insert(at, key)
+            added.clear()
+        return ordered
 
     def close(self) -> None:
         """Commit everything queued, stop the flusher. Raises if the store failed."""
