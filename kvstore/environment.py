@@ -655,10 +655,16 @@ class Environment:
         below half of what preallocate() keeps ready?"""
         if self._allocated < 0:
             return False
+        # Under the map lock, as every LMDB call: py-lmdb counts a call in
+        # progress, and a fork() meanwhile (which takes the lock exclusive)
+        # would leave the child an environment that never closes.
+        self.map_lock.acquire_shared()
         try:
             used = (self.env.info()["last_pgno"] + 1) * self._psize
-        except lmdb.Error:  # the map is being resized: ask after the next commit
-            return False
+        except lmdb.Error:
+            return False  # ask again after the next commit
+        finally:
+            self.map_lock.release_shared()
         return used + _slack(used) // 2 > self._allocated
 
     def preallocate(self) -> None:
