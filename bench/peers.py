@@ -21,6 +21,7 @@ import struct
 import time
 
 import data as bench_data
+import graph_turns
 import sessions
 from harness import Result, dir_bytes, found_note, run_threads, split, time_gets, time_puts, workload
 
@@ -441,6 +442,13 @@ def sqlite_mixed_normal(ctx):
 def sqlite_mixed_txn(ctx):
     return _sqlite_mixed(ctx, "sqlite-mixed-txn-per-turn", "FULL", ctx.sync_turns, True,
                          "ops = turns; 1 commit + fsync a turn; fewer turns")
+
+
+@workload("langgraph-sqlite-mixed",
+          "the same checkpointer turn as langgraph-mixed through LangGraph's SqliteSaver (WAL, FULL)",
+          system="langgraph-sqlite", requires=graph_turns.REQUIRES)
+def langgraph_sqlite_mixed(ctx):
+    return graph_turns.play(ctx, "langgraph-sqlite-mixed", "langgraph-sqlite", graph_turns.open_sqlite)
 
 
 # ---------------------------------------------------------------- diskcache

@@ -68,6 +68,11 @@ kvstore (default options unless stated):
                  python bench/run.py --only mixed
   mixed-durable  the same turn with its 5 writes in one db.batch(durable=True)
                  python bench/run.py --only mixed-durable
+  langgraph-mixed  the same turns through kvstore's LangGraph checkpointer (KVStoreSaver,
+                 durable): get_tuple of the session's state (meta, last 20 messages,
+                 episode), then put of the new state (bench/graph_turns.py; needs the
+                 langgraph extra)
+                 python bench/run.py --only langgraph-mixed
   batchsize      buffered fill with max_batch_ops 50 .. 10000 (flush_interval 60 s, so the
                  size limit makes the commits): ops/s and mean ops per commit
                  python bench/run.py --only batchsize
@@ -136,8 +141,9 @@ peers (same records; a peer whose package is missing is skipped with a note):
                              python bench/run.py --only lmdbm-set
   lmdbm-get                  lmdbm.Lmdb.get + msgpack unpack of random existing keys
                              python bench/run.py --only lmdbm-get
-(LangGraph's SQLite checkpointer joins the mixed workload once kvstore's
-LangGraph integration, issue 8, has landed.)
+  langgraph-sqlite-mixed     the checkpointer turn of langgraph-mixed through LangGraph's
+                             SqliteSaver (WAL, synchronous=FULL: an fsync per put)
+                             python bench/run.py --only 'langgraph-*'
 
 --only takes a comma-separated list of names or shell patterns ('fill*,lmdb-*').
 The targets of the workloads that ran are checked: python bench/run.py --only
@@ -206,6 +212,10 @@ TARGETS = [
            "the same against synchronous=NORMAL (no fsync per commit)", "issue 7"),
     Target("mixed-durable", "sqlite-mixed-txn-per-turn", None,
            "durable turns: one durable batch vs one sqlite3 transaction (FULL) per turn", "issue 7"),
+    Target("langgraph-mixed", "langgraph-sqlite-mixed", None,
+           "the agent turn through a LangGraph checkpointer: KVStoreSaver vs SqliteSaver", "issue 7"),
+    Target("mixed-durable", "langgraph-sqlite-mixed", None,
+           "the durable turn on kvstore's keys vs the same turn as SqliteSaver checkpoints", "issue 7"),
     # issue 2: the engine's own overheads
     Target("fillrandom", "lmdb-txn-per-put-sync", 20.0,
            "buffered puts vs a txn + fsync per put, 1 thread", "issue 2"),

@@ -17,6 +17,7 @@ import time
 import kvstore
 
 import data as bench_data
+import graph_turns
 import sessions
 from harness import (
     Result,
@@ -356,6 +357,13 @@ def mixed(ctx):
 @workload("mixed-durable", "the same turn, its 5 writes in one batch(durable=True): atomic, one fsync per turn")
 def mixed_durable(ctx):
     return _mixed(ctx, "mixed-durable", ctx.sync_turns, True, "ops = turns; fewer turns")
+
+
+@workload("langgraph-mixed", "the agent turn through kvstore's LangGraph checkpointer (KVStoreSaver, "
+                             "durable): get_tuple, then put of the session's new state (bench/graph_turns.py)",
+          requires=graph_turns.REQUIRES)
+def langgraph_mixed(ctx):
+    return graph_turns.play(ctx, "langgraph-mixed", "kvstore", graph_turns.open_kvstore)
 
 
 @workload("batchsize", "buffered fill with max_batch_ops in " + ", ".join(map(str, BATCH_SIZES))
