@@ -482,7 +482,7 @@ class Store:
         cache = env.cache
         cached = SKIP
         if cache is not None:
-            cached = cache.lookup(ns, key, env.last_txnid.both)
+            cached = cache.lookup(ns, key, env.last_txnid.view)
             if type(cached) is not Sentinel:
                 return cached
         dbi = self._dbi(env, ns)
@@ -534,7 +534,7 @@ class Store:
         if cache is not None and self._pending(env, key) is None:
             # A value cached, valid at the last commit and without a TTL
             # has nothing to refresh: serve it.
-            cached = cache.lookup(ns, key, env.last_txnid.both, untimed_only=True)
+            cached = cache.lookup(ns, key, env.last_txnid.view, untimed_only=True)
             if type(cached) is not Sentinel:
                 return cached
         record, txnid = self._current(env, key)
@@ -653,7 +653,7 @@ class Store:
         if hit is not None:
             return hit[0] is not None and _live(hit[0])
         cache = env.cache
-        if cache is not None and cache.contains(self._ns, key, env.last_txnid.both):
+        if cache is not None and cache.contains(self._ns, key, env.last_txnid.view):
             return True
         dbi = self._dbi(env, self._ns)
         if dbi is None:
