@@ -377,7 +377,10 @@ class ReadCache:
                 with self._lock:
                     return self._expired(k, e)
         next(self._hit_count)
-        return _give(e)
+        plan = e[_PLAN]  # _give(e), inlined: a hit's copy-out without a call
+        if plan is None:
+            return e[_VALUE]
+        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
 
     def lookup_at(self, ns: str, key: bytes, txnid: int):
         """`lookup` for a read that must see the snapshot txnid exactly (and no
