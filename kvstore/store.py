@@ -464,9 +464,15 @@ class Store:
         env = root._env
         if self._closed or root._closed or env.forked:
             env = self._live_env()
-        if type(key) is str and 0 < len(key) <= 127 and key.isascii():
-            key = key.encode("ascii")
-        elif type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+        kind = type(key)
+        if kind is str:
+            try:
+                key = key.encode()
+            except UnicodeEncodeError:
+                key = _check_key(key)  # raises InvalidKeyError
+            if not 0 < len(key) <= MAX_KEY_SIZE:
+                key = _check_key(key)  # raises InvalidKeyError
+        elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = _check_key(key)
         ns = self._ns
         writer = env.writer
