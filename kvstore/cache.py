@@ -5,7 +5,7 @@ is shared by every handle and namespace of it. The store consults it after
 the writer's overlay (pending writes of this process always win) and before
 LMDB:
 
-    value = cache.lookup(ns, key, last_txnid.both)   # no transaction, no lock of LMDB's
+    value = cache.lookup(ns, key, last_txnid.view)   # no transaction, no lock
     if value is a sentinel (STALE, MISS, SKIP):
         in a read transaction: record = txn.get(key); txnid = txn.id()
         if value is STALE:
@@ -42,7 +42,9 @@ this process also drop their keys (`invalidate_many` from Writer._finish),
 which frees memory early; correctness does not depend on it.
 
 `LastTxnid` reads the txnids of LMDB's two meta pages in data.mdb through a
-read-only mapping of its own, in one C call: 0.07 us, no transaction, no
+read-only mapping of its own, as a two-word memoryview: a hit's check
+`t < view[0] or t < view[1]` costs 0.08 us (0.15 us with the one-call
+struct.unpack_from it replaced, which built a tuple), no transaction, no
 lock. env.info()["last_txnid"] reads the same field through LMDB's map, so
 it needs the store's map lock (a resize must not run meanwhile): 0.9 us +
 1.0 us for the lock; a read transaction's txn.id() costs 0.5 us + the lock
@@ -88,7 +90,7 @@ is not list, mappingproxy is not dict): the cache would not be transparent.
 Admission: a key is cached on its second miss
 ---------------------------------------------
 Caching a value costs a copy and a plan (3.4 us), an LRU insert and an
-eviction (about 2 us with cachetools, more to free a cold evicted value): a
+eviction (about 2 us with cachetools, as it was measured; more to free a cold evicted value): a
 filling miss costs 2.2x an uncached get in the bench, paid for nothing by a
 key read once, which also evicts a key that may be hot. A first miss that
 only marks the key costs 1.13x (alone) to 1.19x (the bench, a full cache of
@@ -115,11 +117,15 @@ used; a value bigger than max_bytes, or nested deeper than MAX_DEPTH, is
 not cached. 0 for either limit disables the cache: `ReadCache.create`
 returns None then.
 
-Thread safety: one lock guards the LRU, the admission table and the
-counters; copies are made outside it (cached objects are never mutated,
-only read). The LRU is cachetools.LRUCache with a getsizeof; lookups call
-its dict's get and its OrderedDict's move_to_end directly, which is what
-its __getitem__ does, without its two Python frames (see `_reads`).
+Thread safety: one lock guards every change to the LRU (fills, drops,
+evictions, revalidations), the byte count and the counters; copies are made
+outside it (cached objects are never mutated, only read). A hit takes no
+lock: the LRU is one OrderedDict of entries, whose get and move_to_end are
+single C calls (atomic under the GIL, keys hashed in C), and every change
+under the lock is a single call too (eviction pops the oldest entry rather
+than iterating), so a hit never sees it half done; hits are counted by
+next() on an itertools.count, also one C call. The lock cost a hit about
+0.2 us, a third of the time a hit spent in the cache.
 
 Expiry (values with a TTL, kvstore/ttl.py): an entry remembers when its
 value expires (0: never), read from the record's TTL prefix at fill. A
@@ -138,13 +144,11 @@ intact header raises CorruptionError only once the entry has left the cache.
 from __future__ import annotations
 
 import collections
-import functools
+import itertools
 import mmap
 import os
 import struct
 import threading
-
-import cachetools
 
 from . import ttl as _ttl
 from .codec.format import HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION
@@ -170,9 +174,10 @@ SKIP = Sentinel("SKIP")  # not cached, first miss of the key: decode, do not fil
 STALE = Sentinel("STALE")  # cached, but something committed since: revalidate
 
 # Bytes of one entry besides its value's objects and its key's length,
-# measured with tracemalloc over 20,000 fills (python 3.11, cachetools 8):
-# the entry list, the (namespace, key) tuple, the key and tag bytes objects,
-# the LRU's dict slots and OrderedDict node.
+# measured with tracemalloc over 20,000 fills (python 3.11, with the
+# cachetools LRU then, which also kept a size dict; one OrderedDict now takes
+# less): the entry list, the (namespace, key) tuple, the key and tag bytes
+# objects, the LRU's dict slot and OrderedDict node.
 ENTRY_OVERHEAD = 400
 # Decoded objects per serialized byte (see "Sizes and limits").
 OBJECT_FACTOR = 5
@@ -180,7 +185,6 @@ OBJECT_FACTOR = 5
 MAX_DEPTH = 100
 
 _CONTAINERS = frozenset((dict, list))
-_peek = cachetools.Cache.__getitem__  # a read that leaves the LRU order alone
 _raw_len = struct.Struct("<I").unpack_from
 
 # Entry layout: a list, so that revalidation updates it in place. _EXPIRES:
@@ -261,11 +265,13 @@ class LastTxnid:
     meta pages of its data.mdb (the layout check_data_file in environment.py
     reads) through a read-only mapping of their own.
 
-    `both()`: the txnids of the two meta pages, in one C call (what
+    `view`: the txnids of the two meta pages as a live sequence of two
+    64-bit words (a strided memoryview of the mapping): `view[0]` and
+    `view[1]` read them, each a subscript at C speed with no call (what
     ReadCache.lookup and contains take); calling the object: their max.
     Independent of LMDB's map, so safe while the map is resized, without a
-    lock or a transaction. close() drops the mapping (it goes once no
-    reader still holds `both`)."""
+    lock or a transaction. close() drops the object's references (the
+    mapping goes once no reader or cache still holds `view`)."""
 
     _META_TXNID = 16 + 128  # page header, then mm_txnid in MDB_meta (64-bit)
 
@@ -277,66 +283,39 @@ class LastTxnid:
             self._map = mmap.mmap(fd, 2 * psize, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
-        unpack = struct.Struct(f"<Q{psize - 8}xQ").unpack_from
-        self.both = functools.partial(unpack, self._map, self._META_TXNID)
+        if psize % 8 or psize < 2 * self._META_TXNID:
+            raise ValueError(f"unexpected LMDB page size {psize}")
+        words = memoryview(self._map).cast("Q")  # native order: LMDB's, on this machine
+        self.view = words[self._META_TXNID // 8::psize // 8]
+        if len(self.view) != 2:
+            raise ValueError(f"unexpected LMDB page size {psize}")
 
     def __call__(self) -> int:
-        return max(self.both())
+        return max(self.view)
 
     def close(self) -> None:
-        self.both = self._map = None
-
-
-class _LRU(cachetools.LRUCache):
-    """cachetools' LRU with a getsizeof, counting evictions."""
-
-    def __init__(self, maxsize: int):
-        super().__init__(maxsize)
-        self.evictions = 0
-
-    @staticmethod
-    def getsizeof(entry) -> int:
-        return entry[_SIZE]
-
-    def popitem(self):
-        item = super().popitem()
-        self.evictions += 1
-        return item
-
-
-def _reads(lru: _LRU, fast: bool):
-    """(get, touch) for lru: get(k) -> entry or None, leaving the LRU order
-    alone; touch(k) makes k the most recently used.
-
-    LRUCache.__getitem__ is `data[key]` then `order.move_to_end(key)` on its
-    private dict and OrderedDict, behind two Python frames; cachetools 5.3
-    to 8 all lay them out so. Calling the two C methods directly saves
-    about 0.6 us per lookup (a third of a hit's cost in the cache). Any other
-    layout gets the public, slower equivalent."""
-    data = getattr(lru, "_Cache__data", None)
-    order = getattr(lru, "_LRUCache__order", None)
-    if fast and type(data) is dict and isinstance(order, collections.OrderedDict):
-        return data.get, order.move_to_end
-
-    def get(k):
-        return _peek(lru, k) if k in lru else None
-
-    return get, lru.__getitem__
+        self.view = self._map = None
 
 
 class ReadCache:
     """A thread-safe LRU of decoded values keyed by (namespace, key), validated
     by LMDB txnid. See the module docstring for the protocol."""
 
-    def __init__(self, max_entries: int, max_bytes: int, *, admit_on_first_miss: bool = False,
-                 _fast: bool = True):
+    def __init__(self, max_entries: int, max_bytes: int, *, admit_on_first_miss: bool = False):
         if max_entries < 0 or max_bytes < 0:
             raise ValueError(f"cache sizes must be >= 0, not {max_entries!r}, {max_bytes!r}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.enabled = bool(max_entries and max_bytes)
-        self._lru = _LRU(max_bytes)
-        self._get, self._touch = _reads(self._lru, _fast)
+        # (ns, key) -> entry, least recently used first. Hits read and
+        # reorder it without _lock: get and move_to_end are single C calls,
+        # atomic under the GIL, and every change under _lock is one too
+        # (eviction is popitem(last=False), never an iteration a hit could
+        # disturb).
+        self._lru: collections.OrderedDict = collections.OrderedDict()
+        self._get, self._touch = self._lru.get, self._lru.move_to_end
+        self._bytes = 0  # sum of the entries' _SIZE, guarded by _lock
+        self._evictions = 0
         self._lock = threading.Lock()
         # admission (the doorkeeper): a Bloom filter of two probes, bytes
         # holding the last generation that marked them (0: none); a key is
@@ -349,7 +328,10 @@ class ReadCache:
         self._door_gen = 1
         self._door_next = max_entries  # the generation ends when _deferred reaches it
         # counters, guarded by _lock (stats() is the public view)
-        self._hits = 0  # served at once
+        # served at once: counted lock-free by next(), one C call (atomic);
+        # stats() reads it with next() too and keeps count of its own reads
+        self._hit_count = itertools.count()
+        self._hit_count_reads = 0
         self._revalidations = 0  # served after comparing the stored header
         self._misses = 0  # not served, to be decoded and filled (MISS)
         self._deferred = 0  # not served, to be decoded only (SKIP: first miss)
@@ -365,34 +347,40 @@ class ReadCache:
     # ------------------------------------------------------------ reads
 
     def lookup(self, ns: str, key: bytes, txnids, untimed_only: bool = False):
-        """For a single read. txnids: a callable returning the txnids of the
-        two LMDB meta pages (`LastTxnid.both`); the larger is the last commit.
+        """For a single read. txnids: the txnids of the two LMDB meta pages,
+        read at each subscript (`LastTxnid.view`); the larger is the last
+        commit.
 
         Returns the value (a fresh object the caller may keep and mutate) if
         cached and valid at the last commit; else STALE (read the record,
         then `revalidate`), MISS (decode, then `fill`) or SKIP (decode only:
         the key's first miss). untimed_only: a value that has a TTL is
-        STALE too (a read that refreshes TTLs must see its record)."""
+        STALE too (a read that refreshes TTLs must see its record).
+
+        A hit takes no lock (see _lru and _hit_count): e stays a value valid
+        at e[_TXNID] even if evicted or replaced meanwhile."""
         k = (ns, key)
-        e = self._get(k)  # a dict lookup: atomic, no lock needed to find out
+        e = self._get(k)
         if e is None:
             return self._missed(k)
-        with self._lock:
-            try:
-                self._touch(k)
-            except KeyError:
-                pass  # evicted since: e is still a value valid at e's txnid
-            t = e[_TXNID]
-            a, b = txnids()
-            if t < a or t < b:
+        try:
+            self._touch(k)
+        except KeyError:
+            pass  # evicted since: e is still a value valid at e's txnid
+        t = e[_TXNID]
+        if t < txnids[0] or t < txnids[1]:
+            return STALE
+        if e[_EXPIRES]:
+            if untimed_only:
                 return STALE
-            if e[_EXPIRES]:
-                if untimed_only:
-                    return STALE
-                if e[_EXPIRES] <= _ttl.now_ms():
+            if e[_EXPIRES] <= _ttl.now_ms():
+                with self._lock:
                     return self._expired(k, e)
-            self._hits += 1
-        return _give(e)
+        next(self._hit_count)
+        plan = e[_PLAN]  # _give(e), inlined: a hit's copy-out without a call
+        if plan is None:
+            return e[_VALUE]
+        return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
 
     def lookup_at(self, ns: str, key: bytes, txnid: int):
         """`lookup` for a read that must see the snapshot txnid exactly (and no
@@ -408,7 +396,7 @@ class ReadCache:
                 return STALE
             if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
                 return self._expired(k, e)
-            self._hits += 1
+            next(self._hit_count)
         return _give(e)
 
     def _missed(self, k):
@@ -445,7 +433,7 @@ class ReadCache:
         evicted or replaced meanwhile); MISS (the caller reads the store,
         which holds it expired, or a newer value). Under _lock."""
         if self._get(k) is e:
-            del self._lru[k]
+            self._remove(k)
         self._expirations += 1
         self._misses += 1
         return MISS
@@ -479,7 +467,7 @@ class ReadCache:
             same = record is not None and tag == record[:len(tag)]
             if e[_TXNID] < txnid:
                 if not same:
-                    del self._lru[k]
+                    self._remove(k)
                     self._invalidations += 1
                     self._misses += 1
                     self._admit(k)  # it was cached: admit it again at once
@@ -496,13 +484,12 @@ class ReadCache:
     def contains(self, ns: str, key: bytes, txnids) -> bool:
         """True if the key is cached and valid at the last commit (txnids as
         for lookup), so it exists; False means "ask LMDB". Counts nothing,
-        leaves the LRU order alone."""
-        with self._lock:
-            e = self._get((ns, key))
-            if e is None:
-                return False
-            a, b = txnids()
-            return e[_TXNID] >= a and e[_TXNID] >= b and not (e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms())
+        leaves the LRU order alone. Takes no lock, as a hit."""
+        e = self._get((ns, key))
+        if e is None:
+            return False
+        t = e[_TXNID]
+        return t >= txnids[0] and t >= txnids[1] and not (e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms())
 
     # ------------------------------------------------------------ writes
 
@@ -529,12 +516,23 @@ class ReadCache:
         lru = self._lru
         with self._lock:
             old = self._get(k)
-            if old is not None and old[_TXNID] >= txnid:
-                return  # a fill or revalidation as new or newer won
+            if old is not None:
+                if old[_TXNID] >= txnid:
+                    return  # a fill or revalidation as new or newer won
+                self._bytes -= old[_SIZE]
             lru[k] = entry
+            lru.move_to_end(k)  # a replaced key keeps its place otherwise
+            self._bytes += size
             self._fills += 1
-            if len(lru) > self.max_entries:  # one entry added: one eviction at most
-                lru.popitem()
+            # evict the least recently used until both limits hold (the new
+            # entry, last, fits alone: size <= max_bytes)
+            while len(lru) > self.max_entries or self._bytes > self.max_bytes:
+                self._bytes -= lru.popitem(last=False)[1][_SIZE]
+                self._evictions += 1
+
+    def _remove(self, k) -> None:
+        """Drop the entry of k, which is cached. Under _lock."""
+        self._bytes -= self._lru.pop(k)[_SIZE]
 
     def invalidate(self, ns: str, key: bytes) -> None:
         """Drop the entry of (ns, key), if any."""
@@ -553,12 +551,11 @@ class ReadCache:
             self._drop(batch)
 
     def _drop(self, batch) -> None:
-        lru = self._lru
         get = self._get
         with self._lock:
             for k in batch:
                 if get(k) is not None:
-                    del lru[k]
+                    self._remove(k)
                     self._invalidations += 1
                     self._admit(k)  # it was cached: admit it again at once
 
@@ -566,6 +563,7 @@ class ReadCache:
         """Drop every entry and the admission history (the counters stay)."""
         with self._lock:
             self._lru.clear()
+            self._bytes = 0
             self._door = bytearray(len(self._door))
             self._door_gen = 1
             self._door_next = self._deferred + self.max_entries
@@ -578,7 +576,9 @@ class ReadCache:
     def stats(self) -> dict:
         """Counters for Store.stats()['cache']."""
         with self._lock:
-            hits, reval, misses = self._hits, self._revalidations, self._misses + self._deferred
+            hits = next(self._hit_count) - self._hit_count_reads
+            self._hit_count_reads += 1
+            reval, misses = self._revalidations, self._misses + self._deferred
             served = hits + reval
             return {
                 "hits": hits,
@@ -586,11 +586,11 @@ class ReadCache:
                 "revalidations": reval,
                 "invalidations": self._invalidations,
                 "expirations": self._expirations,
-                "evictions": self._lru.evictions,
+                "evictions": self._evictions,
                 "fills": self._fills,
                 "deferred": self._deferred,
                 "entries": len(self._lru),
-                "bytes": self._lru.currsize,
+                "bytes": self._bytes,
                 "max_entries": self.max_entries,
                 "max_bytes": self.max_bytes,
                 "hit_ratio": served / (served + misses) if served + misses else None,

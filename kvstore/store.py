@@ -464,9 +464,15 @@ class Store:
         env = root._env
         if self._closed or root._closed or env.forked:
             env = self._live_env()
-        if type(key) is str and 0 < len(key) <= 127 and key.isascii():
-            key = key.encode("ascii")
-        elif type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+        kind = type(key)
+        if kind is str:
+            try:
+                key = key.encode()
+            except UnicodeEncodeError:
+                key = _check_key(key)  # raises InvalidKeyError
+            if not 0 < len(key) <= MAX_KEY_SIZE:
+                key = _check_key(key)  # raises InvalidKeyError
+        elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = _check_key(key)
         ns = self._ns
         writer = env.writer
@@ -482,7 +488,7 @@ class Store:
         cache = env.cache
         cached = SKIP
         if cache is not None:
-            cached = cache.lookup(ns, key, env.last_txnid.both)
+            cached = cache.lookup(ns, key, env.last_txnid.view)
             if type(cached) is not Sentinel:
                 return cached
         dbi = self._dbi(env, ns)
@@ -534,7 +540,7 @@ class Store:
         if cache is not None and self._pending(env, key) is None:
             # A value cached, valid at the last commit and without a TTL
             # has nothing to refresh: serve it.
-            cached = cache.lookup(ns, key, env.last_txnid.both, untimed_only=True)
+            cached = cache.lookup(ns, key, env.last_txnid.view, untimed_only=True)
             if type(cached) is not Sentinel:
                 return cached
         record, txnid = self._current(env, key)
@@ -653,7 +659,7 @@ class Store:
         if hit is not None:
             return hit[0] is not None and _live(hit[0])
         cache = env.cache
-        if cache is not None and cache.contains(self._ns, key, env.last_txnid.both):
+        if cache is not None and cache.contains(self._ns, key, env.last_txnid.view):
             return True
         dbi = self._dbi(env, self._ns)
         if dbi is None:

@@ -40,8 +40,8 @@ def admitted(max_entries=100, max_bytes=1 << 30):
 
 
 def at(txnid):
-    """What LastTxnid.both returns when txnid is the last commit."""
-    return lambda: (txnid - 1, txnid)
+    """What LastTxnid.view reads when txnid is the last commit."""
+    return (txnid - 1, txnid)
 
 
 def fill(cache, key, value, record, txnid):
@@ -179,33 +179,46 @@ def test_too_deep_values_are_not_cached():
     assert len(cache) == 1
 
 
-def test_lru_fast_path_matches_the_public_api():
-    """The fast path reads cachetools' private dict and OrderedDict; the
-    public API must give the same results, and the installed cachetools must
-    have the layout the fast path expects."""
-    fast, slow = admitted(max_entries=8), ReadCache(8, 1 << 30, admit_on_first_miss=True, _fast=False)
-    assert fast._get.__self__ is fast._lru._Cache__data  # the fast path is in use
+def test_lru_order_and_sizes_follow_a_model():
+    """Random lookups, revalidations, fills and invalidations: the cache's
+    LRU order, entries and bytes are those of a plain model of an LRU
+    bounded by entries and bytes."""
     recs = records(20)
+    size = {k: ENTRY_OVERHEAD + len(k) + OBJECT_FACTOR * codec.parse_header(r)[1] for k, _, r in recs}
+    max_bytes = sorted(size.values())[-1] * 5
+    cache = ReadCache(8, max_bytes, admit_on_first_miss=True)
+    model = []  # keys, least recently used first
+    evictions = 0
     rng = random.Random(3)
     for step in range(3000):
         key, value, record = recs[rng.randrange(len(recs))]
         txnid = 1 + step // 100
         op = rng.random()
-        results = []
-        for cache in (fast, slow):
-            if op < 0.05:
-                cache.invalidate(NS, key)
-                results.append(None)
-                continue
-            got = cache.lookup(NS, key, at(txnid))
-            if got is STALE:
-                got = cache.revalidate(NS, key, record if op < 0.9 else recs[0][2], txnid)
+        if op < 0.05:
+            cache.invalidate(NS, key)
+            if key in model:
+                model.remove(key)
+            continue
+        got = cache.lookup(NS, key, at(txnid))
+        if key in model:
+            model.remove(key)
+            model.append(key)
+        if got is STALE:
+            got = cache.revalidate(NS, key, record if op < 0.9 else recs[0][2], txnid)
             if got is MISS:
-                cache.fill(NS, key, value, record, txnid)
-            results.append(got if isinstance(got, (dict, list)) else repr(got))
-        assert results[0] == results[1], step
-    assert fast.stats() == slow.stats()
-    assert list(fast._lru) == list(slow._lru)  # same LRU order
+                model.remove(key)
+        if got is MISS:
+            cache.fill(NS, key, value, record, txnid)
+            model.append(key)
+            while len(model) > 8 or sum(size[k] for k in model) > max_bytes:
+                model.pop(0)
+                evictions += 1
+        else:
+            assert got == value, step
+        assert [k for _, k in cache._lru] == model, step
+    st = cache.stats()
+    assert st["entries"] == len(model) and st["bytes"] == sum(size[k] for k in model)
+    assert st["evictions"] == evictions > 0
 
 
 # ---------------------------------------------------------------- versions

@@ -605,7 +605,7 @@ def test_cache_entries_of_ttl_records(clock):
     refreshed = fmt.wrap_ttl(inner, now + 1500, 1000)
     assert record_tag(record) != record_tag(refreshed)  # the same value, another expiry
     assert record_tag(record)[fmt.TTL_HEADER_SIZE:] == inner[:fmt.HEADER_SIZE]
-    txnids = lambda: (7, 6)  # noqa: E731
+    txnids = (7, 6)  # what LastTxnid.view reads
     assert cache.lookup("ns", b"k", txnids) is MISS
     cache.fill("ns", b"k", {"v": 1}, record, 7)
     assert cache.lookup("ns", b"k", txnids) == {"v": 1}
@@ -613,10 +613,10 @@ def test_cache_entries_of_ttl_records(clock):
     assert cache.revalidate("ns", b"k", refreshed, 8) is MISS  # a refresh is a new version
     cache.fill("ns", b"k", {"v": 1}, refreshed, 8)
     clock.advance(1.499)
-    assert cache.lookup("ns", b"k", lambda: (8, 7)) == {"v": 1}
+    assert cache.lookup("ns", b"k", (8, 7)) == {"v": 1}
     clock.advance(0.001)
-    assert not cache.contains("ns", b"k", lambda: (8, 7))
-    assert cache.lookup("ns", b"k", lambda: (8, 7)) is MISS
+    assert not cache.contains("ns", b"k", (8, 7))
+    assert cache.lookup("ns", b"k", (8, 7)) is MISS
     assert cache.stats()["expirations"] == 1 and len(cache) == 0
 
 
