@@ -90,7 +90,7 @@ is not list, mappingproxy is not dict): the cache would not be transparent.
 Admission: a key is cached on its second miss
 ---------------------------------------------
 Caching a value costs a copy and a plan (3.4 us), an LRU insert and an
-eviction (about 2 us with cachetools, as it was measured; more to free a cold evicted value): a
+eviction (about 2 us with cachetools, more to free a cold evicted value): a
 filling miss costs 2.2x an uncached get in the bench, paid for nothing by a
 key read once, which also evicts a key that may be hot. A first miss that
 only marks the key costs 1.13x (alone) to 1.19x (the bench, a full cache of
@@ -118,14 +118,16 @@ not cached. 0 for either limit disables the cache: `ReadCache.create`
 returns None then.
 
 Thread safety: one lock guards every change to the LRU (fills, drops,
-evictions, revalidations), the byte count and the counters; copies are made
-outside it (cached objects are never mutated, only read). A hit takes no
-lock: the LRU is one OrderedDict of entries, whose get and move_to_end are
-single C calls (atomic under the GIL, keys hashed in C), and every change
-under the lock is a single call too (eviction pops the oldest entry rather
-than iterating), so a hit never sees it half done; hits are counted by
-next() on an itertools.count, also one C call. The lock cost a hit about
-0.2 us, a third of the time a hit spent in the cache.
+evictions, revalidations) and the counters; copies are made outside it
+(cached objects are never mutated, only read). The LRU is
+cachetools.LRUCache with a getsizeof. A hit takes no lock: it calls the
+get of cachetools' private dict and the move_to_end of its OrderedDict
+directly (what LRUCache.__getitem__ does, without its two Python frames),
+single C calls, atomic under the GIL; no change made under the lock ever
+leaves a key in the dict that the OrderedDict lacks, and move_to_end only
+reorders (see `_reads`). Hits are counted by next() on an itertools.count,
+one C call too. The lock cost a hit about 0.2 us, a third of the time a hit
+spent in the cache.
 
 Expiry (values with a TTL, kvstore/ttl.py): an entry remembers when its
 value expires (0: never), read from the record's TTL prefix at fill. A
@@ -149,6 +151,8 @@ import mmap
 import os
 import struct
 import threading
+
+import cachetools
 
 from . import ttl as _ttl
 from .codec.format import HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION
@@ -174,10 +178,9 @@ SKIP = Sentinel("SKIP")  # not cached, first miss of the key: decode, do not fil
 STALE = Sentinel("STALE")  # cached, but something committed since: revalidate
 
 # Bytes of one entry besides its value's objects and its key's length,
-# measured with tracemalloc over 20,000 fills (python 3.11, with the
-# cachetools LRU then, which also kept a size dict; one OrderedDict now takes
-# less): the entry list, the (namespace, key) tuple, the key and tag bytes
-# objects, the LRU's dict slot and OrderedDict node.
+# measured with tracemalloc over 20,000 fills (python 3.11, cachetools 8):
+# the entry list, the (namespace, key) tuple, the key and tag bytes objects,
+# the LRU's dict slots and OrderedDict node.
 ENTRY_OVERHEAD = 400
 # Decoded objects per serialized byte (see "Sizes and limits").
 OBJECT_FACTOR = 5
@@ -297,6 +300,52 @@ class LastTxnid:
         self.view = self._map = None
 
 
+class _LRU(cachetools.LRUCache):
+    """cachetools' LRU with a getsizeof, counting evictions."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.evictions = 0
+
+    @staticmethod
+    def getsizeof(entry) -> int:
+        return entry[_SIZE]
+
+    def popitem(self):
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
+def _reads(lru: _LRU):
+    """(get, touch) for lru, for reads without the cache's lock: get(k) ->
+    entry or None, leaving the LRU order alone; touch(k) makes k the most
+    recently used (KeyError if it is gone).
+
+    LRUCache.__getitem__ is `data[key]` then `order.move_to_end(key)` on its
+    private dict and OrderedDict, behind two Python frames; cachetools 5.3
+    to 8 all lay them out so. Calling the two C methods directly saves
+    about 0.6 us per hit (a third of a hit's cost in the cache), and each
+    is a single C call, atomic under the GIL, so a hit needs no lock: the
+    changes made under the lock (insert, delete, evict) never leave a key
+    in the dict that the OrderedDict lacks, and a hit only reorders keys
+    (move_to_end never inserts). Any other layout gets the public, slower
+    equivalent, which at worst raises KeyError for a key being dropped."""
+    data = getattr(lru, "_Cache__data", None)
+    order = getattr(lru, "_LRUCache__order", None)
+    if type(data) is dict and isinstance(order, collections.OrderedDict):
+        return data.get, order.move_to_end
+    peek = cachetools.Cache.__getitem__  # no reordering
+
+    def get(k):
+        try:
+            return peek(lru, k)
+        except KeyError:
+            return None
+
+    return get, lru.__getitem__
+
+
 class ReadCache:
     """A thread-safe LRU of decoded values keyed by (namespace, key), validated
     by LMDB txnid. See the module docstring for the protocol."""
@@ -307,15 +356,11 @@ class ReadCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.enabled = bool(max_entries and max_bytes)
-        # (ns, key) -> entry, least recently used first. Hits read and
-        # reorder it without _lock: get and move_to_end are single C calls,
-        # atomic under the GIL, and every change under _lock is one too
-        # (eviction is popitem(last=False), never an iteration a hit could
-        # disturb).
-        self._lru: collections.OrderedDict = collections.OrderedDict()
-        self._get, self._touch = self._lru.get, self._lru.move_to_end
-        self._bytes = 0  # sum of the entries' _SIZE, guarded by _lock
-        self._evictions = 0
+        # (ns, key) -> entry: cachetools' LRU, bounded by bytes (and by
+        # entries in fill). Changed only under _lock; hits read and reorder it
+        # without (see _reads).
+        self._lru = _LRU(max_bytes)
+        self._get, self._touch = _reads(self._lru)
         self._lock = threading.Lock()
         # admission (the doorkeeper): a Bloom filter of two probes, bytes
         # holding the last generation that marked them (0: none); a key is
@@ -516,23 +561,16 @@ class ReadCache:
         lru = self._lru
         with self._lock:
             old = self._get(k)
-            if old is not None:
-                if old[_TXNID] >= txnid:
-                    return  # a fill or revalidation as new or newer won
-                self._bytes -= old[_SIZE]
-            lru[k] = entry
-            lru.move_to_end(k)  # a replaced key keeps its place otherwise
-            self._bytes += size
+            if old is not None and old[_TXNID] >= txnid:
+                return  # a fill or revalidation as new or newer won
+            lru[k] = entry  # evicts least recently used entries past max_bytes
             self._fills += 1
-            # evict the least recently used until both limits hold (the new
-            # entry, last, fits alone: size <= max_bytes)
-            while len(lru) > self.max_entries or self._bytes > self.max_bytes:
-                self._bytes -= lru.popitem(last=False)[1][_SIZE]
-                self._evictions += 1
+            if len(lru) > self.max_entries:  # one entry added: one eviction at most
+                lru.popitem()
 
     def _remove(self, k) -> None:
         """Drop the entry of k, which is cached. Under _lock."""
-        self._bytes -= self._lru.pop(k)[_SIZE]
+        del self._lru[k]
 
     def invalidate(self, ns: str, key: bytes) -> None:
         """Drop the entry of (ns, key), if any."""
@@ -563,7 +601,6 @@ class ReadCache:
         """Drop every entry and the admission history (the counters stay)."""
         with self._lock:
             self._lru.clear()
-            self._bytes = 0
             self._door = bytearray(len(self._door))
             self._door_gen = 1
             self._door_next = self._deferred + self.max_entries
@@ -586,11 +623,11 @@ class ReadCache:
                 "revalidations": reval,
                 "invalidations": self._invalidations,
                 "expirations": self._expirations,
-                "evictions": self._evictions,
+                "evictions": self._lru.evictions,
                 "fills": self._fills,
                 "deferred": self._deferred,
                 "entries": len(self._lru),
-                "bytes": self._bytes,
+                "bytes": self._lru.currsize,
                 "max_entries": self.max_entries,
                 "max_bytes": self.max_bytes,
                 "hit_ratio": served / (served + misses) if served + misses else None,

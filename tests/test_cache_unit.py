@@ -182,11 +182,13 @@ def test_too_deep_values_are_not_cached():
 def test_lru_order_and_sizes_follow_a_model():
     """Random lookups, revalidations, fills and invalidations: the cache's
     LRU order, entries and bytes are those of a plain model of an LRU
-    bounded by entries and bytes."""
+    bounded by entries and bytes. Also checks that the installed cachetools
+    has the layout the lock-free hit reads (kvstore/cache.py, _reads)."""
     recs = records(20)
     size = {k: ENTRY_OVERHEAD + len(k) + OBJECT_FACTOR * codec.parse_header(r)[1] for k, _, r in recs}
     max_bytes = sorted(size.values())[-1] * 5
     cache = ReadCache(8, max_bytes, admit_on_first_miss=True)
+    assert cache._get.__self__ is cache._lru._Cache__data  # the fast path is in use
     model = []  # keys, least recently used first
     evictions = 0
     rng = random.Random(3)
@@ -215,7 +217,7 @@ def test_lru_order_and_sizes_follow_a_model():
                 evictions += 1
         else:
             assert got == value, step
-        assert [k for _, k in cache._lru] == model, step
+        assert [k for _, k in cache._lru._LRUCache__order] == model, step  # cachetools' order
     st = cache.stats()
     assert st["entries"] == len(model) and st["bytes"] == sum(size[k] for k in model)
     assert st["evictions"] == evictions > 0
