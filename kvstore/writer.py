@@ -57,8 +57,6 @@ _ACTIVE_WINDOW = 16
 _MAX_GATHER = 0.002
 # Overlay entries dropped per hold of the writer's lock after a commit.
 _OVERLAY_SLICE = 256
-# Puts written into the LMDB transaction per hold of the writer's lock (_apply).
-_APPLY_SLICE = 256
 # A range snapshot of a namespace with fewer pending writes filters them all;
 # from this many on, it keeps their keys in order (Writer._ordered).
 _ORDER_FROM = 128
@@ -351,39 +349,22 @@ class Writer:
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
     def _apply(self, txn, groups: list[Group], ops: int) -> int:
-        """Write the groups into txn (run again from scratch after a map grow).
-
-        The puts run under the writer's lock, _APPLY_SLICE at a time.
-        py-lmdb releases the GIL around every put, so a caller thread that
-        is encoding its next write takes the GIL each time, and the writer
-        then waits for it once per put: 2,000 puts took 12 times as long as
-        with the caller idle. With the lock held, such a caller parks in
-        submit() for at most a slice; between slices it gets its turn.
-        """
+        """Write the groups into txn (run again from scratch after a map grow)."""
         half = ops // 2 if killpoints.armed else -1
         n = 0
-        lock = self._lock
         for g in groups:
             if g.condition is not None:
                 g.condition.apply(txn, g.ops)
                 n += len(g.ops)
                 continue
-            lock.acquire()
-            try:
-                for _ns, dbi, key, record in g.ops:
-                    if record is None:
-                        txn.delete(key, db=dbi)
-                    else:
-                        txn.put(key, record, db=dbi)
-                    n += 1
-                    if n == half:
-                        killpoints.reached("mid-apply")
-                    if not n % _APPLY_SLICE:
-                        lock.release()
-                        time.sleep(0)  # let a parked caller take the GIL, then the lock
-                        lock.acquire()
-            finally:
-                lock.release()
+            for _ns, dbi, key, record in g.ops:
+                if record is None:
+                    txn.delete(key, db=dbi)
+                else:
+                    txn.put(key, record, db=dbi)
+                n += 1
+                if n == half:
+                    killpoints.reached("mid-apply")
         seq = self._env.bump_seq(txn)
         if killpoints.armed:
             killpoints.reached("before-commit")
