@@ -667,29 +667,29 @@ class Environment:
             self.map_lock.release_shared()
         return used + _slack(used) // 2 > self._allocated
 
-    def preallocate(self) -> None:
-        """Zero-fill data.mdb past the last page LMDB uses, up to _slack of
-        room (Options.preallocate), and sync it, _FILL_STEP bytes per write
-        transaction. The transaction holds LMDB's write lock, so no process
-        writes pages meanwhile, and the fill starts at the end of the file
-        or of the used pages, whichever is further: it never touches a
-        page LMDB uses. LMDB then writes its new pages into space that is
-        already allocated and initialised, and its syncs stop changing the
-        file's size. Best effort: an error (disk full) stops filling and
-        disables it for this process."""
+    def preallocate(self) -> bool:
+        """Zero-fill data.mdb past the last page LMDB uses, toward _slack of
+        room (Options.preallocate), and sync it: one step of at most
+        _FILL_STEP bytes in one write transaction; True if there is more to
+        fill. The transaction holds LMDB's write lock, so no process writes
+        pages meanwhile, and the fill starts at the end of the file or of
+        the used pages, whichever is further: it never touches a page LMDB
+        uses. LMDB then writes its new pages into space that is already
+        allocated and initialised, and its syncs stop changing the file's
+        size. Best effort: an error (disk full) stops filling and disables
+        it for this process."""
         if self._allocated < 0:
-            return
+            return False
         try:
-            while self.write(self._fill_step, "preallocating disk space"):
-                pass
+            return self.write(self._fill_step, "preallocating disk space")
         except (KVStoreError, OSError):
             self._allocated = -1
+            return False
 
     def _fill_step(self, _txn) -> bool:
-        """One step of preallocate(), inside a write transaction; True if
-        there is more to fill."""
-        used = (self.env.info()["last_pgno"] + 1) * self._psize
-        target = min(used + _slack(used), self.env.info()["map_size"])
+        info = self.env.info()  # inside our write transaction: nobody commits meanwhile
+        used = (info["last_pgno"] + 1) * self._psize
+        target = min(used + _slack(used), info["map_size"])
         fd = os.open(os.path.join(self.path, "data.mdb"), os.O_WRONLY | os.O_CLOEXEC)
         try:
             start = max(os.fstat(fd).st_size, used)

@@ -21,6 +21,8 @@ The write path, top to bottom:
    (LevelDB's writer queue, with LMDB underneath).
 4. After the commit, the groups' writers are woken, then the groups' overlay
    entries are dropped (unless a newer write to the same key replaced them).
+   If the zeroed room left in data.mdb past LMDB's pages fell below half,
+   the flusher refills it between commits (Environment.preallocate).
 
 A commit that fills the map is replayed whole after the map grows
 (Environment.write). Any other commit error fails every group of that
@@ -516,9 +518,11 @@ class Writer:
                 else:
                     self._leading = True
             if grow:
-                # Between commits, never ahead of one that is due: see
-                # Environment.preallocate.
-                self._env.preallocate()
+                # One step between commits, never ahead of one that is due
+                # (Environment.preallocate); the next step after checking again.
+                if self._env.preallocate():
+                    with self._lock:
+                        self._space_wanted = True
                 continue
             try:
                 self._commit_next()
