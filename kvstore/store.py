@@ -467,11 +467,11 @@ class Store:
         kind = type(key)
         if kind is str:
             try:
-                key = key.encode()
+                raw = key.encode()
             except UnicodeEncodeError:
-                key = _check_key(key)  # raises InvalidKeyError
-            if not 0 < len(key) <= MAX_KEY_SIZE:
-                key = _check_key(key)  # raises InvalidKeyError
+                raw = b""
+            # a bad key raises InvalidKeyError naming the key as given
+            key = raw if 0 < len(raw) <= MAX_KEY_SIZE else _check_key(key)
         elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = _check_key(key)
         ns = self._ns
