@@ -277,7 +277,9 @@ class Writer:
                     g.waiter.release()
                     return
             self._leading = False
-            if self._queue:
+            if self._queue or self._closing:
+                # the flusher waits for the lead to come back (or, closing,
+                # to see the queue empty and stop): never leave it asleep
                 self._wake.notify()
             self._released.notify_all()
 
