@@ -155,7 +155,7 @@ import threading
 import cachetools
 
 from . import ttl as _ttl
-from .codec.format import HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION
+from .codec.format import HEADER_SIZE, raw_len, tag_size
 
 __all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "record_tag", "ENTRY_OVERHEAD",
            "OBJECT_FACTOR"]
@@ -188,17 +188,10 @@ OBJECT_FACTOR = 5
 MAX_DEPTH = 100
 
 _CONTAINERS = frozenset((dict, list))
-_raw_len = struct.Struct("<I").unpack_from
 
 # Entry layout: a list, so that revalidation updates it in place. _EXPIRES:
 # when the value expires (ms, kvstore.ttl), 0 if it has no TTL.
 _VALUE, _PLAN, _TAG, _TXNID, _SIZE, _EXPIRES = range(6)
-
-
-def _tag_size(record) -> int:
-    if len(record) and record[0] == TTL_VERSION:
-        return TTL_HEADER_SIZE + HEADER_SIZE
-    return HEADER_SIZE
 
 
 def record_tag(record) -> bytes:
@@ -206,7 +199,7 @@ def record_tag(record) -> bytes:
     (version, flags, raw length, dictionary id, XXH64 of the payload),
     after the TTL prefix (expiry and TTL) when it has one. Reads no payload
     byte; `record` may be a buffer of a live transaction."""
-    return bytes(record[:_tag_size(record)])
+    return bytes(record[:tag_size(record)])
 
 
 class _TooDeep(Exception):
@@ -547,9 +540,9 @@ class ReadCache:
         if not self.enabled:
             return
         k = (ns, key)
-        tag_size = _tag_size(record)
-        expires = _ttl.expiry_ms(record) if tag_size != HEADER_SIZE else 0
-        size = ENTRY_OVERHEAD + len(key) + OBJECT_FACTOR * _raw_len(record, tag_size - HEADER_SIZE + 2)[0]
+        tag = tag_size(record)
+        expires = _ttl.expiry_ms(record) if tag != HEADER_SIZE else 0
+        size = ENTRY_OVERHEAD + len(key) + OBJECT_FACTOR * raw_len(record)
         try:
             if size > self.max_bytes:
                 raise _TooDeep
@@ -557,7 +550,7 @@ class ReadCache:
         except _TooDeep:  # too big or too deep to cache: make sure no old value stays
             self._drop([k])
             return
-        entry = [stored, plan, bytes(record[:tag_size]), txnid, size, expires]
+        entry = [stored, plan, bytes(record[:tag]), txnid, size, expires]
         lru = self._lru
         with self._lock:
             old = self._get(k)

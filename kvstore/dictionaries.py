@@ -28,11 +28,10 @@ import zstandard
 
 from .codec.dictionary import Dictionary
 from .errors import KVStoreError
+from .layout import CURRENT_PREFIX, DICT_PREFIX
 
 __all__ = ["Dictionaries", "DEFAULT_DICT_SIZE", "DEFAULT_SAMPLES"]
 
-DICT_PREFIX = b"dict:"
-CURRENT_PREFIX = b"dict-current:"
 DEFAULT_DICT_SIZE = 110 * 1024  # zstd's own default; measured: 0.56 of msgpack size on the corpus
 DEFAULT_SAMPLES = 5000
 MIN_SAMPLES = 20

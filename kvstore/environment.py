@@ -29,7 +29,6 @@ import lmdb
 from .errors import (
     FormatError,
     KVStoreError,
-    InvalidNamespaceError,
     MapFullError,
     NamespaceLimitError,
     ReadOnlyError,
@@ -39,13 +38,12 @@ from .errors import (
 from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .options import MiB, Options
+from .layout import (BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ, SEQ_KEY,
+                     STORE_FORMAT)
 from .ttl import TTLMeta
 
-__all__ = ["Environment", "acquire", "DEFAULT_NAMESPACE", "META_DB", "check_namespace_name"]
+__all__ = ["Environment", "acquire"]
 
-DEFAULT_NAMESPACE = "default"
-META_DB = b"__kvstore__"  # reserved: store metadata, never a user namespace
-FORMAT_KEY = b"format_version"
 # preallocate(): zero-filled room kept past the used pages, and the most
 # filled per write transaction (each step holds LMDB's write lock).
 _FILL_STEP = 2 * MiB
@@ -55,15 +53,6 @@ def _slack(used: int) -> int:
     return min(max(used // 8, MiB), 32 * MiB)
 
 
-SEQ_KEY = b"commit_seq"  # u64 big-endian, +1 on every commit (any process)
-# Layout of the environment (database names and meta keys), frozen. A new
-# store is format 1; writing its first TTL value makes it format 2 (ttl: keys
-# in the metadata, TTL records in namespaces), which older kvstore versions
-# refuse to open. STORE_FORMAT is the newest this version reads.
-BASE_STORE_FORMAT = 1
-TTL_STORE_FORMAT = 2
-STORE_FORMAT = TTL_STORE_FORMAT
-SEQ = struct.Struct(">Q")
 
 _LMDB_MAGIC = 0xBEEFC0DE
 _META = struct.Struct("<II8xQ")  # magic, version, (address), mapsize
@@ -116,20 +105,6 @@ class MapLock:
         with self._cond:
             self._resizing = False
             self._cond.notify_all()
-
-
-def check_namespace_name(name) -> bytes:
-    if not isinstance(name, str):
-        raise InvalidNamespaceError(f"a namespace name must be a str, not {type(name).__name__}")
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidNamespaceError(f"namespace name {name!r} is not valid UTF-8") from None
-    if not 1 <= len(raw) <= 255:
-        raise InvalidNamespaceError(f"namespace name must be 1 to 255 bytes, not {len(raw)}")
-    if name.startswith("__"):
-        raise InvalidNamespaceError(f"namespace names starting with '__' are reserved: {name!r}")
-    return raw
 
 
 def check_data_file(path: str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import struct
 import sys
 import threading
 from typing import Iterable, Iterator
@@ -25,9 +24,9 @@ from . import environment
 from . import codec as _codec
 from . import ttl as _ttl
 from .cache import MISS, SKIP, STALE, Sentinel
-from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, inner_record, parse_ttl, ttl_expired, wrap_ttl
+from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, dict_id, inner_record, parse_ttl, ttl_expired, wrap_ttl
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
-from .environment import DEFAULT_NAMESPACE, check_namespace_name
+from .layout import DEFAULT_NAMESPACE, MAX_KEY_SIZE, check_bound, check_key, check_namespace_name, prefix_end
 from .errors import (
     CorruptionError,
     FormatError,
@@ -44,8 +43,6 @@ from .writer import ConditionalGroup, Group, Writer
 
 __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE"]
 
-MAX_KEY_SIZE = 511  # LMDB's limit with its default build
-_DICT_ID = struct.Struct("<I")  # a record's dict_id field, at offset 6 (codec/format.py)
 SCAN_CHUNK = 256  # most keys read per read transaction in a scan
 SCAN_FIRST_CHUNK = 32  # the first chunk: a scan stopped early (the last 20 messages) reads little
 
@@ -61,49 +58,6 @@ def open(path, **options) -> "Store":
     :raises StoreNotFoundError: readonly=True and no store at path
     """
     return Store(path, Options.from_kwargs(options))
-
-
-def _check_key(key) -> bytes:
-    if type(key) is str:
-        try:
-            key = key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidKeyError(f"key {key!r} cannot be encoded as UTF-8") from None
-    elif type(key) is not bytes:
-        if isinstance(key, str):
-            return _check_key(str(key))
-        if isinstance(key, bytes):
-            return _check_key(bytes(key))
-        raise InvalidKeyError(f"a key must be bytes or str, not {type(key).__name__}")
-    if not 0 < len(key) <= MAX_KEY_SIZE:
-        raise InvalidKeyError(
-            f"a key must be 1 to {MAX_KEY_SIZE} bytes long, not {len(key)}"
-            + ("" if key else " (empty)"))
-    return key
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with prefix."""
-    p = bytearray(prefix)
-    while p and p[-1] == 0xFF:
-        p.pop()
-    if not p:
-        return None
-    p[-1] += 1
-    return bytes(p)
-
-
-def _bound(value, name: str) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            return value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidKeyError(f"{name} {value!r} cannot be encoded as UTF-8") from None
-    if isinstance(value, bytes):
-        return bytes(value)
-    raise InvalidKeyError(f"{name} must be bytes or str, not {type(value).__name__}")
 
 
 def _live(record, now: int | None = None) -> bool:
@@ -301,9 +255,9 @@ class Store:
         if writer is None:
             self._writer(env)  # raises ReadOnlyError
         if type(key) is not str or not 0 < len(key) <= 127:  # 127 chars: at most 511 UTF-8 bytes
-            key = _check_key(key)
+            key = check_key(key)
         else:
-            key = key.encode("utf-8") if key.isascii() else _check_key(key)
+            key = key.encode("utf-8") if key.isascii() else check_key(key)
         ns = self._ns
         record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
         if ttl is not None or ns in env.ttl.defaults:
@@ -320,7 +274,7 @@ class Store:
     def _delete(self, key, durable, callback) -> bool:
         env = self._live_env()
         self._writer(env)
-        key = _check_key(key)
+        key = check_key(key)
         return self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable,
                             callback)
 
@@ -354,7 +308,7 @@ class Store:
                 key, value = pair
             except (TypeError, ValueError):
                 raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
-            key = _check_key(key)
+            key = check_key(key)
             record = encode(value, dictionary=dictionary)
             if stamped:
                 record = _ttl.stamp(env, ns, record, ttl)
@@ -436,8 +390,8 @@ class Store:
         try:
             return self._root._codec.decode(record, dictionaries=dicts.by_id)
         except CorruptionError as exc:
-            dict_id = _DICT_ID.unpack_from(record, 6)[0] if len(record) >= 10 else 0
-            if dict_id and dict_id not in dicts.by_id and dict_id in dicts.for_decoding(dict_id):
+            did = dict_id(record)
+            if did and did not in dicts.by_id and did in dicts.for_decoding(did):
                 return self._decode(key, record)  # another process trained it meanwhile
             raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
         except FormatError as exc:
@@ -471,9 +425,9 @@ class Store:
             except UnicodeEncodeError:
                 raw = b""
             # a bad key raises InvalidKeyError naming the key as given
-            key = raw if 0 < len(raw) <= MAX_KEY_SIZE else _check_key(key)
+            key = raw if 0 < len(raw) <= MAX_KEY_SIZE else check_key(key)
         elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
-            key = _check_key(key)
+            key = check_key(key)
         ns = self._ns
         writer = env.writer
         if writer is not None:
@@ -533,7 +487,7 @@ class Store:
         """get(key, default, refresh_ttl=True): see get."""
         env = self._live_env()
         writer = self._writer(env)
-        key = _check_key(key)
+        key = check_key(key)
         ns = self._ns
         cache = env.cache
         cached = SKIP
@@ -580,7 +534,7 @@ class Store:
         :raises KeyError: no such key (or its value has expired)
         """
         env = self._live_env()
-        key = _check_key(key)
+        key = check_key(key)
         record = self._current(env, key)[0]
         if record is None:
             raise KeyError(key)
@@ -594,7 +548,7 @@ class Store:
     def get_many(self, keys: Iterable) -> list:
         """Values of keys (None where missing), in the order given, from one snapshot."""
         env = self._live_env()
-        keys = [_check_key(k) for k in keys]
+        keys = [check_key(k) for k in keys]
         out = [None] * len(keys)
         todo = []
         for i, key in enumerate(keys):
@@ -654,7 +608,7 @@ class Store:
 
     def __contains__(self, key) -> bool:
         env = self._live_env()
-        key = _check_key(key)
+        key = check_key(key)
         hit = self._pending(env, key)
         if hit is not None:
             return hit[0] is not None and _live(hit[0])
@@ -717,11 +671,11 @@ class Store:
         Pending writes of this process at the start of the scan are included.
         """
         env = self._live_env()
-        prefix = _bound(prefix, "prefix")
-        lo, hi = _bound(start, "start"), _bound(stop, "stop")
+        prefix = check_bound(prefix, "prefix")
+        lo, hi = check_bound(start, "start"), check_bound(stop, "stop")
         if prefix:
             lo = prefix if lo is None else max(lo, prefix)
-            end = _prefix_end(prefix)
+            end = prefix_end(prefix)
             if end is not None:
                 hi = end if hi is None else min(hi, end)
         return self._scan(env, lo, hi, bool(reverse), bool(keys_only))
@@ -963,7 +917,7 @@ class Batch:
         """Add a put to the batch; `namespace` targets another namespace of the
         store; `ttl` as for Store.put (None: that namespace's default)."""
         ns, dbi = self._target(namespace)
-        key = _check_key(key)
+        key = check_key(key)
         env = self._store._live_env()
         record = self._store._root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
         if ttl is not None or ns in env.ttl.defaults:
@@ -973,7 +927,7 @@ class Batch:
 
     def delete(self, key, *, namespace: str | None = None) -> None:
         ns, dbi = self._target(namespace)
-        self._ops.append((ns, dbi, _check_key(key), None))
+        self._ops.append((ns, dbi, check_key(key), None))
 
     def __len__(self) -> int:
         return len(self._ops)

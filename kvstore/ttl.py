@@ -30,7 +30,7 @@ Metadata, in the reserved ``__kvstore__`` database::
 A namespace gets its key before its first TTL value is committed, and keeps
 it: so a namespace without one holds no TTL value, and its len() is LMDB's
 entry count, with no record to look at. Writing the first one also sets the store's
-format_version to 2 (environment.TTL_STORE_FORMAT), which kvstore versions
+format_version to 2 (layout.TTL_STORE_FORMAT), which kvstore versions
 without TTL refuse to open.
 """
 
@@ -42,13 +42,13 @@ import threading
 import time
 
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, ttl_expired, wrap_ttl
+from .layout import FORMAT_KEY, TTL_PREFIX, TTL_STORE_FORMAT
 from .errors import CorruptionError, InvalidTTLError, StoreClosedError, StoreFailedError
 from .writer import ConditionalGroup
 
 __all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "default_to_ms", "now_ms", "expiry_ms",
            "stamp", "TTL_PREFIX", "MAX_TTL"]
 
-TTL_PREFIX = b"ttl:"
 _DEFAULT = struct.Struct(">Q")
 
 # Longest TTL accepted, seconds (100 years); math.inf means "never expires".
@@ -166,8 +166,6 @@ class TTLMeta:
         """Give ns its ttl: key (keeping any default it has, unless default_ms
         is given: then set that one; 0 removes it), and the store format 2;
         one durable write transaction."""
-        from .environment import FORMAT_KEY, TTL_STORE_FORMAT
-
         env = self._env
         key = TTL_PREFIX + ns.encode("utf-8")
 

@@ -40,18 +40,16 @@ from __future__ import annotations
 
 import bisect
 import collections
-import struct
 import threading
 import time
 
 from . import killpoints
-from .codec.format import TTL_HEADER_SIZE, TTL_VERSION
+from .codec.format import raw_len
 from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
 
 __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]
 
 TOMBSTONE = None  # the record of a pending delete in the overlay
-_RAW_LEN = struct.Struct("<I")  # a record's raw_len field, at offset 2 (codec/format.py)
 
 # A durable writer counts as active for this many commits after its last one.
 _ACTIVE_WINDOW = 16
@@ -399,9 +397,7 @@ class Writer:
             for g in groups:
                 for _ns, _dbi, _key, record in g.ops:
                     if record is not None:
-                        # raw_len of the v1 record, behind the TTL prefix if any
-                        at = 2 if record[0] != TTL_VERSION else TTL_HEADER_SIZE + 2
-                        bytes_in += _RAW_LEN.unpack_from(record, at)[0]
+                        bytes_in += raw_len(record)
                         bytes_stored += len(record)
         low = error is None and self._env.space_low()
         callbacks = False

@@ -501,7 +501,7 @@ def test_a_reader_without_ttl_refuses_a_ttl_record_as_newer(store_path, clock):
     # and an older kvstore refuses the store itself at open: its format is newer
     with open_store(store_path) as db:
         db.put("k", 1, ttl=1)
-    assert int(meta(store_path)[b"format_version"]) > kvstore.environment.BASE_STORE_FORMAT
+    assert int(meta(store_path)[b"format_version"]) > kvstore.layout.BASE_STORE_FORMAT
 
 
 @pytest.mark.parametrize("damage", ["check", "flags", "zero-ttl", "inner-version", "short"])

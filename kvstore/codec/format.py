@@ -74,6 +74,11 @@ __all__ = [
     "parse_ttl",
     "ttl_expired",
     "inner_record",
+    "is_ttl",
+    "header_at",
+    "raw_len",
+    "dict_id",
+    "tag_size",
 ]
 
 VERSION = 1
@@ -187,3 +192,39 @@ def inner_record(data):
     if len(data) and data[0] == TTL_VERSION:
         return data[TTL_HEADER_SIZE:]
     return data
+
+
+# ---------------------------------------------------------------- field accessors
+# Read one field of stored bytes (a record, or a ttl_record: they look behind
+# the prefix). They check nothing: use them on bytes already stored by this
+# format, or after parse_header/parse_ttl for bytes of unknown origin.
+
+_U32 = struct.Struct("<I")
+
+
+def is_ttl(stored) -> bool:
+    """Whether stored bytes are a ttl_record (an expiry prefix, then a record)."""
+    return len(stored) > 0 and stored[0] == TTL_VERSION
+
+
+def header_at(stored) -> int:
+    """The offset of the v1 record's header in stored bytes."""
+    return TTL_HEADER_SIZE if len(stored) and stored[0] == TTL_VERSION else 0
+
+
+def raw_len(stored) -> int:
+    """The serialized (msgpack or raw) length of the value, from the header."""
+    return _U32.unpack_from(stored, header_at(stored) + 2)[0]
+
+
+def dict_id(stored) -> int:
+    """The dictionary id in the header (0: none, or bytes too short to hold one)."""
+    at = header_at(stored) + 6
+    return _U32.unpack_from(stored, at)[0] if len(stored) >= at + 4 else 0
+
+
+def tag_size(stored) -> int:
+    """How many leading bytes identify the stored content without reading the
+    payload: the header, and the TTL prefix before it if any (the read
+    cache's tag: kvstore/cache.py)."""
+    return header_at(stored) + HEADER_SIZE

@@ -9,7 +9,7 @@ import sys
 import time
 
 import kvstore
-from kvstore.environment import DEFAULT_NAMESPACE, META_DB
+from kvstore.layout import DEFAULT_NAMESPACE, META_DB
 from kvstore.errors import KVStoreError, StoreNotFoundError
 
 from ._encoding import dumps, escape_key

@@ -13,10 +13,9 @@ from kvstore import codec as _codec
 from kvstore.codec import Dictionary
 from kvstore.codec.format import (FLAG_DICT, FLAG_MSGPACK, FLAG_ZSTD, HEADER, HEADER_SIZE, TTL_HEADER_SIZE,
                                   TTL_VERSION, parse_header, parse_ttl)
-from kvstore.dictionaries import CURRENT_PREFIX, DICT_PREFIX
-from kvstore.environment import FORMAT_KEY, SEQ_KEY
+from kvstore.layout import CURRENT_PREFIX, DICT_PREFIX, FORMAT_KEY, SEQ_KEY, TTL_PREFIX
 from kvstore.errors import CorruptionError, FormatError
-from kvstore.ttl import TTL_PREFIX, ttl_of
+from kvstore.ttl import ttl_of
 
 __all__ = ["namespaces", "snapshot_meta", "examine", "Examined", "flag_names", "MISSING", "inner_dict_id"]
 

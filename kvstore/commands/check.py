@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kvstore import ttl
-from kvstore.environment import TTL_STORE_FORMAT
+from kvstore.layout import TTL_STORE_FORMAT
 
 from ._common import Progress, open_readonly, plural, quote_key, write_json
 from ._encoding import key_to_json

@@ -10,7 +10,7 @@ import tempfile
 import lmdb
 
 from kvstore import ttl
-from kvstore.environment import META_DB
+from kvstore.layout import META_DB, TTL_PREFIX
 from kvstore.errors import CorruptionError, translate
 
 from ._common import CLI_MAX_NAMESPACES, human_size, open_readonly, plural, write_json
@@ -43,8 +43,8 @@ def _drop_expired(directory: str, now: int) -> int:
         try:
             with env.begin(write=True) as txn:
                 meta = env.open_db(META_DB, txn=txn, create=False)
-                names = [bytes(k)[len(ttl.TTL_PREFIX):] for k, _ in txn.cursor(db=meta)
-                         if bytes(k).startswith(ttl.TTL_PREFIX)]
+                names = [bytes(k)[len(TTL_PREFIX):] for k, _ in txn.cursor(db=meta)
+                         if bytes(k).startswith(TTL_PREFIX)]
                 dropped = 0
                 for name in names:
                     try:

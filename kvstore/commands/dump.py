@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from kvstore import ttl
 from kvstore.codec.format import TTL_VERSION, inner_record, parse_ttl
-from kvstore.environment import META_DB
+from kvstore.layout import META_DB
 from kvstore.errors import CorruptionError, FormatError
 
 from . import _mdbtext

@@ -37,10 +37,9 @@ from kvstore import codec as _codec
 from kvstore import ttl
 from kvstore.codec import Dictionary
 from kvstore.codec.format import TTL_HEADER_SIZE, TTL_VERSION, inner_record, parse_ttl, wrap_ttl
-from kvstore.dictionaries import CURRENT_PREFIX, DICT_PREFIX
-from kvstore.environment import DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, STORE_FORMAT, check_namespace_name
+from kvstore.layout import (CURRENT_PREFIX, DEFAULT_NAMESPACE, DICT_PREFIX, FORMAT_KEY, META_DB, STORE_FORMAT,
+                            TTL_PREFIX, check_key, check_namespace_name)
 from kvstore.errors import KVStoreError
-from kvstore.store import _check_key
 
 from . import _mdbtext
 from ._common import CommandError, Progress, open_writable, plural, quote_key
@@ -177,7 +176,7 @@ def _record_from_jsonl(line: str, lineno: int):
     except TagError as exc:
         raise CommandError(f"line {lineno}: {exc}") from None
     try:
-        key = _check_key(key)
+        key = check_key(key)
         _SERIALIZER.serialize(value)  # a value msgpack cannot carry (an int over 64 bits)
     except KVStoreError as exc:
         raise CommandError(f"line {lineno}: {exc}") from None
@@ -299,8 +298,8 @@ def _read_meta(plan: Plan) -> None:
             plan.dump_dicts[did] = (value, dictionary)
         elif key.startswith(CURRENT_PREFIX) and len(value) == 4:
             plan.dump_current[key[len(CURRENT_PREFIX):].decode("utf-8", "replace")] = _ID.unpack(value)[0]
-        elif key.startswith(ttl.TTL_PREFIX) and ttl.ttl_of(value):
-            plan.dump_ttl[key[len(ttl.TTL_PREFIX):].decode("utf-8", "replace")] = ttl.ttl_of(value)
+        elif key.startswith(TTL_PREFIX) and ttl.ttl_of(value):
+            plan.dump_ttl[key[len(TTL_PREFIX):].decode("utf-8", "replace")] = ttl.ttl_of(value)
     for s in plan.sections:
         s.default_ttl = plan.dump_ttl.get(s.source, 0)
 
@@ -509,7 +508,7 @@ def _check_mdb_records(binary, plan: Plan, codec, store_dicts: dict) -> None:
         elif event[0] == "record" and section is not None and section.dest is not None:
             _, key, record, lineno = event
             try:
-                _check_key(key)
+                check_key(key)
             except KVStoreError as exc:
                 raise CommandError(f"line {lineno}: {exc}") from None
             ex = examine(record, codec, dictionaries, decode=False)
