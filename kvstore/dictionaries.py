@@ -121,9 +121,10 @@ class Dictionaries:
             row["current"] = row["id"] in current_ids
         return rows
 
-    def train(self, namespace: str, dbi, samples: int, dict_size: int, serialize) -> int:
-        """Train a dictionary on up to `samples` values of namespace, store it,
-        make it current for the namespace; return its id.
+    def train(self, namespace: str, dbi, samples: int, dict_size: int, serialize, writer) -> int:
+        """Train a dictionary on up to `samples` values of namespace, store it
+        through writer (Writer.run), make it current for the namespace;
+        return its id.
 
         serialize(record) -> the record's serialized (uncompressed) bytes.
         """
@@ -170,6 +171,6 @@ class Dictionaries:
             txn.put(CURRENT_PREFIX + namespace.encode("utf-8"), _ID.pack(new_id), db=meta)
             return new_id
 
-        new_id = self._env.write(store, f"storing a dictionary for namespace {namespace!r}")
+        new_id = writer.run(store)
         self.reload()
         return new_id

@@ -32,6 +32,7 @@ from .errors import (
     MapFullError,
     NamespaceLimitError,
     ReadOnlyError,
+    Refused,
     StoreNotFoundError,
     translate,
 )
@@ -303,6 +304,10 @@ class Environment:
         self._dbis: dict[str, object] = {}  # name -> LMDB handle; guarded by _dbi_lock
         self._dbi_lock = threading.Lock()
         self.writer = None  # set by the store when writable (kvstore.writer.Writer)
+        # How write transactions other than commits run: self.write until the
+        # writer exists, then Writer.run (route_writes), so that they queue
+        # behind the commits instead of racing them for LMDB's write lock.
+        self._run = self.write
         self.env = self._open()
         self.cache = None
         self.last_txnid = None
@@ -471,6 +476,11 @@ class Environment:
             if retry is not None:
                 retry(doing)
 
+    def route_writes(self, run) -> None:
+        """Run this environment's own write transactions (namespace handles)
+        through run(fn) -> fn's result, the writer's entry (Writer.run)."""
+        self._run = run
+
     def clear_stale_readers(self) -> int:
         """Free the reader-table slots of processes that died inside a read
         transaction (LMDB's reader check, what `mdb_stat -rr` does); return
@@ -528,13 +538,9 @@ class Environment:
             handle = self._lookup_dbi(raw)
             if handle is None and create and not self.readonly:
                 try:
-                    handle = self.write(lambda txn: self.env.open_db(raw, txn=txn, create=True),
-                                        f"creating namespace {name!r}")
-                except NamespaceLimitError:
-                    raise NamespaceLimitError(
-                        f"cannot create namespace {name!r}: the store holds max_namespaces "
-                        f"({self.options.max_namespaces}) already; reopen with a larger max_namespaces"
-                    ) from None
+                    handle = self._run(lambda txn: self._open_db(txn, raw, True))
+                except Refused as exc:  # self.write: no writer to unwrap it
+                    raise exc.error from None
             if handle is not None:
                 self._dbis[name] = handle
             return handle
@@ -545,14 +551,15 @@ class Environment:
         # transaction of ours: py-lmdb's own (open_db without txn) would wait
         # for LMDB's write lock holding the GIL, and deadlock with a thread of
         # this process that holds the lock and needs the GIL to commit.
+        # An existing namespace's handle is looked up in a write transaction
+        # that writes nothing: LMDB ends it without a commit or a sync, so
+        # it need not queue behind the writer's commits (creating one does).
         if not self.readonly:
-            def look(txn):
-                try:
-                    return self.env.open_db(raw, txn=txn, create=False)
-                except lmdb.NotFoundError:
-                    return None
-
-            return self.write(look, f"opening namespace {raw.decode('utf-8', 'replace')!r}")
+            try:
+                return self.write(lambda txn: self._open_db(txn, raw, False),
+                                  f"opening namespace {raw.decode('utf-8', 'replace')!r}")
+            except Refused as exc:
+                raise exc.error from None
         while True:
             self.map_lock.acquire_shared()
             try:
@@ -566,6 +573,18 @@ class Environment:
             finally:
                 self.map_lock.release_shared()
             self.adopt_map_size()
+
+    def _open_db(self, txn, raw: bytes, create: bool):
+        """A namespace's handle, opened inside write transaction txn (None:
+        it does not exist and create is False)."""
+        try:
+            return self.env.open_db(raw, txn=txn, create=create)
+        except lmdb.NotFoundError:
+            return None
+        except lmdb.DbsFullError:
+            raise Refused(NamespaceLimitError(
+                f"cannot open namespace {raw.decode('utf-8', 'replace')!r}: the store holds max_namespaces "
+                f"({self.options.max_namespaces}) already; reopen with a larger max_namespaces")) from None
 
     def namespace_names(self) -> list[str]:
         names = []

@@ -187,3 +187,13 @@ def translate(exc: lmdb.Error, doing: str) -> KVStoreError:
     if isinstance(exc, lmdb.ReadonlyError):
         return ReadOnlyError(f"{doing}: the store's files are read-only ({exc})")
     return StoreFailedError(f"{doing} failed: {exc}; reopen the store", exc)
+
+
+class Refused(Exception):
+    """Internal, never seen by users: raised by a step given to the writer
+    (`Writer.run`) before it writes anything, so that its own call fails
+    with `error` while the other groups of the same transaction commit."""
+
+    def __init__(self, error: KVStoreError):
+        super().__init__(error)
+        self.error = error

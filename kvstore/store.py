@@ -97,7 +97,7 @@ class Store:
             if not env.readonly and env.writer is None:
                 with environment._registry_lock:
                     if env.writer is None:
-                        env.writer = Writer(env, self._options)
+                        env.writer = _start_writer(env, self._options)
                         env.sweeper = _ttl.Sweeper(env, env.writer, self._options.ttl_sweep_interval,
                                                    self._options.ttl_sweep_batch)
         except BaseException:
@@ -177,7 +177,7 @@ class Store:
                 f"change it with db.namespace({name!r}).set_default_ttl({ttl!r}), or leave ttl= out "
                 f"to use the stored one")
         handle._writer(env)  # ReadOnlyError
-        env.ttl.enable(name, wanted)
+        env.ttl.set_default(name, wanted, env.writer)
         return handle
 
     @property
@@ -199,7 +199,7 @@ class Store:
         env = self._live_env()
         self._writer(env)
         if ms or env.ttl.default(self._ns):
-            env.ttl.enable(self._ns, ms)
+            env.ttl.set_default(self._ns, ms, env.writer)
 
     def namespaces(self) -> list[str]:
         """Names of the namespaces in the store, sorted, "default" included."""
@@ -225,11 +225,11 @@ class Store:
     # the writer calls once the group is done. The twin returns whether the
     # caller must wait for that callback (Writer.submit).
 
-    def _submit(self, env, ops: list, nbytes: int, durable, callback=None) -> bool:
+    def _submit(self, env, ops: list, nbytes: int, durable, callback=None, before=None) -> bool:
         writer = self._writer(env)
         if durable is None:
             durable = self._root._durable
-        return writer.submit(Group(ops, bool(durable), nbytes, callback))
+        return writer.submit(Group(ops, bool(durable), nbytes, callback, before))
 
     def put(self, key, value, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store value under key.
@@ -260,12 +260,13 @@ class Store:
             key = key.encode("utf-8") if key.isascii() else check_key(key)
         ns = self._ns
         record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
+        before = None
         if ttl is not None or ns in env.ttl.defaults:
-            record = _ttl.stamp(env, ns, record, ttl)
+            record, before = _ttl.stamp(env, ns, record, ttl)
         dbi = env._dbis.get(ns) or self._dbi(env, ns)
         return writer.submit(Group([(ns, dbi, key, record)],
                                    root._durable if durable is None else bool(durable),
-                                   len(record), callback))
+                                   len(record), callback, before))
 
     def delete(self, key, *, durable: bool | None = None) -> None:
         """Remove key (no error if it is missing)."""
@@ -303,6 +304,7 @@ class Store:
         stamped = ttl is not None or ns in env.ttl.defaults
         ops = []
         nbytes = 0
+        before = None
         for pair in items:
             try:
                 key, value = pair
@@ -311,10 +313,11 @@ class Store:
             key = check_key(key)
             record = encode(value, dictionary=dictionary)
             if stamped:
-                record = _ttl.stamp(env, ns, record, ttl)
+                record, step = _ttl.stamp(env, ns, record, ttl)
+                before = before or step
             nbytes += len(record)
             ops.append((ns, dbi, key, record))
-        return bool(ops) and self._submit(env, ops, nbytes, durable, callback)
+        return bool(ops) and self._submit(env, ops, nbytes, durable, callback, before)
 
     def batch(self, durable: bool | None = None) -> "Batch":
         """An atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
@@ -784,7 +787,7 @@ class Store:
         def serialize(record):
             return codec.serialize(codec.decode(inner_record(record), dictionaries=env.dicts.by_id))[1]
 
-        return env.dicts.train(ns, dbi, samples, dict_size, serialize)
+        return env.dicts.train(ns, dbi, samples, dict_size, serialize, env.writer)
 
     def dictionaries(self) -> list[dict]:
         """Every dictionary in the store: id, namespace, size, created, samples, current."""
@@ -901,6 +904,7 @@ class Batch:
         self._durable = durable
         self._ops: list = []
         self._nbytes = 0
+        self._before = None  # the TTL metadata step of its namespaces (ttl.Enable), if any
         self._state = "open"
 
     def _target(self, namespace):
@@ -921,7 +925,9 @@ class Batch:
         env = self._store._live_env()
         record = self._store._root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
         if ttl is not None or ns in env.ttl.defaults:
-            record = _ttl.stamp(env, ns, record, ttl)
+            record, step = _ttl.stamp(env, ns, record, ttl)
+            if step is not None:
+                self._before = step | self._before
         self._nbytes += len(record)
         self._ops.append((ns, dbi, key, record))
 
@@ -951,10 +957,35 @@ class Batch:
         if not ops:
             return False
         store = self._store
-        return store._submit(store._live_env(), ops, self._nbytes, self._durable, callback)
+        return store._submit(store._live_env(), ops, self._nbytes, self._durable, callback,
+                             self._before)
 
 
 # ---------------------------------------------------------------- lifecycle
+
+
+def _start_writer(env, options: Options) -> Writer:
+    """The writer of env, with the parts above it subscribed to its commits."""
+    writer = Writer(env, options)
+    cache = env.cache
+    if cache is not None:
+        def invalidate(groups):
+            # The commit changed these keys: free their cached values now
+            # (correctness does not need it: the commit moved the txnid, so
+            # their entries would be revalidated on their next read).
+            if len(cache):
+                cache.invalidate_many((ns, key) for g in groups for ns, _dbi, key, _r in g.ops)
+
+        writer.on_commit(invalidate)
+
+    def check_room(groups):
+        if env.space_low():  # the zeroed room past LMDB's pages fell below half
+            writer.schedule(env.preallocate)
+
+    writer.on_commit(check_room)
+    writer.on_commit(env.ttl.committed)
+    env.route_writes(writer.run)
+    return writer
 
 
 def _detach(env) -> None:

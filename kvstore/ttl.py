@@ -99,19 +99,20 @@ def expiry_ms(record) -> int:
     return 0
 
 
-def stamp(env, ns: str, record: bytes, ttl) -> bytes:
-    """The bytes to store for a freshly encoded record in namespace ns: with
-    its TTL prefix when ttl (seconds; None: the namespace's default) says so.
+def stamp(env, ns: str, record: bytes, ttl) -> tuple[bytes, "Enable | None"]:
+    """(the bytes to store, a step for the group's `before`) for a freshly
+    encoded record in namespace ns: with its TTL prefix when ttl (seconds;
+    None: the namespace's default) says so.
 
-    Raises InvalidTTLError for a bad ttl, before anything is queued. The
-    first TTL value of a namespace first writes the namespace's metadata
-    key, durably (see the module docstring)."""
+    Raises InvalidTTLError for a bad ttl, before anything is queued. Until
+    the namespace's metadata key is committed, each TTL value's group
+    carries the step that writes it (`Enable`), in the same transaction as
+    the value: the first TTL value of a namespace costs no commit of its
+    own (see the module docstring)."""
     ms = env.ttl.defaults.get(ns, 0) if ttl is None else to_ms(ttl)
     if not ms:
-        return record
-    if ns not in env.ttl.namespaces:
-        env.ttl.enable(ns)
-    return wrap_ttl(record, now_ms() + ms, ms)
+        return record, None
+    return wrap_ttl(record, now_ms() + ms, ms), env.ttl.step_for(ns)
 
 
 # ---------------------------------------------------------------- metadata
@@ -120,6 +121,39 @@ def stamp(env, ns: str, record: bytes, ttl) -> bytes:
 def ttl_of(meta_value) -> int:
     """The default TTL (ms) in a ttl: key's value; 0 for none (or a damaged value)."""
     return _DEFAULT.unpack(bytes(meta_value))[0] if meta_value is not None and len(meta_value) == 8 else 0
+
+
+class Enable:
+    """A group's `before` step (writer.Group): give the namespaces their
+    ttl: key if they have none, and the store format 2, inside the group's
+    own write transaction. Repeatable; harmless where already done."""
+
+    __slots__ = ("meta", "namespaces")
+
+    def __init__(self, meta: "TTLMeta", namespaces: frozenset):
+        self.meta = meta
+        self.namespaces = namespaces
+
+    def __or__(self, other: "Enable | None") -> "Enable":
+        """The step of a batch that writes TTL values into several namespaces."""
+        if other is None or other.namespaces <= self.namespaces:
+            return self
+        return Enable(self.meta, self.namespaces | other.namespaces)
+
+    __ror__ = __or__
+
+    def __call__(self, txn) -> None:
+        meta = self.meta._env.meta_db
+        for ns in self.namespaces:
+            key = TTL_PREFIX + ns.encode("utf-8")
+            if txn.get(key, db=meta) is None:
+                txn.put(key, _DEFAULT.pack(0), db=meta)
+        _upgrade_format(txn, meta)
+
+
+def _upgrade_format(txn, meta) -> None:
+    if int(txn.get(FORMAT_KEY, db=meta) or 1) < TTL_STORE_FORMAT:
+        txn.put(FORMAT_KEY, str(TTL_STORE_FORMAT).encode(), db=meta)
 
 
 class TTLMeta:
@@ -132,7 +166,33 @@ class TTLMeta:
         # replaced whole, never mutated: read without the lock
         self.defaults: dict[str, int] = {}  # namespace -> default TTL, ms (only those with one)
         self.namespaces: frozenset = frozenset()  # namespaces that have a ttl: key
+        self._steps: dict[str, Enable] = {}  # handed out and not yet seen committed
         self.reload()
+
+    def step_for(self, ns: str) -> "Enable | None":
+        """None if ns has its ttl: key; else the step a group writing a TTL
+        value into ns must carry (`stamp`)."""
+        if ns in self.namespaces:
+            return None
+        step = self._steps.get(ns)
+        if step is None:
+            step = self._steps.setdefault(ns, Enable(self, frozenset((ns,))))
+        return step
+
+    def committed(self, groups) -> None:
+        """Commit hook (Writer.on_commit): namespaces whose ttl: key a
+        committed group's step wrote are known to have it from now on."""
+        if not self._steps:
+            return
+        done = set()
+        for g in groups:
+            if type(g.before) is Enable:
+                done |= g.before.namespaces
+        if done:
+            with self._lock:
+                self.namespaces = self.namespaces | done
+                for ns in done:
+                    self._steps.pop(ns, None)
 
     def _read(self, txn) -> dict:
         """namespace -> default ms (0: none) of every ttl: key, inside txn."""
@@ -162,23 +222,21 @@ class TTLMeta:
         key = TTL_PREFIX + ns.encode("utf-8")
         return ttl_of(self._env.read(lambda txn: txn.get(key, db=self._env.meta_db)))
 
-    def enable(self, ns: str, default_ms: int | None = None) -> None:
-        """Give ns its ttl: key (keeping any default it has, unless default_ms
-        is given: then set that one; 0 removes it), and the store format 2;
-        one durable write transaction."""
+    def set_default(self, ns: str, default_ms: int, writer) -> None:
+        """Set ns's default TTL (0 removes it), giving it its ttl: key and the
+        store format 2; durable, through the writer (Writer.run)."""
         env = self._env
         key = TTL_PREFIX + ns.encode("utf-8")
 
         def write(txn):
             meta = env.meta_db
-            if default_ms is not None or txn.get(key, db=meta) is None:
-                txn.put(key, _DEFAULT.pack(default_ms or 0), db=meta)
-            if int(txn.get(FORMAT_KEY, db=meta) or 1) < TTL_STORE_FORMAT:
-                txn.put(FORMAT_KEY, str(TTL_STORE_FORMAT).encode(), db=meta)
+            txn.put(key, _DEFAULT.pack(default_ms), db=meta)
+            _upgrade_format(txn, meta)
             return self._read(txn)
 
+        found = writer.run(write)
         with self._lock:
-            self._adopt(env.write(write, f"recording the TTL of namespace {ns!r}"))
+            self._adopt(found)
 
 
 # ---------------------------------------------------------------- conditional groups

@@ -19,10 +19,22 @@ The write path, top to bottom:
    the lead to the first writer still waiting, or gives it up. So concurrent
    durable writers share fsyncs, and nobody waits for the flush timer
    (LevelDB's writer queue, with LMDB underneath).
-4. After the commit, the groups' writers are woken, then the groups' overlay
-   entries are dropped (unless a newer write to the same key replaced them).
-   If the zeroed room left in data.mdb past LMDB's pages fell below half,
-   the flusher refills it between commits (Environment.preallocate).
+4. After the commit, the commit hooks run (`on_commit`: the read cache drops
+   the keys, preallocation checks the room left in data.mdb), the groups'
+   writers are woken, then the groups' overlay entries are dropped (unless
+   a newer write to the same key replaced them; overlay.py). Work a hook
+   asks for with `schedule` (preallocating disk space) runs in the flusher
+   between commits, never ahead of a commit that is due.
+
+Every write of the store goes through here: values, deletes and batches,
+and also metadata (TTL defaults, dictionaries, new namespaces) and TTL
+sweeps and refreshes, as `ConditionalGroup`s whose ops are decided inside
+the write transaction, or `run(fn)`: fn(txn) applied in the next commit, in
+order with every other group. A group's `before` step (the first TTL value
+of a namespace records the namespace's TTL metadata) is applied in the
+same transaction, just ahead of its writes. The only write transactions
+outside the writer are the store's creation at open (the writer does not
+exist yet) and LMDB's own in the CLI's offline copies.
 
 A commit that fills the map is replayed whole after the map grows
 (Environment.write). Any other commit error fails every group of that
@@ -38,18 +50,16 @@ after `done` or `lead` was set, so waking a writer never contends `_lock`.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import threading
 import time
 
 from . import killpoints
 from .codec.format import raw_len
-from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
+from .errors import KVStoreError, Refused, StoreClosedError, StoreFailedError, TimeoutError
+from .overlay import TOMBSTONE, Overlay
 
 __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]
-
-TOMBSTONE = None  # the record of a pending delete in the overlay
 
 # A durable writer counts as active for this many commits after its last one.
 _ACTIVE_WINDOW = 16
@@ -57,9 +67,6 @@ _ACTIVE_WINDOW = 16
 _MAX_GATHER = 0.002
 # Overlay entries dropped per hold of the writer's lock after a commit.
 _OVERLAY_SLICE = 256
-# A range snapshot of a namespace with fewer pending writes filters them all;
-# from this many on, it keeps their keys in order (Writer._ordered).
-_ORDER_FROM = 128
 
 
 class Group:
@@ -72,18 +79,22 @@ class Group:
     is done (see `error`); submit() then never blocks, and a durable group
     is committed at once by the flusher instead of by the caller (asyncio
     callers, kvstore/aio.py).
+    before: None, or a step applied in the write transaction just ahead of
+    the ops: before(txn), repeatable (a commit is replayed after the map
+    grows). Commit hooks see it (the TTL metadata learns its namespace).
     """
 
     __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
-                 "waiter", "lead", "callback")
+                 "waiter", "lead", "callback", "before")
 
     condition = None  # see ConditionalGroup
 
-    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None):
+    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None, before=None):
         self.ops = ops
         self.durable = durable
         self.nbytes = nbytes
         self.callback = callback
+        self.before = before
         self.seq = 0
         self.queued_at = 0.0
         self.thread = 0
@@ -105,6 +116,27 @@ class ConditionalGroup(Group):
     def __init__(self, ops: list, durable: bool, nbytes: int, condition, callback=None):
         super().__init__(ops, durable, nbytes, callback)
         self.condition = condition
+
+
+class _Step:
+    """The condition of a `Writer.run` group: fn(txn) is its whole work."""
+
+    __slots__ = ("fn", "result", "refused")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.result = None
+        self.refused: KVStoreError | None = None
+
+    def enter(self, overlay, seq: int, ops) -> None:
+        """A step's writes are not values: nothing for reads to see early."""
+
+    def apply(self, txn, ops) -> None:
+        try:
+            self.result = self.fn(txn)
+            self.refused = None
+        except Refused as exc:
+            self.refused = exc.error
 
 
 class Writer:
@@ -131,23 +163,16 @@ class Writer:
         self._gather_target = 0
         self._flush_waiters = 0
         self._flush_wanted = False
-        self._space_wanted = False  # the flusher should preallocate disk space
+        self._scheduled: list = []  # steps for the flusher to run between commits (schedule)
+        self._hooks: list = []  # on_commit hooks; appended before the first write
         self._next_seq = 1
         self._last: Group | None = None  # last group submitted
         self._failed: StoreFailedError | None = None
         self._closing = False
         self._durable_seen: dict[int, int] = {}  # thread id -> commit number of its last durable group
         self._gather_seconds = 0.0
-        # namespace -> key -> (group seq, record or TOMBSTONE); mutated under
-        # _lock, read without it (single dict operations are atomic).
-        self.overlay: dict[str, dict[bytes, tuple]] = collections.defaultdict(dict)
-        # For range snapshots (scans) of namespaces with many pending writes:
-        # ns -> the overlay's keys in order (with keys dropped from the
-        # overlay since, and without those in _unordered), and ns -> keys
-        # added to the overlay since, in any order. Made by the first range
-        # snapshot of the namespace, dropped when writes go on without one.
-        self._ordered: dict[str, list[bytes]] = {}
-        self._unordered: dict[str, list[bytes]] = {}
+        # pending writes: mutated under _lock, read without it (overlay.py)
+        self.overlay = Overlay()
         # statistics, guarded by _lock
         self.commits = 0
         self.ops_committed = 0
@@ -161,6 +186,24 @@ class Writer:
         self._thread = threading.Thread(target=self._flusher, name=f"kvstore-writer:{env.path}",
                                         daemon=True)
         self._thread.start()
+
+    # ------------------------------------------------------------ hooks
+
+    def on_commit(self, hook) -> None:
+        """Call hook(groups) after every successful commit, in the committing
+        thread, outside the writer's lock, before the groups' writers are
+        woken. For the parts above the writer (the read cache, preallocation,
+        the TTL metadata): the writer never calls into them otherwise."""
+        self._hooks.append(hook)
+
+    def schedule(self, step) -> None:
+        """Run step() in the flusher between commits, once; step returns True
+        to be run again (after any commit that is due). A step that raises is
+        dropped."""
+        with self._lock:
+            if step not in self._scheduled:
+                self._scheduled.append(step)
+                self._wake.notify()
 
     # ------------------------------------------------------------ callers
 
@@ -183,17 +226,11 @@ class Writer:
             group.queued_at = time.monotonic()
             self._queue.append(group)
             self._last = group
-            overlay = self.overlay
             if group.condition is None:
-                for ns, _dbi, key, record in group.ops:
-                    overlay[ns][key] = (group.seq, record)
+                self.overlay.enter(group.seq, group.ops)
             else:
-                group.condition.enter(overlay, group.seq, group.ops)
-            if self._unordered:
-                for ns, _dbi, key, _record in group.ops:
-                    added = self._unordered.get(ns)
-                    if added is not None:
-                        added.append(key)
+                group.condition.enter(self.overlay, group.seq, group.ops)
+                self.overlay.added(group.ops)
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
             wait = group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
@@ -223,6 +260,21 @@ class Writer:
         if wait:
             self._wait(group)
         return wait
+
+    def run(self, fn):
+        """Apply fn(txn) in the next commit, in order with every other group,
+        and return its result once that commit is synced.
+
+        For the store's own metadata (TTL defaults, dictionaries, namespace
+        handles): so that every write transaction is the writer's. fn must be
+        repeatable (a commit is replayed after the map grows) and may raise
+        `Refused` before writing to fail this call alone. Never call it from
+        a commit hook (the hook runs inside the commit it would wait for)."""
+        step = _Step(fn)
+        self.submit(ConditionalGroup([], True, 0, step))
+        if step.refused is not None:
+            raise step.refused
+        return step.result
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every group submitted before the call is committed.
@@ -355,6 +407,8 @@ class Writer:
         half = ops // 2 if killpoints.armed else -1
         n = 0
         for g in groups:
+            if g.before is not None:
+                g.before(txn)
             if g.condition is not None:
                 g.condition.apply(txn, g.ops)
                 n += len(g.ops)
@@ -382,12 +436,9 @@ class Writer:
         is then cleaned a slice at a time, so that writers submitting
         meanwhile wait for the lock at most a slice's time, not a whole
         commit's (asyncio callers submit from the event loop)."""
-        cache = self._env.cache
-        if cache is not None and error is None and len(cache):
-            # The commit changed these keys: free their cached values now
-            # (correctness does not need it: the commit moved the txnid, so
-            # their entries would be revalidated on their next read).
-            cache.invalidate_many((ns, key) for g in groups for ns, _dbi, key, _r in g.ops)
+        if error is None:
+            for hook in self._hooks:
+                hook(groups)
         bytes_in = bytes_stored = 0
         if error is not None:
             # nothing was written: no read may see these writes once their
@@ -399,12 +450,8 @@ class Writer:
                     if record is not None:
                         bytes_in += raw_len(record)
                         bytes_stored += len(record)
-        low = error is None and self._env.space_low()
         callbacks = False
         with self._lock:
-            if low and not self._space_wanted:
-                self._space_wanted = True
-                self._wake.notify()
             for g in groups:
                 g.error = error
                 g.done = True
@@ -450,17 +497,9 @@ class Writer:
         entries = [(ns, key, g.seq) for g in groups for ns, _dbi, key, _r in g.ops]
         for i in range(0, len(entries), _OVERLAY_SLICE):
             with self._lock:
-                for ns, key, seq in entries[i:i + _OVERLAY_SLICE]:
-                    pending = overlay[ns]
-                    entry = pending.get(key)
-                    if entry is not None and entry[0] == seq:
-                        del pending[key]
-        if self._unordered:
-            with self._lock:
-                # writes went on without a range snapshot to sort them in
-                for ns, added in list(self._unordered.items()):
-                    if len(added) > 4 * len(overlay.get(ns, ())) + 1024:
-                        del self._unordered[ns], self._ordered[ns]
+                overlay.drop(entries[i:i + _OVERLAY_SLICE])
+        with self._lock:
+            overlay.forget_unsorted()
 
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
@@ -484,15 +523,15 @@ class Writer:
 
     def _flusher(self) -> None:
         while True:
-            grow = False
+            step = None
             with self._lock:
                 while True:
                     if not self._queue:
                         self._flush_wanted = False
                         if self._closing:
                             return
-                        if self._space_wanted:
-                            grow = True
+                        if self._scheduled:
+                            step = self._scheduled.pop(0)
                             break
                         self._wake.wait()
                         continue
@@ -502,12 +541,12 @@ class Writer:
                     wait = self._queue[0].queued_at + self._interval - time.monotonic()
                     if wait <= 0:
                         break
-                    if self._space_wanted:
-                        grow = True
+                    if self._scheduled:
+                        step = self._scheduled.pop(0)
                         break
                     self._wake.wait(wait)
-                if grow:
-                    self._space_wanted = False
+                if step is not None:
+                    pass
                 elif self._leading:
                     # A writer is committing; it hands the queue back to us
                     # (notifying _wake) when it gives up the lead.
@@ -515,12 +554,15 @@ class Writer:
                     continue
                 else:
                     self._leading = True
-            if grow:
-                # One step between commits, never ahead of one that is due
-                # (Environment.preallocate); the next step after checking again.
-                if self._env.preallocate():
-                    with self._lock:
-                        self._space_wanted = True
+            if step is not None:
+                # One step between commits, never ahead of one that is due;
+                # the next one after checking again.
+                try:
+                    more = step()
+                except Exception:  # best effort: a failing step must not stop the writer
+                    more = False
+                if more:
+                    self.schedule(step)
                 continue
             try:
                 self._commit_next()
@@ -547,42 +589,7 @@ class Writer:
         """[(key, record-or-TOMBSTONE)] pending in namespace ns; only keys in
         [lo, hi) when given (then in key order)."""
         with self._lock:
-            pending = self.overlay.get(ns)
-            if not pending:
-                return []
-            if lo is None and hi is None:
-                return [(k, v[1]) for k, v in pending.items()]
-            if len(pending) < _ORDER_FROM:
-                return sorted((k, v[1]) for k, v in pending.items()
-                              if (lo is None or lo <= k) and (hi is None or k < hi))
-            ordered = self._in_order(ns, pending)
-            i = 0 if lo is None else bisect.bisect_left(ordered, lo)
-            j = len(ordered) if hi is None else bisect.bisect_left(ordered, hi)
-            out = []
-            for k in ordered[i:j]:
-                entry = pending.get(k)
-                if entry is not None:
-                    out.append((k, entry[1]))
-            return out
-
-    def _in_order(self, ns: str, pending: dict) -> list:
-        """The keys pending in ns, in order (and maybe some dropped since).
-        Under _lock. The writes since the last call are inserted one by one
-        (a scan per agent turn sorts in that turn's writes); the list is
-        rebuilt when it is made or holds twice as many keys as are pending."""
-        ordered = self._ordered.get(ns)
-        if ordered is None or len(ordered) > 2 * len(pending) + _ORDER_FROM:
-            ordered = self._ordered[ns] = sorted(pending)
-            self._unordered[ns] = []
-            return ordered
-        added = self._unordered[ns]
-        if added:
-            for key in added:
-                at = bisect.bisect_left(ordered, key)
-                if at == len(ordered) or ordered[at] != key:
-                    ordered.insert(at, key)
-            added.clear()
-        return ordered
+            return self.overlay.snapshot(ns, lo, hi)
 
     def close(self) -> None:
         """Commit everything queued, stop the flusher. Raises if the store failed."""

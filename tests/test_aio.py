@@ -457,3 +457,30 @@ def test_sigkill_keeps_every_acknowledged_durable_aput(store_path):
     with kvstore.open(store_path) as db:
         for t, i in acked:
             assert db.get(f"d{t}:{i}") == {"t": t, "i": i}
+
+
+def test_first_ttl_value_of_a_namespace_does_not_block_the_loop(store_path):
+    # The first TTL value of a namespace also records the namespace's TTL
+    # metadata. That write rides in the value's own group, committed by the
+    # writer: with LMDB's write lock held by another process, a buffered
+    # aput returns at once and the loop keeps turning.
+    async def main():
+        async with kvstore.aio.open(store_path) as db:
+            ticker = Ticker()
+            lock = WriteLock(store_path)
+            try:
+                started = time.monotonic()
+                await asyncio.wait_for(db.aput("scratch", {"plan": 1}, ttl=60), 2)
+                assert time.monotonic() - started < 0.5
+                assert await ticker.ticks_during(0.2) > 20
+                assert await db.aget("scratch") == {"plan": 1}  # read-your-writes meanwhile
+            finally:
+                lock.release()
+            await db.aflush()
+            ticker.stop()
+        with kvstore.open(store_path, readonly=True) as again:
+            expires, ttl = again.expiry("scratch")
+            assert ttl == 60 and expires > time.time() + 50
+            assert len(again) == 1  # the namespace's TTL metadata committed with the value
+
+    run(main)

@@ -40,6 +40,7 @@ from kvstore.codec.format import TTL_HEADER_SIZE, TTL_VERSION, inner_record, par
 from kvstore.layout import (CURRENT_PREFIX, DEFAULT_NAMESPACE, DICT_PREFIX, FORMAT_KEY, META_DB, STORE_FORMAT,
                             TTL_PREFIX, check_key, check_namespace_name)
 from kvstore.errors import KVStoreError
+from kvstore.writer import Group
 
 from . import _mdbtext
 from ._common import CommandError, Progress, open_writable, plural, quote_key
@@ -372,8 +373,9 @@ class _Loader:
                 self.expired[namespace] += 1
                 self.progress.update()
                 return
-            if namespace not in self.env.ttl.namespaces:
-                self.env.ttl.enable(namespace)  # committed before any TTL value of it
+            step = self.env.ttl.step_for(namespace)
+            if step is not None:  # committed before any TTL value of it
+                self.env.writer.submit(Group([], True, 0, before=step))
         self.batch.append((namespace, dbi, key, record))
         self.nbytes += len(record)
         if len(self.batch) >= BATCH_RECORDS or self.nbytes >= BATCH_BYTES:
@@ -388,10 +390,9 @@ class _Loader:
             done = []
             for namespace, dbi, key, record in batch:
                 done.append(txn.put(key, record, db=dbi, overwrite=overwrite))
-            env.bump_seq(txn)
             return done
 
-        done = env.write(write, "loading")
+        done = env.writer.run(write)  # a commit of the writer's, in order with any other
         for (namespace, _, _, _), put in zip(batch, done):
             if put:
                 self.loaded[namespace] += 1
@@ -443,25 +444,21 @@ def _merge_dictionaries(db, plan: Plan) -> set:
             wanted_current[s.dest] = did
 
     def merge(txn):
-        conflicts, changed = set(), False
+        conflicts = set()
         for did, (doc, _dictionary) in sorted(plan.dump_dicts.items()):
             key = DICT_PREFIX + _ID.pack(did)
             have = txn.get(key, db=env.meta_db)
             if have is None:
                 txn.put(key, doc, db=env.meta_db)
-                changed = True
             elif bytes(have) != doc:
                 conflicts.add(did)
         for namespace, did in wanted_current.items():
             key = CURRENT_PREFIX + namespace.encode("utf-8")
             if did not in conflicts and txn.get(key, db=env.meta_db) is None:
                 txn.put(key, _ID.pack(did), db=env.meta_db)
-                changed = True
-        if changed:
-            env.bump_seq(txn)
         return conflicts
 
-    conflicts = env.write(merge, "copying the dump's dictionaries")
+    conflicts = env.writer.run(merge)
     env.dicts.reload()
     return conflicts
 
@@ -576,7 +573,7 @@ def _give_default_ttls(db, chosen) -> list[str]:
             continue
         have = env.ttl.default(s.dest)
         if not have:
-            env.ttl.enable(s.dest, s.default_ttl)
+            env.ttl.set_default(s.dest, s.default_ttl, env.writer)
             lines.append(f"namespace {s.dest!r}: default TTL {s.default_ttl / 1000:g} s, from the dump")
         elif have != s.default_ttl:
             lines.append(f"namespace {s.dest!r}: kept its default TTL of {have / 1000:g} s (the dump's is "
