@@ -36,14 +36,11 @@ from .errors import (
     StoreNotFoundError,
     translate,
 )
-from .cache import LastTxnid, ReadCache
-from .dictionaries import Dictionaries
 from .options import MiB, Options
 from .layout import (BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ, SEQ_KEY,
                      STORE_FORMAT)
-from .ttl import TTLMeta
 
-__all__ = ["Environment", "acquire"]
+__all__ = ["Environment", "MapLock", "check_data_file"]
 
 # preallocate(): zero-filled room kept past the used pages, and the most
 # filled per write transaction (each step holds LMDB's write lock).
@@ -309,15 +306,14 @@ class Environment:
         # behind the commits instead of racing them for LMDB's write lock.
         self._run = self.write
         self.env = self._open()
-        self.cache = None
-        self.last_txnid = None
-        self.sweeper = None  # set by the store when writable (kvstore.ttl.Sweeper)
+        # The parts above LMDB, built by the engine (engine.py) once the
+        # environment is open: the dictionaries, the TTL metadata, the read
+        # cache and its view of the last txnid, and, when writable, the writer
+        # and the TTL sweeper.
+        self.dicts = self.ttl = self.cache = self.last_txnid = self.sweeper = None
         try:
             self.clear_stale_readers()
             self.meta_db = self._init_meta()
-            self.dicts = Dictionaries(self)
-            self.ttl = TTLMeta(self)
-            self._init_cache()
             self._psize = self.env.stat()["psize"]
             # bytes of data.mdb known allocated; -1: not preallocating
             self._allocated = (os.path.getsize(os.path.join(path, "data.mdb"))
@@ -403,29 +399,6 @@ class Environment:
                 f"reads {STORE_FORMAT}); upgrade kvstore"
             )
         return meta
-
-    def _init_cache(self) -> None:
-        """The read cache (kvstore/cache.py), unless the options turn it off.
-
-        Its versions come from LastTxnid, which reads LMDB's meta pages
-        itself; if that does not agree with LMDB's own reading (an LMDB
-        build with another meta layout), the cache stays off rather than
-        risk serving a stale value."""
-        opts = self.options
-        cache = ReadCache.create(opts.cache_entries, opts.cache_bytes)
-        if cache is None:
-            return
-        try:
-            last = LastTxnid(self.path)
-        except (OSError, ValueError):
-            return
-        before = self.info()["last_txnid"]
-        mine = last()
-        after = self.info()["last_txnid"]
-        if not before <= mine <= after:
-            last.close()
-            return
-        self.cache, self.last_txnid = cache, last
 
     def _create_meta(self):
         def create(txn):
@@ -717,74 +690,3 @@ class Environment:
             self.map_lock.release_exclusive()
 
 
-# ---------------------------------------------------------------- registry
-
-_registry: dict[str, Environment] = {}  # guarded by _registry_lock
-_registry_lock = threading.Lock()
-
-
-def acquire(path: str, options: Options) -> Environment:
-    """The shared Environment for path, opened on first use; count a reference."""
-    key = os.path.realpath(os.path.abspath(os.fspath(path)))
-    with _registry_lock:
-        env = _registry.get(key)
-        if env is None:
-            env = Environment(key, options)
-            _registry[key] = env
-        elif env.readonly and not options.readonly:
-            raise ReadOnlyError(
-                f"{key!r} is already open read-only in this process; close those handles before "
-                f"opening it for writing (one LMDB environment per path per process)"
-            )
-        env.refs += 1
-        return env
-
-
-def release(env: Environment) -> bool:
-    """Drop a reference; True when it was the last (the caller then closes)."""
-    with _registry_lock:
-        env.refs -= 1
-        if env.refs > 0:
-            return False
-        if _registry.get(env.path) is env:
-            del _registry[env.path]
-        return True
-
-
-def all_open() -> list[Environment]:
-    with _registry_lock:
-        return list(_registry.values())
-
-
-_held_for_fork: list[Environment] = []
-
-
-def _before_fork() -> None:
-    # Fork only when no transaction of ours is active: a child that closes
-    # an inherited environment aborts its live transactions, and with
-    # MDB_NOTLS that frees their reader slots, which the parent still uses.
-    _registry_lock.acquire()
-    for env in _registry.values():
-        env.map_lock.acquire_exclusive()
-        _held_for_fork.append(env)
-
-
-def _after_fork_in_parent() -> None:
-    while _held_for_fork:
-        _held_for_fork.pop().map_lock.release_exclusive()
-    _registry_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    # The parent's threads are gone here, and its locks are copies: give the
-    # inherited environments nothing but a flag. Handles reopen on next use.
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    _held_for_fork.clear()
-    for env in _registry.values():
-        env.forked = True
-    _registry.clear()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)

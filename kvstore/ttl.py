@@ -360,6 +360,12 @@ class Sweeper:
                                             daemon=True)
             self._thread.start()
 
+    def stats(self) -> dict:
+        """This sweeper's counters, for Store.stats()."""
+        with self._lock:
+            return {"expired_swept": self.swept,
+                    "ttl_sweep_error": repr(self.error) if self.error is not None else None}
+
     def stop(self) -> None:
         """Stop the thread (a pass in progress finishes first)."""
         self._stop.set()

@@ -121,10 +121,11 @@ class ConditionalGroup(Group):
 class _Step:
     """The condition of a `Writer.run` group: fn(txn) is its whole work."""
 
-    __slots__ = ("fn", "result", "refused")
+    __slots__ = ("fn", "count", "result", "refused")
 
-    def __init__(self, fn):
+    def __init__(self, fn, count: bool):
         self.fn = fn
+        self.count = count  # counted as a commit of writes (commit_seq, stats)
         self.result = None
         self.refused: KVStoreError | None = None
 
@@ -261,7 +262,7 @@ class Writer:
             self._wait(group)
         return wait
 
-    def run(self, fn):
+    def run(self, fn, *, count: bool = False):
         """Apply fn(txn) in the next commit, in order with every other group,
         and return its result once that commit is synced.
 
@@ -269,8 +270,10 @@ class Writer:
         handles): so that every write transaction is the writer's. fn must be
         repeatable (a commit is replayed after the map grows) and may raise
         `Refused` before writing to fail this call alone. Never call it from
-        a commit hook (the hook runs inside the commit it would wait for)."""
-        step = _Step(fn)
+        a commit hook (the hook runs inside the commit it would wait for).
+        count: the step writes records (kvstore load): its commit counts in
+        commit_seq and the stats like any other; metadata steps do not."""
+        step = _Step(fn, count)
         self.submit(ConditionalGroup([], True, 0, step))
         if step.refused is not None:
             raise step.refused
@@ -406,13 +409,16 @@ class Writer:
         """Write the groups into txn (run again from scratch after a map grow)."""
         half = ops // 2 if killpoints.armed else -1
         n = 0
+        counted = False  # a commit of metadata steps alone is not counted (commit_seq, stats)
         for g in groups:
             if g.before is not None:
                 g.before(txn)
             if g.condition is not None:
                 g.condition.apply(txn, g.ops)
                 n += len(g.ops)
+                counted = counted or type(g.condition) is not _Step or g.condition.count
                 continue
+            counted = True
             for _ns, dbi, key, record in g.ops:
                 if record is None:
                     txn.delete(key, db=dbi)
@@ -421,7 +427,7 @@ class Writer:
                 n += 1
                 if n == half:
                     killpoints.reached("mid-apply")
-        seq = self._env.bump_seq(txn)
+        seq = self._env.bump_seq(txn) if counted else 0
         if killpoints.armed:
             killpoints.reached("before-commit")
         return seq
@@ -458,7 +464,7 @@ class Writer:
                 if g.waiter is not None and not g.lead:
                     g.waiter.release()
                 callbacks = callbacks or g.callback is not None
-                if error is None:
+                if error is None and seq:
                     if g.durable:
                         self.durable_groups += 1
                         if g.callback is None:
@@ -466,7 +472,7 @@ class Writer:
                     else:
                         self.buffered_groups += 1
             self._in_flight_ops -= ops
-            if error is None:
+            if error is None and seq:
                 self.commits += 1
                 self.ops_committed += ops
                 self.bytes_in += bytes_in
@@ -584,6 +590,29 @@ class Writer:
         """Writes accepted and not yet committed (queued or being committed)."""
         with self._lock:
             return self._queued_ops + self._in_flight_ops
+
+    def stats(self) -> dict:
+        """This writer's counters, for Store.stats()."""
+        with self._lock:
+            times = sorted(self.commit_seconds)
+            out = {
+                "commits": self.commits,
+                "ops_committed": self.ops_committed,
+                "ops_per_commit": {"mean": self.ops_committed / self.commits if self.commits else 0.0,
+                                   "max": self.max_ops_in_commit},
+                "durable_groups": self.durable_groups,
+                "buffered_groups": self.buffered_groups,
+                "bytes_in": self.bytes_in,
+                "bytes_stored": self.bytes_stored,
+                "failed": repr(self._failed.cause) if self._failed is not None else None,
+                "pending": self._queued_ops + self._in_flight_ops,
+                "commit_seconds": {"p50": 0.0, "p99": 0.0},
+                "compression_ratio": self.bytes_stored / self.bytes_in if self.bytes_in else None,
+            }
+        if times:
+            out["commit_seconds"] = {"p50": times[len(times) // 2],
+                                     "p99": times[min(len(times) - 1, int(len(times) * 0.99))]}
+        return out
 
     def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
         """[(key, record-or-TOMBSTONE)] pending in namespace ns; only keys in

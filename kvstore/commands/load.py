@@ -392,7 +392,7 @@ class _Loader:
                 done.append(txn.put(key, record, db=dbi, overwrite=overwrite))
             return done
 
-        done = env.writer.run(write)  # a commit of the writer's, in order with any other
+        done = env.writer.run(write, count=True)  # a commit of the writer's, in order with any other
         for (namespace, _, _, _), put in zip(batch, done):
             if put:
                 self.loaded[namespace] += 1
@@ -458,7 +458,7 @@ def _merge_dictionaries(db, plan: Plan) -> set:
                 txn.put(key, _ID.pack(did), db=env.meta_db)
         return conflicts
 
-    conflicts = env.writer.run(merge)
+    conflicts = env.writer.run(merge, count=True)
     env.dicts.reload()
     return conflicts
 

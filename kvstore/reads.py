@@ -1,0 +1,466 @@
+"""The read paths of a store handle: get, get_many, in, len, expiry, scan.
+
+Every read looks in three places, in order: this process's pending writes
+(the writer's overlay: read-your-writes), the read cache (kvstore/cache.py:
+a value known current at LMDB's last commit), then LMDB, in a read
+transaction under the map lock. A value whose TTL has run out reads as
+missing wherever it is found.
+
+`Reads` is a mixin of `Store` (store.py), which gives it `_root` (the
+store's default handle: `_env`, the Environment of the path; `_codec`),
+`_ns` (the namespace), `_live_env()` (the environment, after checking the
+handle is open and reopening it after a fork), `_dbi(env, ns)` and
+`_writer(env)`. `get` and its cache protocol are kept flat on purpose: they
+are the hot path of every read.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import lmdb
+
+from . import ttl as _ttl
+from .cache import MISS, SKIP, STALE, Sentinel
+from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, dict_id, inner_record, parse_ttl, ttl_expired, wrap_ttl
+from .errors import CorruptionError, FormatError, translate
+from .layout import MAX_KEY_SIZE, check_bound, check_key, prefix_end
+from .writer import ConditionalGroup
+
+__all__ = ["Reads", "SCAN_CHUNK", "SCAN_FIRST_CHUNK"]
+
+SCAN_CHUNK = 256  # most keys read per read transaction in a scan
+SCAN_FIRST_CHUNK = 32  # the first chunk: a scan stopped early (the last 20 messages) reads little
+
+_MISSING = object()
+
+
+def _live(record, now: int | None = None) -> bool:
+    """Whether stored bytes (TTL prefix included) hold a value that has not
+    expired at now (ms; None: the clock's now). A damaged prefix counts as
+    live: presence needs no decoding (reading the value reports the damage)."""
+    if not len(record) or record[0] != TTL_VERSION:
+        return True
+    try:
+        return not ttl_expired(record, _ttl.now_ms() if now is None else now)
+    except CorruptionError:
+        return True
+
+
+class Reads:
+    """The read methods of Store and Namespace (see the module docstring)."""
+
+    __slots__ = ()
+
+    def _pending(self, env, key: bytes):
+        """(record-or-None,) if key has a pending write in this process, else None."""
+        writer = env.writer
+        if writer is not None:
+            pending = writer.overlay.get(self._ns)
+            if pending:
+                entry = pending.get(key)
+                if entry is not None:
+                    return (entry[1],)
+        return None
+
+    def _current(self, env, key: bytes):
+        """(stored bytes, txnid) of key: its pending write in this process
+        (txnid None), else a copy of what the database holds and the txnid
+        it was read at; (None, ...) when neither has it. Expiry unchecked."""
+        hit = self._pending(env, key)
+        if hit is not None:
+            return hit[0], None
+        dbi = self._dbi(env, self._ns)
+        if dbi is None:
+            return None, None
+
+        def read(txn):
+            record = txn.get(key, db=dbi)
+            return (None if record is None else bytes(record)), txn.id()
+
+        return env.read(read)
+
+    def _expired(self, key: bytes, record) -> bool:
+        """Whether a TTL record (stored bytes starting with TTL_VERSION) has
+        expired. CorruptionError naming the key if its prefix is damaged."""
+        try:
+            return parse_ttl(record)[0] <= _ttl.now_ms()
+        except CorruptionError as exc:
+            raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
+
+    def _decode(self, key: bytes, record):
+        """The value of stored bytes (its expiry, if any, is the caller's to check)."""
+        if record and record[0] == TTL_VERSION:
+            record = record[TTL_HEADER_SIZE:]
+        dicts = self._root._env.dicts
+        try:
+            return self._root._codec.decode(record, dictionaries=dicts.by_id)
+        except CorruptionError as exc:
+            did = dict_id(record)
+            if did and did not in dicts.by_id and did in dicts.for_decoding(did):
+                return self._decode(key, record)  # another process trained it meanwhile
+            raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
+        except FormatError as exc:
+            raise FormatError(f"key {key!r}: {exc}") from None
+
+    def get(self, key, default=None, *, refresh_ttl: bool = False):
+        """The value stored under key, or default (also once it has expired).
+
+        Served from the read cache when the cached value is known current
+        (kvstore/cache.py); a pending write of this process wins over both.
+
+        :param refresh_ttl: if the value has a TTL, push its expiry to now +
+            that TTL (a buffered write, applied only if the key still holds
+            this value then; skipped when it would move the expiry by less
+            than 1% of the TTL). Such reads use the read cache only for
+            values without a TTL. Needs a writable store.
+        :raises CorruptionError: the stored bytes are damaged (names the key)
+        """
+        if refresh_ttl:
+            return self._get_refreshing(key, default)
+        # The hot path of every cache hit: kept flat on purpose (what
+        # _live_env, _check_key and _pending do, inlined).
+        root = self._root
+        env = root._env
+        if self._closed or root._closed or env.forked:
+            env = self._live_env()
+        kind = type(key)
+        if kind is str:
+            try:
+                raw = key.encode()
+            except UnicodeEncodeError:
+                raw = b""
+            # a bad key raises InvalidKeyError naming the key as given
+            key = raw if 0 < len(raw) <= MAX_KEY_SIZE else check_key(key)
+        elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = check_key(key)
+        ns = self._ns
+        writer = env.writer
+        if writer is not None:
+            pending = writer.overlay.get(ns)
+            if pending:
+                entry = pending.get(key)
+                if entry is not None:
+                    record = entry[1]
+                    if record is None or (record[0] == TTL_VERSION and self._expired(key, record)):
+                        return default
+                    return self._decode(key, record)
+        cache = env.cache
+        cached = SKIP
+        if cache is not None:
+            cached = cache.lookup(ns, key, env.last_txnid.view)
+            if type(cached) is not Sentinel:
+                return cached
+        dbi = self._dbi(env, ns)
+        if dbi is None:
+            return default
+        lock = env.map_lock
+        lock.acquire_shared()
+        try:
+            txn = env.env.begin(db=dbi, buffers=True)
+            try:
+                record = txn.get(key)
+                if record and record[0] == TTL_VERSION and self._expired(key, record):
+                    record = None
+                if cached is SKIP:
+                    return default if record is None else self._decode(key, record)
+                txnid = txn.id()
+                if cached is STALE:
+                    value = cache.revalidate(ns, key, record, txnid)
+                    if value is not MISS:
+                        return value
+                if record is None:
+                    return default
+                value = self._decode(key, record)
+                cache.fill(ns, key, value, record, txnid)
+                return value
+            finally:
+                txn.abort()
+        except lmdb.MapResizedError:
+            pass
+        except lmdb.ReadersFullError as exc:
+            if not env.clear_stale_readers():
+                raise translate(exc, "reading") from None
+            return self.get(key, default)
+        except lmdb.Error as exc:
+            raise translate(exc, "reading") from None
+        finally:
+            lock.release_shared()
+        env.adopt_map_size()
+        return self.get(key, default)
+
+    def _get_refreshing(self, key, default):
+        """get(key, default, refresh_ttl=True): see get."""
+        env = self._live_env()
+        writer = self._writer(env)
+        key = check_key(key)
+        ns = self._ns
+        cache = env.cache
+        cached = SKIP
+        if cache is not None and self._pending(env, key) is None:
+            # A value cached, valid at the last commit and without a TTL
+            # has nothing to refresh: serve it.
+            cached = cache.lookup(ns, key, env.last_txnid.view, untimed_only=True)
+            if type(cached) is not Sentinel:
+                return cached
+        record, txnid = self._current(env, key)
+        if record is None:
+            return default
+        if not len(record) or record[0] != TTL_VERSION:
+            if txnid is None:  # a pending write
+                return self._decode(key, record)
+            if cached is STALE:
+                value = cache.revalidate(ns, key, record, txnid)
+                if value is not MISS:
+                    return value
+                cached = MISS
+            value = self._decode(key, record)
+            if cached is MISS:
+                cache.fill(ns, key, value, record, txnid)
+            return value
+        try:
+            expires, ttl_ms = parse_ttl(record)
+        except CorruptionError as exc:
+            raise CorruptionError(exc.reason, key=key, namespace=ns) from None
+        now = _ttl.now_ms()
+        if expires <= now:
+            return default
+        value = self._decode(key, record)
+        if now + ttl_ms - expires >= max(1, ttl_ms // 100):
+            refreshed = wrap_ttl(bytes(inner_record(record)), now + ttl_ms, ttl_ms)
+            writer.submit(ConditionalGroup([(ns, self._dbi(env, ns), key, refreshed)], False, len(refreshed),
+                                           _ttl.Refresh(env, [(record, txnid)])))
+        return value
+
+    def expiry(self, key) -> tuple[float, float] | None:
+        """(expires_at, ttl) of key's value: when it expires, in seconds on
+        time.time()'s scale, and the TTL it was written (or last refreshed)
+        with, in seconds. None when the value has no TTL.
+
+        :raises KeyError: no such key (or its value has expired)
+        """
+        env = self._live_env()
+        key = check_key(key)
+        record = self._current(env, key)[0]
+        if record is None:
+            raise KeyError(key)
+        if not len(record) or record[0] != TTL_VERSION:
+            return None
+        if self._expired(key, record):
+            raise KeyError(key)
+        expires, ttl_ms = parse_ttl(record)
+        return expires / 1000, ttl_ms / 1000
+
+    def get_many(self, keys: Iterable) -> list:
+        """Values of keys (None where missing), in the order given, from one snapshot."""
+        env = self._live_env()
+        keys = [check_key(k) for k in keys]
+        out = [None] * len(keys)
+        todo = []
+        for i, key in enumerate(keys):
+            hit = self._pending(env, key)
+            if hit is None:
+                todo.append(i)
+            elif hit[0] is not None and not (hit[0][0] == TTL_VERSION and self._expired(key, hit[0])):
+                out[i] = self._decode(key, hit[0])
+        ns = self._ns
+        dbi = self._dbi(env, ns)
+        if todo and dbi is not None:
+            codec = self._root._codec
+            cache = env.cache
+
+            def read(txn):
+                txnid = txn.id() if cache is not None else 0
+                found = []  # (index, record, fill it)
+                for i in todo:
+                    key = keys[i]
+                    cached = SKIP
+                    if cache is not None:
+                        # a hit must be valid at this snapshot exactly: the
+                        # values returned all come from one snapshot
+                        cached = cache.lookup_at(ns, key, txnid)
+                        if type(cached) is not Sentinel:
+                            out[i] = cached
+                            continue
+                    record = txn.get(key, db=dbi)
+                    if record and record[0] == TTL_VERSION and self._expired(key, record):
+                        record = None
+                    if cached is STALE:
+                        value = cache.revalidate(ns, key, record, txnid)
+                        if value is not MISS:
+                            out[i] = value
+                            continue
+                        cached = MISS
+                    if record is not None:
+                        found.append((i, record, cached is MISS))
+                records = [inner_record(r) for _, r, _ in found]
+                try:  # one call into the codec for the whole batch
+                    values = codec.decode_many(records, dictionaries=env.dicts.by_id)
+                except (CorruptionError, FormatError):
+                    values = [self._decode(keys[i], r) for i, r, _ in found]  # names the bad key
+                for (i, record, fill), value in zip(found, values):
+                    out[i] = value
+                    if fill:
+                        cache.fill(ns, keys[i], value, record, txnid)
+
+            env.read(read)
+        return out
+
+    def __getitem__(self, key):
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key) -> bool:
+        env = self._live_env()
+        key = check_key(key)
+        hit = self._pending(env, key)
+        if hit is not None:
+            return hit[0] is not None and _live(hit[0])
+        cache = env.cache
+        if cache is not None and cache.contains(self._ns, key, env.last_txnid.view):
+            return True
+        dbi = self._dbi(env, self._ns)
+        if dbi is None:
+            return False
+
+        def present(txn):
+            record = txn.get(key, db=dbi)
+            return record is not None and _live(record)
+
+        return env.read(present)
+
+    def __len__(self) -> int:
+        """The number of keys. O(1), except in a namespace that has held TTL
+        values: its records are counted one by one, skipping expired ones
+        (bench/bench_ttl.py measures it per record)."""
+        env = self._live_env()
+        dbi = self._dbi(env, self._ns)
+        pending = env.writer.snapshot(self._ns) if env.writer is not None else []
+        now = _ttl.now_ms()
+        if dbi is None:
+            return sum(1 for _, r in pending if r is not None and _live(r, now))
+        marker = _ttl.TTL_PREFIX + self._ns.encode("utf-8")
+
+        def count(txn):
+            if txn.get(marker, db=env.meta_db) is None:  # no TTL value in the namespace
+                n = txn.stat(dbi)["entries"]
+            else:
+                n = sum(1 for record in txn.cursor(db=dbi).iternext(keys=False) if _live(record, now))
+            for key, record in pending:
+                stored = txn.get(key, db=dbi)
+                n += (record is not None and _live(record, now)) - (stored is not None and _live(stored, now))
+            return n
+
+        return env.read(count)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.scan(keys_only=True)
+
+    def keys(self) -> Iterator[bytes]:
+        return self.scan(keys_only=True)
+
+    def items(self) -> Iterator[tuple[bytes, object]]:
+        return self.scan()
+
+    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False):
+        """Iterate (key, value) pairs (keys alone with keys_only) in key order.
+
+        :param prefix: only keys starting with it (bytes or str)
+        :param start: only keys >= start; :param stop: only keys < stop
+        :param reverse: descending order
+        Keys come back as bytes. The scan reads at most SCAN_CHUNK keys per
+        read transaction (fewer at first), so it never pins old pages for long:
+        each key is returned at most once, in order, with a value it held
+        during the scan; writes made while it runs may or may not be seen.
+        Pending writes of this process at the start of the scan are included.
+        """
+        env = self._live_env()
+        prefix = check_bound(prefix, "prefix")
+        lo, hi = check_bound(start, "start"), check_bound(stop, "stop")
+        if prefix:
+            lo = prefix if lo is None else max(lo, prefix)
+            end = prefix_end(prefix)
+            if end is not None:
+                hi = end if hi is None else min(hi, end)
+        return self._scan(env, lo, hi, bool(reverse), bool(keys_only))
+
+    def _scan(self, env, lo, hi, reverse, keys_only):
+        pending = []
+        if env.writer is not None:
+            pending = sorted(env.writer.snapshot(self._ns, lo, hi), reverse=reverse)
+        stored = self._scan_stored(env, lo, hi, reverse)
+        pi = 0
+        for key, record in stored:
+            while pi < len(pending) and (pending[pi][0] > key if reverse else pending[pi][0] < key):
+                yield from self._emit(pending[pi], keys_only)
+                pi += 1
+            if pi < len(pending) and pending[pi][0] == key:
+                yield from self._emit(pending[pi], keys_only)
+                pi += 1
+                continue
+            if record and record[0] == TTL_VERSION and self._gone(key, record, keys_only):
+                continue
+            yield key if keys_only else (key, self._decode(key, record))
+        while pi < len(pending):
+            yield from self._emit(pending[pi], keys_only)
+            pi += 1
+
+    def _emit(self, entry, keys_only):
+        key, record = entry
+        if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
+            yield key if keys_only else (key, self._decode(key, record))
+
+    def _gone(self, key, record, keys_only) -> bool:
+        """Whether a TTL record has expired; a damaged prefix raises, unless
+        only the key is wanted (presence needs no decoding)."""
+        return not _live(record) if keys_only else self._expired(key, record)
+
+    def _scan_stored(self, env, lo, hi, reverse):
+        """(key, record) pairs in the database, chunk by chunk."""
+        after = None  # last key returned
+        size = SCAN_FIRST_CHUNK
+        while True:
+            self._live_env()
+            dbi = self._dbi(env, self._ns)
+            if dbi is None:
+                return
+            chunk = env.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after, size))
+            yield from chunk
+            if len(chunk) < size:
+                return
+            after = chunk[-1][0]
+            size = min(2 * size, SCAN_CHUNK)
+
+    @staticmethod
+    def _read_chunk(txn, dbi, lo, hi, reverse, after, size) -> list:
+        cur = txn.cursor(db=dbi)
+        out = []
+        if not reverse:
+            first = after if after is not None else lo
+            ok = cur.set_range(first) if first is not None else cur.first()
+            if ok and after is not None and bytes(cur.key()) == after:
+                ok = cur.next()
+            while ok and len(out) < size:
+                key = bytes(cur.key())
+                if hi is not None and key >= hi:
+                    break
+                out.append((key, bytes(cur.value())))
+                ok = cur.next()
+        else:
+            top = after if after is not None else hi  # exclusive upper bound
+            if top is None:
+                ok = cur.last()
+            elif cur.set_range(top):
+                ok = cur.prev()
+            else:
+                ok = cur.last()
+            while ok and len(out) < size:
+                key = bytes(cur.key())
+                if lo is not None and key < lo:
+                    break
+                out.append((key, bytes(cur.value())))
+                ok = cur.prev()
+        return out
+
