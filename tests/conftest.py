@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-import crash_report
 import kvstore.codec
-import profiles  # registers and loads the hypothesis profile (HYPOTHESIS_PROFILE)
+from support import crash_report
+from support import profiles  # registers and loads the hypothesis profile (HYPOTHESIS_PROFILE)
 
 # The whole suite runs once per codec backend built here (test modules that
 # parametrise over the backends themselves are left alone).

@@ -1,8 +1,8 @@
 """Adapters between kvstore and agent frameworks.
 
-Each lives in its own module and imports its framework only when imported
-itself: `kvstore.integrations.langgraph` needs the `langgraph` extra
-(``pip install 'kvstore[langgraph]'``).
+Each lives in its own module or package and imports its framework only
+when imported itself: `kvstore.integrations.langgraph` needs the
+`langgraph` extra (``pip install 'kvstore[langgraph]'``).
 """
 
 __all__: list[str] = []

@@ -1,11 +1,11 @@
 """tests/property: crash, fault-injection and hostile-file properties.
 
 The hypothesis profiles (HYPOTHESIS_PROFILE=dev, the default, ci or deep:
-tests/profiles.py) and the counts printed at the end of the run
-(tests/crash_report.py) come from tests/conftest.py, which pytest loads
-first. This file only makes the shared helper modules of tests/
-(crash_driver.py, profiles.py, crash_report.py) importable from here (the
-test directories are not packages).
+tests/support/profiles.py) and the counts printed at the end of the run
+(tests/support/crash_report.py) come from tests/conftest.py, which pytest
+loads first. This file only makes the shared helpers of tests/support/
+(crash_driver, profiles, crash_report) importable from here as `support`
+(the test directories are not packages).
 """
 
 import os

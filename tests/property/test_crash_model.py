@@ -32,7 +32,7 @@ tiny (CACHE_VARIANTS), also after a caller mutates a value get returned and
 after another process's commits.
 
 A failing example prints the steps and a @reproduce_failure line (the
-hypothesis profiles of tests/profiles.py set print_blob).
+hypothesis profiles of tests/support/profiles.py set print_blob).
 """
 
 import atexit
@@ -44,9 +44,9 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import crash_report
 import kvstore
-from crash_driver import OtherWriter
+from support import crash_report
+from support.crash_driver import OtherWriter
 
 NAMESPACES = ["default", "episodes", "meta"]
 VALUES = st.recursive(

@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-import crash_report
 import kvstore
-from crash_driver import (LineLog, Log, check_owner, dump_stacks, kill, open_handles, read_everything,
-                          run_owner, start_child, verify_store, wait_for_line)
+from support import crash_report
+from support.crash_driver import (LineLog, Log, check_owner, dump_stacks, kill, open_handles, read_everything,
+                                  run_owner, start_child, verify_store, wait_for_line)
 
 NAMESPACES = ["default", "side"]
 

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kvstore
-from crash_driver import Prober
+from support.crash_driver import Prober
 
 PSIZE = 4096
 # Errors that describe a bad file (the class and a message naming the path).

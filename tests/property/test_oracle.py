@@ -1,7 +1,7 @@
 """The crash oracle can fail: damage a real store the way a broken engine
 would (an acknowledged write gone, half a batch gone, a value's bytes
-flipped, an old value back) and the checks of tests/crash_driver.py must
-say so, each with its own message.
+flipped, an old value back) and the checks of
+tests/support/crash_driver.py must say so, each with its own message.
 
 The damage is done with py-lmdb on the store's files, after the writer
 closed it. These checks' counts are kept out of the run's report
@@ -15,10 +15,10 @@ import time
 import lmdb
 import pytest
 
-import crash_report
 import kvstore
-from crash_driver import (LineLog, check_every_record, check_owner, open_handles, read_everything, run_owner,
-                          verify_store)
+from support import crash_report
+from support.crash_driver import (LineLog, check_every_record, check_owner, open_handles, read_everything,
+                                  run_owner, verify_store)
 
 NAMESPACES = ["default", "side"]
 

@@ -1,10 +1,10 @@
 """Real process crashes: writer processes SIGKILLed at random moments and at
 every named kill point; what survives is checked against their logs.
 
-Each child (tests/crash_driver.py) runs threads, each the only writer of
-its own keys, doing a seeded random mix of durable and buffered puts,
-deletes, put_many and batches (some aborted) in a few namespaces, and logs
-every call before it starts and after it returns. After the kill the
+Each child (tests/support/crash_driver.py) runs threads, each the only
+writer of its own keys, doing a seeded random mix of durable and buffered
+puts, deletes, put_many and batches (some aborted) in a few namespaces, and
+logs every call before it starts and after it returns. After the kill the
 parent reopens the store and checks, for every thread (crash_driver.check_owner):
 
 - every acknowledged durable write is there with its value, unless a later
@@ -23,10 +23,11 @@ parent reopens the store and checks, for every thread (crash_driver.check_owner)
   reader) reads the previous snapshot until the next writer recovers the
   lock. No writer of that commit was acknowledged, so no guarantee breaks.
 
-How many trials run is the profile's (tests/profiles.py: HYPOTHESIS_PROFILE
-dev, ci or deep); reproduce a failure with its seed: the test id carries it,
-and KVSTORE_CRASH_SEEDS=a,b,c runs those seeds. Each SIGKILLed writer is
-counted as a crash trial (tests/crash_report.py).
+How many trials run is the profile's (tests/support/profiles.py:
+HYPOTHESIS_PROFILE dev, ci or deep); reproduce a failure with its seed: the
+test id carries it, and KVSTORE_CRASH_SEEDS=a,b,c runs those seeds. Each
+SIGKILLed writer is counted as a crash trial
+(tests/support/crash_report.py).
 """
 
 import os
@@ -38,11 +39,10 @@ import warnings
 
 import pytest
 
-import crash_report
 import kvstore
-import profiles
-from crash_driver import (Log, check_every_record, check_owner, dump_stacks, kill, lmdb_state, read_everything, seed_dictionaries,
-                          start_child, verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
+from support import crash_report, profiles
+from support.crash_driver import (Log, check_every_record, check_owner, dump_stacks, kill, lmdb_state, read_everything,
+                                  seed_dictionaries, start_child, verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
 
 NAMESPACES = ["default", "side", "third"]
 

@@ -43,9 +43,9 @@ import threading
 import time
 import zlib
 
-import crash_report
+from . import crash_report
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---------------------------------------------------------------- values
 
@@ -339,7 +339,7 @@ def lmdb_state(path: str) -> str:
 # SIGUSR1 makes a child print every thread's stack to its stderr (a hang's post-mortem).
 CHILD_CODE = (
     "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
-    "sys.path.insert(0, {tests!r}); import crash_driver; crash_driver.child_main(sys.argv[1])"
+    "sys.path.insert(0, {tests!r}); from support import crash_driver; crash_driver.child_main(sys.argv[1])"
 )
 
 
@@ -764,7 +764,8 @@ def probe_open(req: dict) -> dict:
 _PROBE_SERVER = r'''
 import json, os, signal, sys, time
 sys.path.insert(0, {tests!r})
-import crash_driver, kvstore
+import kvstore
+from support import crash_driver
 for line in sys.stdin:
     req = json.loads(line)
     r, w = os.pipe()

@@ -9,7 +9,7 @@ The counters only report. The properties behind "writes lost", "partial
 batches seen" and "checksum failures" are asserted by the tests that count
 them: a count above 0 comes with a failed test.
 
-    python tests/crash_report.py FILE    # the totals of every run recorded in FILE
+    python tests/support/crash_report.py FILE    # the totals of every run recorded in FILE
 """
 
 from __future__ import annotations
@@ -121,5 +121,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""What KVStoreSaver and KVStore share: their kvstore handles, how they
+write, closing a store they opened themselves, and the NUL that joins the
+parts of their keys. Needs no LangGraph."""
+
+from __future__ import annotations
+
+from ...aio import AsyncStore
+from ...errors import InvalidArgumentError
+from ...store import Store, open as _open_store
+
+_SEP = "\x00"
+
+
+def _langgraph_missing(exc: ImportError) -> ImportError:
+    """The error of importing kvstore.integrations.langgraph without LangGraph."""
+    return ImportError(
+        f"kvstore.integrations.langgraph needs LangGraph ({exc}); install it with "
+        f"pip install 'kvstore[langgraph]'")
+
+
+def _apply(batch, ops: list) -> None:
+    """Fill a kvstore Batch or AsyncBatch with ops: [(namespace, key, value or
+    None to delete[, ttl in seconds, as for kvstore's put])]."""
+    for ns, key, value, *ttl in ops:
+        if value is None:
+            batch.delete(key, namespace=ns)
+        else:
+            batch.put(key, value, namespace=ns, ttl=ttl[0] if ttl else None)
+
+
+class _Owner:
+    """What the saver and the store share: the kvstore handles, how they write,
+    and closing a store they opened themselves."""
+
+    def _attach(self, db, durable: bool) -> Store:
+        if isinstance(db, AsyncStore):
+            db = db.store
+        if not isinstance(db, Store):
+            raise InvalidArgumentError(
+                f"{type(self).__name__} takes an open kvstore store (kvstore.open() or "
+                f"kvstore.aio.open()), not {type(db).__name__}; or use {type(self).__name__}"
+                f".from_path(path)")
+        self._db = db
+        self._adb = AsyncStore(db)
+        self._durable = bool(durable)
+        self._owned = False
+        return db
+
+    @property
+    def db(self) -> Store:
+        """The kvstore store this object reads and writes."""
+        return self._db
+
+    def _write(self, ops: list) -> None:
+        if ops:
+            with self._db.batch(self._durable) as batch:
+                _apply(batch, ops)
+
+    async def _awrite(self, ops: list) -> None:
+        if ops:
+            async with self._adb.abatch(self._durable) as batch:
+                _apply(batch, ops)
+
+    @classmethod
+    def _from_path(cls, path, options: dict, **kwargs):
+        db = _open_store(path, **options)
+        try:
+            owner = cls(db, **kwargs)
+        except BaseException:
+            db.close()
+            raise
+        owner._owned = True
+        return owner
+
+    def close(self) -> None:
+        """Close the store if it was opened by from_path() (committing pending writes)."""
+        if self._owned:
+            self._db.close()
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._adb.aclose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
