@@ -401,7 +401,7 @@ class Writer:
                 self._queued_durable += durable
                 self._in_flight_ops -= ops
             raise
-        if killpoints.armed:
+        if killpoints.armed and seq:
             killpoints.reached("after-commit")
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
@@ -428,7 +428,7 @@ class Writer:
                 if n == half:
                     killpoints.reached("mid-apply")
         seq = self._env.bump_seq(txn) if counted else 0
-        if killpoints.armed:
+        if killpoints.armed and seq:  # kill points count commits of writes, not of metadata steps
             killpoints.reached("before-commit")
         return seq
 
