@@ -29,12 +29,18 @@ import zstandard
 from .codec.dictionary import Dictionary
 from .errors import KVStoreError
 from .layout import CURRENT_PREFIX, DICT_PREFIX
+from .validate import check_count
 
 __all__ = ["Dictionaries", "DEFAULT_DICT_SIZE", "DEFAULT_SAMPLES"]
 
 DEFAULT_DICT_SIZE = 110 * 1024  # zstd's own default; measured: 0.56 of msgpack size on the corpus
 DEFAULT_SAMPLES = 5000
 MIN_SAMPLES = 20
+# zstd's trainer: a dictionary is at least ZDICT_DICTSIZE_MIN (256) bytes;
+# it allocates dict_size up front, and a dictionary of more than 1 GiB is
+# never worth it (the default is 110 KiB).
+MIN_DICT_SIZE = 256
+MAX_DICT_SIZE = 1 << 30
 RECHECK_SECONDS = 5.0
 _ID = struct.Struct(">I")
 
@@ -128,8 +134,8 @@ class Dictionaries:
 
         serialize(record) -> the record's serialized (uncompressed) bytes.
         """
-        if samples < MIN_SAMPLES:
-            raise ValueError(f"samples must be at least {MIN_SAMPLES}, not {samples}")
+        samples = check_count(samples, "samples", "train_dictionary", MIN_SAMPLES)
+        dict_size = check_count(dict_size, "dict_size", "train_dictionary", MIN_DICT_SIZE, MAX_DICT_SIZE)
 
         def sample(txn):
             n = txn.stat(dbi)["entries"]
@@ -146,12 +152,22 @@ class Dictionaries:
             raise KVStoreError(
                 f"namespace {namespace!r} holds {len(records)} values; a dictionary needs at least "
                 f"{MIN_SAMPLES} (a few thousand give the best ratio)")
-        payloads = [serialize(r) for r in records]
+        # zstd refuses to train on empty samples ("Src size is incorrect"):
+        # empty values carry nothing to learn, leave them out and count the rest.
+        payloads = [p for p in map(serialize, records) if len(p)]
+        if len(payloads) < MIN_SAMPLES:
+            raise KVStoreError(
+                f"namespace {namespace!r}: {len(payloads)} of the {len(records)} values sampled are "
+                f"not empty; a dictionary needs at least {MIN_SAMPLES} non-empty values (a few "
+                f"thousand give the best ratio): store more values, or pass a larger samples")
         try:
             trained = zstandard.train_dictionary(dict_size, payloads)
-        except zstandard.ZstdError as exc:
-            raise KVStoreError(f"zstd could not train a dictionary on namespace {namespace!r}: {exc}; "
-                               f"try more samples or a smaller dict_size") from None
+        except (zstandard.ZstdError, MemoryError) as exc:
+            raise KVStoreError(
+                f"zstd could not train a dictionary of {dict_size} bytes on {len(payloads)} values "
+                f"({sum(map(len, payloads))} bytes) of namespace {namespace!r}: {exc}; it needs at "
+                f"least {MIN_SAMPLES} values, a few thousand give the best ratio: store more values, "
+                f"pass a larger samples, or a smaller dict_size") from None
         data = trained.as_bytes()
         doc = msgpack.packb({"namespace": namespace, "created": time.time(), "samples": len(payloads),
                              "data": data}, use_bin_type=True)

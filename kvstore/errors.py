@@ -22,6 +22,7 @@ __all__ = [
     "ReadOnlyError",
     "StoreClosedError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "NotSupportedError",
     # -- opening a store
     "FormatError",
@@ -82,6 +83,13 @@ class InvalidArgumentError(KVStoreError, ValueError):
     """An argument kvstore cannot use: the wrong kind of object, or a value
     outside what the call accepts (a LangGraph config without a thread_id,
     an unknown prune strategy, a search filter operator it does not know)."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of a type the call does not take (a str where a count is
+    wanted, None where an iterable of keys is). Also a builtin ``TypeError``,
+    which is what Python itself raises for the wrong type, and an
+    `InvalidArgumentError` (so a ``ValueError``)."""
 
 
 class NotSupportedError(KVStoreError, NotImplementedError):
