@@ -19,6 +19,7 @@ LMDB allows an environment to be opened only once per process, so every
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -369,6 +370,9 @@ class Environment:
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise ReadOnlyError(f"cannot create the store directory {path!r}: the file system is "
+                                    f"read-only; create the store on a writable one") from None
             raise StoreNotFoundError(f"cannot create the store directory {path!r}: {exc}") from None
         try:
             return lmdb.open(
@@ -386,6 +390,11 @@ class Environment:
                 lock=True,
             )
         except lmdb.Error as exc:
+            if str(exc).endswith(os.strerror(errno.EROFS)):
+                raise ReadOnlyError(
+                    f"cannot open {path!r} for writing: it is on a read-only file system ({exc}); "
+                    f"open it with readonly=True, or remount the file system read-write"
+                ) from None
             if isinstance(exc, lmdb.ReadonlyError) or "Permission denied" in str(exc):
                 raise ReadOnlyError(
                     f"cannot open {path!r} for writing ({exc}); open it with readonly=True"
@@ -490,7 +499,7 @@ class Environment:
                     raise translate(exc, doing) from None
                 retry = None
             except lmdb.Error as exc:
-                raise translate(exc, doing) from None
+                raise translate(exc, doing, self.path) from None
             finally:
                 self.map_lock.release_shared()
             if retry is not None:
