@@ -20,6 +20,7 @@ LMDB allows an environment to be opened only once per process, so every
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import struct
@@ -31,6 +32,7 @@ from .errors import (
     FormatError,
     KVStoreError,
     InvalidNamespaceError,
+    LockFileReplacedError,
     MapFullError,
     NamespaceLimitError,
     ReadOnlyError,
@@ -117,6 +119,73 @@ class MapLock:
         with self._cond:
             self._resizing = False
             self._cond.notify_all()
+
+
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
+
+
+def _locked_by_others(fd: int) -> bool:
+    """Does another open file (any process) hold a lock on byte 0 of fd's
+    file? The OFD lock query asks without taking anything."""
+    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
+    except (OSError, AttributeError):
+        return False  # no OFD locks here: nothing to tell
+    return _FLOCK.unpack(answer)[0] != fcntl.F_UNLCK
+
+
+def _check_lock_file_in_use(path: str) -> None:
+    """Refuse to open beside processes that still use a deleted or replaced
+    lock.mdb. Every kvstore process with the store open holds a read lock
+    on data.mdb (`_hold_data_file`), taken after LMDB's own lock on
+    lock.mdb; LMDB holds its lock on byte 0 of lock.mdb while the
+    environment is open. So when data.mdb is held and lock.mdb is missing or
+    nobody holds it, the holders use another lock file, and LMDB would give
+    this process a fresh one: two writers, each holding "the" write lock."""
+    data_path = os.path.join(path, "data.mdb")
+    try:
+        fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if not _locked_by_others(fd):
+            return
+    finally:
+        os.close(fd)
+    lock_path = os.path.join(path, "lock.mdb")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        fd = None
+    except OSError:
+        return
+    if fd is not None:
+        try:
+            if _locked_by_others(fd):
+                return
+        finally:
+            os.close(fd)  # this process holds no lock on it: no environment of its own there
+    raise LockFileReplacedError(
+        f"{lock_path} was deleted or replaced while other processes have the store open with the "
+        f"old one; opening it now would let two writers overwrite each other's commits. Those "
+        f"processes refuse to write now: close every process using {path!r}, then open it again"
+    )
+
+
+def _hold_data_file(path: str):
+    """A read lock on byte 0 of data.mdb, held while the environment is open
+    (see _check_lock_file_in_use); its descriptor, or None."""
+    try:
+        fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 1, 0))
+    except (OSError, AttributeError):
+        os.close(fd)
+        return None
+    return fd
 
 
 def check_namespace_name(name) -> bytes:
@@ -329,6 +398,8 @@ class Environment:
         self._dbis: dict[str, object] = {}  # name -> LMDB handle; guarded by _dbi_lock
         self._dbi_lock = threading.Lock()
         self.writer = None  # set by the store when writable (kvstore.writer.Writer)
+        self._data_lock_fd = None  # _hold_data_file; set by _open
+        self._lock_file_id = None  # (st_dev, st_ino) of lock.mdb at open; set by _open
         self.env = self._open()
         self.cache = None
         self.last_txnid = None
@@ -344,6 +415,7 @@ class Environment:
             self._allocated = (os.path.getsize(os.path.join(path, "data.mdb"))
                                if options.preallocate and not options.readonly else -1)
         except BaseException:
+            self._release_data_file()
             self.env.close()
             raise
 
@@ -374,8 +446,9 @@ class Environment:
                 raise ReadOnlyError(f"cannot create the store directory {path!r}: the file system is "
                                     f"read-only; create the store on a writable one") from None
             raise StoreNotFoundError(f"cannot create the store directory {path!r}: {exc}") from None
+        _check_lock_file_in_use(path)
         try:
-            return lmdb.open(
+            env = lmdb.open(
                 path,
                 map_size=opts.map_size,
                 subdir=True,
@@ -400,6 +473,40 @@ class Environment:
                     f"cannot open {path!r} for writing ({exc}); open it with readonly=True"
                 ) from None
             raise translate(exc, f"opening {path!r}") from None
+        # After LMDB's lock on lock.mdb, so that whoever holds data.mdb holds
+        # lock.mdb too (_check_lock_file_in_use).
+        self._data_lock_fd = _hold_data_file(path)
+        if not opts.readonly:
+            try:
+                st = os.stat(os.path.join(path, "lock.mdb"))
+                self._lock_file_id = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        return env
+
+    def _check_lock_file(self, doing: str) -> None:
+        """In a write transaction: refuse to write when lock.mdb is no longer
+        the file this environment locks (deleted or replaced since the open):
+        LMDB's write lock then keeps nobody out."""
+        try:
+            st = os.stat(os.path.join(self.path, "lock.mdb"))
+            if (st.st_dev, st.st_ino) == self._lock_file_id:
+                return
+            what = "replaced by another file"
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError:
+            return
+        raise LockFileReplacedError(
+            f"{doing}: {os.path.join(self.path, 'lock.mdb')} was {what} while the store was open, so "
+            f"its write lock no longer keeps other processes out; nothing of this was written and "
+            f"the store takes no more writes: close every process using {self.path!r}, then reopen it"
+        )
+
+    def _release_data_file(self) -> None:
+        fd, self._data_lock_fd = self._data_lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _init_meta(self):
         env = self.env
@@ -484,6 +591,8 @@ class Environment:
             try:
                 txn = self.env.begin(write=True)
                 try:
+                    if self._lock_file_id is not None:
+                        self._check_lock_file(doing)
                     result = fn(txn)
                     txn.commit()
                     return result
@@ -725,6 +834,7 @@ class Environment:
             return
         if self.last_txnid is not None:
             self.last_txnid.close()
+        self._release_data_file()  # before LMDB lets go of lock.mdb: see _check_lock_file_in_use
         self.map_lock.acquire_exclusive()
         try:
             self.env.close()
@@ -798,6 +908,9 @@ def _after_fork_in_child() -> None:
     _held_for_fork.clear()
     for env in _registry.values():
         env.forked = True
+        if env._data_lock_fd is not None:
+            os.close(env._data_lock_fd)  # the parent's lock stays: its own descriptor holds it
+            env._data_lock_fd = None
     _registry.clear()
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "NamespaceLimitError",
     "ReadersFullError",
     "StoreFailedError",
+    "LockFileReplacedError",
     "TimeoutError",
     "translate",
 ]
@@ -157,6 +158,14 @@ class StoreFailedError(KVStoreError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.cause))
+
+
+class LockFileReplacedError(StoreFailedError):
+    """The store's lock file (lock.mdb) was deleted or replaced while the
+    store was open, so LMDB's write lock no longer keeps other processes'
+    writers out: a write raises this before it writes anything, and an open
+    beside processes that still use the old lock file raises it too. Close
+    every process using the store, then reopen it."""
 
 
 class TimeoutError(KVStoreError, builtins.TimeoutError):

@@ -3,15 +3,159 @@ file system that refuses writes (issue 21, findings 4, 5, 6a-c).
 
 Real processes, real LMDB files, real tmpfs mounts."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 import kvstore
-from kvstore.errors import ReadOnlyError, StoreFailedError
+from kvstore.errors import LockFileReplacedError, ReadOnlyError, StoreFailedError
+
+# A process that keeps a store open and runs the commands it is sent, one
+# JSON line each; it answers one JSON line per command.
+CHILD = textwrap.dedent("""
+    import json, sys
+    import kvstore
+    db = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd[0] == "open":
+                db = kvstore.open(cmd[1])
+                out = ["ok"]
+            elif cmd[0] == "put":
+                db.put(cmd[1], cmd[2], durable=True)
+                out = ["ok"]
+            elif cmd[0] == "get":
+                out = ["ok", db.get(cmd[1])]
+            elif cmd[0] == "close":
+                db.close()
+                out = ["ok"]
+        except Exception as exc:
+            out = ["error", type(exc).__name__, str(exc), isinstance(exc, kvstore.KVStoreError)]
+        print(json.dumps(out), flush=True)
+""")
+
+
+class Child:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, *cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the child died"
+        return json.loads(line)
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def children():
+    made = []
+
+    def make():
+        made.append(Child())
+        return made[-1]
+
+    yield make
+    for c in made:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait(30)
+
+
+# ---------------------------------------------------------------- 4: lock.mdb deleted
+
+
+def test_a_deleted_lock_file_stops_other_openers_and_the_old_holder(tmp_path, children):
+    assert issubclass(LockFileReplacedError, StoreFailedError) and kvstore.LockFileReplacedError
+    path = str(tmp_path / "store")
+    first = children()
+    assert first("open", path) == ["ok"]
+    for i in range(5):
+        assert first("put", f"k{i}", i) == ["ok"]
+    os.unlink(os.path.join(path, "lock.mdb"))
+
+    # A second kvstore process would create a fresh lock.mdb and write
+    # beside the first one: refused, writing nothing.
+    second = children()
+    answer = second("open", path)
+    assert answer[:2] == ["error", "LockFileReplacedError"], answer
+    assert answer[3] and "close every process" in answer[2]
+    assert not os.path.exists(os.path.join(path, "lock.mdb"))
+
+    # The first one notices before its next write, and writes nothing.
+    answer = first("put", "after", 1)
+    assert answer[:2] == ["error", "LockFileReplacedError"], answer
+    assert "deleted" in answer[2] and "reopen" in answer[2]
+    assert first("put", "after2", 1)[0] == "error"  # stays refused
+    assert first("get", "k4") == ["ok", 4]  # reads go on
+    first("close")
+    first.stop()
+    second.stop()
+
+    with kvstore.open(path) as db:
+        assert {k: db.get(k) for k in [f"k{i}" for i in range(5)]} == {f"k{i}": i for i in range(5)}
+        assert db.get("after") is None and db.get("after2") is None
+        db.put("reopened", 1, durable=True)
+
+
+def test_a_lock_file_replaced_by_another_lmdb_program_stops_the_old_holder(tmp_path, children):
+    """Another LMDB program (or an older kvstore) opens the store after
+    lock.mdb was deleted and gets a fresh lock file; the kvstore process
+    that holds the old one must not write beside it."""
+    path = str(tmp_path / "store")
+    first = children()
+    assert first("open", path) == ["ok"]
+    assert first("put", "acked", "yes") == ["ok"]
+    os.unlink(os.path.join(path, "lock.mdb"))
+    other = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import lmdb, sys
+            env = lmdb.open({path!r}, max_dbs=10)
+            print("open", flush=True)
+            sys.stdin.read()
+            env.close()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "open\n"
+        assert os.path.exists(os.path.join(path, "lock.mdb"))
+        answer = first("put", "late", 1)
+        assert answer[:2] == ["error", "LockFileReplacedError"], answer
+        assert "replaced" in answer[2]
+    finally:
+        other.stdin.close()
+        other.wait(30)
+    first("close")
+    first.stop()
+    with kvstore.open(path) as db:
+        assert db.get("acked") == "yes" and db.get("late") is None
+
+
+def test_cost_of_the_lock_file_check_per_commit(tmp_path):
+    """The check is one stat() inside each write transaction: report it."""
+    path = str(tmp_path / "store")
+    with kvstore.open(path):
+        from kvstore import environment
+
+        env = next(e for e in environment.all_open() if e.path == os.path.realpath(path))
+        n = 20000
+        started = time.perf_counter()
+        for _ in range(n):
+            env._check_lock_file("measuring")
+        per_check = (time.perf_counter() - started) / n
+        print(f"lock-file check: {per_check * 1e6:.2f} us per commit")
+        assert per_check < 50e-6
+
 
 # ---------------------------------------------------------------- 6b, 6c: file systems
 
