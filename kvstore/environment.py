@@ -24,6 +24,7 @@ import fcntl
 import os
 import stat
 import struct
+import tempfile
 import threading
 
 import lmdb
@@ -119,6 +120,89 @@ class MapLock:
         with self._cond:
             self._resizing = False
             self._cond.notify_all()
+
+
+def _check_empty_data_file(path: str, readonly: bool) -> None:
+    """Refuse an empty data.mdb that once held a store.
+
+    LMDB takes an empty data file for a new environment and would create an
+    empty store over it. kvstore's own creation can leave one (a crash after
+    LMDB created the file, before it wrote the meta pages), and then lock.mdb
+    says no transaction ever committed (its txnid is 0). A lock file that
+    counts commits means the data file was emptied or replaced."""
+    data_path = os.path.join(path, "data.mdb")
+    try:
+        st = os.stat(data_path)
+    except OSError:
+        return  # check_data_file says what is wrong with it, if anything
+    if not stat.S_ISREG(st.st_mode) or st.st_size:
+        return
+    lock_path = os.path.join(path, "lock.mdb")
+    txnid = _lock_file_txnid(lock_path)
+    if txnid:
+        # A creator in another process writes the meta pages before it
+        # commits: a data file still empty after a commit was counted is one
+        # that lost them.
+        try:
+            if os.path.getsize(data_path):
+                return
+        except OSError:
+            return
+        raise FormatError(
+            f"{data_path} is empty, but {lock_path} records {txnid} commits to it: the data file "
+            f"was truncated or replaced, and opening it would start a new, empty store in its "
+            f"place; restore {data_path} from a backup (or delete both files to start afresh)"
+        )
+    if readonly:
+        raise StoreNotFoundError(f"no kvstore store at {path!r} yet: {data_path} is empty (a store "
+                                 f"whose creation did not finish); open it writable to create it")
+
+
+def _lock_file_txnid(lock_path: str) -> int:
+    """The last txnid LMDB's lock file holds (MDB_txninfo.mti_txnid), 0 when
+    there is no lock file or it is not one this LMDB writes."""
+    try:
+        with open(lock_path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return 0
+    if len(head) < 8 or struct.unpack_from("<I", head)[0] != 0xBEEFC0DE:
+        return 0
+    offset = _lock_txnid_offset()
+    if offset < 0 or len(head) < offset + 8:
+        return 0
+    return _TXNID.unpack_from(head, offset)[0]
+
+
+_TXNID = struct.Struct("<Q")
+_txnid_offset = None  # where mti_txnid is in lock.mdb; -1: unknown
+
+
+def _lock_txnid_offset() -> int:
+    """Where this LMDB build keeps mti_txnid in lock.mdb. It follows a
+    pthread mutex whose size depends on the platform, so it is found once
+    per process on a scratch environment: the one 8-byte field that counts
+    its commits."""
+    global _txnid_offset
+    if _txnid_offset is None:
+        found = None
+        try:
+            with tempfile.TemporaryDirectory(prefix="kvstore-lock-layout-") as tmp:
+                scratch = lmdb.open(tmp, map_size=MiB, sync=False, metasync=False)
+                try:
+                    for n in (1, 2, 3):
+                        with scratch.begin(write=True) as txn:
+                            txn.put(b"n", b"%d" % n)
+                        with open(os.path.join(tmp, "lock.mdb"), "rb") as f:
+                            head = f.read(256)
+                        at = {o for o in range(8, len(head) - 7, 8) if _TXNID.unpack_from(head, o)[0] == n}
+                        found = at if found is None else found & at
+                finally:
+                    scratch.close()
+        except (OSError, lmdb.Error):
+            found = None
+        _txnid_offset = min(found) if found and len(found) == 1 else -1
+    return _txnid_offset
 
 
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
@@ -438,6 +522,7 @@ class Environment:
                     f"{path!r} is a directory holding other files ({', '.join(sorted(extra)[:3])}) "
                     f"and no store; give kvstore.open() a new or empty directory"
                 )
+        _check_empty_data_file(path, opts.readonly)
         check_data_file(path)
         try:
             os.makedirs(path, exist_ok=True)

@@ -10,10 +10,11 @@ import sys
 import textwrap
 import time
 
+import lmdb
 import pytest
 
 import kvstore
-from kvstore.errors import LockFileReplacedError, ReadOnlyError, StoreFailedError
+from kvstore.errors import FormatError, LockFileReplacedError, ReadOnlyError, StoreFailedError, StoreNotFoundError
 
 # A process that keeps a store open and runs the commands it is sent, one
 # JSON line each; it answers one JSON line per command.
@@ -155,6 +156,39 @@ def test_cost_of_the_lock_file_check_per_commit(tmp_path):
         per_check = (time.perf_counter() - started) / n
         print(f"lock-file check: {per_check * 1e6:.2f} us per commit")
         assert per_check < 50e-6
+
+
+# ---------------------------------------------------------------- 5: data.mdb emptied
+
+
+def test_an_emptied_data_file_is_refused_not_recreated(tmp_path):
+    path = str(tmp_path / "store")
+    with kvstore.open(path) as db:
+        db.put_many({f"k{i}": i for i in range(300)}, durable=True)
+    data = os.path.join(path, "data.mdb")
+    os.truncate(data, 0)
+    for readonly in (False, True):
+        with pytest.raises(FormatError, match="data.mdb is empty") as info:
+            kvstore.open(path, readonly=readonly)
+        assert "backup" in str(info.value)
+        assert os.path.getsize(data) == 0  # nothing was created over it
+
+
+def test_an_empty_data_file_left_by_an_unfinished_creation_still_creates(tmp_path):
+    """LMDB created lock.mdb and an empty data.mdb, then the creator died
+    before writing the meta pages: no commit was ever counted, so it is a
+    new store."""
+    path = str(tmp_path / "store")
+    os.mkdir(path)
+    env = lmdb.open(path)  # a lock file that saw no commit (txnid 0)
+    env.close()
+    os.truncate(os.path.join(path, "data.mdb"), 0)
+    with pytest.raises(StoreNotFoundError, match="empty"):
+        kvstore.open(path, readonly=True)
+    with kvstore.open(path) as db:
+        db.put("a", 1, durable=True)
+    with kvstore.open(path, readonly=True) as db:
+        assert db.get("a") == 1
 
 
 # ---------------------------------------------------------------- 6b, 6c: file systems
