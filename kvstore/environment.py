@@ -516,7 +516,8 @@ class Environment:
                 raise StoreNotFoundError(f"no kvstore store at {path!r} (opened with readonly=True, "
                                          f"which never creates one)")
         elif os.path.isdir(path) and not os.path.exists(data):
-            extra = [n for n in os.listdir(path) if n != "lock.mdb"]
+            # LMDB's own files: another process may be creating the store
+            extra = [n for n in os.listdir(path) if n not in ("lock.mdb", "data.mdb")]
             if extra:
                 raise FormatError(
                     f"{path!r} is a directory holding other files ({', '.join(sorted(extra)[:3])}) "

@@ -191,6 +191,40 @@ def test_an_empty_data_file_left_by_an_unfinished_creation_still_creates(tmp_pat
         assert db.get("a") == 1
 
 
+# ---------------------------------------------------------------- 6a: creating at once
+
+
+CREATOR = textwrap.dedent("""
+    import sys, time
+    import kvstore
+    base, rounds, start, me = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    failures = []
+    for r in range(rounds):
+        delay = start + r * 0.04 - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            with kvstore.open(f"{base}/s{r}") as db:
+                db.put(me, r, durable=True)
+        except Exception as exc:
+            failures.append(f"round {r}: {type(exc).__name__}: {exc}")
+    print("\\n".join(failures))
+""")
+
+
+def test_processes_creating_the_same_store_at_once(tmp_path):
+    base = str(tmp_path)
+    rounds, nproc = 60, 4
+    start = time.time() + 1.5  # the processes start together, then every 40 ms
+    procs = [subprocess.Popen([sys.executable, "-c", CREATOR, base, str(rounds), str(start), f"p{i}"],
+                              stdout=subprocess.PIPE, text=True) for i in range(nproc)]
+    failures = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert not any(failures), failures
+    for r in range(rounds):
+        with kvstore.open(f"{base}/s{r}", readonly=True) as db:
+            assert {db.get(f"p{i}") for i in range(nproc)} == {r}
+
+
 # ---------------------------------------------------------------- 6b, 6c: file systems
 
 
