@@ -516,8 +516,12 @@ class Environment:
                 raise StoreNotFoundError(f"no kvstore store at {path!r} (opened with readonly=True, "
                                          f"which never creates one)")
         elif os.path.isdir(path) and not os.path.exists(data):
-            # LMDB's own files: another process may be creating the store
-            extra = [n for n in os.listdir(path) if n not in ("lock.mdb", "data.mdb")]
+            # lock.mdb is LMDB's; so is a data.mdb that appeared since the
+            # check above: another process creating the store (check_data_file
+            # looks at it next). A dangling data.mdb symlink is not.
+            extra = [n for n in os.listdir(path) if n != "lock.mdb"]
+            if extra == ["data.mdb"] and os.path.exists(data):
+                extra = []
             if extra:
                 raise FormatError(
                     f"{path!r} is a directory holding other files ({', '.join(sorted(extra)[:3])}) "
