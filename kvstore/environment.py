@@ -26,6 +26,7 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 
 import lmdb
 
@@ -208,14 +209,15 @@ def _lock_txnid_offset() -> int:
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 
 
-def _locked_by_others(fd: int) -> bool:
+def _locked_by_others(fd: int):
     """Does another open file (any process) hold a lock on byte 0 of fd's
-    file? The OFD lock query asks without taking anything."""
+    file? The OFD lock query asks without taking anything. None: no OFD
+    locks here, nothing to tell."""
     query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
     try:
         answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
     except (OSError, AttributeError):
-        return False  # no OFD locks here: nothing to tell
+        return None
     return _FLOCK.unpack(answer)[0] != fcntl.F_UNLCK
 
 
@@ -223,38 +225,45 @@ def _check_lock_file_in_use(path: str) -> None:
     """Refuse to open beside processes that still use a deleted or replaced
     lock.mdb. Every kvstore process with the store open holds a read lock
     on data.mdb (`_hold_data_file`), taken after LMDB's own lock on
-    lock.mdb; LMDB holds its lock on byte 0 of lock.mdb while the
-    environment is open. So when data.mdb is held and lock.mdb is missing or
-    nobody holds it, the holders use another lock file, and LMDB would give
-    this process a fresh one: two writers, each holding "the" write lock."""
+    lock.mdb and released before it; LMDB holds its lock on byte 0 of
+    lock.mdb while the environment is open. So when data.mdb is held and
+    lock.mdb is missing or nobody holds it, the holders use another lock
+    file, and LMDB would give this process a fresh one: two writers, each
+    holding "the" write lock.
+
+    lock.mdb is asked first: a process closing meanwhile lets go of
+    data.mdb before lock.mdb, so it cannot look like such a holder. One
+    opening meanwhile can (it takes both between the two questions), so
+    only an answer that stays the same a few times over is believed."""
     data_path = os.path.join(path, "data.mdb")
-    try:
-        fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        if not _locked_by_others(fd):
-            return
-    finally:
-        os.close(fd)
     lock_path = os.path.join(path, "lock.mdb")
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        fd = None
-    except OSError:
-        return
-    if fd is not None:
-        try:
-            if _locked_by_others(fd):
-                return
-        finally:
-            os.close(fd)  # this process holds no lock on it: no environment of its own there
+    for attempt in range(4):
+        if attempt:
+            time.sleep(0.01 * attempt)
+        if _held_by_others(lock_path) is not False or not _held_by_others(data_path):
+            return
     raise LockFileReplacedError(
         f"{lock_path} was deleted or replaced while other processes have the store open with the "
         f"old one; opening it now would let two writers overwrite each other's commits. Those "
         f"processes refuse to write now: close every process using {path!r}, then open it again"
     )
+
+
+def _held_by_others(file_path: str):
+    """Does another process hold a lock on byte 0 of the file? False when
+    the file is missing; None when that cannot be told."""
+    try:
+        fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        return _locked_by_others(fd)
+    finally:
+        # Closing drops this process's POSIX locks on the file: it has none,
+        # as it holds no environment of this path (acquire()).
+        os.close(fd)
 
 
 def _hold_data_file(path: str):
