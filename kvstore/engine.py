@@ -260,6 +260,9 @@ def _after_fork_in_child() -> None:
     _held_for_fork.clear()
     for env in _registry.values():
         env.forked = True
+        if env._data_lock_fd is not None:
+            os.close(env._data_lock_fd)  # the parent's lock stays: its own descriptor holds it
+            env._data_lock_fd = None
     _registry.clear()
 
 

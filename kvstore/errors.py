@@ -7,6 +7,9 @@ No `lmdb.Error` escapes the package: `translate()` maps them onto these classes.
 from __future__ import annotations
 
 import builtins
+import errno
+import os
+import resource
 
 import lmdb
 
@@ -34,6 +37,7 @@ __all__ = [
     "NamespaceLimitError",
     "ReadersFullError",
     "StoreFailedError",
+    "LockFileReplacedError",
     "TimeoutError",
     "translate",
 ]
@@ -164,6 +168,14 @@ class StoreFailedError(KVStoreError):
         return (type(self), (str(self), self.cause))
 
 
+class LockFileReplacedError(StoreFailedError):
+    """The store's lock file (lock.mdb) was deleted or replaced while the
+    store was open, so LMDB's write lock no longer keeps other processes'
+    writers out: a write raises this before it writes anything, and an open
+    beside processes that still use the old lock file raises it too. Close
+    every process using the store, then reopen it."""
+
+
 class TimeoutError(KVStoreError, builtins.TimeoutError):
     """flush(timeout=...) or a durable write did not complete in time.
 
@@ -172,8 +184,67 @@ class TimeoutError(KVStoreError, builtins.TimeoutError):
     """
 
 
-def translate(exc: lmdb.Error, doing: str) -> KVStoreError:
-    """Map an `lmdb.Error` raised while `doing` something onto a kvstore error."""
+def _errno_of(exc: lmdb.Error):
+    """The errno an lmdb.Error reports ("mdb_txn_commit: No space left on
+    device"); py-lmdb keeps only the text."""
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EROFS, errno.EDQUOT):
+        if text.endswith(os.strerror(code)):
+            return code
+    return None
+
+
+def _write_failure(exc: lmdb.Error, doing: str, path: str):
+    """What made a write of the store at `path` fail, when it is the disk
+    (ENOSPC, EDQUOT), the file-size limit (EFBIG, RLIMIT_FSIZE) or a
+    read-only file system; None for anything else. LMDB turns a short write
+    into EIO, which is what a full disk or the file-size limit give when the
+    write starts below the limit, so EIO is looked into as well."""
+    code = _errno_of(exc)
+    if code is None:
+        return None
+    after = ("; nothing of it was written, and the store takes no more writes until it is "
+             "reopened")
+    data = os.path.join(path, "data.mdb")
+    if code in (errno.EFBIG, errno.EIO):
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        try:
+            size = os.path.getsize(data)
+        except OSError:
+            size = None
+        if limit != resource.RLIM_INFINITY and size is not None and size + 64 * 1024 >= limit:
+            return StoreFailedError(
+                f"{doing} failed: {data} reached this process's file-size limit ({limit} bytes, "
+                f"RLIMIT_FSIZE) ({exc}){after}; raise the limit (`ulimit -f`) and reopen the store",
+                exc)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        try:
+            st = os.statvfs(path)
+            free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        except OSError:
+            free = None
+        if code != errno.EIO or (free is not None and free < 1024 * 1024):
+            what = "the disk quota is used up" if code == errno.EDQUOT else "the disk is full"
+            return StoreFailedError(
+                f"{doing} failed: {what} ({exc}){after}; free space on the file system holding "
+                f"{path} ({free if free is not None else 'unknown'} bytes free), then reopen "
+                f"the store", exc)
+    if code == errno.EROFS:
+        return ReadOnlyError(f"{doing}: {path} is on a read-only file system ({exc}); open the store "
+                             f"with readonly=True, or remount the file system read-write")
+    return None
+
+
+def translate(exc: lmdb.Error, doing: str, path: str | None = None) -> KVStoreError:
+    """Map an `lmdb.Error` raised while `doing` something onto a kvstore error.
+
+    With `path` (the store's directory), a failed write is looked into: a
+    full disk, the file-size limit or a read-only file system is named,
+    with what to do about it."""
+    if path is not None:
+        named = _write_failure(exc, doing, path)
+        if named is not None:
+            return named
     if isinstance(exc, lmdb.MapFullError):
         return MapFullError(f"{doing}: the store is full; reopen it with a larger max_map_size ({exc})")
     if isinstance(exc, lmdb.DbsFullError):

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import tempfile
 import uuid
 
@@ -88,3 +89,24 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("=", f"reliability counts (HYPOTHESIS_PROFILE={profiles.NAME}{' ' + sizes if sizes else ''})")
     for line in crash_report.format_totals(t):
         terminalreporter.write_line(line)
+
+
+# ---------------------------------------------------------------- a small real file system
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot run mount here: {exc}")
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a 4 MiB tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+    try:
+        yield str(mnt)
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -170,24 +170,6 @@ def test_commit_failing_on_file_size_limit(tmp_path, seed):
     _check_failed_run(log, rc, err, path)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                           capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot run mount here: {exc}")
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a 4 MiB tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
-        yield str(mnt)
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 def test_disk_full_on_a_4mib_tmpfs(small_tmpfs, tmp_path):
     """The file system runs out of space (ENOSPC) under four writer threads."""
     path = os.path.join(small_tmpfs, "store")
