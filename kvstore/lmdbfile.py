@@ -54,10 +54,12 @@ What runs where:
 - `check_data_file(path)`, at every kvstore.open(): the meta pages, that the
   file holds the pages they name, the two db records, the free list (as far
   as _MAX_FREE_LIST_PAGES), then `walk()` itself when the snapshot has at
-  most _OPEN_WALK_PAGES pages (about 1 ms per 100 pages), else a walk of
-  only the branch pages, at most _OPEN_BRANCH_PAGES of them. A damaged leaf
-  or overflow page of a bigger store is not found at open: `kvstore check`
-  walks every page.
+  most _OPEN_WALK_PAGES pages, else the main database's pages and the root
+  page of every named database (its header, nodes, key order and the range
+  of its children's page numbers). See docs/format.md for the cost measured.
+  Damage below the root page of a bigger store is not found at open
+  (reading it would slow every open down in proportion to the store):
+  `kvstore check` walks every page.
 - `walk(path)`: `kvstore check`'s first step, every page (reads the whole file).
 - `LastTxnid`: the read cache's view of the two meta pages' txnids.
 """
@@ -100,10 +102,9 @@ _MAX_DEPTH = 32  # LMDB's CURSOR_STACK: no tree is deeper
 # never start with "__", so no named database takes them).
 FREE_DB, MAIN_DB = "__free_list__", "__main__"
 
-# At open: the whole walk for a snapshot of at most this many pages (4 MiB
-# of 4 KiB pages), else only branch pages, at most this many.
-_OPEN_WALK_PAGES = 1024
-_OPEN_BRANCH_PAGES = 256
+# At open: the whole walk for a snapshot of at most this many pages (1 MiB
+# of 4 KiB pages, a few ms), else only the roots (module docstring).
+_OPEN_WALK_PAGES = 256
 
 
 # ---------------------------------------------------------------- meta pages
@@ -187,6 +188,7 @@ def check_data_file(path: str) -> None:
             txnid = _newest_txnid(fd)
             try:
                 _check_meta(data_path, fd)
+                _check_pages_at_open(data_path, fd)
                 return
             except FormatError:
                 # Pages read without a transaction can be reused by a commit
@@ -334,7 +336,7 @@ def _check_pages_at_open(data_path: str, fd: int) -> None:
     if meta.last_pg + 1 <= _OPEN_WALK_PAGES:
         result = _Walker(fd, meta).run()
     else:
-        result = _Walker(fd, meta, branch_budget=_OPEN_BRANCH_PAGES).run()
+        result = _Walker(fd, meta, roots_only=True).run()
     if result.problems:
         first = result.problems[0]
         more = len(result.problems) - 1
@@ -395,20 +397,24 @@ class Walk:
     dbs: dict = field(default_factory=dict)  # name -> DBStats
     free_pages: int = 0
     pages_read: int = 0
+    changing: bool = False  # commits happened during every attempt (see walk())
+    tree_pages: dict = field(default_factory=dict)  # page number -> name of the tree it is in
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def walk(path: str, attempts: int = 3) -> Walk:
+def walk(path: str, attempts: int = 5) -> Walk:
     """Walk every page of the newest snapshot of the store at `path` (a
     directory holding data.mdb) and verify it (the module docstring). Never
     maps the file. Raises FormatError when the meta pages or the file's
     length are wrong (what check_data_file refuses), StoreNotFoundError when
     there is no data.mdb; every other damage is a Problem in the result.
-    Damage is reported only if no commit happened during the walk (another
-    process may reuse pages meanwhile): else the walk starts again."""
+    Damage is believed only if no commit happened during the walk (another
+    process may reuse pages meanwhile): else the walk starts again, up to
+    `attempts` times; after that the problems are returned with `changing`
+    set (they may be a commit's doing)."""
     data_path = os.path.join(path, "data.mdb")
     try:
         fd = os.open(data_path, os.O_RDONLY | os.O_NONBLOCK)
@@ -426,24 +432,21 @@ def walk(path: str, attempts: int = 3) -> Walk:
             if meta is None:
                 return Walk()
             result = _Walker(fd, meta).run()
-            if result.ok or attempt == attempts - 1 or _newest_txnid(fd) == txnid:
+            if result.ok or _newest_txnid(fd) == txnid:
                 return result
-        raise AssertionError("unreachable")
+        result.changing = True
+        return result
     finally:
         os.close(fd)
 
 
-class _Stop(Exception):
-    """The branch budget of an open-time walk ran out."""
-
-
 class _Walker:
-    def __init__(self, fd: int, meta: Meta, branch_budget: int | None = None):
+    def __init__(self, fd: int, meta: Meta, roots_only: bool = False):
         self.fd = fd
         self.meta = meta
         self.psize = meta.psize
         self.last_pg = meta.last_pg
-        self.branch_budget = branch_budget  # None: read every page
+        self.roots_only = roots_only  # of named databases; else every page is read
         self.seen: dict = {}  # pgno -> db name of every page reached from a tree
         self.free: dict = {}  # pgno -> txnid of the free-list record that names it
         self.free_records: list = []  # (key, IDL bytes, page, offset) of each free-list record
@@ -456,22 +459,20 @@ class _Walker:
     def run(self) -> Walk:
         self._check_meta_pages()
         subdbs: list = []
-        try:
-            if self.branch_budget is None:
-                self._tree(FREE_DB, self.meta.free_db, _INTEGERKEY, None)
-            self._tree(MAIN_DB, self.meta.main_db, 0, subdbs)
-            for name, record, pgno, at in subdbs:
-                self._tree(name, record, None, None, where=(pgno, at))
-        except _Stop:
-            return self.result
+        if not self.roots_only:
+            self._tree(FREE_DB, self.meta.free_db, _INTEGERKEY, None)
+        self._tree(MAIN_DB, self.meta.main_db, 0, subdbs)
+        for name, record, pgno, at in subdbs:
+            self._tree(name, record, None, None, where=(pgno, at))
         self._free_list(self.free_records)
-        if self.branch_budget is None and not self.result.problems:
+        if not self.roots_only and not self.result.problems:
             reached = len(self.seen) + len(self.free) + 2
             if reached != self.last_pg + 1:
                 self.problem(FREE_DB, None, None,
                              f"{self.last_pg + 1 - reached} of the snapshot's {self.last_pg + 1} pages "
                              f"are in no tree and not on the free list")
         self.result.free_pages = len(self.free)
+        self.result.tree_pages = self.seen
         return self.result
 
     def _check_meta_pages(self) -> None:
@@ -544,13 +545,9 @@ class _Walker:
                 stats.complete = False
                 continue
             leaf_level = level == depth
-            if leaf_level and self.branch_budget is not None and db != MAIN_DB:
-                stats.complete = False  # an open-time walk: leaves are not read
+            if level > 1 and self.roots_only and db != MAIN_DB:
+                stats.complete = False  # an open-time walk: only the root is read
                 continue
-            if self.branch_budget is not None:
-                if self.branch_budget <= 0:
-                    raise _Stop
-                self.branch_budget -= 1
             self.seen[pgno] = db
             page = self._read(pgno, db)
             if page is None:
@@ -588,6 +585,7 @@ class _Walker:
                 continue
             # keys: ascending, inside the bounds the parent gave
             keys = []
+            outside = []  # (offset, key) of the keys outside the parent's range
             for i, (at, _lo, _hi, _nf, key) in enumerate(nodes):
                 if not leaf_level and i == 0:
                     keys.append(None)
@@ -599,15 +597,19 @@ class _Walker:
                     keys = None
                     break
                 if (low is not None and k < low) or (high is not None and k >= high):
-                    self.problem(db, pgno, at, f"key {_show(key)} is outside the range its parent "
-                                 f"page gives (out of order)")
-                    stats.complete = False
+                    outside.append((at, key))
                 if keys and keys[-1] is not None and k <= keys[-1]:
                     self.problem(db, pgno, at, f"key {_show(key)} does not sort after the key before it")
                     stats.complete = False
                 keys.append(k)
             if keys is None:
                 continue
+            if outside:
+                at, key = outside[0]
+                more = f" (and {len(outside) - 1} more of its {n} keys)" if len(outside) > 1 else ""
+                self.problem(db, pgno, at, f"key {_show(key)}{more} is outside the key range the parent "
+                             f"page {parent} gives this page: a damaged pointer or page")
+                stats.complete = False
             if not leaf_level:
                 for i in range(len(nodes) - 1, -1, -1):
                     at, lo, hi, nf, _key = nodes[i]
@@ -629,13 +631,14 @@ class _Walker:
     def _nodes(self, db, pgno, page, n, upper, leaf_level):
         """[(offset, lo, hi, flags, key)] of a page's nodes, or None if one
         lies outside the page."""
-        nodes = []
+        nodes, spans = [], []
         psize = self.psize
         ptrs = struct.unpack_from(f"<{n}H", page, _PAGE_HEADER)
         for i, at in enumerate(ptrs):
             if not upper <= at <= psize - 8 or at & 1:
-                self.problem(db, pgno, _PAGE_HEADER + 2 * i, f"node {i} is at byte {at} of the page, "
-                             f"outside its node area ({upper} to {psize - 8})")
+                what = "an odd offset (nodes are 2-byte aligned)" if at & 1 else \
+                    f"outside its node area ({upper} to {psize - 8})"
+                self.problem(db, pgno, _PAGE_HEADER + 2 * i, f"node {i} is at byte {at} of the page, {what}")
                 return None
             lo, hi, nf, ksize = _NODE.unpack_from(page, at)
             end = at + 8 + ksize
@@ -650,6 +653,23 @@ class _Walker:
                              f"{_MAX_KEY})")
                 return None
             nodes.append((at, lo, hi, nf, page[at + 8:at + 8 + ksize]))
+            spans.append((at, end + (end & 1), i))  # LMDB gives each node an even size
+        # LMDB keeps the nodes packed from upper to the end of the page
+        # (a deletion moves the others up): a pointer into another node, or
+        # past a gap, is damage even when the bytes it lands on parse.
+        spans.sort()
+        expect = upper
+        for at, end, i in spans:
+            if at != expect:
+                self.problem(db, pgno, _PAGE_HEADER + 2 * i, f"node {i} at byte {at} of the page "
+                             f"{'overlaps another node' if at < expect else 'leaves a gap before it'} "
+                             f"(nodes are packed from byte {upper}): a damaged node pointer")
+                return None
+            expect = end
+        if expect != psize:
+            self.problem(db, pgno, 14, f"the nodes end at byte {expect} of the page, not at its end "
+                         f"({psize}): damaged free-space bounds or node sizes")
+            return None
         return nodes
 
     def _leaf_data(self, db, pgno, page, at, size, nflags, key, stats, out) -> None:
