@@ -658,14 +658,15 @@ class _Walker:
         # (a deletion moves the others up): a pointer into another node, or
         # past a gap, is damage even when the bytes it lands on parse.
         spans.sort()
-        expect = upper
+        expect, before = upper, None
         for at, end, i in spans:
             if at != expect:
-                self.problem(db, pgno, _PAGE_HEADER + 2 * i, f"node {i} at byte {at} of the page "
-                             f"{'overlaps another node' if at < expect else 'leaves a gap before it'} "
-                             f"(nodes are packed from byte {upper}): a damaged node pointer")
+                what = (f"overlaps node {before[2]} (bytes {before[0]} to {before[1]})" if at < expect
+                        else f"leaves a gap of {at - expect} bytes before it")
+                self.problem(db, pgno, _PAGE_HEADER + 2 * i, f"node {i} at byte {at} of the page {what}; "
+                             f"LMDB packs nodes from byte {upper} on: a damaged node pointer")
                 return None
-            expect = end
+            expect, before = end, (at, end, i)
         if expect != psize:
             self.problem(db, pgno, 14, f"the nodes end at byte {expect} of the page, not at its end "
                          f"({psize}): damaged free-space bounds or node sizes")
