@@ -190,11 +190,17 @@ def check_data_file(path: str) -> None:
                 _check_meta(data_path, fd)
                 _check_pages_at_open(data_path, fd)
                 return
-            except FormatError:
+            except FormatError as exc:
                 # Pages read without a transaction can be reused by a commit
                 # of another process meanwhile: damage is only believed if no
-                # commit happened while the file was read.
-                if attempt == 2 or _newest_txnid(fd) == txnid:
+                # commit happened while the file was read. A page walk that
+                # commits overlapped three times is not believed at all: LMDB
+                # itself reads the store next, and a busy store is not refused.
+                if _newest_txnid(fd) == txnid:
+                    raise
+                if attempt == 2:
+                    if getattr(exc, "from_page_walk", False):
+                        return
                     raise
     finally:
         os.close(fd)
@@ -340,10 +346,12 @@ def _check_pages_at_open(data_path: str, fd: int) -> None:
     if result.problems:
         first = result.problems[0]
         more = len(result.problems) - 1
-        raise FormatError(
+        exc = FormatError(
             f"{data_path} is damaged: {first}{f' (and {more} more problems)' if more else ''}; "
             f"run `kvstore check` for the full list and restore the store from a backup"
         )
+        exc.from_page_walk = True
+        raise exc
 
 
 # ---------------------------------------------------------------- the walk
