@@ -100,7 +100,7 @@ _MAX_KEY = 511  # MDB_MAXKEYSIZE of the LMDB py-lmdb builds
 _MAX_DEPTH = 32  # LMDB's CURSOR_STACK: no tree is deeper
 # The walk's names of the two databases of the meta page (namespace names
 # never start with "__", so no named database takes them).
-FREE_DB, MAIN_DB = "__free_list__", "__main__"
+FREE_DB, MAIN_DB, META = "__free_list__", "__main__", "__meta__"
 
 # At open: the whole walk for a snapshot of at most this many pages (1 MiB
 # of 4 KiB pages, a few ms), else only the roots (module docstring).
@@ -362,14 +362,14 @@ class Problem:
     """One thing wrong in the file: where (database, page, byte offset in the
     file) and what."""
 
-    db: str  # FREE_DB, MAIN_DB, "meta" (pages 0, 1) or a named database's name
+    db: str  # FREE_DB, MAIN_DB, META (pages 0, 1) or a named database's name
     page: int | None
     offset: int | None  # byte offset in data.mdb
     what: str
 
     def __str__(self) -> str:
         where = {FREE_DB: "the free list", MAIN_DB: "the main database",
-                 "meta": "the meta pages"}.get(self.db, f"database {self.db!r}")
+                 META: "the meta pages"}.get(self.db, f"database {self.db!r}")
         if self.page is not None:
             where += f", page {self.page}"
         if self.offset is not None:
@@ -489,8 +489,8 @@ class _Walker:
             pgno, _pad, flags = _PAGE.unpack_from(head, page * self.psize)
             magic, version, _ = _META.unpack_from(head, page * self.psize + _PAGE_HEADER)
             if magic != _LMDB_MAGIC or version != _DATA_VERSION or pgno != page or flags & P_META == 0:
-                self.problem("meta", page, 0, f"meta page {page} is damaged (magic {magic:#x}, version "
-                             f"{version}, page number {pgno}, flags {flags:#x}); LMDB refuses the file")
+                self.problem(META, page, 0, f"meta page {page} is damaged (magic {magic:#x}, version "
+                             f"{version}, page number {pgno}, flags {flags:#x})")
 
     def _read(self, pgno: int, db: str) -> bytes | None:
         page = os.pread(self.fd, self.psize, pgno * self.psize)
