@@ -147,15 +147,13 @@ from __future__ import annotations
 
 import collections
 import itertools
-import mmap
-import os
-import struct
 import threading
 
 import cachetools
 
 from . import ttl as _ttl
 from .codec.format import HEADER_SIZE, raw_len, tag_size
+from .lmdbfile import LastTxnid  # the meta-page txnid view lives with the file parser
 
 __all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "record_tag", "ENTRY_OVERHEAD",
            "OBJECT_FACTOR"]
@@ -254,43 +252,6 @@ def _copy(v, plan):
     for k, sub in plan:
         c[k] = _copy(v[k], sub) if sub else v[k].copy()
     return c
-
-
-class LastTxnid:
-    """The last committed LMDB txnid of the store at `path`, read from the two
-    meta pages of its data.mdb (the layout check_data_file in environment.py
-    reads) through a read-only mapping of their own.
-
-    `view`: the txnids of the two meta pages as a live sequence of two
-    64-bit words (a strided memoryview of the mapping): `view[0]` and
-    `view[1]` read them, each a subscript at C speed with no call (what
-    ReadCache.lookup and contains take); calling the object: their max.
-    Independent of LMDB's map, so safe while the map is resized, without a
-    lock or a transaction. close() drops the object's references (the
-    mapping goes once no reader or cache still holds `view`)."""
-
-    _META_TXNID = 16 + 128  # page header, then mm_txnid in MDB_meta (64-bit)
-
-    def __init__(self, path: str):
-        fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY)
-        try:
-            head = os.pread(fd, 64, 0)
-            (psize,) = struct.unpack_from("<I", head, 16 + 24)  # md_pad of the free DB
-            self._map = mmap.mmap(fd, 2 * psize, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
-        if psize % 8 or psize < 2 * self._META_TXNID:
-            raise ValueError(f"unexpected LMDB page size {psize}")
-        words = memoryview(self._map).cast("Q")  # native order: LMDB's, on this machine
-        self.view = words[self._META_TXNID // 8::psize // 8]
-        if len(self.view) != 2:
-            raise ValueError(f"unexpected LMDB page size {psize}")
-
-    def __call__(self) -> int:
-        return max(self.view)
-
-    def close(self) -> None:
-        self.view = self._map = None
 
 
 class _LRU(cachetools.LRUCache):

@@ -41,6 +41,7 @@ from .errors import (
     StoreNotFoundError,
     translate,
 )
+from .lmdbfile import check_data_file
 from .options import MiB, Options
 from .layout import (BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ, SEQ_KEY,
                      STORE_FORMAT)
@@ -56,20 +57,6 @@ def _slack(used: int) -> int:
     return min(max(used // 8, MiB), 32 * MiB)
 
 
-
-_LMDB_MAGIC = 0xBEEFC0DE
-_META = struct.Struct("<II8xQ")  # magic, version, (address), mapsize
-_META_TAIL = struct.Struct("<QQ")  # last_pg, txnid, at offset 120 of the meta
-_PAGE_HEADER = 16
-_PAGE = struct.Struct("<QHH")  # a page header: pgno, pad, flags (P_BRANCH 1, P_LEAF 2, ...)
-_PAGE_BOUNDS = struct.Struct("<QHHHH")  # ... then lower and upper (ends of the free space)
-_NODE = struct.Struct("<HHHH")  # an MDB_node: lo, hi (data size or child pgno), flags, key size
-_U16 = struct.Struct("<H")
-_U64 = struct.Struct("<Q")
-_DB_RECORD = struct.Struct("<4xHH32xQ")  # an MDB_db: (pad), flags, depth, (counts), root
-_NO_PAGE = 0xFFFFFFFFFFFFFFFF  # P_INVALID: an empty database has no root
-_FREE_DB_FLAGS = (0x08,)  # MDB_INTEGERKEY, what LMDB always gives the free list
-_MAIN_DB_FLAGS = (0x00,)  # kvstore opens the main database without flags
 
 
 class MapLock:
@@ -266,188 +253,6 @@ def _hold_data_file(path: str):
         os.close(fd)
         return None
     return fd
-
-
-def check_data_file(path: str) -> None:
-    """Refuse a data.mdb that LMDB would map and then fault on, or abort on.
-
-    Reads both meta pages; the newer valid one says how many pages the file
-    must hold. A file shorter than that is truncated: mapping it and touching
-    a page past its end would kill the process with SIGBUS. The database
-    records of that meta page must hold flags kvstore writes and root pages
-    that exist and are tree pages: LMDB trusts them and aborts the process
-    (an assertion) on the first write otherwise.
-
-    The meta pages are read before the file's size: another process may
-    commit meanwhile, but a file only grows and a meta page is written after
-    the pages it names, so the size read second is never too small for the
-    meta page read first.
-    """
-    data_path = os.path.join(path, "data.mdb")
-    try:
-        fd = os.open(data_path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        raise StoreNotFoundError(f"{path!r} is below a file, not a directory; give kvstore.open() "
-                                 f"a directory path") from None
-    except OSError as exc:
-        raise FormatError(f"cannot read {data_path} ({exc.strerror}); check that it is a store's "
-                          f"data file and that this user may read it") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FormatError(f"{data_path} is not a regular file; {path!r} is not a kvstore store")
-        for attempt in range(3):
-            txnid = _newest_txnid(fd)
-            try:
-                _check_meta(data_path, fd)
-                return
-            except FormatError:
-                # Pages read without a transaction can be reused by a commit
-                # of another process meanwhile: damage is only believed if no
-                # commit happened while the file was read.
-                if attempt == 2 or _newest_txnid(fd) == txnid:
-                    raise
-    finally:
-        os.close(fd)
-
-
-def _newest_txnid(fd: int) -> int:
-    """The larger txnid of the two meta pages (0 if unreadable)."""
-    head = os.pread(fd, 64 * 1024 * 2, 0)
-    try:
-        (psize,) = struct.unpack_from("<I", head, _PAGE_HEADER + 24)
-        return max(_META_TAIL.unpack_from(head, off + _PAGE_HEADER + 120)[1] for off in (0, psize))
-    except struct.error:
-        return 0
-
-
-def _check_meta(data_path: str, fd: int) -> None:
-    head = os.pread(fd, 64 * 1024 * 2, 0)
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return  # LMDB initialises an empty file as a new environment
-    if len(head) < _PAGE_HEADER + 136:
-        raise FormatError(f"{data_path} is {size} bytes: too short to be an LMDB file (truncated?)")
-    magic, version, _mapsize = _META.unpack_from(head, _PAGE_HEADER)
-    if magic != _LMDB_MAGIC:
-        raise FormatError(f"{data_path} is not an LMDB data file; it is not a kvstore store")
-    (psize,) = struct.unpack_from("<I", head, _PAGE_HEADER + 24)  # md_pad of the free DB
-    if psize < 512 or psize > 64 * 1024 or psize & (psize - 1):
-        raise FormatError(f"{data_path} has a damaged meta page (page size {psize})")
-    best = None
-    for off in (0, psize):
-        base = off + _PAGE_HEADER
-        if len(head) < base + 136:
-            raise FormatError(f"{data_path} is {size} bytes: truncated inside its meta pages")
-        m, _v, _ = _META.unpack_from(head, base)
-        if m != _LMDB_MAGIC:
-            continue
-        last_pg, txnid = _META_TAIL.unpack_from(head, base + 120)
-        if best is None or txnid > best[1]:
-            best = (last_pg, txnid, base)
-    if best is None:
-        raise FormatError(f"{data_path} has no valid meta page; it is not a kvstore store")
-    last_pg, _txnid, base = best
-    needed = (last_pg + 1) * psize
-    if size < needed:
-        raise FormatError(
-            f"{data_path} is truncated: {size} bytes, but its last commit uses {needed}; "
-            f"restore it from a backup (opening it would crash the process)"
-        )
-    roots = {}
-    for name, at, flags_allowed in (("free-list", base + 24, _FREE_DB_FLAGS),
-                                    ("main", base + 72, _MAIN_DB_FLAGS)):
-        flags, depth, root = _DB_RECORD.unpack_from(head, at)
-        if flags not in flags_allowed:
-            raise FormatError(f"{data_path}: the {name} database record of the newest meta page has "
-                              f"flags {flags:#x} that kvstore never writes (damaged file, or not a "
-                              f"kvstore store); restore it from a backup")
-        if root == _NO_PAGE:
-            continue
-        if not 2 <= root <= last_pg or not 1 <= depth <= 64:
-            raise FormatError(f"{data_path}: the {name} database's root page {root} (depth {depth}) is "
-                              f"outside the file's {last_pg + 1} pages; the file is damaged, restore "
-                              f"it from a backup")
-        roots[name] = root
-    if "main" in roots:
-        try:
-            free = _free_pages(fd, psize, last_pg, roots.get("free-list"))
-        except _Damaged as exc:
-            raise FormatError(f"{data_path}: the free list is damaged (page {exc.args[0]}); restore "
-                              f"the store from a backup") from None
-        if roots["main"] in free:
-            raise FormatError(f"{data_path}: the main database's root page {roots['main']} is on the "
-                              f"free list (damaged file); restore it from a backup")
-    for name, root in roots.items():
-        pgno, _pad, page_flags = _PAGE.unpack_from(os.pread(fd, _PAGE_HEADER, root * psize))
-        if pgno != root or page_flags & 0x03 in (0, 0x03):
-            raise FormatError(f"{data_path}: the {name} database's root page {root} is not a tree page "
-                              f"(damaged file); restore it from a backup")
-
-
-# At most this many pages of the free-list tree are read at open; a bigger
-# free list is not checked (reading it would slow the open down).
-_MAX_FREE_LIST_PAGES = 256
-
-
-class _Damaged(Exception):
-    pass
-
-
-def _free_pages(fd: int, psize: int, last_pg: int, root) -> set:
-    """Page numbers on the free list whose tree starts at page `root`, as far
-    as _MAX_FREE_LIST_PAGES pages of it go. Raises _Damaged if the tree is
-    not well formed."""
-    free: set = set()
-    if root is None:
-        return free
-    todo = [root]
-    seen = 0
-    try:
-        while todo and seen < _MAX_FREE_LIST_PAGES:
-            pgno = todo.pop()
-            seen += 1
-            page = os.pread(fd, psize, pgno * psize)
-            if len(page) < psize:
-                raise _Damaged(pgno)
-            own, _pad, flags, lower, upper = _PAGE_BOUNDS.unpack_from(page)
-            if own != pgno or not _PAGE_HEADER <= lower <= upper <= psize:
-                raise _Damaged(pgno)
-            for i in range((lower - _PAGE_HEADER) >> 1):
-                (at,) = _U16.unpack_from(page, _PAGE_HEADER + 2 * i)
-                if not upper <= at <= psize - 8:
-                    raise _Damaged(pgno)
-                lo, hi, nflags, ksize = _NODE.unpack_from(page, at)
-                if flags & 0x03 == 0x01:  # a branch page: children
-                    child = lo | hi << 16 | nflags << 32
-                    if not 2 <= child <= last_pg:
-                        raise _Damaged(pgno)
-                    todo.append(child)
-                    continue
-                if flags & 0x03 != 0x02:
-                    raise _Damaged(pgno)
-                data_at = at + 8 + ksize
-                if nflags & 0x01:  # F_BIGDATA: the IDL is on an overflow page
-                    if data_at + 8 > psize:
-                        raise _Damaged(pgno)
-                    (over,) = _U64.unpack_from(page, data_at)
-                    if not 2 <= over <= last_pg:
-                        raise _Damaged(pgno)
-                    size = lo | hi << 16
-                    idl = os.pread(fd, _PAGE_HEADER + size, over * psize)[_PAGE_HEADER:]
-                    seen += 1 + size // psize
-                else:
-                    idl = page[data_at:data_at + (lo | hi << 16)]
-                if len(idl) < 8:
-                    raise _Damaged(pgno)
-                (count,) = _U64.unpack_from(idl)
-                if 8 * (count + 1) > len(idl):
-                    raise _Damaged(pgno)
-                free.update(struct.unpack_from(f"<{count}Q", idl, 8))
-    except struct.error:
-        raise _Damaged(pgno) from None
-    return free
 
 
 class Environment:

@@ -389,6 +389,28 @@ def test_check_good(store):
     status, text = run(["check", store, "--json"])
     doc = json.loads(text)
     assert status == 0 and doc["ok"] is True and doc["bad"] == [] and doc["values"] == len(VALUES) + len(KEYS) + 30
+    assert doc["page_problems"] == [] and doc["records_checked"] is True and doc["pages"]["page_size"] == 4096
+
+
+def test_check_walks_the_pages_before_reading_records(store):
+    # A damaged page is reported with its position, and no record is read
+    # through LMDB (which aborts or faults on such pages).
+    from kvstore import lmdbfile
+    walk = lmdbfile.walk(store)
+    leaf = next(p for p, owner in sorted(walk.tree_pages.items()) if owner == "episodes")
+    with open(os.path.join(store, "data.mdb"), "r+b") as f:
+        f.seek(leaf * 4096 + 12)  # the page's lower bound: two more node pointers than it has
+        lower = int.from_bytes(f.read(2), "little")
+        f.seek(leaf * 4096 + 12)
+        f.write((lower + 4).to_bytes(2, "little"))
+    status, text = run(["check", store])
+    assert status == 1
+    assert text.splitlines()[0].startswith(f"BAD  database 'episodes', page {leaf} (byte ")
+    assert "the records were not read" in text.splitlines()[-1]
+    status, text = run(["check", store, "--json"])
+    doc = json.loads(text)
+    assert status == 1 and doc["ok"] is False and doc["records_checked"] is False
+    assert doc["page_problems"][0]["db"] == "episodes" and doc["page_problems"][0]["page"] == leaf
 
 
 def test_check_names_each_damaged_key(store, capsys):

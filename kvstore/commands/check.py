@@ -1,8 +1,11 @@
-"""`kvstore check PATH`: verify every record of every namespace."""
+"""`kvstore check PATH`: verify every page of the file, then every record of
+every namespace."""
 
 from __future__ import annotations
 
-from kvstore import ttl
+import os
+
+from kvstore import lmdbfile, ttl
 from kvstore.layout import TTL_STORE_FORMAT
 
 from ._common import Progress, open_readonly, plural, quote_key, write_json
@@ -13,9 +16,13 @@ from ._records import examine, namespaces, snapshot_meta
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "check", help="verify every value: header, checksum, dictionary, decode",
-        description="Read every record of every namespace from one snapshot and check it the way "
-                    "a reader does: TTL prefix, header, checksum, the dictionary it names, a full "
-                    "decode; also the store's metadata and dictionaries. Prints each damaged key "
+        description="Walk every page of the data file first, without LMDB (page numbers, kinds, "
+                    "bounds, key order, depth, the page and entry counts LMDB records, the free "
+                    "list); damaged pages are listed with their position and the records are not "
+                    "read (LMDB would crash on them). Then read every record of every namespace "
+                    "from one snapshot and check it the way a reader does: TTL prefix, header, checksum, the dictionary it names, a full "
+                    "decode, and that each namespace yields as many records as LMDB counts; also the "
+                    "store's metadata and dictionaries. Prints each damaged key "
                     "with the reason and a summary. Expired values not yet swept are good values. "
                     "Exit status 0 when everything is good, 1 otherwise.")
     p.add_argument("path", help="store directory")
@@ -23,7 +30,38 @@ def add_parser(subparsers):
     return p
 
 
+def _walk_pages(args, out):
+    """The page walk, before LMDB touches the trees: (exit status if the
+    pages are damaged, the walk)."""
+    if not os.path.isfile(os.path.join(args.path, "data.mdb")):
+        return None, None  # open_readonly says what is missing
+    pages = lmdbfile.walk(args.path)
+    if pages.ok:
+        return None, pages
+    note = (" (the store was written to during every attempt: run check again when writes "
+            "pause)" if pages.changing else "")
+    if args.json:
+        write_json(out, {"ok": False, "records_checked": False, "pages": _pages_doc(pages),
+                         "page_problems": [p.to_json() for p in pages.problems], "changing": pages.changing})
+        return 1, pages
+    for p in pages.problems:
+        out.write(f"BAD  {p}\n")
+    out.write(f"walked {plural(pages.pages_read, 'page')} of {plural(pages.last_pg + 1, 'page')}: "
+              f"{plural(len(pages.problems), 'problem')} in the pages{note}; the records were not read "
+              f"(LMDB would crash or silently skip records on these pages): restore the store from a "
+              f"backup\n")
+    return 1, pages
+
+
+def _pages_doc(pages) -> dict:
+    return {"total": pages.last_pg + 1, "read": pages.pages_read, "free": pages.free_pages,
+            "page_size": pages.psize, "txnid": pages.txnid}
+
+
 def run(args, out) -> int:
+    status, pages = _walk_pages(args, out)
+    if status is not None:
+        return status
     with open_readonly(args.path) as db:
         env = db._env
         codec = db._codec
@@ -49,6 +87,11 @@ def run(args, out) -> int:
                                 nbad += 1
                                 bad.append((name, bytes(key), ex.problem))
                             progress.update()
+                        counted = txn.stat(dbi)["entries"]
+                        if n != counted:
+                            meta.problems.append((f"namespace {name!r}", f"{n:,} records read, but LMDB "
+                                                  f"counts {counted:,}: damaged pages hide records; restore "
+                                                  f"the store from a backup"))
                     per_ns[name] = {"values": n, "bad": nbad, "ttl_values": with_ttl, "expired": expired}
                     if with_ttl and name not in meta.ttl_namespaces:
                         meta.problems.append((f"namespace {name!r}", "holds TTL values but has no ttl: key in "
@@ -77,6 +120,9 @@ def run(args, out) -> int:
             "dictionaries": sorted(meta.dictionaries),
             "dictionaries_referenced": {str(k): v for k, v in sorted(referenced.items())},
             "dictionaries_missing": missing,
+            "records_checked": True,
+            "pages": None if pages is None else _pages_doc(pages),
+            "page_problems": [],
         })
         return 0 if ok else 1
     for ns, key, reason in bad:
