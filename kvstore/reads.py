@@ -25,6 +25,7 @@ from .cache import MISS, SKIP, STALE, Sentinel
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, dict_id, inner_record, parse_ttl, ttl_expired, wrap_ttl
 from .errors import CorruptionError, FormatError, translate
 from .layout import MAX_KEY_SIZE, check_bound, check_key, prefix_end
+from .validate import check_keys_iterable
 from .writer import ConditionalGroup
 
 __all__ = ["Reads", "SCAN_CHUNK", "SCAN_FIRST_CHUNK"]
@@ -254,7 +255,7 @@ class Reads:
     def get_many(self, keys: Iterable) -> list:
         """Values of keys (None where missing), in the order given, from one snapshot."""
         env = self._live_env()
-        keys = [check_key(k) for k in keys]
+        keys = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
         out = [None] * len(keys)
         todo = []
         for i, key in enumerate(keys):

@@ -30,6 +30,7 @@ from .errors import (
 )
 from .options import Options
 from .reads import SCAN_CHUNK, Reads
+from .validate import check_timeout
 from .writer import Group, Writer
 
 __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE", "SCAN_CHUNK"]
@@ -297,6 +298,7 @@ class Store(Reads):
         :raises TimeoutError: not done within timeout seconds (writes stay queued)
         :raises StoreFailedError: a commit failed; the writes it held are lost
         """
+        timeout = check_timeout(timeout)
         env = self._live_env()
         if env.writer is not None:
             env.writer.flush(timeout)

@@ -103,10 +103,9 @@ def test_train_dictionary_on_empty_values_says_how_many_are_needed(store_path):
         assert db.dictionaries() == []
 
 
-# ------------------------------------------------------ waiting for store.py
+# ------------------------------------------------------ checked in store.py and reads.py
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_PY)
 def test_flush_timeout_of_the_wrong_type(store_path):
     with kvstore.open(store_path) as db:
         db.put("first", 1, durable=True)
@@ -118,7 +117,6 @@ def test_flush_timeout_of_the_wrong_type(store_path):
         db.flush(timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason=STORE_PY)
 def test_get_many_of_none(db):
     with pytest.raises(KVStoreError, match="keys must be an iterable") as info:
         db.get_many(None)
@@ -217,10 +215,7 @@ CALLS = {
     "set_default_ttl(ttl)": lambda db, x: db.set_default_ttl(x),
 }
 # Each needs a check in store.py (kvstore.validate has it, for the restructure).
-WAITING = {
-    "get_many(keys)": "get_many(None), (1.5) ...: a bare TypeError; needs check_keys_iterable",
-    "flush(timeout)": "flush(timeout='1') ...: a bare TypeError; needs check_timeout",
-}
+WAITING: dict = {}
 # Documented builtins: expiry() raises KeyError for a key that is not there.
 DOCUMENTED = {"expiry(key)": KeyError}
 
