@@ -76,7 +76,7 @@ def check_key(key) -> bytes:
             raise InvalidKeyError(f"key {key!r} cannot be encoded as UTF-8") from None
     elif type(key) is not bytes:
         if isinstance(key, str):
-            return check_key(str(key))
+            return check_key(str.__str__(key))  # its text: str() may be overridden (an Enum's)
         if isinstance(key, bytes):
             return check_key(bytes(key))
         raise InvalidKeyError(f"a key must be bytes or str, not {type(key).__name__}")

@@ -166,6 +166,7 @@ class Writer:
         self._flush_wanted = False
         self._scheduled: list = []  # steps for the flusher to run between commits (schedule)
         self._hooks: list = []  # on_commit hooks; appended before the first write
+        self.hook_error: Exception | None = None  # the last exception an on_commit hook raised
         self._next_seq = 1
         self._last: Group | None = None  # last group submitted
         self._failed: StoreFailedError | None = None
@@ -194,13 +195,15 @@ class Writer:
         """Call hook(groups) after every successful commit, in the committing
         thread, outside the writer's lock, before the groups' writers are
         woken. For the parts above the writer (the read cache, preallocation,
-        the TTL metadata): the writer never calls into them otherwise."""
+        the TTL metadata): the writer never calls into them otherwise. A hook
+        that raises changes nothing for the commit, which is done: the
+        exception is kept in stats()["hook_error"]."""
         self._hooks.append(hook)
 
     def schedule(self, step) -> None:
-        """Run step() in the flusher between commits, once; step returns True
-        to be run again (after any commit that is due). A step that raises is
-        dropped."""
+        """Run step() in the flusher between commits (never while any thread
+        leads one), once; step returns True to be run again (after any
+        commit that is due). A step that raises is dropped."""
         with self._lock:
             if step not in self._scheduled:
                 self._scheduled.append(step)
@@ -330,7 +333,7 @@ class Writer:
                     g.waiter.release()
                     return
             self._leading = False
-            if self._queue or self._closing:
+            if self._queue or self._closing or self._scheduled:
                 # the flusher waits for the lead to come back (or, closing,
                 # to see the queue empty and stop): never leave it asleep
                 self._wake.notify()
@@ -444,7 +447,10 @@ class Writer:
         commit's (asyncio callers submit from the event loop)."""
         if error is None:
             for hook in self._hooks:
-                hook(groups)
+                try:
+                    hook(groups)
+                except Exception as exc:  # the commit is done: its writers must hear so
+                    self.hook_error = exc
         bytes_in = bytes_stored = 0
         if error is not None:
             # nothing was written: no read may see these writes once their
@@ -536,10 +542,10 @@ class Writer:
                         self._flush_wanted = False
                         if self._closing:
                             return
-                        if self._scheduled:
+                        if self._scheduled and not self._leading:
                             step = self._scheduled.pop(0)
                             break
-                        self._wake.wait()
+                        self._wake.wait()  # _hand_off wakes us when a leader is done
                         continue
                     if (self._closing or self._flush_wanted or self._queued_ops >= self._max_ops
                             or self._queued_bytes >= self._max_bytes):
@@ -547,7 +553,7 @@ class Writer:
                     wait = self._queue[0].queued_at + self._interval - time.monotonic()
                     if wait <= 0:
                         break
-                    if self._scheduled:
+                    if self._scheduled and not self._leading:
                         step = self._scheduled.pop(0)
                         break
                     self._wake.wait(wait)
@@ -606,6 +612,7 @@ class Writer:
                 "bytes_stored": self.bytes_stored,
                 "failed": repr(self._failed.cause) if self._failed is not None else None,
                 "pending": self._queued_ops + self._in_flight_ops,
+                "hook_error": repr(self.hook_error) if self.hook_error is not None else None,
                 "commit_seconds": {"p50": 0.0, "p99": 0.0},
                 "compression_ratio": self.bytes_stored / self.bytes_in if self.bytes_in else None,
             }

@@ -144,13 +144,6 @@ def test_a_failed_commit_fails_the_groups_queued_behind_it_and_calls_no_hook(tmp
         db.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Writer._finish calls the on_commit hooks before marking the groups done and with no "
-    "guard: a hook that raises skips the rest of _finish, so the committed groups are never "
-    "marked done (nor their overlay entries dropped, nor _in_flight_ops decremented); the "
-    "flusher's except then fails the store with an empty group list, and flush() waits for "
-    "the never-done group until its timeout (a durable writer sharing that commit would sleep "
-    "forever)"))
 def test_a_commit_hook_that_raises_does_not_leave_the_commits_groups_waiting(tmp_path):
     db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
     writer = db._env.writer
@@ -284,11 +277,6 @@ def test_scheduled_steps_never_run_while_the_flusher_commits(tmp_path):
         assert watch.overlaps == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Writer._flusher takes a scheduled step whenever the queue is empty without checking "
-    "self._leading: while a durable writer thread leads a commit (its groups already popped "
-    "from the queue), the flusher runs the step concurrently with that commit, so schedule()'s "
-    "'between commits' does not hold for commits led by durable writers"))
 def test_scheduled_steps_never_run_while_a_durable_writer_leads_a_commit(tmp_path):
     with kvstore.open(tmp_path / "s", preallocate=False) as db:
         writer = db._env.writer
@@ -316,7 +304,9 @@ def test_run_returns_what_fn_returns_and_commits_what_fn_writes(tmp_path):
 
         assert env.writer.run(fn) == ("seen seq", before)
         assert meta(db, b"test:run") == b"written"
-        assert env.commit_seq() == before + 1
+        assert env.commit_seq() == before  # a metadata step alone is not a commit of writes
+        assert env.writer.run(fn, count=True) == ("seen seq", before)
+        assert env.commit_seq() == before + 1  # one that writes records (kvstore load) is
 
 
 def test_run_is_applied_after_a_buffered_put_submitted_before_it(tmp_path):
