@@ -127,12 +127,17 @@ def detach(env) -> None:
     if not release(env):
         return
     try:
-        if env.sweeper is not None:
-            env.sweeper.stop()
-        if env.writer is not None:
-            env.writer.close()
+        _stop(env)
     finally:
         env.close()
+
+
+def _stop(env) -> None:
+    """Stop the sweeper, then commit the pending writes and stop the writer."""
+    if env.sweeper is not None:
+        env.sweeper.stop()
+    if env.writer is not None:
+        env.writer.close()
 
 
 _hooks_installed = False
@@ -146,10 +151,7 @@ def _close_all() -> None:
         if env.forked:
             continue
         try:
-            if env.sweeper is not None:
-                env.sweeper.stop()
-            if env.writer is not None:
-                env.writer.close()
+            _stop(env)
         except KVStoreError as exc:
             print(f"kvstore: {env.path}: {exc}", file=sys.stderr)
 
