@@ -7,7 +7,9 @@ A store is one LMDB environment (a directory holding data.mdb and lock.mdb)::
     namespace   := named database { key -> stored }        stored: codec/format.py
     "__kvstore__" := the reserved metadata database:
         b"format_version"          -> ASCII decimal: the store format (below)
-        b"commit_seq"              -> u64 big-endian: +1 on every commit, by any process
+        b"commit_seq"              -> u64 big-endian: +1 on every commit of writes, by any
+                                      process (not on one of metadata alone: a new
+                                      namespace, a TTL default, a dictionary)
         b"ttl:" + namespace        -> u64 big-endian: its default TTL in ms, 0 for none
                                       (present once the namespace may hold TTL values: ttl.py)
         b"dict:" + id (u32 BE)     -> msgpack {"namespace", "created", "samples", "data"}

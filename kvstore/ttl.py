@@ -27,8 +27,9 @@ Metadata, in the reserved ``__kvstore__`` database::
     b"ttl:" + namespace  ->  u64 big-endian: the namespace's default TTL in
                              milliseconds, 0 for none
 
-A namespace gets its key before its first TTL value is committed, and keeps
-it: so a namespace without one holds no TTL value, and its len() is LMDB's
+A namespace gets its key no later than its first TTL value: in the same
+write transaction (the value's group carries an `Enable` step until this
+process has seen the key committed), and keeps it: so a namespace without one holds no TTL value, and its len() is LMDB's
 entry count, with no record to look at. Writing the first one also sets the store's
 format_version to 2 (layout.TTL_STORE_FORMAT), which kvstore versions
 without TTL refuse to open.

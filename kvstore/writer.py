@@ -165,6 +165,7 @@ class Writer:
         self._flush_waiters = 0
         self._flush_wanted = False
         self._scheduled: list = []  # steps for the flusher to run between commits (schedule)
+        self._step_turn = False  # a leader handed the lead to the flusher for one step
         self._hooks: list = []  # on_commit hooks; appended before the first write
         self.hook_error: Exception | None = None  # the last exception an on_commit hook raised
         self._next_seq = 1
@@ -201,9 +202,11 @@ class Writer:
         self._hooks.append(hook)
 
     def schedule(self, step) -> None:
-        """Run step() in the flusher between commits (never while any thread
-        leads one), once; step returns True to be run again (after any
-        commit that is due). A step that raises is dropped."""
+        """Run step() in the flusher between commits, once: it holds the lead
+        meanwhile, so no commit runs during it (writers queue behind it), and
+        a leader hands it the lead when it is done. step returns True to be
+        run again after the next commit, if one is due. A step that raises is
+        dropped. Keep steps short: durable writers wait for them."""
         with self._lock:
             if step not in self._scheduled:
                 self._scheduled.append(step)
@@ -323,10 +326,17 @@ class Writer:
         if group.error is not None:
             raise group.error
 
-    def _hand_off(self) -> None:
-        """The leader is done: wake the first writer still waiting to lead, or
-        give up the lead (the flusher takes buffered groups)."""
+    def _hand_off(self, after_step: bool = False) -> None:
+        """The leader is done: give the lead to the flusher for one scheduled
+        step, if any waits (unless a step just ran: a commit goes first), or
+        wake the first writer still waiting to lead, or give up the lead (the
+        flusher takes buffered groups). So steps run strictly between commits
+        and a writer that commits back to back cannot starve them."""
         with self._lock:
+            if self._scheduled and not after_step and not self._closing:
+                self._step_turn = True  # _leading stays True: the flusher holds the lead
+                self._wake.notify()
+                return
             for g in self._queue:
                 if g.waiter is not None:
                     g.lead = True
@@ -538,6 +548,10 @@ class Writer:
             step = None
             with self._lock:
                 while True:
+                    if self._step_turn:  # handed the lead for a step (_hand_off)
+                        self._step_turn = False
+                        step = self._scheduled.pop(0)
+                        break
                     if not self._queue:
                         self._flush_wanted = False
                         if self._closing:
@@ -558,7 +572,7 @@ class Writer:
                         break
                     self._wake.wait(wait)
                 if step is not None:
-                    pass
+                    self._leading = True  # a step holds the lead: no commit runs meanwhile
                 elif self._leading:
                     # A writer is committing; it hands the queue back to us
                     # (notifying _wake) when it gives up the lead.
@@ -567,14 +581,18 @@ class Writer:
                 else:
                     self._leading = True
             if step is not None:
-                # One step between commits, never ahead of one that is due;
-                # the next one after checking again.
+                # One step between commits, holding the lead; then the lead
+                # goes to a commit first, and the step again after it if it
+                # has more to do.
                 try:
                     more = step()
                 except Exception:  # best effort: a failing step must not stop the writer
                     more = False
                 if more:
-                    self.schedule(step)
+                    with self._lock:
+                        if step not in self._scheduled:
+                            self._scheduled.append(step)
+                self._hand_off(after_step=True)
                 continue
             try:
                 self._commit_next()

@@ -1,0 +1,191 @@
+"""lock.mdb, and the lock kvstore holds on data.mdb: two file checks at open.
+
+LMDB coordinates processes through lock.mdb: its header holds the last
+committed txnid (MDB_txninfo.mti_txnid), and LMDB holds a lock on its byte 0
+while an environment is open. Two ways of losing a store go through it:
+
+- An emptied data.mdb: LMDB takes a zero-length data file for a new
+  environment. `check_empty_data_file` refuses one whose lock file counted
+  commits (it held a store), and lets a creation cut short finish.
+- A deleted or replaced lock.mdb: the next opener would get a fresh one, and
+  two writers would each hold "the" write lock. Every kvstore process holds
+  an OFD read lock on data.mdb while it has the store open
+  (`hold_data_file`); `check_not_replaced` refuses to open when data.mdb is
+  held but lock.mdb is missing or unlocked. A process holding the old lock
+  file finds out at its next write (Environment._check_lock_file).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import struct
+import tempfile
+import time
+
+import lmdb
+
+from .errors import FormatError, LockFileReplacedError, StoreNotFoundError
+
+__all__ = ["check_empty_data_file", "check_not_replaced", "hold_data_file"]
+
+_MiB = 1 << 20
+
+
+def check_empty_data_file(path: str, readonly: bool) -> None:
+    """Refuse an empty data.mdb that once held a store.
+
+    LMDB takes an empty data file for a new environment and would create an
+    empty store over it. kvstore's own creation can leave one (a crash after
+    LMDB created the file, before it wrote the meta pages), and then lock.mdb
+    says no transaction ever committed (its txnid is 0). A lock file that
+    counts commits means the data file was emptied or replaced."""
+    data_path = os.path.join(path, "data.mdb")
+    try:
+        st = os.stat(data_path)
+    except OSError:
+        return  # check_data_file says what is wrong with it, if anything
+    if not stat.S_ISREG(st.st_mode) or st.st_size:
+        return
+    lock_path = os.path.join(path, "lock.mdb")
+    txnid = _lock_file_txnid(lock_path)
+    if txnid:
+        # A creator in another process writes the meta pages before it
+        # commits: a data file still empty after a commit was counted is one
+        # that lost them.
+        try:
+            if os.path.getsize(data_path):
+                return
+        except OSError:
+            return
+        raise FormatError(
+            f"{data_path} is empty, but {lock_path} records {txnid} commits to it: the data file "
+            f"was truncated or replaced, and opening it would start a new, empty store in its "
+            f"place; restore {data_path} from a backup (or delete both files to start afresh)"
+        )
+    if readonly:
+        raise StoreNotFoundError(f"no kvstore store at {path!r} yet: {data_path} is empty (a store "
+                                 f"whose creation did not finish); open it writable to create it")
+
+
+def _lock_file_txnid(lock_path: str) -> int:
+    """The last txnid LMDB's lock file holds (MDB_txninfo.mti_txnid), 0 when
+    there is no lock file or it is not one this LMDB writes."""
+    try:
+        with open(lock_path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return 0
+    if len(head) < 8 or struct.unpack_from("<I", head)[0] != 0xBEEFC0DE:
+        return 0
+    offset = _lock_txnid_offset()
+    if offset < 0 or len(head) < offset + 8:
+        return 0
+    return _TXNID.unpack_from(head, offset)[0]
+
+
+_TXNID = struct.Struct("<Q")
+_txnid_offset = None  # where mti_txnid is in lock.mdb; -1: unknown
+
+
+def _lock_txnid_offset() -> int:
+    """Where this LMDB build keeps mti_txnid in lock.mdb. It follows a
+    pthread mutex whose size depends on the platform, so it is found once
+    per process on a scratch environment: the one 8-byte field that counts
+    its commits."""
+    global _txnid_offset
+    if _txnid_offset is None:
+        found = None
+        try:
+            with tempfile.TemporaryDirectory(prefix="kvstore-lock-layout-") as tmp:
+                scratch = lmdb.open(tmp, map_size=_MiB, sync=False, metasync=False)
+                try:
+                    for n in (1, 2, 3):
+                        with scratch.begin(write=True) as txn:
+                            txn.put(b"n", b"%d" % n)
+                        with open(os.path.join(tmp, "lock.mdb"), "rb") as f:
+                            head = f.read(256)
+                        at = {o for o in range(8, len(head) - 7, 8) if _TXNID.unpack_from(head, o)[0] == n}
+                        found = at if found is None else found & at
+                finally:
+                    scratch.close()
+        except (OSError, lmdb.Error):
+            found = None
+        _txnid_offset = min(found) if found and len(found) == 1 else -1
+    return _txnid_offset
+
+
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
+
+
+def _locked_by_others(fd: int):
+    """Does another open file (any process) hold a lock on byte 0 of fd's
+    file? The OFD lock query asks without taking anything. None: no OFD
+    locks here, nothing to tell."""
+    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
+    except (OSError, AttributeError):
+        return None
+    return _FLOCK.unpack(answer)[0] != fcntl.F_UNLCK
+
+
+def check_not_replaced(path: str) -> None:
+    """Refuse to open beside processes that still use a deleted or replaced
+    lock.mdb. Every kvstore process with the store open holds a read lock
+    on data.mdb (`hold_data_file`), taken after LMDB's own lock on
+    lock.mdb and released before it; LMDB holds its lock on byte 0 of
+    lock.mdb while the environment is open. So when data.mdb is held and
+    lock.mdb is missing or nobody holds it, the holders use another lock
+    file, and LMDB would give this process a fresh one: two writers, each
+    holding "the" write lock.
+
+    lock.mdb is asked first: a process closing meanwhile lets go of
+    data.mdb before lock.mdb, so it cannot look like such a holder. One
+    opening meanwhile can (it takes both between the two questions), so
+    only an answer that stays the same a few times over is believed."""
+    data_path = os.path.join(path, "data.mdb")
+    lock_path = os.path.join(path, "lock.mdb")
+    for attempt in range(4):
+        if attempt:
+            time.sleep(0.01 * attempt)
+        if _held_by_others(lock_path) is not False or not _held_by_others(data_path):
+            return
+    raise LockFileReplacedError(
+        f"{lock_path} was deleted or replaced while other processes have the store open with the "
+        f"old one; opening it now would let two writers overwrite each other's commits. Those "
+        f"processes refuse to write now: close every process using {path!r}, then open it again"
+    )
+
+
+def _held_by_others(file_path: str):
+    """Does another process hold a lock on byte 0 of the file? False when
+    the file is missing; None when that cannot be told."""
+    try:
+        fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        return _locked_by_others(fd)
+    finally:
+        # Closing drops this process's POSIX locks on the file: it has none,
+        # as it holds no environment of this path (acquire()).
+        os.close(fd)
+
+
+def hold_data_file(path: str):
+    """A read lock on byte 0 of data.mdb, held while the environment is open
+    (see check_not_replaced); its descriptor, or None."""
+    try:
+        fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 1, 0))
+    except (OSError, AttributeError):
+        os.close(fd)
+        return None
+    return fd
