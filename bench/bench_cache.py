@@ -63,6 +63,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 import kvstore  # noqa: E402
+from kvstore import engine  # noqa: E402
 from kvstore.cache import ReadCache  # noqa: E402
 
 DEFAULT_CORPUS = os.path.normpath(os.path.join(REPO, "..", "shared", "corpus", "agent_memory.jsonl.zst"))
@@ -114,7 +115,7 @@ def zipf_sampler(keys: list, s: float, seed: int):
 
 def through(db, cache: ReadCache | None):
     """db.get with `cache` as the store's read cache (None: uncached)."""
-    env = db._env
+    env = engine.of(db)
     get = db.get
 
     def read(key):

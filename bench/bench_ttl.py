@@ -42,6 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kvstore  # noqa: E402
+from kvstore import engine  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data  # noqa: E402
@@ -103,13 +104,13 @@ def main(argv=None) -> int:
                     get(k, **kw)
             return read
 
-        sweeper = db._env.sweeper
-        ttl_dbi = db._env.dbi("ttl", create=False)
+        sweeper = engine.of(db).sweeper
+        ttl_dbi = engine.of(db).dbi("ttl", create=False)
 
         def sweep_scan():
             after = None
             while True:
-                expired, after, done = db._env.read(lambda txn: sweeper._scan(txn, ttl_dbi, after, 0))
+                expired, after, done = engine.of(db).read(lambda txn: sweeper._scan(txn, ttl_dbi, after, 0))
                 if done:
                     return
 

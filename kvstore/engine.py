@@ -18,8 +18,10 @@ pending writes are committed. An engine inherited through fork() is
 abandoned in the child, which reopens the path on first use (the parent's
 pending writes stay the parent's to commit).
 
-Today the engine's parts hang off the Environment object (env.writer,
-env.cache, ...), which is what handles and the CLI hold.
+Handles (store.py, reads.py) hold their path's `Engine`; the CLI and the
+integrations reach it through `of(handle)`, and use only the internal API
+that the Engine class lists: the parts, and the LMDB operations of its
+Environment that the layers above may call.
 """
 
 from __future__ import annotations
@@ -38,41 +40,92 @@ from .errors import KVStoreError, ReadOnlyError
 from .options import Options
 from .writer import Writer
 
-__all__ = ["attach", "detach", "acquire", "release", "all_open"]
+__all__ = ["Engine", "of", "codec_of", "attach", "detach", "acquire", "release", "all_open"]
 
 
-def attach(path: str, options: Options) -> Environment:
+class Engine:
+    """The parts of one store path in this process, and the internal API
+    that handles, the CLI and the integrations use (nothing else of the
+    Environment or the parts' private state)."""
+
+    def __init__(self, env: Environment):
+        self.env = env  # LMDB: environment.py
+        self.path = env.path
+        self.options = env.options
+        self.readonly = env.readonly
+        self.meta_db = env.meta_db  # the handle of the reserved metadata database (layout.py)
+        self.refs = 0  # handles; guarded by _registry_lock
+        self.forked = False  # set in a forked child: this engine must not be used
+        # for the read hot path (reads.py): no attribute hop through env
+        self.map_lock = env.map_lock
+        self.lmdb = env.env
+        self.dbis = env._dbis
+        # the LMDB operations the layers above call
+        self.read = env.read  # read(fn) -> fn(txn) in a read transaction
+        self.dbi = env.dbi  # dbi(namespace, create) -> LMDB handle or None
+        self.info = env.info
+        self.commit_seq = env.commit_seq
+        self.namespace_names = env.namespace_names
+        self.adopt_map_size = env.adopt_map_size
+        self.clear_stale_readers = env.clear_stale_readers
+        self.writer: Writer | None = None  # when writable (attach)
+        self.sweeper: _ttl.Sweeper | None = None  # when writable (attach)
+        self.cache = self.last_txnid = None
+        try:
+            self.dicts = Dictionaries(env)
+            self.ttl = _ttl.TTLMeta(env)
+            self.cache, self.last_txnid = _start_cache(env)
+        except BaseException:
+            env.close()
+            raise
+
+    def current_txnid(self) -> int:
+        """The txnid of the last commit to the store, by any process: from
+        LMDB's meta pages directly when the read cache set that up
+        (LastTxnid, no lock), else through LMDB."""
+        if self.last_txnid is not None:
+            return self.last_txnid()
+        return self.env.info()["last_txnid"]
+
+    def close(self) -> None:
+        if self.forked:
+            return
+        if self.last_txnid is not None:
+            self.last_txnid.close()
+        self.env.close()
+
+
+def of(handle) -> Engine:
+    """The engine behind a Store or Namespace handle (after checking the
+    handle is open, and reopening it after a fork): the CLI's entry."""
+    return handle._live_engine()
+
+
+def codec_of(handle):
+    """The codec (kvstore.codec.Codec) a handle encodes and decodes with."""
+    return handle._root._codec
+
+
+def attach(path: str, options: Options) -> Engine:
     """The engine of path for one more handle: opened and built on first
     use, with its writer and sweeper started when writable."""
-    env = acquire(path, options)
+    engine = acquire(path, options)
     try:
-        if not env.readonly and env.writer is None:
+        if not engine.readonly and engine.writer is None:
             with _registry_lock:
-                if env.writer is None:
-                    env.writer = _start_writer(env, options)
-                    env.sweeper = _ttl.Sweeper(env, env.writer, options.ttl_sweep_interval,
-                                               options.ttl_sweep_batch)
+                if engine.writer is None:
+                    engine.writer = _start_writer(engine, options)
+                    engine.sweeper = _ttl.Sweeper(engine, engine.writer, options.ttl_sweep_interval,
+                                                  options.ttl_sweep_batch)
     except BaseException:
-        detach(env)
+        detach(engine)
         raise
     _install_exit_hooks()
     _commit_at_multiprocessing_exit()
-    return env
+    return engine
 
 
-def _build(env: Environment) -> Environment:
-    """The parts above LMDB that every engine has (see the module docstring)."""
-    try:
-        env.dicts = Dictionaries(env)
-        env.ttl = _ttl.TTLMeta(env)
-        _start_cache(env)
-    except BaseException:
-        env.close()
-        raise
-    return env
-
-
-def _start_cache(env: Environment) -> None:
+def _start_cache(env: Environment):
     """The read cache (kvstore/cache.py), unless the options turn it off.
 
     Its versions come from LastTxnid, which reads LMDB's meta pages
@@ -82,26 +135,27 @@ def _start_cache(env: Environment) -> None:
     opts = env.options
     cache = ReadCache.create(opts.cache_entries, opts.cache_bytes)
     if cache is None:
-        return
+        return None, None
     try:
         last = LastTxnid(env.path)
     except (OSError, ValueError):
-        return
+        return None, None
     before = env.info()["last_txnid"]
     mine = last()
     after = env.info()["last_txnid"]
     if not before <= mine <= after:
         last.close()
-        return
-    env.cache, env.last_txnid = cache, last
+        return None, None
+    return cache, last
 
 
 
 
-def _start_writer(env, options: Options) -> Writer:
-    """The writer of env, with the parts above it subscribed to its commits."""
+def _start_writer(engine: Engine, options: Options) -> Writer:
+    """The writer of the engine, with the parts above it subscribed to its commits."""
+    env = engine.env
     writer = Writer(env, options)
-    cache = env.cache
+    cache = engine.cache
     if cache is not None:
         def invalidate(groups):
             # The commit changed these keys: free their cached values now
@@ -117,7 +171,7 @@ def _start_writer(env, options: Options) -> Writer:
             writer.schedule(env.preallocate)
 
     writer.on_commit(check_room)
-    writer.on_commit(env.ttl.committed)
+    writer.on_commit(engine.ttl.committed)
     env.route_writes(writer.run)
     return writer
 
@@ -198,17 +252,17 @@ def _commit_at_multiprocessing_exit() -> None:
 
 # ---------------------------------------------------------------- registry
 
-_registry: dict[str, Environment] = {}  # guarded by _registry_lock
+_registry: dict[str, Engine] = {}  # guarded by _registry_lock
 _registry_lock = threading.Lock()
 
 
-def acquire(path: str, options: Options) -> Environment:
-    """The shared Environment for path, opened on first use; count a reference."""
+def acquire(path: str, options: Options) -> Engine:
+    """The shared Engine for path, opened on first use; count a reference."""
     key = os.path.realpath(os.path.abspath(os.fspath(path)))
     with _registry_lock:
         env = _registry.get(key)
         if env is None:
-            env = _build(Environment(key, options))
+            env = Engine(Environment(key, options))
             _registry[key] = env
         elif env.readonly and not options.readonly:
             raise ReadOnlyError(
@@ -219,7 +273,7 @@ def acquire(path: str, options: Options) -> Environment:
         return env
 
 
-def release(env: Environment) -> bool:
+def release(env: Engine) -> bool:
     """Drop a reference; True when it was the last (the caller then closes)."""
     with _registry_lock:
         env.refs -= 1
@@ -230,12 +284,12 @@ def release(env: Environment) -> bool:
         return True
 
 
-def all_open() -> list[Environment]:
+def all_open() -> list[Engine]:
     with _registry_lock:
         return list(_registry.values())
 
 
-_held_for_fork: list[Environment] = []
+_held_for_fork: list[Engine] = []
 
 
 def _before_fork() -> None:
@@ -260,8 +314,9 @@ def _after_fork_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
     _held_for_fork.clear()
-    for env in _registry.values():
-        env.forked = True
+    for engine in _registry.values():
+        engine.forked = engine.env.forked = True
+        env = engine.env
         if env._data_lock_fd is not None:
             os.close(env._data_lock_fd)  # the parent's lock stays: its own descriptor holds it
             env._data_lock_fd = None

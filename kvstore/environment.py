@@ -1,11 +1,11 @@
-"""One LMDB environment per store path per process, shared by every handle.
+"""The LMDB environment of one store path in this process.
 
 LMDB allows an environment to be opened only once per process, so every
-`kvstore.open()` of the same path in one process shares one `Environment`
-(reference-counted). It owns what is LMDB-specific:
+`kvstore.open()` of the same path in one process shares one engine
+(engine.py), which holds one `Environment`. It owns what is LMDB-specific:
 
-- checking the files before mapping them (a truncated data.mdb would kill the
-  process with SIGBUS on first touch);
+- checking the files before mapping them (lmdbfile.py, lockfile.py: a
+  truncated data.mdb would kill the process with SIGBUS on first touch);
 - the store's own metadata (format version, commit sequence) in the reserved
   namespace ``__kvstore__``, and what the TTL module keeps there (`ttl`);
 - namespace handles (LMDB named databases);
@@ -14,7 +14,7 @@ LMDB allows an environment to be opened only once per process, so every
   process while the map is resized, so every transaction runs under
   `map_lock` held shared, and a resize holds it exclusively;
 - fork safety: an environment inherited through fork() is abandoned in the
-  child, which reopens the path on first use.
+  child (engine.py flags it), which reopens the path on first use.
 """
 
 from __future__ import annotations
@@ -103,10 +103,8 @@ class Environment:
         self.pid = os.getpid()
         self.forked = False  # set in a forked child: this object must not be used
         self.map_lock = MapLock()
-        self.refs = 0  # guarded by _registry_lock
         self._dbis: dict[str, object] = {}  # name -> LMDB handle; guarded by _dbi_lock
         self._dbi_lock = threading.Lock()
-        self.writer = None  # set by the store when writable (kvstore.writer.Writer)
         # How write transactions other than commits run: self.write until the
         # writer exists, then Writer.run (route_writes), so that they queue
         # behind the commits instead of racing them for LMDB's write lock.
@@ -114,11 +112,6 @@ class Environment:
         self._data_lock_fd = None  # lockfile.hold_data_file; set by _open
         self._lock_file_id = None  # (st_dev, st_ino) of lock.mdb at open; set by _open
         self.env = self._open()
-        # The parts above LMDB, built by the engine (engine.py) once the
-        # environment is open: the dictionaries, the TTL metadata, the read
-        # cache and its view of the last txnid, and, when writable, the writer
-        # and the TTL sweeper.
-        self.dicts = self.ttl = self.cache = self.last_txnid = self.sweeper = None
         try:
             self.clear_stale_readers()
             self.meta_db = self._init_meta()
@@ -462,14 +455,6 @@ class Environment:
         info["map_used"] = (info["last_pgno"] + 1) * stat["psize"]
         return info
 
-    def current_txnid(self) -> int:
-        """The txnid of the last commit to the store, by any process: from
-        LMDB's meta pages directly when the read cache set that up
-        (LastTxnid, no lock), else through LMDB."""
-        if self.last_txnid is not None:
-            return self.last_txnid()
-        return self.info()["last_txnid"]
-
     def commit_seq(self) -> int:
         """Number of commits the store has seen, from any process."""
         raw = self.read(lambda txn: txn.get(SEQ_KEY, db=self.meta_db))
@@ -541,8 +526,6 @@ class Environment:
     def close(self) -> None:
         if self.forked:
             return
-        if self.last_txnid is not None:
-            self.last_txnid.close()
         self._release_data_file()  # before LMDB lets go of lock.mdb: see lockfile.check_not_replaced
         self.map_lock.acquire_exclusive()
         try:

@@ -8,9 +8,9 @@ missing wherever it is found.
 
 `Reads` is a mixin of `Store` (store.py), which gives it `_root` (the
 store's default handle: `_env`, the Environment of the path; `_codec`),
-`_ns` (the namespace), `_live_env()` (the environment, after checking the
-handle is open and reopening it after a fork), `_dbi(env, ns)` and
-`_writer(env)`. `get` and its cache protocol are kept flat on purpose: they
+`_ns` (the namespace), `_live_engine()` (the environment, after checking the
+handle is open and reopening it after a fork), `_dbi(engine, ns)` and
+`_writer(engine)`. `get` and its cache protocol are kept flat on purpose: they
 are the hot path of every read.
 """
 
@@ -53,9 +53,9 @@ class Reads:
 
     __slots__ = ()
 
-    def _pending(self, env, key: bytes):
+    def _pending(self, engine, key: bytes):
         """(record-or-None,) if key has a pending write in this process, else None."""
-        writer = env.writer
+        writer = engine.writer
         if writer is not None:
             pending = writer.overlay.get(self._ns)
             if pending:
@@ -64,14 +64,14 @@ class Reads:
                     return (entry[1],)
         return None
 
-    def _current(self, env, key: bytes):
+    def _current(self, engine, key: bytes):
         """(stored bytes, txnid) of key: its pending write in this process
         (txnid None), else a copy of what the database holds and the txnid
         it was read at; (None, ...) when neither has it. Expiry unchecked."""
-        hit = self._pending(env, key)
+        hit = self._pending(engine, key)
         if hit is not None:
             return hit[0], None
-        dbi = self._dbi(env, self._ns)
+        dbi = self._dbi(engine, self._ns)
         if dbi is None:
             return None, None
 
@@ -79,7 +79,7 @@ class Reads:
             record = txn.get(key, db=dbi)
             return (None if record is None else bytes(record)), txn.id()
 
-        return env.read(read)
+        return engine.read(read)
 
     def _expired(self, key: bytes, record) -> bool:
         """Whether a TTL record (stored bytes starting with TTL_VERSION) has
@@ -93,7 +93,7 @@ class Reads:
         """The value of stored bytes (its expiry, if any, is the caller's to check)."""
         if record and record[0] == TTL_VERSION:
             record = record[TTL_HEADER_SIZE:]
-        dicts = self._root._env.dicts
+        dicts = self._root._engine.dicts
         try:
             return self._root._codec.decode(record, dictionaries=dicts.by_id)
         except CorruptionError as exc:
@@ -120,11 +120,11 @@ class Reads:
         if refresh_ttl:
             return self._get_refreshing(key, default)
         # The hot path of every cache hit: kept flat on purpose (what
-        # _live_env, _check_key and _pending do, inlined).
+        # _live_engine, _check_key and _pending do, inlined).
         root = self._root
-        env = root._env
-        if self._closed or root._closed or env.forked:
-            env = self._live_env()
+        engine = root._engine
+        if self._closed or root._closed or engine.forked:
+            engine = self._live_engine()
         kind = type(key)
         if kind is str:
             try:
@@ -136,7 +136,7 @@ class Reads:
         elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = check_key(key)
         ns = self._ns
-        writer = env.writer
+        writer = engine.writer
         if writer is not None:
             pending = writer.overlay.get(ns)
             if pending:
@@ -146,19 +146,19 @@ class Reads:
                     if record is None or (record[0] == TTL_VERSION and self._expired(key, record)):
                         return default
                     return self._decode(key, record)
-        cache = env.cache
+        cache = engine.cache
         cached = SKIP
         if cache is not None:
-            cached = cache.lookup(ns, key, env.last_txnid.view)
+            cached = cache.lookup(ns, key, engine.last_txnid.view)
             if type(cached) is not Sentinel:
                 return cached
-        dbi = self._dbi(env, ns)
+        dbi = self._dbi(engine, ns)
         if dbi is None:
             return default
-        lock = env.map_lock
+        lock = engine.map_lock
         lock.acquire_shared()
         try:
-            txn = env.env.begin(db=dbi, buffers=True)
+            txn = engine.lmdb.begin(db=dbi, buffers=True)
             try:
                 record = txn.get(key)
                 if record and record[0] == TTL_VERSION and self._expired(key, record):
@@ -180,31 +180,31 @@ class Reads:
         except lmdb.MapResizedError:
             pass
         except lmdb.ReadersFullError as exc:
-            if not env.clear_stale_readers():
+            if not engine.clear_stale_readers():
                 raise translate(exc, "reading") from None
             return self.get(key, default)
         except lmdb.Error as exc:
             raise translate(exc, "reading") from None
         finally:
             lock.release_shared()
-        env.adopt_map_size()
+        engine.adopt_map_size()
         return self.get(key, default)
 
     def _get_refreshing(self, key, default):
         """get(key, default, refresh_ttl=True): see get."""
-        env = self._live_env()
-        writer = self._writer(env)
+        engine = self._live_engine()
+        writer = self._writer(engine)
         key = check_key(key)
         ns = self._ns
-        cache = env.cache
+        cache = engine.cache
         cached = SKIP
-        if cache is not None and self._pending(env, key) is None:
+        if cache is not None and self._pending(engine, key) is None:
             # A value cached, valid at the last commit and without a TTL
             # has nothing to refresh: serve it.
-            cached = cache.lookup(ns, key, env.last_txnid.view, untimed_only=True)
+            cached = cache.lookup(ns, key, engine.last_txnid.view, untimed_only=True)
             if type(cached) is not Sentinel:
                 return cached
-        record, txnid = self._current(env, key)
+        record, txnid = self._current(engine, key)
         if record is None:
             return default
         if not len(record) or record[0] != TTL_VERSION:
@@ -229,8 +229,8 @@ class Reads:
         value = self._decode(key, record)
         if now + ttl_ms - expires >= max(1, ttl_ms // 100):
             refreshed = wrap_ttl(bytes(inner_record(record)), now + ttl_ms, ttl_ms)
-            writer.submit(ConditionalGroup([(ns, self._dbi(env, ns), key, refreshed)], False, len(refreshed),
-                                           _ttl.Refresh(env, [(record, txnid)])))
+            writer.submit(ConditionalGroup([(ns, self._dbi(engine, ns), key, refreshed)], False, len(refreshed),
+                                           _ttl.Refresh(engine, [(record, txnid)])))
         return value
 
     def expiry(self, key) -> tuple[float, float] | None:
@@ -240,9 +240,9 @@ class Reads:
 
         :raises KeyError: no such key (or its value has expired)
         """
-        env = self._live_env()
+        engine = self._live_engine()
         key = check_key(key)
-        record = self._current(env, key)[0]
+        record = self._current(engine, key)[0]
         if record is None:
             raise KeyError(key)
         if not len(record) or record[0] != TTL_VERSION:
@@ -254,21 +254,21 @@ class Reads:
 
     def get_many(self, keys: Iterable) -> list:
         """Values of keys (None where missing), in the order given, from one snapshot."""
-        env = self._live_env()
+        engine = self._live_engine()
         keys = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
         out = [None] * len(keys)
         todo = []
         for i, key in enumerate(keys):
-            hit = self._pending(env, key)
+            hit = self._pending(engine, key)
             if hit is None:
                 todo.append(i)
             elif hit[0] is not None and not (hit[0][0] == TTL_VERSION and self._expired(key, hit[0])):
                 out[i] = self._decode(key, hit[0])
         ns = self._ns
-        dbi = self._dbi(env, ns)
+        dbi = self._dbi(engine, ns)
         if todo and dbi is not None:
             codec = self._root._codec
-            cache = env.cache
+            cache = engine.cache
 
             def read(txn):
                 txnid = txn.id() if cache is not None else 0
@@ -296,7 +296,7 @@ class Reads:
                         found.append((i, record, cached is MISS))
                 records = [inner_record(r) for _, r, _ in found]
                 try:  # one call into the codec for the whole batch
-                    values = codec.decode_many(records, dictionaries=env.dicts.by_id)
+                    values = codec.decode_many(records, dictionaries=engine.dicts.by_id)
                 except (CorruptionError, FormatError):
                     values = [self._decode(keys[i], r) for i, r, _ in found]  # names the bad key
                 for (i, record, fill), value in zip(found, values):
@@ -304,7 +304,7 @@ class Reads:
                     if fill:
                         cache.fill(ns, keys[i], value, record, txnid)
 
-            env.read(read)
+            engine.read(read)
         return out
 
     def __getitem__(self, key):
@@ -314,15 +314,15 @@ class Reads:
         return value
 
     def __contains__(self, key) -> bool:
-        env = self._live_env()
+        engine = self._live_engine()
         key = check_key(key)
-        hit = self._pending(env, key)
+        hit = self._pending(engine, key)
         if hit is not None:
             return hit[0] is not None and _live(hit[0])
-        cache = env.cache
-        if cache is not None and cache.contains(self._ns, key, env.last_txnid.view):
+        cache = engine.cache
+        if cache is not None and cache.contains(self._ns, key, engine.last_txnid.view):
             return True
-        dbi = self._dbi(env, self._ns)
+        dbi = self._dbi(engine, self._ns)
         if dbi is None:
             return False
 
@@ -330,22 +330,22 @@ class Reads:
             record = txn.get(key, db=dbi)
             return record is not None and _live(record)
 
-        return env.read(present)
+        return engine.read(present)
 
     def __len__(self) -> int:
         """The number of keys. O(1), except in a namespace that has held TTL
         values: its records are counted one by one, skipping expired ones
         (bench/bench_ttl.py measures it per record)."""
-        env = self._live_env()
-        dbi = self._dbi(env, self._ns)
-        pending = env.writer.snapshot(self._ns) if env.writer is not None else []
+        engine = self._live_engine()
+        dbi = self._dbi(engine, self._ns)
+        pending = engine.writer.snapshot(self._ns) if engine.writer is not None else []
         now = _ttl.now_ms()
         if dbi is None:
             return sum(1 for _, r in pending if r is not None and _live(r, now))
         marker = _ttl.TTL_PREFIX + self._ns.encode("utf-8")
 
         def count(txn):
-            if txn.get(marker, db=env.meta_db) is None:  # no TTL value in the namespace
+            if txn.get(marker, db=engine.meta_db) is None:  # no TTL value in the namespace
                 n = txn.stat(dbi)["entries"]
             else:
                 n = sum(1 for record in txn.cursor(db=dbi).iternext(keys=False) if _live(record, now))
@@ -354,7 +354,7 @@ class Reads:
                 n += (record is not None and _live(record, now)) - (stored is not None and _live(stored, now))
             return n
 
-        return env.read(count)
+        return engine.read(count)
 
     def __iter__(self) -> Iterator[bytes]:
         return self.scan(keys_only=True)
@@ -377,7 +377,7 @@ class Reads:
         during the scan; writes made while it runs may or may not be seen.
         Pending writes of this process at the start of the scan are included.
         """
-        env = self._live_env()
+        engine = self._live_engine()
         prefix = check_bound(prefix, "prefix")
         lo, hi = check_bound(start, "start"), check_bound(stop, "stop")
         if prefix:
@@ -385,13 +385,13 @@ class Reads:
             end = prefix_end(prefix)
             if end is not None:
                 hi = end if hi is None else min(hi, end)
-        return self._scan(env, lo, hi, bool(reverse), bool(keys_only))
+        return self._scan(engine, lo, hi, bool(reverse), bool(keys_only))
 
-    def _scan(self, env, lo, hi, reverse, keys_only):
+    def _scan(self, engine, lo, hi, reverse, keys_only):
         pending = []
-        if env.writer is not None:
-            pending = sorted(env.writer.snapshot(self._ns, lo, hi), reverse=reverse)
-        stored = self._scan_stored(env, lo, hi, reverse)
+        if engine.writer is not None:
+            pending = sorted(engine.writer.snapshot(self._ns, lo, hi), reverse=reverse)
+        stored = self._scan_stored(engine, lo, hi, reverse)
         pi = 0
         for key, record in stored:
             while pi < len(pending) and (pending[pi][0] > key if reverse else pending[pi][0] < key):
@@ -418,16 +418,16 @@ class Reads:
         only the key is wanted (presence needs no decoding)."""
         return not _live(record) if keys_only else self._expired(key, record)
 
-    def _scan_stored(self, env, lo, hi, reverse):
+    def _scan_stored(self, engine, lo, hi, reverse):
         """(key, record) pairs in the database, chunk by chunk."""
         after = None  # last key returned
         size = SCAN_FIRST_CHUNK
         while True:
-            self._live_env()
-            dbi = self._dbi(env, self._ns)
+            self._live_engine()
+            dbi = self._dbi(engine, self._ns)
             if dbi is None:
                 return
-            chunk = env.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after, size))
+            chunk = engine.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after, size))
             yield from chunk
             if len(chunk) < size:
                 return

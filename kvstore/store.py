@@ -15,7 +15,7 @@ import os
 
 import lmdb
 
-from . import engine
+from .engine import attach, detach
 from . import codec as _codec
 from . import ttl as _ttl
 from .codec.format import inner_record
@@ -64,10 +64,10 @@ class Store(Reads):
         self._durable = options.durable
         self._codec = _codec.Codec(options.compression, options.compression_level,
                             options.compress_min_size, options.max_value_size)
-        self._env = self._attach()
+        self._engine = self._attach()
 
     def _attach(self):
-        return engine.attach(self._path, self._options)
+        return attach(self._path, self._options)
 
     # ------------------------------------------------------------ handles
 
@@ -88,28 +88,28 @@ class Store(Reads):
     def options(self) -> Options:
         return self._root._options
 
-    def _live_env(self):
+    def _live_engine(self):
         """The Environment, after checking the handle is usable."""
         root = self._root
         if self._closed or root._closed:
             raise StoreClosedError(f"the store at {root._path!r} is closed")
-        env = root._env
-        if env.forked:
-            env = root._reopen_after_fork()
-        return env
+        engine = root._engine
+        if engine.forked:
+            engine = root._reopen_after_fork()
+        return engine
 
     def _reopen_after_fork(self):
         # An environment inherited through fork() must not be used in the
         # child (LMDB's locks and reader slots belong to the parent). Abandon
         # it, with the parent's pending writes (the parent commits those), and
         # open the path afresh.
-        old = self._env
+        old = self._engine
         try:
-            old.env.close()  # py-lmdb sees the fork and leaves LMDB's state alone
+            old.lmdb.close()  # py-lmdb sees the fork and leaves LMDB's state alone
         except lmdb.Error:
             pass
-        self._env = self._attach()
-        return self._env
+        self._engine = self._attach()
+        return self._engine
 
     def namespace(self, name: str, *, ttl: float | None = None) -> "Namespace":
         """A handle on namespace `name`, created (durably) if missing.
@@ -124,29 +124,29 @@ class Store(Reads):
         """
         check_namespace_name(name)
         wanted = None if ttl is None else _ttl.default_to_ms(ttl)
-        env = self._live_env()
-        env.dbi(name, create=not env.readonly)
+        engine = self._live_engine()
+        engine.dbi(name, create=not engine.readonly)
         handle = Namespace(self._root, name)
         if wanted is None:
             return handle
-        current = env.ttl.default(name)
+        current = engine.ttl.default(name)
         if current == wanted:
-            if env.ttl.defaults.get(name) != wanted:
-                env.ttl.reload()  # another process set it since this one last looked
+            if engine.ttl.defaults.get(name) != wanted:
+                engine.ttl.reload()  # another process set it since this one last looked
             return handle
         if current:
             raise TTLMismatchError(
                 f"namespace {name!r} has a default TTL of {current / 1000:g} s, not {ttl!r} s; "
                 f"change it with db.namespace({name!r}).set_default_ttl({ttl!r}), or leave ttl= out "
                 f"to use the stored one")
-        handle._writer(env)  # ReadOnlyError
-        env.ttl.set_default(name, wanted, env.writer)
+        handle._writer(engine)  # ReadOnlyError
+        engine.ttl.set_default(name, wanted, engine.writer)
         return handle
 
     @property
     def default_ttl(self) -> float | None:
         """This namespace's default TTL in seconds (None: none), as stored now."""
-        ms = self._live_env().ttl.default(self._ns)
+        ms = self._live_engine().ttl.default(self._ns)
         return ms / 1000 if ms else None
 
     def set_default_ttl(self, ttl: float | None) -> None:
@@ -159,27 +159,27 @@ class Store(Reads):
         :raises InvalidTTLError: ttl is not a finite number of seconds > 0
         """
         ms = 0 if ttl is None else _ttl.default_to_ms(ttl)
-        env = self._live_env()
-        self._writer(env)
-        if ms or env.ttl.default(self._ns):
-            env.ttl.set_default(self._ns, ms, env.writer)
+        engine = self._live_engine()
+        self._writer(engine)
+        if ms or engine.ttl.default(self._ns):
+            engine.ttl.set_default(self._ns, ms, engine.writer)
 
     def namespaces(self) -> list[str]:
         """Names of the namespaces in the store, sorted, "default" included."""
-        env = self._live_env()
-        return sorted(set(env.namespace_names()) | {DEFAULT_NAMESPACE})
+        engine = self._live_engine()
+        return sorted(set(engine.namespace_names()) | {DEFAULT_NAMESPACE})
 
     # ------------------------------------------------------------ writes
 
-    def _writer(self, env) -> Writer:
-        if env.readonly or self.readonly:
+    def _writer(self, engine) -> Writer:
+        if engine.readonly or self.readonly:
             raise ReadOnlyError(f"the store at {self.path!r} is open read-only; reopen it without readonly=True to write")
-        return env.writer
+        return engine.writer
 
-    def _dbi(self, env, ns: str):
-        dbi = env._dbis.get(ns)
+    def _dbi(self, engine, ns: str):
+        dbi = engine.dbis.get(ns)
         if dbi is None:
-            dbi = env.dbi(ns, create=not env.readonly)
+            dbi = engine.dbi(ns, create=not engine.readonly)
         return dbi
 
     # Each write method has a private twin taking `callback`: None for the
@@ -188,8 +188,8 @@ class Store(Reads):
     # the writer calls once the group is done. The twin returns whether the
     # caller must wait for that callback (Writer.submit).
 
-    def _submit(self, env, ops: list, nbytes: int, durable, callback=None, before=None) -> bool:
-        writer = self._writer(env)
+    def _submit(self, engine, ops: list, nbytes: int, durable, callback=None, before=None) -> bool:
+        writer = self._writer(engine)
         if durable is None:
             durable = self._root._durable
         return writer.submit(Group(ops, bool(durable), nbytes, callback, before))
@@ -211,22 +211,22 @@ class Store(Reads):
     def _put(self, key, value, durable, callback, ttl=None) -> bool:
         # The hot path of every buffered write: kept flat on purpose.
         root = self._root
-        env = root._env
-        if self._closed or root._closed or env.forked:
-            env = self._live_env()
-        writer = env.writer
+        engine = root._engine
+        if self._closed or root._closed or engine.forked:
+            engine = self._live_engine()
+        writer = engine.writer
         if writer is None:
-            self._writer(env)  # raises ReadOnlyError
+            self._writer(engine)  # raises ReadOnlyError
         if type(key) is not str or not 0 < len(key) <= 127:  # 127 chars: at most 511 UTF-8 bytes
             key = check_key(key)
         else:
             key = key.encode("utf-8") if key.isascii() else check_key(key)
         ns = self._ns
-        record = root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
+        record = root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
         before = None
-        if ttl is not None or ns in env.ttl.defaults:
-            record, before = _ttl.stamp(env, ns, record, ttl)
-        dbi = env._dbis.get(ns) or self._dbi(env, ns)
+        if ttl is not None or ns in engine.ttl.defaults:
+            record, before = _ttl.stamp(engine, ns, record, ttl)
+        dbi = engine.dbis.get(ns) or self._dbi(engine, ns)
         return writer.submit(Group([(ns, dbi, key, record)],
                                    root._durable if durable is None else bool(durable),
                                    len(record), callback, before))
@@ -236,10 +236,10 @@ class Store(Reads):
         self._delete(key, durable, None)
 
     def _delete(self, key, durable, callback) -> bool:
-        env = self._live_env()
-        self._writer(env)
+        engine = self._live_engine()
+        self._writer(engine)
         key = check_key(key)
-        return self._submit(env, [(self._ns, self._dbi(env, self._ns), key, None)], 0, durable,
+        return self._submit(engine, [(self._ns, self._dbi(engine, self._ns), key, None)], 0, durable,
                             callback)
 
     def put_many(self, items, *, durable: bool | None = None, ttl: float | None = None) -> None:
@@ -252,19 +252,19 @@ class Store(Reads):
         self._put_many(items, durable, None, ttl)
 
     def _put_many(self, items, durable, callback, ttl=None) -> bool:
-        env = self._live_env()
-        self._writer(env)
+        engine = self._live_engine()
+        self._writer(engine)
         if hasattr(items, "items"):
             items = items.items()
         elif not hasattr(items, "__iter__"):
             raise InvalidArgumentError(f"put_many takes a mapping or an iterable of (key, value) "
                                        f"pairs, not {type(items).__name__}")
-        ns, dbi = self._ns, self._dbi(env, self._ns)
+        ns, dbi = self._ns, self._dbi(engine, self._ns)
         encode = self._root._codec.encode
-        dictionary = env.dicts.for_encoding(ns)
+        dictionary = engine.dicts.for_encoding(ns)
         if ttl is not None:
             _ttl.to_ms(ttl)  # a bad ttl raises before any value is encoded
-        stamped = ttl is not None or ns in env.ttl.defaults
+        stamped = ttl is not None or ns in engine.ttl.defaults
         ops = []
         nbytes = 0
         before = None
@@ -276,11 +276,11 @@ class Store(Reads):
             key = check_key(key)
             record = encode(value, dictionary=dictionary)
             if stamped:
-                record, step = _ttl.stamp(env, ns, record, ttl)
+                record, step = _ttl.stamp(engine, ns, record, ttl)
                 before = before or step
             nbytes += len(record)
             ops.append((ns, dbi, key, record))
-        return bool(ops) and self._submit(env, ops, nbytes, durable, callback, before)
+        return bool(ops) and self._submit(engine, ops, nbytes, durable, callback, before)
 
     def batch(self, durable: bool | None = None) -> "Batch":
         """An atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
@@ -288,8 +288,8 @@ class Store(Reads):
         Committed as one group when the block exits normally; discarded if it
         raises. Reads do not see the batch's writes until then.
         """
-        env = self._live_env()
-        self._writer(env)
+        engine = self._live_engine()
+        self._writer(engine)
         return Batch(self, durable)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -299,9 +299,9 @@ class Store(Reads):
         :raises StoreFailedError: a commit failed; the writes it held are lost
         """
         timeout = check_timeout(timeout)
-        env = self._live_env()
-        if env.writer is not None:
-            env.writer.flush(timeout)
+        engine = self._live_engine()
+        if engine.writer is not None:
+            engine.writer.flush(timeout)
 
     def __setitem__(self, key, value) -> None:
         self.put(key, value)
@@ -328,20 +328,20 @@ class Store(Reads):
         ns = self._ns if namespace is None else namespace
         if ns != DEFAULT_NAMESPACE:
             check_namespace_name(ns)
-        env = self._live_env()
-        self._writer(env)
+        engine = self._live_engine()
+        self._writer(engine)
         self.flush()
-        dbi = self._dbi(env, ns)
+        dbi = self._dbi(engine, ns)
         codec = self._root._codec
 
         def serialize(record):
-            return codec.serialize(codec.decode(inner_record(record), dictionaries=env.dicts.by_id))[1]
+            return codec.serialize(codec.decode(inner_record(record), dictionaries=engine.dicts.by_id))[1]
 
-        return env.dicts.train(ns, dbi, samples, dict_size, serialize, env.writer)
+        return engine.dicts.train(ns, dbi, samples, dict_size, serialize, engine.writer)
 
     def dictionaries(self) -> list[dict]:
         """Every dictionary in the store: id, namespace, size, created, samples, current."""
-        return self._live_env().dicts.info()
+        return self._live_engine().dicts.info()
 
     # ------------------------------------------------------------ state
 
@@ -356,18 +356,18 @@ class Store(Reads):
         this process deleted since open), ttl_sweep_error (what stopped the
         sweep, if anything did).
         """
-        env = self._live_env()
-        info = env.info()
-        w = env.writer
+        engine = self._live_engine()
+        info = engine.info()
+        w = engine.writer
         out = {
-            "path": env.path,
-            "readonly": env.readonly,
+            "path": engine.path,
+            "readonly": engine.readonly,
             "codec": self._root._codec.backend,
             "map_size": info["map_size"],
             "map_used": info["map_used"],
             "last_txnid": info["last_txnid"],
             "readers": info["num_readers"],
-            "commit_seq": env.commit_seq(),
+            "commit_seq": engine.commit_seq(),
             "commits": 0,
             "ops_committed": 0,
             "ops_per_commit": {"mean": 0.0, "max": 0},
@@ -379,12 +379,12 @@ class Store(Reads):
             "bytes_stored": 0,
             "compression_ratio": None,
             "failed": None,
-            "cache": env.cache.stats() if env.cache is not None else None,
+            "cache": engine.cache.stats() if engine.cache is not None else None,
             "expired_swept": 0,
             "ttl_sweep_error": None,
         }
-        if env.sweeper is not None:
-            out.update(env.sweeper.stats())
+        if engine.sweeper is not None:
+            out.update(engine.sweeper.stats())
         if w is not None:
             out.update(w.stats())
         return out
@@ -399,9 +399,9 @@ class Store(Reads):
         self._closed = True
         if self._root is not self:
             return
-        env = self._env
-        if not env.forked:
-            engine.detach(env)
+        engine = self._engine
+        if not engine.forked:
+            detach(engine)
 
     def __enter__(self):
         return self
@@ -440,21 +440,21 @@ class Batch:
         if self._state != "open":
             raise StoreClosedError(f"this batch is {self._state}; start a new one with db.batch()")
         store = self._store
-        env = store._live_env()
+        engine = store._live_engine()
         ns = store._ns if namespace is None else namespace
         if namespace is not None:
             check_namespace_name(namespace)
-        return ns, store._dbi(env, ns)
+        return ns, store._dbi(engine, ns)
 
     def put(self, key, value, *, namespace: str | None = None, ttl: float | None = None) -> None:
         """Add a put to the batch; `namespace` targets another namespace of the
         store; `ttl` as for Store.put (None: that namespace's default)."""
         ns, dbi = self._target(namespace)
         key = check_key(key)
-        env = self._store._live_env()
-        record = self._store._root._codec.encode(value, dictionary=env.dicts.for_encoding(ns))
-        if ttl is not None or ns in env.ttl.defaults:
-            record, step = _ttl.stamp(env, ns, record, ttl)
+        engine = self._store._live_engine()
+        record = self._store._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
+        if ttl is not None or ns in engine.ttl.defaults:
+            record, step = _ttl.stamp(engine, ns, record, ttl)
             if step is not None:
                 self._before = step | self._before
         self._nbytes += len(record)
@@ -486,6 +486,6 @@ class Batch:
         if not ops:
             return False
         store = self._store
-        return store._submit(store._live_env(), ops, self._nbytes, self._durable, callback,
+        return store._submit(store._live_engine(), ops, self._nbytes, self._durable, callback,
                              self._before)
 

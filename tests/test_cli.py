@@ -59,8 +59,8 @@ KEYS = {
 def raw_records(path, namespace="default") -> dict:
     """{key: stored record} of a namespace, read with py-lmdb through the store."""
     with kvstore.open(path, readonly=True) as db:
-        dbi = db._env.dbi(namespace, False)
-        return db._env.read(lambda txn: {bytes(k): bytes(v) for k, v in txn.cursor(db=dbi)})
+        dbi = db._engine.dbi(namespace, False)
+        return db._engine.read(lambda txn: {bytes(k): bytes(v) for k, v in txn.cursor(db=dbi)})
 
 
 def run(argv, out=None):

@@ -119,7 +119,7 @@ def test_dict_id_of_values_stored_after_training_is_the_trained_dictionarys_id(s
         value = demo.message(rng, 999, 999)
         db.put("plain", value, durable=True)
         db.put("with-ttl", value, durable=True, ttl=3600)
-        env = db._env
+        env = db._engine
         dbi = env.dbi("default", create=False)
         old, plain, with_ttl = env.read(lambda txn: [bytes(txn.get(k, db=dbi))
                                                      for k in (b"m00000", b"plain", b"with-ttl")])

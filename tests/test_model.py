@@ -206,7 +206,7 @@ class StoreMatchesDict(RuleBasedStateMachine):
     def sweep(self):
         for db in self.dbs:
             for _ in range(len(self.model)):  # one pass per TTL namespace at most
-                db._env.sweeper.sweep_once()
+                db._engine.sweeper.sweep_once()
                 db.flush()
 
     @rule(ns=NAMESPACES, items=st.lists(st.tuples(KEYS, st.none() | VALUES), min_size=1, max_size=4))

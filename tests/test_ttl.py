@@ -52,8 +52,8 @@ def raw_records(where, ns="default"):
     """{key: stored bytes} of a namespace, expired values included: through
     an open store's LMDB environment, or with py-lmdb at a path."""
     if isinstance(where, kvstore.Store):
-        dbi = where._env.dbi(ns, create=False)
-        return where._env.read(lambda txn: {bytes(k): bytes(v) for k, v in txn.cursor(db=dbi)})
+        dbi = where._engine.dbi(ns, create=False)
+        return where._engine.read(lambda txn: {bytes(k): bytes(v) for k, v in txn.cursor(db=dbi)})
     env = lmdb.open(where, max_dbs=10, readonly=True, lock=False)
     try:
         dbi = env.open_db(ns.encode(), create=False)
@@ -362,12 +362,12 @@ def test_refresh_made_from_an_outdated_read_never_shows_the_old_value(store_path
     # was queued: reads must not go back to "old", before or after the commit.
     with open_store(store_path, cache_entries=cache_entries) as db:
         db.put("k", "old", ttl=10, durable=True)
-        record, txnid = db._current(db._env, b"k")
+        record, txnid = db._current(db._engine, b"k")
         db.put("k", "new", durable=True)
         refreshed = fmt.wrap_ttl(bytes(fmt.inner_record(record)), kvstore.ttl.now_ms() + 10_000, 10_000)
-        dbi = db._env.dbi("default", create=False)
-        db._env.writer.submit(ConditionalGroup([("default", dbi, b"k", refreshed)], False, len(refreshed),
-                                               kvstore.ttl.Refresh(db._env, [(record, txnid)])))
+        dbi = db._engine.dbi("default", create=False)
+        db._engine.writer.submit(ConditionalGroup([("default", dbi, b"k", refreshed)], False, len(refreshed),
+                                               kvstore.ttl.Refresh(db._engine, [(record, txnid)])))
         assert db.stats()["pending"] == 1 and db.get("k") == "new"
         db.flush()
         assert db.get("k") == "new" and db.expiry("k") is None
@@ -383,7 +383,7 @@ def test_sweep_deletes_expired_records_through_the_writer(store_path, clock):
         db.namespace("other").put("x", 1, ttl=1)
         db.flush()
         clock.advance(1)
-        sweeper = db._env.sweeper
+        sweeper = db._engine.sweeper
         queued = 0
         for _ in range(10):  # bounded passes of 7 records, round the namespaces
             queued += sweeper.sweep_once()
@@ -402,9 +402,9 @@ def test_sweep_never_deletes_a_key_written_again_since_it_looked(store_path, clo
             db.put(key, "old", ttl=1)
         db.flush()
         clock.advance(1)
-        sweeper = db._env.sweeper
-        dbi = db._env.dbi("default", create=False)
-        expired, _, _ = db._env.read(lambda txn: sweeper._scan(txn, dbi, None, kvstore.ttl.now_ms()))
+        sweeper = db._engine.sweeper
+        dbi = db._engine.dbi("default", create=False)
+        expired, _, _ = db._engine.read(lambda txn: sweeper._scan(txn, dbi, None, kvstore.ttl.now_ms()))
         assert sorted(expired) == [b"deleted", b"plain", b"renewed", b"stays"]
         db.put("renewed", "new", ttl=1)  # committed before the sweep's group
         db.put("plain", "new")
@@ -423,8 +423,8 @@ def test_sweep_judges_by_the_earlier_clock(store_path, clock):
     with open_store(store_path) as db:
         db.put("k", 1, ttl=1, durable=True)
         clock.advance(1)
-        sweeper = db._env.sweeper
-        dbi = db._env.dbi("default", create=False)
+        sweeper = db._engine.sweeper
+        dbi = db._engine.dbi("default", create=False)
         seen = kvstore.ttl.now_ms()
         clock.advance(-10)
         db.put("k", 2, ttl=5, durable=True)  # expires at T0 - 4 s: before `seen`
@@ -461,7 +461,7 @@ def test_damaged_ttl_prefix_is_reported_and_never_swept(store_path, clock):
             db.get("bad")
         assert info.value.key == b"bad"
         assert "bad" in db  # presence needs no decoding
-        db._env.sweeper.sweep_once()
+        db._engine.sweeper.sweep_once()
         db.flush()
         assert sorted(raw_records(db)) == [b"bad"]
 
@@ -586,7 +586,7 @@ def test_namespace_default_set_by_another_process_applies_here(store_path, clock
                 db.namespace("sessions", ttl=60)
         """), store_path], check=True, timeout=120)
         deadline = time.monotonic() + 60
-        while "sessions" not in db._env.ttl.defaults and time.monotonic() < deadline:
+        while "sessions" not in db._engine.ttl.defaults and time.monotonic() < deadline:
             time.sleep(0.02)  # the sweeper re-reads the metadata every pass
         sessions.put("a", 1)
         assert sessions.expiry("a") == (T0 + 60, 60)

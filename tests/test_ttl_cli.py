@@ -116,8 +116,8 @@ def test_check_and_stat_count_ttl_values(store, clock):
     assert (s["ttl_values"], s["default_ttl"]) == (1, 60.0)
     assert d["unreadable_headers"] == 0
     with kvstore.open(store, readonly=True) as db:  # decoded: the v1 headers' raw_len, behind the prefix
-        dbi = db._env.dbi("default", False)
-        records = db._env.read(lambda txn: [bytes(r) for _, r in txn.cursor(db=dbi)])
+        dbi = db._engine.dbi("default", False)
+        records = db._engine.read(lambda txn: [bytes(r) for _, r in txn.cursor(db=dbi)])
     at = [22 if r[0] == 2 else 0 for r in records]
     assert d["decoded_bytes"] == sum(int.from_bytes(r[a + 2:a + 6], "little") for r, a in zip(records, at))
     assert doc["environment"]["format_version"] == "2"
@@ -170,7 +170,7 @@ def test_dump_load_round_trip_keeps_expiry_and_defaults(store, clock, tmp_path, 
     assert contents(copy) == want
     with kvstore.open(copy) as db:
         assert db.namespace("sessions").default_ttl == 60
-        assert db._env.ttl.namespaces == {"default", "sessions"}
+        assert db._engine.ttl.namespaces == {"default", "sessions"}
     clock.now += 10  # loaded later: 'soon' has expired meanwhile and is left out
     later = str(tmp_path / "later")
     status, text = run(["load", later, "-i", dump])
@@ -212,8 +212,8 @@ def test_compact_drops_expired_values(store, clock, tmp_path):
     assert doc["dest_bytes"] < doc["source_bytes"] / 2
     assert contents(dest) == contents(store)
     with kvstore.open(dest, readonly=True) as db:
-        dbi = db._env.dbi("default", False)
-        records = db._env.read(lambda txn: txn.stat(dbi)["entries"])
+        dbi = db._engine.dbi("default", False)
+        records = db._engine.read(lambda txn: txn.stat(dbi)["entries"])
         assert records == 2  # physically gone, not just invisible
         assert db.namespace("sessions").default_ttl == 60
     assert run(["check", dest])[0] == 0

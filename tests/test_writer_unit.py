@@ -1,7 +1,7 @@
 """kvstore.writer.Writer's hooks and steps, on real stores: on_commit, schedule,
 run (with Refused) and Group.before.
 
-Each test opens its own store in tmp_path; the writer is `db._env.writer`.
+Each test opens its own store in tmp_path; the writer is `db._engine.writer`.
 Tests that make a commit fail use a store of their own: a failed commit puts
 the store into the failed state for good.
 """
@@ -32,20 +32,20 @@ def wait_for(condition, timeout=10.0, what="the condition"):
 
 def group_of(db, pairs, durable=True, before=None, ns="default"):
     """A Group writing pairs into ns, encoded as the store encodes them."""
-    env = db._env
+    env = db._engine
     dbi = env.dbi(ns, create=False)
     ops = [(ns, dbi, key, None if value is None else db._codec.encode(value)) for key, value in pairs]
     return Group(ops, durable, sum(len(r) for *_x, r in ops if r is not None), before=before)
 
 
 def stored(db, key, ns="default"):
-    env = db._env
+    env = db._engine
     dbi = env.dbi(ns, create=False)
     return env.read(lambda txn: txn.get(key, db=dbi))
 
 
 def meta(db, key):
-    env = db._env
+    env = db._engine
     return env.read(lambda txn: txn.get(key, db=env.meta_db))
 
 
@@ -59,7 +59,7 @@ class Boom(KVStoreError):
 def test_on_commit_hook_sees_exactly_the_groups_of_each_commit_before_their_writers_wake(tmp_path):
     db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
     try:
-        writer = db._env.writer
+        writer = db._engine.writer
         commits = []
 
         def hook(groups):
@@ -86,7 +86,7 @@ def test_on_commit_hook_sees_exactly_the_groups_of_each_commit_before_their_writ
 
 def test_on_commit_hook_is_not_called_for_a_commit_that_failed(tmp_path):
     db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
-    writer = db._env.writer
+    writer = db._engine.writer
     calls = []
     writer.on_commit(lambda groups: calls.append(len(groups)))
     db.put("ok", 1, durable=True)
@@ -110,7 +110,7 @@ def test_on_commit_hook_is_not_called_for_a_commit_that_failed(tmp_path):
 
 def test_a_failed_commit_fails_the_groups_queued_behind_it_and_calls_no_hook(tmp_path):
     db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
-    writer = db._env.writer
+    writer = db._engine.writer
     calls = []
     writer.on_commit(lambda groups: calls.append(len(groups)))
     entered = threading.Event()
@@ -146,7 +146,7 @@ def test_a_failed_commit_fails_the_groups_queued_behind_it_and_calls_no_hook(tmp
 
 def test_a_commit_hook_that_raises_does_not_leave_the_commits_groups_waiting(tmp_path):
     db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
-    writer = db._env.writer
+    writer = db._engine.writer
 
     def broken(groups):
         raise RuntimeError("a broken commit hook")
@@ -177,7 +177,7 @@ def test_a_scheduled_step_returning_true_runs_again_until_it_returns_false(tmp_p
             runs.append(threading.current_thread().name)
             return len(runs) < 4
 
-        db._env.writer.schedule(step)
+        db._engine.writer.schedule(step)
         wait_for(lambda: len(runs) >= 4, what="four runs of the step")
         time.sleep(0.1)
         assert len(runs) == 4  # returned False the fourth time: not run again
@@ -186,7 +186,7 @@ def test_a_scheduled_step_returning_true_runs_again_until_it_returns_false(tmp_p
 
 def test_a_scheduled_step_that_raises_is_dropped_and_the_writer_keeps_working(tmp_path):
     with kvstore.open(tmp_path / "s", preallocate=False) as db:
-        writer = db._env.writer
+        writer = db._engine.writer
         runs = []
 
         def bad():
@@ -209,7 +209,7 @@ def test_a_scheduled_step_that_raises_is_dropped_and_the_writer_keeps_working(tm
 
 def test_scheduling_a_step_already_waiting_does_not_queue_it_twice(tmp_path):
     with kvstore.open(tmp_path / "s", preallocate=False) as db:
-        writer = db._env.writer
+        writer = db._engine.writer
         busy, release = threading.Event(), threading.Event()
         runs = []
 
@@ -244,7 +244,7 @@ class CommitWatch:
         self.runs = []  # commits done at each run of the step
         self.overlaps = []  # the same, for runs inside a commit
         self.stop = threading.Event()
-        db._env.writer.on_commit(self._hook)
+        db._engine.writer.on_commit(self._hook)
 
     def mark(self, txn):
         self.in_commit = True
@@ -265,7 +265,7 @@ class CommitWatch:
 
 def test_scheduled_steps_never_run_while_the_flusher_commits(tmp_path):
     with kvstore.open(tmp_path / "s", preallocate=False, flush_interval=0.001) as db:
-        writer = db._env.writer
+        writer = db._engine.writer
         watch = CommitWatch(db)
         writer.schedule(watch.step)
         for i in range(40):  # buffered groups, each committed by the flusher (flush only waits)
@@ -279,7 +279,7 @@ def test_scheduled_steps_never_run_while_the_flusher_commits(tmp_path):
 
 def test_scheduled_steps_never_run_while_a_durable_writer_leads_a_commit(tmp_path):
     with kvstore.open(tmp_path / "s", preallocate=False) as db:
-        writer = db._env.writer
+        writer = db._engine.writer
         watch = CommitWatch(db)
         writer.schedule(watch.step)
         for i in range(150):  # durable groups: this thread leads each commit
@@ -295,7 +295,7 @@ def test_scheduled_steps_never_run_while_a_durable_writer_leads_a_commit(tmp_pat
 
 def test_run_returns_what_fn_returns_and_commits_what_fn_writes(tmp_path):
     with kvstore.open(tmp_path / "s") as db:
-        env = db._env
+        env = db._engine
         before = env.commit_seq()
 
         def fn(txn):
@@ -311,7 +311,7 @@ def test_run_returns_what_fn_returns_and_commits_what_fn_writes(tmp_path):
 
 def test_run_is_applied_after_a_buffered_put_submitted_before_it(tmp_path):
     with kvstore.open(tmp_path / "s", flush_interval=SLOW) as db:
-        env = db._env
+        env = db._engine
         dbi = env.dbi("default", create=False)
         db.put("earlier", {"v": 1})
         assert stored(db, b"earlier") is None  # still queued
@@ -321,7 +321,7 @@ def test_run_is_applied_after_a_buffered_put_submitted_before_it(tmp_path):
 
 def test_run_raising_refused_fails_only_its_call_and_a_put_in_the_same_commit_commits(tmp_path):
     with kvstore.open(tmp_path / "s") as db:
-        writer = db._env.writer
+        writer = db._engine.writer
         commits = []
         writer.on_commit(lambda groups: commits.append(list(groups)))
         inside = threading.Event()
@@ -374,7 +374,7 @@ def test_run_raising_refused_fails_only_its_call_and_a_put_in_the_same_commit_co
 
 def test_run_on_a_closed_store_raises_store_closed_error(tmp_path):
     db = kvstore.open(tmp_path / "s")
-    writer = db._env.writer
+    writer = db._engine.writer
     db.close()
     with pytest.raises(StoreClosedError):
         writer.run(lambda txn: None)
@@ -385,7 +385,7 @@ def test_run_on_a_closed_store_raises_store_closed_error(tmp_path):
 
 def test_group_before_runs_in_the_transaction_of_its_ops_just_ahead_of_them(tmp_path):
     with kvstore.open(tmp_path / "s") as db:
-        env = db._env
+        env = db._engine
         dbi = env.dbi("default", create=False)
         db.put("k", "old", durable=True)
         seen = []
@@ -407,7 +407,7 @@ def test_group_before_runs_in_the_transaction_of_its_ops_just_ahead_of_them(tmp_
 
 def test_group_before_replayed_after_a_map_grow_commits_once_with_its_values(tmp_path):
     with kvstore.open(tmp_path / "s", map_size=1 << 20, preallocate=False) as db:
-        env = db._env
+        env = db._engine
         start_map = env.info()["map_size"]
         start_seq = env.commit_seq()
         calls = []

@@ -9,6 +9,7 @@ import sys
 import time
 
 import kvstore
+from kvstore import engine
 from kvstore.layout import DEFAULT_NAMESPACE, META_DB
 from kvstore.errors import KVStoreError, StoreNotFoundError
 
@@ -131,7 +132,7 @@ def namespace_dbi(db, name: str):
 
     The default namespace always exists (it may lack a database, in a store
     made by other tools: then it reads as empty and this returns None)."""
-    dbi = db._env.dbi(name, create=False)
+    dbi = engine.of(db).dbi(name, create=False)
     if dbi is None and name != DEFAULT_NAMESPACE:
         names = ", ".join(db.namespaces())
         raise NotFound(f"no namespace {name!r} in the store at {db.path!r} (it holds: {names})")

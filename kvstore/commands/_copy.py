@@ -10,6 +10,7 @@ import threading
 
 import lmdb
 
+from kvstore import engine
 from kvstore.errors import translate
 
 from ._common import CommandError, Progress
@@ -40,7 +41,7 @@ def _copy(env, tmp: str, target: str, compact: bool, dest: str) -> None:
     while True:
         env.map_lock.acquire_shared()  # no map resize in this process meanwhile
         try:
-            env.env.copy(tmp, compact=compact)
+            env.lmdb.copy(tmp, compact=compact)
             return
         except lmdb.MapResizedError:
             pass  # another process grew the map: adopt its size, start again
@@ -59,7 +60,7 @@ def copy_store(db, dest: str, compact: bool, label: str, rewrite=None) -> int:
     rewrite(directory), if given, may change the copy (a private one, in a
     temporary directory) before it is synced and renamed into place."""
     check_dest(dest)
-    env = db._env
+    env = engine.of(db)
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
         raise CommandError(f"cannot create {dest!r}: {parent!r} is not a directory")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from kvstore import engine
 from kvstore import codec as _codec
 from kvstore.codec import Dictionary
 from kvstore.codec.format import (FLAG_DICT, FLAG_MSGPACK, FLAG_ZSTD, HEADER, HEADER_SIZE, TTL_HEADER_SIZE,
@@ -26,7 +27,7 @@ MISSING = object()
 def namespaces(db) -> list[tuple[str, object]]:
     """[(name, dbi-or-None)] of every namespace, sorted by name; the default
     namespace always listed (None when its database does not exist)."""
-    env = db._env
+    env = engine.of(db)
     return [(name, env.dbi(name, create=False)) for name in db.namespaces()]
 
 

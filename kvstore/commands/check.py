@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from kvstore import engine
 from kvstore import lmdbfile, ttl
 from kvstore.layout import TTL_STORE_FORMAT
 
@@ -63,8 +64,8 @@ def run(args, out) -> int:
     if status is not None:
         return status
     with open_readonly(args.path) as db:
-        env = db._env
-        codec = db._codec
+        env = engine.of(db)
+        codec = engine.codec_of(db)
         handles = namespaces(db)
 
         def snapshot(txn):

@@ -9,6 +9,7 @@ import tempfile
 
 import lmdb
 
+from kvstore import engine
 from kvstore import ttl
 from kvstore.layout import META_DB, TTL_PREFIX
 from kvstore.errors import CorruptionError, translate
@@ -86,7 +87,7 @@ def run(args, out) -> int:
         dropped = _drop_expired(directory, now)
 
     with open_readonly(args.path) as db:
-        before = os.path.getsize(os.path.join(db._env.path, "data.mdb"))
+        before = os.path.getsize(os.path.join(engine.of(db).path, "data.mdb"))
         after = copy_store(db, args.output, compact=True, label="compact", rewrite=rewrite)
     saved = before - after
     doc = {"source": args.path, "dest": args.output, "source_bytes": before, "dest_bytes": after,

@@ -13,6 +13,7 @@ Formats (docs/cli.md has the details):
 
 from __future__ import annotations
 
+from kvstore import engine
 from kvstore import ttl
 from kvstore.codec.format import TTL_VERSION, inner_record, parse_ttl
 from kvstore.layout import META_DB
@@ -104,7 +105,7 @@ def _dump_jsonl(txn, env, codec, sections, write, progress) -> int:
 
 
 def _dump_mdb(txn, env, sections, write, progress) -> int:
-    info = env.env.info()
+    info = env.lmdb.info()
     total = 0
     for name, dbi in sections:
         if dbi is None:
@@ -124,7 +125,7 @@ def _dump_mdb(txn, env, sections, write, progress) -> int:
 
 def run(args, out) -> int:
     with open_readonly(args.path) as db:
-        env = db._env
+        env = engine.of(db)
         if args.namespace is not None:
             sections = [(args.namespace, namespace_dbi(db, args.namespace))]
         else:
@@ -141,7 +142,7 @@ def run(args, out) -> int:
                 with Progress("dump", total) as progress:
                     if args.format == "mdb":
                         return _dump_mdb(txn, env, sections, write, progress)
-                    return _dump_jsonl(txn, env, db._codec, sections, write, progress)
+                    return _dump_jsonl(txn, env, engine.codec_of(db), sections, write, progress)
 
             return env.read(snapshot)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kvstore import engine
 from kvstore import ttl
 from kvstore.codec.format import HEADER_SIZE
 
@@ -32,7 +33,7 @@ def _hex64(n):
 def run(args, out) -> int:
     key = parse_key_arg(args.key)
     with open_readonly(args.path) as db:
-        env = db._env
+        env = engine.of(db)
         dbi = namespace_dbi(db, args.namespace)
         record = None
         if dbi is not None:
@@ -41,7 +42,7 @@ def run(args, out) -> int:
             raise NotFound(f"key {quote_key(key)} not found in namespace {args.namespace!r}")
         dict_id = inner_dict_id(record)
         dictionaries = env.dicts.for_decoding(dict_id) if dict_id else env.dicts.by_id
-        ex = examine(record, db._codec, dictionaries)
+        ex = examine(record, engine.codec_of(db), dictionaries)
     now = ttl.now_ms()
     doc = {
         "namespace": args.namespace,

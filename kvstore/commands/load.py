@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from kvstore import engine
 from kvstore import codec as _codec
 from kvstore import ttl
 from kvstore.codec import Dictionary
@@ -345,7 +346,7 @@ class _Loader:
 
     def __init__(self, db, overwrite: bool, progress: Progress):
         self.db = db
-        self.env = db._env
+        self.env = engine.of(db)
         self.overwrite = overwrite
         self.progress = progress
         self.batch: list = []
@@ -403,8 +404,8 @@ class _Loader:
 
 
 def _load_jsonl(binary, plan: Plan, db, loader: _Loader) -> None:
-    codec = db._codec
-    dicts = db._env.dicts
+    codec = engine.codec_of(db)
+    dicts = engine.of(db).dicts
     dest = None
     section_iter = iter(plan.sections)
     started = False
@@ -434,7 +435,7 @@ def _merge_dictionaries(db, plan: Plan) -> set:
     """Copy the dump's dictionaries into the store, in one transaction; return
     the ids whose records must be encoded again (the store uses the id for
     another dictionary)."""
-    env = db._env
+    env = engine.of(db)
     if not plan.dump_dicts:
         return set()
     wanted_current = {}
@@ -467,8 +468,8 @@ def _load_mdb(binary, plan: Plan, db, loader: _Loader, conflicts: set) -> None:
     """Pass 2 for mdb: the records as they are (pass 1 checked them), except
     those compressed with a dump dictionary whose id the store uses for
     another: decoded with the dump's and encoded again with the store's."""
-    codec = db._codec
-    env = db._env
+    codec = engine.codec_of(db)
+    env = engine.of(db)
     dump_dicts = {did: d for did, (_, d) in plan.dump_dicts.items()}
     sections = iter(plan.sections)
     dest = None
@@ -531,7 +532,7 @@ def run(args, out) -> int:
         db = open_writable(args.path, create=True)
         try:
             if fmt == "mdb" and exists:
-                _check_mdb_records(binary, plan, db._codec, db._env.dicts.by_id)
+                _check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id)
             for s in chosen:  # create every destination, even for an empty section
                 if s.dest != DEFAULT_NAMESPACE:
                     db.namespace(s.dest)
@@ -567,7 +568,7 @@ def _give_default_ttls(db, chosen) -> list[str]:
     """Give each destination the default TTL its dump section has, unless it
     has one already; lines saying what was done."""
     lines = []
-    env = db._env
+    env = engine.of(db)
     for s in chosen:
         if not s.default_ttl:
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kvstore import engine
+
 from ._common import open_readonly, write_json
 from ._encoding import escape_key
 from ._records import namespaces
@@ -18,7 +20,7 @@ def add_parser(subparsers):
 def run(args, out) -> int:
     with open_readonly(args.path) as db:
         handles = namespaces(db)
-        counts = db._env.read(lambda txn: [txn.stat(dbi)["entries"] if dbi is not None else 0
+        counts = engine.of(db).read(lambda txn: [txn.stat(dbi)["entries"] if dbi is not None else 0
                                            for _, dbi in handles])
     rows = [{"namespace": name, "entries": n} for (name, _), n in zip(handles, counts)]
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+from kvstore import engine
 from kvstore import codec, ttl
 from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, parse_ttl
 from kvstore.errors import CorruptionError
@@ -70,7 +71,7 @@ def _namespace_stats(txn, dbi, now: int) -> dict:
 
 
 def collect(db) -> dict:
-    env = db._env
+    env = engine.of(db)
     handles = namespaces(db)
 
     def read(txn):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from kvstore import engine
 from kvstore.dictionaries import DEFAULT_SAMPLES, MIN_SAMPLES
 
 from ._common import CommandError, human_size, namespace_dbi, open_writable, write_json
@@ -29,7 +30,7 @@ def add_parser(subparsers):
 
 def _sample_values(db, dbi, limit: int) -> list:
     """Up to `limit` values of the namespace, chosen uniformly."""
-    env = db._env
+    env = engine.of(db)
 
     def read(txn):
         n = txn.stat(dbi)["entries"]
@@ -43,7 +44,7 @@ def _sample_values(db, dbi, limit: int) -> list:
     values = []
     dictionaries = env.dicts.by_id
     for record in env.read(read):
-        ex = examine(record, db._codec, dictionaries)
+        ex = examine(record, engine.codec_of(db), dictionaries)
         if ex.ok:
             values.append(ex.value)
     return values
@@ -58,8 +59,8 @@ def run(args, out) -> int:
         if dbi is None:
             raise CommandError(f"namespace {args.namespace!r} holds no values")
         dict_id = db.train_dictionary(args.namespace, samples=args.samples)
-        dictionary = db._env.dicts.by_id[dict_id]
-        codec = db._codec
+        dictionary = engine.of(db).dicts.by_id[dict_id]
+        codec = engine.codec_of(db)
         values = _sample_values(db, dbi, EVAL_SAMPLES)
         serialized = sum(len(codec.serialize(v)[1]) for v in values)
         without = sum(len(codec.encode(v)) for v in values)

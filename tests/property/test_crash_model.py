@@ -134,7 +134,7 @@ class CrashModel(RuleBasedStateMachine):
 
     @property
     def writer(self):
-        return self.db._env.writer
+        return self.db._engine.writer
 
     def visible(self) -> dict:
         state = self.durable

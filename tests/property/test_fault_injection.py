@@ -396,7 +396,7 @@ _READER = ("import sys, kvstore\n"
 def _dead_reader_slots(db) -> list[int]:
     """Pids in LMDB's reader table (of this process's view of lock.mdb) that are not alive."""
     pids = []
-    for line in db._env.env.readers().splitlines()[1:]:
+    for line in db._engine.lmdb.readers().splitlines()[1:]:
         pid = int(line.split()[0])
         try:
             os.kill(pid, 0)
@@ -437,7 +437,7 @@ def test_readers_killed_mid_read_leave_no_stale_slot(tmp_path, one_backend):
 
 _HOLD_READ = ("import sys, time, kvstore\n"
               "db = kvstore.open(sys.argv[1], ttl_sweep_interval=0)\n"
-              "txn = db._env.env.begin()  # a read transaction held open: one reader slot\n"
+              "txn = db._engine.lmdb.begin()  # a read transaction held open: one reader slot\n"
               "print('holding', flush=True)\n"
               "time.sleep(600)\n")
 
@@ -466,7 +466,7 @@ def test_reads_clear_dead_readers_when_the_reader_table_is_full(tmp_path, one_ba
             proc.stderr.close()
         crash_report.record(crash_trials=len(procs))
         assert len(_dead_reader_slots(db)) == len(procs) - 1
-        held = db._env.env.begin()  # the last free slot: the table is full, of dead readers but one
+        held = db._engine.lmdb.begin()  # the last free slot: the table is full, of dead readers but one
         try:
             # MDB_READERS_FULL, the reader check frees the dead slots, the read is retried
             if read == "get":
