@@ -45,15 +45,11 @@ import weakref
 from typing import AsyncIterator, Iterable
 
 from .errors import InvalidArgumentError
-from .options import Options
+from .options import INLINE_GET_MANY, SETTLE_SLICE, Options
 from .store import SCAN_CHUNK, Batch, Store
 
 __all__ = ["open", "AsyncStore", "AsyncBatch", "INLINE_GET_MANY"]
 
-# aget_many of at most this many keys runs inline (about 3.5 us a key on the
-# development machine: 128 keys hold the loop under half a millisecond);
-# more go to a worker thread, still in one read snapshot.
-INLINE_GET_MANY = 128
 
 
 def open(path, **options) -> "_Opening":
@@ -104,13 +100,11 @@ class _Opening:
         await self._db.aclose()
 
 
-# Completions settled per turn of the loop. One commit can complete a
-# hundred waiting tasks; woken all at once, their next steps (each encoding
-# its next value) would run back to back and hold the loop for milliseconds.
-# In slices, other callbacks run between them: measured with 100 tasks doing
-# durable writes, loop lag p99 about 6-9 ms instead of 10-19 ms (slices of 8
-# and 32 did no better), on a loaded 2-core machine whose idle loop lags 3 ms.
-_SLICE = 16
+# Completions settled per turn of the loop (options.SETTLE_SLICE). One commit
+# can complete a hundred waiting tasks; woken all at once, their next steps
+# (each encoding its next value) would run back to back and hold the loop for
+# milliseconds. In slices, other callbacks run between them.
+_SLICE = SETTLE_SLICE
 
 
 class _Bridge:

@@ -153,6 +153,7 @@ import cachetools
 
 from . import ttl as _ttl
 from .codec.format import HEADER_SIZE, raw_len, tag_size
+from .options import ENTRY_OVERHEAD, MAX_DEPTH, OBJECT_FACTOR  # tunables: see there
 from .lmdbfile import LastTxnid  # the meta-page txnid view lives with the file parser
 
 __all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "record_tag", "ENTRY_OVERHEAD",
@@ -175,15 +176,6 @@ MISS = Sentinel("MISS")  # not cached (or just dropped): decode, then fill
 SKIP = Sentinel("SKIP")  # not cached, first miss of the key: decode, do not fill
 STALE = Sentinel("STALE")  # cached, but something committed since: revalidate
 
-# Bytes of one entry besides its value's objects and its key's length,
-# measured with tracemalloc over 20,000 fills (python 3.11, cachetools 8):
-# the entry list, the (namespace, key) tuple, the key and tag bytes objects,
-# the LRU's dict slots and OrderedDict node.
-ENTRY_OVERHEAD = 400
-# Decoded objects per serialized byte (see "Sizes and limits").
-OBJECT_FACTOR = 5
-# Values nested deeper are not cached (copying them recurses).
-MAX_DEPTH = 100
 
 _CONTAINERS = frozenset((dict, list))
 

@@ -29,6 +29,7 @@ import zstandard
 from .codec.dictionary import Dictionary
 from .errors import KVStoreError
 from .layout import CURRENT_PREFIX, DICT_PREFIX
+from .options import DICT_RECHECK_SECONDS
 from .validate import check_count
 
 __all__ = ["Dictionaries", "DEFAULT_DICT_SIZE", "DEFAULT_SAMPLES"]
@@ -41,7 +42,7 @@ MIN_SAMPLES = 20
 # never worth it (the default is 110 KiB).
 MIN_DICT_SIZE = 256
 MAX_DICT_SIZE = 1 << 30
-RECHECK_SECONDS = 5.0
+RECHECK_SECONDS = DICT_RECHECK_SECONDS
 _ID = struct.Struct(">I")
 
 

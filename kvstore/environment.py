@@ -38,19 +38,16 @@ from .errors import (
 )
 from . import lockfile
 from .lmdbfile import check_data_file
-from .options import MiB, Options
+from .options import FILL_STEP, PREALLOCATE_MAX, PREALLOCATE_MIN, Options  # tunables: see there
 from .layout import (BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ, SEQ_KEY,
                      STORE_FORMAT)
 
 __all__ = ["Environment", "MapLock", "check_data_file"]
 
-# preallocate(): zero-filled room kept past the used pages, and the most
-# filled per write transaction (each step holds LMDB's write lock).
-_FILL_STEP = 2 * MiB
-
 
 def _slack(used: int) -> int:
-    return min(max(used // 8, MiB), 32 * MiB)
+    """The zeroed room preallocate() keeps past the used pages."""
+    return min(max(used // 8, PREALLOCATE_MIN), PREALLOCATE_MAX)
 
 
 
@@ -482,7 +479,7 @@ class Environment:
     def preallocate(self) -> bool:
         """Zero-fill data.mdb past the last page LMDB uses, toward _slack of
         room (Options.preallocate), and sync it: one step of at most
-        _FILL_STEP bytes in one write transaction; True if there is more to
+        FILL_STEP bytes in one write transaction; True if there is more to
         fill. The transaction holds LMDB's write lock, so no process writes
         pages meanwhile, and the fill starts at the end of the file or of
         the used pages, whichever is further: it never touches a page LMDB
@@ -505,9 +502,9 @@ class Environment:
         fd = os.open(os.path.join(self.path, "data.mdb"), os.O_WRONLY | os.O_CLOEXEC)
         try:
             start = max(os.fstat(fd).st_size, used)
-            end = min(target, start + _FILL_STEP)
+            end = min(target, start + FILL_STEP)
             if end - start >= self._psize:
-                zeros = bytes(min(_FILL_STEP, 256 * 1024))
+                zeros = bytes(min(FILL_STEP, 256 * 1024))
                 for at in range(start, end, len(zeros)):
                     os.pwrite(fd, zeros[:end - at], at)
                 os.fdatasync(fd)

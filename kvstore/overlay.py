@@ -21,13 +21,12 @@ from __future__ import annotations
 import bisect
 import collections
 
+from .options import ORDER_FROM  # a tunable: see there
+
 __all__ = ["Overlay", "TOMBSTONE", "ORDER_FROM"]
 
 TOMBSTONE = None  # the record of a pending delete
 
-# A range snapshot of a namespace with fewer pending writes filters them all;
-# from this many on, it keeps their keys in order.
-ORDER_FROM = 128
 
 
 class Overlay(collections.defaultdict):

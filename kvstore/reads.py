@@ -24,14 +24,13 @@ from . import ttl as _ttl
 from .cache import MISS, SKIP, STALE, Sentinel
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, dict_id, inner_record, parse_ttl, ttl_expired, wrap_ttl
 from .errors import CorruptionError, FormatError, translate
+from .options import SCAN_CHUNK, SCAN_FIRST_CHUNK  # tunables: see there
 from .layout import MAX_KEY_SIZE, check_bound, check_key, prefix_end
 from .validate import check_keys_iterable
 from .writer import ConditionalGroup
 
 __all__ = ["Reads", "SCAN_CHUNK", "SCAN_FIRST_CHUNK"]
 
-SCAN_CHUNK = 256  # most keys read per read transaction in a scan
-SCAN_FIRST_CHUNK = 32  # the first chunk: a scan stopped early (the last 20 messages) reads little
 
 _MISSING = object()
 

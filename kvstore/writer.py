@@ -57,16 +57,11 @@ import time
 from . import killpoints
 from .codec.format import raw_len
 from .errors import KVStoreError, Refused, StoreClosedError, StoreFailedError, TimeoutError
+from .options import ACTIVE_WINDOW, MAX_GATHER, OVERLAY_SLICE  # tunables: see there
 from .overlay import TOMBSTONE, Overlay
 
 __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]
 
-# A durable writer counts as active for this many commits after its last one.
-_ACTIVE_WINDOW = 16
-# Longest a leader waits for other active durable writers to queue, seconds.
-_MAX_GATHER = 0.002
-# Overlay entries dropped per hold of the writer's lock after a commit.
-_OVERLAY_SLICE = 256
 
 
 class Group:
@@ -352,7 +347,7 @@ class Writer:
     def _gather(self) -> None:
         """Give durable writers that were active lately a moment to queue."""
         with self._lock:
-            horizon = self.commits - _ACTIVE_WINDOW
+            horizon = self.commits - ACTIVE_WINDOW
             expected = sum(1 for last in self._durable_seen.values() if last >= horizon)
             if expected <= 1 or self._queued_durable >= expected:
                 return
@@ -496,9 +491,9 @@ class Writer:
                 self.max_ops_in_commit = max(self.max_ops_in_commit, ops)
                 self.commit_seconds.append(seconds)
                 self.last_commit_seq = seq
-                self._gather_seconds = min(seconds / 2, _MAX_GATHER)
-                if len(self._durable_seen) > 4 * _ACTIVE_WINDOW:
-                    horizon = self.commits - _ACTIVE_WINDOW
+                self._gather_seconds = min(seconds / 2, MAX_GATHER)
+                if len(self._durable_seen) > 4 * ACTIVE_WINDOW:
+                    horizon = self.commits - ACTIVE_WINDOW
                     self._durable_seen = {t: c for t, c in self._durable_seen.items() if c >= horizon}
             if self._flush_waiters:
                 self._released.notify_all()
@@ -514,12 +509,12 @@ class Writer:
 
     def _drop_overlay(self, groups) -> None:
         """Drop the overlay entries of committed (or failed) groups, unless a
-        later write replaced them; _OVERLAY_SLICE ops per hold of the lock."""
+        later write replaced them; OVERLAY_SLICE ops per hold of the lock."""
         overlay = self.overlay
         entries = [(ns, key, g.seq) for g in groups for ns, _dbi, key, _r in g.ops]
-        for i in range(0, len(entries), _OVERLAY_SLICE):
+        for i in range(0, len(entries), OVERLAY_SLICE):
             with self._lock:
-                overlay.drop(entries[i:i + _OVERLAY_SLICE])
+                overlay.drop(entries[i:i + OVERLAY_SLICE])
         with self._lock:
             overlay.forget_unsorted()
 

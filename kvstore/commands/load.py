@@ -41,6 +41,7 @@ from kvstore.codec.format import TTL_HEADER_SIZE, TTL_VERSION, inner_record, par
 from kvstore.layout import (CURRENT_PREFIX, DEFAULT_NAMESPACE, DICT_PREFIX, FORMAT_KEY, META_DB, STORE_FORMAT,
                             TTL_PREFIX, check_key, check_namespace_name)
 from kvstore.errors import KVStoreError
+from kvstore.options import LOAD_BATCH_BYTES, LOAD_BATCH_RECORDS
 from kvstore.writer import Group
 
 from . import _mdbtext
@@ -51,8 +52,7 @@ from .dump import JSONL_FORMAT, JSONL_VERSION
 
 __all__ = ["add_parser", "run"]
 
-BATCH_RECORDS = 1000
-BATCH_BYTES = 8 << 20
+BATCH_RECORDS, BATCH_BYTES = LOAD_BATCH_RECORDS, LOAD_BATCH_BYTES  # tunables (options.py)
 _ID = struct.Struct(">I")
 _SERIALIZER = _codec.get_backend("python").Codec()  # checks that values can be stored
 
