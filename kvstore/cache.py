@@ -156,7 +156,7 @@ from .codec.format import HEADER_SIZE, raw_len, tag_size
 from .options import ENTRY_OVERHEAD, MAX_DEPTH, OBJECT_FACTOR  # tunables: see there
 from .lmdbfile import LastTxnid  # the meta-page txnid view lives with the file parser
 
-__all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "record_tag", "ENTRY_OVERHEAD",
+__all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "ABSENT", "record_tag", "ENTRY_OVERHEAD",
            "OBJECT_FACTOR"]
 
 
@@ -175,6 +175,7 @@ class Sentinel:
 MISS = Sentinel("MISS")  # not cached (or just dropped): decode, then fill
 SKIP = Sentinel("SKIP")  # not cached, first miss of the key: decode, do not fill
 STALE = Sentinel("STALE")  # cached, but something committed since: revalidate
+ABSENT = Sentinel("ABSENT")  # load(): the snapshot holds no value for the key
 
 
 _CONTAINERS = frozenset((dict, list))
@@ -471,6 +472,26 @@ class ReadCache:
                 return MISS
             self._revalidations += 1
         return _give(e)
+
+    def load(self, state, ns: str, key: bytes, record, txnid: int, decode):
+        """After a lookup that did not hit (state: STALE, MISS or SKIP): the
+        value of record, what the snapshot txnid holds for the key (None: no
+        such key, or expired), or ABSENT. Revalidates a STALE entry against
+        the record's header, decodes (decode(record)) when it must, and fills
+        after a MISS: the whole protocol of the module docstring, in one call
+        inside the caller's read transaction. get_many drives the steps
+        itself (revalidate, fill) to decode its misses in one batch."""
+        if state is STALE:
+            value = self.revalidate(ns, key, record, txnid)
+            if value is not MISS:
+                return value
+            state = MISS
+        if record is None:
+            return ABSENT
+        value = decode(record)
+        if state is MISS:
+            self.fill(ns, key, value, record, txnid)
+        return value
 
     def contains(self, ns: str, key: bytes, txnids) -> bool:
         """True if the key is cached and valid at the last commit (txnids as

@@ -16,12 +16,13 @@ are the hot path of every read.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Iterable, Iterator
 
 import lmdb
 
 from . import ttl as _ttl
-from .cache import MISS, SKIP, STALE, Sentinel
+from .cache import ABSENT, MISS, SKIP, STALE, Sentinel
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, dict_id, inner_record, parse_ttl, ttl_expired, wrap_ttl
 from .errors import CorruptionError, FormatError, translate
 from .options import SCAN_CHUNK, SCAN_FIRST_CHUNK  # tunables: see there
@@ -164,16 +165,8 @@ class Reads:
                     record = None
                 if cached is SKIP:
                     return default if record is None else self._decode(key, record)
-                txnid = txn.id()
-                if cached is STALE:
-                    value = cache.revalidate(ns, key, record, txnid)
-                    if value is not MISS:
-                        return value
-                if record is None:
-                    return default
-                value = self._decode(key, record)
-                cache.fill(ns, key, value, record, txnid)
-                return value
+                value = cache.load(cached, ns, key, record, txn.id(), partial(self._decode, key))
+                return default if value is ABSENT else value
             finally:
                 txn.abort()
         except lmdb.MapResizedError:
@@ -207,17 +200,9 @@ class Reads:
         if record is None:
             return default
         if not len(record) or record[0] != TTL_VERSION:
-            if txnid is None:  # a pending write
+            if txnid is None or cached is SKIP:  # a pending write, or nothing to do with the cache
                 return self._decode(key, record)
-            if cached is STALE:
-                value = cache.revalidate(ns, key, record, txnid)
-                if value is not MISS:
-                    return value
-                cached = MISS
-            value = self._decode(key, record)
-            if cached is MISS:
-                cache.fill(ns, key, value, record, txnid)
-            return value
+            return cache.load(cached, ns, key, record, txnid, partial(self._decode, key))
         try:
             expires, ttl_ms = parse_ttl(record)
         except CorruptionError as exc:
