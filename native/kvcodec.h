@@ -27,7 +27,10 @@
 #define KVC_FLAG_DICT 4
 
 /* Error codes: every entry point that can fail returns one of these
- * (negative) numbers, with the details in a kvc_err. */
+ * (negative) numbers, with the details in a kvc_err. The messages users see
+ * are not here: kvstore/codec/nativecodec.py maps each code onto a Reason of
+ * the one table of refusals in kvstore/codec/format.py, which the Python
+ * backend uses too. */
 #define KVC_E_SHORT -1          /* record shorter than the header; a = length */
 #define KVC_E_NEWER -2          /* version from a newer kvstore; a = version */
 #define KVC_E_VERSION -3        /* version 0; a = version */

@@ -395,8 +395,8 @@ def test_check_good(store):
 def test_check_walks_the_pages_before_reading_records(store):
     # A damaged page is reported with its position, and no record is read
     # through LMDB (which aborts or faults on such pages).
-    from kvstore import lmdbfile
-    walk = lmdbfile.walk(store)
+    from kvstore import lmdbwalk
+    walk = lmdbwalk.walk(store)
     leaf = next(p for p, owner in sorted(walk.tree_pages.items()) if owner == "episodes")
     with open(os.path.join(store, "data.mdb"), "r+b") as f:
         f.seek(leaf * 4096 + 12)  # the page's lower bound: two more node pointers than it has

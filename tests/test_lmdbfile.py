@@ -1,5 +1,5 @@
-"""kvstore/lmdbfile.py: the meta pages, the page walk, and `kvstore check` on
-damaged pages.
+"""kvstore/lmdbfile.py and lmdbwalk.py: the meta pages, the page walk, and
+`kvstore check` on damaged pages.
 
 Every store here is a real LMDB file made through kvstore.open, damaged by
 flipping bytes of its pages. `kvstore check` runs in a process of its own, so
@@ -19,7 +19,7 @@ import pytest
 
 import kvstore
 import kvstore.codec
-from kvstore import lmdbfile
+from kvstore import lmdbfile, lmdbwalk
 from kvstore.cache import LastTxnid as CacheLastTxnid
 
 PSIZE = 4096
@@ -68,7 +68,7 @@ def _check(path, *extra):
 
 def _branch_page(path, db):
     """The page number of the branch page (the root) of namespace db."""
-    walk = lmdbfile.walk(path)
+    walk = lmdbwalk.walk(path)
     assert walk.ok, walk.problems
     assert walk.dbs[db].depth == 2 and walk.dbs[db].branch_pages == 1
     with open(os.path.join(path, "data.mdb"), "rb") as f:
@@ -105,9 +105,15 @@ def test_newest_meta_agrees_with_lmdb(pristine):
     assert CacheLastTxnid is lmdbfile.LastTxnid  # still importable where it was
 
 
+def test_walker_names_still_importable_from_lmdbfile():
+    # kvstore check (commands/check.py) calls lmdbfile.walk.
+    for name in ("walk", "Walk", "Problem", "DBStats"):
+        assert getattr(lmdbfile, name) is getattr(lmdbwalk, name)
+
+
 def test_walk_of_a_clean_store_counts_what_lmdb_counts(pristine):
     path, _ = pristine
-    walk = lmdbfile.walk(path)
+    walk = lmdbwalk.walk(path)
     assert walk.ok, walk.problems
     assert walk.dbs["default"].entries == walk.dbs["default"].recorded_entries == 600
     assert walk.dbs["other"].entries == 300 and walk.dbs["other"].depth == 2
@@ -128,7 +134,7 @@ def test_walk_after_overwrites_deletes_and_big_values(tmp_path):
         db.namespace("n2").put("x", 1, durable=True)
         db.namespace("n3").put("y", 2, durable=True)
         expected = len(db)
-    walk = lmdbfile.walk(path)
+    walk = lmdbwalk.walk(path)
     assert walk.ok, walk.problems
     assert walk.dbs["default"].entries == expected
     assert walk.dbs["default"].overflow_pages >= 13
@@ -139,13 +145,13 @@ def test_walk_after_overwrites_deletes_and_big_values(tmp_path):
 
 def test_walk_reports_a_missing_file_and_a_bad_meta_page(tmp_path):
     with pytest.raises(kvstore.StoreNotFoundError):
-        lmdbfile.walk(str(tmp_path / "none"))
+        lmdbwalk.walk(str(tmp_path / "none"))
     path = str(tmp_path / "garbage")
     os.makedirs(path)
     with open(os.path.join(path, "data.mdb"), "wb") as f:
         f.write(b"\x00" * 3 * PSIZE)
     with pytest.raises(kvstore.FormatError, match="not an LMDB data file"):
-        lmdbfile.walk(path)
+        lmdbwalk.walk(path)
 
 
 # ---------------------------------------------------------------- damaged branch pages
@@ -241,7 +247,7 @@ def test_open_walks_only_the_roots_of_a_big_store(tmp_path, pristine, monkeypatc
     with pytest.raises(kvstore.FormatError, match="page"):
         kvstore.open(damaged_root, readonly=True)
     # a leaf of 'other': a key moved out of order, found by check only
-    walk = lmdbfile.walk(src)
+    walk = lmdbwalk.walk(src)
     leaf = min(p for p, owner in walk.tree_pages.items() if owner == "other"
                and struct.unpack_from("<H", data, p * PSIZE + 10)[0] == lmdbfile.P_LEAF)
     first = struct.unpack_from("<H", data, leaf * PSIZE + 16)[0]

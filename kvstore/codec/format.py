@@ -50,11 +50,12 @@ do not know with `FormatError`.
 
 from __future__ import annotations
 
+import enum
 import struct
 
 import xxhash
 
-from ..errors import CorruptionError, FormatError
+from ..errors import CorruptionError, EncodeError, FormatError, KVStoreError
 
 __all__ = [
     "VERSION",
@@ -79,6 +80,8 @@ __all__ = [
     "raw_len",
     "dict_id",
     "tag_size",
+    "Reason",
+    "refusal",
 ]
 
 VERSION = 1
@@ -106,6 +109,126 @@ _EXPIRES = struct.Struct("<Q")  # at offset 2
 _xxh32 = xxhash.xxh32_intdigest
 
 
+# ---------------------------------------------------------------- refusals
+# Every message either backend gives for bytes that break the grammar above
+# (and for a value it cannot encode), written once: the Python backend and
+# the checks here raise `refusal(Reason.X, ...)`, the native one maps each
+# KVC_E_* code of native/kvcodec.h onto a Reason and passes kvc_err's numbers
+# `a` and `b`, in the order the fields are listed below. So both backends
+# word the same refusal the same way.
+
+
+class Reason(enum.Enum):
+    """Why a record (or a value) is refused: one member per check."""
+
+    SHORT = enum.auto()           # KVC_E_SHORT
+    NEWER = enum.auto()           # KVC_E_NEWER
+    VERSION = enum.auto()         # KVC_E_VERSION
+    FLAGS = enum.auto()           # KVC_E_FLAGS
+    DICT_NO_ZSTD = enum.auto()    # KVC_E_DICT_NO_ZSTD
+    DICT_ZERO = enum.auto()       # KVC_E_DICT_ZERO
+    DICT_ID = enum.auto()         # KVC_E_DICT_ID
+    TOO_LARGE = enum.auto()       # KVC_E_TOO_LARGE
+    RAW_LEN = enum.auto()         # KVC_E_RAW_LEN
+    CHECKSUM = enum.auto()        # KVC_E_CHECKSUM
+    NOT_FRAME = enum.auto()       # KVC_E_NOT_FRAME
+    FRAME_SIZE = enum.auto()      # KVC_E_FRAME_SIZE
+    NO_DICT = enum.auto()         # KVC_E_NO_DICT
+    INFLATE = enum.auto()         # KVC_E_INFLATE
+    INFLATE_SIZE = enum.auto()    # KVC_E_INFLATE_SIZE
+    MSGPACK = enum.auto()         # the payload does not unpack
+    EXT_TYPE = enum.auto()        # a msgpack extension type
+    CLAIMS = enum.auto()          # a msgpack container longer than its payload
+    TTL_SHORT = enum.auto()
+    TTL_CHECK = enum.auto()
+    TTL_FLAGS = enum.auto()
+    TTL_ZERO = enum.auto()
+    TTL_INNER = enum.auto()
+    ENCODE_SIZE = enum.auto()     # KVC_E_ENCODE_SIZE
+    ENCODE_TYPE = enum.auto()     # msgpack cannot carry the value
+
+
+# reason: (error class, message, the numbers it takes, in order). {detail} is
+# text from elsewhere (zstd's or msgpack's error); {HEADER_SIZE},
+# {TTL_HEADER_SIZE} and {VERSION} are this module's constants.
+_REFUSALS: dict = {
+    Reason.SHORT: (CorruptionError,
+                   "record is {length} bytes, shorter than the {HEADER_SIZE}-byte header",
+                   ("length",)),
+    Reason.NEWER: (FormatError,
+                   "value written by a newer kvstore (format version {version}, this one reads "
+                   "{VERSION}); upgrade kvstore to read it",
+                   ("version",)),
+    Reason.VERSION: (CorruptionError, "bad format version {version} in record header",
+                     ("version",)),
+    Reason.FLAGS: (CorruptionError, "unknown flags 0x{flags:02x} in record header", ("flags",)),
+    Reason.DICT_NO_ZSTD: (CorruptionError,
+                          "record header has the dictionary flag without the zstd flag", ()),
+    Reason.DICT_ZERO: (CorruptionError,
+                       "record header has the dictionary flag but dictionary id 0", ()),
+    Reason.DICT_ID: (CorruptionError,
+                     "record header names dictionary {dict_id} without the dictionary flag",
+                     ("dict_id",)),
+    Reason.TOO_LARGE: (CorruptionError,
+                       "record declares {raw_len} bytes, over the {limit}-byte limit "
+                       "(max_value_size)",
+                       ("raw_len", "limit")),
+    Reason.RAW_LEN: (CorruptionError,
+                     "record declares {raw_len} bytes but holds {held} uncompressed",
+                     ("raw_len", "held")),
+    Reason.CHECKSUM: (CorruptionError, "checksum mismatch: the stored bytes were damaged", ()),
+    Reason.NOT_FRAME: (CorruptionError, "payload is not a zstd frame ({detail})", ()),
+    Reason.FRAME_SIZE: (CorruptionError,
+                        "zstd frame declares {declared} bytes, the record header {raw_len}",
+                        ("declared", "raw_len")),
+    Reason.NO_DICT: (CorruptionError,
+                     "record uses zstd dictionary {dict_id}, which this store does not hold",
+                     ("dict_id",)),
+    Reason.INFLATE: (CorruptionError, "zstd payload does not decompress ({detail})", ()),
+    Reason.INFLATE_SIZE: (CorruptionError,
+                          "decompressed to {got} bytes, the header declares {raw_len}",
+                          ("got", "raw_len")),
+    Reason.MSGPACK: (CorruptionError, "payload is not valid msgpack ({detail})", ()),
+    Reason.EXT_TYPE: (CorruptionError,
+                      "msgpack extension type {code} is not part of the kvstore format",
+                      ("code",)),
+    Reason.CLAIMS: (CorruptionError,
+                    "the msgpack payload claims more than its {length} bytes can hold ({detail}): "
+                    "the stored bytes are damaged or were not written by kvstore",
+                    ("length",)),
+    Reason.TTL_SHORT: (CorruptionError,
+                       "TTL record is {length} bytes, shorter than its {TTL_HEADER_SIZE}-byte "
+                       "prefix and a {HEADER_SIZE}-byte header",
+                       ("length",)),
+    Reason.TTL_CHECK: (CorruptionError,
+                       "the TTL prefix fails its check: the stored expiry was damaged", ()),
+    Reason.TTL_FLAGS: (CorruptionError, "unknown flags 0x{flags:02x} in the TTL prefix",
+                       ("flags",)),
+    Reason.TTL_ZERO: (CorruptionError, "the TTL prefix holds a time to live of 0", ()),
+    Reason.TTL_INNER: (CorruptionError,
+                       "the record inside the TTL prefix has version {version}, not {VERSION}",
+                       ("version",)),
+    Reason.ENCODE_SIZE: (EncodeError,
+                         "value is {length} bytes serialized, over max_value_size ({limit}); "
+                         "split it or reopen the store with a larger max_value_size",
+                         ("length", "limit")),
+    Reason.ENCODE_TYPE: (EncodeError,
+                         "cannot store a value of type {type}: {detail}; values may be None, "
+                         "bool, int (64-bit), float, str, bytes, list, tuple or dict of those",
+                         ("type",)),
+}
+
+_CONSTANTS = {"HEADER_SIZE": HEADER_SIZE, "TTL_HEADER_SIZE": TTL_HEADER_SIZE, "VERSION": VERSION}
+
+
+def refusal(reason: Reason, *values, detail: str = "") -> KVStoreError:
+    """The error (not raised) for `reason`, its message filled with `values`,
+    one for each of the reason's fields in order, and `detail`. Extra values
+    are ignored: the native backend passes kvc_err's a and b for any code."""
+    error, message, fields = _REFUSALS[reason]
+    return error(message.format(**dict(zip(fields, values)), detail=detail, **_CONSTANTS))
+
+
 def parse_header(data, max_value_size: int = MAX_VALUE_SIZE) -> tuple[int, int, int, int]:
     """Check a record's header; return (flags, raw_len, dict_id, checksum).
 
@@ -113,39 +236,30 @@ def parse_header(data, max_value_size: int = MAX_VALUE_SIZE) -> tuple[int, int, 
     written by a newer format version. Does not look at the payload.
     """
     if len(data) < HEADER_SIZE:
-        raise CorruptionError(f"record is {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise refusal(Reason.SHORT, len(data))
     version, flags, raw_len, dict_id, checksum = HEADER.unpack_from(data)
     if version != VERSION:
-        if version > VERSION:
-            raise FormatError(
-                f"value written by a newer kvstore (format version {version}, this one reads "
-                f"{VERSION}); upgrade kvstore to read it"
-            )
-        raise CorruptionError(f"bad format version {version} in record header")
+        raise refusal(Reason.NEWER if version > VERSION else Reason.VERSION, version)
     if flags & ~KNOWN_FLAGS:
-        raise CorruptionError(f"unknown flags 0x{flags:02x} in record header")
+        raise refusal(Reason.FLAGS, flags)
     if flags & FLAG_DICT:
         if not flags & FLAG_ZSTD:
-            raise CorruptionError("record header has the dictionary flag without the zstd flag")
+            raise refusal(Reason.DICT_NO_ZSTD)
         if dict_id == 0:
-            raise CorruptionError("record header has the dictionary flag but dictionary id 0")
+            raise refusal(Reason.DICT_ZERO)
     elif dict_id != 0:
-        raise CorruptionError(f"record header names dictionary {dict_id} without the dictionary flag")
+        raise refusal(Reason.DICT_ID, dict_id)
     if raw_len > max_value_size:
-        raise CorruptionError(
-            f"record declares {raw_len} bytes, over the {max_value_size}-byte limit (max_value_size)"
-        )
+        raise refusal(Reason.TOO_LARGE, raw_len, max_value_size)
     if not flags & FLAG_ZSTD and raw_len != len(data) - HEADER_SIZE:
-        raise CorruptionError(
-            f"record declares {raw_len} bytes but holds {len(data) - HEADER_SIZE} uncompressed"
-        )
+        raise refusal(Reason.RAW_LEN, raw_len, len(data) - HEADER_SIZE)
     return flags, raw_len, dict_id, checksum
 
 
 def stored_checksum(data) -> int:
     """The checksum field of a record, without checking anything else."""
     if len(data) < HEADER_SIZE:
-        raise CorruptionError(f"record is {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise refusal(Reason.SHORT, len(data))
     return _CHECKSUM.unpack_from(data, _CHECKSUM_OFFSET)[0]
 
 
@@ -160,18 +274,16 @@ def parse_ttl(data) -> tuple[int, int]:
     """(expires_ms, ttl_ms) of a ttl_record; CorruptionError if its prefix is
     damaged. Does not look at the inner record past its version byte."""
     if len(data) < TTL_HEADER_SIZE + HEADER_SIZE:
-        raise CorruptionError(f"TTL record is {len(data)} bytes, shorter than its "
-                              f"{TTL_HEADER_SIZE}-byte prefix and a {HEADER_SIZE}-byte header")
+        raise refusal(Reason.TTL_SHORT, len(data))
     _version, flags, expires, ttl, check = TTL_HEADER.unpack_from(data)
     if check != _xxh32(data[:_TTL_CHECKED.size]):
-        raise CorruptionError("the TTL prefix fails its check: the stored expiry was damaged")
+        raise refusal(Reason.TTL_CHECK)
     if flags:
-        raise CorruptionError(f"unknown flags 0x{flags:02x} in the TTL prefix")
+        raise refusal(Reason.TTL_FLAGS, flags)
     if ttl == 0:
-        raise CorruptionError("the TTL prefix holds a time to live of 0")
+        raise refusal(Reason.TTL_ZERO)
     if data[TTL_HEADER_SIZE] != VERSION:
-        raise CorruptionError(f"the record inside the TTL prefix has version {data[TTL_HEADER_SIZE]}, "
-                              f"not {VERSION}")
+        raise refusal(Reason.TTL_INNER, data[TTL_HEADER_SIZE])
     return expires, ttl
 
 

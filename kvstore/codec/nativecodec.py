@@ -28,9 +28,9 @@ from typing import Iterable, Mapping
 
 import msgpack
 
-from ..errors import CorruptionError, EncodeError, FormatError
+from ..errors import CorruptionError, EncodeError
 from .serial import unpack
-from .format import HEADER_SIZE, MAX_VALUE_SIZE
+from .format import HEADER_SIZE, MAX_VALUE_SIZE, Reason, refusal
 
 try:
     from .._native import ffi, lib
@@ -147,7 +147,11 @@ def _unpack(raw):
     except CorruptionError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+        raise _msgpack_refusal(exc) from None
+
+
+def _msgpack_refusal(exc: Exception) -> CorruptionError:
+    return refusal(Reason.MSGPACK, detail=f"{type(exc).__name__}: {exc}")
 
 
 def _new_packer():
@@ -155,54 +159,42 @@ def _new_packer():
 
 
 def _encode_type_error(value, exc) -> EncodeError:
-    return EncodeError(
-        f"cannot store a value of type {type(value).__name__}: {exc}; values may be None, "
-        f"bool, int (64-bit), float, str, bytes, list, tuple or dict of those"
-    )
+    return refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc))
 
 
 def _zstd_error(err) -> str:
     return ffi.string(err.zstd_error).decode("ascii", "replace") if err.zstd_error else "unknown error"
 
 
+# The decode refusals the C codec reports, by KVC_E_* code (native/kvcodec.h).
+_REASONS = {
+    lib.KVC_E_SHORT: Reason.SHORT,
+    lib.KVC_E_NEWER: Reason.NEWER,
+    lib.KVC_E_VERSION: Reason.VERSION,
+    lib.KVC_E_FLAGS: Reason.FLAGS,
+    lib.KVC_E_DICT_NO_ZSTD: Reason.DICT_NO_ZSTD,
+    lib.KVC_E_DICT_ZERO: Reason.DICT_ZERO,
+    lib.KVC_E_DICT_ID: Reason.DICT_ID,
+    lib.KVC_E_TOO_LARGE: Reason.TOO_LARGE,
+    lib.KVC_E_RAW_LEN: Reason.RAW_LEN,
+    lib.KVC_E_CHECKSUM: Reason.CHECKSUM,
+    lib.KVC_E_NOT_FRAME: Reason.NOT_FRAME,
+    lib.KVC_E_FRAME_SIZE: Reason.FRAME_SIZE,
+    lib.KVC_E_NO_DICT: Reason.NO_DICT,
+    lib.KVC_E_INFLATE: Reason.INFLATE,
+    lib.KVC_E_INFLATE_SIZE: Reason.INFLATE_SIZE,
+}
+
+
 def _decode_error(code: int, err, max_value_size: int) -> Exception:
     """The exception for a KVC_E_* code of a decode call."""
-    a, b = err.a, err.b
-    if code == lib.KVC_E_SHORT:
-        return CorruptionError(f"record is {a} bytes, shorter than the {HEADER_SIZE}-byte header")
-    if code == lib.KVC_E_NEWER:
-        return FormatError(
-            f"value written by a newer kvstore (format version {a}, this one reads "
-            f"{lib.KVC_VERSION}); upgrade kvstore to read it"
-        )
-    if code == lib.KVC_E_VERSION:
-        return CorruptionError(f"bad format version {a} in record header")
-    if code == lib.KVC_E_FLAGS:
-        return CorruptionError(f"unknown flags 0x{a:02x} in record header")
-    if code == lib.KVC_E_DICT_NO_ZSTD:
-        return CorruptionError("record header has the dictionary flag without the zstd flag")
-    if code == lib.KVC_E_DICT_ZERO:
-        return CorruptionError("record header has the dictionary flag but dictionary id 0")
-    if code == lib.KVC_E_DICT_ID:
-        return CorruptionError(f"record header names dictionary {a} without the dictionary flag")
-    if code == lib.KVC_E_TOO_LARGE:
-        return CorruptionError(
-            f"record declares {a} bytes, over the {max_value_size}-byte limit (max_value_size)"
-        )
-    if code == lib.KVC_E_RAW_LEN:
-        return CorruptionError(f"record declares {a} bytes but holds {b} uncompressed")
-    if code == lib.KVC_E_CHECKSUM:
-        return CorruptionError("checksum mismatch: the stored bytes were damaged")
-    if code == lib.KVC_E_NOT_FRAME:
-        return CorruptionError("payload is not a zstd frame (its frame header does not parse)")
-    if code == lib.KVC_E_FRAME_SIZE:
-        return CorruptionError(f"zstd frame declares {a} bytes, the record header {b}")
-    if code == lib.KVC_E_NO_DICT:
-        return CorruptionError(f"record uses zstd dictionary {a}, which this store does not hold")
-    if code == lib.KVC_E_INFLATE:
-        return CorruptionError(f"zstd payload does not decompress ({_zstd_error(err)})")
-    if code == lib.KVC_E_INFLATE_SIZE:
-        return CorruptionError(f"decompressed to {a} bytes, the header declares {b}")
+    reason = _REASONS.get(code)
+    if reason is Reason.TOO_LARGE:
+        return refusal(reason, err.a, max_value_size)
+    if reason is Reason.NOT_FRAME:
+        return refusal(reason, detail="its frame header does not parse")
+    if reason is not None:
+        return refusal(reason, err.a, err.b, detail=_zstd_error(err))
     if code == lib.KVC_E_NOMEM:
         return MemoryError("out of memory while decoding a value")
     return RuntimeError(f"native codec failed with code {code}")
@@ -211,10 +203,7 @@ def _decode_error(code: int, err, max_value_size: int) -> Exception:
 def _encode_error(code: int, err, max_value_size: int) -> Exception:
     """The exception for a KVC_E_* code of an encode call."""
     if code == lib.KVC_E_ENCODE_SIZE:
-        return EncodeError(
-            f"value is {err.a} bytes serialized, over max_value_size ({max_value_size}); "
-            f"split it or reopen the store with a larger max_value_size"
-        )
+        return refusal(Reason.ENCODE_SIZE, err.a, max_value_size)
     if code == lib.KVC_E_NOMEM:
         return MemoryError(f"out of memory while compressing a value ({_zstd_error(err)})")
     if code == lib.KVC_E_COMPRESS:
@@ -505,7 +494,7 @@ class Codec:
         except CorruptionError:
             raise
         except Exception as exc:  # msgpack raises several unrelated types on bad input
-            raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+            raise _msgpack_refusal(exc) from None
 
     def _decode(self, t: _Thread, data, dictionaries):
         """decode() for any bytes-like record, dictionaries, large values, errors."""
@@ -605,7 +594,7 @@ class Codec:
         except CorruptionError:
             raise
         except Exception as exc:  # msgpack raises several unrelated types on bad input
-            raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+            raise _msgpack_refusal(exc) from None
         return values
 
 

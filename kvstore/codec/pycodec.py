@@ -14,7 +14,7 @@ import msgpack
 import xxhash
 import zstandard
 
-from ..errors import CorruptionError, EncodeError
+from ..errors import CorruptionError
 from .serial import unpack
 from .format import (
     FLAG_DICT,
@@ -24,7 +24,9 @@ from .format import (
     HEADER_SIZE,
     MAX_VALUE_SIZE,
     VERSION,
+    Reason,
     parse_header,
+    refusal,
 )
 
 __all__ = ["Codec", "hash64", "NAME"]
@@ -88,7 +90,7 @@ class Codec:
             if dict_id:
                 dictionary = dictionaries.get(dict_id)
                 if dictionary is None:
-                    raise CorruptionError(f"record uses zstd dictionary {dict_id}, which this store does not hold")
+                    raise refusal(Reason.NO_DICT, dict_id)
                 d = (dictionary, zstandard.ZstdDecompressor(dict_data=dictionary.zstd_dict))
             else:
                 d = (None, zstandard.ZstdDecompressor())
@@ -115,10 +117,7 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             # A failed pack leaves the packer's buffer half-written.
             del self._local.packer
-            raise EncodeError(
-                f"cannot store a value of type {type(value).__name__}: {exc}; values may be None, "
-                f"bool, int (64-bit), float, str, bytes, list, tuple or dict of those"
-            ) from None
+            raise refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc)) from None
 
     def encode(self, value, *, dictionary=None) -> bytes:
         """One stored record (header included) for `value`."""
@@ -129,10 +128,7 @@ class Codec:
         """Compress (when worth it), checksum and frame serialized bytes."""
         raw_len = len(raw)
         if raw_len > self.max_value_size:
-            raise EncodeError(
-                f"value is {raw_len} bytes serialized, over max_value_size ({self.max_value_size}); "
-                f"split it or reopen the store with a larger max_value_size"
-            )
+            raise refusal(Reason.ENCODE_SIZE, raw_len, self.max_value_size)
         payload = raw
         dict_id = 0
         if self.compress and raw_len >= self.min_size:
@@ -155,7 +151,7 @@ class Codec:
         flags, raw_len, dict_id, checksum = parse_header(data, self.max_value_size)
         payload = memoryview(data)[HEADER_SIZE:]
         if hash64(payload) != checksum:
-            raise CorruptionError("checksum mismatch: the stored bytes were damaged")
+            raise refusal(Reason.CHECKSUM)
         if flags & FLAG_ZSTD:
             raw = self._inflate(payload, raw_len, dict_id, dictionaries or _EMPTY)
         else:
@@ -167,24 +163,22 @@ class Codec:
         except CorruptionError:
             raise
         except Exception as exc:  # msgpack raises several unrelated types on bad input
-            raise CorruptionError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+            raise refusal(Reason.MSGPACK, detail=f"{type(exc).__name__}: {exc}") from None
 
     def _inflate(self, payload, raw_len, dict_id, dictionaries) -> bytes:
         try:
             declared = zstandard.frame_content_size(payload)
         except zstandard.ZstdError as exc:
-            raise CorruptionError(f"payload is not a zstd frame ({exc})") from None
+            raise refusal(Reason.NOT_FRAME, detail=str(exc)) from None
         if declared != raw_len:
-            raise CorruptionError(
-                f"zstd frame declares {declared} bytes, the record header {raw_len}"
-            )
+            raise refusal(Reason.FRAME_SIZE, declared, raw_len)
         d = self._decompressor(dict_id, dictionaries)
         try:
             raw = d.decompress(payload, max_output_size=raw_len)
         except zstandard.ZstdError as exc:
-            raise CorruptionError(f"zstd payload does not decompress ({exc})") from None
+            raise refusal(Reason.INFLATE, detail=str(exc)) from None
         if len(raw) != raw_len:
-            raise CorruptionError(f"decompressed to {len(raw)} bytes, the header declares {raw_len}")
+            raise refusal(Reason.INFLATE_SIZE, len(raw), raw_len)
         return raw
 
     def decode_many(self, records: Iterable, *, dictionaries: Mapping | None = None) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 
 from ..errors import CorruptionError
+from .format import Reason, refusal
 
 __all__ = ["unpack"]
 
@@ -12,7 +13,7 @@ _unpackb = msgpack.unpackb
 
 
 def _refuse_ext(code, data):
-    raise CorruptionError(f"msgpack extension type {code} is not part of the kvstore format")
+    raise refusal(Reason.EXT_TYPE, code)
 
 
 def _hashable(obj):
@@ -60,9 +61,7 @@ if not _bounded_by_length(_unpackb):  # msgpack >= 1.0 bounds them itself
 
 def _claims_too_much(raw, exc: ValueError) -> CorruptionError:
     n = raw.nbytes if type(raw) is memoryview else len(raw)
-    return CorruptionError(
-        f"the msgpack payload claims more than its {n} bytes can hold ({exc}): the stored bytes "
-        f"are damaged or were not written by kvstore")
+    return refusal(Reason.CLAIMS, n, detail=str(exc))
 
 
 def unpack(raw):
