@@ -77,7 +77,7 @@ from dataclasses import dataclass
 
 from .errors import FormatError, StoreNotFoundError
 
-__all__ = ["check_data_file", "LastTxnid", "walk", "Walk", "Problem", "DBStats", "newest_meta", "Meta"]
+__all__ = ["check_data_file", "LastTxnid", "newest_meta", "Meta"]
 
 _LMDB_MAGIC = 0xBEEFC0DE
 _DATA_VERSION = 1
@@ -398,16 +398,3 @@ class LastTxnid:
     def close(self) -> None:
         self.view = self._map = None
 
-
-# The walker's names, importable from here as they were before it had a
-# module of its own (kvstore check uses `lmdbfile.walk`). Looked up on first
-# use, as the import in _check_pages_at_open: lmdbwalk imports this module.
-_WALK_NAMES = ("walk", "Walk", "Problem", "DBStats")
-
-
-def __getattr__(name: str):
-    if name in _WALK_NAMES:
-        from . import lmdbwalk
-
-        return getattr(lmdbwalk, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,8 +9,8 @@ gives the grammar and what makes a snapshot consistent).
 
 Like lmdbfile, it reads with os.pread (never a mapping of the file) and
 imports nothing of kvstore but lmdbfile and the errors. It imports lmdbfile
-(the grammar's structs, the meta pages); lmdbfile imports it only when it
-runs the walk at open, and re-exports its names (`lmdbfile.walk`).
+(the grammar's structs, the meta pages); lmdbfile imports it only where it
+runs the walk at open.
 """
 
 from __future__ import annotations

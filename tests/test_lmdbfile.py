@@ -105,12 +105,6 @@ def test_newest_meta_agrees_with_lmdb(pristine):
     assert CacheLastTxnid is lmdbfile.LastTxnid  # still importable where it was
 
 
-def test_walker_names_still_importable_from_lmdbfile():
-    # kvstore check (commands/check.py) calls lmdbfile.walk.
-    for name in ("walk", "Walk", "Problem", "DBStats"):
-        assert getattr(lmdbfile, name) is getattr(lmdbwalk, name)
-
-
 def test_walk_of_a_clean_store_counts_what_lmdb_counts(pristine):
     path, _ = pristine
     walk = lmdbwalk.walk(path)

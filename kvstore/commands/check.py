@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from kvstore import engine
-from kvstore import lmdbfile, ttl
+from kvstore import lmdbwalk, ttl
 from kvstore.layout import TTL_STORE_FORMAT
 
 from ._common import Progress, open_readonly, plural, quote_key, write_json
@@ -36,7 +36,7 @@ def _walk_pages(args, out):
     pages are damaged, the walk)."""
     if not os.path.isfile(os.path.join(args.path, "data.mdb")):
         return None, None  # open_readonly says what is missing
-    pages = lmdbfile.walk(args.path)
+    pages = lmdbwalk.walk(args.path)
     if pages.ok:
         return None, pages
     note = (" (the store was written to during every attempt: run check again when writes "
