@@ -51,7 +51,7 @@ def attach(path: str, options: Options) -> Environment:
                 if env.writer is None:
                     env.writer = _start_writer(env, options)
                     env.sweeper = _ttl.Sweeper(env, env.writer, options.ttl_sweep_interval,
-                                               options.ttl_sweep_batch)
+                                               options.ttl_sweep_batch, env.options.clock)
     except BaseException:
         detach(env)
         raise
@@ -64,7 +64,7 @@ def _build(env: Environment) -> Environment:
     """The parts above LMDB that every engine has (see the module docstring)."""
     try:
         env.dicts = Dictionaries(env)
-        env.ttl = _ttl.TTLMeta(env)
+        env.ttl = _ttl.TTLMeta(env, env.options.clock)
         _start_cache(env)
     except BaseException:
         env.close()
@@ -80,7 +80,7 @@ def _start_cache(env: Environment) -> None:
     build with another meta layout), the cache stays off rather than
     risk serving a stale value."""
     opts = env.options
-    cache = ReadCache.create(opts.cache_entries, opts.cache_bytes)
+    cache = ReadCache.create(opts.cache_entries, opts.cache_bytes, clock=opts.clock)
     if cache is None:
         return
     try:
@@ -215,6 +215,10 @@ def acquire(path: str, options: Options) -> Environment:
                 f"{key!r} is already open read-only in this process; close those handles before "
                 f"opening it for writing (one LMDB environment per path per process)"
             )
+        elif options.clock is not env.options.clock:
+            # the engine's parts judge expiry by the clock it was built with
+            raise ValueError(f"{key!r} is already open in this process with another clock "
+                             f"({env.options.clock!r}); every handle of a path shares one clock")
         env.refs += 1
         return env
 
