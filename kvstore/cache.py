@@ -151,7 +151,10 @@ import threading
 
 import cachetools
 
+import time
+
 from . import ttl as _ttl
+from .clock import now_ms
 from .codec.format import HEADER_SIZE, raw_len, tag_size
 from .options import ENTRY_OVERHEAD, MAX_DEPTH, OBJECT_FACTOR  # tunables: see there
 from .lmdbfile import LastTxnid  # the meta-page txnid view lives with the file parser
@@ -297,12 +300,16 @@ class ReadCache:
     """A thread-safe LRU of decoded values keyed by (namespace, key), validated
     by LMDB txnid. See the module docstring for the protocol."""
 
-    def __init__(self, max_entries: int, max_bytes: int, *, admit_on_first_miss: bool = False):
+    def __init__(self, max_entries: int, max_bytes: int, *, admit_on_first_miss: bool = False,
+                 clock=time.time):
         if max_entries < 0 or max_bytes < 0:
             raise ValueError(f"cache sizes must be >= 0, not {max_entries!r}, {max_bytes!r}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.enabled = bool(max_entries and max_bytes)
+        # the store's clock (Options.clock): an entry with an expiry is
+        # served only while now_ms(clock) is before it
+        self._clock = clock
         # (ns, key) -> entry: cachetools' LRU, bounded by bytes (and by
         # entries in fill). Changed only under _lock; hits read and reorder it
         # without (see _reads).
@@ -365,7 +372,7 @@ class ReadCache:
         if e[_EXPIRES]:
             if untimed_only:
                 return STALE
-            if e[_EXPIRES] <= _ttl.now_ms():
+            if e[_EXPIRES] <= now_ms(self._clock):
                 with self._lock:
                     return self._expired(k, e)
         next(self._hit_count)
@@ -386,7 +393,7 @@ class ReadCache:
             self._touch(k)
             if e[_TXNID] != txnid:
                 return STALE
-            if e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms():
+            if e[_EXPIRES] and e[_EXPIRES] <= now_ms(self._clock):
                 return self._expired(k, e)
             next(self._hit_count)
         return _give(e)
@@ -501,7 +508,7 @@ class ReadCache:
         if e is None:
             return False
         t = e[_TXNID]
-        return t >= txnids[0] and t >= txnids[1] and not (e[_EXPIRES] and e[_EXPIRES] <= _ttl.now_ms())
+        return t >= txnids[0] and t >= txnids[1] and not (e[_EXPIRES] and e[_EXPIRES] <= now_ms(self._clock))
 
     # ------------------------------------------------------------ writes
 

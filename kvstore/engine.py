@@ -36,7 +36,7 @@ from . import ttl as _ttl
 from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .environment import Environment
-from .errors import KVStoreError, ReadOnlyError
+from .errors import InvalidArgumentError, KVStoreError, ReadOnlyError
 from .options import Options
 from .writer import Writer
 
@@ -73,7 +73,7 @@ class Engine:
         self.cache = self.last_txnid = None
         try:
             self.dicts = Dictionaries(env)
-            self.ttl = _ttl.TTLMeta(env)
+            self.ttl = _ttl.TTLMeta(env, env.options.clock)
             self.cache, self.last_txnid = _start_cache(env)
         except BaseException:
             env.close()
@@ -116,7 +116,7 @@ def attach(path: str, options: Options) -> Engine:
                 if engine.writer is None:
                     engine.writer = _start_writer(engine, options)
                     engine.sweeper = _ttl.Sweeper(engine, engine.writer, options.ttl_sweep_interval,
-                                                  options.ttl_sweep_batch)
+                                                  options.ttl_sweep_batch, options.clock)
     except BaseException:
         detach(engine)
         raise
@@ -133,7 +133,7 @@ def _start_cache(env: Environment):
     build with another meta layout), the cache stays off rather than
     risk serving a stale value."""
     opts = env.options
-    cache = ReadCache.create(opts.cache_entries, opts.cache_bytes)
+    cache = ReadCache.create(opts.cache_entries, opts.cache_bytes, clock=opts.clock)
     if cache is None:
         return None, None
     try:
@@ -269,6 +269,12 @@ def acquire(path: str, options: Options) -> Engine:
                 f"{key!r} is already open read-only in this process; close those handles before "
                 f"opening it for writing (one LMDB environment per path per process)"
             )
+        elif options.clock is not env.options.clock:
+            # the engine's parts judge expiry by the clock it was built with
+            raise InvalidArgumentError(
+                f"{key!r} is already open in this process with another clock "
+                f"({env.options.clock!r}); every handle of a path shares one clock: pass the same one, "
+                f"or close the other handles first")
         env.refs += 1
         return env
 

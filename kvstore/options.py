@@ -8,7 +8,11 @@ open, before any file is touched.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, fields
+from typing import Callable
+
+from .clock import check_clock
 
 __all__ = ["Options"]
 
@@ -38,6 +42,16 @@ class Options:
     # Most threads and processes reading the same store at once (LMDB's reader
     # table, shared by every process; fixed by the first process to open it).
     max_readers: int = 126
+
+    # The clock every expiry of this store is judged by, in this process: a
+    # callable returning wall-clock seconds since the Unix epoch, like
+    # time.time (the default). For tests and simulations: pass a fake clock
+    # to move time without sleeping (tests/test_ttl.py). Expiries are stored
+    # as wall-clock times, so every process using the store must agree on
+    # the time: another clock is only meaningful within one process. One
+    # clock per store path in a process: opening a path already open here
+    # with another clock is a ValueError.
+    clock: Callable[[], float] = time.time
 
     # ---------------------------------------------------- size of the store
 
@@ -139,6 +153,7 @@ class Options:
             elif expected == "float":
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise TypeError(f"option {f.name} must be a number of seconds, not {value!r}")
+        check_clock(self.clock)
         _positive = ("max_namespaces", "max_readers", "map_size", "max_map_size", "max_batch_ops",
                      "max_batch_bytes", "max_pending_ops", "max_value_size", "ttl_sweep_batch")
         for name in _positive:

@@ -7,11 +7,13 @@ transaction under the map lock. A value whose TTL has run out reads as
 missing wherever it is found.
 
 `Reads` is a mixin of `Store` (store.py), which gives it `_root` (the
-store's default handle: `_env`, the Environment of the path; `_codec`),
-`_ns` (the namespace), `_live_engine()` (the environment, after checking the
+store's default handle: `_engine`, the path's Engine (engine.py); `_codec`),
+`_ns` (the namespace), `_live_engine()` (the engine, after checking the
 handle is open and reopening it after a fork), `_dbi(engine, ns)` and
-`_writer(engine)`. `get` and its cache protocol are kept flat on purpose: they
-are the hot path of every read.
+`_writer(engine)`. Expiry is judged by the store's clock, `_root._options.clock`
+(time.time unless the store was opened with another; every handle of a
+path shares one, as the engine's cache does). `get` and its cache protocol
+are kept flat on purpose: they are the hot path of every read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import lmdb
 
 from . import ttl as _ttl
 from .cache import ABSENT, MISS, SKIP, STALE, Sentinel
+from .clock import now_ms
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, dict_id, inner_record, parse_ttl, ttl_expired, wrap_ttl
 from .errors import CorruptionError, FormatError, translate
 from .options import SCAN_CHUNK, SCAN_FIRST_CHUNK  # tunables: see there
@@ -36,14 +39,14 @@ __all__ = ["Reads", "SCAN_CHUNK", "SCAN_FIRST_CHUNK"]
 _MISSING = object()
 
 
-def _live(record, now: int | None = None) -> bool:
+def _live(record, now: int) -> bool:
     """Whether stored bytes (TTL prefix included) hold a value that has not
-    expired at now (ms; None: the clock's now). A damaged prefix counts as
-    live: presence needs no decoding (reading the value reports the damage)."""
+    expired at now (ms). A damaged prefix counts as live: presence needs no
+    decoding (reading the value reports the damage)."""
     if not len(record) or record[0] != TTL_VERSION:
         return True
     try:
-        return not ttl_expired(record, _ttl.now_ms() if now is None else now)
+        return not ttl_expired(record, now)
     except CorruptionError:
         return True
 
@@ -81,11 +84,15 @@ class Reads:
 
         return engine.read(read)
 
+    def _now(self) -> int:
+        """Now on the store's clock, in ms (the scale of stored expiries)."""
+        return now_ms(self._root._options.clock)
+
     def _expired(self, key: bytes, record) -> bool:
         """Whether a TTL record (stored bytes starting with TTL_VERSION) has
         expired. CorruptionError naming the key if its prefix is damaged."""
         try:
-            return parse_ttl(record)[0] <= _ttl.now_ms()
+            return parse_ttl(record)[0] <= self._now()
         except CorruptionError as exc:
             raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
 
@@ -207,7 +214,7 @@ class Reads:
             expires, ttl_ms = parse_ttl(record)
         except CorruptionError as exc:
             raise CorruptionError(exc.reason, key=key, namespace=ns) from None
-        now = _ttl.now_ms()
+        now = self._now()
         if expires <= now:
             return default
         value = self._decode(key, record)
@@ -302,7 +309,7 @@ class Reads:
         key = check_key(key)
         hit = self._pending(engine, key)
         if hit is not None:
-            return hit[0] is not None and _live(hit[0])
+            return hit[0] is not None and _live(hit[0], self._now())
         cache = engine.cache
         if cache is not None and cache.contains(self._ns, key, engine.last_txnid.view):
             return True
@@ -312,7 +319,7 @@ class Reads:
 
         def present(txn):
             record = txn.get(key, db=dbi)
-            return record is not None and _live(record)
+            return record is not None and _live(record, self._now())
 
         return engine.read(present)
 
@@ -323,7 +330,7 @@ class Reads:
         engine = self._live_engine()
         dbi = self._dbi(engine, self._ns)
         pending = engine.writer.snapshot(self._ns) if engine.writer is not None else []
-        now = _ttl.now_ms()
+        now = self._now()
         if dbi is None:
             return sum(1 for _, r in pending if r is not None and _live(r, now))
         marker = _ttl.TTL_PREFIX + self._ns.encode("utf-8")
@@ -400,7 +407,7 @@ class Reads:
     def _gone(self, key, record, keys_only) -> bool:
         """Whether a TTL record has expired; a damaged prefix raises, unless
         only the key is wanted (presence needs no decoding)."""
-        return not _live(record) if keys_only else self._expired(key, record)
+        return not _live(record, self._now()) if keys_only else self._expired(key, record)
 
     def _scan_stored(self, engine, lo, hi, reverse):
         """(key, record) pairs in the database, chunk by chunk."""

@@ -5,6 +5,9 @@ is stored as a `ttl_record`: its ordinary v1 record behind a 22-byte prefix
 holding when it expires and the TTL it was given (kvstore/codec/format.py
 defines the bytes). Times are wall-clock (`time.time()`, in milliseconds on
 disk), so an expiry means the same to every process and survives restarts.
+They are read from the store's clock (Options.clock, kvstore/clock.py),
+which TTLMeta and the Sweeper are given: time.time unless a test or a
+simulation passes its own.
 
 Reads treat a value whose expiry has passed as missing, wherever they find
 it: in LMDB, in this process's pending writes, in the read cache (an entry
@@ -40,30 +43,20 @@ from __future__ import annotations
 import math
 import struct
 import threading
-import time
 
+from .clock import now_ms
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, ttl_expired, wrap_ttl
 from .layout import FORMAT_KEY, TTL_PREFIX, TTL_STORE_FORMAT
 from .errors import CorruptionError, InvalidTTLError, StoreClosedError, StoreFailedError
 from .writer import ConditionalGroup
 
-__all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "default_to_ms", "now_ms", "expiry_ms",
+__all__ = ["TTLMeta", "Sweeper", "Sweep", "Refresh", "to_ms", "default_to_ms", "expiry_ms",
            "stamp", "TTL_PREFIX", "MAX_TTL"]
 
 _DEFAULT = struct.Struct(">Q")
 
 # Longest TTL accepted, seconds (100 years); math.inf means "never expires".
 MAX_TTL = 100 * 365 * 86400
-
-# The clock every expiry is judged by: wall time, in seconds. Tests replace
-# it (kvstore.ttl._clock = fake) to move time without sleeping.
-_clock = time.time
-
-
-def now_ms() -> int:
-    """The current wall-clock time in milliseconds since the Unix epoch."""
-    return int(_clock() * 1000)
-
 
 def to_ms(ttl) -> int:
     """A TTL in seconds as whole milliseconds (at least 1); 0 for math.inf
@@ -109,11 +102,13 @@ def stamp(env, ns: str, record: bytes, ttl) -> tuple[bytes, "Enable | None"]:
     the namespace's metadata key is committed, each TTL value's group
     carries the step that writes it (`Enable`), in the same transaction as
     the value: the first TTL value of a namespace costs no commit of its
-    own (see the module docstring)."""
-    ms = env.ttl.defaults.get(ns, 0) if ttl is None else to_ms(ttl)
+    own (see the module docstring). The expiry is now on the store's clock
+    (env.ttl.clock) + the TTL."""
+    meta = env.ttl
+    ms = meta.defaults.get(ns, 0) if ttl is None else to_ms(ttl)
     if not ms:
         return record, None
-    return wrap_ttl(record, now_ms() + ms, ms), env.ttl.step_for(ns)
+    return wrap_ttl(record, now_ms(meta.clock) + ms, ms), meta.step_for(ns)
 
 
 # ---------------------------------------------------------------- metadata
@@ -159,10 +154,12 @@ def _upgrade_format(txn, meta) -> None:
 
 class TTLMeta:
     """The TTL metadata of one store as this process knows it: which
-    namespaces may hold TTL values, and their default TTLs."""
+    namespaces may hold TTL values, and their default TTLs; and the clock
+    new TTL values are stamped by (Options.clock)."""
 
-    def __init__(self, env):
+    def __init__(self, env, clock):
         self._env = env
+        self.clock = clock  # a callable returning wall-clock seconds (kvstore/clock.py)
         self._lock = threading.Lock()  # serialises enable() and reload()
         # replaced whole, never mutated: read without the lock
         self.defaults: dict[str, int] = {}  # namespace -> default TTL, ms (only those with one)
@@ -249,10 +246,11 @@ class Sweep:
     sweep read them. Each is deleted only if the record the key holds inside
     the write transaction has expired too; the rest are left alone."""
 
-    __slots__ = ("now", "deleted")
+    __slots__ = ("now", "clock", "deleted")
 
-    def __init__(self, now: int):
+    def __init__(self, now: int, clock):
         self.now = now  # ms: what the sweep judged expiry by
+        self.clock = clock  # the store's clock, read again when the group applies
         self.deleted = 0  # set by the last apply() (a replay after a map grow runs it again)
 
     def enter(self, overlay, seq: int, ops) -> None:
@@ -261,7 +259,7 @@ class Sweep:
     def apply(self, txn, ops) -> None:
         # The earlier of the two clocks: a clock set back since the sweep
         # read must not make it delete a value written in between.
-        deadline = min(self.now, now_ms())
+        deadline = min(self.now, now_ms(self.clock))
         deleted = 0
         for _ns, dbi, key, _ in ops:
             record = txn.get(key, db=dbi)
@@ -343,9 +341,10 @@ class Sweeper:
     Thread safety: passes run in the sweeper's thread (or in a test's
     thread, never both); `swept` and `error` are written under _lock."""
 
-    def __init__(self, env, writer, interval: float, batch: int):
+    def __init__(self, env, writer, interval: float, batch: int, clock):
         self._env = env
         self._writer = writer
+        self._clock = clock  # the store's clock (Options.clock)
         self._interval = interval
         self._batch = batch
         self._lock = threading.Lock()
@@ -403,7 +402,7 @@ class Sweeper:
         if dbi is None:
             self._turn += 1
             return 0
-        now = now_ms() if now is None else now
+        now = now_ms(self._clock) if now is None else now
         after = self._position.get(ns)
         expired, last, done = env.read(lambda txn: self._scan(txn, dbi, after, now))
         if done:  # the end of the namespace: the next pass takes the next one, from its start
@@ -438,7 +437,7 @@ class Sweeper:
         return expired, (bytes(last) if last is not None else None), not ok
 
     def _submit(self, ns, dbi, keys, now) -> None:
-        sweep = Sweep(now)
+        sweep = Sweep(now, self._clock)
 
         def committed(group):
             if group.error is None:

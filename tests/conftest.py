@@ -43,10 +43,13 @@ def store_path(tmp_path):
 
 
 @pytest.fixture
-def db(store_path):
+def db(store_path, request):
+    """A store at store_path; on the test's `clock` fixture (Options.clock)
+    when the test takes one (tests/test_langgraph_store.py's TTL tests)."""
     import kvstore
 
-    store = kvstore.open(store_path)
+    options = {"clock": request.getfixturevalue("clock")} if "clock" in request.fixturenames else {}
+    store = kvstore.open(store_path, **options)
     yield store
     store.close()
 

@@ -21,7 +21,6 @@ from langgraph.store.base import (  # noqa: E402
 
 import kvstore  # noqa: E402
 import kvstore.aio  # noqa: E402
-import kvstore.ttl  # noqa: E402
 from kvstore.integrations.langgraph import InvalidStoreNamespaceError, KVStore  # noqa: E402
 from test_ttl import T0, FakeClock  # noqa: E402
 
@@ -213,10 +212,9 @@ def test_async_api_and_shared_commits(store_path):
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    c = FakeClock()
-    monkeypatch.setattr(kvstore.ttl, "_clock", c)
-    return c
+def clock():
+    """A fake clock: a test that takes it gets `db` (so `store`) opened on it."""
+    return FakeClock()
 
 
 def expiry(store, namespace, key):
@@ -360,15 +358,15 @@ def test_bad_ttls_raise_before_anything_is_written(store, clock):
 
 
 def test_ttl_survives_reopen_and_read_only_stores_read_without_refreshing(store_path, clock):
-    with KVStore.from_path(store_path, ttl={"default_ttl": 1}) as store:
+    with KVStore.from_path(store_path, ttl={"default_ttl": 1}, clock=clock) as store:
         store.put(("a",), "k", {"v": 1})
     clock.advance(30)
-    with KVStore.from_path(store_path, readonly=True) as store:
+    with KVStore.from_path(store_path, readonly=True, clock=clock) as store:
         assert store.get(("a",), "k").value == {"v": 1}  # asks to refresh: cannot, no error
         assert [i.key for i in store.search(("a",))] == ["k"]
         assert expiry(store, ("a",), "k") == (T0 + 60, 60)
     clock.advance(30)
-    with KVStore.from_path(store_path) as store:
+    with KVStore.from_path(store_path, clock=clock) as store:
         assert store.get(("a",), "k") is None and store.list_namespaces() == []
 
 

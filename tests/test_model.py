@@ -7,9 +7,9 @@ real one, `OtherProcess`) also writes to both stores now and then, so the
 cache must notice commits it did not make.
 
 Values may have a TTL: the dict keeps each value's expiry, a fake clock
-(kvstore.ttl._clock) moves only when the `advance_clock` rule says, and a
-read must not see a value whose expiry has passed, pending, committed or
-cached; `refresh` and `sweep` rules exercise get(refresh_ttl=True) and the
+(the machine's, passed to kvstore.open(..., clock=)) moves only when the
+`advance_clock` rule says, and a read must not see a value whose expiry
+has passed, pending, committed or cached; `refresh` and `sweep` rules exercise get(refresh_ttl=True) and the
 sweep. The other process writes values without TTL, with its sweep off
 (its clock is the real one).
 
@@ -38,6 +38,7 @@ from hypothesis.stateful import (
 
 import kvstore
 import kvstore.ttl
+from kvstore.clock import now_ms
 
 KEYS = st.sampled_from([b"a", b"ab", b"abc", b"b", b"ba", "c", "cé", b"\xff", b"\x00", b"m" * 40])
 VALUES = st.recursive(
@@ -103,7 +104,7 @@ OTHER: OtherProcess | None = None  # set by the test function while the machine 
 
 
 class FakeClock:
-    """kvstore.ttl._clock while the machine runs: moved by advance_clock only."""
+    """The clock of a machine's stores (Options.clock): moved by advance_clock only."""
 
     def __init__(self):
         self.now = 1_800_000_000.0
@@ -112,16 +113,14 @@ class FakeClock:
         return self.now
 
 
-CLOCK = FakeClock()
-
-
 class StoreMatchesDict(RuleBasedStateMachine):
     @initialize(flush_interval=st.sampled_from([0.001, 0.05, 3600]), max_batch_ops=st.sampled_from([1, 3, 2000]),
                 cache_entries=st.sampled_from([2, 10_000]))
     def open_store(self, flush_interval, max_batch_ops, cache_entries):
         self.dirs = [tempfile.mkdtemp(prefix="kvstore-model-cached-"),
                      tempfile.mkdtemp(prefix="kvstore-model-uncached-")]
-        common = dict(flush_interval=flush_interval, max_batch_ops=max_batch_ops,
+        self.clock = FakeClock()
+        common = dict(clock=self.clock, flush_interval=flush_interval, max_batch_ops=max_batch_ops,
                       max_pending_ops=max(max_batch_ops, 50), map_size=1 << 20, ttl_sweep_interval=0)
         self.opts = [dict(common, cache_entries=cache_entries), dict(common, cache_entries=0)]
         self.dbs = [kvstore.open(d, **o) for d, o in zip(self.dirs, self.opts)]
@@ -133,11 +132,11 @@ class StoreMatchesDict(RuleBasedStateMachine):
 
     def record(self, ns, key, value, ttl):
         ms = kvstore.ttl.to_ms(ttl) if ttl is not None else 0
-        self.model[ns][raw(key)] = (value, kvstore.ttl.now_ms() + ms if ms else None, ms)
+        self.model[ns][raw(key)] = (value, now_ms(self.clock) + ms if ms else None, ms)
 
     def live(self, ns) -> dict:
         """What reads of namespace ns must see: key -> value."""
-        now = kvstore.ttl.now_ms()
+        now = now_ms(self.clock)
         return {k: v for k, (v, expires, _) in self.model[ns].items() if expires is None or expires > now}
 
     @rule(ns=NAMESPACES, key=KEYS, value=VALUES, durable=st.booleans(), ttl=TTLS)
@@ -188,7 +187,7 @@ class StoreMatchesDict(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([0.001, 0.3, 0.5, 1, 2.5, 40]))
     def advance_clock(self, seconds):
-        CLOCK.now += seconds
+        self.clock.now += seconds
 
     @rule(ns=NAMESPACES, key=KEYS)
     def refresh(self, ns, key):
@@ -197,7 +196,7 @@ class StoreMatchesDict(RuleBasedStateMachine):
             assert target.get(key, "missing", refresh_ttl=True) == expected
         entry = self.model[ns].get(raw(key))
         if expected != "missing" and entry[1] is not None:
-            now = kvstore.ttl.now_ms()
+            now = now_ms(self.clock)
             value, expires, ms = entry
             if now + ms - expires >= max(1, ms // 100):  # Store.get's rule
                 self.model[ns][raw(key)] = (value, now + ms, ms)
@@ -298,9 +297,8 @@ def _lists(value):
     return value
 
 
-def test_store_matches_dict(codec_backend, monkeypatch):
+def test_store_matches_dict(codec_backend):
     global OTHER
-    monkeypatch.setattr(kvstore.ttl, "_clock", CLOCK)
     OTHER = OtherProcess()  # started here: it inherits the backend's KVSTORE_CODEC
     try:
         run_state_machine_as_test(StoreMatchesDict)

@@ -1,6 +1,7 @@
 """TTL: values that expire, namespace default TTLs, refresh, the sweep.
 
-Most tests move a fake clock (kvstore.ttl._clock) instead of sleeping; one
+Most tests open the store with a fake clock (kvstore.open(path,
+clock=FakeClock())) and move it instead of sleeping; one
 uses real short TTLs to prove that wall time works, and one has another
 process watch a value expire. tests/test_model.py runs TTL operations
 against a dict with expiry; tests/test_ttl_cli.py covers the commands.
@@ -17,6 +18,7 @@ import pytest
 
 import kvstore
 import kvstore.ttl
+from kvstore.clock import now_ms
 from kvstore import CorruptionError, FormatError, InvalidTTLError, ReadOnlyError, TTLMismatchError
 from kvstore.codec import format as fmt
 from kvstore.writer import ConditionalGroup
@@ -36,10 +38,9 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    c = FakeClock()
-    monkeypatch.setattr(kvstore.ttl, "_clock", c)
-    return c
+def clock():
+    """The clock a test passes to kvstore.open(..., clock=clock) and moves."""
+    return FakeClock()
 
 
 def open_store(path, **options):
@@ -111,7 +112,7 @@ def gone(n):
 @pytest.mark.parametrize("where", ["pending", "committed", "cached", "uncached"])
 def test_expired_key_is_invisible_to_every_read_at_once(store_path, clock, where):
     options = {"cache_entries": 0} if where == "uncached" else {}
-    with open_store(store_path, **options) as db:
+    with open_store(store_path, clock=clock, **options) as db:
         db.put("other", 1)
         db.put("k", {"v": 1}, ttl=10)
         if where != "pending":
@@ -131,7 +132,7 @@ def test_expired_key_is_invisible_to_every_read_at_once(store_path, clock, where
 
 
 def test_cache_entry_is_not_served_after_its_expiry(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", "v", ttl=1, durable=True)
         for _ in range(3):
             assert db.get("k") == "v"
@@ -144,14 +145,14 @@ def test_cache_entry_is_not_served_after_its_expiry(store_path, clock):
 
 
 def test_keys_without_ttl_never_expire(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", "v", durable=True)
         clock.advance(1e9)
         assert every_read(db, "k") == visible("v", 1)
 
 
 def test_rewrite_replaces_the_ttl(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("a", 1, ttl=5)
         db.put("a", 2)  # no TTL now
         db.put("b", 1)
@@ -162,7 +163,7 @@ def test_rewrite_replaces_the_ttl(store_path, clock):
 
 
 def test_put_many_and_batch_take_a_ttl(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         sessions = db.namespace("sessions")
         db.put_many({"a": 1, "b": 2}, ttl=2)
         with db.batch() as b:
@@ -179,7 +180,7 @@ def test_put_many_and_batch_take_a_ttl(store_path, clock):
 
 
 def test_expiry_and_ttl_are_reported(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", 1, ttl=0.25)
         db.put("plain", 1)
         assert db.expiry("k") == (T0 + 0.25, 0.25)
@@ -210,7 +211,7 @@ def test_bad_ttl_raises_at_the_call_and_queues_nothing(store_path, bad):
 
 
 def test_infinite_ttl_means_no_expiry_even_with_a_namespace_default(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         ns = db.namespace("sessions", ttl=5)
         ns.put("forever", 1, ttl=math.inf)
         ns.put("default", 1)
@@ -220,7 +221,7 @@ def test_infinite_ttl_means_no_expiry_even_with_a_namespace_default(store_path, 
 
 
 def test_tiny_ttl_is_one_millisecond(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", 1, ttl=1e-6)
         assert db.expiry("k") == (T0 + 0.001, 0.001)
 
@@ -229,7 +230,7 @@ def test_tiny_ttl_is_one_millisecond(store_path, clock):
 
 
 def test_namespace_default_ttl_applies_and_survives_reopen(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         sessions = db.namespace("sessions", ttl=60)
         assert sessions.default_ttl == 60 and db.default_ttl is None
         sessions.put("a", 1)
@@ -237,7 +238,7 @@ def test_namespace_default_ttl_applies_and_survives_reopen(store_path, clock):
         db.put("plain", 1)  # other namespaces are not affected
         assert sessions.expiry("a") == (T0 + 60, 60) and sessions.expiry("b") == (T0 + 5, 5)
         assert db.expiry("plain") is None
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         sessions = db.namespace("sessions")  # no ttl=: whatever it has
         assert sessions.default_ttl == 60
         sessions.put("c", 1)
@@ -246,7 +247,7 @@ def test_namespace_default_ttl_applies_and_survives_reopen(store_path, clock):
 
 
 def test_changing_a_namespace_default_must_be_explicit(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.namespace("sessions", ttl=60)
         with pytest.raises(TTLMismatchError, match="set_default_ttl") as info:
             db.namespace("sessions", ttl=30)
@@ -280,7 +281,7 @@ def test_read_only_store_cannot_set_a_default(store_path):
 
 
 def test_refresh_ttl_pushes_the_expiry(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", {"v": 1}, ttl=10, durable=True)
         db.put("plain", 1, durable=True)
         clock.advance(6)
@@ -299,7 +300,7 @@ def test_refresh_ttl_pushes_the_expiry(store_path, clock):
 
 
 def test_refreshing_reads_use_the_cache_for_values_without_ttl(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("plain", {"v": [1]}, durable=True)
         for _ in range(2):  # the second miss fills the cache
             assert db.get("plain", refresh_ttl=True) == {"v": [1]}
@@ -324,7 +325,7 @@ def test_refreshing_reads_use_the_cache_for_values_without_ttl(store_path, clock
 
 
 def test_refresh_is_skipped_when_it_would_move_the_expiry_by_under_one_percent(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", 1, ttl=100, durable=True)
         clock.advance(0.5)
         db.get("k", refresh_ttl=True)
@@ -340,7 +341,7 @@ def test_refresh_never_overwrites_a_newer_value(store_path, clock):
         with kvstore.open(sys.argv[1], ttl_sweep_interval=0) as db:
             db.put("k", "newer", durable=True)
     """)
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", "old", ttl=10, durable=True)
         clock.advance(5)
         assert db.get("k", refresh_ttl=True) == "old"  # queued, not committed
@@ -360,11 +361,11 @@ def test_refresh_never_overwrites_a_newer_value(store_path, clock):
 def test_refresh_made_from_an_outdated_read_never_shows_the_old_value(store_path, clock, cache_entries):
     # get(refresh_ttl=True) read "old"; "new" committed before its refresh
     # was queued: reads must not go back to "old", before or after the commit.
-    with open_store(store_path, cache_entries=cache_entries) as db:
+    with open_store(store_path, clock=clock, cache_entries=cache_entries) as db:
         db.put("k", "old", ttl=10, durable=True)
         record, txnid = db._current(db._engine, b"k")
         db.put("k", "new", durable=True)
-        refreshed = fmt.wrap_ttl(bytes(fmt.inner_record(record)), kvstore.ttl.now_ms() + 10_000, 10_000)
+        refreshed = fmt.wrap_ttl(bytes(fmt.inner_record(record)), now_ms(clock) + 10_000, 10_000)
         dbi = db._engine.dbi("default", create=False)
         db._engine.writer.submit(ConditionalGroup([("default", dbi, b"k", refreshed)], False, len(refreshed),
                                                kvstore.ttl.Refresh(db._engine, [(record, txnid)])))
@@ -377,7 +378,7 @@ def test_refresh_made_from_an_outdated_read_never_shows_the_old_value(store_path
 
 
 def test_sweep_deletes_expired_records_through_the_writer(store_path, clock):
-    with open_store(store_path, ttl_sweep_batch=7) as db:
+    with open_store(store_path, clock=clock, ttl_sweep_batch=7) as db:
         db.put_many({f"t{i:02d}": i for i in range(20)}, ttl=1)
         db.put_many({f"p{i:02d}": i for i in range(5)})
         db.namespace("other").put("x", 1, ttl=1)
@@ -397,20 +398,20 @@ def test_sweep_deletes_expired_records_through_the_writer(store_path, clock):
 
 
 def test_sweep_never_deletes_a_key_written_again_since_it_looked(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         for key in ("renewed", "plain", "deleted", "stays"):
             db.put(key, "old", ttl=1)
         db.flush()
         clock.advance(1)
         sweeper = db._engine.sweeper
         dbi = db._engine.dbi("default", create=False)
-        expired, _, _ = db._engine.read(lambda txn: sweeper._scan(txn, dbi, None, kvstore.ttl.now_ms()))
+        expired, _, _ = db._engine.read(lambda txn: sweeper._scan(txn, dbi, None, now_ms(clock)))
         assert sorted(expired) == [b"deleted", b"plain", b"renewed", b"stays"]
         db.put("renewed", "new", ttl=1)  # committed before the sweep's group
         db.put("plain", "new")
         db.delete("deleted")
         db.flush()
-        sweeper._submit("default", dbi, expired, kvstore.ttl.now_ms())
+        sweeper._submit("default", dbi, expired, now_ms(clock))
         db.flush()
         assert db.get_many(["renewed", "plain"]) == ["new", "new"]
         assert sorted(raw_records(db)) == [b"plain", b"renewed"]
@@ -420,12 +421,12 @@ def test_sweep_never_deletes_a_key_written_again_since_it_looked(store_path, clo
 def test_sweep_judges_by_the_earlier_clock(store_path, clock):
     # A clock set back between the sweep's read and its commit must not let
     # it delete a value that is live by the clock readers use.
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", 1, ttl=1, durable=True)
         clock.advance(1)
         sweeper = db._engine.sweeper
         dbi = db._engine.dbi("default", create=False)
-        seen = kvstore.ttl.now_ms()
+        seen = now_ms(clock)
         clock.advance(-10)
         db.put("k", 2, ttl=5, durable=True)  # expires at T0 - 4 s: before `seen`
         sweeper._submit("default", dbi, [b"k"], seen)
@@ -445,7 +446,7 @@ def test_background_sweep_runs_by_itself(store_path):
 
 
 def test_damaged_ttl_prefix_is_reported_and_never_swept(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("bad", {"v": 1}, ttl=10)
         db.put("good", 1, ttl=10)
         db.flush()
@@ -456,7 +457,7 @@ def test_damaged_ttl_prefix_is_reported_and_never_swept(store_path, clock):
         txn.put(b"bad", bytes(record))
     env.close()
     clock.advance(100)
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         with pytest.raises(CorruptionError, match="TTL prefix") as info:
             db.get("bad")
         assert info.value.key == b"bad"
@@ -471,7 +472,7 @@ def test_damaged_ttl_prefix_is_reported_and_never_swept(store_path, clock):
 
 def test_values_without_ttl_keep_their_exact_bytes(store_path, clock):
     values = {"small": {"a": 1}, "big": {"text": "x" * 1000}, "raw": b"\x00\x01"}
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put_many(values, durable=True)
     stored = raw_records(store_path)
     for key, value in values.items():
@@ -480,7 +481,7 @@ def test_values_without_ttl_keep_their_exact_bytes(store_path, clock):
 
 
 def test_ttl_record_layout(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", {"text": "x" * 1000}, ttl=2.5, durable=True)
     record = raw_records(store_path)[b"k"]
     inner = kvstore.codec.encode({"text": "x" * 1000})
@@ -499,7 +500,7 @@ def test_a_reader_without_ttl_refuses_a_ttl_record_as_newer(store_path, clock):
     with pytest.raises(FormatError, match="newer"):
         kvstore.codec.decode(record)
     # and an older kvstore refuses the store itself at open: its format is newer
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", 1, ttl=1)
     assert int(meta(store_path)[b"format_version"]) > kvstore.layout.BASE_STORE_FORMAT
 
@@ -525,13 +526,13 @@ def test_damaged_prefix_is_corruption(damage):
 
 
 def test_expiry_survives_restarts(store_path, clock):
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         db.put("k", 1, ttl=30)
     clock.advance(29)
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         assert db.get("k") == 1
     clock.advance(1)
-    with open_store(store_path) as db:
+    with open_store(store_path, clock=clock) as db:
         assert db.get("k") is None and len(db) == 0
 
 
@@ -578,7 +579,7 @@ def test_another_process_sees_the_value_expire(store_path):
 
 
 def test_namespace_default_set_by_another_process_applies_here(store_path, clock):
-    with open_store(store_path, ttl_sweep_interval=0.02) as db:
+    with open_store(store_path, clock=clock, ttl_sweep_interval=0.02) as db:
         sessions = db.namespace("sessions")
         subprocess.run([sys.executable, "-c", textwrap.dedent("""
             import sys, kvstore
@@ -598,9 +599,9 @@ def test_namespace_default_set_by_another_process_applies_here(store_path, clock
 def test_cache_entries_of_ttl_records(clock):
     from kvstore.cache import MISS, ReadCache, record_tag
 
-    cache = ReadCache(100, 1 << 20, admit_on_first_miss=True)
+    cache = ReadCache(100, 1 << 20, admit_on_first_miss=True, clock=clock)
     inner = kvstore.codec.encode({"v": 1})
-    now = kvstore.ttl.now_ms()
+    now = now_ms(clock)
     record = fmt.wrap_ttl(inner, now + 1000, 1000)
     refreshed = fmt.wrap_ttl(inner, now + 1500, 1000)
     assert record_tag(record) != record_tag(refreshed)  # the same value, another expiry
@@ -629,7 +630,7 @@ def test_asyncio_api_takes_ttls(store_path, clock):
     import kvstore.aio
 
     async def main():
-        async with kvstore.aio.open(store_path, ttl_sweep_interval=0) as db:
+        async with kvstore.aio.open(store_path, clock=clock, ttl_sweep_interval=0) as db:
             await db.aput("a", 1, ttl=5, durable=True)
             await db.aput_many({"b": 2}, ttl=10)
             sessions = await db.anamespace("sessions", ttl=60)
@@ -645,3 +646,35 @@ def test_asyncio_api_takes_ttls(store_path, clock):
             assert await db.aget("a") is None and not await db.acontains("a")
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the clock option
+
+
+def test_the_clock_is_an_option_of_each_store(tmp_path):
+    # Two stores, two clocks: each judges expiry by its own, nothing global.
+    early, late = FakeClock(), FakeClock(T0 + 100)
+    with open_store(str(tmp_path / "a"), clock=early) as a, open_store(str(tmp_path / "b"), clock=late) as b:
+        assert a.options.clock is early and b.options.clock is late
+        a.put("k", 1, ttl=10)
+        b.put("k", 1, ttl=10)
+        assert a.expiry("k") == (T0 + 10, 10) and b.expiry("k") == (T0 + 110, 10)
+        early.advance(10)
+        assert a.get("k") is None and b.get("k") == 1
+    assert kvstore.Options().clock is time.time
+
+
+def test_one_clock_per_path_in_a_process(store_path, clock):
+    with pytest.raises(TypeError, match="clock"):
+        kvstore.open(store_path, clock=1_800_000_000.0)
+    with open_store(store_path, clock=clock) as db:
+        with open_store(store_path, clock=clock) as again:  # the same clock: the same engine
+            assert again.options.clock is clock
+        with pytest.raises(ValueError, match="another clock"):
+            open_store(store_path)  # time.time: the engine's cache and sweep judge by `clock`
+        with pytest.raises(ValueError, match="another clock"):
+            open_store(store_path, clock=FakeClock())  # an equal time is not the same clock
+        db.put("k", 1, ttl=1, durable=True)
+        assert db.get("k") == 1
+    with open_store(store_path, clock=FakeClock(T0 + 1)) as db:  # closed: another clock may open it
+        assert db.get("k") is None

@@ -10,6 +10,7 @@ import time
 
 import kvstore
 from kvstore import engine
+from kvstore.clock import now_ms
 from kvstore.layout import DEFAULT_NAMESPACE, META_DB
 from kvstore.errors import KVStoreError, StoreNotFoundError
 
@@ -17,7 +18,7 @@ from ._encoding import dumps, escape_key
 
 __all__ = ["CommandError", "NotFound", "open_readonly", "open_writable", "namespace_handle",
            "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal",
-           "utc_text", "expiry_doc", "expiry_text"]
+           "utc_text", "expiry_doc", "expiry_text", "now_of"]
 
 # The CLI opens stores with room for many namespaces, so that it can show a
 # store whose application raised max_namespaces; it costs a few bytes each.
@@ -101,7 +102,9 @@ def expiry_text(expires_ms, ttl_ms, now_ms: int) -> str:
 # ---------------------------------------------------------------- stores
 
 
-def _open(path, **options):
+def _open(path, clock, **options):
+    if clock is not None:
+        options["clock"] = clock
     try:
         return kvstore.open(path, max_namespaces=CLI_MAX_NAMESPACES, **options)
     except KVStoreError:
@@ -114,17 +117,25 @@ def _open(path, **options):
                            f"database, where the dictionaries are) is damaged ({what})") from None
 
 
-def open_readonly(path):
-    """The store at path, read-only; StoreNotFoundError if there is none."""
-    return _open(path, readonly=True)
+def open_readonly(path, clock=None):
+    """The store at path, read-only; StoreNotFoundError if there is none.
+    clock: its Options.clock (None: the default); commands pass args.clock,
+    which kvstore.cli.main sets."""
+    return _open(path, clock, readonly=True)
 
 
-def open_writable(path, create: bool):
+def open_writable(path, create: bool, clock=None):
     """The store at path for writing; every write durable by default. Creates
-    the store only when create is True."""
+    the store only when create is True. clock: as for open_readonly."""
     if not create and not os.path.exists(os.path.join(os.fspath(path), "data.mdb")):
         raise StoreNotFoundError(f"no kvstore store at {os.fspath(path)!r}")
-    return _open(path, durable=True)
+    return _open(path, clock, durable=True)
+
+
+def now_of(db) -> int:
+    """Now in ms on the clock of an opened store: what a command judges
+    expiry by."""
+    return now_ms(db.options.clock)
 
 
 def namespace_dbi(db, name: str):

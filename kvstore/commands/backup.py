@@ -20,7 +20,7 @@ def add_parser(subparsers):
 
 def run(args, out) -> int:
     check_dest(args.dest)
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         size = copy_store(db, args.dest, compact=False, label="backup")
     if args.json:
         write_json(out, {"source": args.path, "dest": args.dest, "bytes": size})

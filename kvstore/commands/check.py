@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 
-from kvstore import engine
-from kvstore import lmdbwalk, ttl
+from kvstore import engine, lmdbwalk
 from kvstore.layout import TTL_STORE_FORMAT
 
-from ._common import Progress, open_readonly, plural, quote_key, write_json
+from ._common import Progress, now_of, open_readonly, plural, quote_key, write_json
 from ._encoding import key_to_json
 from ._records import examine, namespaces, snapshot_meta
 
@@ -63,14 +62,14 @@ def run(args, out) -> int:
     status, pages = _walk_pages(args, out)
     if status is not None:
         return status
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         env = engine.of(db)
         codec = engine.codec_of(db)
         handles = namespaces(db)
 
         def snapshot(txn):
             meta = snapshot_meta(txn, env)
-            now = ttl.now_ms()
+            now = now_of(db)
             per_ns, bad, referenced = {}, [], {}
             total = sum(txn.stat(dbi)["entries"] for _, dbi in handles if dbi is not None)
             with Progress("check", total) as progress:

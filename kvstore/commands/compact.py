@@ -14,7 +14,7 @@ from kvstore import ttl
 from kvstore.layout import META_DB, TTL_PREFIX
 from kvstore.errors import CorruptionError, translate
 
-from ._common import CLI_MAX_NAMESPACES, human_size, open_readonly, plural, write_json
+from ._common import CLI_MAX_NAMESPACES, human_size, now_of, open_readonly, plural, write_json
 from ._copy import check_dest, copy_store
 
 
@@ -79,14 +79,14 @@ def _expired(record, now: int) -> bool:
 
 def run(args, out) -> int:
     check_dest(args.output)
-    now = ttl.now_ms()  # values expired at the start of the copy are dropped
     dropped = 0
 
     def rewrite(directory):
         nonlocal dropped
         dropped = _drop_expired(directory, now)
 
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
+        now = now_of(db)  # values expired at the start of the copy are dropped
         before = os.path.getsize(os.path.join(engine.of(db).path, "data.mdb"))
         after = copy_store(db, args.output, compact=True, label="compact", rewrite=rewrite)
     saved = before - after

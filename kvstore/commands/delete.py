@@ -19,7 +19,7 @@ def add_parser(subparsers):
 
 def run(args, out) -> int:
     key = parse_key_arg(args.key)
-    db = open_writable(args.path, create=False)
+    db = open_writable(args.path, create=False, clock=args.clock)
     try:
         handle = namespace_handle(db, args.namespace)
         if key not in handle:

@@ -14,13 +14,12 @@ Formats (docs/cli.md has the details):
 from __future__ import annotations
 
 from kvstore import engine
-from kvstore import ttl
 from kvstore.codec.format import TTL_VERSION, inner_record, parse_ttl
 from kvstore.layout import META_DB
 from kvstore.errors import CorruptionError, FormatError
 
 from . import _mdbtext
-from ._common import Progress, namespace_dbi, open_readonly, plural, quote_key
+from ._common import Progress, namespace_dbi, now_of, open_readonly, plural, quote_key
 from ._encoding import dumps, key_to_json, to_json
 from ._output import AtomicOutput
 from ._records import namespaces, snapshot_meta
@@ -66,10 +65,9 @@ def _expiry(key, name, record):
         raise _damaged(key, name, exc) from None
 
 
-def _dump_jsonl(txn, env, codec, sections, write, progress) -> int:
+def _dump_jsonl(txn, env, codec, sections, write, progress, now: int) -> int:
     meta = snapshot_meta(txn, env)
     dictionaries = meta.dictionaries
-    now = ttl.now_ms()  # one judgement of expiry for the whole dump
     total = 0
     for name, dbi in sections:
         count = with_ttl = 0
@@ -124,7 +122,7 @@ def _dump_mdb(txn, env, sections, write, progress) -> int:
 
 
 def run(args, out) -> int:
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         env = engine.of(db)
         if args.namespace is not None:
             sections = [(args.namespace, namespace_dbi(db, args.namespace))]
@@ -142,7 +140,8 @@ def run(args, out) -> int:
                 with Progress("dump", total) as progress:
                     if args.format == "mdb":
                         return _dump_mdb(txn, env, sections, write, progress)
-                    return _dump_jsonl(txn, env, engine.codec_of(db), sections, write, progress)
+                    # one judgement of expiry for the whole dump, on the store's clock
+                    return _dump_jsonl(txn, env, engine.codec_of(db), sections, write, progress, now_of(db))
 
             return env.read(snapshot)
 

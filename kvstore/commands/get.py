@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from kvstore import ttl
 
-from ._common import (CommandError, NotFound, expiry_doc, is_terminal, namespace_handle, open_readonly,
+from ._common import (CommandError, NotFound, expiry_doc, is_terminal, namespace_handle, now_of, open_readonly,
                       quote_key, write_json)
 from ._encoding import dumps, parse_key, to_json
 from ._records import MISSING
@@ -67,13 +66,13 @@ def _show_expiry(handle, key, args, out) -> int:
     if expiry is None:
         out.write("null\n")
     else:
-        write_json(out, expiry_doc(round(expiry[0] * 1000), round(expiry[1] * 1000), ttl.now_ms()))
+        write_json(out, expiry_doc(round(expiry[0] * 1000), round(expiry[1] * 1000), now_of(handle)))
     return 0
 
 
 def run(args, out) -> int:
     key = parse_key_arg(args.key)
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         handle = namespace_handle(db, args.namespace)
         if args.ttl:
             return _show_expiry(handle, key, args, out)

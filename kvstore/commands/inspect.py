@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from kvstore import engine
-from kvstore import ttl
 from kvstore.codec.format import HEADER_SIZE
 
-from ._common import NotFound, expiry_doc, expiry_text, namespace_dbi, open_readonly, quote_key, write_json
+from ._common import NotFound, expiry_doc, expiry_text, namespace_dbi, now_of, open_readonly, quote_key, write_json
 from ._encoding import dumps, key_to_json, to_json
 from ._records import examine, flag_names, inner_dict_id
 from .get import parse_key_arg
@@ -32,7 +31,7 @@ def _hex64(n):
 
 def run(args, out) -> int:
     key = parse_key_arg(args.key)
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         env = engine.of(db)
         dbi = namespace_dbi(db, args.namespace)
         record = None
@@ -43,7 +42,7 @@ def run(args, out) -> int:
         dict_id = inner_dict_id(record)
         dictionaries = env.dicts.for_decoding(dict_id) if dict_id else env.dicts.by_id
         ex = examine(record, engine.codec_of(db), dictionaries)
-    now = ttl.now_ms()
+        now = now_of(db)
     doc = {
         "namespace": args.namespace,
         "key": key_to_json(key),

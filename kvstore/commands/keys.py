@@ -37,7 +37,7 @@ def run(args, out) -> int:
         raise CommandError("--limit must be 0 or more")
     prefix, start, stop = (_bound(args.prefix, "--prefix"), _bound(args.start, "--start"),
                            _bound(args.stop, "--stop"))
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         handle = namespace_handle(db, args.namespace)
         it = handle.scan(prefix=prefix or None, start=start, stop=stop, reverse=args.reverse,
                          keys_only=True)

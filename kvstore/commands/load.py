@@ -45,7 +45,7 @@ from kvstore.options import LOAD_BATCH_BYTES, LOAD_BATCH_RECORDS
 from kvstore.writer import Group
 
 from . import _mdbtext
-from ._common import CommandError, Progress, open_writable, plural, quote_key
+from ._common import CommandError, Progress, now_of, open_writable, plural, quote_key
 from ._encoding import TagError, from_json, key_from_json
 from ._records import examine, inner_dict_id
 from .dump import JSONL_FORMAT, JSONL_VERSION
@@ -354,7 +354,7 @@ class _Loader:
         self.loaded: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
         self.expired: dict[str, int] = {}
-        self.now = ttl.now_ms()  # one judgement of expiry for the whole load
+        self.now = now_of(db)  # one judgement of expiry for the whole load
         self._dbis: dict[str, object] = {}
 
     def dbi(self, namespace: str):
@@ -529,7 +529,7 @@ def run(args, out) -> int:
         exists = os.path.exists(os.path.join(args.path, "data.mdb"))
         if fmt == "mdb" and not exists:
             _check_mdb_records(binary, plan, _codec.Codec(), {})
-        db = open_writable(args.path, create=True)
+        db = open_writable(args.path, create=True, clock=args.clock)
         try:
             if fmt == "mdb" and exists:
                 _check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id)

@@ -18,7 +18,7 @@ def add_parser(subparsers):
 
 
 def run(args, out) -> int:
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         handles = namespaces(db)
         counts = engine.of(db).read(lambda txn: [txn.stat(dbi)["entries"] if dbi is not None else 0
                                            for _, dbi in handles])

@@ -37,7 +37,7 @@ def run(args, out) -> int:
             raise CommandError(f"VALUE is not valid JSON ({exc}); drop --json to store it as a string") from None
         except TagError as exc:
             raise CommandError(f"VALUE: {exc}") from None
-    db = open_writable(args.path, create=True)
+    db = open_writable(args.path, create=True, clock=args.clock)
     try:
         namespace_handle(db, args.namespace, create=True).put(key, value, durable=True, ttl=args.ttl)
     finally:

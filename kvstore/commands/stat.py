@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from kvstore import engine
-from kvstore import codec, ttl
+from kvstore import codec, engine
 from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, parse_ttl
 from kvstore.errors import CorruptionError
 
-from ._common import human_size, open_readonly, plural, write_json
+from ._common import human_size, now_of, open_readonly, plural, write_json
 from ._encoding import escape_key
 from ._records import namespaces, snapshot_meta
 
@@ -76,7 +75,7 @@ def collect(db) -> dict:
 
     def read(txn):
         meta = snapshot_meta(txn, env)
-        now = ttl.now_ms()
+        now = now_of(db)
         per_ns = {name: _namespace_stats(txn, dbi, now) for name, dbi in handles}
         for name, ns in per_ns.items():
             default = meta.ttl_defaults.get(name, 0)
@@ -117,7 +116,7 @@ def _table(out, header, rows, align) -> None:
 
 
 def run(args, out) -> int:
-    with open_readonly(args.path) as db:
+    with open_readonly(args.path, clock=args.clock) as db:
         report = collect(db)
     if args.json:
         write_json(out, report)

@@ -53,7 +53,7 @@ def _sample_values(db, dbi, limit: int) -> list:
 def run(args, out) -> int:
     if args.samples < MIN_SAMPLES:
         raise CommandError(f"--samples must be at least {MIN_SAMPLES}")
-    db = open_writable(args.path, create=False)
+    db = open_writable(args.path, create=False, clock=args.clock)
     try:
         dbi = namespace_dbi(db, args.namespace)
         if dbi is None:
