@@ -24,7 +24,8 @@ The write path, top to bottom:
    writers are woken, then the groups' overlay entries are dropped (unless
    a newer write to the same key replaced them; overlay.py). Work a hook
    asks for with `schedule` (preallocating disk space) runs in the flusher
-   between commits, never ahead of a commit that is due.
+   between commits, holding the lead: a leader that is done hands it over,
+   and the lead goes back to a commit after each step.
 
 Every write of the store goes through here: values, deletes and batches,
 and also metadata (TTL defaults, dictionaries, new namespaces) and TTL
@@ -32,9 +33,11 @@ sweeps and refreshes, as `ConditionalGroup`s whose ops are decided inside
 the write transaction, or `run(fn)`: fn(txn) applied in the next commit, in
 order with every other group. A group's `before` step (the first TTL value
 of a namespace records the namespace's TTL metadata) is applied in the
-same transaction, just ahead of its writes. The only write transactions
-outside the writer are the store's creation at open (the writer does not
-exist yet) and LMDB's own in the CLI's offline copies.
+same transaction, just ahead of its writes (group.py). The only write
+transactions outside the writer are the store's creation at open (the
+writer does not exist yet), the lookup of an existing namespace's handle
+(an empty write transaction, which LMDB ends without a commit or a sync),
+and LMDB's own in the CLI's offline copies.
 
 A commit that fills the map is replayed whole after the map grows
 (Environment.write). Any other commit error fails every group of that
@@ -56,83 +59,13 @@ import time
 
 from . import killpoints
 from .codec.format import raw_len
-from .errors import KVStoreError, Refused, StoreClosedError, StoreFailedError, TimeoutError
+from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
 from .options import ACTIVE_WINDOW, MAX_GATHER, OVERLAY_SLICE  # tunables: see there
+from .group import ConditionalGroup, Group, Step
 from .overlay import TOMBSTONE, Overlay
 
-__all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]
+__all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]  # the groups live in group.py
 
-
-
-class Group:
-    """Writes that commit together, atomically.
-
-    ops: [(namespace, dbi, key, record or TOMBSTONE)]; nbytes: their records' total size.
-    callback: None for a writer thread that waits in submit() (durable) or
-    does not wait (buffered). Otherwise a function called with the group,
-    in the committing thread and outside the writer's lock, once the group
-    is done (see `error`); submit() then never blocks, and a durable group
-    is committed at once by the flusher instead of by the caller (asyncio
-    callers, kvstore/aio.py).
-    before: None, or a step applied in the write transaction just ahead of
-    the ops: before(txn), repeatable (a commit is replayed after the map
-    grows). Commit hooks see it (the TTL metadata learns its namespace).
-    """
-
-    __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
-                 "waiter", "lead", "callback", "before")
-
-    condition = None  # see ConditionalGroup
-
-    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None, before=None):
-        self.ops = ops
-        self.durable = durable
-        self.nbytes = nbytes
-        self.callback = callback
-        self.before = before
-        self.seq = 0
-        self.queued_at = 0.0
-        self.thread = 0
-        self.done = False
-        self.error: BaseException | None = None
-        self.waiter: threading.Lock | None = None  # held while its writer sleeps
-        self.lead = False  # the writer was woken to lead the next commit
-
-
-class ConditionalGroup(Group):
-    """A group whose ops are decided inside the write transaction (TTL sweeps
-    and refreshes, kvstore/ttl.py): condition.apply(txn, ops) writes those
-    that still apply, and condition.enter(overlay, seq, ops), called under
-    the writer's lock at submit, puts in the overlay what reads of this
-    process should see until the commit."""
-
-    __slots__ = ("condition",)
-
-    def __init__(self, ops: list, durable: bool, nbytes: int, condition, callback=None):
-        super().__init__(ops, durable, nbytes, callback)
-        self.condition = condition
-
-
-class _Step:
-    """The condition of a `Writer.run` group: fn(txn) is its whole work."""
-
-    __slots__ = ("fn", "count", "result", "refused")
-
-    def __init__(self, fn, count: bool):
-        self.fn = fn
-        self.count = count  # counted as a commit of writes (commit_seq, stats)
-        self.result = None
-        self.refused: KVStoreError | None = None
-
-    def enter(self, overlay, seq: int, ops) -> None:
-        """A step's writes are not values: nothing for reads to see early."""
-
-    def apply(self, txn, ops) -> None:
-        try:
-            self.result = self.fn(txn)
-            self.refused = None
-        except Refused as exc:
-            self.refused = exc.error
 
 
 class Writer:
@@ -274,7 +207,7 @@ class Writer:
         a commit hook (the hook runs inside the commit it would wait for).
         count: the step writes records (kvstore load): its commit counts in
         commit_seq and the stats like any other; metadata steps do not."""
-        step = _Step(fn, count)
+        step = Step(fn, count)
         self.submit(ConditionalGroup([], True, 0, step))
         if step.refused is not None:
             raise step.refused
@@ -424,7 +357,7 @@ class Writer:
             if g.condition is not None:
                 g.condition.apply(txn, g.ops)
                 n += len(g.ops)
-                counted = counted or type(g.condition) is not _Step or g.condition.count
+                counted = counted or type(g.condition) is not Step or g.condition.count
                 continue
             counted = True
             for _ns, dbi, key, record in g.ops:

@@ -17,7 +17,8 @@ import pytest
 import kvstore
 from kvstore.errors import KVStoreError, Refused, StoreClosedError, StoreFailedError
 from kvstore.layout import SEQ, SEQ_KEY
-from kvstore.writer import Group, _Step
+from kvstore.group import Step
+from kvstore.writer import Group
 
 SLOW = 3600.0  # a flush_interval no test waits for: buffered groups stay queued until flush()
 
@@ -364,7 +365,7 @@ def test_run_raising_refused_fails_only_its_call_and_a_put_in_the_same_commit_co
         assert results["put"] == "ok"
         assert db.get("together") == "yes" and stored(db, b"together") is not None
         # the put and the refused step shared one commit
-        shared = [c for c in commits if any(isinstance(g.condition, _Step) for g in c)]
+        shared = [c for c in commits if any(isinstance(g.condition, Step) for g in c)]
         assert len(shared) == 1
         assert any(k == b"together" for g in shared[0] for _n, _d, k, _r in g.ops)
         assert writer.failed is None
