@@ -30,7 +30,7 @@ import msgpack
 
 from ..errors import CorruptionError, EncodeError
 from .serial import unpack
-from .format import HEADER_SIZE, MAX_VALUE_SIZE, Reason, refusal
+from .format import HEADER_SIZE, MAX_VALUE_SIZE
 
 try:
     from .._native import ffi, lib
@@ -39,6 +39,8 @@ except ImportError as exc:  # not built (no C compiler at install time)
         f"the native codec extension kvstore._native is not built ({exc}); reinstall kvstore "
         f"with a C compiler and the Python headers available (pip install -e .)"
     ) from exc
+from .nativeerrors import decode_error as _decode_error, encode_error as _encode_error
+from .nativeerrors import encode_type_error as _encode_type_error, msgpack_refusal as _msgpack_refusal
 
 __all__ = ["Codec", "hash64", "NAME", "zstd_library", "zstd_version"]
 
@@ -150,65 +152,8 @@ def _unpack(raw):
         raise _msgpack_refusal(exc) from None
 
 
-def _msgpack_refusal(exc: Exception) -> CorruptionError:
-    return refusal(Reason.MSGPACK, detail=f"{type(exc).__name__}: {exc}")
-
-
 def _new_packer():
     return msgpack.Packer(use_bin_type=True, autoreset=True)
-
-
-def _encode_type_error(value, exc) -> EncodeError:
-    return refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc))
-
-
-def _zstd_error(err) -> str:
-    return ffi.string(err.zstd_error).decode("ascii", "replace") if err.zstd_error else "unknown error"
-
-
-# The decode refusals the C codec reports, by KVC_E_* code (native/kvcodec.h).
-_REASONS = {
-    lib.KVC_E_SHORT: Reason.SHORT,
-    lib.KVC_E_NEWER: Reason.NEWER,
-    lib.KVC_E_VERSION: Reason.VERSION,
-    lib.KVC_E_FLAGS: Reason.FLAGS,
-    lib.KVC_E_DICT_NO_ZSTD: Reason.DICT_NO_ZSTD,
-    lib.KVC_E_DICT_ZERO: Reason.DICT_ZERO,
-    lib.KVC_E_DICT_ID: Reason.DICT_ID,
-    lib.KVC_E_TOO_LARGE: Reason.TOO_LARGE,
-    lib.KVC_E_RAW_LEN: Reason.RAW_LEN,
-    lib.KVC_E_CHECKSUM: Reason.CHECKSUM,
-    lib.KVC_E_NOT_FRAME: Reason.NOT_FRAME,
-    lib.KVC_E_FRAME_SIZE: Reason.FRAME_SIZE,
-    lib.KVC_E_NO_DICT: Reason.NO_DICT,
-    lib.KVC_E_INFLATE: Reason.INFLATE,
-    lib.KVC_E_INFLATE_SIZE: Reason.INFLATE_SIZE,
-}
-
-
-def _decode_error(code: int, err, max_value_size: int) -> Exception:
-    """The exception for a KVC_E_* code of a decode call."""
-    reason = _REASONS.get(code)
-    if reason is Reason.TOO_LARGE:
-        return refusal(reason, err.a, max_value_size)
-    if reason is Reason.NOT_FRAME:
-        return refusal(reason, detail="its frame header does not parse")
-    if reason is not None:
-        return refusal(reason, err.a, err.b, detail=_zstd_error(err))
-    if code == lib.KVC_E_NOMEM:
-        return MemoryError("out of memory while decoding a value")
-    return RuntimeError(f"native codec failed with code {code}")
-
-
-def _encode_error(code: int, err, max_value_size: int) -> Exception:
-    """The exception for a KVC_E_* code of an encode call."""
-    if code == lib.KVC_E_ENCODE_SIZE:
-        return refusal(Reason.ENCODE_SIZE, err.a, max_value_size)
-    if code == lib.KVC_E_NOMEM:
-        return MemoryError(f"out of memory while compressing a value ({_zstd_error(err)})")
-    if code == lib.KVC_E_COMPRESS:
-        return RuntimeError(f"zstd failed to compress a value ({_zstd_error(err)})")
-    return RuntimeError(f"native codec failed with code {code}")
 
 
 class _Thread:
