@@ -6,10 +6,8 @@ keeps msgpack, with the same options as the Python backend, so both backends
 read and write the same bytes. docs/native.md describes the design.
 
 Importing this module raises ImportError when the extension is not built or
-no usable libzstd can be loaded; `kvstore.codec` then falls back to the
-Python backend. zstd comes from the zstandard package's own extension, else
-the system's libzstd.so.1; the environment variable KVSTORE_ZSTD_LIBRARY
-names another shared object to use instead.
+no usable libzstd can be loaded (nativezstd.py finds and loads it);
+`kvstore.codec` then falls back to the Python backend.
 
 Thread safety: zstd contexts, msgpack packers and the output buffer belong to
 one thread each (a `threading.local`); digested dictionaries are read-only
@@ -19,9 +17,6 @@ object.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import threading
 from itertools import accumulate
 from typing import Iterable, Mapping
@@ -41,6 +36,7 @@ except ImportError as exc:  # not built (no C compiler at install time)
     ) from exc
 from .nativeerrors import decode_error as _decode_error, encode_error as _encode_error
 from .nativeerrors import encode_type_error as _encode_type_error, msgpack_refusal as _msgpack_refusal
+from .nativezstd import zstd_library, zstd_version  # loads zstd, or raises ImportError
 
 __all__ = ["Codec", "hash64", "NAME", "zstd_library", "zstd_version"]
 
@@ -73,52 +69,6 @@ _encode_many = lib.kvc_encode_many
 _decode = lib.kvc_decode
 _decode_into = lib.kvc_decode_into
 _decode_many = lib.kvc_decode_many
-
-
-# ------------------------------------------------------------------ zstd
-
-
-def _zstd_candidates() -> list[str]:
-    """Shared objects that may provide zstd, best first."""
-    chosen = os.environ.get("KVSTORE_ZSTD_LIBRARY")
-    if chosen:  # an explicit choice, tried alone
-        return [chosen]
-    found = []
-    # The zstandard package (a dependency) builds libzstd statically into its
-    # cffi extension, which exports the whole ZSTD_* API: the exact zstd the
-    # Python backend uses, present wherever kvstore is installed.
-    try:
-        spec = importlib.util.find_spec("zstandard._cffi")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin:
-        found.append(spec.origin)
-    if sys.platform == "darwin":
-        found.append("libzstd.1.dylib")
-    elif sys.platform != "win32":
-        found.append("libzstd.so.1")
-    return found
-
-
-def _load_zstd() -> str:
-    msg = ffi.new("char[]", 512)
-    tried = []
-    for path in _zstd_candidates():
-        if lib.kvc_load_zstd(path.encode(sys.getfilesystemencoding()), msg, len(msg)) == 0:
-            return path
-        tried.append(ffi.string(msg).decode("utf-8", "replace"))
-    raise ImportError(
-        "the native codec found no usable zstd library: "
-        + ("; ".join(tried) if tried else "no candidate (zstandard._cffi, libzstd.so.1)")
-    )
-
-
-zstd_library: str = _load_zstd()
-"""The shared object zstd was loaded from."""
-
-_v = lib.kvc_zstd_version()
-zstd_version: tuple[int, int, int] = (_v // 10000, _v // 100 % 100, _v % 100)
-del _v
 
 
 # -------------------------------------------------------------- hashing
