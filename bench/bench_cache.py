@@ -206,7 +206,7 @@ def measure_forms(records, rounds: int) -> None:
 
     values = [v for _, v in records]
 
-    from kvstore.cache import _copy, _snapshot
+    from kvstore.copyplan import copy_planned as _copy, snapshot as _snapshot
 
     packed = [msgpack.packb(v, use_bin_type=True) for v in values]
     marshalled = [marshal.dumps(v) for v in values]

@@ -54,38 +54,8 @@ written holds the previous txnid T, and a torn read of the other gives less
 than T (the max ignores it), T+1, or more than T+1, which only makes lookups
 revalidate through a real transaction.
 
-Copy-on-read: decoded values, copied by a plan made at fill
-----------------------------------------------------------
-A caller may mutate what get returns; the next get must not see it. The
-forms, measured per record on the 20,000 records of
-../shared/corpus/agent_memory.jsonl.zst (CPU us per record, fastest of 7
-rounds; `python bench/bench_cache.py --forms` prints this table again):
-
-    form                                   hit    fill
-    copy.deepcopy                         20.7    20.7
-    hand-written copier (dict/list only)   2.8     2.8
-    copier driven by a plan (chosen)       1.2     3.4   (copy + plan)
-    msgpack bytes: unpackb / packb         3.6     2.9
-    marshal bytes: loads / dumps           2.3     2.8
-    immutable structures: - / freeze       0       6.7
-
-    hit by kind    records   copier   plan   marshal
-    session         12,316     1.2     0.7      1.6
-    episode          3,613     4.8     2.6      4.3
-    session meta     2,495    10.3     5.4      4.2
-    embedding        1,576    18.8     3.4     11.7
-
-The hit decided it: a hit must cost a third of an uncached get, and where a
-get is slow the copy is slow too unless it shares what it can. The cache
-keeps decoded objects and, per value, a plan saying which children are
-dicts or lists: a hit is dict.copy()/list.copy() at C speed for each
-container, shares every immutable (str, bytes, int, float, bool, None, the
-tuple keys msgpack makes of array keys), and never inspects a list of
-scalars again (an embedding's 384 floats cost a type scan once, at fill;
-marshal.loads rebuilds them on every hit). marshal is faster only on the
-session metadata (lists of small dicts), 12% of the records. Immutable
-structures cost nothing per hit but change the types callers see (tuple
-is not list, mappingproxy is not dict): the cache would not be transparent.
+Copy-on-read: a hit hands out a private copy of the cached value, made by
+the plan kept with it (kvstore/copyplan.py, which measures the choice).
 
 Admission: a key is cached on its second miss
 ---------------------------------------------
@@ -156,7 +126,8 @@ import time
 from . import ttl as _ttl
 from .clock import now_ms
 from .codec.format import HEADER_SIZE, raw_len, tag_size
-from .options import ENTRY_OVERHEAD, MAX_DEPTH, OBJECT_FACTOR  # tunables: see there
+from .copyplan import TooDeep as _TooDeep, copy_out as _copy_out, copy_planned as _copy, snapshot as _snapshot
+from .options import ENTRY_OVERHEAD, OBJECT_FACTOR  # tunables: see there
 from .lmdbfile import LastTxnid  # the meta-page txnid view lives with the file parser
 
 __all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "ABSENT", "record_tag", "ENTRY_OVERHEAD",
@@ -181,8 +152,6 @@ STALE = Sentinel("STALE")  # cached, but something committed since: revalidate
 ABSENT = Sentinel("ABSENT")  # load(): the snapshot holds no value for the key
 
 
-_CONTAINERS = frozenset((dict, list))
-
 # Entry layout: a list, so that revalidation updates it in place. _EXPIRES:
 # when the value expires (ms, kvstore.ttl), 0 if it has no TTL.
 _VALUE, _PLAN, _TAG, _TXNID, _SIZE, _EXPIRES = range(6)
@@ -194,60 +163,6 @@ def record_tag(record) -> bytes:
     after the TTL prefix (expiry and TTL) when it has one. Reads no payload
     byte; `record` may be a buffer of a live transaction."""
     return bytes(record[:tag_size(record)])
-
-
-class _TooDeep(Exception):
-    pass
-
-
-def _snapshot(v, depth=0):
-    """(a private copy of v, its plan). Plans: None, v is immutable (shared);
-    (), a dict or list of immutables (copied with .copy()); else a tuple of
-    (index or key, plan) for each child that is a dict or list."""
-    t = type(v)
-    if t is dict:
-        if depth >= MAX_DEPTH:
-            raise _TooDeep
-        c = v.copy()
-        subs = None
-        for k, x in v.items():
-            tx = type(x)
-            if tx is dict or tx is list:
-                c[k], p = _snapshot(x, depth + 1)
-                if subs is None:
-                    subs = []
-                subs.append((k, p))
-        return c, (tuple(subs) if subs else ())
-    if t is list:
-        if _CONTAINERS.isdisjoint(map(type, v)):
-            return v.copy(), ()
-        if depth >= MAX_DEPTH:
-            raise _TooDeep
-        c = v.copy()
-        subs = []
-        for i, x in enumerate(v):
-            tx = type(x)
-            if tx is dict or tx is list:
-                c[i], p = _snapshot(x, depth + 1)
-                subs.append((i, p))
-        return c, tuple(subs)
-    return v, None
-
-
-def _give(e):
-    """What a read of entry e returns: its value, or a private copy of it."""
-    plan = e[_PLAN]
-    if plan is None:
-        return e[_VALUE]
-    return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
-
-
-def _copy(v, plan):
-    """A copy of a cached dict or list that has nested containers."""
-    c = v.copy()
-    for k, sub in plan:
-        c[k] = _copy(v[k], sub) if sub else v[k].copy()
-    return c
 
 
 class _LRU(cachetools.LRUCache):
@@ -376,7 +291,7 @@ class ReadCache:
                 with self._lock:
                     return self._expired(k, e)
         next(self._hit_count)
-        plan = e[_PLAN]  # _give(e), inlined: a hit's copy-out without a call
+        plan = e[_PLAN]  # _copy_out(value, plan), inlined: a hit's copy-out without a call
         if plan is None:
             return e[_VALUE]
         return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
@@ -396,7 +311,7 @@ class ReadCache:
             if e[_EXPIRES] and e[_EXPIRES] <= now_ms(self._clock):
                 return self._expired(k, e)
             next(self._hit_count)
-        return _give(e)
+        return _copy_out(e[_VALUE], e[_PLAN])
 
     def _missed(self, k):
         """A lookup of an uncached key: MISS, or SKIP on its first miss.
@@ -478,7 +393,7 @@ class ReadCache:
                 self._misses += 1
                 return MISS
             self._revalidations += 1
-        return _give(e)
+        return _copy_out(e[_VALUE], e[_PLAN])
 
     def load(self, state, ns: str, key: bytes, record, txnid: int, decode):
         """After a lookup that did not hit (state: STALE, MISS or SKIP): the

@@ -6,10 +6,8 @@ keeps msgpack, with the same options as the Python backend, so both backends
 read and write the same bytes. docs/native.md describes the design.
 
 Importing this module raises ImportError when the extension is not built or
-no usable libzstd can be loaded; `kvstore.codec` then falls back to the
-Python backend. zstd comes from the zstandard package's own extension, else
-the system's libzstd.so.1; the environment variable KVSTORE_ZSTD_LIBRARY
-names another shared object to use instead.
+no usable libzstd can be loaded (nativezstd.py finds and loads it);
+`kvstore.codec` then falls back to the Python backend.
 
 Thread safety: zstd contexts, msgpack packers and the output buffer belong to
 one thread each (a `threading.local`); digested dictionaries are read-only
@@ -19,9 +17,6 @@ object.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import threading
 from itertools import accumulate
 from typing import Iterable, Mapping
@@ -30,7 +25,7 @@ import msgpack
 
 from ..errors import CorruptionError, EncodeError
 from .serial import unpack
-from .format import HEADER_SIZE, MAX_VALUE_SIZE, Reason, refusal
+from .format import HEADER_SIZE, MAX_VALUE_SIZE
 
 try:
     from .._native import ffi, lib
@@ -39,6 +34,9 @@ except ImportError as exc:  # not built (no C compiler at install time)
         f"the native codec extension kvstore._native is not built ({exc}); reinstall kvstore "
         f"with a C compiler and the Python headers available (pip install -e .)"
     ) from exc
+from .nativeerrors import decode_error as _decode_error, encode_error as _encode_error
+from .nativeerrors import encode_type_error as _encode_type_error, msgpack_refusal as _msgpack_refusal
+from .nativezstd import zstd_library, zstd_version  # loads zstd, or raises ImportError
 
 __all__ = ["Codec", "hash64", "NAME", "zstd_library", "zstd_version"]
 
@@ -73,52 +71,6 @@ _decode_into = lib.kvc_decode_into
 _decode_many = lib.kvc_decode_many
 
 
-# ------------------------------------------------------------------ zstd
-
-
-def _zstd_candidates() -> list[str]:
-    """Shared objects that may provide zstd, best first."""
-    chosen = os.environ.get("KVSTORE_ZSTD_LIBRARY")
-    if chosen:  # an explicit choice, tried alone
-        return [chosen]
-    found = []
-    # The zstandard package (a dependency) builds libzstd statically into its
-    # cffi extension, which exports the whole ZSTD_* API: the exact zstd the
-    # Python backend uses, present wherever kvstore is installed.
-    try:
-        spec = importlib.util.find_spec("zstandard._cffi")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin:
-        found.append(spec.origin)
-    if sys.platform == "darwin":
-        found.append("libzstd.1.dylib")
-    elif sys.platform != "win32":
-        found.append("libzstd.so.1")
-    return found
-
-
-def _load_zstd() -> str:
-    msg = ffi.new("char[]", 512)
-    tried = []
-    for path in _zstd_candidates():
-        if lib.kvc_load_zstd(path.encode(sys.getfilesystemencoding()), msg, len(msg)) == 0:
-            return path
-        tried.append(ffi.string(msg).decode("utf-8", "replace"))
-    raise ImportError(
-        "the native codec found no usable zstd library: "
-        + ("; ".join(tried) if tried else "no candidate (zstandard._cffi, libzstd.so.1)")
-    )
-
-
-zstd_library: str = _load_zstd()
-"""The shared object zstd was loaded from."""
-
-_v = lib.kvc_zstd_version()
-zstd_version: tuple[int, int, int] = (_v // 10000, _v // 100 % 100, _v % 100)
-del _v
-
-
 # -------------------------------------------------------------- hashing
 
 
@@ -150,65 +102,8 @@ def _unpack(raw):
         raise _msgpack_refusal(exc) from None
 
 
-def _msgpack_refusal(exc: Exception) -> CorruptionError:
-    return refusal(Reason.MSGPACK, detail=f"{type(exc).__name__}: {exc}")
-
-
 def _new_packer():
     return msgpack.Packer(use_bin_type=True, autoreset=True)
-
-
-def _encode_type_error(value, exc) -> EncodeError:
-    return refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc))
-
-
-def _zstd_error(err) -> str:
-    return ffi.string(err.zstd_error).decode("ascii", "replace") if err.zstd_error else "unknown error"
-
-
-# The decode refusals the C codec reports, by KVC_E_* code (native/kvcodec.h).
-_REASONS = {
-    lib.KVC_E_SHORT: Reason.SHORT,
-    lib.KVC_E_NEWER: Reason.NEWER,
-    lib.KVC_E_VERSION: Reason.VERSION,
-    lib.KVC_E_FLAGS: Reason.FLAGS,
-    lib.KVC_E_DICT_NO_ZSTD: Reason.DICT_NO_ZSTD,
-    lib.KVC_E_DICT_ZERO: Reason.DICT_ZERO,
-    lib.KVC_E_DICT_ID: Reason.DICT_ID,
-    lib.KVC_E_TOO_LARGE: Reason.TOO_LARGE,
-    lib.KVC_E_RAW_LEN: Reason.RAW_LEN,
-    lib.KVC_E_CHECKSUM: Reason.CHECKSUM,
-    lib.KVC_E_NOT_FRAME: Reason.NOT_FRAME,
-    lib.KVC_E_FRAME_SIZE: Reason.FRAME_SIZE,
-    lib.KVC_E_NO_DICT: Reason.NO_DICT,
-    lib.KVC_E_INFLATE: Reason.INFLATE,
-    lib.KVC_E_INFLATE_SIZE: Reason.INFLATE_SIZE,
-}
-
-
-def _decode_error(code: int, err, max_value_size: int) -> Exception:
-    """The exception for a KVC_E_* code of a decode call."""
-    reason = _REASONS.get(code)
-    if reason is Reason.TOO_LARGE:
-        return refusal(reason, err.a, max_value_size)
-    if reason is Reason.NOT_FRAME:
-        return refusal(reason, detail="its frame header does not parse")
-    if reason is not None:
-        return refusal(reason, err.a, err.b, detail=_zstd_error(err))
-    if code == lib.KVC_E_NOMEM:
-        return MemoryError("out of memory while decoding a value")
-    return RuntimeError(f"native codec failed with code {code}")
-
-
-def _encode_error(code: int, err, max_value_size: int) -> Exception:
-    """The exception for a KVC_E_* code of an encode call."""
-    if code == lib.KVC_E_ENCODE_SIZE:
-        return refusal(Reason.ENCODE_SIZE, err.a, max_value_size)
-    if code == lib.KVC_E_NOMEM:
-        return MemoryError(f"out of memory while compressing a value ({_zstd_error(err)})")
-    if code == lib.KVC_E_COMPRESS:
-        return RuntimeError(f"zstd failed to compress a value ({_zstd_error(err)})")
-    return RuntimeError(f"native codec failed with code {code}")
 
 
 class _Thread:
