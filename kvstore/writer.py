@@ -256,12 +256,14 @@ class Writer:
 
     def _hand_off(self, after_step: bool = False) -> None:
         """The leader is done: give the lead to the flusher for one scheduled
-        step, if any waits (unless a step just ran: a commit goes first), or
-        wake the first writer still waiting to lead, or give up the lead (the
-        flusher takes buffered groups). So steps run strictly between commits
-        and a writer that commits back to back cannot starve them."""
+        step, if one waits and nothing is queued (a queued group goes first,
+        and after a step a commit does), or wake the first writer still
+        waiting to lead, or give up the lead (the flusher takes buffered
+        groups; it runs steps itself while the queue is not due). So steps
+        run strictly between commits, never ahead of one that is due, and a
+        writer that commits back to back cannot starve them."""
         with self._lock:
-            if self._scheduled and not after_step and not self._closing:
+            if self._scheduled and not self._queue and not after_step and not self._closing:
                 self._step_turn = True  # _leading stays True: the flusher holds the lead
                 self._wake.notify()
                 return
