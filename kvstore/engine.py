@@ -36,7 +36,10 @@ from . import ttl as _ttl
 from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .environment import Environment
-from .errors import InvalidArgumentError, KVStoreError, ReadOnlyError
+from .applier import Applier, initial_marker
+from .errors import FormatError, InvalidArgumentError, KVStoreError, ReadOnlyError
+from .tail import Tail
+from .wal import LOG_FILE, Log
 from .options import Options
 from .writer import Writer
 
@@ -71,13 +74,70 @@ class Engine:
         self.writer: Writer | None = None  # when writable (attach)
         self.sweeper: _ttl.Sweeper | None = None  # when writable (attach)
         self.cache = self.last_txnid = None
+        # with a write-ahead log (wal.py): the log, its tail as this process
+        # reads it (tail.py), and the applier that moves it into LMDB
+        self.log = self.tail = self.applier = None
+        self.overlay = None  # the pending writes reads look at first (tail's, or the writer's)
         try:
+            self._open_log(env)
             self.dicts = Dictionaries(env)
             self.ttl = _ttl.TTLMeta(env, env.options.clock)
             self.cache, self.last_txnid = _start_cache(env)
         except BaseException:
+            if self.log is not None:
+                self.log.close()
             env.close()
             raise
+
+    def _open_log(self, env: Environment) -> None:
+        """Open the store's write-ahead log, if it has one (or gets one:
+        Options.wal). A writable open whose index could not be trusted (the
+        first open since a reboot, or after a process died inside a change
+        of it) rebuilds the index and applies the whole log to LMDB before
+        anything is read: that is the recovery."""
+        opts = env.options
+        has_log = env.has_log()
+        if not (has_log or (opts.wal and not env.readonly)):
+            return
+        # a store whose format says it has a log never gets a new one: a
+        # missing log file is an error (its writes may not be in LMDB)
+        log = Log(env.path, readonly=env.readonly, create=not (env.readonly or has_log),
+                  initial_size=opts.log_initial_size, max_size=opts.log_size)
+        try:
+            applier = Applier(env, log)
+            if env.readonly:
+                if not log.index_valid():
+                    raise FormatError(
+                        f"{env.path!r}: the store's write-ahead log index is not current (the machine "
+                        f"restarted, or a writer died while changing it), and a read-only open cannot "
+                        f"rebuild it; run `kvstore checkpoint {env.path}` (or open the store for "
+                        f"writing once), then open it read-only again")
+                recover = _cannot_recover
+            else:
+                env.upgrade_to_log(initial_marker())
+                if applier.recover():  # the index was rebuilt: replay the log into LMDB
+                    applier.checkpoint()
+                recover = applier.recover
+            tail = Tail(log, recover)
+            tail.catch_up()
+        except BaseException:
+            log.close()
+            raise
+        self.log, self.tail, self.applier = log, tail, applier
+        self.overlay = tail.overlay
+
+    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
+        """[(key, stored or TOMBSTONE)] pending in namespace ns (keys in
+        [lo, hi) in order when a bound is given): the overlay.py snapshot
+        of the tail's (caught up first) or the writer's pending writes."""
+        tail = self.tail
+        if tail is not None:
+            tail.refresh()
+            with tail.lock:
+                return tail.overlay.snapshot(ns, lo, hi)
+        if self.writer is not None:
+            return self.writer.snapshot(ns, lo, hi)
+        return []
 
     def current_txnid(self) -> int:
         """The txnid of the last commit to the store, by any process: from
@@ -92,7 +152,15 @@ class Engine:
             return
         if self.last_txnid is not None:
             self.last_txnid.close()
+        if self.log is not None:
+            self.log.close()
         self.env.close()
+
+
+def _cannot_recover() -> None:
+    raise FormatError("the store's write-ahead log index was left half changed by a writer that "
+                      "died; a read-only handle cannot repair it: open the store for writing once "
+                      "(or run `kvstore checkpoint PATH`), then read it again")
 
 
 def of(handle) -> Engine:
@@ -154,7 +222,11 @@ def _start_cache(env: Environment):
 def _start_writer(engine: Engine, options: Options) -> Writer:
     """The writer of the engine, with the parts above it subscribed to its commits."""
     env = engine.env
-    writer = Writer(env, options)
+    writer = Writer(env, options, engine.tail, engine.applier)
+    if engine.applier is not None:
+        engine.applier.hooks = writer._hooks  # with a log, commits to LMDB are the applier's
+    else:
+        engine.overlay = writer.overlay
     cache = engine.cache
     if cache is not None:
         def invalidate(groups):
@@ -322,6 +394,8 @@ def _after_fork_in_child() -> None:
     _held_for_fork.clear()
     for engine in _registry.values():
         engine.forked = engine.env.forked = True
+        if engine.log is not None:
+            engine.log.abandon()  # the parent's append and apply locks stay the parent's
         env = engine.env
         if env._data_lock_fd is not None:
             os.close(env._data_lock_fd)  # the parent's lock stays: its own descriptor holds it

@@ -39,8 +39,8 @@ from .errors import (
 from . import lockfile
 from .lmdbfile import check_data_file
 from .options import FILL_STEP, PREALLOCATE_MAX, PREALLOCATE_MIN, Options  # tunables: see there
-from .layout import (BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ, SEQ_KEY,
-                     STORE_FORMAT)
+from .layout import (APPLIED_KEY, BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ,
+                     SEQ_KEY, STORE_FORMAT, WAL_STORE_FORMAT)
 
 __all__ = ["Environment", "MapLock", "check_data_file"]
 
@@ -102,6 +102,7 @@ class Environment:
         self.map_lock = MapLock()
         self._dbis: dict[str, object] = {}  # name -> LMDB handle; guarded by _dbi_lock
         self._dbi_lock = threading.Lock()
+        self._new_dbis: dict[str, object] = {}  # opened in the applier's transaction (open_db_in)
         # How write transactions other than commits run: self.write until the
         # writer exists, then Writer.run (route_writes), so that they queue
         # behind the commits instead of racing them for LMDB's write lock.
@@ -408,6 +409,43 @@ class Environment:
             raise Refused(NamespaceLimitError(
                 f"cannot open namespace {raw.decode('utf-8', 'replace')!r}: the store holds max_namespaces "
                 f"({self.options.max_namespaces}) already; reopen with a larger max_namespaces")) from None
+
+    def open_db_in(self, txn, name: str):
+        """Inside write transaction txn (the applier's): the handle of
+        namespace name, created if missing; usable by this process once txn
+        commits (adopt_new_dbis)."""
+        handle = self._open_db(txn, name.encode("utf-8"), True)
+        self._new_dbis[name] = handle
+        return handle
+
+    def adopt_new_dbis(self) -> None:
+        """After the commit of a transaction that opened handles (open_db_in)."""
+        if self._new_dbis:
+            with self._dbi_lock:
+                for name, handle in self._new_dbis.items():
+                    self._dbis.setdefault(name, handle)
+                self._new_dbis.clear()
+
+    def upgrade_to_log(self, marker: bytes) -> None:
+        """Before the writer exists: record that the store has a write-ahead
+        log (store format 3) and, for a new log, that nothing of it is
+        applied (marker: wal.Applied). The log file exists already, so an
+        older kvstore that opens the store refuses it rather than miss it."""
+        def upgrade(txn):
+            if txn.get(APPLIED_KEY, db=self.meta_db) is None:
+                txn.put(APPLIED_KEY, marker, db=self.meta_db)
+            if int(txn.get(FORMAT_KEY, db=self.meta_db) or 1) < WAL_STORE_FORMAT:
+                txn.put(FORMAT_KEY, str(WAL_STORE_FORMAT).encode(), db=self.meta_db)
+
+        self.write(upgrade, "adding a write-ahead log to the store")
+
+    def has_log(self) -> bool:
+        """Whether the store's format says it has a write-ahead log."""
+        raw = self.read(lambda txn: txn.get(FORMAT_KEY, db=self.meta_db))
+        try:
+            return int(bytes(raw) if raw is not None else b"1") >= WAL_STORE_FORMAT
+        except ValueError:
+            return False
 
     def namespace_names(self) -> list[str]:
         names = []

@@ -34,6 +34,7 @@ __all__ = [
     "CorruptionError",
     # -- committing
     "MapFullError",
+    "DiskFullError",
     "NamespaceLimitError",
     "ReadersFullError",
     "StoreFailedError",
@@ -142,6 +143,12 @@ class CorruptionError(KVStoreError):
 
 class MapFullError(KVStoreError):
     """The store reached max_map_size; reopen it with a larger max_map_size."""
+
+
+class DiskFullError(KVStoreError, OSError):
+    """A write could not be added to the write-ahead log: the disk is full or
+    the file-size limit was reached. That write was not made; nothing
+    acknowledged is lost, and writes work again once there is room."""
 
 
 class NamespaceLimitError(KVStoreError):

@@ -15,10 +15,18 @@ A store is one LMDB environment (a directory holding data.mdb and lock.mdb)::
         b"dict:" + id (u32 BE)     -> msgpack {"namespace", "created", "samples", "data"}
         b"dict-current:" + namespace -> id (u32 BE): the dictionary new values use
                                       (dictionaries.py)
+        b"wal_applied"             -> wal.Applied (gen u32, position u64, checksum u64,
+                                      little-endian): how far LMDB holds the write-ahead
+                                      log's records, written in the same transaction as
+                                      they are (wal.py, applier.py)
 
 Store formats: a new store is format 1; its first TTL value makes it format 2
 (ttl: keys in the metadata, TTL records in namespaces), which kvstore versions
-without TTL refuse to open. STORE_FORMAT is the newest this version reads.
+without TTL refuse to open. Format 3 has a write-ahead log (data.wal and
+data.wal-index beside data.mdb; wal.py) holding acknowledged writes LMDB may
+not have yet: kvstore versions without it would miss them, so they refuse it.
+A writable open upgrades a store of format 1 or 2 to 3 in place (a read-only
+one reads it as it is). STORE_FORMAT is the newest this version reads.
 
 Names: a namespace is a str of 1 to 255 UTF-8 bytes not starting with "__"
 (reserved for kvstore); "default" is the namespace of `kvstore.open()`'s
@@ -33,7 +41,7 @@ from .errors import InvalidKeyError, InvalidNamespaceError
 
 __all__ = [
     "DEFAULT_NAMESPACE", "META_DB", "FORMAT_KEY", "SEQ_KEY", "SEQ", "TTL_PREFIX", "DICT_PREFIX",
-    "CURRENT_PREFIX", "BASE_STORE_FORMAT", "TTL_STORE_FORMAT", "STORE_FORMAT", "MAX_KEY_SIZE",
+    "CURRENT_PREFIX", "BASE_STORE_FORMAT", "TTL_STORE_FORMAT", "WAL_STORE_FORMAT", "STORE_FORMAT", "APPLIED_KEY", "MAX_KEY_SIZE",
     "check_namespace_name", "check_key", "check_bound", "prefix_end",
 ]
 
@@ -42,6 +50,7 @@ META_DB = b"__kvstore__"  # reserved: store metadata, never a user namespace
 
 FORMAT_KEY = b"format_version"
 SEQ_KEY = b"commit_seq"
+APPLIED_KEY = b"wal_applied"
 SEQ = struct.Struct(">Q")
 TTL_PREFIX = b"ttl:"
 DICT_PREFIX = b"dict:"
@@ -49,7 +58,8 @@ CURRENT_PREFIX = b"dict-current:"
 
 BASE_STORE_FORMAT = 1
 TTL_STORE_FORMAT = 2
-STORE_FORMAT = TTL_STORE_FORMAT
+WAL_STORE_FORMAT = 3
+STORE_FORMAT = WAL_STORE_FORMAT
 
 MAX_KEY_SIZE = 511  # LMDB's limit with its default build
 

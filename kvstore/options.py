@@ -92,6 +92,36 @@ class Options:
     # file grows page by page, as LMDB does alone (no slack on disk).
     preallocate: bool = True
 
+    # ---------------------------------------------------- write-ahead log
+
+    # Give a store a write-ahead log (kvstore/wal.py) when this process opens
+    # it for writing: every acknowledged write, buffered ones too, is then in
+    # the log when the call returns (survives a process crash), a durable
+    # write costs one sequential sync of the log, and LMDB is the state the
+    # log is applied to. The store's format becomes 3, which kvstore versions
+    # without the log refuse. A store that has a log always uses it, whatever
+    # this says. False (today's default): writes are committed to LMDB in
+    # groups, buffered ones within flush_interval (a crash may lose those).
+    wal: bool = False
+
+    # The log never grows past this, bytes: when the unapplied records fill
+    # it, the next write applies them to LMDB first (and waits for that).
+    # A put_many or batch larger than half of it is refused.
+    log_size: int = 64 * MiB
+
+    # The log's size when it is created, bytes (zero-filled, so that a sync
+    # writes data and no file metadata); it doubles as needed up to log_size.
+    log_initial_size: int = 1 * MiB
+
+    # With a log: how often a writable process applies the log's records to
+    # LMDB (one synced LMDB transaction for all of them), seconds. Longer:
+    # fewer, larger LMDB commits; shorter: a smaller unapplied tail for
+    # other processes to read. Writes never wait for it.
+    apply_interval: float = 0.05
+
+    # With a log: apply at once when this many bytes of records wait.
+    apply_bytes: int = 8 * MiB
+
     # ---------------------------------------------------- values (performance)
 
     # "zstd" or "none". Compression happens in the caller's thread.
@@ -155,7 +185,8 @@ class Options:
                     raise TypeError(f"option {f.name} must be a number of seconds, not {value!r}")
         check_clock(self.clock)
         _positive = ("max_namespaces", "max_readers", "map_size", "max_map_size", "max_batch_ops",
-                     "max_batch_bytes", "max_pending_ops", "max_value_size", "ttl_sweep_batch")
+                     "max_batch_bytes", "max_pending_ops", "max_value_size", "ttl_sweep_batch",
+                     "log_size", "log_initial_size", "apply_bytes")
         for name in _positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"option {name} must be positive, not {getattr(self, name)!r}")
@@ -166,6 +197,11 @@ class Options:
                              f"not {self.ttl_sweep_interval!r}")
         if not 0 < self.flush_interval <= 3600:
             raise ValueError(f"flush_interval must be in (0, 3600] seconds, not {self.flush_interval!r}")
+        if not 0 < self.apply_interval <= 3600:
+            raise ValueError(f"apply_interval must be in (0, 3600] seconds, not {self.apply_interval!r}")
+        if self.log_initial_size > self.log_size or self.log_size < 64 * 1024:
+            raise ValueError(f"log_size ({self.log_size}) must be at least 64 KiB and at least "
+                             f"log_initial_size ({self.log_initial_size})")
         if self.compression not in ("zstd", "none"):
             raise ValueError(f"compression must be 'zstd' or 'none', not {self.compression!r}")
         if not 1 <= self.compression_level <= 22:

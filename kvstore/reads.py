@@ -1,7 +1,8 @@
 """The read paths of a store handle: get, get_many, in, len, expiry, scan.
 
-Every read looks in three places, in order: this process's pending writes
-(the writer's overlay: read-your-writes), the read cache (kvstore/cache.py:
+Every read looks in three places, in order: the pending writes (the
+overlay: this process's, and with a write-ahead log every process's
+acknowledged writes that LMDB does not hold yet, tail.py), the read cache (kvstore/cache.py:
 a value known current at LMDB's last commit), then LMDB, in a read
 transaction under the map lock. A value whose TTL has run out reads as
 missing wherever it is found.
@@ -58,9 +59,11 @@ class Reads:
 
     def _pending(self, engine, key: bytes):
         """(record-or-None,) if key has a pending write in this process, else None."""
-        writer = engine.writer
-        if writer is not None:
-            pending = writer.overlay.get(self._ns)
+        overlay = engine.overlay
+        if overlay is not None:
+            if engine.tail is not None:
+                engine.tail.refresh()  # another process's appends: one memory read when none
+            pending = overlay.get(self._ns)
             if pending:
                 entry = pending.get(key)
                 if entry is not None:
@@ -143,9 +146,12 @@ class Reads:
         elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = check_key(key)
         ns = self._ns
-        writer = engine.writer
-        if writer is not None:
-            pending = writer.overlay.get(ns)
+        overlay = engine.overlay
+        if overlay is not None:
+            tail = engine.tail
+            if tail is not None and tail._counter()[0] != tail.seen:
+                tail.catch_up()  # another process appended (tail.py)
+            pending = overlay.get(ns)
             if pending:
                 entry = pending.get(key)
                 if entry is not None:
@@ -329,7 +335,7 @@ class Reads:
         (bench/bench_ttl.py measures it per record)."""
         engine = self._live_engine()
         dbi = self._dbi(engine, self._ns)
-        pending = engine.writer.snapshot(self._ns) if engine.writer is not None else []
+        pending = engine.snapshot(self._ns)
         now = self._now()
         if dbi is None:
             return sum(1 for _, r in pending if r is not None and _live(r, now))
@@ -379,9 +385,7 @@ class Reads:
         return self._scan(engine, lo, hi, bool(reverse), bool(keys_only))
 
     def _scan(self, engine, lo, hi, reverse, keys_only):
-        pending = []
-        if engine.writer is not None:
-            pending = sorted(engine.writer.snapshot(self._ns, lo, hi), reverse=reverse)
+        pending = sorted(engine.snapshot(self._ns, lo, hi), reverse=reverse)
         stored = self._scan_stored(engine, lo, hi, reverse)
         pi = 0
         for key, record in stored:

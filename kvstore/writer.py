@@ -59,20 +59,38 @@ import time
 
 from . import killpoints
 from .codec.format import raw_len
-from .errors import KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
+from .errors import DiskFullError, InvalidArgumentError, KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
 from .options import ACTIVE_WINDOW, MAX_GATHER, OVERLAY_SLICE  # tunables: see there
 from .group import ConditionalGroup, Group, Step
 from .overlay import TOMBSTONE, Overlay
+from .wal import LogFull, append_failure, encode_group, sync_failure
 
 __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]  # the groups live in group.py
 
 
 
+_LOG_WORK = object()  # the flusher's step: the log's upkeep (Writer._log_work)
+
+
+def _exclusive(group) -> bool:
+    """With a log: a group written into LMDB directly rather than appended."""
+    return group.condition is not None or group.before is not None
+
+
 class Writer:
     """The batching writer of one Environment (one per store path per process)."""
 
-    def __init__(self, env, options):
+    def __init__(self, env, options, tail=None, applier=None):
         self._env = env
+        # With a write-ahead log (format 3; wal.py): groups are appended to
+        # the log by the leader and LMDB is the applier's (applier.py).
+        self._tail = tail
+        self._applier = applier
+        self._apply_interval = options.apply_interval
+        self._apply_bytes = options.apply_bytes
+        self._last_apply = time.monotonic()
+        self._unsynced_since = 0.0  # when this process first appended past the last sync; 0: none
+        self._synced_to = (0, 0)  # (gen, end) this process last synced
         self._max_ops = options.max_batch_ops
         self._max_bytes = options.max_batch_bytes
         self._max_pending = options.max_pending_ops
@@ -94,6 +112,8 @@ class Writer:
         self._flush_wanted = False
         self._scheduled: list = []  # steps for the flusher to run between commits (schedule)
         self._step_turn = False  # a leader handed the lead to the flusher for one step
+        self._checkpoint_wanted = False  # flush() asked the flusher to sync and apply the log
+        self._checkpoints_done = 0
         self._hooks: list = []  # on_commit hooks; appended before the first write
         self.hook_error: Exception | None = None  # the last exception an on_commit hook raised
         self._next_seq = 1
@@ -102,8 +122,9 @@ class Writer:
         self._closing = False
         self._durable_seen: dict[int, int] = {}  # thread id -> commit number of its last durable group
         self._gather_seconds = 0.0
-        # pending writes: mutated under _lock, read without it (overlay.py)
-        self.overlay = Overlay()
+        # pending writes: mutated under _lock, read without it (overlay.py);
+        # with a log, the tail's overlay (tail.py: its own lock)
+        self.overlay = Overlay() if tail is None else tail.overlay
         # statistics, guarded by _lock
         self.commits = 0
         self.ops_committed = 0
@@ -161,14 +182,25 @@ class Writer:
             group.queued_at = time.monotonic()
             self._queue.append(group)
             self._last = group
-            if group.condition is None:
-                self.overlay.enter(group.seq, group.ops)
-            else:
-                group.condition.enter(self.overlay, group.seq, group.ops)
-                self.overlay.added(group.ops)
+            tail = self._tail
+            if tail is None:
+                if group.condition is None:
+                    self.overlay.enter(group.seq, group.ops)
+                else:
+                    group.condition.enter(self.overlay, group.seq, group.ops)
+                    self.overlay.added(group.ops)
+            elif group.condition is not None:
+                # with a log, a plain group's writes enter the overlay when
+                # appended (tail.py), in log order
+                with tail.lock:
+                    group.condition.enter(self.overlay, group.seq, group.ops)
+                    self.overlay.added(group.ops)
             self._queued_ops += len(group.ops)
             self._queued_bytes += group.nbytes
-            wait = group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
+            # with a log, every plain group's caller waits for its append:
+            # a buffered write is in the kernel when the call returns
+            wait = (group.durable or self._queued_ops + self._in_flight_ops > self._max_pending
+                    or (tail is not None and group.condition is None))
             if group.callback is not None:
                 if wait:  # commit it now, in the flusher
                     self._flush_wanted = True
@@ -224,21 +256,28 @@ class Writer:
             if last is not None and not last.done:
                 self._flush_wanted = True
                 self._wake.notify()
-                deadline = None if timeout is None else time.monotonic() + timeout
-                self._flush_waiters += 1
-                try:
-                    while not last.done:
-                        left = None if deadline is None else deadline - time.monotonic()
-                        if left is not None and left <= 0:
-                            raise TimeoutError(
-                                f"writes not committed within {timeout} s; they stay queued and "
-                                f"will commit (call flush() again to wait for them)")
-                        self._released.wait(left)
-                finally:
-                    self._flush_waiters -= 1
+                self._await(lambda: last.done, timeout,
+                            f"writes not committed within {timeout} s; they stay queued and "
+                            f"will commit (call flush() again to wait for them)")
             failed = self._failed
         if failed is not None:
             raise failed
+        if self._tail is not None:
+            self.checkpoint(timeout)
+
+    def _await(self, done, timeout: float | None, message: str) -> None:
+        """Under _lock: sleep on _released until done(); TimeoutError(message)
+        once timeout seconds have passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._flush_waiters += 1
+        try:
+            while not done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(message)
+                self._released.wait(left)
+        finally:
+            self._flush_waiters -= 1
 
     def _wait(self, group: Group) -> None:
         """Sleep until group is committed, or lead commits until it is."""
@@ -306,10 +345,13 @@ class Writer:
             groups = []
             ops = nbytes = durable = 0
             queue = self._queue
+            logged = self._tail is not None
             while queue:
                 g = queue[0]
                 if groups and (ops + len(g.ops) > self._max_ops or nbytes + g.nbytes > self._max_bytes):
                     break
+                if logged and groups and (_exclusive(g) or _exclusive(groups[0])):
+                    break  # with a log, an exclusive group is written alone (applier.py)
                 groups.append(queue.popleft())
                 ops += len(g.ops)
                 nbytes += g.nbytes
@@ -327,6 +369,9 @@ class Writer:
                 failed.cause))
             return
         started = time.perf_counter()
+        if self._tail is not None:
+            self._log_groups(groups, ops, nbytes, durable, started)
+            return
         try:
             seq = self._env.write(lambda txn: self._apply(txn, groups, ops), "committing")
         except KVStoreError as exc:
@@ -347,6 +392,104 @@ class Writer:
         if killpoints.armed and seq:
             killpoints.reached("after-commit")
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
+
+    def _log_groups(self, groups, ops, nbytes, durable, started) -> None:
+        """With a log: append plain groups as records (and sync them if one
+        is durable), or write an exclusive group into LMDB after the whole
+        log (applier.py). Caller is the leader."""
+        limit = self._tail.log.max_size // 2
+        if not _exclusive(groups[0]) and any(g.nbytes > limit for g in groups):
+            # too large for the log: those groups fail alone, the store goes on
+            big = [g for g in groups if g.nbytes > limit]
+            self._finish(big, sum(len(g.ops) for g in big), InvalidArgumentError(
+                f"a group of {big[0].nbytes} bytes does not fit in the write-ahead log (it takes "
+                f"groups up to half of log_size, {self._tail.log.max_size} bytes); reopen the store "
+                f"with a larger log_size, or write it in smaller batches"))
+            groups = [g for g in groups if g.nbytes <= limit]
+            ops -= sum(len(g.ops) for g in big)
+            if not groups:
+                return
+        try:
+            if _exclusive(groups[0]):
+                self._exclusive(groups[0])
+                seq = 1
+            else:
+                seq = self._append(groups)
+        except DiskFullError as exc:  # nothing was appended: these groups fail, the store goes on
+            self._finish(groups, ops, exc)
+            return
+        except KVStoreError as exc:
+            self._fail(groups, ops, exc)
+            return
+        except BaseException:
+            with self._lock:  # interrupted before anything was published: queue them again
+                self._queue.extendleft(reversed(groups))
+                self._queued_ops += ops
+                self._queued_bytes += nbytes
+                self._queued_durable += durable
+                self._in_flight_ops -= ops
+            raise
+        self._finish(groups, ops, None, seq, time.perf_counter() - started)
+
+    def _append(self, groups) -> int:
+        tail = self._tail
+        payloads = [encode_group(g.ops) for g in groups]
+        for attempt in range(10):
+            try:
+                end, gen, last = tail.append(groups, payloads)
+                break
+            except LogFull:
+                if attempt == 9:  # other processes kept appending faster than it was applied
+                    raise StoreFailedError(
+                        f"the write-ahead log stays full after applying it to LMDB (log_size "
+                        f"{tail.log.max_size} bytes); reopen the store with a larger log_size") from None
+                self._applier.checkpoint()  # LMDB takes the log; its space is reused
+            except tail.Stuck:
+                self._applier.recover()
+            except OSError as exc:
+                raise append_failure(exc, self._env.path) from None
+        if killpoints.armed:
+            killpoints.reached("log-after-append")
+        if not self._unsynced_since:
+            self._unsynced_since = time.monotonic()
+        if any(g.durable for g in groups):
+            self._sync(gen, end)
+        return last
+
+    def _sync(self, gen: int, end: int) -> None:
+        """Make the log durable up to end (unless a sync covered it already)."""
+        log = self._tail.log
+        st = log.state()
+        if st is not None and st.gen == gen and st.synced >= end:
+            return
+        try:
+            log.sync(end, gen)
+        except OSError as exc:
+            raise sync_failure(exc, "syncing the write-ahead log") from None
+        if killpoints.armed:
+            killpoints.reached("log-after-sync")
+        self._unsynced_since = 0.0
+
+    def _exclusive(self, group) -> None:
+        """Write group into LMDB directly, after the whole log, in one
+        transaction (see applier.py): decided against the latest state."""
+        condition = group.condition
+
+        def step(txn):
+            if group.before is not None:
+                group.before(txn)
+            if condition is not None:
+                condition.apply(txn, group.ops)
+                return
+            for _ns, dbi, key, record in group.ops:
+                if record is None:
+                    txn.delete(key, db=dbi)
+                else:
+                    txn.put(key, record, db=dbi)
+
+        step.counted = type(condition) is not Step or condition.count
+        self._applier.checkpoint(step, extra=[group])
+        self._last_apply = time.monotonic()
 
     def _apply(self, txn, groups: list[Group], ops: int) -> int:
         """Write the groups into txn (run again from scratch after a map grow)."""
@@ -385,7 +528,7 @@ class Writer:
         is then cleaned a slice at a time, so that writers submitting
         meanwhile wait for the lock at most a slice's time, not a whole
         commit's (asyncio callers submit from the event loop)."""
-        if error is None:
+        if error is None and self._tail is None:  # with a log, the applier runs them
             for hook in self._hooks:
                 try:
                     hook(groups)
@@ -446,11 +589,17 @@ class Writer:
         """Drop the overlay entries of committed (or failed) groups, unless a
         later write replaced them; OVERLAY_SLICE ops per hold of the lock."""
         overlay = self.overlay
+        lock = self._lock
+        if self._tail is not None:
+            # with a log, the tail drops what LMDB holds; only what a
+            # conditional group entered at submit is left to drop here
+            groups = [g for g in groups if g.condition is not None]
+            lock = self._tail.lock
         entries = [(ns, key, g.seq) for g in groups for ns, _dbi, key, _r in g.ops]
         for i in range(0, len(entries), OVERLAY_SLICE):
-            with self._lock:
+            with lock:
                 overlay.drop(entries[i:i + OVERLAY_SLICE])
-        with self._lock:
+        with lock:
             overlay.forget_unsorted()
 
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
@@ -489,6 +638,13 @@ class Writer:
                         if self._scheduled and not self._leading:
                             step = self._scheduled.pop(0)
                             break
+                        if self._tail is not None:
+                            due = self._log_work_due()
+                            if due <= 0:
+                                step = _LOG_WORK
+                                break
+                            self._wake.wait(due)
+                            continue
                         self._wake.wait()  # _hand_off wakes us when a leader is done
                         continue
                     if (self._closing or self._flush_wanted or self._queued_ops >= self._max_ops
@@ -501,7 +657,9 @@ class Writer:
                         step = self._scheduled.pop(0)
                         break
                     self._wake.wait(wait)
-                if step is not None:
+                if step is _LOG_WORK:
+                    pass  # needs no lead: the log and the applier lock themselves
+                elif step is not None:
                     self._leading = True  # a step holds the lead: no commit runs meanwhile
                 elif self._leading:
                     # A writer is committing; it hands the queue back to us
@@ -510,6 +668,18 @@ class Writer:
                     continue
                 else:
                     self._leading = True
+            if step is _LOG_WORK:
+                try:
+                    self._log_work()
+                except BaseException as exc:  # never die silently: fail the store
+                    error = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
+                        f"the background writer failed: {exc!r}; reopen the store", exc)
+                    with self._lock:
+                        if self._failed is None:
+                            self._failed = error
+                        self._checkpoints_done += 1
+                        self._released.notify_all()
+                continue
             if step is not None:
                 # One step between commits, holding the lead; then the lead
                 # goes to a commit first, and the step again after it if it
@@ -533,6 +703,69 @@ class Writer:
                 self._fail([], 0, self._failed)
             finally:
                 self._hand_off()
+
+    # ------------------------------------------------------------ the log's upkeep
+
+    def _log_work_due(self) -> float:
+        """Under _lock, with a log: seconds until the flusher has log work
+        (a sync of buffered appends, an apply); <= 0: now."""
+        if self._checkpoint_wanted or self._closing:
+            return 0.0
+        now = time.monotonic()
+        due = self._interval
+        if self._unsynced_since:
+            due = min(due, self._unsynced_since + self._interval - now)
+        st = self._tail.log.state()
+        if st is None:
+            return 0.0
+        unapplied = st.end - st.applied
+        if unapplied >= self._apply_bytes:
+            return 0.0
+        if unapplied:
+            due = min(due, self._last_apply + self._apply_interval - now)
+        return due
+
+    def _log_work(self) -> None:
+        """In the flusher: sync this process's buffered appends once they
+        waited flush_interval; apply the log to LMDB every apply_interval
+        (or sooner when apply_bytes are waiting), if no other process is
+        applying; a checkpoint that flush() asked for."""
+        tail = self._tail
+        log = tail.log
+        now = time.monotonic()
+        with self._lock:
+            wanted = self._checkpoint_wanted
+            self._checkpoint_wanted = False
+        st = log.state()
+        if st is not None and (wanted or (self._unsynced_since
+                                          and now - self._unsynced_since >= self._interval)):
+            if st.synced < st.end:
+                self._sync(st.gen, st.end)
+            self._unsynced_since = 0.0
+        st = log.state()
+        if st is not None and (wanted or st.end - st.applied >= self._apply_bytes
+                               or (st.end > st.applied and now - self._last_apply >= self._apply_interval)):
+            self._applier.checkpoint(block=wanted)
+            self._last_apply = time.monotonic()
+        if wanted:
+            with self._lock:
+                self._checkpoints_done += 1
+                self._released.notify_all()
+
+    def checkpoint(self, timeout: float | None = None) -> None:
+        """With a log: sync it and apply everything to LMDB, in the flusher
+        (so a timeout holds while another process keeps LMDB's write lock)."""
+        with self._lock:
+            target = self._checkpoints_done + 1
+            self._checkpoint_wanted = True
+            self._wake.notify()
+            self._await(lambda: self._checkpoints_done >= target or self._failed is not None,
+                        timeout, f"the write-ahead log was not applied within {timeout} s (another "
+                                 f"process may hold LMDB's write lock); the writes are safe in the "
+                                 f"log (call flush() again to wait for them)")
+            failed = self._failed
+        if failed is not None:
+            raise failed
 
     # ------------------------------------------------------------ state
 
@@ -582,5 +815,17 @@ class Writer:
             self._wake.notify()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+        if self._tail is not None and self._failed is None:
+            # everything into LMDB, the log's space reused: a closed store's
+            # data.mdb holds every write (LMDB's own tools see them all)
+            try:
+                st = self._tail.log.state()
+                if st is not None and st.synced < st.end:
+                    self._sync(st.gen, st.end)
+                self._applier.checkpoint()
+            except KVStoreError as exc:
+                self._failed = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
+                    f"closing: applying the write-ahead log failed ({exc}); the writes are safe in "
+                    f"the log and are applied when the store is next opened", exc)
         if self._failed is not None:
             raise self._failed

@@ -303,7 +303,7 @@ def _set_format(path, value):
     env.close()
 
 
-@pytest.mark.parametrize("value", [b"3", b"999", b"18446744073709551616", b"abc", b"", b"1\x00", b"-1", None])
+@pytest.mark.parametrize("value", [b"4", b"999", b"18446744073709551616", b"abc", b"", b"1\x00", b"-1", None])
 def test_newer_or_damaged_store_format(tmp_path, probe, value):
     path = _real_store(str(tmp_path / "store"), n=200)
     _set_format(path, value)
@@ -315,7 +315,7 @@ def test_newer_or_damaged_store_format(tmp_path, probe, value):
             continue
         _assert_clean_failure(result, path, before)
         assert result["type"] == "FormatError", result
-        assert ("newer kvstore" in result["msg"]) == (value in (b"3", b"999", b"18446744073709551616")), result
+        assert ("newer kvstore" in result["msg"]) == (value in (b"4", b"999", b"18446744073709551616")), result
 
 
 # 2 is the TTL prefix's version byte (a v1 record with it is a damaged TTL

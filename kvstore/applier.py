@@ -1,0 +1,228 @@
+"""The checkpoint: the log's records applied to LMDB in large, synced transactions.
+
+Any process may apply; the apply lock (an flock on the log file's own
+descriptor, plus a thread lock) lets one at a time. One apply:
+
+1. reads the index (wal.py): records from `applied` to `end`;
+2. in one LMDB write transaction: skips what LMDB's APPLIED says it holds
+   already (an applier that died after its commit and before it published
+   it), writes every op of the rest, runs the exclusive step if there is
+   one (below), counts a commit of writes (commit_seq), and writes APPLIED
+   = (gen, end, checksum) -- so each record is applied exactly once;
+3. commits (LMDB synced: sync and metasync stay on), then publishes
+   `applied` in the index, under the append lock; if nothing was appended
+   meanwhile, the log starts its next generation (its space is reused);
+4. runs the commit hooks (cache invalidation, preallocation, TTL metadata).
+
+The exclusive step is the writer's way to write LMDB directly: metadata
+steps (`Writer.run`), conditional groups (TTL sweeps and refreshes) and
+groups carrying a `before` step are decided and written in the same
+transaction that applies the whole log before them, so they see the
+latest state (LMDB plus every acknowledged write), in log order.
+
+`recover()` rebuilds the index from the log and APPLIED when the index is
+from another boot, missing, or stuck half changed (a process died inside a
+change); a writable open then applies everything (`checkpoint`) before
+its first read returns.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+
+from . import killpoints
+from .errors import CorruptionError
+from .group import Group
+from .layout import APPLIED_KEY
+from .wal import HEADER_SIZE, Applied, decode_ops, seed
+
+__all__ = ["Applier"]
+
+
+class Applier:
+    def __init__(self, env, log):
+        self._env = env
+        self._log = log
+        self._lock = threading.Lock()  # with the flock: one apply at a time
+        self.hooks: list = []  # hook(groups) after each commit (Writer.on_commit's list)
+        self.applies = 0
+        self.records_applied = 0
+        self.hook_error: Exception | None = None
+
+    # ------------------------------------------------------------ the lock
+
+    def _acquire(self, block: bool) -> bool:
+        if not self._lock.acquire(blocking=block):
+            return False
+        try:
+            fcntl.flock(self._log.fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            self._lock.release()
+            return False
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _release(self) -> None:
+        try:
+            fcntl.flock(self._log.fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    # ------------------------------------------------------------ recovery
+
+    def marker(self, txn=None) -> tuple[int, int, int]:
+        """LMDB's APPLIED: (gen, position, checksum)."""
+        env = self._env
+        if txn is None:
+            raw = env.read(lambda t: t.get(APPLIED_KEY, db=env.meta_db))
+            raw = None if raw is None else bytes(raw)
+        else:
+            raw = txn.get(APPLIED_KEY, db=env.meta_db)
+        if raw is None or len(raw) != Applied.size:
+            raise CorruptionError(f"{env.path!r}: the store's record of how far its write-ahead log "
+                                  f"is applied is missing or damaged; restore it from a backup")
+        return Applied.unpack(raw)
+
+    def recover(self) -> bool:
+        """Rebuild the index if it cannot be trusted; True if it was rebuilt.
+        Holds the apply lock, so no apply moves APPLIED meanwhile."""
+        log = self._log
+        self._acquire(True)
+        try:
+            log.lock()
+            try:
+                if log.index_valid():
+                    return False
+                log.refresh_size()
+                gen, pos, chain = self.marker()
+                log.rebuild(gen, pos, chain)
+                return True
+            finally:
+                log.unlock()
+        finally:
+            self._release()
+
+    # ------------------------------------------------------------ applying
+
+    def checkpoint(self, step=None, *, block: bool = True, reset: bool = True, extra=()) -> bool:
+        """Apply the log to LMDB (and run step(txn) after it, in the same
+        transaction); see the module docstring. Returns False when block is
+        False and another apply holds the lock. step's result is the
+        caller's to fetch from the step itself; extra: the groups step
+        writes, for the commit hooks."""
+        if not self._acquire(block):
+            return False
+        try:
+            self._apply(step, reset, extra)
+        finally:
+            self._release()
+        return True
+
+    def _apply(self, step, reset: bool, extra=()) -> None:
+        log = self._log
+        env = self._env
+        st = log.state()
+        if st is None or not log.index_valid():
+            self._release_locks_and_recover()
+            st = log.state()
+        if st.end > log.size:
+            log.refresh_size()
+        records = []  # (end, checksum, ops)
+        for end, checksum, payload in log.records(st.gen, st.applied, st.applied_sum, st.end):
+            records.append((end, checksum, decode_ops(payload)))
+        if not records and step is None:
+            if reset and st.end > HEADER_SIZE:
+                self._publish(st.end, st.applied_sum, reset)
+            return
+        end, checksum = (records[-1][0], records[-1][1]) if records else (st.applied, st.applied_sum)
+        dbis = {}
+        for _end, _sum, ops in records:
+            for ns, _key, _record in ops:
+                if ns not in dbis:
+                    dbis[ns] = env.dbi(ns, create=False)
+        groups = []
+
+        def write(txn):
+            groups.clear()
+            gen, pos, _chain = self.marker(txn)
+            done = pos if gen == st.gen else HEADER_SIZE
+            n = 0
+            total = sum(len(ops) for e, _s, ops in records if e > done)
+            half = total // 2 if killpoints.armed else -1
+            for rec_end, _sum, ops in records:
+                if rec_end <= done:
+                    continue  # applied by an applier that died before publishing it
+                group_ops = []
+                for ns, key, record in ops:
+                    dbi = dbis.get(ns)
+                    if dbi is None:
+                        dbi = env.open_db_in(txn, ns)
+                    if record is None:
+                        txn.delete(key, db=dbi)
+                    else:
+                        txn.put(key, record, db=dbi)
+                    group_ops.append((ns, dbi, key, record))
+                    n += 1
+                    if n == half:
+                        killpoints.reached("mid-apply")
+                groups.append(Group(group_ops, False, 0))
+            if step is not None:
+                step(txn)
+            if n or (step is not None and getattr(step, "counted", False)):
+                env.bump_seq(txn)
+                if killpoints.armed:
+                    killpoints.reached("before-commit")
+            txn.put(APPLIED_KEY, Applied.pack(st.gen, end, checksum), db=env.meta_db)
+
+        env.write(write, "applying the write-ahead log")
+        env.adopt_new_dbis()
+        counted = bool(groups) or (step is not None and getattr(step, "counted", False))
+        if killpoints.armed and counted:
+            killpoints.reached("after-commit")
+        self.applies += 1
+        self.records_applied += len(groups)
+        self._publish(end, checksum, reset)
+        if killpoints.armed and groups:
+            killpoints.reached("after-apply")
+        if extra:
+            groups = groups + list(extra)
+        for hook in self.hooks:
+            try:
+                hook(groups)
+            except Exception as exc:  # the apply is done: report, do not undo
+                self.hook_error = exc
+
+    def _publish(self, end: int, checksum: int, reset: bool) -> None:
+        log = self._log
+        log.lock()
+        try:
+            st = log.state()
+            if st.applied < end:
+                log.publish(st.gen, st.end, st.end_sum, st.synced, end, checksum)
+                st = log.state()
+            if reset and st.end == st.applied and st.end > HEADER_SIZE:
+                log.reset(st)
+        finally:
+            log.unlock()
+
+    def _release_locks_and_recover(self) -> None:
+        log = self._log
+        log.lock()
+        try:
+            if not log.index_valid():
+                log.refresh_size()
+                gen, pos, chain = self.marker()
+                log.rebuild(gen, pos, chain)
+        finally:
+            log.unlock()
+
+    def stats(self) -> dict:
+        return {"applies": self.applies, "records_applied": self.records_applied}
+
+
+def initial_marker() -> bytes:
+    """APPLIED for a log that was just created: generation 1, nothing applied."""
+    return Applied.pack(1, HEADER_SIZE, seed(1))
