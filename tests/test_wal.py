@@ -1,0 +1,329 @@
+"""The write-ahead log (kvstore/wal.py, tail.py, applier.py), on real files
+and real processes: buffered writes survive SIGKILL, durable ones survive a
+simulated power loss, other processes read acknowledged writes at once, and
+damaged logs give clean errors with nothing applied past the damage."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+
+import lmdb
+import pytest
+
+import kvstore
+from kvstore import killpoints, wal
+from kvstore.layout import APPLIED_KEY, FORMAT_KEY, META_DB
+
+pytestmark = pytest.mark.slow
+
+
+def _child(code: str, *args, env=None, timeout=60):
+    """Run code in a fresh interpreter; (returncode, stdout lines)."""
+    full_env = dict(os.environ)
+    full_env.pop("KVSTORE_KILL_POINT", None)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return proc.returncode, proc.stdout.splitlines(), proc.stderr
+
+
+WRITER = """
+    import json, os, signal, sys, kvstore
+    path, n, durable = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+    db = kvstore.open(path, wal=True, flush_interval=3600, apply_interval=3600)
+    for i in range(n):
+        db.put(f"k{i:05d}", {"i": i, "pad": "x" * (i % 50)}, durable=durable)
+        print(i, flush=True)
+    with db.batch(durable=durable) as b:
+        for i in range(10):
+            b.put(f"batch{i}", i)
+    print("batch", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _raw_lmdb(path):
+    """What LMDB alone holds: {namespace: {key: stored bytes}} and the metadata."""
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=8)
+    out = {}
+    try:
+        with env.begin() as txn:
+            names = [bytes(k) for k, _ in txn.cursor()]
+        for name in names:
+            db = env.open_db(name, create=False)
+            with env.begin(db=db) as txn:
+                out[name] = {bytes(k): bytes(v) for k, v in txn.cursor()}
+    finally:
+        env.close()
+    return out
+
+
+def test_buffered_writes_survive_a_sigkill_of_their_process(store_path):
+    rc, lines, err = _child(WRITER, store_path, 2000, 0)
+    assert rc == -9, err
+    acked = [int(x) for x in lines if x.isdigit()]
+    assert len(acked) == 2000 and lines[-1] == "batch"
+    with kvstore.open(store_path) as db:
+        for i in acked:
+            assert db.get(f"k{i:05d}") == {"i": i, "pad": "x" * (i % 50)}
+        assert [db.get(f"batch{i}") for i in range(10)] == list(range(10))
+
+
+def test_a_reopen_applies_the_log_to_lmdb_and_a_close_leaves_the_log_empty(store_path):
+    rc, lines, err = _child(WRITER, store_path, 300, 0)
+    assert rc == -9, err
+    before = _raw_lmdb(store_path).get(b"default", {})
+    assert b"k00299" not in before  # the writer never applied: only the log had it
+    db = kvstore.open(store_path)
+    assert db.get("k00299") == {"i": 299, "pad": "x" * (299 % 50)}
+    db.close()
+    after = _raw_lmdb(store_path)
+    assert b"k00299" in after[b"default"] and b"batch9" in after[b"default"]
+    gen, pos, _sum = wal.Applied.unpack(after[META_DB][APPLIED_KEY])
+    assert pos >= wal.HEADER_SIZE and int(after[META_DB][FORMAT_KEY]) == 3
+    log = wal.Log(store_path, readonly=True, create=False, initial_size=1 << 20, max_size=1 << 26)
+    try:
+        st = log.state()
+        assert st.end == st.applied  # nothing left unapplied
+    finally:
+        log.close()
+
+
+POWER = """
+    import os, signal, sys, kvstore
+    path, n = sys.argv[1], int(sys.argv[2])
+    db = kvstore.open(path, wal=True, flush_interval=3600, apply_interval=3600)
+    for i in range(n):
+        durable = i % 3 == 0
+        db.put(f"k{i:05d}", i, durable=durable)
+        print(("D" if durable else "B"), i, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _index(path):
+    with open(os.path.join(path, wal.INDEX_FILE), "rb") as f:
+        raw = f.read(4096)
+    gen, _z, end, end_sum, synced, applied, applied_sum = struct.unpack_from("<IIQQQQQ", raw, 40)
+    return {"gen": gen, "end": end, "synced": synced, "applied": applied}
+
+
+def _lose_power(path, seed):
+    """What a power loss can leave: the log past its last sync replaced by
+    garbage (or a torn record), and an index from before the reboot."""
+    rng = random.Random(seed)
+    idx = _index(path)
+    log_path = os.path.join(path, wal.LOG_FILE)
+    size = os.path.getsize(log_path)
+    with open(log_path, "r+b") as f:
+        f.seek(idx["synced"])
+        kind = seed % 3
+        if kind == 0:
+            f.write(bytes(rng.randrange(256) for _ in range(min(4096, size - idx["synced"]))))
+        elif kind == 1:  # a torn record: a plausible head, a short body
+            f.write(struct.pack("<IIQ", 500, idx["gen"], rng.getrandbits(64)) + b"\x01" * 100)
+        else:
+            f.truncate(idx["synced"])
+            f.truncate(size)
+    with open(os.path.join(path, wal.INDEX_FILE), "r+b") as f:
+        f.seek(16)
+        f.write(b"\xff" * 16)  # another boot's id: the index is rebuilt from the log
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_durable_writes_survive_a_simulated_power_loss(store_path, seed):
+    rc, lines, err = _child(POWER, store_path, 300)
+    assert rc == -9, err
+    durable = [int(x.split()[1]) for x in lines if x.startswith("D")]
+    _lose_power(store_path, seed)
+    with kvstore.open(store_path) as db:
+        present = {int(k[1:]) for k in map(bytes.decode, db.keys())}
+        for i in durable:
+            assert db.get(f"k{i:05d}") == i
+        # nothing reordered: what survived is a prefix of the writes
+        assert present == set(range(len(present)))
+        assert len(present) >= max(durable) + 1
+
+
+CROSS = """
+    import sys, time, kvstore
+    path, me, other, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    db = kvstore.open(path, wal=True)
+    stale = 0
+    for i in range(n):
+        db.put(f"{me}:{i}", i)
+        # the other process's acknowledged counter must never go backwards
+        db.put(f"{me}:last", i)
+    deadline = time.time() + 30
+    while db.get(f"{other}:last") != n - 1 and time.time() < deadline:
+        time.sleep(0.001)
+    seen = db.get(f"{other}:last")
+    missing = [i for i in range(n) if db.get(f"{other}:{i}") != i]
+    print(seen, len(missing), flush=True)
+    db.close()
+"""
+
+
+def test_another_process_reads_acknowledged_buffered_writes_at_once(store_path):
+    kvstore.open(store_path, wal=True).close()
+    env = dict(os.environ)
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(CROSS), store_path, a, b, "500"],
+                              stdout=subprocess.PIPE, text=True, env=env)
+             for a, b in (("p", "q"), ("q", "p"))]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    for out in outs:
+        assert out == ["499", "0"]
+
+
+READ_LIVE = """
+    import sys, lmdb, kvstore
+    env = lmdb.open(sys.argv[1], readonly=True, lock=False, max_dbs=8)
+    with env.begin(db=env.open_db(b"default", create=False)) as txn:
+        print("in LMDB:", txn.get(b"live") is not None, flush=True)
+    env.close()
+    db = kvstore.open(sys.argv[1], readonly=True)
+    print(db.get("live"), flush=True)
+"""
+
+
+def test_a_read_only_process_sees_a_live_writers_unapplied_writes(store_path):
+    with kvstore.open(store_path, wal=True, apply_interval=3600, flush_interval=3600) as db:
+        db.put("live", {"v": 1})
+        rc, lines, err = _child(READ_LIVE, store_path)
+        assert rc == 0, err
+        assert lines == ["in LMDB: False", "{'v': 1}"]
+
+
+def test_flush_applies_the_log_to_lmdb(store_path):
+    with kvstore.open(store_path, wal=True, apply_interval=3600) as db:
+        db.put_many({f"k{i}": i for i in range(100)})
+        st = kvstore.engine.of(db).log.state()
+        assert st.applied < st.end
+        db.flush()
+        st = kvstore.engine.of(db).log.state()
+        assert st.applied == st.end and st.synced >= st.applied
+        assert len(db) == 100
+
+
+def test_a_store_without_a_log_is_upgraded_in_place(store_path):
+    with kvstore.open(store_path) as db:
+        db.put("old", 1)
+    assert not os.path.exists(os.path.join(store_path, wal.LOG_FILE))
+    with kvstore.open(store_path, wal=True) as db:
+        assert db.get("old") == 1
+        db.put("new", 2)
+    assert int(_raw_lmdb(store_path)[META_DB][FORMAT_KEY]) == 3
+    with kvstore.open(store_path) as db:  # a store with a log always uses it
+        db.put("newer", 3)
+        assert (db.get("old"), db.get("new")) == (1, 2)
+    assert os.path.exists(os.path.join(store_path, wal.LOG_FILE))
+
+
+def test_the_log_is_reused_once_applied_and_a_full_log_applies_first(store_path):
+    with kvstore.open(store_path, wal=True, log_size=256 * 1024, log_initial_size=64 * 1024,
+                      apply_interval=3600) as db:
+        for i in range(3000):  # about 4x the log's size
+            db.put(f"k{i}", "v" * 300)
+        assert os.path.getsize(os.path.join(store_path, wal.LOG_FILE)) <= 256 * 1024
+        assert db.get("k0") == "v" * 300 and db.get("k2999") == "v" * 300
+        with pytest.raises(kvstore.InvalidArgumentError, match="log_size"):
+            db.put_many({f"big{i}": os.urandom(1000) for i in range(200)})  # incompressible
+        assert db.get("big0") is None
+
+
+# ---------------------------------------------------------------- kill points
+
+KILLED = """
+    import sys, kvstore
+    path = sys.argv[1]
+    db = kvstore.open(path, wal=True, flush_interval=0.01, apply_interval=0.01)
+    for i in range(400):
+        db.put(f"k{i:04d}", i, durable=i % 2 == 0)
+        print(i, flush=True)
+    db.flush()
+    db.close()
+    print("closed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("point", killpoints.POINTS)
+def test_kill_points_of_the_log_lose_no_acknowledged_write(store_path, point):
+    kvstore.open(store_path, wal=True).close()
+    rc, lines, err = _child(KILLED, store_path, env={"KVSTORE_KILL_POINT": f"{point}:3"})
+    assert rc == -9, f"{point} did not fire: {err}"
+    acked = [int(x) for x in lines if x.isdigit()]
+    with kvstore.open(store_path) as db:
+        present = sorted(int(k[1:]) for k in map(bytes.decode, db.keys()))
+        for i in acked:
+            assert db.get(f"k{i:04d}") == i
+        assert present == list(range(len(present)))  # a prefix: nothing partial or reordered
+        assert len(present) <= len(acked) + 1  # at most the write the kill interrupted
+
+
+# ---------------------------------------------------------------- hostile logs
+
+
+def _store_with_tail(path):
+    rc, lines, err = _child(WRITER, path, 50, 0)
+    assert rc == -9, err
+
+
+def test_a_log_with_a_damaged_header_is_refused(store_path):
+    _store_with_tail(store_path)
+    with open(os.path.join(store_path, wal.LOG_FILE), "r+b") as f:
+        f.write(b"garbage!")
+    with pytest.raises(kvstore.FormatError, match="not a kvstore write-ahead log"):
+        kvstore.open(store_path)
+
+
+def test_a_log_from_a_newer_format_is_refused(store_path):
+    _store_with_tail(store_path)
+    with open(os.path.join(store_path, wal.LOG_FILE), "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<I", 99))
+    with pytest.raises(kvstore.FormatError, match="newer kvstore"):
+        kvstore.open(store_path)
+
+
+def test_damage_in_the_acknowledged_part_of_the_log_is_a_corruption_error(store_path):
+    _store_with_tail(store_path)
+    idx = _index(store_path)
+    with open(os.path.join(store_path, wal.LOG_FILE), "r+b") as f:
+        f.seek(idx["applied"] + wal.HEAD_SIZE + 5)
+        f.write(b"\xee\xee")
+    with pytest.raises(kvstore.CorruptionError, match="damaged at byte"):
+        kvstore.open(store_path)
+
+
+@pytest.mark.parametrize("damage", ["huge-length", "random", "truncated"])
+def test_after_a_reboot_a_damaged_tail_ends_the_log_and_nothing_past_it_is_applied(store_path, damage):
+    _store_with_tail(store_path)
+    idx = _index(store_path)
+    log_path = os.path.join(store_path, wal.LOG_FILE)
+    # the third record onwards is damaged (the first two hold k00000, k00001)
+    at = idx["applied"]
+    with open(log_path, "rb") as f:
+        for _ in range(2):
+            f.seek(at)
+            length = struct.unpack("<I", f.read(4))[0]
+            at += wal.HEAD_SIZE + length
+    with open(log_path, "r+b") as f:
+        f.seek(at)
+        if damage == "huge-length":
+            f.write(struct.pack("<IIQ", 0x7FFFFFF0, idx["gen"], 0))
+        elif damage == "random":
+            f.write(os.urandom(64))
+        else:
+            f.truncate(at)
+    with open(os.path.join(store_path, wal.INDEX_FILE), "r+b") as f:
+        f.seek(16)
+        f.write(b"\xff" * 16)  # after a reboot: the log is read again from LMDB's APPLIED
+    with kvstore.open(store_path) as db:
+        assert db.get("k00000") is not None and db.get("k00001") is not None
+        assert db.get("k00002") is None and db.get("k00049") is None and db.get("batch0") is None
