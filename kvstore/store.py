@@ -387,6 +387,8 @@ class Store(Reads):
             out.update(engine.sweeper.stats())
         if w is not None:
             out.update(w.stats())
+        if engine.tail is not None:  # the write-ahead log (wal.py): its size, tail, applies
+            out["log"] = {**engine.tail.stats(), **engine.applier.stats()}
         return out
 
     def close(self) -> None:

@@ -120,7 +120,13 @@ def _open(path, clock, **options):
 def open_readonly(path, clock=None):
     """The store at path, read-only; StoreNotFoundError if there is none.
     clock: its Options.clock (None: the default); commands pass args.clock,
-    which kvstore.cli.main sets."""
+    which kvstore.cli.main sets. A store whose write-ahead log holds
+    records LMDB does not have yet is checkpointed first (when this process
+    may write it), so that commands reading LMDB see every acknowledged write."""
+    from .checkpoint import unapplied_bytes  # checkpoint.py imports this module
+
+    if unapplied_bytes(path) and os.access(os.fspath(path), os.W_OK):
+        _open(path, clock).close()  # a writable close applies the log
     return _open(path, clock, readonly=True)
 
 
