@@ -151,9 +151,10 @@ class Tail:
             log.lock()
             try:
                 st = log.state()
-                if st is None or not log.index_valid():
+                if st is None:
                     raise _Stuck()
-                self._catch_up(st)
+                if st.counter != self.seen:
+                    self._catch_up(st)
                 end, checksum, ends = log.append(st, payloads)
                 gen = st.gen
                 for g, rec_end in zip(groups, ends):
@@ -165,6 +166,28 @@ class Tail:
             finally:
                 log.unlock()
         return end, gen, lsn(gen, end)
+
+    def append_one(self, group, payload: bytes) -> tuple[int, int, int]:
+        """append() of one group, the common case."""
+        log = self.log
+        with self.lock:
+            log.lock()
+            try:
+                st = log.state()
+                if st is None:
+                    raise _Stuck()
+                if st.counter != self.seen:
+                    self._catch_up(st)
+                end, checksum = log.append_one(st, payload)
+                gen = st.gen
+                seq = gen << 40 | end
+                self.overlay.enter(seq, group.ops)
+                self._entries.append((seq, [(ns, key, seq) for ns, _d, key, _r in group.ops]))
+                self.pos, self.chain = end, checksum
+                self.seen = st.counter + 2
+            finally:
+                log.unlock()
+        return end, gen, seq
 
     def unsynced(self) -> bool:
         st = self.log.state()

@@ -100,6 +100,17 @@ def seed(gen: int) -> int:
 
 
 def _boot_id() -> bytes:
+    """This boot's id (read once per process: it cannot change under it)."""
+    global _BOOT
+    if _BOOT is None:
+        _BOOT = _read_boot_id()
+    return _BOOT
+
+
+_BOOT: bytes | None = None
+
+
+def _read_boot_id() -> bytes:
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as f:
             return bytes.fromhex(f.read().strip().decode().replace("-", ""))[:16]
@@ -159,7 +170,7 @@ class State:
 
     __slots__ = ("counter", "gen", "end", "end_sum", "synced", "applied", "applied_sum")
 
-    def __init__(self, counter, gen, end, end_sum, synced, applied, applied_sum):
+    def __init__(self, counter, gen, _zero, end, end_sum, synced, applied, applied_sum):
         self.counter = counter
         self.gen = gen
         self.end = end
@@ -294,14 +305,14 @@ class Log:
         made (a writer died in it) or the index is not valid: then take the
         lock and `recover`."""
         view = self.view
+        q = _unpack_q
         for _ in range(1000):
-            c1 = _unpack_q(view, _COUNTER)[0]
+            c1 = q(view, _COUNTER)[0]
             if c1 & 1:
                 continue
             fields = _FIELDS.unpack_from(view, _FIELDS_AT)
-            if _unpack_q(view, _COUNTER)[0] == c1:
-                gen, _z, end, end_sum, synced, applied, applied_sum = fields
-                return State(c1, gen, end, end_sum, synced, applied, applied_sum)
+            if q(view, _COUNTER)[0] == c1:
+                return State(c1, *fields)
         return None
 
     def index_valid(self) -> bool:
@@ -315,15 +326,16 @@ class Log:
         st = self.state()
         return st is not None and HEADER_SIZE <= st.applied <= st.end <= self.size and st.gen > 0
 
-    def publish(self, gen, end, end_sum, synced, applied, applied_sum) -> None:
+    def publish(self, gen, end, end_sum, synced, applied, applied_sum,
+                _q=struct.Struct("<Q"), _fields=_FIELDS.pack_into) -> None:
         """Holding the lock: write the index's fields (a seqlock change)."""
         view = self.view
-        c = _unpack_q(view, _COUNTER)[0]
+        c = _q.unpack_from(view, _COUNTER)[0]
         if c & 1:
             c += 1  # a dead writer's half change: this one replaces it
-        struct.pack_into("<Q", view, _COUNTER, c + 1)
-        _FIELDS.pack_into(view, _FIELDS_AT, gen, 0, end, end_sum, synced, applied, applied_sum)
-        struct.pack_into("<Q", view, _COUNTER, c + 2)
+        _q.pack_into(view, _COUNTER, c + 1)
+        _fields(view, _FIELDS_AT, gen, 0, end, end_sum, synced, applied, applied_sum)
+        _q.pack_into(view, _COUNTER, c + 2)
 
     def rebuild(self, gen: int, pos: int, chain: int) -> State:
         """Holding the lock: make the index again from the log, given what
@@ -409,6 +421,22 @@ class Log:
         self.publish(gen, at, chain, st.synced, st.applied, st.applied_sum)
         return at, chain, ends
 
+    def append_one(self, st: State, payload: bytes) -> tuple[int, int]:
+        """append() of one payload, the common case: (end, checksum)."""
+        length = len(payload)
+        at = st.end + HEAD_SIZE + length
+        if at > self.size:
+            self._grow(at)
+        chain = _checksum(length, st.gen, payload, st.end_sum)
+        data = _HEAD.pack(length, st.gen, chain) + payload
+        if killpoints.armed:
+            os.pwrite(self.fd, data[:len(data) // 2], st.end)  # a torn append
+            killpoints.reached("log-mid-append")
+        if os.pwrite(self.fd, data, st.end) != len(data):
+            raise OSError(errno.ENOSPC, "short write to the write-ahead log")
+        self.publish(st.gen, at, chain, st.synced, st.applied, st.applied_sum)
+        return at, chain
+
     def _grow(self, needed: int) -> None:
         """Make the log at least needed bytes long (doubling, zero-filled and
         synced, so that later syncs only write data), or raise LogFull."""
@@ -450,14 +478,12 @@ class LogFull(Exception):
     """An append that does not fit in the log below max_size (internal)."""
 
 
-def _unpack_q(view, at, _s=struct.Struct("<Q")):
-    return _s.unpack_from(view, at)
+_unpack_q = struct.Struct("<Q").unpack_from
 
 
-def _checksum(length: int, gen: int, payload, chain: int) -> int:
-    h = xxhash.xxh64(struct.pack("<II", length, gen), seed=chain)
-    h.update(payload)
-    return h.intdigest()
+def _checksum(length: int, gen: int, payload, chain: int, _pack=struct.Struct("<II").pack,
+              _digest=xxhash.xxh64_intdigest) -> int:
+    return _digest(_pack(length, gen) + payload, chain)
 
 
 def _zero_fill(fd: int, start: int, end: int) -> None:

@@ -179,6 +179,34 @@ class Writer:
                 raise StoreClosedError("the store is closed")
             group.seq = self._next_seq
             self._next_seq += 1
+            if (self._tail is not None and not self._leading and not self._queue
+                    and group.callback is None and group.condition is None and group.before is None):
+                # With a log and nobody leading, a group is appended (and
+                # synced, if durable) by its caller at once: no queue, no
+                # hand-over. Writers arriving meanwhile queue for the next
+                # leader, who takes them all (and shares one sync).
+                self._leading = group.lead = True
+                self._last = group
+                self._in_flight_ops += len(group.ops)
+                alone = True
+            else:
+                alone = False
+        if alone:
+            if not self._append_alone(group):
+                try:
+                    self._log_groups([group], len(group.ops), group.nbytes, 0, 0.0)
+                finally:
+                    self._hand_off()
+            if group.error is not None:
+                raise group.error
+            return True
+        with self._lock:
+            if self._failed is not None:
+                raise StoreFailedError(
+                    f"the store failed earlier and takes no more writes; reopen it "
+                    f"(cause: {self._failed.cause!r})", self._failed.cause)
+            if self._closing:
+                raise StoreClosedError("the store is closed")
             group.queued_at = time.monotonic()
             self._queue.append(group)
             self._last = group
@@ -393,6 +421,51 @@ class Writer:
             killpoints.reached("after-commit")
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
+    def _append_alone(self, group) -> bool:
+        """The caller leads and its buffered group is the only one: append
+        it and give up the lead, in as few steps as it takes. False when
+        anything is out of the ordinary (nothing was appended, the caller
+        still leads): then the general path (_log_groups) takes it."""
+        tail = self._tail
+        if group.nbytes > tail.log.max_size // 2:
+            return False
+        try:
+            end, gen, _seq = tail.append_one(group, encode_group(group.ops))
+        except (LogFull, tail.Stuck, OSError):
+            return False
+        if killpoints.armed:
+            killpoints.reached("log-after-append")
+        if not self._unsynced_since:
+            self._unsynced_since = time.monotonic()
+        n = len(group.ops)
+        if group.durable:
+            try:
+                self._sync(gen, end)
+            except KVStoreError as exc:
+                self._fail([group], n, exc)
+                self._hand_off()
+                return True
+        with self._lock:
+            group.done = True
+            self._in_flight_ops -= n
+            self.commits += 1
+            self.ops_committed += n
+            if group.durable:
+                self.durable_groups += 1
+            else:
+                self.buffered_groups += 1
+            self.bytes_stored += group.nbytes
+            if self._queue or self._scheduled or self._closing:
+                quiet = False
+            else:
+                self._leading = False
+                quiet = True
+                if self._flush_waiters:
+                    self._released.notify_all()
+        if not quiet:
+            self._hand_off()
+        return True
+
     def _log_groups(self, groups, ops, nbytes, durable, started) -> None:
         """With a log: append plain groups as records (and sync them if one
         is durable), or write an exclusive group into LMDB after the whole
@@ -436,7 +509,10 @@ class Writer:
         payloads = [encode_group(g.ops) for g in groups]
         for attempt in range(10):
             try:
-                end, gen, last = tail.append(groups, payloads)
+                if len(groups) == 1:
+                    end, gen, last = tail.append_one(groups[0], payloads[0])
+                else:
+                    end, gen, last = tail.append(groups, payloads)
                 break
             except LogFull:
                 if attempt == 9:  # other processes kept appending faster than it was applied
@@ -594,6 +670,8 @@ class Writer:
             # with a log, the tail drops what LMDB holds; only what a
             # conditional group entered at submit is left to drop here
             groups = [g for g in groups if g.condition is not None]
+            if not groups:
+                return
             lock = self._tail.lock
         entries = [(ns, key, g.seq) for g in groups for ns, _dbi, key, _r in g.ops]
         for i in range(0, len(entries), OVERLAY_SLICE):
