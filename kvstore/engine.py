@@ -36,10 +36,11 @@ from . import ttl as _ttl
 from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .environment import Environment
+from . import lockfile
 from .applier import Applier, initial_marker
 from .errors import FormatError, InvalidArgumentError, KVStoreError, ReadOnlyError
 from .tail import Tail
-from .wal import LOG_FILE, Log
+from .wal import INDEX_FILE, LOG_FILE, Log
 from .options import Options
 from .writer import Writer
 
@@ -78,6 +79,7 @@ class Engine:
         # reads it (tail.py), and the applier that moves it into LMDB
         self.log = self.tail = self.applier = None
         self.overlay = None  # the pending writes reads look at first (tail's, or the writer's)
+        self._without_log = self._adding_log = None  # lockfile descriptors (_open_log)
         try:
             self._open_log(env)
             self.dicts = Dictionaries(env)
@@ -86,6 +88,9 @@ class Engine:
         except BaseException:
             if self.log is not None:
                 self.log.close()
+            for fd in (self._without_log, self._adding_log):
+                if fd is not None:
+                    os.close(fd)
             env.close()
             raise
 
@@ -97,11 +102,30 @@ class Engine:
         anything is read: that is the recovery."""
         opts = env.options
         has_log = env.has_log()
-        if not (has_log or (opts.wal and not env.readonly)):
+        if not has_log:
+            right = None if env.readonly or not opts.wal else lockfile.may_add_log(env.path)
+            if right is None:
+                # without a log, saying so (lockfile.hold_without_log), so
+                # that no process adds one under this one; unless one was
+                # added just before
+                self._without_log = lockfile.hold_without_log(env.path)
+                if not env.has_log():
+                    return
+                os.close(self._without_log)
+                self._without_log = None
+                has_log = True
+            else:
+                self._adding_log = right  # closed once the log is added (below, or on an error)
+        # A store whose format says it has a log and that has neither log
+        # file is a copy of data.mdb alone (`kvstore backup`, mdb_copy, cp),
+        # which holds everything its copy took: it starts a new log. With
+        # the index left and the log gone, the log was lost: an error (its
+        # writes may not be in LMDB), raised by Log.
+        copied = has_log and not any(os.path.exists(os.path.join(env.path, name))
+                                     for name in (LOG_FILE, INDEX_FILE))
+        if copied and env.readonly:
             return
-        # a store whose format says it has a log never gets a new one: a
-        # missing log file is an error (its writes may not be in LMDB)
-        log = Log(env.path, readonly=env.readonly, create=not (env.readonly or has_log),
+        log = Log(env.path, readonly=env.readonly, create=not (env.readonly or (has_log and not copied)),
                   initial_size=opts.log_initial_size, max_size=opts.log_size)
         try:
             applier = Applier(env, log)
@@ -114,7 +138,8 @@ class Engine:
                         f"writing once), then open it read-only again")
                 recover = _cannot_recover
             else:
-                env.upgrade_to_log(initial_marker())
+                if not has_log or copied:  # (a write transaction: only when there is something to write)
+                    env.upgrade_to_log(initial_marker(), restart=copied)
                 if applier.recover():  # the index was rebuilt: replay the log into LMDB
                     applier.checkpoint()
                 recover = applier.recover
@@ -123,6 +148,9 @@ class Engine:
         except BaseException:
             log.close()
             raise
+        if self._adding_log is not None:
+            os.close(self._adding_log)
+            self._adding_log = None
         self.log, self.tail, self.applier = log, tail, applier
         self.overlay = tail.overlay
 
@@ -154,6 +182,9 @@ class Engine:
             self.last_txnid.close()
         if self.log is not None:
             self.log.close()
+        if self._without_log is not None:
+            os.close(self._without_log)
+            self._without_log = None
         self.env.close()
 
 

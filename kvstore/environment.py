@@ -38,6 +38,7 @@ from .errors import (
 )
 from . import lockfile
 from .lmdbfile import check_data_file
+from .wal import HEADER_SIZE as WAL_HEADER_SIZE, Applied, seed as wal_seed
 from .options import FILL_STEP, PREALLOCATE_MAX, PREALLOCATE_MIN, Options  # tunables: see there
 from .layout import (APPLIED_KEY, BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ,
                      SEQ_KEY, STORE_FORMAT, WAL_STORE_FORMAT)
@@ -426,13 +427,19 @@ class Environment:
                     self._dbis.setdefault(name, handle)
                 self._new_dbis.clear()
 
-    def upgrade_to_log(self, marker: bytes) -> None:
+    def upgrade_to_log(self, marker: bytes, restart: bool = False) -> None:
         """Before the writer exists: record that the store has a write-ahead
         log (store format 3) and, for a new log, that nothing of it is
         applied (marker: wal.Applied). The log file exists already, so an
-        older kvstore that opens the store refuses it rather than miss it."""
+        older kvstore that opens the store refuses it rather than miss it.
+        restart: a new log for a store that had one (a copy of data.mdb
+        alone): its generation follows the one LMDB last applied."""
         def upgrade(txn):
-            if txn.get(APPLIED_KEY, db=self.meta_db) is None:
+            old = txn.get(APPLIED_KEY, db=self.meta_db)
+            if restart and old is not None and len(old) == Applied.size:
+                gen = Applied.unpack(old)[0] + 1
+                txn.put(APPLIED_KEY, Applied.pack(gen, WAL_HEADER_SIZE, wal_seed(gen)), db=self.meta_db)
+            elif old is None:
                 txn.put(APPLIED_KEY, marker, db=self.meta_db)
             if int(txn.get(FORMAT_KEY, db=self.meta_db) or 1) < WAL_STORE_FORMAT:
                 txn.put(FORMAT_KEY, str(WAL_STORE_FORMAT).encode(), db=self.meta_db)

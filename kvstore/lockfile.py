@@ -189,3 +189,37 @@ def hold_data_file(path: str):
         os.close(fd)
         return None
     return fd
+
+
+# Byte 2 of data.mdb: a read lock says "a process uses this store without a
+# write-ahead log" (wal=False, or a store a log could not be added to); a
+# process adds a log only while it can take a write lock on it, so a store
+# never gets a log under a process that would bypass it (engine._open_log).
+_NO_LOG_BYTE = 2
+
+
+def _lock_byte(path: str, kind: int, byte: int):
+    try:
+        fd = os.open(os.path.join(path, "data.mdb"), (os.O_RDWR if kind == fcntl.F_WRLCK else os.O_RDONLY)
+                     | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+    except (OSError, AttributeError):
+        os.close(fd)
+        return None
+    return fd
+
+
+def hold_without_log(path: str):
+    """Say, while the returned descriptor is open, that this process uses
+    the store without a write-ahead log; None where OFD locks are missing."""
+    return _lock_byte(path, fcntl.F_RDLCK, _NO_LOG_BYTE)
+
+
+def may_add_log(path: str):
+    """A descriptor holding the right to add a log (no process uses the
+    store without one); close it once the log is added. None: another
+    process uses the store without a log now."""
+    return _lock_byte(path, fcntl.F_WRLCK, _NO_LOG_BYTE)

@@ -199,7 +199,15 @@ class Log:
         self.created = False
         flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
         if create and not readonly:
-            self.created = self._create_log()
+            try:
+                self.created = self._create_log()
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise DiskFullError(
+                        f"cannot create the write-ahead log {self.log_path} ({exc}): free space "
+                        f"(it needs {initial_size} bytes to start) and open the store again, or "
+                        f"open it with wal=False") from None
+                raise
         try:
             self.fd = os.open(self.log_path, flags)
         except FileNotFoundError:
@@ -236,6 +244,9 @@ class Log:
             os.pwrite(fd, _HEADER.pack(LOG_MAGIC, VERSION), 0)
             _zero_fill(fd, HEADER_SIZE, self.initial_size)
             os.fsync(fd)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
         try:

@@ -455,6 +455,7 @@ class Writer:
             else:
                 self.buffered_groups += 1
             self.bytes_stored += group.nbytes
+            self.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in group.ops if r is not None)
             if self._queue or self._scheduled or self._closing:
                 quiet = False
             else:
@@ -791,11 +792,15 @@ class Writer:
             return 0.0
         now = time.monotonic()
         due = self._interval
-        if self._unsynced_since:
-            due = min(due, self._unsynced_since + self._interval - now)
         st = self._tail.log.state()
         if st is None:
             return 0.0
+        if st.synced < st.end and not self._unsynced_since:
+            # appended by anyone (a process that died, too): synced within
+            # flush_interval of being seen, whoever appended it
+            self._unsynced_since = now
+        if self._unsynced_since:
+            due = min(due, self._unsynced_since + self._interval - now)
         unapplied = st.end - st.applied
         if unapplied >= self._apply_bytes:
             return 0.0

@@ -212,7 +212,7 @@ def test_flush_applies_the_log_to_lmdb(store_path):
 
 
 def test_a_store_without_a_log_is_upgraded_in_place(store_path):
-    with kvstore.open(store_path) as db:
+    with kvstore.open(store_path, wal=False) as db:
         db.put("old", 1)
     assert not os.path.exists(os.path.join(store_path, wal.LOG_FILE))
     with kvstore.open(store_path, wal=True) as db:
@@ -243,7 +243,7 @@ KILLED = """
     import sys, kvstore
     path = sys.argv[1]
     db = kvstore.open(path, wal=True, flush_interval=0.01, apply_interval=0.01)
-    for i in range(400):
+    for i in range(20000):  # the points fire long before the end, even on a loaded machine
         db.put(f"k{i:04d}", i, durable=i % 2 == 0)
         print(i, flush=True)
     db.flush()
@@ -327,3 +327,75 @@ def test_after_a_reboot_a_damaged_tail_ends_the_log_and_nothing_past_it_is_appli
     with kvstore.open(store_path) as db:
         assert db.get("k00000") is not None and db.get("k00001") is not None
         assert db.get("k00002") is None and db.get("k00049") is None and db.get("batch0") is None
+
+
+def test_a_full_disk_fails_the_write_that_hit_it_and_the_store_goes_on(small_tmpfs):
+    """ENOSPC while the log grows: that write gets DiskFullError, nothing
+    acknowledged is lost, and once there is room again writes work, without
+    reopening."""
+    path = os.path.join(small_tmpfs, "store")
+    acked = {}
+    with kvstore.open(path, wal=True, compression="none", log_initial_size=64 * 1024,
+                      apply_interval=3600, preallocate=False) as db:
+        with pytest.raises(kvstore.DiskFullError, match="disk .* is full"):
+            for i in range(10_000):
+                value = os.urandom(2000)
+                db.put(f"k{i:05d}", value)
+                acked[f"k{i:05d}"] = value
+        assert len(acked) > 100
+        assert all(db.get(k) == v for k, v in acked.items())
+        subprocess.run(["mount", "-o", "remount,size=64m", small_tmpfs], check=True)
+        db.put("after", b"room again", durable=True)
+        assert db.get("after") == b"room again"
+    with kvstore.open(path) as db:
+        assert all(db.get(k) == v for k, v in acked.items()) and db.get("after") == b"room again"
+
+
+def test_a_copy_of_data_mdb_alone_opens_and_a_lost_log_is_refused(store_path, tmp_path):
+    with kvstore.open(store_path, wal=True) as db:
+        db.put_many({f"k{i}": i for i in range(50)})
+    copy = str(tmp_path / "copy")
+    os.mkdir(copy)
+    with open(os.path.join(store_path, "data.mdb"), "rb") as src, \
+            open(os.path.join(copy, "data.mdb"), "wb") as dst:
+        dst.write(src.read())
+    with kvstore.open(copy, readonly=True) as db:  # what the copy holds, as it is
+        assert db.get("k49") == 49
+    with kvstore.open(copy) as db:  # a new log, after the generation LMDB applied last
+        db.put("more", 1)
+        assert db.get("k0") == 0 and db.get("more") == 1
+    with kvstore.open(copy) as db:
+        assert db.get("more") == 1
+    os.unlink(os.path.join(store_path, wal.LOG_FILE))  # the index is left: the log was lost
+    with pytest.raises(kvstore.FormatError, match="data.wal is missing"):
+        kvstore.open(store_path)
+
+
+OLD_MODE = """
+    import sys, time, kvstore
+    db = kvstore.open(sys.argv[1], wal=False)
+    db.put("old-mode", 1, durable=True)
+    print("open", flush=True)
+    sys.stdin.readline()
+    db.put("old-mode", 2, durable=True)
+    db.close()
+"""
+
+
+def test_no_log_is_added_under_a_process_that_uses_the_store_without_one(store_path):
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(OLD_MODE), store_path],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "open\n"
+        with kvstore.open(store_path, wal=True) as db:  # it cannot add one now
+            assert kvstore.engine.of(db).log is None
+            db.put("new-mode", 1)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with kvstore.open(store_path, wal=True) as db:  # nobody else: the log is added now
+        assert kvstore.engine.of(db).log is not None
+        assert (db.get("old-mode"), db.get("new-mode")) == (2, 1)

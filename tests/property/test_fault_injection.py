@@ -141,15 +141,18 @@ def _check_failed_run(log: Log, rc: int, err: str, path: str):
     assert any(f.startswith("reads ok") for f in log.finals), log.finals
     # Reopened: each group wholly there or not at all, every acknowledged
     # durable write there, no failed group anywhere; and it takes writes.
-    verify_store(path, [log], fixed={"base": {("default", "base:0"): "before"}})
-    with kvstore.open(path) as db:
+    verify_store(path, [log], fixed={"base": {("default", "base:0"): "before"}},
+                 open_options={"wal": False})
+    with kvstore.open(path, wal=False) as db:
         db.put("after:0", "reopened", durable=True)
         assert db.get("after:0") == "reopened"
 
 
 def _failing_config(path, seed, **extra):
+    # LMDB commits without the write-ahead log (wal=False): the log's own
+    # full disk is tests/test_wal.py's
     cfg = {"path": path, "seed": seed, "namespaces": NAMESPACES, "nkeys": 40, "big": 3000,
-           "options": {"compression": "none", "flush_interval": 0.002},
+           "options": {"compression": "none", "flush_interval": 0.002, "wal": False},
            "threads": [{"owner": f"f{i}", "mix": ["mixed", "durable", "buffered", "mixed"][i], "ops": 2000}
                        for i in range(4)],
            "max_errors": 2, "finish": "flush+close", "read_back": True, "deadline": 60}
@@ -163,7 +166,7 @@ def test_commit_failing_on_file_size_limit(tmp_path, seed):
     with EFBIG. Every writer of the failing commit gets the error, later
     writes get StoreFailedError, nothing is half-written."""
     path = str(tmp_path / "store")
-    with kvstore.open(path) as db:
+    with kvstore.open(path, wal=False) as db:
         db.put("base:0", "before", durable=True)
     cfg = _failing_config(path, seed, fsize_margin=random.Random(seed).choice([64 << 10, 512 << 10]))
     rc, log, err = _run_child(cfg, str(tmp_path / "child.log"))
@@ -173,7 +176,7 @@ def test_commit_failing_on_file_size_limit(tmp_path, seed):
 def test_disk_full_on_a_4mib_tmpfs(small_tmpfs, tmp_path):
     """The file system runs out of space (ENOSPC) under four writer threads."""
     path = os.path.join(small_tmpfs, "store")
-    with kvstore.open(path) as db:
+    with kvstore.open(path, wal=False) as db:
         db.put("base:0", "before", durable=True)
     cfg = _failing_config(path, 3, nkeys=400)  # ~10 MB of live values: more than the disk
     rc, log, err = _run_child(cfg, str(tmp_path / "child.log"))
@@ -183,7 +186,7 @@ def test_disk_full_on_a_4mib_tmpfs(small_tmpfs, tmp_path):
         pytest.fail(f"the child died with exit {rc} on a full disk:\n{err[-3000:]}\n{log.tail()}")
     # Space again: the store carries on where it was.
     subprocess.run(["mount", "-o", "remount,size=64m", small_tmpfs], check=True)
-    with kvstore.open(path) as db:
+    with kvstore.open(path, wal=False) as db:
         db.put_many({f"after:{i}": os.urandom(3000) for i in range(200)}, durable=True)
         assert len(list(db.scan(prefix="after:"))) == 200
 
@@ -410,6 +413,7 @@ def test_readers_killed_mid_read_leave_no_stale_slot(tmp_path, one_backend):
     db = kvstore.open(path, compression="none")  # open throughout: lock.mdb is never reset
     try:
         db.put_many({f"k:{i:05d}": os.urandom(300) for i in range(3000)}, durable=True)
+        db.flush()  # with the write-ahead log, into data.mdb too
         filled = os.path.getsize(os.path.join(path, "data.mdb"))
         for _ in range(40):  # until 3 readers died inside a read (each kill ~1 in 3)
             proc = subprocess.Popen([sys.executable, "-c", _READER, path], stdout=subprocess.PIPE)

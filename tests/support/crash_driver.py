@@ -186,6 +186,7 @@ def run_owner(db, handles: dict, spec: dict, cfg: dict, log, deadline: float) ->
             break
         op = gen_op(rng, n, owner, spec["mix"], namespaces, cfg.get("nkeys", 24), cfg.get("big", 0))
         log(f"B {owner} {json.dumps(op, separators=(',', ':'))}")
+        log_before = _log_position(db)
         try:
             run_op(db, handles, owner, op)
         except kvstore.KVStoreError as exc:
@@ -199,12 +200,31 @@ def run_owner(db, handles: dict, spec: dict, cfg: dict, log, deadline: float) ->
             continue
         seq = db.stats()["commit_seq"]
         log(f"A {owner} {n} {seq}")
-        if seq <= last_seq:
+        if log_before is not None:
+            # with the write-ahead log a durable op's commit is the log's
+            # sync: it covers the op's record, which lies past the end seen
+            # before the op (unless the log started a new generation)
+            after = _log_position(db)
+            if after[0] == log_before[0] and after[2] <= log_before[1]:
+                log(f"V {owner} {n} log synced to {after[2]} after a durable op; its record lies "
+                    f"past {log_before[1]} (generation {after[0]})")
+        elif seq <= last_seq:
             # this thread's durable op returned, so its commit came after the
             # one of its previous durable op: the count must have moved
             log(f"V {owner} {n} commit_seq {seq} after a durable op; {last_seq} before it; "
                 f"{lmdb_state(db.path)}")
         last_seq = seq
+
+
+def _log_position(db):
+    """(generation, end, synced) of the store's write-ahead log; None without one."""
+    from kvstore import engine
+
+    log = engine.of(db).log
+    if log is None:
+        return None
+    st = log.state()
+    return (st.gen, st.end, st.synced) if st is not None else (-1, 0, 0)
 
 
 class LineLog:
