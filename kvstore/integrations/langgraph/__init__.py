@@ -37,6 +37,6 @@ Requires the `langgraph` extra: ``pip install 'kvstore[langgraph]'``.
 """
 
 from .checkpoint import KVStoreSaver
-from .store import InvalidStoreNamespaceError, KVStore
+from .store import InvalidStoreNamespaceError, KVStore, SearchNotInstalledError
 
-__all__ = ["KVStoreSaver", "KVStore", "InvalidStoreNamespaceError"]
+__all__ = ["KVStoreSaver", "KVStore", "InvalidStoreNamespaceError", "SearchNotInstalledError"]
