@@ -3,16 +3,14 @@ kvstore.integrations.langgraph's docstring."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from ... import errors
-from ...errors import InvalidArgumentError, InvalidTTLError
+from ...errors import InvalidArgumentError
 from ...store import MAX_KEY_SIZE
-from ...ttl import MAX_TTL
-from ._owner import _SEP, _Owner, _langgraph_missing
+from ._owner import _SEP, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
 from .vectors import EXACT_MAX, SearchNotInstalledError
 
 try:
@@ -74,20 +72,6 @@ def _split_item_key(raw: bytes) -> tuple[tuple[str, ...], str]:
 
 def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
-
-
-def _ttl_seconds(minutes) -> float:
-    """A LangGraph TTL (minutes; None: never expires) as a kvstore one
-    (seconds; math.inf: never expires, whatever default the kvstore
-    namespace may have). InvalidTTLError for anything else."""
-    if minutes is None or minutes == math.inf:
-        return math.inf
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
-            or not 0 < minutes <= MAX_TTL / 60:  # also refuses nan
-        raise InvalidTTLError(
-            f"a LangGraph ttl is a number of minutes > 0 and at most {MAX_TTL // 60} (100 years), "
-            f"not {minutes!r}; pass ttl=None for an item that never expires")
-    return minutes * 60
 
 
 def _ns_matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
@@ -200,11 +184,7 @@ class KVStore(_Owner, BaseStore):
                  exact_max: int = EXACT_MAX) -> None:
         store = self._attach(db, durable)
         if ttl is not None:
-            if not isinstance(ttl, dict):
-                raise InvalidArgumentError(
-                    f"ttl takes LangGraph's TTLConfig, a dict such as {{'default_ttl': 60}} "
-                    f"(minutes), not {type(ttl).__name__}")
-            _ttl_seconds(ttl.get("default_ttl"))  # a bad default raises now, not at a put
+            _check_ttl_config(ttl)
         self.ttl_config = ttl
         self._ns_items = namespace
         self._items = store.namespace(namespace)
