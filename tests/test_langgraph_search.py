@@ -253,3 +253,15 @@ def test_a_hole_left_by_a_failed_batch_makes_a_full_reload(db, embeddings, monke
     b.search(("t",), query="alpha")  # the hole is too old: reload every vector
     assert not any(b._semantic.index._extra.values())
     assert len(b._semantic.index) == 2
+
+
+def test_an_index_idle_longer_than_the_log_lives_reloads(store_path, embeddings):
+    clock = FakeClock()
+    with kvstore.open(store_path, clock=clock) as db:
+        a, b = indexed(db, embeddings), indexed(db, embeddings)
+        a.put(("t",), "x", {"text": "alpha"})
+        assert keys(b.search(("t",), query="alpha")) == ["x"]
+        a.put(("t",), "y", {"text": "alpha beta"})
+        clock.advance(vectors.LOG_TTL + 1)  # a's log entry for y has expired
+        a.put(("t",), "z", {"text": "alpha gamma"})
+        assert set(keys(b.search(("t",), query="alpha"))) == {"x", "y", "z"}  # y too: reloaded

@@ -21,8 +21,9 @@ applied, then reloads the vectors of the items they name (a missing record:
 the item's rows go). A seq can be seen before an earlier one of the same
 writer commits (two threads submitting in the other order): the earlier entry
 is a hole, applied when it appears; a hole still open after HOLE_WAIT (its
-batch failed), or a writer whose first entries expired, makes the next sync
-reload every vector. Items that expire leave no log entry: a search drops the
+batch failed), a writer whose first entries expired, or a sync more than
+LOG_TTL / 2 after the previous one (entries written since may have expired)
+makes the sync reload every vector. Items that expire leave no log entry: a search drops the
 rows of an item it finds gone (`Index.drop`) and never returns it.
 
 The index: one float32 matrix of unit rows (a row per item and path), scored
@@ -54,7 +55,7 @@ HOLE_WAIT = 5.0  # seconds a hole in a writer's log may stay open before a full 
 EXACT_MAX = 50_000  # candidate rows scored exactly; more go through the HNSW graph
 HNSW_M = 16  # hnswlib graph degree
 HNSW_EF_CONSTRUCTION = 100  # hnswlib build-time beam width
-HNSW_EF_MIN = 100  # hnswlib search beam width, at least (more when more rows are wanted)
+HNSW_EF_MIN = 200  # hnswlib search beam width, at least (more when more rows are wanted)
 
 _SEQ = b"s\x00"
 _LOG = b"l\x00"
@@ -110,7 +111,9 @@ class Index:
         self._next_seq = 0  # guarded by self._lock, as everything below
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        self._clock = log.options.clock  # the store's: log entries expire on it
         self._loaded = False
+        self._synced_at = 0.0  # on self._clock
         self._clear()
 
     def _clear(self) -> None:
@@ -148,9 +151,12 @@ class Index:
         """Catch up with the stored vectors (see the module docstring)."""
         with self._lock:
             seqs = {key[len(_SEQ):]: seq for key, seq in self._log.scan(_SEQ)}
-            if not self._loaded or self._needs_reload(seqs):
+            now = self._clock()
+            if not self._loaded or now - self._synced_at > LOG_TTL / 2 or self._needs_reload(seqs):
                 self._reload(seqs)
+                self._synced_at = now
                 return
+            self._synced_at = now
             changed: set[bytes] = set()
             for writer, seq in seqs.items():
                 extra = self._extra.setdefault(writer, set())
@@ -276,7 +282,8 @@ class Index:
             ok = self._live[:n].copy()
             if prefix:
                 ids = [i for ns, i in self._ns_ids.items() if ns.startswith(prefix)]
-                ok &= np.isin(self._ns_id[:n], ids)
+                if len(ids) < len(self._ns_ids):  # else every row is under the prefix
+                    ok &= np.isin(self._ns_id[:n], ids)
             count = int(ok.sum())
             if count == 0:
                 return
@@ -286,35 +293,34 @@ class Index:
                 self._ensure_ann()
                 found = self._ann_ranked(q, ok)
             else:
-                found = self._exact_ranked(q, ok)
-            owner = list(self._owner)  # rows may be reused once the lock is released
+                found = self._exact_ranked(q, ok, count)
         seen: set[bytes] = set()
         for rows, scores in found:
             out = []
-            for row, score in zip(rows.tolist(), scores.tolist()):
-                key = owner[row]
+            with self._lock:  # a row freed since it was scored has no owner: skipped
+                owners = [self._owner[row] for row in rows.tolist()]
+            for key, score in zip(owners, scores.tolist()):
                 if key is not None and key not in seen:
                     seen.add(key)
                     out.append((key, score))
             if out:
                 yield out
 
-    def _exact_ranked(self, q, ok):
-        scores = self._matrix[:len(ok)] @ q
-        scores[~ok] = -np.inf
-        count = int(ok.sum())
-        k = min(64, count)
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")][:k]
-        yield top, scores[top]
-        if count > k:
-            order = np.argsort(-scores, kind="stable")[:count]
-            rest = order[~np.isin(order, top)]
-            yield rest, scores[rest]
+    def _exact_ranked(self, q, ok, count: int):
+        """Score the candidate rows now (under the caller's lock); rank them lazily."""
+        if count < len(ok) // 4:  # a few namespaces: score their rows only
+            rows = np.flatnonzero(ok)
+            scores = self._matrix[rows] @ q
+        else:
+            rows = None
+            scores = self._matrix[:len(ok)] @ q
+            scores[~ok] = -np.inf
+        return _best_first(scores, rows, count)
 
     def _ann_ranked(self, q, ok):
         k = 64
         while True:
+            exact = None
             with self._lock:
                 total = len(self)  # live rows: the graph's rows less those marked deleted
                 k = min(k, total)
@@ -322,8 +328,10 @@ class Index:
                 try:
                     labels, distances = self._ann.knn_query(q, k=k)
                 except RuntimeError:  # the graph found fewer than k: score exactly
-                    yield from self._exact_ranked(q, ok)
-                    return
+                    exact = self._exact_ranked(q, ok, int(ok.sum()))
+            if exact is not None:
+                yield from exact
+                return
             labels = labels[0].astype(np.int64)
             inside = labels < len(ok)  # rows added since the search began are not candidates
             labels, distances = labels[inside], distances[0][inside]
@@ -344,3 +352,17 @@ class Index:
         if len(rows):
             ann.add_items(self._matrix[rows], rows)
         self._ann = ann
+
+
+def _best_first(scores, rows, count: int):
+    """(rows, scores) chunks, best first, of the `count` candidates: the 64
+    best (a partial sort), then, if the caller asks, the rest (a full sort).
+    `rows`: the row of each score, or None when scores are indexed by row."""
+    k = min(64, count)
+    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    yield (top if rows is None else rows[top]), scores[top]
+    if count > k:  # sorted only when the caller wants more than the best 64
+        order = np.argsort(-scores, kind="stable")[:count]
+        rest = order[~np.isin(order, top)]
+        yield (rest if rows is None else rows[rest]), scores[rest]
