@@ -265,3 +265,30 @@ def test_an_index_idle_longer_than_the_log_lives_reloads(store_path, embeddings)
         clock.advance(vectors.LOG_TTL + 1)  # a's log entry for y has expired
         a.put(("t",), "z", {"text": "alpha gamma"})
         assert set(keys(b.search(("t",), query="alpha"))) == {"x", "y", "z"}  # y too: reloaded
+
+
+def test_a_graph_node_searches_memories_by_meaning(db, embeddings):
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.store.base import BaseStore
+
+    class State(TypedDict):
+        question: str
+        recalled: list
+
+    def recall(state: State, *, store: BaseStore):
+        found = store.search(("memories", "u1"), query=state["question"], limit=1)
+        return {"recalled": [(r.key, round(r.score, 3)) for r in found]}
+
+    builder = StateGraph(State)
+    builder.add_node("recall", recall)
+    builder.add_edge(START, "recall")
+    builder.add_edge("recall", END)
+    store = indexed(db, embeddings)
+    store.put(("memories", "u1"), "seat", {"text": "prefers a window seat on planes"})
+    store.put(("memories", "u1"), "food", {"text": "allergic to nuts"})
+    store.put(("memories", "u2"), "other", {"text": "window seat window seat"})
+    graph = builder.compile(store=store)
+    out = graph.invoke({"question": "which seat on planes?", "recalled": []})
+    assert [key for key, _ in out["recalled"]] == ["seat"]
