@@ -29,8 +29,10 @@ rows of an item it finds gone (`Index.drop`) and never returns it.
 The index: one float32 matrix of unit rows (a row per item and path), scored
 by dot product (cosine similarity, as LangGraph's InMemoryStore ranks). Up to
 `exact_max` candidate rows, a search scores them all (numpy, exact); above
-it, an HNSW graph (hnswlib, built when first needed, then kept up to date)
-gives the nearest rows, asked again for more when filters leave too few.
+it, an HNSW graph (hnswlib) gives the nearest rows, asked again for more when
+filters leave too few. The graph is built when first needed, in a thread on
+one core, from a snapshot of the rows (searches stay exact until it is
+ready), then takes the rows changed since, and is kept up to date.
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ class Index:
         self._rows: dict[bytes, list[int]] = {}  # item key -> rows
         self._free: list[int] = []
         self._ns_ids: dict[bytes, int] = {}  # namespace part -> id
-        self._ann = None  # hnswlib.Index over the live rows, once needed
+        self._ann = None  # hnswlib.Index over the live rows, once built
+        self._building: threading.Thread | None = None  # building the graph
+        self._dirty: set[int] | None = None  # rows changed since the build's snapshot
+        self._generation = getattr(self, "_generation", 0) + 1  # a build of an older one is void
         self._seen: dict[bytes, int] = {}  # writer -> its seq key's value at the last sync
         self._upto: dict[bytes, int] = {}  # writer -> every entry up to it applied
         self._extra: dict[bytes, set[int]] = {}  # writer -> entries applied past a hole
@@ -210,6 +215,8 @@ class Index:
                 self._owner[row] = None
                 if self._ann is not None:
                     self._ann.mark_deleted(row)
+                elif self._dirty is not None:
+                    self._dirty.add(row)
             self._free.extend(old)
         if record is None:
             return
@@ -235,6 +242,8 @@ class Index:
             if self._ann.get_max_elements() < len(self._owner):
                 self._ann.resize_index(len(self._matrix))
             self._ann.add_items(array, rows)
+        elif self._dirty is not None:
+            self._dirty.update(rows)
 
     def _grow(self) -> int:
         row = len(self._owner)
@@ -289,10 +298,9 @@ class Index:
                 return
             if ann is None:
                 ann = count > self.exact_max
-            if ann:
-                self._ensure_ann()
+            if ann and self._graph_ready():
                 found = self._ann_ranked(q, ok)
-            else:
+            else:  # (until the graph is built, exactly)
                 found = self._exact_ranked(q, ok, count)
         seen: set[bytes] = set()
         for rows, scores in found:
@@ -341,18 +349,51 @@ class Index:
                 return
             k *= 4
 
-    def _ensure_ann(self) -> None:
+    def _graph_ready(self) -> bool:
+        """Whether the HNSW graph is built; if not, start building it in a
+        thread from a snapshot of the rows (searches stay exact meanwhile),
+        then apply the rows changed since (self._dirty). Under self._lock."""
         if self._ann is not None:
-            return
-        n = len(self._owner)
-        ann = hnswlib.Index(space="ip", dim=self.dims)
-        ann.init_index(max_elements=max(len(self._matrix), 16), M=HNSW_M,
-                       ef_construction=HNSW_EF_CONSTRUCTION)
-        rows = np.flatnonzero(self._live[:n])
-        if len(rows):
-            ann.add_items(self._matrix[rows], rows)
-        self._ann = ann
+            return True
+        if self._building is None:
+            n = len(self._owner)
+            rows = np.flatnonzero(self._live[:n])
+            self._dirty = set()
+            self._building = threading.Thread(
+                target=self._build, args=(rows, self._matrix[rows], len(self._matrix),
+                                          self._generation),
+                name="kvstore-hnsw-build", daemon=True)
+            self._building.start()
+        return False
 
+    def _build(self, rows, data, capacity: int, generation: int) -> None:
+        ann = hnswlib.Index(space="ip", dim=self.dims)
+        ann.init_index(max_elements=max(capacity, 16), M=HNSW_M,
+                       ef_construction=HNSW_EF_CONSTRUCTION)
+        if len(rows):
+            ann.add_items(data, rows, num_threads=1)  # one core: searches go on meanwhile
+        with self._lock:
+            if generation != self._generation:  # reloaded meanwhile: a new build will start
+                return
+            if ann.get_max_elements() < len(self._matrix):
+                ann.resize_index(len(self._matrix))
+            for row in sorted(self._dirty):
+                if self._live[row]:
+                    ann.add_items(self._matrix[row:row + 1], [row])
+                else:
+                    try:
+                        ann.mark_deleted(row)
+                    except RuntimeError:  # added and removed during the build: never in it
+                        pass
+            self._ann, self._dirty, self._building = ann, None, None
+
+    def wait_for_graph(self, timeout: float | None = None) -> bool:
+        """Wait for a graph build under way (for tests and benchmarks);
+        whether the graph is built."""
+        building = self._building
+        if building is not None:
+            building.join(timeout)
+        return self._ann is not None
 
 def _best_first(scores, rows, count: int):
     """(rows, scores) chunks, best first, of the `count` candidates: the 64
