@@ -26,6 +26,11 @@ and namespace labels never contain):
                           -> [task_id, channel, type, bytes, task_path, idx]
     langgraph:store       label, ..., label, "", key -> [value, created, updated]
                           (an item with a TTL expires in the engine: kvstore/ttl.py)
+    langgraph:store:vectors    item key -> [paths, float32 bytes]  (with index=)
+    langgraph:store:vectorlog  writers' seq keys and change log   (vectors.py)
+
+With a ttl config, a checkpoint's blobs and writes carry a TTL 2% longer
+than its own and are refreshed with it, so none expires before it.
 
 Channel values are stored once per channel version (a checkpoint that
 changes one channel writes one blob), checkpoint ids are time-ordered
@@ -33,10 +38,11 @@ uuid6 strings, so the newest checkpoint of a thread is the last key of its
 range. A checkpoint and its blobs, and the writes of one `put_writes`, are
 each one atomic kvstore batch.
 
-Requires the `langgraph` extra: ``pip install 'kvstore[langgraph]'``.
+Requires the `langgraph` extra: ``pip install 'kvstore[langgraph]'``;
+semantic search (KVStore(index=...)) also the `search` extra.
 """
 
 from .checkpoint import KVStoreSaver
-from .store import InvalidStoreNamespaceError, KVStore
+from .store import InvalidStoreNamespaceError, KVStore, SearchNotInstalledError
 
-__all__ = ["KVStoreSaver", "KVStore", "InvalidStoreNamespaceError"]
+__all__ = ["KVStoreSaver", "KVStore", "InvalidStoreNamespaceError", "SearchNotInstalledError"]

@@ -4,9 +4,12 @@ parts of their keys. Needs no LangGraph."""
 
 from __future__ import annotations
 
+import math
+
 from ...aio import AsyncStore
-from ...errors import InvalidArgumentError
+from ...errors import InvalidArgumentError, InvalidTTLError
 from ...store import Store, open as _open_store
+from ...ttl import MAX_TTL
 
 _SEP = "\x00"
 
@@ -16,6 +19,30 @@ def _langgraph_missing(exc: ImportError) -> ImportError:
     return ImportError(
         f"kvstore.integrations.langgraph needs LangGraph ({exc}); install it with "
         f"pip install 'kvstore[langgraph]'")
+
+
+def _ttl_seconds(minutes) -> float:
+    """A LangGraph TTL (minutes; None: never expires) as a kvstore one
+    (seconds; math.inf: never expires, whatever default the kvstore
+    namespace may have). InvalidTTLError for anything else."""
+    if minutes is None or minutes == math.inf:
+        return math.inf
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
+            or not 0 < minutes <= MAX_TTL / 60:  # also refuses nan
+        raise InvalidTTLError(
+            f"a LangGraph ttl is a number of minutes > 0 and at most {MAX_TTL // 60} (100 years), "
+            f"not {minutes!r}; pass ttl=None for an item that never expires")
+    return minutes * 60
+
+
+def _check_ttl_config(ttl) -> None:
+    """InvalidArgumentError unless ttl is a TTLConfig-like dict, InvalidTTLError
+    for a bad default_ttl: at construction, not at the first put."""
+    if not isinstance(ttl, dict):
+        raise InvalidArgumentError(
+            f"ttl takes LangGraph's TTLConfig, a dict such as {{'default_ttl': 60}} "
+            f"(minutes), not {type(ttl).__name__}")
+    _ttl_seconds(ttl.get("default_ttl"))
 
 
 def _apply(batch, ops: list) -> None:

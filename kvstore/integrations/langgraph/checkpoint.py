@@ -10,7 +10,8 @@ from typing import Any
 
 from ...errors import InvalidArgumentError
 from ...store import MAX_KEY_SIZE
-from ._owner import _SEP, _Owner, _langgraph_missing
+from ...ttl import MAX_TTL
+from ._owner import _SEP, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
 
 try:
     from langchain_core.runnables import RunnableConfig
@@ -31,6 +32,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 __all__ = ["KVStoreSaver"]
 
 _EMPTY = "empty"  # blob type of a channel that has a version but no value
+# The blobs and writes of a checkpoint live this much longer than its TTL:
+# refreshed when they would expire before it, they then outlive it even
+# though kvstore skips a refresh that would move an expiry by under 1%.
+_LINGER = 1.02
 
 
 def _key(*parts: str) -> str:
@@ -79,18 +84,49 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         False: at once, committed within the store's flush_interval
     :param prefix: names of the kvstore namespaces used (``<prefix>:checkpoints``...)
     :param serde: LangGraph serializer (default: LangGraph's JsonPlusSerializer)
+    :param ttl: a dict as langgraph-redis takes it: ``default_ttl`` (MINUTES)
+        after which a checkpoint expires, with its pending writes and the
+        channel values no live checkpoint uses; ``refresh_on_read`` (default
+        True): get_tuple pushes the checkpoint it returns (and its values and
+        writes) to now + default_ttl. None (default): nothing expires.
+    :param keep_latest: keep only the N newest checkpoints of each thread and
+        checkpoint namespace: each put deletes older ones, in its batch, with
+        their writes and the values no kept checkpoint uses (as prune()
+        keep_latest does, DeltaChannel ancestors included). None: keep all.
 
     Every capability of LangGraph's conformance suite is implemented: put,
     put_writes, get_tuple, list, delete_thread, delete_for_runs, copy_thread
     and prune. delete_for_runs scans every checkpoint of the store (there is
     no index by run); copy_thread adds the source's checkpoints to the target
     thread, leaving what the target already holds.
+
+    Expiry (kvstore's engine TTL, swept by the store): a checkpoint expires
+    `default_ttl` after its put (or its last refreshing read); its values
+    and writes expire no earlier. A put refreshes the values it reuses from
+    older checkpoints; a read never returns a checkpoint one of whose values
+    is gone (it is expired, whatever its own record says).
     """
 
     def __init__(self, db, *, durable: bool = True, prefix: str = "langgraph",
-                 serde: SerializerProtocol | None = None) -> None:
+                 serde: SerializerProtocol | None = None, ttl: dict | None = None,
+                 keep_latest: int | None = None) -> None:
         BaseCheckpointSaver.__init__(self, serde=serde)
         store = self._attach(db, durable)
+        self._ttl = None  # seconds: the TTL of checkpoints, or None
+        self._refresh_on_read = False
+        if ttl is not None:
+            _check_ttl_config(ttl)
+            seconds = _ttl_seconds(ttl.get("default_ttl"))
+            self._ttl = seconds if seconds != float("inf") else None
+            self._refresh_on_read = bool(ttl.get("refresh_on_read", True)) and not store.readonly
+        if keep_latest is not None and (isinstance(keep_latest, bool) or
+                                        not isinstance(keep_latest, int) or keep_latest < 1):
+            raise InvalidArgumentError(
+                f"keep_latest is the number of checkpoints to keep per thread and namespace, "
+                f"an int >= 1 (or None: keep all), not {keep_latest!r}")
+        self.ttl_config = ttl
+        self._keep_latest = keep_latest
+        self._clock = store.options.clock
         self._ns_checkpoints = f"{prefix}:checkpoints"
         self._ns_blobs = f"{prefix}:blobs"
         self._ns_writes = f"{prefix}:writes"
@@ -100,13 +136,15 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
 
     @classmethod
     def from_path(cls, path, *, durable: bool = True, prefix: str = "langgraph",
-                  serde: SerializerProtocol | None = None, **options) -> "KVStoreSaver":
+                  serde: SerializerProtocol | None = None, ttl: dict | None = None,
+                  keep_latest: int | None = None, **options) -> "KVStoreSaver":
         """A saver on the store at `path` (created if missing), which it owns:
         `close()` or ``with``/``async with`` closes the store.
 
         :param options: options of `kvstore.open()`
         """
-        return cls._from_path(path, options, durable=durable, prefix=prefix, serde=serde)
+        return cls._from_path(path, options, durable=durable, prefix=prefix, serde=serde, ttl=ttl,
+                              keep_latest=keep_latest)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         # A random fraction after the counter, as LangGraph's own savers do: two
@@ -181,17 +219,17 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         """The checkpoint of `config` (its checkpoint_id, or the newest of its
         thread and namespace), with its channel values and pending writes."""
         thread_id, checkpoint_ns, checkpoint_id = _ids(config)
+        refresh = self._refresh_on_read
         if checkpoint_id is not None:
             record = self._checkpoints.get(_key(thread_id, checkpoint_ns, checkpoint_id))
-        else:
-            newest = next(self._checkpoints.scan(_key(thread_id, checkpoint_ns) + _SEP,
-                                                 reverse=True), None)
-            if newest is None:
-                return None
-            checkpoint_id, record = _parts(newest[0])[2], newest[1]
-        if record is None:
-            return None
-        return self._tuple(thread_id, checkpoint_ns, checkpoint_id, record)
+            return self._tuple(thread_id, checkpoint_ns, checkpoint_id, record,
+                               refresh=refresh) if record is not None else None
+        for key, record in self._checkpoints.scan(_key(thread_id, checkpoint_ns) + _SEP,
+                                                  reverse=True):
+            found = self._tuple(thread_id, checkpoint_ns, _parts(key)[2], record, refresh=refresh)
+            if found is not None:  # else expired (a value is gone): the next newest
+                return found
+        return None
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return self.get_tuple(config)
@@ -220,18 +258,69 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         values = body.pop("channel_values", {})
         dumps = self.serde.dumps_typed
         ops = []
+        linger = self._ttls(linger=True)
         for channel, version in new_versions.items():
             blob = dumps(values[channel]) if channel in values else (_EMPTY, b"")
             ops.append((self._ns_blobs, _key(thread_id, checkpoint_ns, channel, str(version)),
-                        list(blob)))
+                        list(blob), *linger))
         metadata = get_checkpoint_metadata(config, metadata)
         run_id = metadata.get("run_id")
         ctype, cbytes = dumps(body)
         mtype, mbytes = dumps(metadata)
-        ops.append((self._ns_checkpoints, _key(thread_id, checkpoint_ns, checkpoint_id),
-                    [ctype, cbytes, mtype, mbytes, parent_id,
-                     str(run_id) if run_id is not None else None]))
+        record = [ctype, cbytes, mtype, mbytes, parent_id, str(run_id) if run_id is not None else None]
+        ops.append((self._ns_checkpoints, _key(thread_id, checkpoint_ns, checkpoint_id), record,
+                    *self._ttls(linger=False)))
+        versions = body.get("channel_versions") or {}
+        self._keep_alive(self._blobs, [_key(thread_id, checkpoint_ns, ch, str(v))
+                                       for ch, v in versions.items() if ch not in new_versions])
+        if self._keep_latest is not None:
+            ops += self._keep_latest_ops(thread_id, checkpoint_ns, checkpoint_id, record,
+                                         {(ch, str(v)) for ch, v in versions.items()})
         return ops, _config(thread_id, checkpoint_ns, checkpoint_id)
+
+    # ------------------------------------------------------------ expiry and retention
+
+    def _ttls(self, linger: bool) -> tuple:
+        """The ttl of an op (after its value), in seconds: () without a TTL
+        config; a checkpoint's TTL, or, for values and writes (linger), a little more."""
+        if self._ttl is None:
+            return ()
+        return (min(self._ttl * _LINGER, MAX_TTL) if linger else self._ttl,)
+
+    def _keep_alive(self, handle, keys: list) -> None:
+        """Make records (values, writes) of a checkpoint put or refreshed now
+        expire no earlier than it: refresh those that would (a buffered
+        write), rewrite those stored with a shorter TTL than today's config."""
+        if self._ttl is None or not keys:
+            return
+        deadline = self._clock() + self._ttl
+        for key in keys:
+            try:
+                found = handle.expiry(key)
+            except KeyError:  # gone: the checkpoint reads as expired
+                continue
+            if found is None or found[0] >= deadline:
+                continue
+            if found[1] >= self._ttl:
+                handle.get(key, refresh_ttl=True)
+            else:
+                value = handle.get(key)
+                if value is not None:
+                    handle.put(key, value, ttl=self._ttls(linger=True)[0], durable=False)
+
+    def _keep_latest_ops(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str,
+                         record: list, used: set) -> list:
+        """Ops deleting what keep_latest drops once checkpoint_id (record,
+        using the (channel, version) values `used`) is stored."""
+        prefix = _key(thread_id, checkpoint_ns) + _SEP
+        records = {_parts(k)[2]: r for k, r in self._checkpoints.scan(prefix)}
+        records[checkpoint_id] = record
+        if len(records) <= self._keep_latest:
+            return []
+        keep = set(sorted(records)[-self._keep_latest:])
+        keep |= self._kept_by_keep_latest(thread_id, checkpoint_ns, records)
+        drop = set(records) - keep - {checkpoint_id}
+        return self._drop_ops(thread_id, checkpoint_ns, drop, used) if drop else []
 
     def _put_writes_ops(self, config, writes, task_id: str, task_path: str) -> list:
         thread_id, checkpoint_ns, checkpoint_id = _ids(config)
@@ -253,7 +342,8 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         for idx, key, channel, value in entries:
             if key not in stored:
                 wtype, wbytes = self.serde.dumps_typed(value)
-                ops.append((self._ns_writes, key, [task_id, channel, wtype, wbytes, task_path, idx]))
+                ops.append((self._ns_writes, key, [task_id, channel, wtype, wbytes, task_path, idx],
+                            *self._ttls(linger=True)))
         return ops
 
     def _delete_thread_ops(self, thread_id: str) -> list:
@@ -283,9 +373,10 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         ops = []
         for ns, handle in ((self._ns_checkpoints, self._checkpoints), (self._ns_blobs, self._blobs),
                            (self._ns_writes, self._writes)):
+            ttl = self._ttls(linger=handle is not self._checkpoints)  # the copy's own expiry
             for key, value in handle.scan(prefix):
                 ops.append((ns, _check_length(target_prefix + key.decode("utf-8")[len(prefix):]),
-                            value))
+                            value, *ttl))
         return ops
 
     def _prune_ops(self, thread_ids: Sequence[str], strategy: str) -> list:
@@ -333,12 +424,14 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
             checkpoint_id = record[4]
         return keep
 
-    def _drop_ops(self, thread_id: str, checkpoint_ns: str, drop: set[str]) -> list:
+    def _drop_ops(self, thread_id: str, checkpoint_ns: str, drop: set[str],
+                  also_used: set = frozenset()) -> list:
         """Delete checkpoints `drop` of one thread and namespace, their writes,
-        and the blobs that no remaining checkpoint of it uses."""
+        and the blobs that no remaining checkpoint of it uses (nor `also_used`:
+        (channel, version) of a checkpoint not stored yet)."""
         ops = []
         dropped: set[tuple[str, str]] = set()
-        kept: set[tuple[str, str]] = set()
+        kept: set[tuple[str, str]] = set(also_used)
         for key, record in self._checkpoints.scan(_key(thread_id, checkpoint_ns) + _SEP):
             checkpoint_id = _parts(key)[2]
             versions = self.serde.loads_typed((record[0], record[1]))["channel_versions"]
@@ -357,29 +450,37 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
     # ------------------------------------------------------------ reading the records
 
     def _tuple(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, record: list,
-               metadata=None) -> CheckpointTuple:
+               metadata=None, refresh: bool = False) -> CheckpointTuple | None:
+        """The checkpoint of a record; None when, with a TTL config, one of
+        its values is gone (it has expired with them). `refresh`: push its
+        expiry, and its values' and writes', to now + the TTL."""
         loads = self.serde.loads_typed
         ctype, cbytes, mtype, mbytes, parent_id, _run_id = record
         checkpoint = loads((ctype, cbytes))
         versions = checkpoint.get("channel_versions") or {}
         channels = list(versions)
-        blobs = self._blobs.get_many(
-            [_key(thread_id, checkpoint_ns, ch, str(versions[ch])) for ch in channels]
-        ) if channels else []
+        blob_keys = [_key(thread_id, checkpoint_ns, ch, str(versions[ch])) for ch in channels]
+        blobs = self._blobs.get_many(blob_keys) if channels else []
+        if self._ttl is not None and any(blob is None for blob in blobs):
+            return None
         checkpoint["channel_values"] = {
             ch: loads((blob[0], blob[1])) for ch, blob in zip(channels, blobs)
             if blob is not None and blob[0] != _EMPTY}
+        prefix = _key(thread_id, checkpoint_ns, checkpoint_id) + _SEP
+        writes = list(self._writes.scan(prefix))
+        if refresh and self._ttl is not None:
+            self._checkpoints.get(prefix[:-1], refresh_ttl=True)
+            self._keep_alive(self._blobs, blob_keys)
+            self._keep_alive(self._writes, [key for key, _ in writes])
         return CheckpointTuple(
             config=_config(thread_id, checkpoint_ns, checkpoint_id),
             checkpoint=checkpoint,
             metadata=metadata if metadata is not None else loads((mtype, mbytes)),
             parent_config=_config(thread_id, checkpoint_ns, parent_id) if parent_id else None,
-            pending_writes=self._pending_writes(thread_id, checkpoint_ns, checkpoint_id),
+            pending_writes=self._pending_writes([record for _, record in writes]),
         )
 
-    def _pending_writes(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> list:
-        prefix = _key(thread_id, checkpoint_ns, checkpoint_id) + _SEP
-        records = [record for _, record in self._writes.scan(prefix)]
+    def _pending_writes(self, records: list) -> list:
         records.sort(key=lambda r: (r[4], r[0], r[5]))  # LangGraph's writes_sort_key
         loads = self.serde.loads_typed
         return [(task_id, channel, loads((wtype, wbytes)))
@@ -421,7 +522,10 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
                 metadata = self.serde.loads_typed((record[2], record[3]))
                 if not all(metadata.get(k) == v for k, v in filter.items()):
                     continue
-            yield self._tuple(t, ns, checkpoint_id, record, metadata)
+            found = self._tuple(t, ns, checkpoint_id, record, metadata)
+            if found is None:  # expired with one of its values
+                continue
+            yield found
             n += 1
             if limit is not None and n >= limit:
                 return

@@ -3,21 +3,21 @@ kvstore.integrations.langgraph's docstring."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from ... import errors
-from ...errors import InvalidArgumentError, InvalidTTLError
+from ...errors import InvalidArgumentError
 from ...store import MAX_KEY_SIZE
-from ...ttl import MAX_TTL
-from ._owner import _SEP, _Owner, _langgraph_missing
+from ._owner import _SEP, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
+from .vectors import EXACT_MAX, SearchNotInstalledError
 
 try:
     from langgraph.store.base import (
         BaseStore,
         GetOp,
+        IndexConfig,
         InvalidNamespaceError as _LangGraphNamespaceError,
         Item,
         ListNamespacesOp,
@@ -33,7 +33,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise _langgraph_missing(exc) from exc
 
-__all__ = ["KVStore", "InvalidStoreNamespaceError"]
+from .semantic import Semantic  # noqa: E402 (after LangGraph's import check)
+
+__all__ = ["KVStore", "InvalidStoreNamespaceError", "SearchNotInstalledError"]
 
 
 class InvalidStoreNamespaceError(errors.InvalidNamespaceError, _LangGraphNamespaceError):
@@ -70,20 +72,6 @@ def _split_item_key(raw: bytes) -> tuple[tuple[str, ...], str]:
 
 def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
-
-
-def _ttl_seconds(minutes) -> float:
-    """A LangGraph TTL (minutes; None: never expires) as a kvstore one
-    (seconds; math.inf: never expires, whatever default the kvstore
-    namespace may have). InvalidTTLError for anything else."""
-    if minutes is None or minutes == math.inf:
-        return math.inf
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
-            or not 0 < minutes <= MAX_TTL / 60:  # also refuses nan
-        raise InvalidTTLError(
-            f"a LangGraph ttl is a number of minutes > 0 and at most {MAX_TTL // 60} (100 years), "
-            f"not {minutes!r}; pass ttl=None for an item that never expires")
-    return minutes * 60
 
 
 def _ns_matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
@@ -137,6 +125,18 @@ def _matches(actual, expected) -> bool:
     return actual == expected
 
 
+def _passes(op: SearchOp, value: dict) -> bool:
+    """Whether an item's value passes a search's filter (every member matches)."""
+    return not op.filter or all(_matches(value.get(k), v) for k, v in op.filter.items())
+
+
+def _search_item(raw: bytes, value, created: float, updated: float,
+                 score: float | None = None) -> SearchItem:
+    namespace, key = _split_item_key(raw)
+    return SearchItem(namespace=namespace, key=key, value=value, created_at=_when(created),
+                      updated_at=_when(updated), score=score)
+
+
 class KVStore(_Owner, BaseStore):
     """A LangGraph long-term memory store (`BaseStore`) on kvstore.
 
@@ -163,91 +163,133 @@ class KVStore(_Owner, BaseStore):
     default, or the config's refresh_on_read through get()/search()) pushes
     the expiry of the items it returns to now + their TTL. Expired items are
     invisible to get, search and list_namespaces at once, as TTLConfig's
-    ``omit_expired`` asks. Not supported: semantic search (no vector index:
-    a search's ``query`` is ignored, as in LangGraph's InMemoryStore without
-    an index).
+    ``omit_expired`` asks.
+
+    Semantic search, with ``index=`` (LangGraph's IndexConfig: ``dims``,
+    ``embed``, ``fields``; needs the `search` extra): puts embed the texts
+    at the fields (a put's ``index=False`` or ``index=[paths]`` overrides),
+    and store their vectors in ``<namespace>:vectors``, in the put's batch;
+    a search with ``query`` ranks the items by cosine similarity (an item
+    scores its best vector; ``SearchItem.score``), after the filter, then
+    lists matching items without vectors (score None), as InMemoryStore.
+    Every process keeps an index of the stored vectors and catches up with
+    other writers before each search (vectors.py): exact (numpy) up to
+    ``exact_max`` candidate vectors, an HNSW graph (hnswlib) beyond.
     """
 
     supports_ttl = True
 
     def __init__(self, db, *, durable: bool = True, namespace: str = "langgraph:store",
-                 ttl: TTLConfig | None = None) -> None:
+                 ttl: TTLConfig | None = None, index: IndexConfig | None = None,
+                 exact_max: int = EXACT_MAX) -> None:
         store = self._attach(db, durable)
         if ttl is not None:
-            if not isinstance(ttl, dict):
-                raise InvalidArgumentError(
-                    f"ttl takes LangGraph's TTLConfig, a dict such as {{'default_ttl': 60}} "
-                    f"(minutes), not {type(ttl).__name__}")
-            _ttl_seconds(ttl.get("default_ttl"))  # a bad default raises now, not at a put
+            _check_ttl_config(ttl)
         self.ttl_config = ttl
         self._ns_items = namespace
         self._items = store.namespace(namespace)
         self._refreshable = not store.readonly  # a refresh is a write
+        self.index_config = index
+        self._semantic = Semantic(store, namespace, index, exact_max) if index else None
 
     @classmethod
     def from_path(cls, path, *, durable: bool = True, namespace: str = "langgraph:store",
-                  ttl: TTLConfig | None = None, **options) -> "KVStore":
+                  ttl: TTLConfig | None = None, index: IndexConfig | None = None,
+                  exact_max: int = EXACT_MAX, **options) -> "KVStore":
         """A store on the kvstore store at `path` (created if missing), which it
         owns: `close()` or ``with``/``async with`` closes it."""
-        return cls._from_path(path, options, durable=durable, namespace=namespace, ttl=ttl)
+        return cls._from_path(path, options, durable=durable, namespace=namespace, ttl=ttl,
+                              index=index, exact_max=exact_max)
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """Run ops; reads see the store before the batch, and the batch's puts
-        (the last one per item wins) commit together, atomically."""
-        results, writes = self._run(ops)
+        (the last one per item wins) commit together, atomically, with their
+        vectors when the store has an index (embedded before anything is read)."""
+        ops, puts = self._prepare(ops)
+        embedded = None
+        if self._semantic is not None:
+            texts = self._semantic.texts(puts)
+            embedded = (texts, *self._semantic.embed(texts, self._semantic.queries(ops)))
+        results, writes = self._run(ops, puts, embedded)
         self._write(writes)
         return results
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        results, writes = self._run(ops)
+        ops, puts = self._prepare(ops)
+        embedded = None
+        if self._semantic is not None:
+            texts = self._semantic.texts(puts)
+            embedded = (texts, *await self._semantic.aembed(texts, self._semantic.queries(ops)))
+        results, writes = self._run(ops, puts, embedded)
         await self._awrite(writes)
         return results
 
-    def _run(self, ops: Iterable[Op]) -> tuple[list, list]:
-        results: list = []
+    @staticmethod
+    def _prepare(ops: Iterable[Op]) -> tuple[list, dict]:
+        """The ops as a list, checked, and the puts by item (the last one wins)."""
+        ops = list(ops)
         puts: dict[tuple, PutOp] = {}
         for op in ops:
             try:
                 validate_op_namespace(op)
             except _LangGraphNamespaceError as exc:
                 raise InvalidStoreNamespaceError(str(exc)) from None
+            if isinstance(op, PutOp):
+                puts[(_namespace(op.namespace), str(op.key))] = op
+            elif not isinstance(op, (GetOp, SearchOp, ListNamespacesOp)):
+                raise InvalidArgumentError(f"unknown store operation {type(op).__name__}")
+        return ops, puts
+
+    def _run(self, ops: list, puts: dict, embedded) -> tuple[list, list]:
+        """Results of the reads, and the writes of the puts; `embedded`:
+        (texts, their vectors, {query: vector}) when the store has an index."""
+        results: list = []
+        queries = embedded[2] if embedded is not None else {}
+        for op in ops:
             if isinstance(op, GetOp):
                 results.append(self._get(_namespace(op.namespace), str(op.key),
                                          op.refresh_ttl))
             elif isinstance(op, SearchOp):
-                results.append(self._search(op))
+                if op.query and op.query in queries:
+                    results.append(self._semantic_search(op, queries[op.query]))
+                else:
+                    results.append(self._search(op))
             elif isinstance(op, ListNamespacesOp):
                 results.append(self._list_namespaces(op))
-            elif isinstance(op, PutOp):
-                puts[(_namespace(op.namespace), str(op.key))] = op
-                results.append(None)
             else:
-                raise InvalidArgumentError(f"unknown store operation {type(op).__name__}")
-        return results, self._put_ops(puts)
+                results.append(None)
+        return results, self._put_ops(puts, embedded)
 
-    def _put_ops(self, puts: dict) -> list:
+    def _put_ops(self, puts: dict, embedded=None) -> list:
         if not puts:
             return []
         keys = [_item_key(ns, key) for ns, key in puts]
         previous = self._items.get_many(keys)
         now = time.time()
         ops = []
+        ttls = []
         for key, old, op in zip(keys, previous, puts.values()):
             if op.value is None:
                 ops.append((self._ns_items, key, None))
+                ttls.append(None)
             else:
                 created = old[1] if old is not None else now
-                ops.append((self._ns_items, key, [dict(op.value), created, now],
-                            _ttl_seconds(op.ttl)))  # a bad ttl raises before any write
+                ttls.append(_ttl_seconds(op.ttl))  # a bad ttl raises before any write
+                ops.append((self._ns_items, key, [dict(op.value), created, now], ttls[-1]))
+        if embedded is not None:
+            texts, docs, _ = embedded
+            ops += self._semantic.ops(puts, keys, texts, docs, ttls)
         return ops
 
     def _get(self, namespace: tuple[str, ...], key: str, refresh: bool) -> Item | None:
         if not namespace:
             return None
-        record = self._items.get(_item_key(namespace, key),
-                                 refresh_ttl=bool(refresh) and self._refreshable)
+        raw = _item_key(namespace, key)
+        record = self._items.get(raw, refresh_ttl=bool(refresh) and self._refreshable)
         if record is None:
             return None
+        if refresh and self._refreshable and self._semantic is not None:
+            self._semantic.refresh([raw])
         value, created, updated = record
         return Item(value=value, key=key, namespace=namespace, created_at=_when(created),
                     updated_at=_when(updated))
@@ -255,25 +297,66 @@ class KVStore(_Owner, BaseStore):
     def _search(self, op: SearchOp) -> list[SearchItem]:
         out: list[SearchItem] = []
         found: list[bytes] = []  # their keys
-        if op.limit <= 0:
-            return out
-        skip = max(op.offset, 0)
-        for raw, (value, created, updated) in self._items.scan(
-                _ns_prefix(_namespace(op.namespace_prefix)) or None):
-            if op.filter and not all(_matches(value.get(k), v) for k, v in op.filter.items()):
+        if op.limit > 0:
+            scan = self._items.scan(_ns_prefix(_namespace(op.namespace_prefix)) or None)
+            self._collect(op, ((raw, record, None) for raw, record in scan), out, found,
+                          max(op.offset, 0))
+            self._refresh(op, found)
+        return out
+
+    @staticmethod
+    def _collect(op: SearchOp, rows, out: list, found: list, skip: int) -> int:
+        """Add to `out` the rows (key, record, score) whose value passes the
+        filter, past the first `skip` of them, up to op.limit items (their
+        keys to `found`); returns how many are still to skip."""
+        for raw, (value, created, updated), score in rows:
+            if not _passes(op, value):
                 continue
             if skip:
                 skip -= 1
                 continue
-            namespace, key = _split_item_key(raw)
-            out.append(SearchItem(namespace=namespace, key=key, value=value,
-                                  created_at=_when(created), updated_at=_when(updated)))
+            out.append(_search_item(raw, value, created, updated, score))
             found.append(raw)
             if len(out) >= op.limit:
                 break
+        return skip
+
+    def _refresh(self, op: SearchOp, found: list[bytes]) -> None:
+        """Refresh the TTL of the items a search returns (and of their vectors),
+        as PostgresStore refreshes them."""
         if op.refresh_ttl and self._refreshable:
-            for raw in found:  # the items returned, as PostgresStore refreshes them
+            for raw in found:
                 self._items.get(raw, refresh_ttl=True)
+            if self._semantic is not None:
+                self._semantic.refresh(found)
+
+    def _semantic_search(self, op: SearchOp, query: list[float]) -> list[SearchItem]:
+        """Items under the prefix matching the filter, by cosine similarity to
+        the query (an item scores its best vector), then, if fewer than limit,
+        the matching items without vectors (score None), as InMemoryStore."""
+        out: list[SearchItem] = []
+        found: list[bytes] = []
+        if op.limit <= 0:
+            return out
+        index = self._semantic.index
+        index.sync()
+        prefix = _ns_prefix(_namespace(op.namespace_prefix)).encode("utf-8")
+
+        def ranked():
+            for chunk in index.ranked(query, prefix):
+                records = self._items.get_many([key for key, _ in chunk])
+                for (raw, score), record in zip(chunk, records):
+                    if record is None:  # expired: the sweep deletes it without a log entry
+                        index.drop(raw)
+                    else:
+                        yield raw, record, float(score)
+
+        self._collect(op, ranked(), out, found, max(op.offset, 0))
+        if len(out) < op.limit:  # then the items without vectors, in key order
+            scan = self._items.scan(prefix or None)
+            self._collect(op, ((raw, record, None) for raw, record in scan
+                               if not index.indexed(raw)), out, found, 0)
+        self._refresh(op, found)
         return out
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
