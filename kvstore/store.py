@@ -125,7 +125,9 @@ class Store(Reads):
         check_namespace_name(name)
         wanted = None if ttl is None else _ttl.default_to_ms(ttl)
         engine = self._live_engine()
-        engine.dbi(name, create=not engine.readonly)
+        # A read-only handle never creates one, even when the engine it
+        # shares with a writable handle of this process could.
+        engine.dbi(name, create=not (engine.readonly or self.readonly))
         handle = Namespace(self._root, name)
         if wanted is None:
             return handle
@@ -179,7 +181,7 @@ class Store(Reads):
     def _dbi(self, engine, ns: str):
         dbi = engine.dbis.get(ns)
         if dbi is None:
-            dbi = engine.dbi(ns, create=not engine.readonly)
+            dbi = engine.dbi(ns, create=not (engine.readonly or self.readonly))
         return dbi
 
     # Each write method has a private twin taking `callback`: None for the
@@ -215,8 +217,8 @@ class Store(Reads):
         if self._closed or root._closed or engine.forked:
             engine = self._live_engine()
         writer = engine.writer
-        if writer is None:
-            self._writer(engine)  # raises ReadOnlyError
+        if writer is None or root._options.readonly:  # a read-only handle, maybe on a shared
+            self._writer(engine)  # writable engine: raises ReadOnlyError
         if type(key) is not str or not 0 < len(key) <= 127:  # 127 chars: at most 511 UTF-8 bytes
             key = check_key(key)
         else:
