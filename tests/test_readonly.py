@@ -5,12 +5,18 @@ read with readonly=True (or is refused with the real cause)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
 import kvstore
 import kvstore.aio
-from kvstore.errors import ReadOnlyError
+from kvstore.errors import ReadOnlyError, StoreInUseError
+from support import mounts
 
 
 def _writes(handle):
@@ -89,13 +95,6 @@ def test_an_async_readonly_handle_refuses_writes_while_a_writable_one_is_open(st
 
 # ---------------------------------------------------------------- files this process may not write
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-
-from kvstore.errors import StoreAccessError, StoreInUseError
 
 NOBODY = 65534
 _ROOT = os.geteuid() == 0
@@ -211,19 +210,10 @@ with kvstore.open(sys.argv[1], readonly=True) as db:
         db.put("k", 3, durable=True)
 
 
-def _chattr(flag, path):
-    try:
-        subprocess.run(["chattr", flag, path], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"chattr {flag} is not available here: {exc}")
-
-
 def test_a_store_whose_lock_file_is_immutable_reads_with_readonly_true(store_path):
     # An immutable lock.mdb (chattr +i): not writable even by root.
     _make_store(store_path)
-    lock = os.path.join(store_path, "lock.mdb")
-    _chattr("+i", lock)
-    try:
+    with mounts.immutable(os.path.join(store_path, "lock.mdb")):
         with kvstore.open(store_path, readonly=True) as db:
             assert db.get("k") == {"v": 1}
             assert db.namespace("notes").get("n1") == "hello"
@@ -231,8 +221,6 @@ def test_a_store_whose_lock_file_is_immutable_reads_with_readonly_true(store_pat
                 db.put("k", 2)
         with pytest.raises(ReadOnlyError, match="Operation not permitted.*readonly=True"):
             kvstore.open(store_path)
-    finally:
-        _chattr("-i", lock)
 
 
 @pytest.fixture
@@ -240,17 +228,10 @@ def readonly_mount(tmp_path):
     """A tmpfs holding a store, remounted read-only."""
     where = tmp_path / "mnt"
     where.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], check=True,
-                       capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
+    with mounts.tmpfs(where, "8m"):
         _make_store(str(where / "store"))
-        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
+        mounts.remount_readonly(where)
         yield str(where / "store")
-    finally:
-        subprocess.run(["umount", str(where)], capture_output=True)
 
 
 def test_a_store_on_a_readonly_mount_reads_and_refuses_writes_by_cause(readonly_mount):

@@ -82,9 +82,21 @@ def open_input(path):
         source, close = f, True
     else:
         source, close = sys.stdin.buffer, False
-    spool = tempfile.TemporaryFile()
     try:
-        shutil.copyfileobj(source, spool, 1 << 20)
+        spool = tempfile.TemporaryFile()
+        try:
+            shutil.copyfileobj(source, spool, 1 << 20)
+        except OSError:
+            spool.close()
+            raise
+    except OSError as exc:
+        if exc.filename is not None:  # reading the input (a named pipe): its own name
+            raise
+        raise CommandError(
+            f"cannot keep a copy of the input ({'stdin' if path in (None, '-') else path}) in the "
+            f"temporary directory {tempfile.gettempdir()!r} ({exc.strerror or exc}), which load needs "
+            f"to read it twice; point TMPDIR at a file system with room, or give the input as a file "
+            f"with -i FILE") from None
     finally:
         if close:
             source.close()
