@@ -21,7 +21,7 @@ def add_parser(subparsers):
     p.add_argument("key", help="the key")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("--format", choices=FORMATS, default="json",
-                   help="json (default; tagged encoding, see docs/cli.md), repr (Python), raw (the "
+                   help="json (default; the tagged encoding of `kvstore --help`), repr (Python), raw (the "
                         "bytes of a bytes or str value; never to a terminal), hex")
     p.add_argument("--json", action="store_const", dest="format", const="json", help="same as --format json")
     p.add_argument("--ttl", action="store_true",
