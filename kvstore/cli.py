@@ -25,7 +25,7 @@ EPILOG = """\
 Stores: PATH is a store directory. Commands that only read (stat, ls, keys,
 get, inspect, dump, check, compact, backup) open it read-only: they work
 while other processes write and never create a store. put, load and demo
-create one; del and train-dict never do. Writes are
+create one; del, expire, persist and train-dict never do. Writes are
 durable: a command returns once its writes are synced to disk.
 
 Keys on the command line are bytes in one escaped form: a printable
@@ -59,12 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv):
+    """parse_args, letting a command's list of KEYs continue after its
+    options (`get PATH -n NS k1 k2`): argparse takes a positional list in
+    one run, so the run after the options would be left over. A command
+    that takes such a list names it in its defaults (`keys_dest`)."""
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "keys_dest", None)
+    if extra and dest is not None and not any(a.startswith("-") for a in extra):
+        getattr(args, dest).extend(extra)
+    elif extra:
+        parser.parse_args(argv)  # argparse's own message and exit status 2
+    if dest is not None and not getattr(args, dest) and not (args.match or args.prefix):
+        parser.error(f"{args.command}: give a KEY, or keys by --match GLOB or --prefix P")
+    return args
+
+
 def main(argv=None, out=None, *, clock=None) -> int:
     """Run the command argv (default: sys.argv[1:]), writing its report to
     out (default: stdout). clock: a callable returning wall-clock seconds,
     the clock of every store the command opens (for tests and
     simulations; default: time.time)."""
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     args.clock = clock
     return commands.dispatch(args, out if out is not None else sys.stdout)
 
