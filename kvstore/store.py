@@ -20,6 +20,7 @@ from . import codec as _codec
 from . import ttl as _ttl
 from .codec.format import inner_record
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
+from . import memoize as _memoize
 from .layout import DEFAULT_NAMESPACE, MAX_KEY_SIZE, check_key, check_namespace_name
 from .errors import (
     InvalidArgumentError,
@@ -312,6 +313,25 @@ class Store(Reads):
         if key not in self:
             raise KeyError(key)
         self.delete(key)
+
+    # ------------------------------------------------------------ memoize
+
+    def memoize(self, ttl: float | None = None, namespace: str | None = None, *, name: str | None = None,
+                key=None):
+        """A decorator caching a function's results in this store, by its
+        arguments (kvstore/memoize.py: keys, collisions, concurrency)::
+
+            @db.memoize(ttl=3600, namespace="tool-calls")
+            def search(query, top_k=5): ...
+
+        :param ttl: seconds a result is kept (None: the namespace's default)
+        :param namespace: where results are stored (default: this handle's)
+        :param name: the key prefix (default: the function's module.qualname)
+        :param key: key(*args, **kwargs) -> what the call's key is made of,
+            for arguments memoize cannot encode (default: the arguments)
+        """
+        handle = self if namespace is None else self._root.namespace(namespace)
+        return _memoize.memoize(handle, ttl, name=name, key=key)
 
     # ------------------------------------------------------------ dictionaries
 
