@@ -2,7 +2,7 @@
 returns a `Namespace` with the same methods over a separate keyspace.
 
 Keys are bytes or str (UTF-8), 1 to 511 bytes; they come back from scans and
-iteration as bytes. Values are anything msgpack carries; they are validated
+iteration as bytes, or as str through `namespace(name, keys=str)`. Values are anything msgpack carries; they are validated
 and encoded in the caller's thread, so a bad value raises at the call and can
 never poison a group commit. Reads see this process's pending writes first
 (read-your-writes), then the database. A value with a TTL (kvstore/ttl.py)
@@ -112,24 +112,31 @@ class Store(Reads):
         self._engine = self._attach()
         return self._engine
 
-    def namespace(self, name: str, *, ttl: float | None = None) -> "Namespace":
+    def namespace(self, name: str, *, ttl: float | None = None, keys: type = bytes) -> "Namespace":
         """A handle on namespace `name`, created (durably) if missing.
 
         :param ttl: the namespace's default TTL in seconds, for puts that
             give none: stored in the store (durably) if the namespace has
             none yet; if it has another, TTLMismatchError (change it with
             `set_default_ttl`). None: use whatever the namespace has.
+        :param keys: the type of the keys this handle's scans, iteration and
+            keys()/items() return: bytes (the default), or str (decoded from
+            UTF-8; a stored key that is not UTF-8 raises InvalidKeyError).
+            Keys given to any method may be either, whatever this says.
         :raises InvalidNamespaceError: not a str of 1-255 UTF-8 bytes, or starts with "__"
         :raises NamespaceLimitError: the store already holds max_namespaces namespaces
         :raises InvalidTTLError: ttl is not a finite number of seconds > 0
         """
         check_namespace_name(name)
+        if keys is not bytes and keys is not str:
+            raise InvalidArgumentError(f"keys must be bytes or str (the type scans return keys as), "
+                                       f"not {keys!r}")
         wanted = None if ttl is None else _ttl.default_to_ms(ttl)
         engine = self._live_engine()
         # A read-only handle never creates one, even when the engine it
         # shares with a writable handle of this process could.
         engine.dbi(name, create=not (engine.readonly or self.readonly))
-        handle = Namespace(self._root, name)
+        handle = Namespace(self._root, name, keys)
         if wanted is None:
             return handle
         current = engine.ttl.default(name)
@@ -438,13 +445,57 @@ class Store(Reads):
 
 class Namespace(Store):
     """A separate keyspace of a store, with the same methods. Shares the
-    store's engine; closing it only closes this handle."""
+    store's engine; closing it only closes this handle. With keys=str
+    (Store.namespace), its scans and iteration return keys as str."""
 
-    def __init__(self, root: Store, name: str):  # noqa: super().__init__ on purpose not called
+    def __init__(self, root: Store, name: str, keys: type = bytes):  # noqa: super().__init__ on purpose not called
         self._root = root
         self._ns = name
         self._closed = False
         self._path = root._path
+        self._keys = keys
+
+    @property
+    def key_type(self) -> type:
+        """bytes or str: the type of the keys scans and iteration return."""
+        return self._keys
+
+    # Keys as str: the scans of reads.py return bytes; these wrap them.
+
+    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False):
+        it = super().scan(prefix, start=start, stop=stop, reverse=reverse, keys_only=keys_only)
+        return it if self._keys is bytes else _str_keys(it, keys_only, self._ns)
+
+    def keys(self):
+        return self.scan(keys_only=True)
+
+    def items(self):
+        return self.scan()
+
+    def __iter__(self):
+        return self.scan(keys_only=True)
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        return text if self._keys is bytes else text[:-1] + " keys=str>"
+
+
+def _decoded(key: bytes, ns: str) -> str:
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidKeyError(f"key {key!r} in namespace {ns!r} is not UTF-8, so it has no str form; "
+                              f"read this namespace through a handle with keys=bytes (the default)") from None
+
+
+def _str_keys(it, keys_only: bool, ns: str):
+    """A scan's items with their keys decoded from UTF-8."""
+    if keys_only:
+        for key in it:
+            yield _decoded(key, ns)
+    else:
+        for key, value in it:
+            yield _decoded(key, ns), value
 
 
 class Batch:
