@@ -253,8 +253,10 @@ class Environment:
             if names:
                 raise FormatError(
                     f"{self.path!r} is an LMDB environment but not a kvstore store (it holds "
-                    f"{len(names)} keys or databases and no {META_DB.decode()} metadata); "
-                    f"import it with `kvstore load` instead"
+                    f"{len(names)} keys or databases and no {META_DB.decode()} metadata); import it "
+                    f"into a new store with LMDB's mdb_dump (Debian's lmdb-utils), its values as bytes: "
+                    f"`mdb_dump -a {self.path} | kvstore load NEW --raw` (each named database becomes a "
+                    f"namespace), or `mdb_dump {self.path} | kvstore load NEW --raw` (its main database)"
                 )
             if self.readonly:
                 raise StoreNotFoundError(f"{self.path!r} holds no kvstore store yet")

@@ -39,7 +39,8 @@ from ._records import examine, inner_dict_id
 from .dump import JSONL_FORMAT, JSONL_VERSION
 
 __all__ = ["Section", "Plan", "DICT_ID", "open_input", "input_lines", "detect_format", "record_from_jsonl",
-           "jsonl_header", "scan_jsonl", "scan_mdb", "route", "check_mdb_records"]
+           "record_from_object", "jsonl_header", "scan_jsonl", "scan_objects", "scan_mdb", "route",
+           "check_mdb_records"]
 
 DICT_ID = struct.Struct(">I")  # a dictionary id, in the keys and values of the metadata database
 _SERIALIZER = _codec.get_backend("python").Codec()  # checks that values can be stored
@@ -169,6 +170,58 @@ def record_from_jsonl(line: str, lineno: int):
     return key, value, expiry
 
 
+def record_from_object(line: str, lineno: int, key_field: str, value_field: str | None):
+    """(key bytes, value, None) of a JSON line as other tools write them: an
+    object whose member key_field is the key (a string, or an integer taken
+    as its decimal text) and whose member value_field is the value (None:
+    the whole object is). Plain JSON: numbers keep their type (1.0 stays a
+    float), and no member is a kvstore tag ($bytes, $map)."""
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
+    if type(doc) is not dict:
+        raise CommandError(f"line {lineno}: --key takes lines that are JSON objects, not a "
+                           f"{type(doc).__name__}")
+    if key_field not in doc:
+        raise CommandError(f"line {lineno}: no member {key_field!r} (--key) in this object; its members: "
+                           f"{', '.join(map(repr, list(doc)[:8]))}")
+    key = doc[key_field]
+    if type(key) is int:
+        key = str(key)
+    if type(key) is not str:
+        raise CommandError(f"line {lineno}: member {key_field!r} (--key) is a {type(key).__name__}; a key "
+                           f"is a string or an integer")
+    if value_field is None:
+        value = doc
+    elif value_field in doc:
+        value = doc[value_field]
+    else:
+        raise CommandError(f"line {lineno}: no member {value_field!r} (--value) in this object")
+    try:
+        key = check_key(key)
+        _SERIALIZER.serialize(value)  # a value msgpack cannot carry (an int over 64 bits)
+    except KVStoreError as exc:
+        raise CommandError(f"line {lineno}: {exc}") from None
+    return key, value, None
+
+
+def scan_objects(binary, key_field: str, value_field: str | None) -> Plan:
+    """Pass 1 of JSON lines from other tools (--key): one section, for the
+    default namespace (or -n), every line checked."""
+    section = Section(0, DEFAULT_NAMESPACE, 1)
+    for lineno, line in enumerate(input_lines(binary), 1):
+        if not line.strip():
+            continue
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CommandError(f"line {lineno}: not UTF-8 text") from None
+        record_from_object(line, lineno, key_field, value_field)
+        section.count += 1
+    return Plan("jsonl", [section])
+
+
 def jsonl_header(line: str, lineno: int):
     """The header document of a jsonl header line, or None for a record line."""
     if line.lstrip().startswith('{"k":'):
@@ -226,7 +279,10 @@ def _close_jsonl_section(section) -> None:
             f"{section.declared} records but holds {section.count}: the dump is truncated or edited")
 
 
-def scan_mdb(binary) -> Plan:
+def scan_mdb(binary, raw: bool = False) -> Plan:
+    """Pass 1 for mdb. raw: the dump of an LMDB environment that is not a
+    kvstore store (load --raw): its values are bytes to store as they are,
+    with no kvstore record to check; its keys are checked here."""
     plan = Plan("mdb", [])
     section = None
     meta = False
@@ -236,6 +292,9 @@ def scan_mdb(binary) -> Plan:
             if kind == "section":
                 _, name, header, lineno = event
                 meta = name == META_DB
+                if meta and raw:
+                    raise CommandError(f"line {lineno}: the dump holds the {META_DB.decode()} database: "
+                                       f"it is a kvstore store's; load it without --raw")
                 if not meta:
                     try:
                         source = DEFAULT_NAMESPACE if name is None else name.decode("utf-8")
@@ -250,6 +309,12 @@ def scan_mdb(binary) -> Plan:
                     plan.meta_records.append((key, value))
                     continue
                 section.count += 1
+                if raw:
+                    try:
+                        check_key(key)
+                    except KVStoreError as exc:
+                        raise CommandError(f"line {lineno}: {exc}") from None
+                    continue
                 dict_id = inner_dict_id(value)
                 if dict_id:
                     section.dict_ids.add(dict_id)
