@@ -148,10 +148,7 @@ def _seconds(doc, name: str, lineno: int) -> int:
 def record_from_jsonl(line: str, lineno: int):
     """(key bytes, value, expiry) of a jsonl record line: expiry is None, or
     (expires_ms, ttl_ms) from its expires_at and ttl."""
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
+    doc = _json_line(line, lineno)
     if type(doc) is not dict or "k" not in doc or "v" not in doc:
         raise CommandError(f"line {lineno}: a record line is {{\"k\": KEY, \"v\": VALUE}}")
     expiry = None
@@ -176,10 +173,7 @@ def record_from_object(line: str, lineno: int, key_field: str, value_field: str 
     as its decimal text) and whose member value_field is the value (None:
     the whole object is). Plain JSON: numbers keep their type (1.0 stays a
     float), and no member is a kvstore tag ($bytes, $map)."""
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
+    doc = _json_line(line, lineno)
     if type(doc) is not dict:
         raise CommandError(f"line {lineno}: --key takes lines that are JSON objects, not a "
                            f"{type(doc).__name__}")
@@ -206,10 +200,9 @@ def record_from_object(line: str, lineno: int, key_field: str, value_field: str 
     return key, value, None
 
 
-def scan_objects(binary, key_field: str, value_field: str | None) -> Plan:
-    """Pass 1 of JSON lines from other tools (--key): one section, for the
-    default namespace (or -n), every line checked."""
-    section = Section(0, DEFAULT_NAMESPACE, 1)
+def text_lines(binary):
+    """(line number, line) of the input's lines that are not blank, each
+    checked to be UTF-8 text."""
     for lineno, line in enumerate(input_lines(binary), 1):
         if not line.strip():
             continue
@@ -217,6 +210,21 @@ def scan_objects(binary, key_field: str, value_field: str | None) -> Plan:
             line.encode("utf-8")
         except UnicodeEncodeError:
             raise CommandError(f"line {lineno}: not UTF-8 text") from None
+        yield lineno, line
+
+
+def _json_line(line: str, lineno: int):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
+
+
+def scan_objects(binary, key_field: str, value_field: str | None) -> Plan:
+    """Pass 1 of JSON lines from other tools (--key): one section, for the
+    default namespace (or -n), every line checked."""
+    section = Section(0, DEFAULT_NAMESPACE, 1)
+    for lineno, line in text_lines(binary):
         record_from_object(line, lineno, key_field, value_field)
         section.count += 1
     return Plan("jsonl", [section])
@@ -226,23 +234,14 @@ def jsonl_header(line: str, lineno: int):
     """The header document of a jsonl header line, or None for a record line."""
     if line.lstrip().startswith('{"k":'):
         return None
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
+    doc = _json_line(line, lineno)
     return doc if type(doc) is dict and "kvstore" in doc else None
 
 
 def scan_jsonl(binary) -> Plan:
     sections: list[Section] = []
     current = None
-    for lineno, line in enumerate(input_lines(binary), 1):
-        if not line.strip():
-            continue
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:
-            raise CommandError(f"line {lineno}: not UTF-8 text") from None
+    for lineno, line in text_lines(binary):
         doc = jsonl_header(line, lineno)
         if doc is not None:
             if doc.get("kvstore") != JSONL_FORMAT:
