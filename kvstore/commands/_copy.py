@@ -11,7 +11,6 @@ import errno
 import os
 import shutil
 import tempfile
-import threading
 
 import lmdb
 
@@ -82,26 +81,10 @@ def copy_store(db, dest: str, compact: bool, label: str, rewrite=None) -> int:
     try:
         target = os.path.join(tmp, "data.mdb")
         expected = env.info()["map_used"]
-        done = threading.Event()
-        with Progress(label, expected, unit="bytes") as progress:
-            watcher = None
-            if progress.enabled:
-                def watch():
-                    while not done.wait(0.2):
-                        try:
-                            progress.set(os.path.getsize(target))
-                        except OSError:
-                            pass
-                watcher = threading.Thread(target=watch, daemon=True)
-                watcher.start()
-            try:
-                _copy(env, tmp, target, compact, dest)
-                if rewrite is not None:
-                    rewrite(tmp)
-            finally:
-                done.set()
-                if watcher is not None:
-                    watcher.join()
+        with Progress(label, expected, unit="bytes", poll=lambda: os.path.getsize(target)) as progress:
+            _copy(env, tmp, target, compact, dest)
+            if rewrite is not None:
+                rewrite(tmp)
             size = os.path.getsize(target)
             progress.set(size)
         try:

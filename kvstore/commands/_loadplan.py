@@ -105,13 +105,21 @@ def open_input(path):
     return spool
 
 
-def input_lines(binary):
+def input_lines(binary, progress=None):
     """The lines of the input from its start, as text (bytes that are not
-    UTF-8 kept as surrogate escapes)."""
+    UTF-8 kept as surrogate escapes). progress: a Progress in bytes, set to
+    how far the input has been read."""
     binary.seek(0)
     text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="\n")
     try:
-        yield from text
+        if progress is None:
+            yield from text
+        else:
+            for n, line in enumerate(text):
+                if not n & 0x3FF:
+                    progress.set(binary.tell())
+                yield line
+            progress.set(binary.tell())
     finally:
         try:
             text.detach()  # leave the file open for the next pass
@@ -200,10 +208,10 @@ def record_from_object(line: str, lineno: int, key_field: str, value_field: str 
     return key, value, None
 
 
-def text_lines(binary):
+def text_lines(binary, progress=None):
     """(line number, line) of the input's lines that are not blank, each
     checked to be UTF-8 text."""
-    for lineno, line in enumerate(input_lines(binary), 1):
+    for lineno, line in enumerate(input_lines(binary, progress), 1):
         if not line.strip():
             continue
         try:
@@ -220,11 +228,11 @@ def _json_line(line: str, lineno: int):
         raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
 
 
-def scan_objects(binary, key_field: str, value_field: str | None) -> Plan:
+def scan_objects(binary, key_field: str, value_field: str | None, progress=None) -> Plan:
     """Pass 1 of JSON lines from other tools (--key): one section, for the
     default namespace (or -n), every line checked."""
     section = Section(0, DEFAULT_NAMESPACE, 1)
-    for lineno, line in text_lines(binary):
+    for lineno, line in text_lines(binary, progress):
         record_from_object(line, lineno, key_field, value_field)
         section.count += 1
     return Plan("jsonl", [section])
@@ -238,10 +246,10 @@ def jsonl_header(line: str, lineno: int):
     return doc if type(doc) is dict and "kvstore" in doc else None
 
 
-def scan_jsonl(binary) -> Plan:
+def scan_jsonl(binary, progress=None) -> Plan:
     sections: list[Section] = []
     current = None
-    for lineno, line in text_lines(binary):
+    for lineno, line in text_lines(binary, progress):
         doc = jsonl_header(line, lineno)
         if doc is not None:
             if doc.get("kvstore") != JSONL_FORMAT:
@@ -278,7 +286,7 @@ def _close_jsonl_section(section) -> None:
             f"{section.declared} records but holds {section.count}: the dump is truncated or edited")
 
 
-def scan_mdb(binary, raw: bool = False) -> Plan:
+def scan_mdb(binary, raw: bool = False, progress=None) -> Plan:
     """Pass 1 for mdb. raw: the dump of an LMDB environment that is not a
     kvstore store (load --raw): its values are bytes to store as they are,
     with no kvstore record to check; its keys are checked here."""
@@ -286,7 +294,7 @@ def scan_mdb(binary, raw: bool = False) -> Plan:
     section = None
     meta = False
     try:
-        for event in _mdbtext.parse(input_lines(binary)):
+        for event in _mdbtext.parse(input_lines(binary, progress)):
             kind = event[0]
             if kind == "section":
                 _, name, header, lineno = event
@@ -389,7 +397,7 @@ def route(plan: Plan, namespace: str | None) -> None:
 # ---------------------------------------------------------------- pass 1, mdb: the records
 
 
-def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict) -> None:
+def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict, progress=None) -> None:
     """Pass 1 for mdb, the part that needs the dictionaries: every record's
     header and checksum, and every dictionary id known."""
     known = set(store_dicts) | set(plan.dump_dicts)
@@ -403,7 +411,7 @@ def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict) -> None:
     sections = iter(plan.sections)
     section = None
     dictionaries = dict.fromkeys(known)
-    for event in _mdbtext.parse(input_lines(binary)):
+    for event in _mdbtext.parse(input_lines(binary, progress)):
         if event[0] == "section":
             section = None if event[1] == META_DB else next(sections)
         elif event[0] == "record" and section is not None and section.dest is not None:

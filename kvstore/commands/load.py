@@ -253,19 +253,25 @@ def run(args, out) -> int:
     binary = open_input(args.input)
     try:
         fmt = fmt or detect_format(binary)
-        if fields is not None:
-            plan = scan_objects(binary, *fields)
-        else:
-            plan = scan_jsonl(binary) if fmt == "jsonl" else scan_mdb(binary, args.raw)
+        size = os.fstat(binary.fileno()).st_size
+        with Progress("load: checking", size, unit="bytes") as progress:
+            if fields is not None:
+                plan = scan_objects(binary, *fields, progress=progress)
+            elif fmt == "jsonl":
+                plan = scan_jsonl(binary, progress)
+            else:
+                plan = scan_mdb(binary, args.raw, progress)
         route(plan, args.namespace)
         chosen = [s for s in plan.sections if s.dest is not None]
         exists = os.path.exists(os.path.join(args.path, "data.mdb"))
         if fmt == "mdb" and not exists and not args.raw:
-            check_mdb_records(binary, plan, _codec.Codec(), {})
+            with Progress("load: checking records", size, unit="bytes") as progress:
+                check_mdb_records(binary, plan, _codec.Codec(), {}, progress)
         db = open_writable(args.path, create=True, clock=args.clock)
         try:
             if fmt == "mdb" and exists and not args.raw:
-                check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id)
+                with Progress("load: checking records", size, unit="bytes") as progress:
+                    check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id, progress)
             for s in chosen:  # create every destination, even for an empty section
                 if s.dest != DEFAULT_NAMESPACE:
                     db.namespace(s.dest)
