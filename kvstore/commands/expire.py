@@ -13,7 +13,6 @@ read and the write.
 
 from __future__ import annotations
 
-import math
 
 from kvstore import engine
 from kvstore import ttl as _ttl
