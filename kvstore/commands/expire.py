@@ -13,7 +13,6 @@ read and the write.
 
 from __future__ import annotations
 
-
 from kvstore import engine
 from kvstore import ttl as _ttl
 from kvstore.codec.format import inner_record, is_ttl, parse_ttl, wrap_ttl
