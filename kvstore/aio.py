@@ -292,11 +292,12 @@ class AsyncStore:
 
     # ------------------------------------------------------------ namespaces, state
 
-    async def anamespace(self, name: str, *, ttl: float | None = None) -> "AsyncStore":
+    async def anamespace(self, name: str, *, ttl: float | None = None, keys: type = bytes) -> "AsyncStore":
         """`Store.namespace`: a handle on namespace `name`, created (durably,
-        in a worker thread) if missing; `ttl`: its default TTL, as there."""
+        in a worker thread) if missing; `ttl`: its default TTL, `keys`: the
+        type of the keys its scans return, as there."""
         ns = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self._store.namespace(name, ttl=ttl))
+            None, lambda: self._store.namespace(name, ttl=ttl, keys=keys))
         return AsyncStore(ns)
 
     async def anamespaces(self) -> list[str]:

@@ -158,29 +158,28 @@ class Environment:
             raise StoreNotFoundError(f"cannot create the store directory {path!r}: {exc}") from None
         lockfile.check_not_replaced(path)
         try:
-            env = lmdb.open(
-                path,
-                map_size=opts.map_size,
-                subdir=True,
-                readonly=opts.readonly,
-                create=not opts.readonly,
-                sync=True,  # buffered writes wait in memory, never in an unsynced file
-                metasync=True,
-                max_dbs=opts.max_namespaces + 2,  # + default + __kvstore__
-                max_readers=opts.max_readers,
-                max_spare_txns=0,  # see _before_fork: a child must find no transaction to abort
-                readahead=False,  # random reads of a store bigger than RAM
-                lock=True,
-            )
+            env = self._lmdb_open(lock=True)
         except lmdb.Error as exc:
             if str(exc).endswith(os.strerror(errno.EROFS)):
                 raise ReadOnlyError(
                     f"cannot open {path!r} for writing: it is on a read-only file system ({exc}); "
                     f"open it with readonly=True, or remount the file system read-write"
                 ) from None
-            if isinstance(exc, lmdb.ReadonlyError) or "Permission denied" in str(exc):
+            denied = isinstance(exc, lmdb.ReadonlyError) or str(exc).endswith(
+                (os.strerror(errno.EACCES), os.strerror(errno.EPERM)))
+            if denied and opts.readonly:
+                # lock.mdb is not ours to write (another user's store): read
+                # without LMDB's lock when no writer can be active (lockfile.py)
+                self._data_lock_fd = lockfile.hold_lockless_read(path, exc)
+                try:
+                    return self._lmdb_open(lock=False)
+                except lmdb.Error as again:
+                    self._release_data_file()
+                    raise translate(again, f"opening {path!r}") from None
+            if denied:
                 raise ReadOnlyError(
-                    f"cannot open {path!r} for writing ({exc}); open it with readonly=True"
+                    f"cannot open {path!r} for writing ({exc}): this process may not write the "
+                    f"store's files; open it with readonly=True to read it"
                 ) from None
             raise translate(exc, f"opening {path!r}") from None
         # After LMDB's lock on lock.mdb, so that whoever holds data.mdb holds
@@ -188,11 +187,34 @@ class Environment:
         self._data_lock_fd = lockfile.hold_data_file(path)
         if not opts.readonly:
             try:
+                lockfile.check_no_lockless_reader(path)
+            except BaseException:
+                self._release_data_file()
+                env.close()
+                raise
+            try:
                 st = os.stat(os.path.join(path, "lock.mdb"))
                 self._lock_file_id = (st.st_dev, st.st_ino)
             except OSError:
                 pass
         return env
+
+    def _lmdb_open(self, lock: bool) -> lmdb.Environment:
+        opts = self.options
+        return lmdb.open(
+            self.path,
+            map_size=opts.map_size,
+            subdir=True,
+            readonly=opts.readonly,
+            create=not opts.readonly,
+            sync=True,  # buffered writes wait in memory, never in an unsynced file
+            metasync=True,
+            max_dbs=opts.max_namespaces + 2,  # + default + __kvstore__
+            max_readers=opts.max_readers,
+            max_spare_txns=0,  # see _before_fork: a child must find no transaction to abort
+            readahead=False,  # random reads of a store bigger than RAM
+            lock=lock,  # False only for a read-only open: lockfile.hold_lockless_read
+        )
 
     def _check_lock_file(self, doing: str) -> None:
         """In a write transaction: refuse to write when lock.mdb is no longer
@@ -233,8 +255,10 @@ class Environment:
             if names:
                 raise FormatError(
                     f"{self.path!r} is an LMDB environment but not a kvstore store (it holds "
-                    f"{len(names)} keys or databases and no {META_DB.decode()} metadata); "
-                    f"import it with `kvstore load` instead"
+                    f"{len(names)} keys or databases and no {META_DB.decode()} metadata); import it "
+                    f"into a new store with LMDB's mdb_dump (Debian's lmdb-utils), its values as bytes: "
+                    f"`mdb_dump -a {self.path} | kvstore load NEW --raw` (each named database becomes a "
+                    f"namespace), or `mdb_dump {self.path} | kvstore load NEW --raw` (its main database)"
                 )
             if self.readonly:
                 raise StoreNotFoundError(f"{self.path!r} holds no kvstore store yet")

@@ -30,6 +30,8 @@ __all__ = [
     # -- opening a store
     "FormatError",
     "StoreNotFoundError",
+    "StoreAccessError",
+    "StoreInUseError",
     # -- reading
     "CorruptionError",
     # -- committing
@@ -111,6 +113,19 @@ class FormatError(KVStoreError):
 
 class StoreNotFoundError(KVStoreError, FileNotFoundError):
     """No store at the path, and the call may not create one (readonly=True)."""
+
+
+class StoreAccessError(KVStoreError, PermissionError):
+    """This process may not use the store's files as the open needs: a
+    read-only open of a store whose lock.mdb it may not write, while other
+    processes have the store open (reading without LMDB's lock is safe only
+    when no writer can be active). Also a builtin ``PermissionError``."""
+
+
+class StoreInUseError(KVStoreError):
+    """A writable open while a process reads the store without LMDB's lock
+    (a reader that may not write lock.mdb): writing then could reuse pages
+    under that reader. Open it for writing once that reader has closed."""
 
 
 # ------------------------------------------------------------------- reading

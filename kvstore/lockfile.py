@@ -13,6 +13,14 @@ while an environment is open. Two ways of losing a store go through it:
   (`hold_data_file`); `check_not_replaced` refuses to open when data.mdb is
   held but lock.mdb is missing or unlocked. A process holding the old lock
   file finds out at its next write (Environment._check_lock_file).
+
+A third concern: reading a store whose lock.mdb this process may not write
+(another user's store). LMDB's readers register in lock.mdb, so that writers
+do not reuse the pages they read; without write access a reader can only
+open with LMDB's lock off, which is safe only while no writer is active.
+`hold_lockless_read` decides that, and `check_no_lockless_reader` keeps
+kvstore writers out meanwhile (see there). (A read-only file system needs
+none of this: LMDB reads it without a lock file, as nobody can write.)
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ import time
 
 import lmdb
 
-from .errors import FormatError, LockFileReplacedError, StoreNotFoundError
+from .errors import (FormatError, LockFileReplacedError, StoreAccessError, StoreInUseError,
+                     StoreNotFoundError)
 
-__all__ = ["check_empty_data_file", "check_not_replaced", "hold_data_file"]
+__all__ = ["check_empty_data_file", "check_not_replaced", "hold_data_file", "hold_lockless_read",
+           "check_no_lockless_reader"]
 
 _MiB = 1 << 20
 
@@ -159,9 +169,12 @@ def check_not_replaced(path: str) -> None:
     )
 
 
-def _held_by_others(file_path: str):
-    """Does another process hold a lock on byte 0 of the file? False when
-    the file is missing; None when that cannot be told."""
+def _held_by_others(file_path: str | None = None, fd: int | None = None):
+    """Does another process hold a lock on byte 0 of the file (or of the
+    file open as fd)? False when the file is missing; None when that cannot
+    be told."""
+    if fd is not None:
+        return _locked_by_others(fd)  # the OFD query: this descriptor's own locks never count
     try:
         fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -223,3 +236,71 @@ def may_add_log(path: str):
     store without one); close it once the log is added. None: another
     process uses the store without a log now."""
     return _lock_byte(path, fcntl.F_WRLCK, _NO_LOG_BYTE)
+
+
+# A reader without LMDB's lock holds a read lock on this byte of data.mdb
+# (not byte 0, which check_not_replaced reads as "uses a lock.mdb").
+_LOCKLESS_BYTE = 1
+
+
+def hold_lockless_read(path: str, cause) -> int:
+    """For a read-only open that LMDB refused because this process may not
+    write lock.mdb (cause: its error): mark this process as a reader without
+    LMDB's lock, then make sure no writer can be active; the descriptor
+    that holds the mark (close it to release it).
+
+    How we know no writer is active: every LMDB environment open on the
+    store, reader or writer, kvstore or not, holds a lock on byte 0 of
+    lock.mdb, and every kvstore process a lock on byte 0 of data.mdb. If
+    either is held by another process, the store is in use and this open is
+    refused (StoreAccessError). If neither is, nobody has it open, and a
+    kvstore writer that opens later sees the mark and refuses to open
+    (check_no_lockless_reader): the mark is set before the check here, and
+    the writer's lock on lock.mdb before its check there, so one of the two
+    always sees the other. Not covered: a writer that is not kvstore (LMDB's
+    mdb_load, another program) opening the store while this reads it."""
+    lock_path = os.path.join(path, "lock.mdb")
+    why = (f"this process may not write {lock_path}, where LMDB's readers register ({cause})")
+    try:
+        fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreAccessError(f"cannot read the store at {path!r}: {exc.strerror} "
+                               f"({exc.filename}); ask its owner for read access") from None
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, _LOCKLESS_BYTE, 1, 0))
+        in_use = _held_by_others(lock_path) is not False or _held_by_others(fd=fd) is not False
+    except (OSError, AttributeError):
+        in_use = None
+    if in_use:
+        os.close(fd)
+        what = ("other processes have the store open" if in_use is True
+                else "this system cannot tell whether other processes have the store open")
+        raise StoreAccessError(
+            f"cannot read the store at {path!r} read-only: {why}, and {what}, so reading it without "
+            f"LMDB's lock could see pages a writer is reusing; read it when no process has it open, "
+            f"or ask its owner for write access to {lock_path} (or for a copy: `kvstore backup`)")
+    return fd
+
+
+def check_no_lockless_reader(path: str) -> None:
+    """In a writable open, once LMDB holds its lock on lock.mdb: refuse
+    (StoreInUseError) while a process reads the store without LMDB's lock
+    (hold_lockless_read), whose pages a commit could reuse."""
+    try:
+        fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _LOCKLESS_BYTE, 1, 0)
+        try:
+            held = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))[0] != fcntl.F_UNLCK
+        except (OSError, AttributeError):
+            return
+    finally:
+        os.close(fd)
+    if held:
+        raise StoreInUseError(
+            f"cannot open the store at {path!r} for writing: a process of a user who may not write "
+            f"its lock.mdb is reading it without LMDB's lock, and a commit now could change pages "
+            f"under it; open it for writing once that reader has closed the store (or open it "
+            f"with readonly=True meanwhile)")

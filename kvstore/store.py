@@ -2,7 +2,7 @@
 returns a `Namespace` with the same methods over a separate keyspace.
 
 Keys are bytes or str (UTF-8), 1 to 511 bytes; they come back from scans and
-iteration as bytes. Values are anything msgpack carries; they are validated
+iteration as bytes, or as str through `namespace(name, keys=str)`. Values are anything msgpack carries; they are validated
 and encoded in the caller's thread, so a bad value raises at the call and can
 never poison a group commit. Reads see this process's pending writes first
 (read-your-writes), then the database. A value with a TTL (kvstore/ttl.py)
@@ -20,6 +20,7 @@ from . import codec as _codec
 from . import ttl as _ttl
 from .codec.format import inner_record
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
+from . import memoize as _memoize
 from .layout import DEFAULT_NAMESPACE, MAX_KEY_SIZE, check_key, check_namespace_name
 from .errors import (
     InvalidArgumentError,
@@ -111,22 +112,31 @@ class Store(Reads):
         self._engine = self._attach()
         return self._engine
 
-    def namespace(self, name: str, *, ttl: float | None = None) -> "Namespace":
+    def namespace(self, name: str, *, ttl: float | None = None, keys: type = bytes) -> "Namespace":
         """A handle on namespace `name`, created (durably) if missing.
 
         :param ttl: the namespace's default TTL in seconds, for puts that
             give none: stored in the store (durably) if the namespace has
             none yet; if it has another, TTLMismatchError (change it with
             `set_default_ttl`). None: use whatever the namespace has.
+        :param keys: the type of the keys this handle's scans, iteration and
+            keys()/items() return: bytes (the default), or str (decoded from
+            UTF-8; a stored key that is not UTF-8 raises InvalidKeyError).
+            Keys given to any method may be either, whatever this says.
         :raises InvalidNamespaceError: not a str of 1-255 UTF-8 bytes, or starts with "__"
         :raises NamespaceLimitError: the store already holds max_namespaces namespaces
         :raises InvalidTTLError: ttl is not a finite number of seconds > 0
         """
         check_namespace_name(name)
+        if keys is not bytes and keys is not str:
+            raise InvalidArgumentError(f"keys must be bytes or str (the type scans return keys as), "
+                                       f"not {keys!r}")
         wanted = None if ttl is None else _ttl.default_to_ms(ttl)
         engine = self._live_engine()
-        engine.dbi(name, create=not engine.readonly)
-        handle = Namespace(self._root, name)
+        # A read-only handle never creates one, even when the engine it
+        # shares with a writable handle of this process could.
+        engine.dbi(name, create=not (engine.readonly or self.readonly))
+        handle = Namespace(self._root, name, keys)
         if wanted is None:
             return handle
         current = engine.ttl.default(name)
@@ -179,7 +189,7 @@ class Store(Reads):
     def _dbi(self, engine, ns: str):
         dbi = engine.dbis.get(ns)
         if dbi is None:
-            dbi = engine.dbi(ns, create=not engine.readonly)
+            dbi = engine.dbi(ns, create=not (engine.readonly or self.readonly))
         return dbi
 
     # Each write method has a private twin taking `callback`: None for the
@@ -215,8 +225,8 @@ class Store(Reads):
         if self._closed or root._closed or engine.forked:
             engine = self._live_engine()
         writer = engine.writer
-        if writer is None:
-            self._writer(engine)  # raises ReadOnlyError
+        if writer is None or root._options.readonly:  # a read-only handle, maybe on a shared
+            self._writer(engine)  # writable engine: raises ReadOnlyError
         if type(key) is not str or not 0 < len(key) <= 127:  # 127 chars: at most 511 UTF-8 bytes
             key = check_key(key)
         else:
@@ -310,6 +320,25 @@ class Store(Reads):
         if key not in self:
             raise KeyError(key)
         self.delete(key)
+
+    # ------------------------------------------------------------ memoize
+
+    def memoize(self, ttl: float | None = None, namespace: str | None = None, *, name: str | None = None,
+                key=None):
+        """A decorator caching a function's results in this store, by its
+        arguments (kvstore/memoize.py: keys, collisions, concurrency)::
+
+            @db.memoize(ttl=3600, namespace="tool-calls")
+            def search(query, top_k=5): ...
+
+        :param ttl: seconds a result is kept (None: the namespace's default)
+        :param namespace: where results are stored (default: this handle's)
+        :param name: the key prefix (default: the function's module.qualname)
+        :param key: key(*args, **kwargs) -> what the call's key is made of,
+            for arguments memoize cannot encode (default: the arguments)
+        """
+        handle = self if namespace is None else self._root.namespace(namespace)
+        return _memoize.memoize(handle, ttl, name=name, key=key)
 
     # ------------------------------------------------------------ dictionaries
 
@@ -418,13 +447,57 @@ class Store(Reads):
 
 class Namespace(Store):
     """A separate keyspace of a store, with the same methods. Shares the
-    store's engine; closing it only closes this handle."""
+    store's engine; closing it only closes this handle. With keys=str
+    (Store.namespace), its scans and iteration return keys as str."""
 
-    def __init__(self, root: Store, name: str):  # noqa: super().__init__ on purpose not called
+    def __init__(self, root: Store, name: str, keys: type = bytes):  # noqa: super().__init__ on purpose not called
         self._root = root
         self._ns = name
         self._closed = False
         self._path = root._path
+        self._keys = keys
+
+    @property
+    def key_type(self) -> type:
+        """bytes or str: the type of the keys scans and iteration return."""
+        return self._keys
+
+    # Keys as str: the scans of reads.py return bytes; these wrap them.
+
+    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False):
+        it = super().scan(prefix, start=start, stop=stop, reverse=reverse, keys_only=keys_only)
+        return it if self._keys is bytes else _str_keys(it, keys_only, self._ns)
+
+    def keys(self):
+        return self.scan(keys_only=True)
+
+    def items(self):
+        return self.scan()
+
+    def __iter__(self):
+        return self.scan(keys_only=True)
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        return text if self._keys is bytes else text[:-1] + " keys=str>"
+
+
+def _decoded(key: bytes, ns: str) -> str:
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidKeyError(f"key {key!r} in namespace {ns!r} is not UTF-8, so it has no str form; "
+                              f"read this namespace through a handle with keys=bytes (the default)") from None
+
+
+def _str_keys(it, keys_only: bool, ns: str):
+    """A scan's items with their keys decoded from UTF-8."""
+    if keys_only:
+        for key in it:
+            yield _decoded(key, ns)
+    else:
+        for key, value in it:
+            yield _decoded(key, ns), value
 
 
 class Batch:

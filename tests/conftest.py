@@ -37,6 +37,27 @@ def codec_backend(request, monkeypatch):
         kvstore.codec.use(previous)
 
 
+# What `pytest -m "not slow"` leaves out (README: "Install, run, test"):
+# the property, crash and fault suites of tests/property (hypothesis state
+# machines, SIGKILLed writer processes, page flips) and the tests elsewhere
+# that took over 3 s each in a full run (`pytest --durations=60`).
+SLOW_DIRS = ("tests/property/",)
+SLOW_TESTS = {
+    "tests/test_lmdbfile.py::test_every_byte_of_a_branch_page_header_and_its_node_pointers",
+    "tests/test_close.py::test_close_while_durable_writers_run_always_returns_and_loses_nothing",
+    "tests/test_cli.py::test_dump_and_check_are_consistent_while_another_process_writes",
+    "tests/test_cli.py::test_backup_while_another_process_writes",
+    "tests/test_open_hardening.py::test_processes_creating_the_same_store_at_once",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        test = item.nodeid.split("[", 1)[0]
+        if test.startswith(SLOW_DIRS) or test in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def store_path(tmp_path):
     return str(tmp_path / "store")

@@ -18,14 +18,14 @@ import sys
 
 from kvstore.errors import KVStoreError
 
-from . import (backup, check, checkpoint, compact, delete, demo, dump, get, inspect, keys, load, ls,
-               put, stat, train_dict)
+from . import (backup, check, checkpoint, compact, delete, demo, dump, expire, get, inspect, keys, load,
+               ls, persist, put, stat, train_dict)
 from ._common import CommandError
 
 __all__ = ["COMMANDS", "add_parsers", "dispatch", "CommandError"]
 
-COMMANDS = (stat, ls, keys, get, put, delete, inspect, dump, load, check, compact, backup, checkpoint,
-            train_dict, demo)
+COMMANDS = (stat, ls, keys, get, put, delete, expire, persist, inspect, dump, load, check, compact, backup,
+            checkpoint, train_dict, demo)
 
 
 def add_parsers(subparsers) -> None:

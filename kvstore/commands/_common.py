@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-import time
+import threading
 
 import kvstore
 from kvstore import engine
@@ -169,51 +169,79 @@ def namespace_handle(db, name: str, create: bool = False):
 
 
 class Progress:
-    """A one-line progress report on stderr, redrawn at most 10 times a second;
-    silent when stderr is not a terminal."""
+    """A progress bar on stderr with count, rate and ETA (tqdm), drawn only
+    when the stream is a terminal; silent otherwise, and then tqdm is not
+    even imported (the CLI's start-up and piped runs pay nothing for it).
 
-    def __init__(self, label: str, total=None, *, unit: str = "", stream=None):
+    Every long command uses one, and a command of its own can too (compact:
+    a `with Progress(...)` around each long step):
+
+        with Progress("dump", total) as progress:    # total: None if unknown
+            for ...: progress.update()               # one more item done
+        with Progress("copy", nbytes, unit="bytes", poll=lambda: os.path.getsize(f)):
+            long_call()                              # poll() -> done so far, read 5 times a second
+
+    unit: "records" (the default), "bytes" (sizes in KiB/MiB) or any word.
+    poll: for work that reports nothing while it runs (an LMDB copy, zstd's
+    training); a thread calls it and redraws (poll may return None: only the
+    elapsed time moves)."""
+
+    def __init__(self, label: str, total=None, *, unit: str = "records", stream=None, poll=None):
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = is_terminal(self.stream)
-        self.label = label
         self.total = total
-        self.unit = unit
-        self.done = 0
-        self._last = 0.0
-        self._drawn = False
+        self.done = 0  # guarded by _lock (a poll thread may update too)
+        self._lock = threading.Lock()
+        self._bar = None
+        self._stop = None
+        if not self.enabled:
+            return
+        from tqdm import tqdm  # only for a terminal: see the class docstring
+
+        in_bytes = unit == "bytes"
+        self._bar = tqdm(total=total or None, desc=label, unit="B" if in_bytes else " " + unit,
+                         unit_scale=in_bytes, unit_divisor=1024 if in_bytes else 1000, file=self.stream,
+                         mininterval=0.1, dynamic_ncols=True, leave=True)
+        if poll is not None:
+            self._stop = threading.Event()
+            self._poller = threading.Thread(target=self._poll, args=(poll,), daemon=True)
+            self._poller.start()
+
+    def _poll(self, poll) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                done = poll()
+            except OSError:
+                continue
+            if done is None:
+                self._bar.refresh()
+            else:
+                self.set(done)
 
     def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.enabled:
-            now = time.monotonic()
-            if now - self._last >= 0.1:
-                self._last = now
-                self._draw()
+        if self._bar is None:
+            self.done += n
+            return
+        with self._lock:
+            self.done += n
+            self._bar.update(n)
 
     def set(self, done: int) -> None:
-        self.update(done - self.done)
-
-    def _fmt(self, n) -> str:
-        return human_size(n) if self.unit == "bytes" else f"{n:,}"
-
-    def _draw(self) -> None:
-        text = f"{self.label}: {self._fmt(self.done)}"
-        if self.total:
-            pct = min(100.0, 100.0 * self.done / self.total)
-            width = 30
-            fill = int(width * pct / 100)
-            text = (f"{self.label}: [{'#' * fill}{'.' * (width - fill)}] {pct:5.1f}% "
-                    f"{self._fmt(self.done)}/{self._fmt(self.total)}")
-        self.stream.write("\r" + text + "\x1b[K")
-        self.stream.flush()
-        self._drawn = True
+        if self._bar is None:
+            self.done = done
+            return
+        with self._lock:
+            self._bar.update(done - self.done)
+            self.done = done
 
     def close(self) -> None:
-        if self.enabled and self._drawn:
-            self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        if self._stop is not None:
+            self._stop.set()
+            self._poller.join()
+            self._stop = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __enter__(self):
         return self

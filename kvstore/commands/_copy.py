@@ -1,12 +1,16 @@
 """Copying a live store (LMDB's mdb_env_copy2) into a new directory,
-atomically: into a temporary directory beside DEST, synced, then renamed."""
+atomically: into a temporary directory beside DEST, synced, then renamed.
+
+The temporary directory is private (mkdtemp makes it 0700) while the copy
+is made; DEST then gets the mode `mkdir` would have given it (0777 less
+the umask). Errors name DEST, never the temporary directory."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
-import threading
 
 import lmdb
 
@@ -14,6 +18,7 @@ from kvstore import engine
 from kvstore.errors import translate
 
 from ._common import CommandError, Progress
+from ._output import umask, write_error
 
 __all__ = ["check_dest", "copy_store"]
 
@@ -46,6 +51,10 @@ def _copy(env, tmp: str, target: str, compact: bool, dest: str) -> None:
         except lmdb.MapResizedError:
             pass  # another process grew the map: adopt its size, start again
         except lmdb.Error as exc:
+            code = next((c for c in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+                         if str(exc).endswith(os.strerror(c))), None)
+            if code is not None:  # the copy's side: LMDB's text names the temporary directory
+                raise write_error(dest, OSError(code, os.strerror(code)), "copy the store to") from None
             raise translate(exc, f"copying the store to {dest!r}") from None
         finally:
             env.map_lock.release_shared()
@@ -64,38 +73,30 @@ def copy_store(db, dest: str, compact: bool, label: str, rewrite=None) -> int:
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
         raise CommandError(f"cannot create {dest!r}: {parent!r} is not a directory")
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(dest)) + ".", suffix=".tmp", dir=parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(dest)) + ".", suffix=".tmp",
+                               dir=parent)
+    except OSError as exc:
+        raise write_error(dest, exc, "create") from None
     try:
         target = os.path.join(tmp, "data.mdb")
         expected = env.info()["map_used"]
-        done = threading.Event()
-        with Progress(label, expected, unit="bytes") as progress:
-            watcher = None
-            if progress.enabled:
-                def watch():
-                    while not done.wait(0.2):
-                        try:
-                            progress.set(os.path.getsize(target))
-                        except OSError:
-                            pass
-                watcher = threading.Thread(target=watch, daemon=True)
-                watcher.start()
-            try:
-                _copy(env, tmp, target, compact, dest)
-                if rewrite is not None:
-                    rewrite(tmp)
-            finally:
-                done.set()
-                if watcher is not None:
-                    watcher.join()
+        with Progress(label, expected, unit="bytes", poll=lambda: os.path.getsize(target)) as progress:
+            _copy(env, tmp, target, compact, dest)
+            if rewrite is not None:
+                rewrite(tmp)
             size = os.path.getsize(target)
             progress.set(size)
-        _fsync_path(target)
+        try:
+            _fsync_path(target)
+        except OSError as exc:
+            raise write_error(dest, exc, "copy the store to") from None
         if os.path.isdir(dest):  # an empty directory: move the file in
             os.replace(target, os.path.join(dest, "data.mdb"))
             _fsync_path(dest)
             os.rmdir(tmp)
         else:
+            os.chmod(tmp, 0o777 & ~umask())
             os.rename(tmp, dest)
         _fsync_path(parent)
         return size

@@ -39,7 +39,8 @@ from ._records import examine, inner_dict_id
 from .dump import JSONL_FORMAT, JSONL_VERSION
 
 __all__ = ["Section", "Plan", "DICT_ID", "open_input", "input_lines", "detect_format", "record_from_jsonl",
-           "jsonl_header", "scan_jsonl", "scan_mdb", "route", "check_mdb_records"]
+           "record_from_object", "jsonl_header", "scan_jsonl", "scan_objects", "scan_mdb", "route",
+           "check_mdb_records"]
 
 DICT_ID = struct.Struct(">I")  # a dictionary id, in the keys and values of the metadata database
 _SERIALIZER = _codec.get_backend("python").Codec()  # checks that values can be stored
@@ -82,9 +83,21 @@ def open_input(path):
         source, close = f, True
     else:
         source, close = sys.stdin.buffer, False
-    spool = tempfile.TemporaryFile()
     try:
-        shutil.copyfileobj(source, spool, 1 << 20)
+        spool = tempfile.TemporaryFile()
+        try:
+            shutil.copyfileobj(source, spool, 1 << 20)
+        except OSError:
+            spool.close()
+            raise
+    except OSError as exc:
+        if exc.filename is not None:  # reading the input (a named pipe): its own name
+            raise
+        raise CommandError(
+            f"cannot keep a copy of the input ({'stdin' if path in (None, '-') else path}) in the "
+            f"temporary directory {tempfile.gettempdir()!r} ({exc.strerror or exc}), which load needs "
+            f"to read it twice; point TMPDIR at a file system with room, or give the input as a file "
+            f"with -i FILE") from None
     finally:
         if close:
             source.close()
@@ -92,13 +105,21 @@ def open_input(path):
     return spool
 
 
-def input_lines(binary):
+def input_lines(binary, progress=None):
     """The lines of the input from its start, as text (bytes that are not
-    UTF-8 kept as surrogate escapes)."""
+    UTF-8 kept as surrogate escapes). progress: a Progress in bytes, set to
+    how far the input has been read."""
     binary.seek(0)
     text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="\n")
     try:
-        yield from text
+        if progress is None:
+            yield from text
+        else:
+            for n, line in enumerate(text):
+                if not n & 0x3FF:
+                    progress.set(binary.tell())
+                yield line
+            progress.set(binary.tell())
     finally:
         try:
             text.detach()  # leave the file open for the next pass
@@ -135,10 +156,7 @@ def _seconds(doc, name: str, lineno: int) -> int:
 def record_from_jsonl(line: str, lineno: int):
     """(key bytes, value, expiry) of a jsonl record line: expiry is None, or
     (expires_ms, ttl_ms) from its expires_at and ttl."""
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
+    doc = _json_line(line, lineno)
     if type(doc) is not dict or "k" not in doc or "v" not in doc:
         raise CommandError(f"line {lineno}: a record line is {{\"k\": KEY, \"v\": VALUE}}")
     expiry = None
@@ -157,27 +175,81 @@ def record_from_jsonl(line: str, lineno: int):
     return key, value, expiry
 
 
-def jsonl_header(line: str, lineno: int):
-    """The header document of a jsonl header line, or None for a record line."""
-    if line.lstrip().startswith('{"k":'):
-        return None
+def record_from_object(line: str, lineno: int, key_field: str, value_field: str | None):
+    """(key bytes, value, None) of a JSON line as other tools write them: an
+    object whose member key_field is the key (a string, or an integer taken
+    as its decimal text) and whose member value_field is the value (None:
+    the whole object is). Plain JSON: numbers keep their type (1.0 stays a
+    float), and no member is a kvstore tag ($bytes, $map)."""
+    doc = _json_line(line, lineno)
+    if type(doc) is not dict:
+        raise CommandError(f"line {lineno}: --key takes lines that are JSON objects, not a "
+                           f"{type(doc).__name__}")
+    if key_field not in doc:
+        raise CommandError(f"line {lineno}: no member {key_field!r} (--key) in this object; its members: "
+                           f"{', '.join(map(repr, list(doc)[:8]))}")
+    key = doc[key_field]
+    if type(key) is int:
+        key = str(key)
+    if type(key) is not str:
+        raise CommandError(f"line {lineno}: member {key_field!r} (--key) is a {type(key).__name__}; a key "
+                           f"is a string or an integer")
+    if value_field is None:
+        value = doc
+    elif value_field in doc:
+        value = doc[value_field]
+    else:
+        raise CommandError(f"line {lineno}: no member {value_field!r} (--value) in this object")
     try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
-    return doc if type(doc) is dict and "kvstore" in doc else None
+        key = check_key(key)
+        _SERIALIZER.serialize(value)  # a value msgpack cannot carry (an int over 64 bits)
+    except KVStoreError as exc:
+        raise CommandError(f"line {lineno}: {exc}") from None
+    return key, value, None
 
 
-def scan_jsonl(binary) -> Plan:
-    sections: list[Section] = []
-    current = None
-    for lineno, line in enumerate(input_lines(binary), 1):
+def text_lines(binary, progress=None):
+    """(line number, line) of the input's lines that are not blank, each
+    checked to be UTF-8 text."""
+    for lineno, line in enumerate(input_lines(binary, progress), 1):
         if not line.strip():
             continue
         try:
             line.encode("utf-8")
         except UnicodeEncodeError:
             raise CommandError(f"line {lineno}: not UTF-8 text") from None
+        yield lineno, line
+
+
+def _json_line(line: str, lineno: int):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
+
+
+def scan_objects(binary, key_field: str, value_field: str | None, progress=None) -> Plan:
+    """Pass 1 of JSON lines from other tools (--key): one section, for the
+    default namespace (or -n), every line checked."""
+    section = Section(0, DEFAULT_NAMESPACE, 1)
+    for lineno, line in text_lines(binary, progress):
+        record_from_object(line, lineno, key_field, value_field)
+        section.count += 1
+    return Plan("jsonl", [section])
+
+
+def jsonl_header(line: str, lineno: int):
+    """The header document of a jsonl header line, or None for a record line."""
+    if line.lstrip().startswith('{"k":'):
+        return None
+    doc = _json_line(line, lineno)
+    return doc if type(doc) is dict and "kvstore" in doc else None
+
+
+def scan_jsonl(binary, progress=None) -> Plan:
+    sections: list[Section] = []
+    current = None
+    for lineno, line in text_lines(binary, progress):
         doc = jsonl_header(line, lineno)
         if doc is not None:
             if doc.get("kvstore") != JSONL_FORMAT:
@@ -214,16 +286,22 @@ def _close_jsonl_section(section) -> None:
             f"{section.declared} records but holds {section.count}: the dump is truncated or edited")
 
 
-def scan_mdb(binary) -> Plan:
+def scan_mdb(binary, raw: bool = False, progress=None) -> Plan:
+    """Pass 1 for mdb. raw: the dump of an LMDB environment that is not a
+    kvstore store (load --raw): its values are bytes to store as they are,
+    with no kvstore record to check; its keys are checked here."""
     plan = Plan("mdb", [])
     section = None
     meta = False
     try:
-        for event in _mdbtext.parse(input_lines(binary)):
+        for event in _mdbtext.parse(input_lines(binary, progress)):
             kind = event[0]
             if kind == "section":
                 _, name, header, lineno = event
                 meta = name == META_DB
+                if meta and raw:
+                    raise CommandError(f"line {lineno}: the dump holds the {META_DB.decode()} database: "
+                                       f"it is a kvstore store's; load it without --raw")
                 if not meta:
                     try:
                         source = DEFAULT_NAMESPACE if name is None else name.decode("utf-8")
@@ -238,6 +316,12 @@ def scan_mdb(binary) -> Plan:
                     plan.meta_records.append((key, value))
                     continue
                 section.count += 1
+                if raw:
+                    try:
+                        check_key(key)
+                    except KVStoreError as exc:
+                        raise CommandError(f"line {lineno}: {exc}") from None
+                    continue
                 dict_id = inner_dict_id(value)
                 if dict_id:
                     section.dict_ids.add(dict_id)
@@ -313,7 +397,7 @@ def route(plan: Plan, namespace: str | None) -> None:
 # ---------------------------------------------------------------- pass 1, mdb: the records
 
 
-def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict) -> None:
+def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict, progress=None) -> None:
     """Pass 1 for mdb, the part that needs the dictionaries: every record's
     header and checksum, and every dictionary id known."""
     known = set(store_dicts) | set(plan.dump_dicts)
@@ -327,7 +411,7 @@ def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict) -> None:
     sections = iter(plan.sections)
     section = None
     dictionaries = dict.fromkeys(known)
-    for event in _mdbtext.parse(input_lines(binary)):
+    for event in _mdbtext.parse(input_lines(binary, progress)):
         if event[0] == "section":
             section = None if event[1] == META_DB else next(sections)
         elif event[0] == "record" and section is not None and section.dest is not None:

@@ -37,8 +37,9 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "dump", help="write every record as text (jsonl, or mdb_dump's format)",
         description="Write the records of every namespace (or of one, with -n) as text, from one "
-                    "consistent snapshot. jsonl: decoded values, lossless, with their expiry "
-                    "(docs/cli.md); expired values are left out. mdb: the stored records verbatim in "
+                    "consistent snapshot. jsonl: per namespace a header line {kvstore, version, namespace, "
+                    "count, default_ttl}, then a line {k, v, expires_at, ttl} per record, values in the "
+                    "tagged encoding of `kvstore --help` (lossless); expired values are left out. mdb: the stored records verbatim in "
                     "the format of LMDB's mdb_dump (-a style with all namespaces, the __kvstore__ "
                     "metadata included).")
     p.add_argument("path", help="store directory")

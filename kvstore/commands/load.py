@@ -1,6 +1,11 @@
 """`kvstore load PATH`: load a dump made by `kvstore dump` (jsonl or mdb) or by
 LMDB's `mdb_dump -a`, into a new or existing store.
 
+Also data that was never a kvstore store: JSON lines as other tools write
+them (--key FIELD [--value FIELD]: one object per line, plain JSON), and
+`mdb_dump` text of any LMDB environment (--raw: its values stored as
+bytes).
+
 The input is read twice: a first pass (commands/_loadplan.py) checks all of
 it (structure, counts, keys, namespaces; for mdb each record's header and
 checksum, and that every dictionary a record names is in the dump or the
@@ -37,7 +42,7 @@ from . import _mdbtext
 from ._common import CommandError, Progress, now_of, open_writable, plural, quote_key
 from ._loadplan import DICT_ID as _ID
 from ._loadplan import (Plan, check_mdb_records, detect_format, input_lines, jsonl_header, open_input,
-                        record_from_jsonl, route, scan_jsonl, scan_mdb)
+                        record_from_jsonl, record_from_object, route, scan_jsonl, scan_mdb, scan_objects)
 from ._records import inner_dict_id
 
 __all__ = ["add_parser", "run"]
@@ -58,6 +63,14 @@ def add_parser(subparsers):
     p.add_argument("--format", choices=("jsonl", "mdb"),
                    help="input format (default: recognised from the first line)")
     p.add_argument("--no-overwrite", action="store_true", help="keep the value of keys the store already holds")
+    p.add_argument("--key", metavar="FIELD", dest="key_field",
+                   help="the input is JSON lines as other tools write them, one object per line: FIELD is "
+                        "the key (a string or an integer); plain JSON, numbers keep their type")
+    p.add_argument("--value", metavar="FIELD", dest="value_field",
+                   help="with --key: FIELD is the value (default: the whole object)")
+    p.add_argument("--raw", action="store_true",
+                   help="with mdb: the input is mdb_dump text of an LMDB environment that is not a kvstore "
+                        "store; each value is stored as bytes, as it is")
     return p
 
 
@@ -126,7 +139,9 @@ class _Loader:
         self.batch, self.nbytes = [], 0
 
 
-def _load_jsonl(binary, plan: Plan, db, loader: _Loader) -> None:
+def _load_jsonl(binary, plan: Plan, db, loader: _Loader, fields=None) -> None:
+    """Pass 2 for jsonl: a kvstore dump, or with fields (key, value) JSON
+    lines of other tools."""
     codec = engine.codec_of(db)
     dicts = engine.of(db).dicts
     dest = None
@@ -135,7 +150,7 @@ def _load_jsonl(binary, plan: Plan, db, loader: _Loader) -> None:
     for lineno, line in enumerate(input_lines(binary), 1):
         if not line.strip():
             continue
-        if jsonl_header(line, lineno) is not None:
+        if fields is None and jsonl_header(line, lineno) is not None:
             dest = next(section_iter).dest
             started = True
             continue
@@ -144,7 +159,10 @@ def _load_jsonl(binary, plan: Plan, db, loader: _Loader) -> None:
             started = True
         if dest is None:
             continue
-        key, value, expiry = record_from_jsonl(line, lineno)
+        if fields is None:
+            key, value, expiry = record_from_jsonl(line, lineno)
+        else:
+            key, value, expiry = record_from_object(line, lineno, *fields)
         try:
             record = codec.encode(value, dictionary=dicts.for_encoding(dest))
         except KVStoreError as exc:
@@ -187,10 +205,11 @@ def _merge_dictionaries(db, plan: Plan) -> set:
     return conflicts
 
 
-def _load_mdb(binary, plan: Plan, db, loader: _Loader, conflicts: set) -> None:
+def _load_mdb(binary, plan: Plan, db, loader: _Loader, conflicts: set, raw: bool = False) -> None:
     """Pass 2 for mdb: the records as they are (pass 1 checked them), except
     those compressed with a dump dictionary whose id the store uses for
-    another: decoded with the dump's and encoded again with the store's."""
+    another: decoded with the dump's and encoded again with the store's.
+    raw: each value is bytes to store (encoded as a bytes value)."""
     codec = engine.codec_of(db)
     env = engine.of(db)
     dump_dicts = {did: d for did, (_, d) in plan.dump_dicts.items()}
@@ -201,28 +220,58 @@ def _load_mdb(binary, plan: Plan, db, loader: _Loader, conflicts: set) -> None:
         if kind == "section":
             dest = None if event[1] == META_DB else next(sections).dest
         elif kind == "record" and dest is not None:
-            _, key, record, _lineno = event
-            if conflicts and inner_dict_id(record) in conflicts:
+            _, key, record, lineno = event
+            if raw:
+                try:
+                    record = codec.encode(bytes(record), dictionary=env.dicts.for_encoding(dest))
+                except KVStoreError as exc:
+                    raise CommandError(f"line {lineno}: key {quote_key(key)}: {exc}") from None
+            elif conflicts and inner_dict_id(record) in conflicts:
                 value = codec.decode(inner_record(record), dictionaries=dump_dicts)
                 prefix = record[:TTL_HEADER_SIZE] if record[0] == TTL_VERSION else b""  # kept as it is
                 record = prefix + codec.encode(value, dictionary=env.dicts.for_encoding(dest))
             loader.add(dest, key, record)
 
 
+def _options(args):
+    """(format, (key field, value field) or None): the input the options ask for."""
+    if args.value_field is not None and args.key_field is None:
+        raise CommandError("--value FIELD goes with --key FIELD (which member of each object is the key)")
+    if args.key_field is not None:
+        if args.format == "mdb" or args.raw:
+            raise CommandError("--key and --value read JSON lines; --format mdb and --raw read mdb_dump text")
+        return "jsonl", (args.key_field, args.value_field)
+    if args.raw:
+        if args.format == "jsonl":
+            raise CommandError("--raw reads mdb_dump text; for JSON lines of other tools give --key FIELD")
+        return "mdb", None
+    return args.format, None
+
+
 def run(args, out) -> int:
+    fmt, fields = _options(args)
     binary = open_input(args.input)
     try:
-        fmt = args.format or detect_format(binary)
-        plan = scan_jsonl(binary) if fmt == "jsonl" else scan_mdb(binary)
+        fmt = fmt or detect_format(binary)
+        size = os.fstat(binary.fileno()).st_size
+        with Progress("load: checking", size, unit="bytes") as progress:
+            if fields is not None:
+                plan = scan_objects(binary, *fields, progress=progress)
+            elif fmt == "jsonl":
+                plan = scan_jsonl(binary, progress)
+            else:
+                plan = scan_mdb(binary, args.raw, progress)
         route(plan, args.namespace)
         chosen = [s for s in plan.sections if s.dest is not None]
         exists = os.path.exists(os.path.join(args.path, "data.mdb"))
-        if fmt == "mdb" and not exists:
-            check_mdb_records(binary, plan, _codec.Codec(), {})
+        if fmt == "mdb" and not exists and not args.raw:
+            with Progress("load: checking records", size, unit="bytes") as progress:
+                check_mdb_records(binary, plan, _codec.Codec(), {}, progress)
         db = open_writable(args.path, create=True, clock=args.clock)
         try:
-            if fmt == "mdb" and exists:
-                check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id)
+            if fmt == "mdb" and exists and not args.raw:
+                with Progress("load: checking records", size, unit="bytes") as progress:
+                    check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id, progress)
             for s in chosen:  # create every destination, even for an empty section
                 if s.dest != DEFAULT_NAMESPACE:
                     db.namespace(s.dest)
@@ -232,9 +281,9 @@ def run(args, out) -> int:
                 for s in chosen:
                     loader.dbi(s.dest)
                 if fmt == "jsonl":
-                    _load_jsonl(binary, plan, db, loader)
+                    _load_jsonl(binary, plan, db, loader, fields)
                 else:
-                    _load_mdb(binary, plan, db, loader, _merge_dictionaries(db, plan))
+                    _load_mdb(binary, plan, db, loader, _merge_dictionaries(db, plan), args.raw)
                 loader.flush()
         finally:
             db.close()

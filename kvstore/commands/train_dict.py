@@ -8,7 +8,7 @@ import random
 from kvstore import engine
 from kvstore.dictionaries import DEFAULT_SAMPLES, MIN_SAMPLES
 
-from ._common import CommandError, human_size, namespace_dbi, open_writable, write_json
+from ._common import CommandError, Progress, human_size, namespace_dbi, open_writable, write_json
 from ._records import examine
 
 EVAL_SAMPLES = 1000  # values re-encoded to measure the ratio
@@ -58,13 +58,19 @@ def run(args, out) -> int:
         dbi = namespace_dbi(db, args.namespace)
         if dbi is None:
             raise CommandError(f"namespace {args.namespace!r} holds no values")
-        dict_id = db.train_dictionary(args.namespace, samples=args.samples)
+        # zstd's training reports nothing while it runs: the bar shows the time it takes
+        with Progress(f"train-dict: sampling up to {args.samples:,} values and training", poll=lambda: None):
+            dict_id = db.train_dictionary(args.namespace, samples=args.samples)
         dictionary = engine.of(db).dicts.by_id[dict_id]
         codec = engine.codec_of(db)
         values = _sample_values(db, dbi, EVAL_SAMPLES)
-        serialized = sum(len(codec.serialize(v)[1]) for v in values)
-        without = sum(len(codec.encode(v)) for v in values)
-        with_dict = sum(len(codec.encode(v, dictionary=dictionary)) for v in values)
+        serialized = without = with_dict = 0
+        with Progress("train-dict: measuring", len(values)) as progress:
+            for v in values:
+                serialized += len(codec.serialize(v)[1])
+                without += len(codec.encode(v))
+                with_dict += len(codec.encode(v, dictionary=dictionary))
+                progress.update()
         info = next(d for d in db.dictionaries() if d["id"] == dict_id)
     finally:
         db.close()
