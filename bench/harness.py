@@ -144,7 +144,7 @@ def missing_requirements(w: Workload) -> list[str]:
 # rows sit among those of its peers that do the same thing.
 FAMILIES = (
     ("write", ("fill*", "overwrite", "*txn-per-put*", "*-one-txn", "*commit-per-put", "*-set")),
-    ("read", ("read*", "*-readrandom", "*-get", "*-readhot")),
+    ("read", ("read*", "hotset-*", "*-readrandom", "*-get", "*-readhot")),
     ("scan", ("scan", "*-scan")),
     ("agent turn", ("mixed*", "*-mixed-*")),
     ("codec", ("codec-*",)),

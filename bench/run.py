@@ -60,6 +60,13 @@ kvstore (default options unless stated):
                  python bench/run.py --only readhot-tight
   readhot-uncached  the same Zipf reads with the cache off: what the cache saves
                  python bench/run.py --only readhot-uncached
+  hotset         cache hits against uncached gets of a small hot set (256 keys, each cached
+                 by the warm-up), two stores of the same records read in alternating
+                 blocks of 1,000 gets: hotset-hit-corpus / hotset-uncached-corpus on the
+                 corpus, hotset-hit-shapes / hotset-uncached-shapes on bench/data.py's
+                 generate_shapes() records (deeper nesting, longer lists, more small
+                 strings, tiny containers); prints the hit ratio
+                 python bench/run.py --only hotset
   scan           prefix scan of one session's messages, keys and decoded values (ops = scans)
                  python bench/run.py --only scan
   mixed          an agent turn: get the session's meta, its last 20 messages (reverse
@@ -206,6 +213,11 @@ TARGETS = [
            "Zipf reads, cache on, vs diskcache.Cache.get of the same keys", "issue 7"),
     Target("readhot", "readhot-uncached", None, "what the read cache saves on the same Zipf reads",
            "issue 7"),
+    # issue 17: a hit must never cost more than the read it saves, on any data set
+    Target("hotset-hit-corpus", "hotset-uncached-corpus", 3.0,
+           "cache hits vs uncached gets of a 256-key hot set, corpus records", "issue 17"),
+    Target("hotset-hit-shapes", "hotset-uncached-shapes", 3.0,
+           "the same on generate_shapes() records (deeper nesting, longer lists)", "issue 17"),
     Target("mixed", "sqlite-mixed-commit-per-write", 5.0,
            "agent turn, buffered puts, vs sqlite3 WAL with a commit per write (FULL)", "issue 7"),
     Target("mixed", "sqlite-mixed-normal-commit-per-write", None,

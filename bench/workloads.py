@@ -302,6 +302,67 @@ def readhot_uncached(ctx):
     return _readhot(ctx, "readhot-uncached", UNCACHED, "")
 
 
+HOT_SET = 256  # keys of the small hot set (hotset-*): every one cached after the warm-up
+HOT_BLOCK = 1000  # reads per block; cached and uncached blocks alternate
+
+
+def _hotset_records(ctx, name: str) -> list:
+    """ctx.records for the corpus; the same number of generate_shapes() records for "shapes"."""
+    if name == "corpus":
+        return ctx.records
+    return ctx.shared("shapes-records", lambda: bench_data.distinct(
+        bench_data.generate_shapes(min(ctx.n, bench_data.SHAPES_COUNT)), ctx.n))
+
+
+def _hotset(ctx, name: str) -> list:
+    """Cache hits against uncached gets of the same small hot set, in
+    alternating blocks of HOT_BLOCK reads: two stores holding the same
+    records, one read with the cache on (every hot key cached by the
+    warm-up), one with it off. Two Results: hotset-hit-NAME, hotset-uncached-NAME."""
+    records = _hotset_records(ctx, name)
+    rng = random.Random(ctx.seed + 5)
+    hot = [k for k, _ in rng.sample(records, min(HOT_SET, len(records)))]
+    keys = [rng.choice(hot) for _ in range(ctx.reads)]
+    blocks = [keys[i:i + HOT_BLOCK] for i in range(0, len(keys), HOT_BLOCK)]
+    with ctx.tmpdir() as d:
+        on, note_on = _reader(ctx, os.path.join(d, "cached"), records, **HOT_CACHE)
+        off, note_off = _reader(ctx, os.path.join(d, "uncached"), records, **UNCACHED)
+        for _ in range(3):  # a key is cached on its second miss
+            for k in hot:
+                on.get(k)
+        before = on.stats()["cache"]
+        times = {"hit": [0.0, [], 0], "uncached": [0.0, [], 0]}
+        for b, block in enumerate(blocks):  # alternate which side goes first
+            for side, db in (("hit", on), ("uncached", off))[::1 if b % 2 else -1]:
+                seconds, lat, found = time_gets(db.get, block)
+                t = times[side]
+                t[0] += seconds
+                t[1] += lat
+                t[2] += found
+        delta = _cache_delta(before, on.stats()["cache"])
+        on.close()
+        off.close()
+    out = []
+    for side in ("hit", "uncached"):
+        seconds, lat, found = times[side]
+        notes = [f"{len(hot)} hot keys of {len(records):,} {name} records, blocks of {HOT_BLOCK} alternated",
+                 found_note(found, len(keys)), note_on if side == "hit" else note_off]
+        extra = {"data_set": name, "hot_keys": len(hot), "found": found}
+        if side == "hit":
+            notes.insert(0, f"hit ratio {delta['hit_ratio']:.1%}")
+            extra.update(timed=delta)
+        out.append(Result(f"hotset-{side}-{name}", "kvstore", len(keys), seconds, 1, lat, extra=extra,
+                          note="; ".join(x for x in notes if x)))
+    return out
+
+
+@workload("hotset", f"cache hits vs uncached gets of a small hot set ({HOT_SET} keys), alternated in "
+                    f"blocks, on the corpus and on generate_shapes() records (deeper nesting, longer lists)")
+def hotset(ctx):
+    _cache_options(HOT_CACHE)
+    return _hotset(ctx, "corpus") + _hotset(ctx, "shapes")
+
+
 # ---------------------------------------------------------------- agent memory
 
 
