@@ -92,7 +92,8 @@ kvstore (default options unless stated):
                  db.train_dictionary()); runs once
                  python bench/run.py --only ratio
   scale          scale-fillrandom-N and scale-readrandom-N (cache off) at each --scale size,
-                 a fresh store per size; runs once
+                 a fresh store per size; runs once, but each size up to 100k runs 3 times in
+                 rounds (median shown), with the time of stalls and in the garbage collector
                  python bench/run.py --only scale --scale 1e4,1e5,1e6
 peers (same records; a peer whose package is missing is skipped with a note):
   lmdb-txn-per-put-sync      raw py-lmdb (sync=True), one write txn + commit per put,
@@ -459,8 +460,11 @@ def print_scale(results: list, out=print) -> list:
         return []
     sizes = sorted({r.extra["records"] for r in rows})
     by = {(r.name.split("-")[1], r.extra["records"]): r for r in rows}
-    _section(out, ["SCALE: kvstore throughput as the store grows (fresh store per size; % of the smallest size)"],
-             f"{'records':>10} {'fillrandom ops/s':>17} {'%':>5} {'readrandom ops/s':>17} {'%':>5} {'store MB':>9}")
+    _section(out, ["SCALE: kvstore throughput as the store grows (fresh store per size; % of the smallest size;",
+                   "       median of 3 runs up to 100k records, sizes alternated in rounds; stall s: time in calls",
+                   "       over 10 ms, gc s: time in the garbage collector, fill + read, of the median runs)"],
+             f"{'records':>10} {'fillrandom ops/s':>17} {'%':>5} {'readrandom ops/s':>17} {'%':>5} {'store MB':>9} "
+             f"{'runs':>5} {'stall s':>8} {'gc s':>6}")
     doc = []
     first = {w: by.get((w, sizes[0])) for w in ("fillrandom", "readrandom")}
     for n in sizes:
@@ -475,7 +479,12 @@ def print_scale(results: list, out=print) -> list:
             entry[w] = r.ops_per_sec
         fill = by.get(("fillrandom", n))
         mb = fill.extra["map_used"] / MiB if fill else None
-        out(f"{n:>10,} {cells[0]} {cells[1]} {'-' if mb is None else f'{mb:,.0f}':>9}")
+        both = [r for r in (fill, by.get(("readrandom", n))) if r is not None]
+        stall = sum(r.extra.get("stall_seconds", 0.0) for r in both)
+        gcs = sum(r.extra.get("gc_seconds", 0.0) for r in both)
+        entry.update(stall_seconds=stall, gc_seconds=gcs, runs=len(both[0].extra.get("runs", [0])) if both else 0)
+        out(f"{n:>10,} {cells[0]} {cells[1]} {'-' if mb is None else f'{mb:,.0f}':>9} {entry['runs']:>5} "
+            f"{stall:>8.2f} {gcs:>6.2f}")
         doc.append(entry)
     return doc
 
