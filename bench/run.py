@@ -37,7 +37,8 @@ Workloads ({T} = --threads, 8 by default); run one alone with the command shown:
 kvstore (default options unless stated):
   fillseq        buffered puts, 1 thread, keys in sorted order, timed until flush() returns
                  python bench/run.py --only fillseq
-  fillrandom     buffered puts, 1 thread, keys in random order, timed until flush() returns
+  fillrandom     buffered puts, 1 thread, keys in random order, timed until flush() returns;
+                 then (untimed) where its bytes go (kvstore stat) and its size after kvstore compact
                  python bench/run.py --only fillrandom
   fillsync       durable puts (durable=True), 1 thread
                  python bench/run.py --only fillsync
@@ -451,7 +452,32 @@ def print_sizes(results: list, out=print) -> list:
         for r in disk:
             out(f"  {r.name:<36} {r.extra['disk_bytes_per_record']:>8,.0f}   ({r.system})")
             doc.append({"name": r.name, "system": r.system, "disk_bytes_per_record": r.extra["disk_bytes_per_record"]})
+            if "compact_disk_bytes_per_record" in r.extra:
+                name = f"{r.name}, then kvstore compact"
+                out(f"  {name:<36} {r.extra['compact_disk_bytes_per_record']:>8,.0f}   ({r.system})")
+                doc.append({"name": name, "system": r.system,
+                            "disk_bytes_per_record": r.extra["compact_disk_bytes_per_record"]})
+        for r in disk:
+            if "footprint" in r.extra:
+                _print_footprint(r, out)
     return doc
+
+
+def _print_footprint(r, out) -> None:
+    """Where kvstore's bytes go after the fill and after compact, per record."""
+    out(f"  where {r.name}'s bytes go, per record (kvstore stat's page walk):")
+    out(f"  {'':<22} {'branch+leaf':>11} {'leaf fill':>9} {'overflow':>8} {'ovf fill':>8} {'free':>6} "
+        f"{'prealloc':>8} {'total':>6}")
+    for label, key in (("after the fill", "footprint"), ("after kvstore compact", "compacted_footprint")):
+        f = r.extra[key]
+        pg, ps, n = f["pages"], f["page_size"], r.ops
+        cells = [(pg["branch"] + pg["leaf"]) * ps / n, pg["overflow"] * ps / n, pg["free"] * ps / n,
+                 f["preallocated_bytes"] / n]
+        total = sum(cells) + pg["meta"] * ps / n
+        fill = "-" if pg["fill"] is None else f"{100 * pg['fill']:.0f}%"
+        ofill = "-" if pg["overflow_fill"] is None else f"{100 * pg['overflow_fill']:.0f}%"
+        out(f"  {label:<22} {cells[0]:>11,.0f} {fill:>9} {cells[1]:>8,.0f} {ofill:>8} {cells[2]:>6,.0f} "
+            f"{cells[3]:>8,.0f} {total:>6,.0f}")
 
 
 def print_scale(results: list, out=print) -> list:

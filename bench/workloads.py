@@ -89,9 +89,30 @@ def _buffered_fill(ctx, name, records, note="", disk=False, **options) -> Result
         db.close()
         if disk:  # the store's files after close, for the SIZE section
             extra["disk_bytes_per_record"] = dir_bytes(d) / len(records)
+            extra.update(_footprint(os.path.join(d, "store"), os.path.join(d, "compacted"), len(records)))
     extra.update(options)
     return Result(name, "kvstore", len(records), seconds, 1, lat,
                   note="; ".join(x for x in (note, _commit_note(extra)) if x), extra=extra)
+
+
+def _footprint(path: str, compacted: str, n: int) -> dict:
+    """Where a closed store's bytes go (`kvstore stat`'s page walk), and its
+    size after `kvstore compact` (untimed)."""
+    import io
+    import json
+
+    from kvstore.cli import main
+
+    def stat(p):
+        out = io.StringIO()
+        main(["stat", p, "--json"], out=out)
+        doc = json.loads(out.getvalue())
+        return {"pages": doc["pages"], "page_size": doc["environment"]["page_size"],
+                "preallocated_bytes": doc["environment"]["preallocated_bytes"]}
+
+    main(["compact", path, "-o", compacted], out=io.StringIO())
+    return {"footprint": stat(path), "compacted_footprint": stat(compacted),
+            "compact_disk_bytes_per_record": dir_bytes(compacted) / n}
 
 
 @workload("fillseq", "buffered puts, 1 thread, keys in sorted order, timed until flush() returns")
