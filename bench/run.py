@@ -57,6 +57,9 @@ kvstore (default options unless stated):
                  cache's bytes against its limit. Fails, never runs uncached, when this
                  kvstore has no read cache
                  python bench/run.py --only readhot
+  readhot-admit-all  readhot with a cache that admits a key on its first miss (no doorkeeper):
+                 whether admission on the second miss pays
+                 python bench/run.py --only 'readhot,readhot-admit-all'
   readhot-tight  the same with cache_bytes=2 MiB, so the byte limit binds
                  python bench/run.py --only readhot-tight
   readhot-uncached  the same Zipf reads with the cache off: what the cache saves
@@ -74,6 +77,8 @@ kvstore (default options unless stated):
                  prefix scan), put 3 messages and an episode, rewrite the meta (buffered
                  puts); ops = turns, timed until flush()
                  python bench/run.py --only mixed
+  mixed-admit-all  the mixed turn with a cache that admits a key on its first miss
+                 python bench/run.py --only 'mixed,mixed-admit-all'
   mixed-durable  the same turn with its 5 writes in one db.batch(durable=True)
                  python bench/run.py --only mixed-durable
   langgraph-mixed  the same turns through kvstore's LangGraph checkpointer (KVStoreSaver,
@@ -215,6 +220,10 @@ TARGETS = [
            "Zipf reads, cache on, vs diskcache.Cache.get of the same keys", "issue 7"),
     Target("readhot", "readhot-uncached", None, "what the read cache saves on the same Zipf reads",
            "issue 7"),
+    Target("readhot", "readhot-admit-all", None,
+           "admission on the second miss vs caching every first miss, Zipf reads", "issue 17"),
+    Target("mixed", "mixed-admit-all", None,
+           "admission on the second miss vs caching every first miss, agent turns", "issue 17"),
     # issue 17: a hit must never cost more than the read it saves, on any data set
     Target("hotset-hit-corpus", "hotset-uncached-corpus", 3.0,
            "cache hits vs uncached gets of a 256-key hot set, corpus records", "issue 17"),
