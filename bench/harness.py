@@ -265,8 +265,9 @@ STALL = 0.010  # a call slower than this (s) counts towards stall_seconds
 
 
 def stall_seconds(lat: list) -> float:
-    """Time spent in calls slower than STALL: what a stall of the machine,
-    a full GC or a slow fsync adds to a loop whose median call takes microseconds."""
+    """Time spent in calls slower than STALL: what a stall of the machine, a
+    full GC, or a put waiting for a commit while the queue is full, adds to a
+    loop whose median call takes microseconds."""
     return sum(x for x in lat if x > STALL)
 
 

@@ -100,6 +100,7 @@ kvstore (default options unless stated):
   scale          scale-fillrandom-N and scale-readrandom-N (cache off) at each --scale size,
                  a fresh store per size; runs once, but each size up to 100k runs 3 times in
                  rounds (median shown), with the time of stalls and in the garbage collector
+                 (the bench's own objects frozen out of it, gc.freeze, while a loop is timed)
                  python bench/run.py --only scale --scale 1e4,1e5,1e6
 peers (same records; a peer whose package is missing is skipped with a note):
   lmdb-txn-per-put-sync      raw py-lmdb (sync=True), one write txn + commit per put,
@@ -497,7 +498,8 @@ def print_scale(results: list, out=print) -> list:
     by = {(r.name.split("-")[1], r.extra["records"]): r for r in rows}
     _section(out, ["SCALE: kvstore throughput as the store grows (fresh store per size; % of the smallest size;",
                    "       median of 3 runs up to 100k records, sizes alternated in rounds; stall s: time in calls",
-                   "       over 10 ms, gc s: time in the garbage collector, fill + read, of the median runs)"],
+                   "       over 10 ms (a stall, a full GC, a put waiting for a commit), gc s: time in the garbage",
+                   "       collector, fill + read, of the median runs)"],
              f"{'records':>10} {'fillrandom ops/s':>17} {'%':>5} {'readrandom ops/s':>17} {'%':>5} {'store MB':>9} "
              f"{'runs':>5} {'stall s':>8} {'gc s':>6}")
     doc = []
