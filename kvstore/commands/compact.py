@@ -5,7 +5,7 @@ LMDB's own compacting copy (mdb_env_copy2 with MDB_CP_COMPACT) drops the
 free pages but copies every page as it is: a store built by random inserts
 keeps its leaf pages about two thirds full. So the copy is then rewritten
 database by database in key order with MDB_APPEND, which fills each page
-before starting the next (bench/README.md, "Footprint", measures both)."""
+before starting the next (bench/README.md, "Issue 17", measures both)."""
 
 from __future__ import annotations
 
