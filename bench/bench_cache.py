@@ -61,6 +61,7 @@ import zstandard
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
 import kvstore  # noqa: E402
 from kvstore import engine  # noqa: E402
@@ -201,22 +202,25 @@ def freeze(v):
 
 def measure_forms(records, rounds: int) -> None:
     """Per record: what a hit costs to hand out a private copy, and what a
-    fill costs to make the cached form, for each way of keeping values."""
+    fill costs to make the cached form, for each way of keeping values; then
+    per kind of record, on the corpus and on bench/data.py's
+    generate_shapes() records, the forms kvstore/copyplan.py chooses from."""
     import msgpack
+
+    from kvstore import copyplan
 
     values = [v for _, v in records]
 
-    from kvstore.copyplan import copy_planned as _copy, snapshot as _snapshot
+    def forced_plan(v):  # the plan copy's form, whatever snapshot would choose
+        return copyplan._planned(v, 0, [0, 0])
 
     packed = [msgpack.packb(v, use_bin_type=True) for v in values]
     marshalled = [marshal.dumps(v) for v in values]
-    planned = [_snapshot(v) for v in values]
+    planned = [forced_plan(v) for v in values]
+    chosen = [copyplan.snapshot(v) for v in values]
 
-    def planned_copy(vp):
-        v, plan = vp
-        if plan is None:
-            return v
-        return _copy(v, plan) if plan else v.copy()
+    def copy_out(vp):
+        return copyplan.copy_out(*vp)
 
     def each(fn, data):
         gc.collect()
@@ -228,8 +232,10 @@ def measure_forms(records, rounds: int) -> None:
     tests = {
         "deepcopy": (copy.deepcopy, values),
         "copier": (copier, values),
-        "plan copy": (planned_copy, planned),
-        "snapshot": (_snapshot, values),
+        "plan copy": (copy_out, planned),
+        "plan": (forced_plan, values),
+        "chosen": (copy_out, chosen),
+        "snapshot": (copyplan.snapshot, values),
         "unpackb": (lambda b: msgpack.unpackb(b, raw=False, strict_map_key=False), packed),
         "packb": (lambda v: msgpack.packb(v, use_bin_type=True), values),
         "loads": (marshal.loads, marshalled),
@@ -248,24 +254,41 @@ def measure_forms(records, rounds: int) -> None:
     rows = [
         ("copy.deepcopy (copy at fill and hit)", best["deepcopy"], best["deepcopy"]),
         ("hand-written copier (same)", best["copier"], best["copier"]),
-        ("copier driven by a plan (chosen)", best["plan copy"], best["snapshot"]),
+        ("copier driven by a plan", best["plan copy"], best["plan"]),
         ("msgpack bytes (unpackb / packb)", best["unpackb"], best["packb"]),
         ("marshal bytes (loads / dumps)", best["loads"], best["dumps"]),
+        ("plan or marshal per value (chosen)", best["chosen"], best["snapshot"]),
         ("immutable structures (- / freeze)", 0.0, best["freeze"]),
     ]
     for name, hit, fill in rows:
         print(f"  {name:38s} {hit:6.2f} {fill:6.2f}")
 
-    kinds: dict[str, list[int]] = {}
-    for i, (key, _) in enumerate(records):
-        kinds.setdefault(key.split(":")[0], []).append(i)
-    print(f"  hit by kind of record    {'n':>6s} {'copier':>7s} {'plan':>7s} {'marshal':>7s}")
-    for kind, idx in kinds.items():
-        row = []
-        for fn, data in (tests["copier"], tests["plan copy"], tests["loads"]):
-            sub = [data[i] for i in idx]
-            row.append(min(each(fn, sub) for _ in range(3)))
-        print(f"  {kind:24s} {len(idx):6,d} {row[0]:7.2f} {row[1]:7.2f} {row[2]:7.2f}")
+    import data as bench_data  # bench/data.py: the second data set
+
+    def _shape(v):  # (containers, items) as snapshot counts them
+        shape = [0, 0]
+        copyplan._planned(v, 0, shape)
+        return shape
+
+    print("\nhit by kind of record, CPU us per record (fastest of 3); C containers and I items "
+          "per record; chosen: what copyplan.snapshot picks for most records of the kind")
+    print(f"  {'data':7s} {'kind':8s} {'n':>6s} {'C':>6s} {'I':>6s} {'plan':>7s} {'marshal':>7s} "
+          f"{'unpackb':>7s}  chosen")
+    for name, recs in (("corpus", records), ("shapes", bench_data.generate_shapes())):
+        kinds: dict[str, list] = {}
+        for key, value in recs:
+            kinds.setdefault(key.split(":")[0], []).append(value)
+        for kind, vs in kinds.items():
+            vs = vs[:4000]
+            shapes = [_shape(v) for v in vs]
+            forms = {"plan": (copy_out, [forced_plan(v) for v in vs]),
+                     "marshal": (marshal.loads, [marshal.dumps(v) for v in vs]),
+                     "unpackb": (tests["unpackb"][0], [msgpack.packb(v, use_bin_type=True) for v in vs])}
+            us = [min(each(fn, data) for _ in range(3)) for fn, data in forms.values()]
+            loads = sum(copyplan.snapshot(v)[1] is copyplan.LOADS for v in vs)
+            print(f"  {name:7s} {kind:8s} {len(vs):6,d} {sum(c for c, _ in shapes) / len(vs):6.1f} "
+                  f"{sum(i for _, i in shapes) / len(vs):6.1f} {us[0]:7.2f} {us[1]:7.2f} {us[2]:7.2f}  "
+                  f"{'marshal' if 2 * loads > len(vs) else 'plan'}")
 
 
 # ---------------------------------------------------------------- main

@@ -144,7 +144,7 @@ def missing_requirements(w: Workload) -> list[str]:
 # rows sit among those of its peers that do the same thing.
 FAMILIES = (
     ("write", ("fill*", "overwrite", "*txn-per-put*", "*-one-txn", "*commit-per-put", "*-set")),
-    ("read", ("read*", "*-readrandom", "*-get", "*-readhot")),
+    ("read", ("read*", "hotset-*", "*-readrandom", "*-get", "*-readhot")),
     ("scan", ("scan", "*-scan")),
     ("agent turn", ("mixed*", "*-mixed-*")),
     ("codec", ("codec-*",)),
@@ -233,6 +233,42 @@ def time_gets(get: Callable, keys) -> tuple[float, list, int]:
         lat.append(pc() - t)
         found += value is not None
     return pc() - t0, lat, found
+
+
+class GCTime:
+    """Seconds the garbage collector ran, and its full (generation 2)
+    collections, while the block runs (gc.callbacks): `with GCTime() as g:`.
+    A long run holds a large heap (records, every run's latency lists), so
+    a full collection inside a short timed loop can cost more than the loop."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.full = 0
+        self._start = 0.0
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.full += info["generation"] == 2
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
+STALL = 0.010  # a call slower than this (s) counts towards stall_seconds
+
+
+def stall_seconds(lat: list) -> float:
+    """Time spent in calls slower than STALL: what a stall of the machine, a
+    full GC, or a put waiting for a commit while the queue is full, adds to a
+    loop whose median call takes microseconds."""
+    return sum(x for x in lat if x > STALL)
 
 
 def found_note(found: int, expected: int) -> str:

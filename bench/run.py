@@ -37,7 +37,8 @@ Workloads ({T} = --threads, 8 by default); run one alone with the command shown:
 kvstore (default options unless stated):
   fillseq        buffered puts, 1 thread, keys in sorted order, timed until flush() returns
                  python bench/run.py --only fillseq
-  fillrandom     buffered puts, 1 thread, keys in random order, timed until flush() returns
+  fillrandom     buffered puts, 1 thread, keys in random order, timed until flush() returns;
+                 then (untimed) where its bytes go (kvstore stat) and its size after kvstore compact
                  python bench/run.py --only fillrandom
   fillsync       durable puts (durable=True), 1 thread
                  python bench/run.py --only fillsync
@@ -56,16 +57,28 @@ kvstore (default options unless stated):
                  cache's bytes against its limit. Fails, never runs uncached, when this
                  kvstore has no read cache
                  python bench/run.py --only readhot
+  readhot-admit-all  readhot with a cache that admits a key on its first miss (no doorkeeper):
+                 whether admission on the second miss pays
+                 python bench/run.py --only 'readhot,readhot-admit-all'
   readhot-tight  the same with cache_bytes=2 MiB, so the byte limit binds
                  python bench/run.py --only readhot-tight
   readhot-uncached  the same Zipf reads with the cache off: what the cache saves
                  python bench/run.py --only readhot-uncached
+  hotset         cache hits against uncached gets of a small hot set (256 keys, each cached
+                 by the warm-up), two stores of the same records read in alternating
+                 blocks of 1,000 gets: hotset-hit-corpus / hotset-uncached-corpus on the
+                 corpus, hotset-hit-shapes / hotset-uncached-shapes on bench/data.py's
+                 generate_shapes() records (deeper nesting, longer lists, more small
+                 strings, tiny containers); prints the hit ratio
+                 python bench/run.py --only hotset
   scan           prefix scan of one session's messages, keys and decoded values (ops = scans)
                  python bench/run.py --only scan
   mixed          an agent turn: get the session's meta, its last 20 messages (reverse
                  prefix scan), put 3 messages and an episode, rewrite the meta (buffered
                  puts); ops = turns, timed until flush()
                  python bench/run.py --only mixed
+  mixed-admit-all  the mixed turn with a cache that admits a key on its first miss
+                 python bench/run.py --only 'mixed,mixed-admit-all'
   mixed-durable  the same turn with its 5 writes in one db.batch(durable=True)
                  python bench/run.py --only mixed-durable
   langgraph-mixed  the same turns through kvstore's LangGraph checkpointer (KVStoreSaver,
@@ -85,7 +98,9 @@ kvstore (default options unless stated):
                  db.train_dictionary()); runs once
                  python bench/run.py --only ratio
   scale          scale-fillrandom-N and scale-readrandom-N (cache off) at each --scale size,
-                 a fresh store per size; runs once
+                 a fresh store per size; runs once, but each size up to 100k runs 3 times in
+                 rounds (median shown), with the time of stalls and in the garbage collector
+                 (the bench's own objects frozen out of it, gc.freeze, while a loop is timed)
                  python bench/run.py --only scale --scale 1e4,1e5,1e6
 peers (same records; a peer whose package is missing is skipped with a note):
   lmdb-txn-per-put-sync      raw py-lmdb (sync=True), one write txn + commit per put,
@@ -206,6 +221,15 @@ TARGETS = [
            "Zipf reads, cache on, vs diskcache.Cache.get of the same keys", "issue 7"),
     Target("readhot", "readhot-uncached", None, "what the read cache saves on the same Zipf reads",
            "issue 7"),
+    Target("readhot", "readhot-admit-all", None,
+           "admission on the second miss vs caching every first miss, Zipf reads", "issue 17"),
+    Target("mixed", "mixed-admit-all", None,
+           "admission on the second miss vs caching every first miss, agent turns", "issue 17"),
+    # issue 17: a hit must never cost more than the read it saves, on any data set
+    Target("hotset-hit-corpus", "hotset-uncached-corpus", 3.0,
+           "cache hits vs uncached gets of a 256-key hot set, corpus records", "issue 17"),
+    Target("hotset-hit-shapes", "hotset-uncached-shapes", 3.0,
+           "the same on generate_shapes() records (deeper nesting, longer lists)", "issue 17"),
     Target("mixed", "sqlite-mixed-commit-per-write", 5.0,
            "agent turn, buffered puts, vs sqlite3 WAL with a commit per write (FULL)", "issue 7"),
     Target("mixed", "sqlite-mixed-normal-commit-per-write", None,
@@ -438,7 +462,32 @@ def print_sizes(results: list, out=print) -> list:
         for r in disk:
             out(f"  {r.name:<36} {r.extra['disk_bytes_per_record']:>8,.0f}   ({r.system})")
             doc.append({"name": r.name, "system": r.system, "disk_bytes_per_record": r.extra["disk_bytes_per_record"]})
+            if "compact_disk_bytes_per_record" in r.extra:
+                name = f"{r.name}, then kvstore compact"
+                out(f"  {name:<36} {r.extra['compact_disk_bytes_per_record']:>8,.0f}   ({r.system})")
+                doc.append({"name": name, "system": r.system,
+                            "disk_bytes_per_record": r.extra["compact_disk_bytes_per_record"]})
+        for r in disk:
+            if "footprint" in r.extra:
+                _print_footprint(r, out)
     return doc
+
+
+def _print_footprint(r, out) -> None:
+    """Where kvstore's bytes go after the fill and after compact, per record."""
+    out(f"  where {r.name}'s bytes go, per record (kvstore stat's page walk):")
+    out(f"  {'':<22} {'branch+leaf':>11} {'leaf fill':>9} {'overflow':>8} {'ovf fill':>8} {'free':>6} "
+        f"{'prealloc':>8} {'total':>6}")
+    for label, key in (("after the fill", "footprint"), ("after kvstore compact", "compacted_footprint")):
+        f = r.extra[key]
+        pg, ps, n = f["pages"], f["page_size"], r.ops
+        cells = [(pg["branch"] + pg["leaf"]) * ps / n, pg["overflow"] * ps / n, pg["free"] * ps / n,
+                 f["preallocated_bytes"] / n]
+        total = sum(cells) + pg["meta"] * ps / n
+        fill = "-" if pg["fill"] is None else f"{100 * pg['fill']:.0f}%"
+        ofill = "-" if pg["overflow_fill"] is None else f"{100 * pg['overflow_fill']:.0f}%"
+        out(f"  {label:<22} {cells[0]:>11,.0f} {fill:>9} {cells[1]:>8,.0f} {ofill:>8} {cells[2]:>6,.0f} "
+            f"{cells[3]:>8,.0f} {total:>6,.0f}")
 
 
 def print_scale(results: list, out=print) -> list:
@@ -447,8 +496,12 @@ def print_scale(results: list, out=print) -> list:
         return []
     sizes = sorted({r.extra["records"] for r in rows})
     by = {(r.name.split("-")[1], r.extra["records"]): r for r in rows}
-    _section(out, ["SCALE: kvstore throughput as the store grows (fresh store per size; % of the smallest size)"],
-             f"{'records':>10} {'fillrandom ops/s':>17} {'%':>5} {'readrandom ops/s':>17} {'%':>5} {'store MB':>9}")
+    _section(out, ["SCALE: kvstore throughput as the store grows (fresh store per size; % of the smallest size;",
+                   "       median of 3 runs up to 100k records, sizes alternated in rounds; stall s: time in calls",
+                   "       over 10 ms (a stall, a full GC, a put waiting for a commit), gc s: time in the garbage",
+                   "       collector, fill + read, of the median runs)"],
+             f"{'records':>10} {'fillrandom ops/s':>17} {'%':>5} {'readrandom ops/s':>17} {'%':>5} {'store MB':>9} "
+             f"{'runs':>5} {'stall s':>8} {'gc s':>6}")
     doc = []
     first = {w: by.get((w, sizes[0])) for w in ("fillrandom", "readrandom")}
     for n in sizes:
@@ -463,7 +516,12 @@ def print_scale(results: list, out=print) -> list:
             entry[w] = r.ops_per_sec
         fill = by.get(("fillrandom", n))
         mb = fill.extra["map_used"] / MiB if fill else None
-        out(f"{n:>10,} {cells[0]} {cells[1]} {'-' if mb is None else f'{mb:,.0f}':>9}")
+        both = [r for r in (fill, by.get(("readrandom", n))) if r is not None]
+        stall = sum(r.extra.get("stall_seconds", 0.0) for r in both)
+        gcs = sum(r.extra.get("gc_seconds", 0.0) for r in both)
+        entry.update(stall_seconds=stall, gc_seconds=gcs, runs=len(both[0].extra.get("runs", [0])) if both else 0)
+        out(f"{n:>10,} {cells[0]} {cells[1]} {'-' if mb is None else f'{mb:,.0f}':>9} {entry['runs']:>5} "
+            f"{stall:>8.2f} {gcs:>6.2f}")
         doc.append(entry)
     return doc
 

@@ -7,8 +7,10 @@ Each is a function `fn(ctx) -> Result | list[Result]` registered with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import itertools
 import os
 import random
@@ -20,13 +22,16 @@ import data as bench_data
 import graph_turns
 import sessions
 from harness import (
+    GCTime,
     Result,
     Unavailable,
     anon_rss_mb,
     dir_bytes,
     found_note,
+    median_result,
     run_threads,
     split,
+    stall_seconds,
     time_gets,
     time_puts,
     workload,
@@ -86,9 +91,30 @@ def _buffered_fill(ctx, name, records, note="", disk=False, **options) -> Result
         db.close()
         if disk:  # the store's files after close, for the SIZE section
             extra["disk_bytes_per_record"] = dir_bytes(d) / len(records)
+            extra.update(_footprint(os.path.join(d, "store"), os.path.join(d, "compacted"), len(records)))
     extra.update(options)
     return Result(name, "kvstore", len(records), seconds, 1, lat,
                   note="; ".join(x for x in (note, _commit_note(extra)) if x), extra=extra)
+
+
+def _footprint(path: str, compacted: str, n: int) -> dict:
+    """Where a closed store's bytes go (`kvstore stat`'s page walk), and its
+    size after `kvstore compact` (untimed)."""
+    import io
+    import json
+
+    from kvstore.cli import main
+
+    def stat(p):
+        out = io.StringIO()
+        main(["stat", p, "--json"], out=out)
+        doc = json.loads(out.getvalue())
+        return {"pages": doc["pages"], "page_size": doc["environment"]["page_size"],
+                "preallocated_bytes": doc["environment"]["preallocated_bytes"]}
+
+    main(["compact", path, "-o", compacted], out=io.StringIO())
+    return {"footprint": stat(path), "compacted_footprint": stat(compacted),
+            "compact_disk_bytes_per_record": dir_bytes(compacted) / n}
 
 
 @workload("fillseq", "buffered puts, 1 thread, keys in sorted order, timed until flush() returns")
@@ -252,13 +278,28 @@ def _cache_delta(before: dict, after: dict) -> dict:
     return d
 
 
-def _readhot(ctx, name, options, doc) -> Result:
+def _admit_on_first_miss(db) -> None:
+    """Give db's store a read cache of the same limits that caches a key on
+    its first miss (no doorkeeper): what admission on the second miss is
+    measured against. Reaches into the engine, as bench_cache.py does."""
+    from kvstore import engine
+    from kvstore.cache import ReadCache
+
+    eng = engine.of(db)
+    old = eng.cache
+    eng.cache = ReadCache(old.max_entries, old.max_bytes, admit_on_first_miss=True, clock=db.options.clock)
+
+
+def _readhot(ctx, name, options, doc, admit_all: bool = False) -> Result:
     """Zipf reads through a handle opened with `options`, after a warm-up
-    stream of the same law; with the cache's counters and memory."""
+    stream of the same law; with the cache's counters and memory.
+    admit_all: the cache admits a key on its first miss."""
     warm, keys = bench_data.hot_keys(ctx)
     cached = bool(options.get("cache_entries") and options.get("cache_bytes"))
     with ctx.tmpdir() as d:
         db, note = _reader(ctx, d, **options)
+        if admit_all:
+            _admit_on_first_miss(db)
         heap0 = anon_rss_mb()
         for key in warm:  # a key enters the cache on its second miss
             db.get(key)
@@ -292,6 +333,11 @@ def readhot(ctx):
     return _readhot(ctx, "readhot", _cache_options(HOT_CACHE), "")
 
 
+@workload("readhot-admit-all", "readhot with a cache that admits a key on its first miss (no doorkeeper)")
+def readhot_admit_all(ctx):
+    return _readhot(ctx, "readhot-admit-all", _cache_options(HOT_CACHE), "", admit_all=True)
+
+
 @workload("readhot-tight", "the same Zipf reads with cache_bytes=2 MiB: the byte limit binds")
 def readhot_tight(ctx):
     return _readhot(ctx, "readhot-tight", _cache_options(TIGHT_CACHE), "")
@@ -300,6 +346,67 @@ def readhot_tight(ctx):
 @workload("readhot-uncached", "the same Zipf reads, read cache off: what the cache saves")
 def readhot_uncached(ctx):
     return _readhot(ctx, "readhot-uncached", UNCACHED, "")
+
+
+HOT_SET = 256  # keys of the small hot set (hotset-*): every one cached after the warm-up
+HOT_BLOCK = 1000  # reads per block; cached and uncached blocks alternate
+
+
+def _hotset_records(ctx, name: str) -> list:
+    """ctx.records for the corpus; the same number of generate_shapes() records for "shapes"."""
+    if name == "corpus":
+        return ctx.records
+    return ctx.shared("shapes-records", lambda: bench_data.distinct(
+        bench_data.generate_shapes(min(ctx.n, bench_data.SHAPES_COUNT)), ctx.n))
+
+
+def _hotset(ctx, name: str) -> list:
+    """Cache hits against uncached gets of the same small hot set, in
+    alternating blocks of HOT_BLOCK reads: two stores holding the same
+    records, one read with the cache on (every hot key cached by the
+    warm-up), one with it off. Two Results: hotset-hit-NAME, hotset-uncached-NAME."""
+    records = _hotset_records(ctx, name)
+    rng = random.Random(ctx.seed + 5)
+    hot = [k for k, _ in rng.sample(records, min(HOT_SET, len(records)))]
+    keys = [rng.choice(hot) for _ in range(ctx.reads)]
+    blocks = [keys[i:i + HOT_BLOCK] for i in range(0, len(keys), HOT_BLOCK)]
+    with ctx.tmpdir() as d:
+        on, note_on = _reader(ctx, os.path.join(d, "cached"), records, **HOT_CACHE)
+        off, note_off = _reader(ctx, os.path.join(d, "uncached"), records, **UNCACHED)
+        for _ in range(3):  # a key is cached on its second miss
+            for k in hot:
+                on.get(k)
+        before = on.stats()["cache"]
+        times = {"hit": [0.0, [], 0], "uncached": [0.0, [], 0]}
+        for b, block in enumerate(blocks):  # alternate which side goes first
+            for side, db in (("hit", on), ("uncached", off))[::1 if b % 2 else -1]:
+                seconds, lat, found = time_gets(db.get, block)
+                t = times[side]
+                t[0] += seconds
+                t[1] += lat
+                t[2] += found
+        delta = _cache_delta(before, on.stats()["cache"])
+        on.close()
+        off.close()
+    out = []
+    for side in ("hit", "uncached"):
+        seconds, lat, found = times[side]
+        notes = [f"{len(hot)} hot keys of {len(records):,} {name} records, blocks of {HOT_BLOCK} alternated",
+                 found_note(found, len(keys)), note_on if side == "hit" else note_off]
+        extra = {"data_set": name, "hot_keys": len(hot), "found": found}
+        if side == "hit":
+            notes.insert(0, f"hit ratio {delta['hit_ratio']:.1%}")
+            extra.update(timed=delta)
+        out.append(Result(f"hotset-{side}-{name}", "kvstore", len(keys), seconds, 1, lat, extra=extra,
+                          note="; ".join(x for x in notes if x)))
+    return out
+
+
+@workload("hotset", f"cache hits vs uncached gets of a small hot set ({HOT_SET} keys), alternated in "
+                    f"blocks, on the corpus and on generate_shapes() records (deeper nesting, longer lists)")
+def hotset(ctx):
+    _cache_options(HOT_CACHE)
+    return _hotset(ctx, "corpus") + _hotset(ctx, "shapes")
 
 
 # ---------------------------------------------------------------- agent memory
@@ -333,10 +440,12 @@ def _kv_turn(db, turn, durable: bool) -> int:
     return len(last)
 
 
-def _mixed(ctx, name, count, durable: bool, note: str) -> Result:
+def _mixed(ctx, name, count, durable: bool, note: str, admit_all: bool = False) -> Result:
     plan = sessions.turns(ctx)[:count]
     with ctx.tmpdir() as d:
         db, fresh = _reader(ctx, d)
+        if admit_all:
+            _admit_on_first_miss(db)
         t0 = time.perf_counter()
         _, lat, _ = time_gets(lambda t: _kv_turn(db, t, durable), plan)
         db.flush()
@@ -352,6 +461,12 @@ def _mixed(ctx, name, count, durable: bool, note: str) -> Result:
                    "rewrite meta; buffered puts, timed until flush()")
 def mixed(ctx):
     return _mixed(ctx, "mixed", ctx.turns, False, "ops = turns of 2 reads + 5 writes")
+
+
+@workload("mixed-admit-all", "the mixed turn with a cache that admits a key on its first miss")
+def mixed_admit_all(ctx):
+    return _mixed(ctx, "mixed-admit-all", ctx.turns, False, "ops = turns; cache admits on the first miss",
+                  admit_all=True)
 
 
 @workload("mixed-durable", "the same turn, its 5 writes in one batch(durable=True): atomic, one fsync per turn")
@@ -490,30 +605,71 @@ def count_label(n: int) -> str:
     return str(n)
 
 
+SCALE_ROUNDS = 3  # runs of each size up to SCALE_ROUNDS_UP_TO records, in rounds; the median is shown
+SCALE_ROUNDS_UP_TO = 100_000
+
+
 @workload("scale", "fillrandom and readrandom (cache off) at each size of --scale: "
                    "throughput as the store grows", once=True)
 def scale(ctx):
+    """Each size up to SCALE_ROUNDS_UP_TO runs SCALE_ROUNDS times, the sizes
+    alternated in rounds (a stall of the shared machine, or a full garbage
+    collection of the bench's own heap, then hits one run of one size, not
+    the figure); bigger sizes run once, in the last round."""
+    rounds = [[size for size in ctx.scale_sizes if size <= SCALE_ROUNDS_UP_TO or r == SCALE_ROUNDS - 1]
+              for r in range(SCALE_ROUNDS)]
+    runs: dict = {}
+    for sizes in rounds:
+        for size in sizes:
+            for res in _scale_once(ctx, size, random.Random(ctx.seed + 3 + size)):
+                runs.setdefault(res.name, []).append(res)
     out = []
-    rng = random.Random(ctx.seed + 3)
-    for size in ctx.scale_sizes:
-        records = bench_data.distinct(ctx.base, size)
-        rng.shuffle(records)
-        keys = [k for k, _ in rng.sample(records, min(size, ctx.scale_reads))]
-        label = count_label(size)
-        with ctx.tmpdir() as d:
-            db = _open(d)
+    for rs in runs.values():
+        chosen = median_result(rs)
+        chosen.extra["runs"] = [r.ops_per_sec for r in rs]
+        out.append(chosen)
+    return out
+
+
+@contextlib.contextmanager
+def _frozen_heap():
+    """The bench's own objects (the records, every earlier run's results)
+    out of the garbage collector's way while a loop is timed (gc.freeze):
+    at 1M records four full collections of that heap took 6 of a fill's
+    54 s, a cost of the bench holding a million records, not of the store."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _scale_once(ctx, size: int, rng) -> list:
+    """One fill of size records, then the reads: two Results."""
+    out = []
+    records = bench_data.distinct(ctx.base, size)
+    rng.shuffle(records)
+    keys = [k for k, _ in rng.sample(records, min(size, ctx.scale_reads))]
+    label = count_label(size)
+    with ctx.tmpdir() as d:
+        db = _open(d)
+        with _frozen_heap(), GCTime() as gct:
             seconds, lat = _puts_until_flushed(db, records)
-            extra = _commit_stats(db)
-            extra.update(records=size, map_used=db.stats()["map_used"])
-            db.close()
-            out.append(Result(f"scale-fillrandom-{label}", "kvstore", size, seconds, 1, lat,
-                              extra=extra, note=_commit_note(extra)))
-            del records, lat
-            db = _open(d, **UNCACHED)
+        extra = _commit_stats(db)
+        extra.update(records=size, map_used=db.stats()["map_used"], gc_seconds=gct.seconds,
+                     gc_full=gct.full, stall_seconds=stall_seconds(lat))
+        db.close()
+        out.append(Result(f"scale-fillrandom-{label}", "kvstore", size, seconds, 1, lat,
+                          extra=extra, note=_commit_note(extra)))
+        del records, lat
+        db = _open(d, **UNCACHED)
+        with _frozen_heap(), GCTime() as gct:
             seconds, lat, found = time_gets(db.get, keys)
-            db.close()
-            out.append(Result(f"scale-readrandom-{label}", "kvstore", len(keys), seconds, 1, lat,
-                              extra={"records": size, "found": found},
-                              note="; ".join(x for x in (f"{len(keys):,} gets of {size:,} records",
-                                                         found_note(found, len(keys))) if x)))
+        db.close()
+        out.append(Result(f"scale-readrandom-{label}", "kvstore", len(keys), seconds, 1, lat,
+                          extra={"records": size, "found": found, "gc_seconds": gct.seconds,
+                                 "gc_full": gct.full, "stall_seconds": stall_seconds(lat)},
+                          note="; ".join(x for x in (f"{len(keys):,} gets of {size:,} records",
+                                                     found_note(found, len(keys))) if x)))
     return out

@@ -55,7 +55,9 @@ than T (the max ignores it), T+1, or more than T+1, which only makes lookups
 revalidate through a real transaction.
 
 Copy-on-read: a hit hands out a private copy of the cached value, made by
-the plan kept with it (kvstore/copyplan.py, which measures the choice).
+the plan kept with it: a copy of its dicts and lists, or marshal.loads of
+its marshal bytes for a value of many small containers
+(kvstore/copyplan.py chooses per value and measures the choice).
 
 Admission: a key is cached on its second miss
 ---------------------------------------------
@@ -126,7 +128,8 @@ import time
 from . import ttl as _ttl
 from .clock import now_ms
 from .codec.format import HEADER_SIZE, raw_len, tag_size
-from .copyplan import TooDeep as _TooDeep, copy_out as _copy_out, copy_planned as _copy, snapshot as _snapshot
+from .copyplan import LOADS as _LOADS, TooDeep as _TooDeep, copy_out as _copy_out, copy_planned as _copy, \
+    loads as _loads, snapshot as _snapshot
 from .options import ENTRY_OVERHEAD, OBJECT_FACTOR  # tunables: see there
 from .lmdbfile import LastTxnid  # the meta-page txnid view lives with the file parser
 
@@ -294,6 +297,8 @@ class ReadCache:
         plan = e[_PLAN]  # _copy_out(value, plan), inlined: a hit's copy-out without a call
         if plan is None:
             return e[_VALUE]
+        if plan is _LOADS:
+            return _loads(e[_VALUE])
         return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
 
     def lookup_at(self, ns: str, key: bytes, txnid: int):

@@ -123,6 +123,7 @@ class Meta:
     last_pg: int
     free_db: tuple  # _DB_FULL fields
     main_db: tuple
+    mapsize: int = 0  # the map size its writer had: the store's, whatever a reader opens it with
 
 
 def _newest_txnid(fd: int) -> int:
@@ -146,12 +147,13 @@ def newest_meta(data_path: str, fd: int) -> Meta | None:
     best = None
     for page in (0, 1):
         base = page * psize + _PAGE_HEADER
-        if _META.unpack_from(head, base)[0] != _LMDB_MAGIC:
+        magic, _version, mapsize = _META.unpack_from(head, base)
+        if magic != _LMDB_MAGIC:
             continue
         last_pg, txnid = _META_TAIL.unpack_from(head, base + 120)
         if best is None or txnid > best.txnid:
             best = Meta(psize, page, txnid, last_pg, _DB_FULL.unpack_from(head, base + 24),
-                        _DB_FULL.unpack_from(head, base + 72))
+                        _DB_FULL.unpack_from(head, base + 72), mapsize)
     return best
 
 

@@ -89,6 +89,11 @@ class DBStats:
     depth: int = 0
     recorded_entries: int = 0
     complete: bool = True  # False when the walk stopped short (a budget, damage)
+    # how full the pages are (kvstore stat): bytes between the node pointers
+    # and the nodes of its branch and leaf pages, and bytes past the end of
+    # each value in the last page of its overflow run
+    unused_bytes: int = 0
+    overflow_unused_bytes: int = 0
 
 
 @dataclass
@@ -285,6 +290,7 @@ class _Walker:
                 stats.leaf_pages += 1
             else:
                 stats.branch_pages += 1
+            stats.unused_bytes += upper - lower
             nodes = self._nodes(db, pgno, page, n, upper, leaf_level)
             if nodes is None:
                 stats.complete = False
@@ -427,6 +433,7 @@ class _Walker:
                          f"{flags:#x}, {count} pages")
             stats.complete = False
         stats.overflow_pages += pages
+        stats.overflow_unused_bytes += pages * self.psize - _PAGE_HEADER - size
         if db == FREE_DB:  # the list of pages is on the overflow run
             body = os.pread(self.fd, size, first * self.psize + _PAGE_HEADER)
             self.free_records.append((key, body, first, _PAGE_HEADER))

@@ -89,6 +89,17 @@ def test_readhot_needs_the_cache_and_keeps_within_it(tmp_path, data_file):
         assert "no read cache" in hot["skipped"]
 
 
+def test_hotset_reads_both_data_sets_cached_and_uncached(tmp_path, data_file):
+    doc, stdout = run_bench(tmp_path, data_file, "--only", "hotset")
+    results = by_name(doc)
+    for data_set in ("corpus", "shapes"):
+        hit, uncached = results[f"hotset-hit-{data_set}"], results[f"hotset-uncached-{data_set}"]
+        assert hit["ops"] == uncached["ops"] == doc["data"]["reads"]
+        assert hit["extra"]["found"] == hit["ops"]
+        assert hit["extra"]["timed"]["hit_ratio"] == 1.0
+    assert "hotset-hit-shapes >= 3x hotset-uncached-shapes" in stdout
+
+
 def test_sections_on_tiny_data(tmp_path, data_file):
     doc, stdout = run_bench(tmp_path, data_file, "--only", "scan,mixed,codec,ratio,scale", "--scale", "200,400")
     results = by_name(doc)

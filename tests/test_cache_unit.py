@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from kvstore import codec, demo
+from kvstore import codec, copyplan, demo
 from kvstore.cache import (ENTRY_OVERHEAD, MISS, OBJECT_FACTOR, SKIP, STALE, ReadCache,
                            record_tag)
 from kvstore.codec.format import stored_checksum
@@ -348,6 +348,28 @@ def test_nested_and_scalar_values():
             assert got is not cache.lookup(NS, key, at(1))
             mutate(got)
             assert cache.lookup(NS, key, at(1)) == decoded
+
+
+def test_each_value_is_copied_by_the_form_that_suits_its_shape():
+    """A tree of small containers is kept as marshal bytes, a list of many
+    scalars as a plan; both hand out private values equal to the decoded
+    one, with the same types (tuple keys stay tuples)."""
+    tree = {"root": {"id": "t1", "tags": ["a"], "sub": [{"id": f"t{i}", "tags": [], "sub": [{"x": []}]}
+                                                           for i in range(12)]}, (1, 2): [[], {}]}
+    vector = {"dim": 384, "vector": [i / 384 for i in range(384)]}
+    assert copyplan.snapshot(codec.decode(codec.encode(tree)))[1] is copyplan.LOADS
+    assert copyplan.snapshot(codec.decode(codec.encode(vector)))[1] is not copyplan.LOADS
+    cache = admitted()
+    for key, value in ((b"tree", tree), (b"vector", vector)):
+        record = codec.encode(value)
+        decoded = codec.decode(record)
+        fill(cache, key, decoded, record, 1)
+        mutate(decoded)
+        for read in (lambda: cache.lookup(NS, key, at(1)), lambda: cache.lookup_at(NS, key, 1)):
+            got = read()
+            assert got == codec.decode(record) and type(got) is dict
+            assert all(type(k) is type(j) for k, j in zip(got, codec.decode(record)))
+            mutate(got)
 
 
 # ---------------------------------------------------------------- threads

@@ -1,13 +1,26 @@
-"""`kvstore stat PATH`: the environment, each namespace, the codec."""
+"""`kvstore stat PATH`: the environment, where the file's bytes go, each
+namespace, the codec.
+
+The map size shown is the one recorded in data.mdb's meta page by the
+store's last writer (a read-only open gets a map of its own, of at least the
+used size, which says nothing of the store). Readers are the read
+transactions active now in LMDB's reader table; a slot kept by a process
+with no transaction open is not one (the table's high-water mark is shown
+apart). The pages come from a walk of every page of the newest snapshot
+(kvstore/lmdbwalk.py, as `kvstore check` does): by kind, how full the
+branch and leaf pages are, the bytes left in the last page of each
+overflow run, the free pages LMDB will reuse, and the zero-filled room
+kvstore keeps past the last page (preallocation)."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
 
-from kvstore import codec, engine
+from kvstore import codec, engine, lmdbwalk
 from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, parse_ttl
 from kvstore.errors import CorruptionError
+from kvstore.lmdbfile import newest_meta
 
 from ._common import human_size, now_of, open_readonly, plural, write_json
 from ._encoding import escape_key
@@ -85,26 +98,87 @@ def collect(db) -> dict:
     meta, per_ns, txnid = env.read(read)
     info = env.info()
     data_file = os.path.join(env.path, "data.mdb")
+    file_size = os.path.getsize(data_file)
+    walked = lmdbwalk.walk(env.path)
+    for name, ns in per_ns.items():
+        tree = walked.dbs.get(name)
+        ns["fill"] = _fill(tree.unused_bytes, tree.branch_pages + tree.leaf_pages, info["psize"]) if tree else None
     return {
         "path": env.path,
         "codec": codec.backend,
         "environment": {
-            "map_size": info["map_size"],
+            # a writer in this process has the live map; else the one its last writer recorded
+            "map_size": info["map_size"] if not env.readonly else _recorded_map_size(data_file) or info["map_size"],
             "map_used": info["map_used"],
-            "file_size": os.path.getsize(data_file),
+            "file_size": file_size,
+            "preallocated_bytes": max(0, file_size - info["map_used"]),
             "page_size": info["psize"],
             "last_txnid": info["last_txnid"],
             "snapshot_txnid": txnid,
-            "readers": info["num_readers"],
+            "readers": _active_readers(env),
+            "reader_slots_used": info["num_readers"],
             "max_readers": info["max_readers"],
             "format_version": meta.format_version.decode("ascii", "replace") if meta.format_version else None,
             "commit_seq": meta.commit_seq,
         },
+        "pages": _pages(walked, info["psize"], sum(ns["entries"] for ns in per_ns.values())),
         "namespaces": per_ns,
         "dictionaries": [{"id": did, **doc, "current_for": sorted(ns for ns, cur in meta.current.items()
                                                                   if cur == did)}
                          for did, doc in sorted(meta.docs.items())],
     }
+
+
+def _recorded_map_size(data_file: str) -> int:
+    """The map size in the newest meta page of data_file (0 if none)."""
+    fd = os.open(data_file, os.O_RDONLY)
+    try:
+        meta = newest_meta(data_file, fd)
+    finally:
+        os.close(fd)
+    return meta.mapsize if meta is not None else 0
+
+
+def _active_readers(env) -> int:
+    """Read transactions open now, in any process (LMDB's reader table:
+    a slot whose txnid is "-" is kept by its process, not reading)."""
+    env.map_lock.acquire_shared()
+    try:
+        table = env.lmdb.readers()
+    finally:
+        env.map_lock.release_shared()
+    rows = [line.split() for line in table.splitlines()]
+    return sum(1 for r in rows if len(r) == 3 and r[0].isdigit() and r[2] != "-")
+
+
+def _fill(unused: int, pages: int, psize: int) -> float | None:
+    """The share of the bytes of `pages` pages that hold something."""
+    return 1 - unused / (pages * psize) if pages else None
+
+
+def _pages(walked, psize: int, entries: int) -> dict:
+    """Where data.mdb's used pages go, from a walk of every page."""
+    trees = walked.dbs.values()
+    branch = sum(t.branch_pages for t in trees)
+    leaf = sum(t.leaf_pages for t in trees)
+    overflow = sum(t.overflow_pages for t in trees)
+    total = walked.last_pg + 1 if walked.psize else 0
+    return {
+        "total": total,
+        "meta": min(2, total),
+        "branch": branch,
+        "leaf": leaf,
+        "overflow": overflow,
+        "free": walked.free_pages,
+        "fill": _fill(sum(t.unused_bytes for t in trees), branch + leaf, psize),
+        "overflow_fill": _fill(sum(t.overflow_unused_bytes for t in trees), overflow, psize),
+        "bytes_per_entry": total * psize / entries if entries else None,
+        "problems": len(walked.problems),
+    }
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def _table(out, header, rows, align) -> None:
@@ -121,17 +195,23 @@ def run(args, out) -> int:
     if args.json:
         write_json(out, report)
         return 0
-    e = report["environment"]
+    e, pg = report["environment"], report["pages"]
     pct = 100.0 * e["map_used"] / e["map_size"] if e["map_size"] else 0.0
+    per_entry = "" if pg["bytes_per_entry"] is None else f"; {pg['bytes_per_entry']:,.0f} bytes per entry"
     lines = [
         ("store", report["path"]),
         ("codec", report["codec"]),
         ("format", str(e["format_version"])),
         ("map", f"{human_size(e['map_size'])}, {human_size(e['map_used'])} used ({pct:.1f}%); "
-                f"data.mdb is {human_size(e['file_size'])}"),
+                f"data.mdb is {human_size(e['file_size'])}, {human_size(e['preallocated_bytes'])} of it "
+                f"zero-filled past the last page"),
+        ("pages", f"{pg['total']:,}: {pg['branch']:,} branch + {pg['leaf']:,} leaf ({_pct(pg['fill'])} full), "
+                  f"{pg['overflow']:,} overflow ({_pct(pg['overflow_fill'])} full), {pg['free']:,} free, "
+                  f"{pg['meta']} meta{per_entry}"),
         ("page size", f"{e['page_size']} bytes"),
         ("last txn", f"{e['last_txnid']} ({plural(e['commit_seq'] or 0, 'group commit')} by kvstore)"),
-        ("readers", f"{e['readers']} of {e['max_readers']} reader slots in use"),
+        ("readers", f"{plural(e['readers'], 'read transaction')} open; {e['reader_slots_used']} of "
+                    f"{e['max_readers']} reader slots used since the lock file was made"),
     ]
     for label, text in lines:
         out.write(f"{label:<10}  {text}\n")
@@ -141,16 +221,18 @@ def run(args, out) -> int:
         ratio = ns["compression_ratio"]
         p = ns["pages"]
         rows.append([escape_key(name.encode("utf-8")), f"{ns['entries']:,}", ns["depth"],
-                     f"{p['branch']}/{p['leaf']}/{p['overflow']}", human_size(ns["stored_bytes"]),
+                     f"{p['branch']}/{p['leaf']}/{p['overflow']}", _pct(ns["fill"]), human_size(ns["stored_bytes"]),
                      human_size(ns["decoded_bytes"]), "-" if ratio is None else f"{ratio:.3f}",
                      ",".join(ns["dictionaries_in_use"]) or "-",
                      f"{ns['ttl_values']:,}/{ns['expired_values']:,}" if ns["ttl_values"] else "-",
                      "-" if ns["default_ttl"] is None else f"{ns['default_ttl']:g} s"])
-    _table(out, ["namespace", "entries", "depth", "pages b/l/o", "stored", "decoded", "ratio", "dicts",
-                 "ttl/expired", "default ttl"], rows, "lrrrrrrlrr")
-    out.write("\n(stored: record bytes with their headers; decoded: the values' serialized size; ratio: "
-              "stored / decoded;\n ttl/expired: values with a TTL, and those of them expired but not yet "
-              "swept, counted in entries)\n")
+    _table(out, ["namespace", "entries", "depth", "pages b/l/o", "fill", "stored", "decoded", "ratio", "dicts",
+                 "ttl/expired", "default ttl"], rows, "lrrrrrrrlrr")
+    out.write("\n(fill: share of the branch and leaf pages' bytes in use; stored: record bytes with their "
+              "headers;\n decoded: the values' serialized size; ratio: stored / decoded;\n ttl/expired: "
+              "values with a TTL, and those of them expired but not yet swept, counted in entries)\n")
+    if pg["problems"]:
+        out.write(f"the page walk found {plural(pg['problems'], 'problem')}: run `kvstore check`\n")
     bad = sum(ns["unreadable_headers"] for ns in report["namespaces"].values())
     if bad:
         out.write(f"{bad} records have unreadable headers: run `kvstore check`\n")
