@@ -27,6 +27,29 @@ The write path, top to bottom:
    between commits, holding the lead: a leader that is done hands it over,
    and the lead goes back to a commit after each step.
 
+With a write-ahead log (store format 3: wal.py, tail.py, applier.py) the
+same queue and leader append to the log instead of committing to LMDB:
+
+1'. A plain group whose caller finds no leader and an empty queue is
+   appended by that caller at once (`_append_alone`): one record, written
+   under the log's append lock after catching up on what other processes
+   appended, published in the shared index, entered in the overlay; then,
+   if durable, the log is synced (`_sync`). Buffered or durable, the call
+   returns only then: a buffered write is in the kernel, a durable one on
+   disk. Every other group queues and its caller waits (a buffered one
+   too): the next leader appends everything queued as consecutive records
+   and syncs once if any of them is durable (`_log_groups`, `_append`).
+2'. Exclusive groups (a metadata step, a conditional group, a group with a
+   `before` step) are written into LMDB by `Applier.checkpoint(step)`: the
+   whole log first, then the step, in one transaction (`_exclusive`).
+3'. The flusher syncs the log within flush_interval of seeing unsynced
+   records (anyone's), and applies it to LMDB every apply_interval
+   (`_log_work`); flush() asks it for a sync and an apply (`checkpoint`).
+   The commit hooks run after each apply (the applier shares `_hooks`).
+   A log that fills up is applied by the writer that found it full.
+   A full disk fails the group that hit it (DiskFullError) and nothing
+   else; a failed sync or apply fails the store, as a failed commit does.
+
 Every write of the store goes through here: values, deletes and batches,
 and also metadata (TTL defaults, dictionaries, new namespaces) and TTL
 sweeps and refreshes, as `ConditionalGroup`s whose ops are decided inside

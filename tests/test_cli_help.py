@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 
 import pytest
 
@@ -32,14 +33,14 @@ def test_the_help_explains_keys_values_and_exit_statuses_without_pointing_elsewh
                    '{"$float": "nan"|"inf"|"-inf"}', "Exit status: 0 success; 1 a key or namespace not found",
                    "open it read-only", "kvstore: error: MESSAGE"):
         assert needed in text
-    assert "docs/" not in text and ".md" not in text
+    assert "docs/" not in text and not re.search(r"\.md\b", text)  # data.mdb is fine
 
 
 @pytest.mark.parametrize("name", command_names())
 def test_no_command_help_points_to_a_file_the_package_does_not_ship(name):
     text = help_text([name, "--help"])
     assert text.startswith("usage: kvstore " + name)
-    assert "docs/" not in text and ".md" not in text
+    assert "docs/" not in text and not re.search(r"\.md\b", text)  # data.mdb is fine
 
 
 def test_every_command_module_is_in_the_help():
