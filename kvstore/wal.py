@@ -335,6 +335,8 @@ class Log:
         if self.counter() & 1:
             return False
         st = self.state()
+        if st is not None and st.end > self.size:
+            self.refresh_size()  # grown by another process
         return st is not None and HEADER_SIZE <= st.applied <= st.end <= self.size and st.gen > 0
 
     def publish(self, gen, end, end_sum, synced, applied, applied_sum,
@@ -451,6 +453,9 @@ class Log:
     def _grow(self, needed: int) -> None:
         """Make the log at least needed bytes long (doubling, zero-filled and
         synced, so that later syncs only write data), or raise LogFull."""
+        self.refresh_size()  # another process may have grown it (and written past our size)
+        if needed <= self.size:
+            return
         if needed > self.max_size:
             raise LogFull(needed)
         size = max(self.size, HEADER_SIZE)

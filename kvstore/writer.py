@@ -215,9 +215,17 @@ class Writer:
             else:
                 alone = False
         if alone:
-            if not self._append_alone(group):
+            try:
+                appended = self._append_alone(group)
+            except BaseException:  # interrupted (KeyboardInterrupt): never keep the lead
+                with self._lock:
+                    self._in_flight_ops -= len(group.ops)
+                    group.done = True
+                self._hand_off()
+                raise
+            if not appended:
                 try:
-                    self._log_groups([group], len(group.ops), group.nbytes, 0, 0.0)
+                    self._log_groups([group], len(group.ops), group.nbytes, int(group.durable), 0.0)
                 finally:
                     self._hand_off()
             if group.error is not None:
@@ -454,8 +462,8 @@ class Writer:
             return False
         try:
             end, gen, _seq = tail.append_one(group, encode_group(group.ops))
-        except (LogFull, tail.Stuck, OSError):
-            return False
+        except (LogFull, tail.Stuck, OSError, KVStoreError):
+            return False  # nothing appended: the general path meets it again and answers it
         if killpoints.armed:
             killpoints.reached("log-after-append")
         if not self._unsynced_since:

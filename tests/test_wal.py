@@ -153,32 +153,35 @@ def test_durable_writes_survive_a_simulated_power_loss(store_path, seed):
 
 CROSS = """
     import sys, time, kvstore
-    path, me, other, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    db = kvstore.open(path, wal=True)
-    stale = 0
+    path, me, other, n, pad = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    db = kvstore.open(path, wal=True, log_initial_size=64 * 1024)
     for i in range(n):
-        db.put(f"{me}:{i}", i)
+        db.put(f"{me}:{i}", i if not pad else [i, "x" * pad])
         # the other process's acknowledged counter must never go backwards
         db.put(f"{me}:last", i)
     deadline = time.time() + 30
     while db.get(f"{other}:last") != n - 1 and time.time() < deadline:
         time.sleep(0.001)
     seen = db.get(f"{other}:last")
-    missing = [i for i in range(n) if db.get(f"{other}:{i}") != i]
+    db.flush()
+    missing = [i for i in range(n) if db.get(f"{other}:{i}") != (i if not pad else [i, "x" * pad])]
     print(seen, len(missing), flush=True)
     db.close()
 """
 
 
-def test_another_process_reads_acknowledged_buffered_writes_at_once(store_path):
-    kvstore.open(store_path, wal=True).close()
+@pytest.mark.parametrize("pad", [0, 300])
+def test_another_process_reads_acknowledged_buffered_writes_at_once(store_path, pad):
+    """pad 300: the two processes' appends grow the log (from 64 KiB) many
+    times over, each growing it while the other knows an older size."""
+    kvstore.open(store_path, wal=True, log_initial_size=64 * 1024).close()
     env = dict(os.environ)
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(CROSS), store_path, a, b, "500"],
-                              stdout=subprocess.PIPE, text=True, env=env)
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(CROSS), store_path, a, b, "1000",
+                               str(pad)], stdout=subprocess.PIPE, text=True, env=env)
              for a, b in (("p", "q"), ("q", "p"))]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     for out in outs:
-        assert out == ["499", "0"]
+        assert out == ["999", "0"]
 
 
 READ_LIVE = """
