@@ -66,15 +66,19 @@ from . import ttl as _ttl
 from .errors import (ConflictError, InvalidArgumentTypeError, NestedTransactionError,
                      TransactionClosedError)
 from .group import ConditionalGroup
-from .layout import check_bound, check_key, check_namespace_name, prefix_end
-from .reads import Reads, _live
+from .layout import check_key, check_namespace_name
+from .reads import Reads, _live, scan_bounds
 from .validate import check_count, check_keys_iterable
 
 __all__ = ["Transaction", "Validate", "MISSING", "transact", "update", "incr",
            "compare_and_set", "backoff", "gave_up", "RETRIES", "RMW_RETRIES"]
 
 RETRIES = 10  # transact's default: runs of fn after the first
-RMW_RETRIES = 100  # update, incr, compare_and_set: one hot key may see many losers
+# update, incr, compare_and_set: each conflict is another writer's change of
+# the key, and a winner that is back first can win many in a row (another
+# process's, which the Gate does not see): they give up only after a
+# thousand changes by others during one call.
+RMW_RETRIES = 1000
 BACKOFF_FIRST = 0.0002  # seconds: the longest sleep before the second retry
 BACKOFF_MAX = 0.01  # seconds: the longest sleep between two runs
 YIELD_MAX = 0.05  # seconds: the longest a first run waits for this process's retrying transactions
@@ -439,13 +443,7 @@ class Transaction:
         a conflict): keep it narrow."""
         handle = self._handle(namespace)
         ns = handle._ns
-        prefix = check_bound(prefix, "prefix")
-        lo, hi = check_bound(start, "start"), check_bound(stop, "stop")
-        if prefix:
-            lo = prefix if lo is None else max(lo, prefix)
-            end = prefix_end(prefix)
-            if end is not None:
-                hi = end if hi is None else min(hi, end)
+        lo, hi = scan_bounds(prefix, start, stop)
         seen = self._range(ns, lo, hi)
         self._scans.append((ns, lo, hi, seen))
         view = dict(seen)
