@@ -71,7 +71,8 @@ from .reads import Reads, _live, scan_bounds
 from .validate import check_count, check_keys_iterable
 
 __all__ = ["Transaction", "Validate", "MISSING", "transact", "update", "incr",
-           "compare_and_set", "backoff", "gave_up", "RETRIES", "RMW_RETRIES"]
+           "compare_and_set", "backoff", "gave_up", "gate", "failed_run", "check_still_open",
+           "RETRIES", "RMW_RETRIES", "YIELD_MAX"]
 
 RETRIES = 10  # transact's default: runs of fn after the first
 # update, incr, compare_and_set: each conflict is another writer's change of
@@ -139,6 +140,10 @@ class Gate:
             self.retrying -= 1
             if not self.retrying:
                 self._cond.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        return self.retrying > 0
 
     def wait(self) -> None:
         """Before a first run: let this process's retrying transactions go first."""
@@ -543,27 +548,30 @@ class Transaction:
         self._end("conflicted")
         raise _conflict(condition.conflicts)
 
+    def _submit(self, callback=None):
+        """Start the commit: (the condition to settle with, or None; whether
+        to wait for callback, as Writer.submit says). Without a callback a
+        checked transaction returns decided (its group is durable: waited)."""
+        self._check_open()
+        try:
+            mode = self._mode()
+            if mode == "blind":
+                return None, self._submit_blind(callback)
+            if mode == "read-only":
+                return self._current(), False
+            group = self._group(callback)
+            return group.condition, self._engine.writer.submit(group)
+        except BaseException:
+            self._end("failed")
+            raise
+
     def commit(self) -> None:
         """Commit (what leaving the `with` block normally does).
 
         :raises ConflictError: something read changed since; nothing was written
         :raises StoreFailedError, MapFullError, ...: as for a write of the store
         """
-        self._check_open()
-        try:
-            mode = self._mode()
-            condition = None
-            if mode == "blind":
-                self._submit_blind()
-            elif mode == "read-only":
-                condition = self._current()
-            else:
-                group = self._group()
-                condition = group.condition
-                self._engine.writer.submit(group)  # durable: returns once decided and committed
-        except BaseException:
-            self._end("failed")
-            raise
+        condition, _wait = self._submit()
         self._settle(condition)
 
     def discard(self) -> None:
@@ -602,11 +610,11 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
             try:
                 result = fn(tx)
             except BaseException:
-                error = _failed_run(tx)
+                error = failed_run(tx)
                 if error is None:
                     raise
                 continue
-            _check_still_open(tx)
+            check_still_open(tx)
             try:
                 tx.commit()
                 return result
@@ -618,7 +626,7 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
             fair.done()
 
 
-def _failed_run(tx: Transaction) -> ConflictError | None:
+def failed_run(tx: Transaction) -> ConflictError | None:
     """fn raised: end tx; the conflict to retry on if what it read changed
     meanwhile (fn may have failed on a mix of old and new), else None."""
     stale = None
@@ -631,7 +639,7 @@ def _failed_run(tx: Transaction) -> ConflictError | None:
     return _conflict(stale) if stale else None
 
 
-def _check_still_open(tx: Transaction) -> None:
+def check_still_open(tx: Transaction) -> None:
     if tx._state != "open":
         raise TransactionClosedError("transact: fn ended its transaction itself (commit() or "
                                      "discard()); let transact commit it")
