@@ -278,27 +278,22 @@ class AsyncStore:
 
         :raises ConflictError: every run conflicted (its message has the count)
         """
-        retries = check_count(retries, "retries", "atransact", 0)
-        fair = _txn.gate(self._store)
+        attempts = _txn.Attempts(self._store, check_count(retries, "retries", "atransact", 0))
         waited = time.monotonic() + _txn.YIELD_MAX
-        while fair.busy and time.monotonic() < waited:  # Gate.wait, without blocking the loop
+        while attempts.gate.busy and time.monotonic() < waited:  # Gate.wait, without blocking the loop
             await asyncio.sleep(0.001)
-        retrying = False
-        try:
-            for attempt in range(retries + 1):
-                if attempt:
-                    if not retrying:
-                        retrying = True
-                        fair.conflicted()
-                    await asyncio.sleep(_txn.backoff(attempt - 1))
+        with attempts:
+            for pause in attempts:
+                if pause:
+                    await asyncio.sleep(pause)
                 tx = self._store.transaction(durable)._begin()
                 try:
                     result = fn(tx)
                     if inspect.isawaitable(result):
                         result = await result
                 except BaseException:
-                    error = _txn.failed_run(tx)
-                    if error is None:
+                    attempts.error = _txn.failed_run(tx)
+                    if attempts.error is None:
                         raise
                     continue
                 _txn.check_still_open(tx)
@@ -306,11 +301,8 @@ class AsyncStore:
                     await _commit(tx)
                     return result
                 except ConflictError as exc:
-                    error = exc
-            raise _txn.gave_up(error, retries)
-        finally:
-            if retrying:
-                fair.done()
+                    attempts.error = exc
+        raise _txn.gave_up(attempts.error, attempts.retries)
 
     async def aupdate(self, key, fn, default=None, *, durable: bool | None = None):
         """`Store.update`: store fn(old) (fn may be a coroutine function) and return it."""

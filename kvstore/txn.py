@@ -71,7 +71,7 @@ from .reads import Reads, _live, scan_bounds
 from .validate import check_count, check_keys_iterable
 
 __all__ = ["Transaction", "Validate", "MISSING", "transact", "update", "incr",
-           "compare_and_set", "backoff", "gave_up", "gate", "failed_run", "check_still_open",
+           "compare_and_set", "backoff", "gave_up", "gate", "Attempts", "failed_run", "check_still_open",
            "RETRIES", "RMW_RETRIES", "YIELD_MAX"]
 
 RETRIES = 10  # transact's default: runs of fn after the first
@@ -595,23 +595,18 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
 
     :raises ConflictError: every run conflicted (`attempts` says how many)
     """
-    retries = check_count(retries, "retries", "transact", 0)
-    fair = gate(store)
-    fair.wait()
-    retrying = False
-    try:
-        for attempt in range(retries + 1):
-            if attempt:
-                if not retrying:
-                    retrying = True
-                    fair.conflicted()
-                time.sleep(backoff(attempt - 1))
+    attempts = Attempts(store, check_count(retries, "retries", "transact", 0))
+    attempts.gate.wait()
+    with attempts:
+        for pause in attempts:
+            if pause:
+                time.sleep(pause)
             tx = Transaction(store, durable)._begin()
             try:
                 result = fn(tx)
             except BaseException:
-                error = failed_run(tx)
-                if error is None:
+                attempts.error = failed_run(tx)
+                if attempts.error is None:
                     raise
                 continue
             check_still_open(tx)
@@ -619,11 +614,37 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
                 tx.commit()
                 return result
             except ConflictError as exc:
-                error = exc
-        raise gave_up(error, retries)
-    finally:
-        if retrying:
-            fair.done()
+                attempts.error = exc
+    raise gave_up(attempts.error, attempts.retries)
+
+
+class Attempts:
+    """The runs of one transact call: iterating yields the pause before
+    each run (0 before the first); from the first retry on, the call counts
+    as retrying in the process's Gate until the `with` block ends. `error`:
+    the last run's conflict."""
+
+    def __init__(self, store, retries: int):
+        self.gate = gate(store)
+        self.retries = retries
+        self.error: ConflictError | None = None
+        self._retrying = False
+
+    def __iter__(self):
+        yield 0.0
+        for attempt in range(self.retries):
+            if not self._retrying:
+                self._retrying = True
+                self.gate.conflicted()
+            yield backoff(attempt)
+
+    def __enter__(self) -> "Attempts":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._retrying:
+            self._retrying = False
+            self.gate.done()
 
 
 def failed_run(tx: Transaction) -> ConflictError | None:
