@@ -292,16 +292,17 @@ class AsyncStore:
                     if inspect.isawaitable(result):
                         result = await result
                 except BaseException:
-                    attempts.error = _txn.failed_run(tx)
-                    if attempts.error is None:
+                    error = _txn.failed_run(tx)
+                    if error is None:
                         raise
+                    attempts.conflict(error)
                     continue
                 _txn.check_still_open(tx)
                 try:
                     await _commit(tx)
                     return result
                 except ConflictError as exc:
-                    attempts.error = exc
+                    attempts.conflict(exc)
         raise _txn.gave_up(attempts.error, attempts.retries)
 
     async def aupdate(self, key, fn, default=None, *, durable: bool | None = None):

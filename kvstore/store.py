@@ -397,7 +397,9 @@ class Store(Reads):
         size, headers included), compression_ratio, commit_seq (commits by
         every process), expired_swept (expired values the background sweep of
         this process deleted since open), ttl_sweep_error (what stopped the
-        sweep, if anything did).
+        sweep, if anything did), transactions {calls, conflicts} (transact
+        calls of this process, incr/update/compare_and_set included, and their
+        runs that conflicted and ran again or gave up).
         """
         engine = self._live_engine()
         info = engine.info()
@@ -432,6 +434,8 @@ class Store(Reads):
             out.update(w.stats())
         if engine.tail is not None:  # the write-ahead log (wal.py): its size, tail, applies
             out["log"] = {**engine.tail.stats(), **engine.applier.stats()}
+        if w is not None:
+            out["transactions"] = _txn.stats(self)
         return out
 
     def close(self) -> None:

@@ -125,11 +125,18 @@ class Gate:
     of their conflict only at their own commit.
 
     `retrying`: transactions of the process between a conflict and their
-    end; guarded by `_cond`'s lock."""
+    end; `calls` (transact calls) and `conflicts` (runs that conflicted),
+    for Store.stats(); all guarded by `_cond`'s lock."""
 
     def __init__(self):
         self._cond = threading.Condition(threading.Lock())
         self.retrying = 0
+        self.calls = 0
+        self.conflicts = 0
+
+    def started(self) -> None:
+        with self._cond:
+            self.calls += 1
 
     def conflicted(self) -> None:
         with self._cond:
@@ -164,6 +171,14 @@ def gate(store) -> Gate:
         with _gates_lock:
             found = _gates.setdefault(engine, Gate())
     return found
+
+
+def stats(store) -> dict:
+    """This process's transact calls (incr, update, compare_and_set
+    included) and their runs that conflicted, for Store.stats()."""
+    found = gate(store)
+    with found._cond:
+        return {"calls": found.calls, "conflicts": found.conflicts}
 
 
 def gave_up(error: ConflictError, retries: int) -> ConflictError:
@@ -605,16 +620,17 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
             try:
                 result = fn(tx)
             except BaseException:
-                attempts.error = failed_run(tx)
-                if attempts.error is None:
+                error = failed_run(tx)
+                if error is None:
                     raise
+                attempts.conflict(error)
                 continue
             check_still_open(tx)
             try:
                 tx.commit()
                 return result
             except ConflictError as exc:
-                attempts.error = exc
+                attempts.conflict(exc)
     raise gave_up(attempts.error, attempts.retries)
 
 
@@ -631,12 +647,20 @@ class Attempts:
         self._retrying = False
 
     def __iter__(self):
+        self.gate.started()
         yield 0.0
+        gate = self.gate
         for attempt in range(self.retries):
             if not self._retrying:
                 self._retrying = True
-                self.gate.conflicted()
+                gate.conflicted()
             yield backoff(attempt)
+
+    def conflict(self, error: ConflictError) -> None:
+        """The run conflicted (with error): count it."""
+        self.error = error
+        with self.gate._cond:
+            self.gate.conflicts += 1
 
     def __enter__(self) -> "Attempts":
         return self

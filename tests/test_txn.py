@@ -344,6 +344,7 @@ def test_transact_gives_up_after_its_retries_with_the_count(db):
     assert "3 runs" in str(caught.value) and "retries=2" in str(caught.value)
     assert caught.value.keys == [("default", b"hot")]
     assert db.get("x") is None
+    assert db.stats()["transactions"] == {"calls": 1, "conflicts": 3}
 
 
 def test_transact_runs_a_function_again_when_it_failed_on_reads_that_changed(db):
