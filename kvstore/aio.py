@@ -291,8 +291,8 @@ class AsyncStore:
                     result = fn(tx)
                     if inspect.isawaitable(result):
                         result = await result
-                except BaseException:
-                    error = _txn.failed_run(tx)
+                except BaseException as exc:
+                    error = _txn.failed_run(tx, exc)
                     if error is None:
                         raise
                     attempts.conflict(error)

@@ -303,6 +303,7 @@ class Transaction:
         self._nbytes = 0
         self._before = None  # ttl.Enable of the namespaces its TTL values go to
         self._now = 0
+        self._txnid = None  # LMDB's last txnid when the reads so far were known current
         self._state = "new"
         self._token = None
 
@@ -385,6 +386,45 @@ class Transaction:
                 return (entry[1],)
         return None
 
+    def _consistent(self) -> None:
+        """Before reading more of the latest state: ConflictError now (the
+        transaction ends) if what it read so far has changed, so that its
+        reads are always of one state, even in a transaction that will not
+        commit. Cheap while nothing moved: LMDB's last txnid (one memory
+        read with the read cache on) and the pending writes of the keys
+        read."""
+        txnid = self._engine.current_txnid()
+        if not self._reads and not self._scans:
+            self._txnid = txnid
+            return
+        if txnid == self._txnid and not self._pending_moved():
+            return
+        conflicts = self._current().conflicts
+        if conflicts:
+            self._end("conflicted")
+            raise _conflict(conflicts)
+        self._txnid = txnid
+
+    def _pending_moved(self) -> bool:
+        """Whether a pending write (the overlay) now stands for a key read,
+        or in a range scanned, with other bytes than the transaction saw."""
+        engine = self._engine
+        if engine.tail is not None:
+            engine.tail.refresh()
+        overlay = engine.overlay
+        now = self._now
+        for (ns, key), seen in self._reads.items():
+            pending = overlay.get(ns)
+            entry = pending.get(key) if pending else None
+            if entry is not None and _alive(entry[1], now) != seen:
+                return True
+        for ns, lo, hi, seen in self._scans:
+            if overlay.get(ns):
+                saw = dict(seen)
+                if any(_alive(r, now) != saw.get(k) for k, r in engine.snapshot(ns, lo, hi)):
+                    return True
+        return False
+
     def _stored(self, ns: str, key: bytes):
         """The key's stored bytes as the transaction sees them (None: none),
         remembered on first read."""
@@ -394,6 +434,7 @@ class Transaction:
             return written[3]
         if k in self._reads:
             return self._reads[k]
+        self._consistent()
         hit = self._pending(ns, key)
         if hit is not None:
             record = hit[0]
@@ -420,6 +461,7 @@ class Transaction:
         handle = self._handle(namespace)
         ns = handle._ns
         keys = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
+        self._consistent()
         todo = []
         for key in keys:
             k = (ns, key)
@@ -464,6 +506,7 @@ class Transaction:
         handle = self._handle(namespace)
         ns = handle._ns
         lo, hi = scan_bounds(prefix, start, stop)
+        self._consistent()
         seen = self._range(ns, lo, hi)
         self._scans.append((ns, lo, hi, seen))
         view = dict(seen)
@@ -619,8 +662,8 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
             tx = Transaction(store, durable)._begin()
             try:
                 result = fn(tx)
-            except BaseException:
-                error = failed_run(tx)
+            except BaseException as exc:
+                error = failed_run(tx, exc)
                 if error is None:
                     raise
                 attempts.conflict(error)
@@ -671,9 +714,12 @@ class Attempts:
             self.gate.done()
 
 
-def failed_run(tx: Transaction) -> ConflictError | None:
-    """fn raised: end tx; the conflict to retry on if what it read changed
-    meanwhile (fn may have failed on a mix of old and new), else None."""
+def failed_run(tx: Transaction, exc: BaseException) -> ConflictError | None:
+    """fn raised exc: end tx; the conflict to retry on if it is tx's own (a
+    read found what it read before changed), or if what it read changed
+    meanwhile (fn may have failed because of that); else None."""
+    if tx._state == "conflicted" and isinstance(exc, ConflictError):
+        return exc
     stale = None
     if tx._state == "open":
         try:

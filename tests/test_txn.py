@@ -231,6 +231,37 @@ def test_a_key_read_twice_reads_the_same_value_and_the_transaction_then_conflict
     assert db.get("other") is None
 
 
+def test_a_read_that_would_mix_two_states_raises_at_once(db):
+    db.put_many({"a": 1, "b": 1}, durable=True)
+    with pytest.raises(ConflictError) as caught:
+        with db.transaction() as tx:
+            assert tx.get("a") == 1
+            db.put_many({"a": 2, "b": 2}, durable=True)
+            tx.get("b")  # b = 2 beside a = 1 was never the state
+            pytest.fail("the transaction read a mix of two states")
+    assert caught.value.keys == [("default", b"a")] and tx.state == "conflicted"
+    with pytest.raises(ConflictError):
+        with db.transaction() as tx:
+            tx.get_many(["a", "c"])
+            db.put("a", 3)  # buffered: pending in this process
+            list(tx.scan(prefix="b"))
+
+
+def test_transact_runs_again_a_function_whose_read_found_the_state_moved(db):
+    db.put_many({"a": 1, "b": 1}, durable=True)
+    seen = []
+
+    def fn(tx):
+        a = tx.get("a")
+        if not seen:
+            db.put_many({"a": 2, "b": 2}, durable=True)
+        seen.append((a, tx.get("b")))
+        tx.put("sum", a + seen[-1][1])
+
+    db.transact(fn)
+    assert seen == [(2, 2)] and db.get("sum") == 4
+
+
 def test_a_conflicted_transaction_writes_nothing_in_any_namespace(db):
     db.put("k", 1, durable=True)
     with pytest.raises(ConflictError):

@@ -60,11 +60,13 @@ class Round:
     def run(self, db, barrier):
         try:
             with db.transaction() as tx:
-                for key in self.spec["reads"]:
-                    self.seen[key] = tx.get(key)
-                if self.spec["scan"]:
-                    self.scanned = [(k.decode(), v) for k, v in tx.scan(prefix="k:")]
-                barrier.wait()
+                try:
+                    for key in self.spec["reads"]:
+                        self.seen[key] = tx.get(key)
+                    if self.spec["scan"]:
+                        self.scanned = [(k.decode(), v) for k, v in tx.scan(prefix="k:")]
+                finally:
+                    barrier.wait()  # also after a read that conflicted: the others wait here
                 for key, value in self.values(self.seen).items():
                     if value is None:
                         tx.delete(key)
