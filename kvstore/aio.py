@@ -279,11 +279,8 @@ class AsyncStore:
         :raises ConflictError: every run conflicted (its message has the count)
         """
         attempts = _txn.Attempts(self._store, check_count(retries, "retries", "atransact", 0))
-        waited = time.monotonic() + _txn.YIELD_MAX
-        while attempts.gate.busy and time.monotonic() < waited:  # Gate.wait, without blocking the loop
-            await asyncio.sleep(0.001)
         with attempts:
-            for pause in attempts:
+            for first, pause in attempts:
                 if pause:
                     await asyncio.sleep(pause)
                 tx = self._store.transaction(durable)._begin()
@@ -298,6 +295,10 @@ class AsyncStore:
                     attempts.conflict(error)
                     continue
                 _txn.check_still_open(tx)
+                if first:  # Gate.wait, without blocking the loop
+                    waited = time.monotonic() + _txn.YIELD_MAX
+                    while attempts.gate.contended(tx._reads) and time.monotonic() < waited:
+                        await asyncio.sleep(0.001)
                 try:
                     await _commit(tx)
                     return result

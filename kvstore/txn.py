@@ -82,7 +82,7 @@ RETRIES = 10  # transact's default: runs of fn after the first
 RMW_RETRIES = 1000
 BACKOFF_FIRST = 0.0002  # seconds: the longest sleep before the second retry
 BACKOFF_MAX = 0.01  # seconds: the longest sleep between two runs
-YIELD_MAX = 0.05  # seconds: the longest a first run waits for this process's retrying transactions
+YIELD_MAX = 0.05  # seconds: the longest a first run waits for this process's retrying ones (Gate)
 
 
 class _Missing:
@@ -117,20 +117,25 @@ def backoff(attempt: int) -> float:
 
 
 class Gate:
-    """Fairness between the transactions of one process: while some of them
-    are running again after a conflict, a transaction's first run waits for
-    them (at most YIELD_MAX seconds; never a lock: nobody is kept out for
-    longer). Without it, the winner of a hot key's commit, back first with
-    its next increment, would keep winning and starve the losers, who learn
-    of their conflict only at their own commit.
+    """Fairness between the transactions of one process on a hot key.
 
-    `retrying`: transactions of the process between a conflict and their
-    end; `calls` (transact calls) and `conflicts` (runs that conflicted),
-    for Store.stats(); all guarded by `_cond`'s lock."""
+    A conflict is learnt at commit: by then the winner of the last commit
+    is back with its next transaction, ahead of the losers, and could win
+    over and over. So the keys a retrying transaction conflicted on are
+    "contended" until its transact call ends, and a first run that read a
+    contended key waits, before its commit, for them to be free (at most
+    YIELD_MAX seconds: never a lock, nobody is kept out for longer): the
+    older transaction commits first, and the younger one conflicts and
+    becomes a retrier in turn. Transactions on other keys never wait.
+
+    `_keys`: (namespace, key) -> retrying transactions that conflicted on
+    it; `calls` (transact calls) and `conflicts` (runs that conflicted), for
+    Store.stats(); all guarded by `_cond`'s lock (`_keys` is also read
+    without it: single dict lookups)."""
 
     def __init__(self):
         self._cond = threading.Condition(threading.Lock())
-        self.retrying = 0
+        self._keys: dict = {}
         self.calls = 0
         self.conflicts = 0
 
@@ -138,25 +143,34 @@ class Gate:
         with self._cond:
             self.calls += 1
 
-    def conflicted(self) -> None:
+    def conflicted(self, keys) -> None:
+        """A run conflicted on keys (those not registered by this call yet)."""
         with self._cond:
-            self.retrying += 1
+            self.conflicts += 1
+            for k in keys:
+                self._keys[k] = self._keys.get(k, 0) + 1
 
-    def done(self) -> None:
+    def done(self, keys) -> None:
+        """A call that conflicted on keys has ended."""
         with self._cond:
-            self.retrying -= 1
-            if not self.retrying:
-                self._cond.notify_all()
+            for k in keys:
+                left = self._keys.get(k, 0) - 1
+                if left > 0:
+                    self._keys[k] = left
+                else:
+                    self._keys.pop(k, None)
+            self._cond.notify_all()
 
-    @property
-    def busy(self) -> bool:
-        return self.retrying > 0
+    def contended(self, keys) -> bool:
+        held = self._keys
+        return bool(held) and any(k in held for k in keys)
 
-    def wait(self) -> None:
-        """Before a first run: let this process's retrying transactions go first."""
-        if self.retrying:
+    def wait(self, keys) -> None:
+        """Before a first run's commit: let this process's retrying
+        transactions on the keys it read go first."""
+        if self.contended(keys):
             with self._cond:
-                self._cond.wait_for(lambda: not self.retrying, YIELD_MAX)
+                self._cond.wait_for(lambda: not self.contended(keys), YIELD_MAX)
 
 
 _gates: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # engine -> Gate
@@ -654,9 +668,8 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
     :raises ConflictError: every run conflicted (`attempts` says how many)
     """
     attempts = Attempts(store, check_count(retries, "retries", "transact", 0))
-    attempts.gate.wait()
     with attempts:
-        for pause in attempts:
+        for first, pause in attempts:
             if pause:
                 time.sleep(pause)
             tx = Transaction(store, durable)._begin()
@@ -669,6 +682,8 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
                 attempts.conflict(error)
                 continue
             check_still_open(tx)
+            if first:
+                attempts.gate.wait(tx._reads)
             try:
                 tx.commit()
                 return result
@@ -678,40 +693,36 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
 
 
 class Attempts:
-    """The runs of one transact call: iterating yields the pause before
-    each run (0 before the first); from the first retry on, the call counts
-    as retrying in the process's Gate until the `with` block ends. `error`:
-    the last run's conflict."""
+    """The runs of one transact call: iterating yields (first run?, the
+    pause before it). `conflict(error)` counts a run that
+    conflicted and marks its keys contended in the process's Gate until the
+    `with` block ends; `error`: the last run's conflict."""
 
     def __init__(self, store, retries: int):
         self.gate = gate(store)
         self.retries = retries
         self.error: ConflictError | None = None
-        self._retrying = False
+        self._held: set = set()  # keys this call marked contended
 
     def __iter__(self):
         self.gate.started()
-        yield 0.0
-        gate = self.gate
+        yield True, 0.0
         for attempt in range(self.retries):
-            if not self._retrying:
-                self._retrying = True
-                gate.conflicted()
-            yield backoff(attempt)
+            yield False, backoff(attempt)
 
     def conflict(self, error: ConflictError) -> None:
-        """The run conflicted (with error): count it."""
         self.error = error
-        with self.gate._cond:
-            self.gate.conflicts += 1
+        new = [k for k in error.keys if k not in self._held]
+        self._held.update(new)
+        self.gate.conflicted(new)
 
     def __enter__(self) -> "Attempts":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._retrying:
-            self._retrying = False
-            self.gate.done()
+        if self._held:
+            self.gate.done(self._held)
+            self._held = set()
 
 
 def failed_run(tx: Transaction, exc: BaseException) -> ConflictError | None:
