@@ -631,6 +631,9 @@ class Transaction:
                 return None, self._submit_blind(callback)
             if mode == "read-only":
                 return self._current(), False
+            # already stale (the state moved since the reads): conflict
+            # now, without a commit; the write path checks again anyway
+            self._consistent()
             group = self._group(callback)
             return group.condition, self._engine.writer.submit(group)
         except BaseException:
