@@ -15,7 +15,11 @@ Optimistic: no lock is held while the caller's code runs.
    or expired at the transaction's start); for every scan, its range
    (namespace, lo, hi) and the (key, stored bytes) it saw there. A key read
    again returns what was read the first time; a key the transaction wrote
-   reads as written (read-your-writes).
+   reads as written (read-your-writes). Before a read reaches for more of
+   the latest state, what was read so far is checked to still hold
+   (`_consistent`: cheap while LMDB's txnid and the pending writes of the
+   keys read have not moved); if not, that read raises ConflictError: the
+   reads are always of one state, though no LMDB snapshot is held.
 2. Writes are encoded at the call (a bad value raises there) and buffered.
 3. The commit is one `ConditionalGroup` whose condition, `Validate`, runs
    inside the write path: in the LMDB write transaction (with a log: after
@@ -37,18 +41,20 @@ latest state: `apply` calls it with the LMDB transaction's, a transaction
 that wrote nothing is checked with a fresh read of the latest state
 (`_current`), and a write-ahead log can call it at append time.
 
-Three shortcuts: a transaction that read nothing commits as a plain batch
+Shortcuts: a transaction that read nothing commits as a plain batch
 (`durable` as given); one that wrote nothing is checked with a read, no
-commit; a failed check writes nothing but is still a commit of the writer
-(LMDB's transaction holds the other groups of the batch).
+commit; one already stale when it commits conflicts before it is submitted.
+A failed check in the write path writes nothing but is still a commit of
+the writer (LMDB's transaction may hold other groups).
 
 Cost: a transaction that read something waits for the LMDB commit it is
-decided in (durable=True or not): one synced LMDB commit without a log, one
-checkpoint of the log with it, shared with concurrent writers.
+decided in (durable=True or not): without a log, one synced LMDB commit
+shared with concurrent writers; with one, an apply of the whole log of its
+own (Writer._exclusive).
 
 `transact` runs a function in a transaction and runs it again on conflict,
-after a random backoff; `update`, `incr` and `compare_and_set` are built on
-it. Nesting is refused (per thread, and per asyncio task: a context
+after a random backoff, with the older transactions of a hot key first
+(`Gate`); `update`, `incr` and `compare_and_set` are built on it. Nesting is refused (per thread, and per asyncio task: a context
 variable), and a transaction used after it ended raises.
 """
 

@@ -168,6 +168,35 @@ def test_a_buffered_write_of_another_thread_pending_at_commit_is_a_conflict(db):
     assert db.get("k") == 2
 
 
+OTHER_WRITER = r"""
+import sys, kvstore
+with kvstore.open(sys.argv[1], wal=sys.argv[2] == "1") as db:
+    db.put(sys.argv[3], "from another process", durable=True)
+"""
+
+
+def test_a_write_from_another_process_between_read_and_commit_is_a_conflict(db, store_path, wal):
+    db.put_many({"k": 1, "msg:1": 1}, durable=True)
+
+    def other_process_puts(key):
+        subprocess.run([sys.executable, "-c", OTHER_WRITER, store_path, "1" if wal else "0", key],
+                       check=True, timeout=120)
+
+    with pytest.raises(ConflictError) as caught:
+        with db.transaction() as tx:
+            tx.get("k")
+            other_process_puts("k")
+            tx.put("x", 1)
+    assert caught.value.keys == [("default", b"k")]
+    with pytest.raises(ConflictError) as caught:
+        with db.transaction() as tx:
+            list(tx.scan(prefix="msg:"))
+            other_process_puts("msg:2")  # a phantom, from another process
+            tx.put("x", 1)
+    assert caught.value.keys == [("default", b"msg:2")]
+    assert db.get("x") is None and db.get("k") == "from another process"
+
+
 def test_a_read_only_transaction_conflicts_when_what_it_read_changed(db):
     db.put("k", 1, durable=True)
     with pytest.raises(ConflictError):
