@@ -4,7 +4,9 @@ Each step runs a round of 2 to 4 concurrent transactions from threads, and
 maybe a plain writer, on a few keys. Every transaction reads first (keys,
 or the whole range by a scan), then all wait at a barrier, so they overlap
 for certain and conflicts are forced; then each writes values computed
-from what it read and commits. After the round:
+from what it read and commits. Maybe another process (`OtherProcess`) runs
+a whole transaction while they wait at the barrier: after their reads,
+before their commits. After the round:
 
 - every transaction either committed or raised ConflictError naming keys
   it read;
@@ -21,6 +23,10 @@ steps and the @reproduce_failure line to paste above the test.
 """
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -111,6 +117,67 @@ class PlainWrite:
             state[self.key] = self.value
 
 
+class OtherProcess:
+    """A second process that runs one Round at a time on request (JSON lines:
+    path, wal, spec in; seen, scanned, conflict keys out)."""
+
+    CODE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import kvstore
+from test_txn_model import Round
+
+class NoBarrier:
+    def wait(self):
+        pass
+
+stores = {}
+for line in sys.stdin:
+    req = json.loads(line)
+    if "close" in req:
+        db = stores.pop(req["close"], None)
+        if db is not None:
+            db.close()
+        out = {}
+    else:
+        db = stores.get(req["path"]) or stores.setdefault(req["path"], kvstore.open(req["path"], wal=req["wal"]))
+        r = Round(req["spec"])
+        r.run(db, NoBarrier())
+        db.flush()  # a transaction that read nothing is a buffered batch: committed by now
+        out = {"seen": r.seen, "scanned": r.scanned,
+               "conflict": None if r.outcome == "committed" else [[ns, k.decode()] for ns, k in r.outcome.keys]}
+    print(json.dumps(out), flush=True)
+"""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, os.path.dirname(os.path.abspath(__file__))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the other process died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def run(self, path: str, wal: bool, spec: dict) -> Round:
+        reply = self.ask({"path": path, "wal": wal, "spec": spec})
+        r = Round(spec)
+        r.seen = reply["seen"]
+        r.scanned = None if reply["scanned"] is None else [tuple(p) for p in reply["scanned"]]
+        r.outcome = "committed" if reply["conflict"] is None else kvstore.ConflictError(
+            "in the other process", [(ns, k.encode()) for ns, k in reply["conflict"]])
+        return r
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+OTHER: OtherProcess | None = None  # set by the test functions while a machine runs
+
+
 class TransactionsAreSerializable(RuleBasedStateMachine):
     WAL = False
 
@@ -126,16 +193,25 @@ class TransactionsAreSerializable(RuleBasedStateMachine):
     def open_store(self):
         self.db = kvstore.open(self.dir.name, wal=self.WAL, flush_interval=0.002)
 
-    @rule(specs=st.lists(TXS, min_size=2, max_size=4), plain=PLAIN)
-    def concurrent_round(self, specs, plain):
+    @rule(specs=st.lists(TXS, min_size=2, max_size=4), plain=PLAIN, other=st.none() | TXS)
+    def concurrent_round(self, specs, plain, other):
+        self.db.flush()  # the round starts from a committed state (the model's)
         txs = [Round(spec) for spec in specs]
         actors = list(txs) + ([PlainWrite(*plain)] if plain is not None else [])
-        barrier = threading.Barrier(len(actors))
+        remote = []
+
+        def other_process_runs():  # when every thread has read, before any commits
+            if other is not None:
+                remote.append(OTHER.run(self.dir.name, self.WAL, other))
+
+        barrier = threading.Barrier(len(actors), action=other_process_runs)
         threads = [threading.Thread(target=a.run, args=(self.db, barrier)) for a in actors]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        txs += remote
+        actors += remote
         self.db.flush()
         actual = {k.decode(): v for k, v in self.db.scan(prefix="k:")}
         for tx in txs:
@@ -173,6 +249,8 @@ class TransactionsAreSerializable(RuleBasedStateMachine):
     def teardown(self):
         if self.db is not None:
             self.db.close()
+            if OTHER is not None:
+                OTHER.ask({"close": self.dir.name})
         self.dir.cleanup()
 
 
@@ -180,9 +258,19 @@ class TransactionsAreSerializableWithTheLog(TransactionsAreSerializable):
     WAL = True
 
 
-def test_transactions_from_threads_are_serializable(codec_backend):
-    run_state_machine_as_test(TransactionsAreSerializable)
+def _run(machine):
+    global OTHER
+    OTHER = OtherProcess()  # started here: it inherits the backend's KVSTORE_CODEC
+    try:
+        run_state_machine_as_test(machine)
+    finally:
+        OTHER.close()
+        OTHER = None
 
 
-def test_transactions_from_threads_are_serializable_with_the_log(codec_backend):
-    run_state_machine_as_test(TransactionsAreSerializableWithTheLog)
+def test_transactions_from_threads_and_a_process_are_serializable(codec_backend):
+    _run(TransactionsAreSerializable)
+
+
+def test_transactions_from_threads_and_a_process_are_serializable_with_the_log(codec_backend):
+    _run(TransactionsAreSerializableWithTheLog)
