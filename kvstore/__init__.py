@@ -12,6 +12,7 @@ every option.
 
 from . import codec
 from .errors import (
+    ConflictError,
     CorruptionError,
     EncodeError,
     FormatError,
@@ -24,6 +25,7 @@ from .errors import (
     MapFullError,
     DiskFullError,
     NamespaceLimitError,
+    NestedTransactionError,
     NotSupportedError,
     ReadersFullError,
     ReadOnlyError,
@@ -31,10 +33,12 @@ from .errors import (
     StoreFailedError,
     StoreNotFoundError,
     TimeoutError,
+    TransactionClosedError,
     TTLMismatchError,
 )
 from .options import Options
 from .store import Batch, Namespace, Store, open
+from .txn import MISSING, Transaction
 
 __version__ = "0.1.0"
 
@@ -43,9 +47,12 @@ __all__ = [
     "Store",
     "Namespace",
     "Batch",
+    "Transaction",
+    "MISSING",
     "Options",
     "codec",
     "KVStoreError",
+    "ConflictError",
     "CorruptionError",
     "EncodeError",
     "FormatError",
@@ -57,6 +64,7 @@ __all__ = [
     "MapFullError",
     "DiskFullError",
     "NamespaceLimitError",
+    "NestedTransactionError",
     "NotSupportedError",
     "ReadersFullError",
     "ReadOnlyError",
@@ -64,5 +72,6 @@ __all__ = [
     "StoreFailedError",
     "StoreNotFoundError",
     "TimeoutError",
+    "TransactionClosedError",
     "TTLMismatchError",
 ]

@@ -27,6 +27,11 @@ read-your-writes. How each call meets the event loop:
   development machine); `aget_many` of more than `INLINE_GET_MANY` keys goes
   to a worker thread so that one call cannot hold the loop for long.
   `ascan` reads in the loop and hands it back every `SCAN_CHUNK` items.
+- Transactions (`atransaction`, `atransact`, `aincr`, `aupdate`,
+  `acompare_and_set`; kvstore/txn.py): the transaction's reads and writes
+  are plain calls that run inline, like `aget`; its commit is queued with a
+  completion callback and awaited like a durable write, and a retry's
+  backoff is an `asyncio.sleep`.
 - Opening, closing, `aflush`, `anamespace` and `atrain_dictionary` can wait
   for LMDB's write lock or an fsync, so they run in the loop's default
   executor.
@@ -40,15 +45,19 @@ included, for its duration.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
+import time
 import weakref
 from typing import AsyncIterator, Iterable
 
-from .errors import InvalidArgumentError
+from . import txn as _txn
+from .errors import ConflictError, InvalidArgumentError
 from .options import INLINE_GET_MANY, SETTLE_SLICE, Options
 from .store import SCAN_CHUNK, Batch, Store
+from .validate import check_count
 
-__all__ = ["open", "AsyncStore", "AsyncBatch", "INLINE_GET_MANY"]
+__all__ = ["open", "AsyncStore", "AsyncBatch", "AsyncTransaction", "INLINE_GET_MANY"]
 
 
 
@@ -249,6 +258,76 @@ class AsyncStore:
         """
         return AsyncBatch(self._store.batch(durable))
 
+    # ------------------------------------------------------------ read-modify-write
+
+    def atransaction(self, durable: bool | None = None) -> "AsyncTransaction":
+        """`Store.transaction` for asyncio: ``async with db.atransaction() as tx:``.
+
+        tx is a `kvstore.Transaction`: its reads and writes are plain calls
+        (they run inline, as aget does); the commit at the end of the block
+        is awaited without blocking the loop.
+
+        :raises ConflictError: at the end of the block, as for Store.transaction
+        """
+        return AsyncTransaction(self._store.transaction(durable))
+
+    async def atransact(self, fn, *, retries: int = _txn.RETRIES, durable: bool | None = None):
+        """`Store.transact`: fn(tx) (a function or a coroutine function) in a
+        transaction, run again on conflict after an asyncio.sleep backoff;
+        returns fn's result.
+
+        :raises ConflictError: every run conflicted (its message has the count)
+        """
+        attempts = _txn.Attempts(self._store, check_count(retries, "retries", "atransact", 0))
+        with attempts:
+            for first, pause in attempts:
+                if pause:
+                    await asyncio.sleep(pause)
+                tx = self._store.transaction(durable)._begin()
+                try:
+                    result = fn(tx)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except BaseException as exc:
+                    error = _txn.failed_run(tx, exc)
+                    if error is None:
+                        raise
+                    attempts.conflict(error)
+                    continue
+                _txn.check_still_open(tx)
+                if first:  # Gate.wait, without blocking the loop
+                    waited = time.monotonic() + _txn.YIELD_MAX
+                    while attempts.gate.contended(tx._reads) and time.monotonic() < waited:
+                        await asyncio.sleep(0.001)
+                try:
+                    await _commit(tx)
+                    return result
+                except ConflictError as exc:
+                    attempts.conflict(exc)
+        raise _txn.gave_up(attempts.error, attempts.retries)
+
+    async def aupdate(self, key, fn, default=None, *, durable: bool | None = None):
+        """`Store.update`: store fn(old) (fn may be a coroutine function) and return it."""
+        async def step(tx):
+            new = fn(tx.get(key, default))
+            if inspect.isawaitable(new):
+                new = await new
+            tx.put(key, new)
+            return new
+
+        return await self.atransact(step, retries=_txn.RMW_RETRIES, durable=durable)
+
+    async def aincr(self, key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
+        """`Store.incr`: add delta to the int under key; returns the new value."""
+        return await self.atransact(_txn.incr_step(key, delta, default), retries=_txn.RMW_RETRIES,
+                                    durable=durable)
+
+    async def acompare_and_set(self, key, expected, new, *, durable: bool | None = None) -> bool:
+        """`Store.compare_and_set`: new under key if it holds expected
+        (kvstore.MISSING: absent); returns whether it did."""
+        return await self.atransact(_txn.cas_step(key, expected, new), retries=_txn.RMW_RETRIES,
+                                    durable=durable)
+
     async def aflush(self, timeout: float | None = None) -> None:
         """`Store.flush`: every write accepted before the call is committed
         and synced. Waits in a worker thread.
@@ -354,3 +433,33 @@ class AsyncBatch:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         done = _Completion()
         await done.wait(self._batch._close(exc_type is not None, done))
+
+
+async def _commit(tx) -> None:
+    """Commit a transaction without blocking the loop (Transaction.commit)."""
+    done = _Completion()
+    try:
+        condition, wait = tx._submit(done)
+        await done.wait(wait)
+    except BaseException:
+        tx._end("failed")
+        raise
+    tx._settle(condition)
+
+
+class AsyncTransaction:
+    """What `AsyncStore.atransaction()` returns: ``async with`` gives the
+    `kvstore.Transaction`, committed (awaited) when the block exits
+    normally, discarded if it raises."""
+
+    def __init__(self, tx):
+        self._tx = tx
+
+    async def __aenter__(self):
+        return self._tx._begin()
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._tx._end("discarded")
+            return
+        await _commit(self._tx)

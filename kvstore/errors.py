@@ -27,6 +27,8 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "NotSupportedError",
+    "NestedTransactionError",
+    "TransactionClosedError",
     # -- opening a store
     "FormatError",
     "StoreNotFoundError",
@@ -42,6 +44,7 @@ __all__ = [
     "StoreFailedError",
     "LockFileReplacedError",
     "TimeoutError",
+    "ConflictError",
     "translate",
 ]
 
@@ -102,6 +105,18 @@ class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
 class NotSupportedError(KVStoreError, NotImplementedError):
     """A feature the call asks for that kvstore does not offer (yet), such as
     a time-to-live in the LangGraph store."""
+
+
+class NestedTransactionError(KVStoreError, RuntimeError):
+    """A transaction (or transact, update, incr, compare_and_set) was begun
+    inside another transaction of the same thread or asyncio task. Do the
+    work in the outer transaction (its `tx` reads and writes every
+    namespace), or after it ends."""
+
+
+class TransactionClosedError(StoreClosedError):
+    """A transaction was used after it committed, failed or was discarded
+    (or before its `with` block began). Start a new one."""
 
 
 # ------------------------------------------------------------------- opening
@@ -204,6 +219,25 @@ class TimeoutError(KVStoreError, builtins.TimeoutError):
     Also a builtin ``TimeoutError``. The writes are still queued: they will
     commit, or fail the store, as usual.
     """
+
+
+class ConflictError(KVStoreError):
+    """A transaction did not commit: something it read changed before its
+    commit (another thread, process, or plain write). Nothing of it was
+    written. Run it again (`transact` does, with backoff).
+
+    ``keys``: the (namespace, key) pairs whose stored value changed (for a
+    scanned range, the keys that appeared, went or changed in it);
+    ``attempts``: how many times `transact` ran the function, when it gave up.
+    """
+
+    def __init__(self, message: str, keys=(), attempts: int | None = None):
+        super().__init__(message)
+        self.keys = list(keys)
+        self.attempts = attempts
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.keys, self.attempts))
 
 
 def _errno_of(exc: lmdb.Error):

@@ -52,6 +52,18 @@ def _live(record, now: int) -> bool:
         return True
 
 
+def scan_bounds(prefix, start, stop) -> tuple[bytes | None, bytes | None]:
+    """The key range [lo, hi) (None: unbounded) of scan's prefix, start and stop."""
+    prefix = check_bound(prefix, "prefix")
+    lo, hi = check_bound(start, "start"), check_bound(stop, "stop")
+    if prefix:
+        lo = prefix if lo is None else max(lo, prefix)
+        end = prefix_end(prefix)
+        if end is not None:
+            hi = end if hi is None else min(hi, end)
+    return lo, hi
+
+
 class Reads:
     """The read methods of Store and Namespace (see the module docstring)."""
 
@@ -375,13 +387,7 @@ class Reads:
         Pending writes of this process at the start of the scan are included.
         """
         engine = self._live_engine()
-        prefix = check_bound(prefix, "prefix")
-        lo, hi = check_bound(start, "start"), check_bound(stop, "stop")
-        if prefix:
-            lo = prefix if lo is None else max(lo, prefix)
-            end = prefix_end(prefix)
-            if end is not None:
-                hi = end if hi is None else min(hi, end)
+        lo, hi = scan_bounds(prefix, start, stop)
         return self._scan(engine, lo, hi, bool(reverse), bool(keys_only))
 
     def _scan(self, engine, lo, hi, reverse, keys_only):

@@ -18,6 +18,7 @@ import lmdb
 from .engine import attach, detach
 from . import codec as _codec
 from . import ttl as _ttl
+from . import txn as _txn
 from .codec.format import inner_record
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
 from . import memoize as _memoize
@@ -302,6 +303,48 @@ class Store(Reads):
         self._writer(engine)
         return Batch(self, durable)
 
+    # ------------------------------------------------------------ read-modify-write (txn.py)
+
+    def transaction(self, durable: bool | None = None) -> "_txn.Transaction":
+        """A transaction: ``with db.transaction() as tx: tx.get(...); tx.put(...)``.
+
+        Commits when the block exits normally, if nothing it read has changed
+        since it read it (in any thread or process); otherwise raises
+        ConflictError and writes nothing. Discarded if the block raises.
+        Reads and writes other namespaces with ``namespace=``.
+        docs/transactions.md has the whole contract.
+
+        :raises NestedTransactionError: begun inside another transaction of this thread or task
+        """
+        return _txn.Transaction(self, durable)
+
+    def transact(self, fn, *, retries: int = _txn.RETRIES, durable: bool | None = None):
+        """Run fn(tx) in a transaction, running it again (after a random
+        backoff) when it conflicts, at most `retries` more times; returns
+        fn's result. fn may run more than once: keep its side effects in tx.
+
+        :raises ConflictError: every run conflicted (its message has the count)
+        """
+        return _txn.transact(self, fn, retries, durable)
+
+    def update(self, key, fn, default=None, *, durable: bool | None = None):
+        """Store fn(old value) under key (old: default when missing) and return
+        it; retried on conflict, so fn may run more than once."""
+        return _txn.update(self, key, fn, default, durable)
+
+    def incr(self, key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
+        """Add delta to the int under key (default when missing); returns the new value.
+
+        :raises InvalidArgumentTypeError: delta or default, or the stored value, is not an int
+        """
+        return _txn.incr(self, key, delta, default, durable)
+
+    def compare_and_set(self, key, expected, new, *, durable: bool | None = None) -> bool:
+        """Store new under key if it holds expected (kvstore.MISSING: if it is
+        absent); new=kvstore.MISSING deletes it. Returns whether it did.
+        Values compare as they read back (a tuple stored reads as a list)."""
+        return _txn.compare_and_set(self, key, expected, new, durable)
+
     def flush(self, timeout: float | None = None) -> None:
         """Return once every write accepted before the call is committed and synced.
 
@@ -383,7 +426,9 @@ class Store(Reads):
         size, headers included), compression_ratio, commit_seq (commits by
         every process), expired_swept (expired values the background sweep of
         this process deleted since open), ttl_sweep_error (what stopped the
-        sweep, if anything did).
+        sweep, if anything did), transactions {calls, conflicts} (transact
+        calls of this process, incr/update/compare_and_set included, and their
+        runs that conflicted and ran again or gave up).
         """
         engine = self._live_engine()
         info = engine.info()
@@ -418,6 +463,8 @@ class Store(Reads):
             out.update(w.stats())
         if engine.tail is not None:  # the write-ahead log (wal.py): its size, tail, applies
             out["log"] = {**engine.tail.stats(), **engine.applier.stats()}
+        if w is not None:
+            out["transactions"] = _txn.stats(self)
         return out
 
     def close(self) -> None:

@@ -1,0 +1,816 @@
+"""Transactions: read-modify-write that never loses an update.
+
+    with db.transaction() as tx:
+        meta = tx.get("meta:42", {})
+        meta["turns"] = meta.get("turns", 0) + 1
+        tx.put("meta:42", meta)
+        tx.put("msg:42:7", msg, namespace="messages")
+
+Optimistic: no lock is held while the caller's code runs.
+
+1. Reads go through the usual places, newest first: the pending writes (the
+   overlay: this process's, and with a write-ahead log every process's
+   acknowledged writes LMDB does not hold yet), then LMDB. For every key
+   read the transaction remembers the **stored bytes** it saw (None: absent,
+   or expired at the transaction's start); for every scan, its range
+   (namespace, lo, hi) and the (key, stored bytes) it saw there. A key read
+   again returns what was read the first time; a key the transaction wrote
+   reads as written (read-your-writes). Before a read reaches for more of
+   the latest state, what was read so far is checked to still hold
+   (`_consistent`: cheap while LMDB's txnid and the pending writes of the
+   keys read have not moved); if not, that read raises ConflictError: the
+   reads are always of one state, though no LMDB snapshot is held.
+2. Writes are encoded at the call (a bad value raises there) and buffered.
+3. The commit is one `ConditionalGroup` whose condition, `Validate`, runs
+   inside the write path: in the LMDB write transaction (with a log: after
+   the whole log is applied in that same transaction), it compares every
+   read key's stored bytes and every scanned range with what the
+   transaction saw. All equal: the writes are applied, in the same LMDB
+   transaction. Anything different: nothing is written, and the caller gets
+   `ConflictError` naming the keys.
+
+Equal stored bytes mean the transaction's reads are exactly the state at its
+commit point, so it can be ordered there: the history of transactions and
+plain writes is serializable. (The same bytes written back in between count
+as unchanged: that is value-based validation, and it is still serializable.)
+A record that expired at the transaction's start counts as absent on both
+sides of the comparison.
+
+`Validate.validate(get, scan)` is the check alone, against any view of the
+latest state: `apply` calls it with the LMDB transaction's, a transaction
+that wrote nothing is checked with a fresh read of the latest state
+(`_current`), and a write-ahead log can call it at append time.
+
+Shortcuts: a transaction that read nothing commits as a plain batch
+(`durable` as given); one that wrote nothing is checked with a read, no
+commit; one already stale when it commits conflicts before it is submitted.
+A failed check in the write path writes nothing but is still a commit of
+the writer (LMDB's transaction may hold other groups).
+
+Cost: a transaction that read something waits for the LMDB commit it is
+decided in (durable=True or not): without a log, one synced LMDB commit
+shared with concurrent writers; with one, an apply of the whole log of its
+own (Writer._exclusive).
+
+`transact` runs a function in a transaction and runs it again on conflict,
+after a random backoff, with the older transactions of a hot key first
+(`Gate`); `update`, `incr` and `compare_and_set` are built on it. Nesting is refused (per thread, and per asyncio task: a context
+variable), and a transaction used after it ended raises.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import sys
+import threading
+import time
+import weakref
+
+from . import killpoints
+from . import ttl as _ttl
+from .errors import (ConflictError, InvalidArgumentTypeError, NestedTransactionError,
+                     TransactionClosedError)
+from .group import ConditionalGroup
+from .layout import check_key, check_namespace_name
+from .reads import Reads, _live, scan_bounds
+from .validate import check_count, check_keys_iterable
+
+__all__ = ["Transaction", "Validate", "MISSING", "transact", "update", "incr",
+           "compare_and_set", "backoff", "gave_up", "gate", "Attempts", "failed_run", "check_still_open",
+           "RETRIES", "RMW_RETRIES", "YIELD_MAX"]
+
+RETRIES = 10  # transact's default: runs of fn after the first
+# update, incr, compare_and_set: each conflict is another writer's change of
+# the key, and a winner that is back first can win many in a row (another
+# process's, which the Gate does not see): they give up only after a
+# thousand changes by others during one call.
+RMW_RETRIES = 1000
+BACKOFF_FIRST = 0.0002  # seconds: the longest sleep before the second retry
+BACKOFF_MAX = 0.01  # seconds: the longest sleep between two runs
+YIELD_MAX = 0.05  # seconds: the longest a first run waits for this process's retrying ones (Gate)
+
+
+class _Missing:
+    """`kvstore.MISSING`: "no value", for compare_and_set."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "kvstore.MISSING"
+
+    def __reduce__(self):
+        return (_Missing, ())
+
+
+MISSING = _Missing()
+
+# the transaction open in this thread or asyncio task, if any
+_current_tx: contextvars.ContextVar = contextvars.ContextVar("kvstore_transaction", default=None)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to sleep before run attempt+2 of a conflicting transaction:
+    none before the first retry, then random up to a doubling cap."""
+    if attempt == 0:
+        return 0.0
+    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempt - 1)))
+
+
+class Gate:
+    """Fairness between the transactions of one process on a hot key.
+
+    A conflict is learnt at commit: by then the winner of the last commit
+    is back with its next transaction, ahead of the losers, and could win
+    over and over. So the keys a retrying transaction conflicted on are
+    "contended" until its transact call ends, and a first run that read a
+    contended key waits, before its commit, for them to be free (at most
+    YIELD_MAX seconds: never a lock, nobody is kept out for longer): the
+    older transaction commits first, and the younger one conflicts and
+    becomes a retrier in turn. Transactions on other keys never wait.
+
+    `_keys`: (namespace, key) -> retrying transactions that conflicted on
+    it; `calls` (transact calls) and `conflicts` (runs that conflicted), for
+    Store.stats(); all guarded by `_cond`'s lock (`_keys` is also read
+    without it: single dict lookups)."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._keys: dict = {}
+        self.calls = 0
+        self.conflicts = 0
+
+    def started(self) -> None:
+        with self._cond:
+            self.calls += 1
+
+    def conflicted(self, keys) -> None:
+        """A run conflicted on keys (those not registered by this call yet)."""
+        with self._cond:
+            self.conflicts += 1
+            for k in keys:
+                self._keys[k] = self._keys.get(k, 0) + 1
+
+    def done(self, keys) -> None:
+        """A call that conflicted on keys has ended."""
+        with self._cond:
+            for k in keys:
+                left = self._keys.get(k, 0) - 1
+                if left > 0:
+                    self._keys[k] = left
+                else:
+                    self._keys.pop(k, None)
+            self._cond.notify_all()
+
+    def contended(self, keys) -> bool:
+        held = self._keys
+        return bool(held) and any(k in held for k in keys)
+
+    def wait(self, keys) -> None:
+        """Before a first run's commit: let this process's retrying
+        transactions on the keys it read go first."""
+        if self.contended(keys):
+            with self._cond:
+                self._cond.wait_for(lambda: not self.contended(keys), YIELD_MAX)
+
+
+_gates: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # engine -> Gate
+_gates_lock = threading.Lock()
+
+
+def gate(store) -> Gate:
+    """The Gate of the store's engine (one per path per process)."""
+    engine = store._live_engine()
+    found = _gates.get(engine)
+    if found is None:
+        with _gates_lock:
+            found = _gates.setdefault(engine, Gate())
+    return found
+
+
+def stats(store) -> dict:
+    """This process's transact calls (incr, update, compare_and_set
+    included) and their runs that conflicted, for Store.stats()."""
+    found = gate(store)
+    with found._cond:
+        return {"calls": found.calls, "conflicts": found.conflicts}
+
+
+def gave_up(error: ConflictError, retries: int) -> ConflictError:
+    """transact's error once its retries are used up."""
+    keys = ", ".join(f"{key!r}" + ("" if ns == "default" else f" in {ns!r}") for ns, key in error.keys[:5])
+    more = f" and {len(error.keys) - 5} more" if len(error.keys) > 5 else ""
+    return ConflictError(
+        f"the transaction conflicted on every one of its {retries + 1} runs (retries={retries}; "
+        f"last on {keys or 'its reads'}{more}): other writers keep changing what it reads; "
+        f"retry later, pass a larger retries=, or spread the writes over more keys",
+        error.keys, retries + 1)
+
+
+def _conflict(keys) -> ConflictError:
+    shown = ", ".join(f"{key!r}" + ("" if ns == "default" else f" in {ns!r}") for ns, key in keys[:5])
+    return ConflictError(f"the transaction did not commit: {shown}{' ...' if len(keys) > 5 else ''} "
+                         f"changed since it read them; nothing was written: run it again "
+                         f"(db.transact(fn) retries for you)", keys)
+
+
+# ---------------------------------------------------------------- the condition
+
+
+def _copy(record):
+    """Bytes out of a read transaction (its buffers die with it)."""
+    return None if record is None else bytes(record)
+
+
+def _alive(record, now: int):
+    """Stored bytes as a transaction compares them: None when absent or
+    expired at now (ms)."""
+    if record is None or not _live(record, now):
+        return None
+    return bytes(record)
+
+
+class Validate:
+    """The condition of a transaction's group (writer.ConditionalGroup).
+
+    reads: {(namespace, key): stored bytes or None}; scans: [(namespace, lo,
+    hi, [(key, stored bytes)])]; dbis: {namespace: LMDB handle}; now: the
+    transaction's start (ms) by which expiry is judged; durable: what the
+    caller asked for (the group itself is always waited for). After apply,
+    `conflicts` is [] (written) or the (namespace, key) pairs that changed
+    (nothing written)."""
+
+    __slots__ = ("reads", "scans", "dbis", "now", "durable", "conflicts")
+
+    def __init__(self, reads: dict, scans: list, dbis: dict, now: int, durable: bool):
+        self.reads = reads
+        self.scans = scans
+        self.dbis = dbis
+        self.now = now
+        self.durable = durable
+        self.conflicts: list | None = None
+
+    def enter(self, overlay, seq: int, ops) -> None:
+        """A transaction's writes are invisible until it has committed."""
+
+    def validate(self, get, scan) -> list:
+        """The (namespace, key) pairs whose state differs from what the
+        transaction saw, judged by get(ns, key) -> stored bytes or None and
+        scan(ns, lo, hi) -> [(key, stored bytes)] in key order."""
+        now = self.now
+        out = []
+        for (ns, key), seen in self.reads.items():
+            if _alive(get(ns, key), now) != seen:
+                out.append((ns, key))
+        for ns, lo, hi, seen in self.scans:
+            current = [(k, r) for k, r in ((k, _alive(r, now)) for k, r in scan(ns, lo, hi)) if r is not None]
+            if current != seen:
+                changed = set(current).symmetric_difference(seen)
+                out.extend(sorted({(ns, k) for k, _r in changed}))
+        return out
+
+    def apply(self, txn, ops) -> None:
+        dbis = self.dbis
+
+        def get(ns, key):
+            return txn.get(key, db=dbis[ns])
+
+        def scan(ns, lo, hi):
+            return Reads._read_chunk(txn, dbis[ns], lo, hi, False, None, sys.maxsize)
+
+        self.conflicts = self.validate(get, scan)
+        if self.conflicts:
+            return
+        half = len(ops) // 2 if killpoints.armed else -1
+        for n, (_ns, dbi, key, record) in enumerate(ops, 1):
+            if record is None:
+                txn.delete(key, db=dbi)
+            else:
+                txn.put(key, record, db=dbi)
+            if n == half:
+                killpoints.reached("mid-apply")
+
+
+# ---------------------------------------------------------------- the transaction
+
+
+class Transaction:
+    """Reads and writes that commit together if nothing read changed; see
+    the module docstring. Made by `Store.transaction()`; use it in a `with`
+    block (or `async with` from `AsyncStore.atransaction()`).
+
+    Every method takes `namespace=`: the name of another namespace of the
+    store (created if missing), for the transaction to read or write there;
+    the default is the namespace of the handle it was made from.
+    """
+
+    def __init__(self, store, durable: bool | None):
+        engine = store._live_engine()
+        store._writer(engine)  # ReadOnlyError: a transaction writes
+        self._store = store
+        self._engine = engine
+        self._durable = store._root._durable if durable is None else bool(durable)
+        self._handles = {store._ns: store}  # namespace -> handle (decoding, its dbi)
+        self._dbis: dict = {}
+        self._reads: dict = {}  # (ns, key) -> stored bytes or None, as first read
+        self._scans: list = []  # (ns, lo, hi, [(key, stored)])
+        self._writes: dict = {}  # (ns, key) -> (ns, dbi, key, stored or None)
+        self._nbytes = 0
+        self._before = None  # ttl.Enable of the namespaces its TTL values go to
+        self._now = 0
+        self._txnid = None  # LMDB's last txnid when the reads so far were known current
+        self._state = "new"
+        self._token = None
+
+    # ------------------------------------------------------------ life
+
+    def _begin(self) -> "Transaction":
+        if self._state != "new":
+            raise TransactionClosedError(f"this transaction is {self._state}; start a new one "
+                                         f"with db.transaction()")
+        outer = _current_tx.get()
+        if outer is not None and outer._state == "open":
+            raise NestedTransactionError(
+                "a transaction was begun inside another one of the same thread or task: do this "
+                "work with the outer transaction's tx (it reads and writes every namespace), or "
+                "after it ends")
+        self._token = _current_tx.set(self)
+        self._now = self._store._now()
+        self._state = "open"
+        return self
+
+    def _end(self, state: str) -> None:
+        if self._state != "open":
+            return
+        self._state = state
+        try:
+            _current_tx.reset(self._token)
+        except ValueError:  # ended from another context (an executor thread): nothing to reset there
+            _current_tx.set(None)
+
+    def __enter__(self) -> "Transaction":
+        return self._begin()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._end("discarded")
+            return
+        self.commit()
+
+    @property
+    def state(self) -> str:
+        """new, open, committed, conflicted, failed or discarded."""
+        return self._state
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            what = "has not begun: use it in a with block" if self._state == "new" else f"is {self._state}"
+            raise TransactionClosedError(f"this transaction {what}; start a new one with "
+                                         f"`with db.transaction() as tx:`")
+
+    def _handle(self, namespace):
+        """The handle of the namespace a call names (None: the transaction's own)."""
+        self._check_open()
+        if namespace is None:
+            return self._store
+        handle = self._handles.get(namespace)
+        if handle is None:
+            from .store import Namespace  # store.py imports this module
+
+            check_namespace_name(namespace)
+            handle = self._handles[namespace] = Namespace(self._store._root, namespace)
+        return handle
+
+    def _dbi(self, ns: str):
+        dbi = self._dbis.get(ns)
+        if dbi is None:
+            dbi = self._dbis[ns] = self._store._dbi(self._engine, ns)
+        return dbi
+
+    # ------------------------------------------------------------ reads
+
+    def _pending(self, ns: str, key: bytes):
+        """(stored or None,) pending in the overlay, else None."""
+        engine = self._engine
+        if engine.tail is not None:
+            engine.tail.refresh()
+        pending = engine.overlay.get(ns)
+        if pending:
+            entry = pending.get(key)
+            if entry is not None:
+                return (entry[1],)
+        return None
+
+    def _consistent(self) -> None:
+        """Before reading more of the latest state: ConflictError now (the
+        transaction ends) if what it read so far has changed, so that its
+        reads are always of one state, even in a transaction that will not
+        commit. Cheap while nothing moved: LMDB's last txnid (one memory
+        read with the read cache on) and the pending writes of the keys
+        read."""
+        txnid = self._engine.current_txnid()
+        if not self._reads and not self._scans:
+            self._txnid = txnid
+            return
+        if txnid == self._txnid and not self._pending_moved():
+            return
+        conflicts = self._current().conflicts
+        if conflicts:
+            self._end("conflicted")
+            raise _conflict(conflicts)
+        self._txnid = txnid
+
+    def _pending_moved(self) -> bool:
+        """Whether a pending write (the overlay) now stands for a key read,
+        or in a range scanned, with other bytes than the transaction saw."""
+        engine = self._engine
+        if engine.tail is not None:
+            engine.tail.refresh()
+        overlay = engine.overlay
+        now = self._now
+        for (ns, key), seen in self._reads.items():
+            pending = overlay.get(ns)
+            entry = pending.get(key) if pending else None
+            if entry is not None and _alive(entry[1], now) != seen:
+                return True
+        for ns, lo, hi, seen in self._scans:
+            if overlay.get(ns):
+                saw = dict(seen)
+                if any(_alive(r, now) != saw.get(k) for k, r in engine.snapshot(ns, lo, hi)):
+                    return True
+        return False
+
+    def _stored(self, ns: str, key: bytes):
+        """The key's stored bytes as the transaction sees them (None: none),
+        remembered on first read."""
+        k = (ns, key)
+        written = self._writes.get(k)
+        if written is not None:
+            return written[3]
+        if k in self._reads:
+            return self._reads[k]
+        self._consistent()
+        hit = self._pending(ns, key)
+        if hit is not None:
+            record = hit[0]
+        else:
+            dbi = self._dbi(ns)
+            record = self._engine.read(lambda txn: _copy(txn.get(key, db=dbi)))
+        record = self._reads[k] = _alive(record, self._now)
+        return record
+
+    def get(self, key, default=None, *, namespace: str | None = None):
+        """The value of key as this transaction sees it (its own write, else
+        what it read first), or default."""
+        handle = self._handle(namespace)
+        key = check_key(key)
+        record = self._stored(handle._ns, key)
+        return default if record is None else handle._decode(key, record)
+
+    def __contains__(self, key) -> bool:
+        return self.get(key, MISSING) is not MISSING
+
+    def get_many(self, keys, *, namespace: str | None = None) -> list:
+        """Values of keys (None where missing), in order; the keys not read
+        before are read from one LMDB snapshot."""
+        handle = self._handle(namespace)
+        ns = handle._ns
+        keys = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
+        self._consistent()
+        todo = []
+        for key in keys:
+            k = (ns, key)
+            if k in self._writes or k in self._reads:
+                continue
+            hit = self._pending(ns, key)
+            if hit is not None:
+                self._reads[k] = _alive(hit[0], self._now)
+            else:
+                todo.append(key)
+        if todo:
+            dbi = self._dbi(ns)
+            found = self._engine.read(lambda txn: [_copy(txn.get(key, db=dbi)) for key in todo])
+            for key, record in zip(todo, found):
+                self._reads[(ns, key)] = _alive(record, self._now)
+        out = []
+        for key in keys:
+            record = self._stored(ns, key)
+            out.append(None if record is None else handle._decode(key, record))
+        return out
+
+    def _range(self, ns: str, lo, hi) -> list:
+        """[(key, stored)] live in [lo, hi) of the latest state: pending
+        writes over LMDB (the pending ones are looked at first: one that
+        commits meanwhile is then in LMDB)."""
+        engine = self._engine
+        pending = engine.snapshot(ns, lo, hi)
+        dbi = self._dbi(ns)
+        stored = engine.read(lambda txn: Reads._read_chunk(txn, dbi, lo, hi, False, None, sys.maxsize))
+        merged = dict(stored)
+        merged.update(pending)
+        now = self._now
+        return [(k, r) for k, r in ((k, _alive(merged[k], now)) for k in sorted(merged)) if r is not None]
+
+    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False,
+             namespace: str | None = None):
+        """(key, value) pairs (keys alone with keys_only) in key order, as
+        this transaction sees them: the range as read, with the
+        transaction's own writes. The whole range is read at the call and
+        validated at the commit (a key that appears in it, goes or changes is
+        a conflict): keep it narrow."""
+        handle = self._handle(namespace)
+        ns = handle._ns
+        lo, hi = scan_bounds(prefix, start, stop)
+        self._consistent()
+        seen = self._range(ns, lo, hi)
+        self._scans.append((ns, lo, hi, seen))
+        view = dict(seen)
+        for (wns, key), op in self._writes.items():
+            if wns == ns and (lo is None or key >= lo) and (hi is None or key < hi):
+                view[key] = op[3]
+        keys = sorted((k for k, r in view.items() if r is not None), reverse=bool(reverse))
+        if keys_only:
+            return iter(keys)
+        return iter([(k, handle._decode(k, view[k])) for k in keys])
+
+    # ------------------------------------------------------------ writes
+
+    def put(self, key, value, *, ttl: float | None = None, namespace: str | None = None) -> None:
+        """Buffer a put; `ttl` as for Store.put. Encoded now: a bad value raises here."""
+        handle = self._handle(namespace)
+        ns = handle._ns
+        key = check_key(key)
+        engine = self._engine
+        record = handle._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
+        if ttl is not None or ns in engine.ttl.defaults:
+            record, step = _ttl.stamp(engine, ns, record, ttl)
+            if step is not None:
+                self._before = step | self._before
+        self._write(ns, key, record)
+
+    def delete(self, key, *, namespace: str | None = None) -> None:
+        """Buffer a delete (no error if key is missing)."""
+        handle = self._handle(namespace)
+        self._write(handle._ns, check_key(key), None)
+
+    def put_many(self, items, *, ttl: float | None = None, namespace: str | None = None) -> None:
+        """Buffer a put of every (key, value) pair (a mapping, or an iterable of pairs)."""
+        self._check_open()
+        if hasattr(items, "items"):
+            items = items.items()
+        for key, value in items:
+            self.put(key, value, ttl=ttl, namespace=namespace)
+
+    def _write(self, ns: str, key: bytes, record) -> None:
+        k = (ns, key)
+        old = self._writes.pop(k, None)  # re-inserted last: the ops keep the order of last writes
+        if old is not None and old[3] is not None:
+            self._nbytes -= len(old[3])
+        self._writes[k] = (ns, self._dbi(ns), key, record)
+        if record is not None:
+            self._nbytes += len(record)
+
+    # ------------------------------------------------------------ commit
+
+    def _group(self, callback=None):
+        """What commit() submits: a ConditionalGroup, or None when there is
+        nothing to decide in the write path (read-only, or nothing read:
+        those are done by `_submit_blind` / `_check_reads`)."""
+        ops = list(self._writes.values())
+        dbis = {ns: self._dbi(ns) for ns, _key in self._reads}
+        dbis.update((ns, self._dbi(ns)) for ns, _lo, _hi, _seen in self._scans)
+        condition = Validate(self._reads, self._scans, dbis, self._now, self._durable)
+        group = ConditionalGroup(ops, True, self._nbytes, condition, callback)
+        group.before = self._before
+        return group
+
+    def _mode(self) -> str:
+        """blind (nothing read: a plain batch), read-only (checked by a
+        read), or checked (in the write path)."""
+        if not self._reads and not self._scans:
+            return "blind"
+        return "checked" if self._writes else "read-only"
+
+    def _submit_blind(self, callback=None) -> bool:
+        ops = list(self._writes.values())
+        if not ops:
+            return False
+        store = self._store
+        return store._submit(self._engine, ops, self._nbytes, self._durable, callback, self._before)
+
+    def _current(self) -> Validate:
+        """The transaction's reads checked against the latest state (a read, no commit)."""
+        condition = Validate(self._reads, self._scans, {}, self._now, self._durable)
+
+        def get(ns, key):
+            hit = self._pending(ns, key)
+            if hit is not None:
+                return hit[0]
+            dbi = self._dbi(ns)
+            return self._engine.read(lambda txn: _copy(txn.get(key, db=dbi)))
+
+        condition.conflicts = condition.validate(get, lambda ns, lo, hi: self._range(ns, lo, hi))
+        return condition
+
+    def _settle(self, condition: Validate | None) -> None:
+        """After the group is done: end the transaction; ConflictError if it
+        did not commit."""
+        if condition is None or not condition.conflicts:
+            self._end("committed")
+            return
+        self._end("conflicted")
+        raise _conflict(condition.conflicts)
+
+    def _submit(self, callback=None):
+        """Start the commit: (the condition to settle with, or None; whether
+        to wait for callback, as Writer.submit says). Without a callback a
+        checked transaction returns decided (its group is durable: waited)."""
+        self._check_open()
+        try:
+            mode = self._mode()
+            if mode == "blind":
+                return None, self._submit_blind(callback)
+            if mode == "read-only":
+                return self._current(), False
+            # already stale (the state moved since the reads): conflict
+            # now, without a commit; the write path checks again anyway
+            self._consistent()
+            group = self._group(callback)
+            return group.condition, self._engine.writer.submit(group)
+        except BaseException:
+            self._end("failed")
+            raise
+
+    def commit(self) -> None:
+        """Commit (what leaving the `with` block normally does).
+
+        :raises ConflictError: something read changed since; nothing was written
+        :raises StoreFailedError, MapFullError, ...: as for a write of the store
+        """
+        condition, _wait = self._submit()
+        self._settle(condition)
+
+    def discard(self) -> None:
+        """End the transaction without writing anything."""
+        self._end("discarded")
+
+    def __repr__(self) -> str:
+        return (f"<kvstore.Transaction {self._state} on {self._store!r}: {len(self._reads)} keys "
+                f"and {len(self._scans)} ranges read, {len(self._writes)} writes>")
+
+
+# ---------------------------------------------------------------- retried
+
+
+def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
+    """Run fn(tx) in a transaction and commit it; on conflict, run it again
+    (after a random backoff), up to `retries` more times; returns fn's
+    result. If fn raises and what it read has changed meanwhile, that is
+    a conflict too (it may have seen a mix of old and new); otherwise its
+    exception propagates and nothing is written.
+
+    :raises ConflictError: every run conflicted (`attempts` says how many)
+    """
+    attempts = Attempts(store, check_count(retries, "retries", "transact", 0))
+    with attempts:
+        for first, pause in attempts:
+            if pause:
+                time.sleep(pause)
+            tx = Transaction(store, durable)._begin()
+            try:
+                result = fn(tx)
+            except BaseException as exc:
+                error = failed_run(tx, exc)
+                if error is None:
+                    raise
+                attempts.conflict(error)
+                continue
+            check_still_open(tx)
+            if first:
+                attempts.gate.wait(tx._reads)
+            try:
+                tx.commit()
+                return result
+            except ConflictError as exc:
+                attempts.conflict(exc)
+    raise gave_up(attempts.error, attempts.retries)
+
+
+class Attempts:
+    """The runs of one transact call: iterating yields (first run?, the
+    pause before it). `conflict(error)` counts a run that
+    conflicted and marks its keys contended in the process's Gate until the
+    `with` block ends; `error`: the last run's conflict."""
+
+    def __init__(self, store, retries: int):
+        self.gate = gate(store)
+        self.retries = retries
+        self.error: ConflictError | None = None
+        self._held: set = set()  # keys this call marked contended
+
+    def __iter__(self):
+        self.gate.started()
+        yield True, 0.0
+        for attempt in range(self.retries):
+            yield False, backoff(attempt)
+
+    def conflict(self, error: ConflictError) -> None:
+        self.error = error
+        new = [k for k in error.keys if k not in self._held]
+        self._held.update(new)
+        self.gate.conflicted(new)
+
+    def __enter__(self) -> "Attempts":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._held:
+            self.gate.done(self._held)
+            self._held = set()
+
+
+def failed_run(tx: Transaction, exc: BaseException) -> ConflictError | None:
+    """fn raised exc: end tx; the conflict to retry on if it is tx's own (a
+    read found what it read before changed), or if what it read changed
+    meanwhile (fn may have failed because of that); else None."""
+    if tx._state == "conflicted" and isinstance(exc, ConflictError):
+        return exc
+    stale = None
+    if tx._state == "open":
+        try:
+            stale = tx._current().conflicts if (tx._reads or tx._scans) else None
+        except Exception:  # the store itself failing: the function's own error says more
+            stale = None
+    tx._end("discarded")
+    return _conflict(stale) if stale else None
+
+
+def check_still_open(tx: Transaction) -> None:
+    if tx._state != "open":
+        raise TransactionClosedError("transact: fn ended its transaction itself (commit() or "
+                                     "discard()); let transact commit it")
+
+
+def update_step(key, fn, default):
+    """The transaction of update(): new = fn(old), written; returns new."""
+    def step(tx):
+        new = fn(tx.get(key, default))
+        tx.put(key, new)
+        return new
+    return step
+
+
+def incr_step(key, delta: int, default: int):
+    """The transaction of incr(): the int under key (default if absent) plus delta."""
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise InvalidArgumentTypeError(f"incr: delta must be an int, not {type(delta).__name__} ({delta!r:.60})")
+    if isinstance(default, bool) or not isinstance(default, int):
+        raise InvalidArgumentTypeError(f"incr: default must be an int, not {type(default).__name__} "
+                                       f"({default!r:.60})")
+
+    def step(tx):
+        old = tx.get(key, default)
+        if isinstance(old, bool) or not isinstance(old, int):
+            raise InvalidArgumentTypeError(
+                f"incr: key {key!r} holds a {type(old).__name__} ({old!r:.60}), not an int; use "
+                f"update() for other values, or put an int there first")
+        new = old + delta
+        tx.put(key, new)
+        return new
+    return step
+
+
+def cas_step(key, expected, new):
+    """The transaction of compare_and_set(): write new (MISSING: delete) if
+    the key holds expected (MISSING: absent); returns whether it did."""
+    def step(tx):
+        current = tx.get(key, MISSING)
+        if current is MISSING or expected is MISSING:
+            same = current is expected
+        else:
+            same = current == expected
+        if not same:
+            return False
+        if new is MISSING:
+            tx.delete(key)
+        else:
+            tx.put(key, new)
+        return True
+    return step
+
+
+def update(store, key, fn, default=None, durable=None):
+    return transact(store, update_step(key, fn, default), RMW_RETRIES, durable)
+
+
+def incr(store, key, delta=1, default=0, durable=None):
+    return transact(store, incr_step(key, delta, default), RMW_RETRIES, durable)
+
+
+def compare_and_set(store, key, expected, new, durable=None) -> bool:
+    return transact(store, cas_step(key, expected, new), RMW_RETRIES, durable)
