@@ -167,8 +167,11 @@ class Tail:
                 log.unlock()
         return end, gen, lsn(gen, end)
 
-    def append_one(self, group, payload: bytes) -> tuple[int, int, int]:
-        """append() of one group, the common case."""
+    def append_one(self, group, payload: bytes, check=None):
+        """append() of one group, the common case. check: None, or a
+        function called once caught up, under the append lock (the state
+        cannot move meanwhile): False appends nothing and returns None (a
+        transaction whose reads changed: txn.Validate)."""
         log = self.log
         with self.lock:
             log.lock()
@@ -178,6 +181,8 @@ class Tail:
                     raise _Stuck()
                 if st.counter != self.seen:
                     self._catch_up(st)
+                if check is not None and not check():
+                    return None
                 end, checksum = log.append_one(st, payload)
                 gen = st.gen
                 seq = gen << 40 | end

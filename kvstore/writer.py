@@ -95,8 +95,33 @@ __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]  # the groups liv
 _LOG_WORK = object()  # the flusher's step: the log's upkeep (Writer._log_work)
 
 
+def _copy(record):
+    return None if record is None else bytes(record)
+
+
+def _range(txn, dbi, lo, hi) -> list:
+    """[(key, stored)] of namespace dbi in [lo, hi) (None: unbounded), in a read txn."""
+    cur = txn.cursor(db=dbi)
+    found = cur.set_range(lo) if lo is not None else cur.first()
+    out = []
+    while found:
+        key = cur.key()
+        if hi is not None and key >= hi:
+            break
+        out.append((bytes(key), bytes(cur.value())))
+        found = cur.next()
+    return out
+
+
 def _exclusive(group) -> bool:
-    """With a log: a group written into LMDB directly rather than appended."""
+    """With a log: a group written into LMDB directly rather than appended
+    (a condition that can be checked at the append, `validate`, is not)."""
+    return ((group.condition is not None and not hasattr(group.condition, "validate"))
+            or group.before is not None)
+
+
+def _alone(group) -> bool:
+    """With a log: a group a leader takes by itself (exclusive or validated)."""
     return group.condition is not None or group.before is not None
 
 
@@ -409,8 +434,8 @@ class Writer:
                 g = queue[0]
                 if groups and (ops + len(g.ops) > self._max_ops or nbytes + g.nbytes > self._max_bytes):
                     break
-                if logged and groups and (_exclusive(g) or _exclusive(groups[0])):
-                    break  # with a log, an exclusive group is written alone (applier.py)
+                if logged and groups and (_alone(g) or _alone(groups[0])):
+                    break  # with a log, an exclusive or validated group goes alone
                 groups.append(queue.popleft())
                 ops += len(g.ops)
                 nbytes += g.nbytes
@@ -518,6 +543,8 @@ class Writer:
             if _exclusive(groups[0]):
                 self._exclusive(groups[0])
                 seq = 1
+            elif groups[0].condition is not None:
+                seq = self._append_validated(groups[0])
             else:
                 seq = self._append(groups)
         except DiskFullError as exc:  # nothing was appended: these groups fail, the store goes on
@@ -561,6 +588,67 @@ class Writer:
         if not self._unsynced_since:
             self._unsynced_since = time.monotonic()
         if any(g.durable for g in groups):
+            self._sync(gen, end)
+        return last
+
+    def _append_validated(self, group) -> int:
+        """Append a group whose condition decides, at the append, against
+        the latest state (every acknowledged write: the overlay after
+        catching up, then LMDB), whether it is written: a transaction
+        (txn.Validate: `validate(get, scan)` sets `conflicts`). The append
+        lock is held from the check to the write, so nothing can change in
+        between, in any process. Returns the record's lsn, 0 if not written."""
+        tail = self._tail
+        condition = group.condition
+        read = self._env.read
+        overlay = tail.overlay
+
+        def get(ns, key):
+            entry = overlay.get(ns, {}).get(key)
+            if entry is not None:
+                return entry[1]
+            dbi = condition.dbis.get(ns)
+            if dbi is None:
+                return None
+            return read(lambda txn: _copy(txn.get(key, db=dbi)))
+
+        def scan(ns, lo, hi):
+            dbi = condition.dbis.get(ns)
+            found = {} if dbi is None else dict(read(lambda txn: _range(txn, dbi, lo, hi)))
+            for key, record in overlay.snapshot(ns, lo, hi):  # under tail.lock: append_one holds it
+                if record is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = record
+            return sorted(found.items())
+
+        def check():
+            condition.conflicts = condition.validate(get, scan)
+            return not condition.conflicts
+
+        payload = encode_group(group.ops)
+        for attempt in range(10):
+            try:
+                appended = tail.append_one(group, payload, check)
+                break
+            except LogFull:
+                if attempt == 9:
+                    raise StoreFailedError(
+                        f"the write-ahead log stays full after applying it to LMDB (log_size "
+                        f"{tail.log.max_size} bytes); reopen the store with a larger log_size") from None
+                self._applier.checkpoint()
+            except tail.Stuck:
+                self._applier.recover()
+            except OSError as exc:
+                raise append_failure(exc, self._env.path) from None
+        if appended is None:
+            return 0  # its reads changed: nothing written (the caller raises ConflictError)
+        end, gen, last = appended
+        if killpoints.armed:
+            killpoints.reached("log-after-append")
+        if not self._unsynced_since:
+            self._unsynced_since = time.monotonic()
+        if getattr(condition, "durable", True):
             self._sync(gen, end)
         return last
 

@@ -9,7 +9,8 @@ before-commit, after-commit, at the first or a later transaction. After
 the kill, the store is reopened and checked: the counter says how many
 rounds committed, every one of them has its five keys, no later round has
 any, and no acknowledged round is missing. Without and with the write-ahead
-log (there the transaction is written by the applier, after the log).
+log (there the transaction is checked and appended at the log; LMDB gets it
+from the applier).
 """
 
 import os
@@ -38,9 +39,16 @@ db.close()
 """
 
 
-@pytest.mark.parametrize("wal", [False, True], ids=["lmdb", "wal"])
-@pytest.mark.parametrize("point", ["mid-apply:1", "mid-apply:5", "before-commit:3", "after-commit:1",
-                                   "after-commit:4"])
+# Without the log a transaction is written by an LMDB commit of its own;
+# with it, it is checked and appended to the log (a torn append, a
+# published but unsynced one), and LMDB gets it in the applier's commits.
+LMDB_POINTS = ["mid-apply:1", "mid-apply:5", "before-commit:3", "after-commit:1", "after-commit:4"]
+LOG_POINTS = ["log-mid-append:1", "log-mid-append:5", "log-after-append:3", "mid-apply:1",
+              "after-commit:1", "after-apply:1"]
+
+
+@pytest.mark.parametrize("wal,point", [(False, p) for p in LMDB_POINTS] + [(True, p) for p in LOG_POINTS],
+                         ids=[f"lmdb-{p}" for p in LMDB_POINTS] + [f"wal-{p}" for p in LOG_POINTS])
 def test_a_sigkill_mid_commit_leaves_a_transaction_whole_or_absent(store_path, wal, point):
     kvstore.open(store_path, wal=wal).close()
     env = dict(os.environ, KVSTORE_KILL_POINT=point)
