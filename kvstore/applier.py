@@ -151,7 +151,7 @@ class Applier:
             done = pos if gen == st.gen else HEADER_SIZE
             n = 0
             total = sum(len(ops) for e, _s, ops in records if e > done)
-            half = total // 2 if killpoints.armed else -1
+            half = max(total // 2, 1) if killpoints.armed else -1  # every apply of ops reaches it
             for rec_end, _sum, ops in records:
                 if rec_end <= done:
                     continue  # applied by an applier that died before publishing it

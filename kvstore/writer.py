@@ -228,7 +228,8 @@ class Writer:
             group.seq = self._next_seq
             self._next_seq += 1
             if (self._tail is not None and not self._leading and not self._queue
-                    and group.callback is None and group.condition is None and group.before is None):
+                    and group.callback is None and group.before is None
+                    and (group.condition is None or hasattr(group.condition, "validate"))):
                 # With a log and nobody leading, a group is appended (and
                 # synced, if durable) by its caller at once: no queue, no
                 # hand-over. Writers arriving meanwhile queue for the next
@@ -485,16 +486,25 @@ class Writer:
         tail = self._tail
         if group.nbytes > tail.log.max_size // 2:
             return False
+        check = None if group.condition is None else self._validator(group)
         try:
-            end, gen, _seq = tail.append_one(group, encode_group(group.ops))
+            appended = tail.append_one(group, encode_group(group.ops), check)
         except (LogFull, tail.Stuck, OSError, KVStoreError):
             return False  # nothing appended: the general path meets it again and answers it
+        n = len(group.ops)
+        if appended is None:  # a transaction whose reads changed: decided, nothing written
+            with self._lock:
+                group.done = True
+                self._in_flight_ops -= n
+            self._hand_off()
+            return True
+        end, gen, _seq = appended
         if killpoints.armed:
             killpoints.reached("log-after-append")
         if not self._unsynced_since:
             self._unsynced_since = time.monotonic()
-        n = len(group.ops)
-        if group.durable:
+        durable = group.durable if check is None else getattr(group.condition, "durable", True)
+        if durable:
             try:
                 self._sync(gen, end)
             except KVStoreError as exc:
@@ -506,7 +516,7 @@ class Writer:
             self._in_flight_ops -= n
             self.commits += 1
             self.ops_committed += n
-            if group.durable:
+            if durable:
                 self.durable_groups += 1
             else:
                 self.buffered_groups += 1
@@ -563,26 +573,32 @@ class Writer:
             raise
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
-    def _append(self, groups) -> int:
+    def _to_log(self, append):
+        """append() (a Tail append); when the log is full, apply it to LMDB
+        (its space is reused) and try again; when the index is stuck half
+        changed, recover it and try again. An OSError: append_failure."""
         tail = self._tail
-        payloads = [encode_group(g.ops) for g in groups]
         for attempt in range(10):
             try:
-                if len(groups) == 1:
-                    end, gen, last = tail.append_one(groups[0], payloads[0])
-                else:
-                    end, gen, last = tail.append(groups, payloads)
-                break
+                return append()
             except LogFull:
                 if attempt == 9:  # other processes kept appending faster than it was applied
                     raise StoreFailedError(
                         f"the write-ahead log stays full after applying it to LMDB (log_size "
                         f"{tail.log.max_size} bytes); reopen the store with a larger log_size") from None
-                self._applier.checkpoint()  # LMDB takes the log; its space is reused
+                self._applier.checkpoint()
             except tail.Stuck:
                 self._applier.recover()
             except OSError as exc:
                 raise append_failure(exc, self._env.path) from None
+
+    def _append(self, groups) -> int:
+        tail = self._tail
+        payloads = [encode_group(g.ops) for g in groups]
+        if len(groups) == 1:
+            end, gen, last = self._to_log(lambda: tail.append_one(groups[0], payloads[0]))
+        else:
+            end, gen, last = self._to_log(lambda: tail.append(groups, payloads))
         if killpoints.armed:
             killpoints.reached("log-after-append")
         if not self._unsynced_since:
@@ -591,17 +607,14 @@ class Writer:
             self._sync(gen, end)
         return last
 
-    def _append_validated(self, group) -> int:
-        """Append a group whose condition decides, at the append, against
-        the latest state (every acknowledged write: the overlay after
-        catching up, then LMDB), whether it is written: a transaction
-        (txn.Validate: `validate(get, scan)` sets `conflicts`). The append
-        lock is held from the check to the write, so nothing can change in
-        between, in any process. Returns the record's lsn, 0 if not written."""
-        tail = self._tail
+    def _validator(self, group):
+        """The check a validated group (txn.Validate) makes at its append,
+        under the append lock once caught up: its condition's
+        validate(get, scan) against every acknowledged write (the overlay,
+        then LMDB); True: append it. Sets the condition's `conflicts`."""
         condition = group.condition
         read = self._env.read
-        overlay = tail.overlay
+        overlay = self._tail.overlay
 
         def get(ns, key):
             entry = overlay.get(ns, {}).get(key)
@@ -626,21 +639,20 @@ class Writer:
             condition.conflicts = condition.validate(get, scan)
             return not condition.conflicts
 
+        return check
+
+    def _append_validated(self, group) -> int:
+        """Append a group whose condition decides, at the append, against
+        the latest state (every acknowledged write: the overlay after
+        catching up, then LMDB), whether it is written: a transaction
+        (txn.Validate: `validate(get, scan)` sets `conflicts`). The append
+        lock is held from the check to the write, so nothing can change in
+        between, in any process. Returns the record's lsn, 0 if not written."""
+        tail = self._tail
+        condition = group.condition
+        check = self._validator(group)
         payload = encode_group(group.ops)
-        for attempt in range(10):
-            try:
-                appended = tail.append_one(group, payload, check)
-                break
-            except LogFull:
-                if attempt == 9:
-                    raise StoreFailedError(
-                        f"the write-ahead log stays full after applying it to LMDB (log_size "
-                        f"{tail.log.max_size} bytes); reopen the store with a larger log_size") from None
-                self._applier.checkpoint()
-            except tail.Stuck:
-                self._applier.recover()
-            except OSError as exc:
-                raise append_failure(exc, self._env.path) from None
+        appended = self._to_log(lambda: tail.append_one(group, payload, check))
         if appended is None:
             return 0  # its reads changed: nothing written (the caller raises ConflictError)
         end, gen, last = appended

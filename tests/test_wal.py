@@ -243,12 +243,15 @@ def test_the_log_is_reused_once_applied_and_a_full_log_applies_first(store_path)
 # ---------------------------------------------------------------- kill points
 
 KILLED = """
-    import sys, kvstore
+    import sys, time, kvstore
     path = sys.argv[1]
     db = kvstore.open(path, wal=True, flush_interval=0.01, apply_interval=0.01)
-    for i in range(20000):  # the points fire long before the end, even on a loaded machine
-        db.put(f"k{i:04d}", i, durable=i % 2 == 0)
+    deadline = time.monotonic() + 60
+    for i in range(10**9):  # until killed: every point fires within ms, even on a loaded machine
+        db.put(f"k{i:07d}", i, durable=i % 2 == 0)
         print(i, flush=True)
+        if time.monotonic() > deadline:
+            break
     db.flush()
     db.close()
     print("closed", flush=True)
@@ -258,13 +261,13 @@ KILLED = """
 @pytest.mark.parametrize("point", killpoints.POINTS)
 def test_kill_points_of_the_log_lose_no_acknowledged_write(store_path, point):
     kvstore.open(store_path, wal=True).close()
-    rc, lines, err = _child(KILLED, store_path, env={"KVSTORE_KILL_POINT": f"{point}:3"})
+    rc, lines, err = _child(KILLED, store_path, env={"KVSTORE_KILL_POINT": f"{point}:3"}, timeout=120)
     assert rc == -9, f"{point} did not fire: {err}"
     acked = [int(x) for x in lines if x.isdigit()]
     with kvstore.open(store_path) as db:
         present = sorted(int(k[1:]) for k in map(bytes.decode, db.keys()))
         for i in acked:
-            assert db.get(f"k{i:04d}") == i
+            assert db.get(f"k{i:07d}") == i
         assert present == list(range(len(present)))  # a prefix: nothing partial or reordered
         assert len(present) <= len(acked) + 1  # at most the write the kill interrupted
 
