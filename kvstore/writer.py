@@ -105,10 +105,10 @@ def _range(txn, dbi, lo, hi) -> list:
     found = cur.set_range(lo) if lo is not None else cur.first()
     out = []
     while found:
-        key = cur.key()
+        key = bytes(cur.key())
         if hi is not None and key >= hi:
             break
-        out.append((bytes(key), bytes(cur.value())))
+        out.append((key, bytes(cur.value())))
         found = cur.next()
     return out
 
@@ -489,7 +489,7 @@ class Writer:
         check = None if group.condition is None else self._validator(group)
         try:
             appended = tail.append_one(group, encode_group(group.ops), check)
-        except (LogFull, tail.Stuck, OSError, KVStoreError):
+        except Exception:
             return False  # nothing appended: the general path meets it again and answers it
         n = len(group.ops)
         if appended is None:  # a transaction whose reads changed: decided, nothing written
@@ -562,6 +562,11 @@ class Writer:
             return
         except KVStoreError as exc:
             self._fail(groups, ops, exc)
+            return
+        except Exception as exc:  # a bug: fail the store loudly rather than retry it forever
+            self._fail(groups, ops, StoreFailedError(
+                f"writing to the write-ahead log failed unexpectedly ({exc!r}); nothing of it was "
+                f"acknowledged, and the store takes no more writes: reopen it", exc))
             return
         except BaseException:
             with self._lock:  # interrupted before anything was published: queue them again
