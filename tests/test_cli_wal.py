@@ -184,3 +184,18 @@ def test_stat_of_a_store_without_a_log(tmp_path):
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
     assert lines["log"].split(None, 1)[1] == "none (format below 3: writes go to data.mdb directly)"
     assert json.loads(run(["stat", path, "--json"])[1])["log"] is None
+
+
+def test_checkpoint_of_a_store_without_a_log_leaves_it_without_one(tmp_path):
+    # checkpoint applies a log; it never adds one (that would make the store
+    # format 3, which kvstore versions without the log refuse), whatever the
+    # default of Options.wal
+    path = str(tmp_path / "store")
+    with kvstore.open(path, wal=False) as db:
+        db.put("a", 1, ttl=60)  # format 2
+    status, text = run(["checkpoint", path])
+    assert status == 0
+    assert text == f"{path}: no write-ahead log (store format below 3); data.mdb holds everything\n"
+    assert sorted(os.listdir(path)) == ["data.mdb", "lock.mdb"]
+    assert json.loads(run(["stat", path, "--json"])[1])["environment"]["format_version"] == "2"
+    assert json.loads(run(["checkpoint", path, "--json"])[1]) == {"path": path, "log": False, "applied_bytes": 0}
