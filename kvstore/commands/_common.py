@@ -130,12 +130,14 @@ def open_readonly(path, clock=None):
     return _open(path, clock, readonly=True)
 
 
-def open_writable(path, create: bool, clock=None):
+def open_writable(path, create: bool, clock=None, **options):
     """The store at path for writing; every write durable by default. Creates
-    the store only when create is True. clock: as for open_readonly."""
+    the store only when create is True. clock: as for open_readonly;
+    options: more of kvstore.open's (wal=False: never add a log to a store
+    that has none; a store that has one uses it anyway)."""
     if not create and not os.path.exists(os.path.join(os.fspath(path), "data.mdb")):
         raise StoreNotFoundError(f"no kvstore store at {os.fspath(path)!r}")
-    return _open(path, clock, durable=True)
+    return _open(path, clock, durable=True, **options)
 
 
 def now_of(db) -> int:

@@ -40,7 +40,9 @@ def unapplied_bytes(path) -> int:
 
 
 def run(args, out) -> int:
-    db = open_writable(args.path, create=False, clock=args.clock)
+    # wal=False: a store without a log stays without one (format 1 or 2);
+    # a store with a log uses it whatever the option says
+    db = open_writable(args.path, create=False, clock=args.clock, wal=False)
     try:
         eng = engine.of(db)
         before = unapplied_bytes(args.path)

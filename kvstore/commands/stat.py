@@ -10,7 +10,11 @@ apart). The pages come from a walk of every page of the newest snapshot
 (kvstore/lmdbwalk.py, as `kvstore check` does): by kind, how full the
 branch and leaf pages are, the bytes left in the last page of each
 overflow run, the free pages LMDB will reuse, and the zero-filled room
-kvstore keeps past the last page (preallocation)."""
+kvstore keeps past the last page (preallocation). A store with a
+write-ahead log (format 3) shows the log too: its file size, its
+generation, the records LMDB does not hold yet (other processes' writes
+since this command applied the log: it opens the store as `dump` does) and
+how far an fdatasync has covered it."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from collections import Counter
 from kvstore import codec, engine, lmdbwalk
 from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, parse_ttl
 from kvstore.errors import CorruptionError
+from kvstore.wal import HEADER_SIZE as LOG_HEADER_SIZE
 from kvstore.lmdbfile import newest_meta
 
 from ._common import human_size, now_of, open_readonly, plural, write_json
@@ -34,7 +39,8 @@ def add_parser(subparsers):
                     "environment (map size and use, page size, last transaction, readers), each "
                     "namespace (entries, B-tree depth and pages, stored and decoded bytes, "
                     "compression ratio, dictionaries in use, values with a TTL and how many of them "
-                    "have expired, the default TTL) and the codec backend.")
+                    "have expired, the default TTL), the write-ahead log (its size, the records not yet "
+                    "applied to LMDB, how far it is synced) and the codec backend.")
     p.add_argument("path", help="store directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -123,10 +129,51 @@ def collect(db) -> dict:
         },
         "pages": _pages(walked, info["psize"], sum(ns["entries"] for ns in per_ns.values())),
         "namespaces": per_ns,
+        "log": _log_stats(env),
         "dictionaries": [{"id": did, **doc, "current_for": sorted(ns for ns, cur in meta.current.items()
                                                                   if cur == did)}
                          for did, doc in sorted(meta.docs.items())],
     }
+
+
+def _log_stats(env) -> dict | None:
+    """The write-ahead log as its index says now (None: the store has none).
+    unapplied_records is None when the log cannot be read that far (damage:
+    `kvstore check` names it)."""
+    if env.tail is None:
+        return None
+    log = env.log
+    st = log.state()
+    if st is None:  # a writer died inside a change of the index: the next writable open rebuilds it
+        return {"file_size": os.path.getsize(log.log_path), "generation": None, "end": None,
+                "used_bytes": None, "unapplied_bytes": None, "unapplied_records": None,
+                "synced_to": None, "unsynced_bytes": None}
+    try:
+        records = sum(1 for _ in log.records(st.gen, st.applied, st.applied_sum, st.end))
+    except CorruptionError:
+        records = None
+    return {
+        "file_size": os.path.getsize(log.log_path),
+        "generation": st.gen,
+        "end": st.end,
+        "used_bytes": st.end - LOG_HEADER_SIZE,
+        "unapplied_bytes": st.end - st.applied,
+        "unapplied_records": records,
+        "synced_to": st.synced,
+        "unsynced_bytes": st.end - st.synced,
+    }
+
+
+def _log_line(log) -> str:
+    if log["generation"] is None:
+        return (f"{human_size(log['file_size'])} file; its index was left half changed by a writer that "
+                f"died (the next writable open rebuilds it)")
+    records = "?" if log["unapplied_records"] is None else f"{log['unapplied_records']:,}"
+    synced = ("all of it synced" if not log["unsynced_bytes"]
+              else f"synced to byte {log['synced_to']:,}, {human_size(log['unsynced_bytes'])} not yet synced")
+    return (f"{human_size(log['file_size'])} file, generation {log['generation']}, "
+            f"{human_size(log['used_bytes'])} in use; {records} records ({human_size(log['unapplied_bytes'])}) "
+            f"not yet applied to data.mdb; {synced}")
 
 
 def _recorded_map_size(data_file: str) -> int:
@@ -213,6 +260,8 @@ def run(args, out) -> int:
         ("readers", f"{plural(e['readers'], 'read transaction')} open; {e['reader_slots_used']} of "
                     f"{e['max_readers']} reader slots used since the lock file was made"),
     ]
+    lines.append(("log", "none (format below 3: writes go to data.mdb directly)" if report["log"] is None
+                  else _log_line(report["log"])))
     for label, text in lines:
         out.write(f"{label:<10}  {text}\n")
     out.write("\n")
