@@ -125,8 +125,15 @@ def open_readonly(path, clock=None):
     may write it), so that commands reading LMDB see every acknowledged write."""
     from .checkpoint import unapplied_bytes  # checkpoint.py imports this module
 
-    if unapplied_bytes(path) and os.access(os.fspath(path), os.W_OK):
+    pending = unapplied_bytes(path)
+    if pending and os.access(os.fspath(path), os.W_OK):
         _open(path, clock).close()  # a writable close applies the log
+    elif pending:
+        print(f"kvstore: warning: {pending} bytes of acknowledged writes of {os.fspath(path)!r} are "
+              f"still only in its write-ahead log, which this user may not apply: reads through "
+              f"kvstore see them, but dump, check, backup and compact read data.mdb and do not; run "
+              f"`kvstore checkpoint {os.fspath(path)}` as a user who may write the store first",
+              file=sys.stderr)
     return _open(path, clock, readonly=True)
 
 
