@@ -714,14 +714,17 @@ class Writer:
                         self._flush_wanted = False
                         if self._closing:
                             return
+                        # with a log, its work that is due goes ahead of a
+                        # scheduled step, as a due commit does: a step that
+                        # keeps asking to run again must not starve it
+                        due = self._log_work_due() if self._tail is not None else None
+                        if due is not None and due <= 0:
+                            step = _LOG_WORK
+                            break
                         if self._scheduled and not self._leading:
                             step = self._scheduled.pop(0)
                             break
-                        if self._tail is not None:
-                            due = self._log_work_due()
-                            if due <= 0:
-                                step = _LOG_WORK
-                                break
+                        if due is not None:
                             self._wake.wait(due)
                             continue
                         self._wake.wait()  # _hand_off wakes us when a leader is done

@@ -427,3 +427,28 @@ def test_group_before_replayed_after_a_map_grow_commits_once_with_its_values(tmp
         assert markers == [b"test:marker"]
         assert env.commit_seq() == start_seq + 1
         assert all(db.get(k) == v for k, v in values)
+
+
+# ---------------------------------------------------------------- with a write-ahead log
+
+
+def test_with_a_log_a_step_that_keeps_rescheduling_itself_does_not_starve_flush(tmp_path):
+    # Preallocation is such a step: it returns True while data.mdb has room
+    # left to zero-fill. The flusher ran steps ahead of the log's work, so
+    # flush()'s checkpoint (and every periodic apply) waited for it forever.
+    with kvstore.open(tmp_path / "s", wal=True, preallocate=False) as db:
+        stop = threading.Event()
+        runs = []
+
+        def step():
+            runs.append(1)
+            return not stop.is_set()
+
+        db._engine.writer.schedule(step)
+        try:
+            db.put("k", 1)
+            db.flush(timeout=10)
+            assert stored(db, b"k") is not None
+            assert runs  # the step ran meanwhile, and still does
+        finally:
+            stop.set()
