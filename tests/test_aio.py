@@ -484,12 +484,16 @@ def test_first_ttl_value_of_a_namespace_does_not_block_the_loop(store_path):
                 lock.release()
             await db.aflush()
             ticker.stop()
-        with kvstore.open(store_path, readonly=True) as again:
-            expires, ttl = again.expiry("scratch")
-            assert ttl == 60 and expires > time.time() + 50
-            assert len(again) == 1  # the namespace's TTL metadata committed with the value
+        assert_scratch_committed_with_its_ttl(store_path)
 
     run(main)
+
+
+def assert_scratch_committed_with_its_ttl(store_path):
+    with kvstore.open(store_path, readonly=True) as again:
+        expires, ttl = again.expiry("scratch")
+        assert ttl == 60 and expires > time.time() + 50
+        assert len(again) == 1  # the namespace's TTL metadata committed with the value
 
 
 # ---------------------------------------------------------------- with a write-ahead log
@@ -530,10 +534,7 @@ def test_with_a_log_the_first_ttl_value_of_a_namespace_waits_for_lmdb_not_the_lo
             assert await db.aget("scratch") == {"plan": 1}
             await db.aflush()
             ticker.stop()
-        with kvstore.open(store_path, readonly=True) as again:
-            expires, ttl = again.expiry("scratch")
-            assert ttl == 60 and expires > time.time() + 50
-            assert len(again) == 1
+        assert_scratch_committed_with_its_ttl(store_path)
 
     run(main)
 
