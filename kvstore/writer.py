@@ -429,6 +429,7 @@ class Writer:
         tail = self._tail
         if group.nbytes > tail.log.max_size // 2:
             return False
+        started = time.perf_counter()
         try:
             end, gen, _seq = tail.append_one(group, encode_group(group.ops))
         except (LogFull, tail.Stuck, OSError):
@@ -450,6 +451,8 @@ class Writer:
             self._in_flight_ops -= n
             self.commits += 1
             self.ops_committed += n
+            self.max_ops_in_commit = max(self.max_ops_in_commit, n)
+            self.commit_seconds.append(time.perf_counter() - started)
             if group.durable:
                 self.durable_groups += 1
             else:

@@ -97,7 +97,14 @@ def test_put_many_mapping_and_pairs(db):
     db.put_many({}, durable=True)  # empty: nothing to do
 
 
-def test_put_many_is_one_commit(db):
+@pytest.mark.parametrize("wal", [False, True])
+def test_put_many_is_one_commit(store_path, wal):
+    # with a log: one record, one append (counted in commits and the ops per commit)
+    with kvstore.open(store_path, wal=wal) as db:
+        _put_many_is_one_commit(db)
+
+
+def _put_many_is_one_commit(db):
     before = db.stats()["commits"]
     db.put_many({f"k{i}": i for i in range(5000)}, durable=True)
     st = db.stats()
