@@ -378,11 +378,24 @@ def test_stats_fields(db):
 
 
 def test_durable_default_option(store_path):
-    with kvstore.open(store_path, durable=True, flush_interval=3600) as db:
+    # without the log, a buffered write stays pending until its commit
+    with kvstore.open(store_path, durable=True, flush_interval=3600, wal=False) as db:
         db.put("a", 1)  # durable by default: committed when put returns
         assert db.stats()["pending"] == 0
         db.put("b", 1, durable=False)
         assert db.stats()["pending"] == 1
+
+
+def test_durable_default_option_with_a_log(store_path):
+    # with a log every write is appended when put returns: the groups say
+    # which were synced
+    with kvstore.open(store_path, durable=True, flush_interval=3600, wal=True) as db:
+        db.put("a", 1)  # durable by default
+        st = db.stats()
+        assert (st["durable_groups"], st["buffered_groups"]) == (1, 0)
+        db.put("b", 1, durable=False)
+        st = db.stats()
+        assert (st["durable_groups"], st["buffered_groups"]) == (1, 1)
 
 
 def test_unknown_option_is_a_clear_error(store_path):
