@@ -486,6 +486,7 @@ class Writer:
         tail = self._tail
         if group.nbytes > tail.log.max_size // 2:
             return False
+        started = time.perf_counter()
         check = None if group.condition is None else self._validator(group)
         try:
             appended = tail.append_one(group, encode_group(group.ops), check)
@@ -516,6 +517,8 @@ class Writer:
             self._in_flight_ops -= n
             self.commits += 1
             self.ops_committed += n
+            self.max_ops_in_commit = max(self.max_ops_in_commit, n)
+            self.commit_seconds.append(time.perf_counter() - started)
             if durable:
                 self.durable_groups += 1
             else:
@@ -850,14 +853,17 @@ class Writer:
                         self._flush_wanted = False
                         if self._closing:
                             return
+                        # with a log, its work that is due goes ahead of a
+                        # scheduled step, as a due commit does: a step that
+                        # keeps asking to run again must not starve it
+                        due = self._log_work_due() if self._tail is not None else None
+                        if due is not None and due <= 0:
+                            step = _LOG_WORK
+                            break
                         if self._scheduled and not self._leading:
                             step = self._scheduled.pop(0)
                             break
-                        if self._tail is not None:
-                            due = self._log_work_due()
-                            if due <= 0:
-                                step = _LOG_WORK
-                                break
+                        if due is not None:
                             self._wake.wait(due)
                             continue
                         self._wake.wait()  # _hand_off wakes us when a leader is done

@@ -358,8 +358,9 @@ def test_loop_lag_stays_small_with_100_writing_tasks(store_path):
 
 
 def test_cancelled_durable_aput_still_commits(store_path):
+    # without the log: a durable aput waits for LMDB's write lock
     async def main():
-        async with kvstore.aio.open(store_path) as db:
+        async with kvstore.aio.open(store_path, wal=False) as db:
             await db.aput("warm", 0, durable=True)
             lock = WriteLock(store_path)
             try:
@@ -377,7 +378,7 @@ def test_cancelled_durable_aput_still_commits(store_path):
 
 
 def test_a_commit_finishing_after_its_loop_closed_harms_nothing(store_path):
-    db = kvstore.open(store_path)
+    db = kvstore.open(store_path, wal=False)  # without the log: commits wait for LMDB's write lock
     try:
         db.put("warm", 0, durable=True)
         lock = WriteLock(store_path)
@@ -407,9 +408,10 @@ def test_a_commit_finishing_after_its_loop_closed_harms_nothing(store_path):
 
 
 def test_a_failed_commit_reaches_every_waiting_task(store_path):
+    # without the log: the commit that fills the map is the writers' own
     async def main():
         db = await kvstore.aio.open(store_path, map_size=1 << 20, max_map_size=2 << 20,
-                                    compression="none")
+                                    compression="none", wal=False)
         await db.aput("kept", "yes", durable=True)
         big = {f"k{j}": os.urandom(4000) for j in range(1000)}
         results = await asyncio.gather(db.aput_many(big, durable=True),
@@ -466,9 +468,10 @@ def test_first_ttl_value_of_a_namespace_does_not_block_the_loop(store_path):
     # The first TTL value of a namespace also records the namespace's TTL
     # metadata. That write rides in the value's own group, committed by the
     # writer: with LMDB's write lock held by another process, a buffered
-    # aput returns at once and the loop keeps turning.
+    # aput returns at once and the loop keeps turning. (Without the log:
+    # with it, such a group is written into LMDB directly, see the next test.)
     async def main():
-        async with kvstore.aio.open(store_path) as db:
+        async with kvstore.aio.open(store_path, wal=False) as db:
             ticker = Ticker()
             lock = WriteLock(store_path)
             try:
@@ -481,9 +484,85 @@ def test_first_ttl_value_of_a_namespace_does_not_block_the_loop(store_path):
                 lock.release()
             await db.aflush()
             ticker.stop()
-        with kvstore.open(store_path, readonly=True) as again:
-            expires, ttl = again.expiry("scratch")
-            assert ttl == 60 and expires > time.time() + 50
-            assert len(again) == 1  # the namespace's TTL metadata committed with the value
+        assert_scratch_committed_with_its_ttl(store_path)
 
     run(main)
+
+
+def assert_scratch_committed_with_its_ttl(store_path):
+    with kvstore.open(store_path, readonly=True) as again:
+        expires, ttl = again.expiry("scratch")
+        assert ttl == 60 and expires > time.time() + 50
+        assert len(again) == 1  # the namespace's TTL metadata committed with the value
+
+
+# ---------------------------------------------------------------- with a write-ahead log
+
+
+def test_with_a_log_a_durable_aput_does_not_wait_for_lmdbs_write_lock(store_path):
+    async def main():
+        async with kvstore.aio.open(store_path, wal=True) as db:
+            await db.aput("warm", 0, durable=True)
+            lock = WriteLock(store_path)
+            try:
+                # synced in the log: acknowledged while LMDB is locked
+                await asyncio.wait_for(db.aput("k", "in the log", durable=True), 5)
+                assert await db.aget("k") == "in the log"
+            finally:
+                lock.release()
+            await db.aflush()
+        with kvstore.open(store_path, readonly=True) as again:
+            assert again.get("k") == "in the log"
+
+    run(main)
+
+
+def test_with_a_log_the_first_ttl_value_of_a_namespace_waits_for_lmdb_not_the_loop(store_path):
+    # With a log, a group carrying the namespace's TTL metadata is exclusive:
+    # written into LMDB after the whole log, so its aput waits for LMDB's
+    # write lock; the loop keeps turning meanwhile.
+    async def main():
+        async with kvstore.aio.open(store_path, wal=True) as db:
+            ticker = Ticker()
+            lock = WriteLock(store_path)
+            try:
+                put = asyncio.create_task(db.aput("scratch", {"plan": 1}, ttl=60))
+                assert await ticker.ticks_during(0.2) > 20
+            finally:
+                lock.release()
+            await asyncio.wait_for(put, 30)
+            assert await db.aget("scratch") == {"plan": 1}
+            await db.aflush()
+            ticker.stop()
+        assert_scratch_committed_with_its_ttl(store_path)
+
+    run(main)
+
+
+def test_with_a_log_an_apply_that_fills_the_map_fails_the_store_and_keeps_the_writes(store_path):
+    # With a log, writes are acknowledged once in the log: a map that cannot
+    # grow is found by the applier later. The store fails (StoreFailedError,
+    # caused by MapFullError); the acknowledged writes stay readable and in
+    # the log, and a reopen with room applies them.
+    big = {f"k{j}": os.urandom(4000) for j in range(1000)}
+
+    async def main():
+        db = await kvstore.aio.open(store_path, map_size=1 << 20, max_map_size=2 << 20,
+                                    compression="none", wal=True)
+        await db.aput("kept", "yes", durable=True)
+        await asyncio.gather(db.aput_many(big, durable=True),
+                             *(db.aput(f"small{i}", i, durable=True) for i in range(5)))
+        with pytest.raises(kvstore.StoreFailedError) as failed:
+            await db.aflush()
+        assert isinstance(failed.value.cause, kvstore.MapFullError)
+        with pytest.raises(kvstore.StoreFailedError, match="reopen"):
+            await db.aput("after", 1, durable=True)
+        assert await db.aget("kept") == "yes" and await db.aget("k1") == big["k1"]
+        with pytest.raises(kvstore.StoreFailedError):
+            await db.aclose()
+
+    run(main)
+    with kvstore.open(store_path, max_map_size=64 << 20) as db:
+        assert db.get("kept") == "yes" and db.get("small4") == 4
+        assert db.get_many(list(big)) == list(big.values())
+        assert db.get("after") is None

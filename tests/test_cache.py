@@ -69,6 +69,7 @@ def test_zero_turns_the_cache_off(store_path, off):
 
 def test_second_read_fills_third_hits(db):
     db.put(b"k", {"v": [1, 2]}, durable=True)
+    db.flush()  # in LMDB: with a log, a value is served from the overlay until applied
     assert db.get(b"k") == {"v": [1, 2]}
     assert cache_stats(db)["entries"] == 0  # first miss: only marked
     assert db.get(b"k") == {"v": [1, 2]}
@@ -83,6 +84,7 @@ def test_mutating_a_returned_value_never_changes_later_reads(db, read):
     value = {"meta": {"tags": ["a", "b"]}, "turns": [{"n": 1}, {"n": 2}], "emb": [0.5] * 8,
              "raw": b"\x00\x01", "t": None}
     db.put(b"k", value, durable=True)
+    db.flush()  # in LMDB, where the cache is filled from
     warm(db, b"k")
 
     def get():
@@ -105,6 +107,7 @@ def test_mutating_a_returned_value_never_changes_later_reads(db, read):
 
 def test_own_writes_win_and_invalidate(db):
     db.put(b"k", "old", durable=True)
+    db.flush()  # in LMDB, where the cache is filled from
     warm(db, b"k")
     db.put(b"k", "new")  # buffered: pending, the overlay wins over the cache
     assert db.get(b"k") == "new" and b"k" in db
@@ -130,8 +133,10 @@ def test_two_handles_of_one_path_share_the_cache(store_path):
 
 def test_an_unrelated_commit_costs_a_revalidation_only(db):
     db.put(b"k", {"v": 1}, durable=True)
+    db.flush()  # in LMDB, where the cache is filled from
     warm(db, b"k")
     db.put(b"other", 2, durable=True)
+    db.flush()  # committed to LMDB (with a log: applied)
     assert db.get(b"k") == {"v": 1}
     st = cache_stats(db)
     assert st["revalidations"] == 1 and st["invalidations"] == 0
@@ -198,6 +203,7 @@ def test_readonly_handle_sees_a_writer_process(store_path):
 
 def test_get_many_hits_and_misses_together(db):
     db.put_many({f"k{i}".encode(): {"i": i} for i in range(10)}, durable=True)
+    db.flush()  # in LMDB, where the cache is filled from
     warm(db, *[f"k{i}".encode() for i in range(5)])
     before = cache_stats(db)["hits"]
     keys = [f"k{i}".encode() for i in range(12)]
@@ -209,6 +215,7 @@ def test_eviction_by_entries(store_path):
     with kvstore.open(store_path, cache_entries=5) as db:
         keys = [f"k{i:02d}".encode() for i in range(20)]
         db.put_many({k: {"k": k.decode()} for k in keys}, durable=True)
+        db.flush()  # in LMDB, where the cache is filled from
         for k in keys:
             for _ in range(3):  # cached on the second read
                 assert db.get(k) == {"k": k.decode()}
@@ -226,6 +233,7 @@ def test_eviction_by_bytes(store_path):
     with kvstore.open(store_path, cache_bytes=20_000, compression="none") as db:
         keys = [f"k{i:02d}".encode() for i in range(30)]
         db.put_many({k: value for k in keys}, durable=True)
+        db.flush()  # in LMDB, where the cache is filled from
         for k in keys:
             for _ in range(2):
                 assert db.get(k) == value
@@ -267,6 +275,7 @@ def test_map_growth_keeps_the_versions(store_path):
 def test_threads_reading_while_commits_change_keys(db):
     keys = [b"k%d" % i for i in range(20)]
     db.put_many({k: {"k": k.decode(), "gen": 0} for k in keys}, durable=True)
+    db.flush()  # in LMDB, where the cache is filled from
     stop = threading.Event()
     errors = []
 

@@ -59,10 +59,12 @@ def test_dictionaries_are_per_namespace(store_path):
         eps.train_dictionary()
         assert db.dictionaries()[0]["namespace"] == "episodes"
         db.put("k", {"text": "plain " * 50}, durable=True)
+        db.flush()  # in LMDB, read raw below (with a log: applied)
         raw = db._engine.lmdb
         with raw.begin(db=db._engine.dbi("default", create=False)) as txn:
             assert txn.get(b"k")[1] & 0x04 == 0  # default namespace: no dictionary flag
         eps.put("k", {"text": "dict " * 50}, durable=True)
+        db.flush()
         with raw.begin(db=db._engine.dbi("episodes", create=False)) as txn:
             assert txn.get(b"k")[1] & 0x04  # episodes: compressed with the dictionary
         assert eps.get("k") == {"text": "dict " * 50}

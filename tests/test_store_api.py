@@ -97,7 +97,14 @@ def test_put_many_mapping_and_pairs(db):
     db.put_many({}, durable=True)  # empty: nothing to do
 
 
-def test_put_many_is_one_commit(db):
+@pytest.mark.parametrize("wal", [False, True])
+def test_put_many_is_one_commit(store_path, wal):
+    # with a log: one record, one append (counted in commits and the ops per commit)
+    with kvstore.open(store_path, wal=wal) as db:
+        _put_many_is_one_commit(db)
+
+
+def _put_many_is_one_commit(db):
     before = db.stats()["commits"]
     db.put_many({f"k{i}": i for i in range(5000)}, durable=True)
     st = db.stats()
@@ -371,11 +378,24 @@ def test_stats_fields(db):
 
 
 def test_durable_default_option(store_path):
-    with kvstore.open(store_path, durable=True, flush_interval=3600) as db:
+    # without the log, a buffered write stays pending until its commit
+    with kvstore.open(store_path, durable=True, flush_interval=3600, wal=False) as db:
         db.put("a", 1)  # durable by default: committed when put returns
         assert db.stats()["pending"] == 0
         db.put("b", 1, durable=False)
         assert db.stats()["pending"] == 1
+
+
+def test_durable_default_option_with_a_log(store_path):
+    # with a log every write is appended when put returns: the groups say
+    # which were synced
+    with kvstore.open(store_path, durable=True, flush_interval=3600, wal=True) as db:
+        db.put("a", 1)  # durable by default
+        st = db.stats()
+        assert (st["durable_groups"], st["buffered_groups"]) == (1, 0)
+        db.put("b", 1, durable=False)
+        st = db.stats()
+        assert (st["durable_groups"], st["buffered_groups"]) == (1, 1)
 
 
 def test_unknown_option_is_a_clear_error(store_path):

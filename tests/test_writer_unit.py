@@ -58,7 +58,7 @@ class Boom(KVStoreError):
 
 
 def test_on_commit_hook_sees_exactly_the_groups_of_each_commit_before_their_writers_wake(tmp_path):
-    db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
+    db = kvstore.open(tmp_path / "s", flush_interval=SLOW, wal=False)
     try:
         writer = db._engine.writer
         commits = []
@@ -86,7 +86,7 @@ def test_on_commit_hook_sees_exactly_the_groups_of_each_commit_before_their_writ
 
 
 def test_on_commit_hook_is_not_called_for_a_commit_that_failed(tmp_path):
-    db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
+    db = kvstore.open(tmp_path / "s", flush_interval=SLOW, wal=False)
     writer = db._engine.writer
     calls = []
     writer.on_commit(lambda groups: calls.append(len(groups)))
@@ -109,8 +109,11 @@ def test_on_commit_hook_is_not_called_for_a_commit_that_failed(tmp_path):
     assert calls == [1]
 
 
-def test_a_failed_commit_fails_the_groups_queued_behind_it_and_calls_no_hook(tmp_path):
-    db = kvstore.open(tmp_path / "s", flush_interval=SLOW)
+@pytest.mark.parametrize("wal", [False, True])
+def test_a_failed_commit_fails_the_groups_queued_behind_it_and_calls_no_hook(tmp_path, wal):
+    # with a log, the failing group is exclusive (its before step) and the
+    # commit hooks run after applies: none happens
+    db = kvstore.open(tmp_path / "s", flush_interval=SLOW, apply_interval=SLOW, wal=wal)
     writer = db._engine.writer
     calls = []
     writer.on_commit(lambda groups: calls.append(len(groups)))
@@ -130,17 +133,33 @@ def test_a_failed_commit_fails_the_groups_queued_behind_it_and_calls_no_hook(tmp
         except BaseException as exc:
             errors["first"] = exc
 
+    def buffered():
+        try:
+            db.put("queued", 2)  # queued behind the failing commit
+        except BaseException as exc:
+            errors["queued"] = exc
+
     t = threading.Thread(target=durable_failing)
     t.start()
     assert entered.wait(10)
-    db.put("queued", 2)  # buffered, queued behind the failing commit
+    q = threading.Thread(target=buffered)  # without a log it returns at once; with one it
+    q.start()                              # waits for its append
+    wait_for(lambda: writer.pending() >= 2, what="the buffered put to queue")
     release.set()
     t.join(10)
+    q.join(10)
     assert isinstance(errors["first"], Boom)
-    with pytest.raises(StoreFailedError):
-        db.flush(timeout=10)
+    if wal:  # never acknowledged: the put itself fails
+        assert isinstance(errors["queued"], StoreFailedError)
+    else:  # acknowledged as buffered: flush reports the failure
+        assert "queued" not in errors
+        with pytest.raises(StoreFailedError):
+            db.flush(timeout=10)
     assert calls == []
+    assert db.get("first") is None and db.get("queued") is None
     assert stored(db, b"first") is None and stored(db, b"queued") is None
+    with pytest.raises(StoreFailedError):
+        db.put("later", 3)
     with pytest.raises(StoreFailedError):
         db.close()
 
@@ -186,7 +205,7 @@ def test_a_scheduled_step_returning_true_runs_again_until_it_returns_false(tmp_p
 
 
 def test_a_scheduled_step_that_raises_is_dropped_and_the_writer_keeps_working(tmp_path):
-    with kvstore.open(tmp_path / "s", preallocate=False) as db:
+    with kvstore.open(tmp_path / "s", preallocate=False, wal=False) as db:
         writer = db._engine.writer
         runs = []
 
@@ -264,8 +283,11 @@ class CommitWatch:
         return not self.stop.is_set()
 
 
-def test_scheduled_steps_never_run_while_the_flusher_commits(tmp_path):
-    with kvstore.open(tmp_path / "s", preallocate=False, flush_interval=0.001) as db:
+@pytest.mark.parametrize("wal", [False, True])
+def test_scheduled_steps_never_run_while_the_flusher_commits(tmp_path, wal):
+    # with a log, groups with a before step are applied to LMDB by their
+    # caller, and the flusher applies the log: neither may overlap a step
+    with kvstore.open(tmp_path / "s", preallocate=False, flush_interval=0.001, wal=wal) as db:
         writer = db._engine.writer
         watch = CommitWatch(db)
         writer.schedule(watch.step)
@@ -427,3 +449,55 @@ def test_group_before_replayed_after_a_map_grow_commits_once_with_its_values(tmp
         assert markers == [b"test:marker"]
         assert env.commit_seq() == start_seq + 1
         assert all(db.get(k) == v for k, v in values)
+
+
+# ---------------------------------------------------------------- with a write-ahead log
+
+
+def test_with_a_log_a_step_that_keeps_rescheduling_itself_does_not_starve_flush(tmp_path):
+    # Preallocation is such a step: it returns True while data.mdb has room
+    # left to zero-fill. The flusher ran steps ahead of the log's work, so
+    # flush()'s checkpoint (and every periodic apply) waited for it forever.
+    with kvstore.open(tmp_path / "s", wal=True, preallocate=False) as db:
+        stop = threading.Event()
+        runs = []
+
+        def step():
+            runs.append(1)
+            return not stop.is_set()
+
+        db._engine.writer.schedule(step)
+        try:
+            db.put("k", 1)
+            db.flush(timeout=10)
+            assert stored(db, b"k") is not None
+            assert runs  # the step ran meanwhile, and still does
+        finally:
+            stop.set()
+
+
+def test_with_a_log_the_commit_hook_sees_the_groups_of_each_apply_after_lmdb_has_them(tmp_path):
+    db = kvstore.open(tmp_path / "s", wal=True, flush_interval=SLOW, apply_interval=SLOW)
+    try:
+        writer = db._engine.writer
+        applies = []
+
+        def hook(groups):
+            applies.append([[k for _ns, _d, k, _r in g.ops] for g in groups])
+            # applied already: a fresh read transaction sees the groups' writes
+            applies[-1].append([stored(db, k) is not None for g in groups for _n, _d, k, _r in g.ops])
+
+        writer.on_commit(hook)
+        db.put("a", 1)
+        db.put_many({"c": 3, "d": 4})
+        db.put("f", 6, durable=True)  # in the log, synced: not applied yet
+        db.delete("zz")
+        assert applies == []
+        db.flush()
+        assert applies == [[[b"a"], [b"c", b"d"], [b"f"], [b"zz"], [True] * 4 + [False]]]
+        db.put("g", 7, durable=True)
+        db.flush()
+        assert applies[1] == [[b"g"], [True]]
+    finally:
+        db.close()
+
