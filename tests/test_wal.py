@@ -351,6 +351,38 @@ def test_a_full_disk_fails_the_write_that_hit_it_and_the_store_goes_on(small_tmp
         assert all(db.get(k) == v for k, v in acked.items()) and db.get("after") == b"room again"
 
 
+FSIZE_LOG = """
+    import os, resource, signal, sys, kvstore
+    path = sys.argv[1]
+    db = kvstore.open(path, wal=True, compression="none", apply_interval=3600)
+    db.put("before", "ok", durable=True)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # below the log's preallocated size (1 MiB): the append itself crosses the limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+    try:
+        db.put_many({f"k{i}": os.urandom(3000) for i in range(40)}, durable=True)
+        print("no error")
+    except kvstore.KVStoreError as exc:
+        print(type(exc).__name__, exc)
+    db.put("small", "fits", durable=True)
+    print("small", db.get("small"), db.get("k1"))
+    os._exit(0)
+"""
+
+
+def test_an_append_past_the_file_size_limit_names_the_limit(store_path):
+    """An append that crosses RLIMIT_FSIZE inside the log's preallocated
+    size is a short write, then EFBIG: the error names the file-size limit,
+    not a full disk (it once said "the disk ... is full"). The store goes on."""
+    rc, lines, err = _child(FSIZE_LOG, store_path)
+    assert rc == 0, err
+    assert lines[0].startswith("DiskFullError") and "file-size limit" in lines[0] \
+        and "ulimit -f" in lines[0] and "disk" not in lines[0], lines
+    assert lines[1] == "small fits None"
+    with kvstore.open(store_path) as db:
+        assert db.get("before") == "ok" and db.get("small") == "fits" and db.get("k1") is None
+
+
 def test_a_copy_of_data_mdb_alone_opens_and_a_lost_log_is_refused(store_path, tmp_path):
     with kvstore.open(store_path, wal=True) as db:
         db.put_many({f"k{i}": i for i in range(50)})
