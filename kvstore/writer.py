@@ -72,6 +72,14 @@ __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]  # the groups liv
 _LOG_WORK = object()  # the flusher's step: the log's upkeep (Writer._log_work)
 
 
+def _cause(failed: StoreFailedError) -> BaseException:
+    """Why the store failed, for the writes refused after it: the failure's
+    cause, or the failure itself when it is a named one (a replaced lock
+    file). With a log the applier can find it in the background, where no
+    write hears of it."""
+    return failed.cause if failed.cause is not None else failed
+
+
 def _exclusive(group) -> bool:
     """With a log: a group written into LMDB directly rather than appended."""
     return group.condition is not None or group.before is not None
@@ -172,9 +180,9 @@ class Writer:
         """
         with self._lock:
             if self._failed is not None:
+                cause = _cause(self._failed)
                 raise StoreFailedError(
-                    f"the store failed earlier and takes no more writes; reopen it "
-                    f"(cause: {self._failed.cause!r})", self._failed.cause)
+                    f"the store failed earlier and takes no more writes; reopen it (cause: {cause!r})", cause)
             if self._closing:
                 raise StoreClosedError("the store is closed")
             group.seq = self._next_seq
@@ -202,9 +210,9 @@ class Writer:
             return True
         with self._lock:
             if self._failed is not None:
+                cause = _cause(self._failed)
                 raise StoreFailedError(
-                    f"the store failed earlier and takes no more writes; reopen it "
-                    f"(cause: {self._failed.cause!r})", self._failed.cause)
+                    f"the store failed earlier and takes no more writes; reopen it (cause: {cause!r})", cause)
             if self._closing:
                 raise StoreClosedError("the store is closed")
             group.queued_at = time.monotonic()
@@ -392,9 +400,9 @@ class Writer:
         if not groups:
             return
         if failed is not None:
+            cause = _cause(failed)
             self._finish(groups, ops, StoreFailedError(
-                f"not committed: the store failed earlier; reopen it (cause: {failed.cause!r})",
-                failed.cause))
+                f"not committed: the store failed earlier; reopen it (cause: {cause!r})", cause))
             return
         started = time.perf_counter()
         if self._tail is not None:
@@ -874,7 +882,7 @@ class Writer:
                 "buffered_groups": self.buffered_groups,
                 "bytes_in": self.bytes_in,
                 "bytes_stored": self.bytes_stored,
-                "failed": repr(self._failed.cause) if self._failed is not None else None,
+                "failed": repr(_cause(self._failed)) if self._failed is not None else None,
                 "pending": self._queued_ops + self._in_flight_ops,
                 "hook_error": repr(self.hook_error) if self.hook_error is not None else None,
                 "commit_seconds": {"p50": 0.0, "p99": 0.0},

@@ -383,6 +383,25 @@ def test_an_append_past_the_file_size_limit_names_the_limit(store_path):
         assert db.get("before") == "ok" and db.get("small") == "fits" and db.get("k1") is None
 
 
+def test_a_failure_the_applier_finds_is_named_to_the_writes_after_it(store_path):
+    """The apply that finds lock.mdb deleted fails the store in the
+    background (or in flush()); the writes refused after it say why, as
+    does stats()["failed"] (they once said "cause: None")."""
+    db = kvstore.open(store_path, wal=True, apply_interval=3600)
+    db.put("k", 1, durable=True)
+    os.unlink(os.path.join(store_path, "lock.mdb"))
+    with pytest.raises(kvstore.LockFileReplacedError, match="deleted"):
+        db.flush()
+    with pytest.raises(kvstore.StoreFailedError, match="lock.mdb was deleted") as info:
+        db.put("after", 1)
+    assert isinstance(info.value.cause, kvstore.LockFileReplacedError)
+    assert "lock.mdb was deleted" in db.stats()["failed"]
+    with pytest.raises(kvstore.StoreFailedError):
+        db.close()
+    with kvstore.open(store_path, wal=True) as db:
+        assert db.get("k") == 1 and db.get("after") is None
+
+
 def test_a_copy_of_data_mdb_alone_opens_and_a_lost_log_is_refused(store_path, tmp_path):
     with kvstore.open(store_path, wal=True) as db:
         db.put_many({f"k{i}": i for i in range(50)})
