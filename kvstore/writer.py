@@ -734,6 +734,14 @@ class Writer:
                             continue
                         self._wake.wait()  # _hand_off wakes us when a leader is done
                         continue
+                    log_due = None
+                    if self._tail is not None:
+                        # with a log, writers queued behind a leader must not
+                        # starve the log's upkeep (applies every apply_interval)
+                        log_due = self._log_work_due()
+                        if log_due <= 0:
+                            step = _LOG_WORK
+                            break
                     if (self._closing or self._flush_wanted or self._queued_ops >= self._max_ops
                             or self._queued_bytes >= self._max_bytes):
                         break
@@ -743,15 +751,16 @@ class Writer:
                     if self._scheduled and not self._leading:
                         step = self._scheduled.pop(0)
                         break
-                    self._wake.wait(wait)
+                    self._wake.wait(wait if log_due is None else min(wait, log_due))
                 if step is _LOG_WORK:
                     pass  # needs no lead: the log and the applier lock themselves
                 elif step is not None:
                     self._leading = True  # a step holds the lead: no commit runs meanwhile
                 elif self._leading:
                     # A writer is committing; it hands the queue back to us
-                    # (notifying _wake) when it gives up the lead.
-                    self._wake.wait()
+                    # (notifying _wake) when it gives up the lead. With a log,
+                    # the log's upkeep is due meanwhile too.
+                    self._wake.wait(None if self._tail is None else max(self._log_work_due(), 0.001))
                     continue
                 else:
                     self._leading = True
@@ -799,7 +808,9 @@ class Writer:
         if self._checkpoint_wanted or self._closing:
             return 0.0
         now = time.monotonic()
-        due = self._interval
+        # at least every apply_interval: records appended since (by any
+        # process) are seen and applied even with a long flush_interval
+        due = min(self._interval, self._apply_interval)
         st = self._tail.log.state()
         if st is None:
             return 0.0

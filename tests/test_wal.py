@@ -402,6 +402,39 @@ def test_a_failure_the_applier_finds_is_named_to_the_writes_after_it(store_path)
         assert db.get("k") == 1 and db.get("after") is None
 
 
+def test_the_log_is_applied_while_durable_writers_keep_the_writer_busy(store_path):
+    """Durable writers that keep the writer's queue busy (one leads, the
+    others queue behind it) and a long flush_interval once starved the
+    applier: nothing was applied until the log filled or the store closed
+    (the flusher slept flush_interval, or until a leader handed it the
+    queue). Found by test_process_crash.py's kill points with the log."""
+    import threading
+    import time
+
+    db = kvstore.open(store_path, wal=True, flush_interval=3600)
+    stop = threading.Event()
+
+    def write(t):
+        i = 0
+        while not stop.is_set():
+            db.put(f"{t}:{i % 50}", i, durable=True)
+            i += 1
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30  # applies come every apply_interval (50 ms); 30 s: only a bound
+    try:
+        while db.stats()["log"]["applies"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert db.stats()["log"]["applies"] >= 3, db.stats()["log"]
+    db.close()
+
+
 def test_a_copy_of_data_mdb_alone_opens_and_a_lost_log_is_refused(store_path, tmp_path):
     with kvstore.open(store_path, wal=True) as db:
         db.put_many({f"k{i}": i for i in range(50)})
