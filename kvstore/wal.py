@@ -428,9 +428,7 @@ class Log:
         if killpoints.armed:
             os.pwrite(self.fd, data[:len(data) // 2], st.end)  # a torn append
             killpoints.reached("log-mid-append")
-        written = os.pwrite(self.fd, data, st.end)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, "short write to the write-ahead log")
+        _pwrite_all(self.fd, data, st.end)
         self.publish(gen, at, chain, st.synced, st.applied, st.applied_sum)
         return at, chain, ends
 
@@ -445,8 +443,7 @@ class Log:
         if killpoints.armed:
             os.pwrite(self.fd, data[:len(data) // 2], st.end)  # a torn append
             killpoints.reached("log-mid-append")
-        if os.pwrite(self.fd, data, st.end) != len(data):
-            raise OSError(errno.ENOSPC, "short write to the write-ahead log")
+        _pwrite_all(self.fd, data, st.end)
         self.publish(st.gen, at, chain, st.synced, st.applied, st.applied_sum)
         return at, chain
 
@@ -500,6 +497,24 @@ _unpack_q = struct.Struct("<Q").unpack_from
 def _checksum(length: int, gen: int, payload, chain: int, _pack=struct.Struct("<II").pack,
               _digest=xxhash.xxh64_intdigest) -> int:
     return _digest(_pack(length, gen) + payload, chain)
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    """Write all of data at `at`. A short write (the file-size limit or a
+    full disk reached part way) is followed by another, which raises the
+    kernel's own reason (EFBIG, ENOSPC) for append_failure to name."""
+    n = os.pwrite(fd, data, at)
+    if n == len(data):
+        return
+    view = memoryview(data)
+    while True:
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no space to write to the write-ahead log")
+        view = view[n:]
+        at += n
+        if not view:
+            return
+        n = os.pwrite(fd, view, at)
 
 
 def _zero_fill(fd: int, start: int, end: int) -> None:

@@ -113,6 +113,14 @@ def _range(txn, dbi, lo, hi) -> list:
     return out
 
 
+def _cause(failed: StoreFailedError) -> BaseException:
+    """Why the store failed, for the writes refused after it: the failure's
+    cause, or the failure itself when it is a named one (a replaced lock
+    file). With a log the applier can find it in the background, where no
+    write hears of it."""
+    return failed.cause if failed.cause is not None else failed
+
+
 def _exclusive(group) -> bool:
     """With a log: a group written into LMDB directly rather than appended
     (a condition that can be checked at the append, `validate`, is not)."""
@@ -220,9 +228,9 @@ class Writer:
         """
         with self._lock:
             if self._failed is not None:
+                cause = _cause(self._failed)
                 raise StoreFailedError(
-                    f"the store failed earlier and takes no more writes; reopen it "
-                    f"(cause: {self._failed.cause!r})", self._failed.cause)
+                    f"the store failed earlier and takes no more writes; reopen it (cause: {cause!r})", cause)
             if self._closing:
                 raise StoreClosedError("the store is closed")
             group.seq = self._next_seq
@@ -259,9 +267,9 @@ class Writer:
             return True
         with self._lock:
             if self._failed is not None:
+                cause = _cause(self._failed)
                 raise StoreFailedError(
-                    f"the store failed earlier and takes no more writes; reopen it "
-                    f"(cause: {self._failed.cause!r})", self._failed.cause)
+                    f"the store failed earlier and takes no more writes; reopen it (cause: {cause!r})", cause)
             if self._closing:
                 raise StoreClosedError("the store is closed")
             group.queued_at = time.monotonic()
@@ -449,9 +457,9 @@ class Writer:
         if not groups:
             return
         if failed is not None:
+            cause = _cause(failed)
             self._finish(groups, ops, StoreFailedError(
-                f"not committed: the store failed earlier; reopen it (cause: {failed.cause!r})",
-                failed.cause))
+                f"not committed: the store failed earlier; reopen it (cause: {cause!r})", cause))
             return
         started = time.perf_counter()
         if self._tail is not None:
@@ -868,6 +876,15 @@ class Writer:
                             continue
                         self._wake.wait()  # _hand_off wakes us when a leader is done
                         continue
+                    log_due = None
+                    if self._tail is not None and not self._closing:
+                        # with a log, writers queued behind a leader must not
+                        # starve the log's upkeep (applies every apply_interval;
+                        # closing, the queue goes first: close() applies after it)
+                        log_due = self._log_work_due()
+                        if log_due <= 0:
+                            step = _LOG_WORK
+                            break
                     if (self._closing or self._flush_wanted or self._queued_ops >= self._max_ops
                             or self._queued_bytes >= self._max_bytes):
                         break
@@ -877,15 +894,16 @@ class Writer:
                     if self._scheduled and not self._leading:
                         step = self._scheduled.pop(0)
                         break
-                    self._wake.wait(wait)
+                    self._wake.wait(wait if log_due is None else min(wait, log_due))
                 if step is _LOG_WORK:
                     pass  # needs no lead: the log and the applier lock themselves
                 elif step is not None:
                     self._leading = True  # a step holds the lead: no commit runs meanwhile
                 elif self._leading:
                     # A writer is committing; it hands the queue back to us
-                    # (notifying _wake) when it gives up the lead.
-                    self._wake.wait()
+                    # (notifying _wake) when it gives up the lead. With a log,
+                    # the log's upkeep is due meanwhile too.
+                    self._wake.wait(None if self._tail is None else max(self._log_work_due(), 0.001))
                     continue
                 else:
                     self._leading = True
@@ -933,7 +951,9 @@ class Writer:
         if self._checkpoint_wanted or self._closing:
             return 0.0
         now = time.monotonic()
-        due = self._interval
+        # at least every apply_interval: records appended since (by any
+        # process) are seen and applied even with a long flush_interval
+        due = min(self._interval, self._apply_interval)
         st = self._tail.log.state()
         if st is None:
             return 0.0
@@ -1016,7 +1036,7 @@ class Writer:
                 "buffered_groups": self.buffered_groups,
                 "bytes_in": self.bytes_in,
                 "bytes_stored": self.bytes_stored,
-                "failed": repr(self._failed.cause) if self._failed is not None else None,
+                "failed": repr(_cause(self._failed)) if self._failed is not None else None,
                 "pending": self._queued_ops + self._in_flight_ops,
                 "hook_error": repr(self.hook_error) if self.hook_error is not None else None,
                 "commit_seconds": {"p50": 0.0, "p99": 0.0},

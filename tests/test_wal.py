@@ -357,6 +357,90 @@ def test_a_full_disk_fails_the_write_that_hit_it_and_the_store_goes_on(small_tmp
         assert all(db.get(k) == v for k, v in acked.items()) and db.get("after") == b"room again"
 
 
+FSIZE_LOG = """
+    import os, resource, signal, sys, kvstore
+    path = sys.argv[1]
+    db = kvstore.open(path, wal=True, compression="none", apply_interval=3600)
+    db.put("before", "ok", durable=True)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # below the log's preallocated size (1 MiB): the append itself crosses the limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+    try:
+        db.put_many({f"k{i}": os.urandom(3000) for i in range(40)}, durable=True)
+        print("no error")
+    except kvstore.KVStoreError as exc:
+        print(type(exc).__name__, exc)
+    db.put("small", "fits", durable=True)
+    print("small", db.get("small"), db.get("k1"))
+    os._exit(0)
+"""
+
+
+def test_an_append_past_the_file_size_limit_names_the_limit(store_path):
+    """An append that crosses RLIMIT_FSIZE inside the log's preallocated
+    size is a short write, then EFBIG: the error names the file-size limit,
+    not a full disk (it once said "the disk ... is full"). The store goes on."""
+    rc, lines, err = _child(FSIZE_LOG, store_path)
+    assert rc == 0, err
+    assert lines[0].startswith("DiskFullError") and "file-size limit" in lines[0] \
+        and "ulimit -f" in lines[0] and "disk" not in lines[0], lines
+    assert lines[1] == "small fits None"
+    with kvstore.open(store_path) as db:
+        assert db.get("before") == "ok" and db.get("small") == "fits" and db.get("k1") is None
+
+
+def test_a_failure_the_applier_finds_is_named_to_the_writes_after_it(store_path):
+    """The apply that finds lock.mdb deleted fails the store in the
+    background (or in flush()); the writes refused after it say why, as
+    does stats()["failed"] (they once said "cause: None")."""
+    db = kvstore.open(store_path, wal=True, apply_interval=3600)
+    db.put("k", 1, durable=True)
+    os.unlink(os.path.join(store_path, "lock.mdb"))
+    with pytest.raises(kvstore.LockFileReplacedError, match="deleted"):
+        db.flush()
+    with pytest.raises(kvstore.StoreFailedError, match="lock.mdb was deleted") as info:
+        db.put("after", 1)
+    assert isinstance(info.value.cause, kvstore.LockFileReplacedError)
+    assert "lock.mdb was deleted" in db.stats()["failed"]
+    with pytest.raises(kvstore.StoreFailedError):
+        db.close()
+    with kvstore.open(store_path, wal=True) as db:
+        assert db.get("k") == 1 and db.get("after") is None
+
+
+def test_the_log_is_applied_while_durable_writers_keep_the_writer_busy(store_path):
+    """Durable writers that keep the writer's queue busy (one leads, the
+    others queue behind it) and a long flush_interval once starved the
+    applier: nothing was applied until the log filled or the store closed
+    (the flusher slept flush_interval, or until a leader handed it the
+    queue). Found by test_process_crash.py's kill points with the log."""
+    import threading
+    import time
+
+    db = kvstore.open(store_path, wal=True, flush_interval=3600)
+    stop = threading.Event()
+
+    def write(t):
+        i = 0
+        while not stop.is_set():
+            db.put(f"{t}:{i % 50}", i, durable=True)
+            i += 1
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30  # applies come every apply_interval (50 ms); 30 s: only a bound
+    try:
+        while db.stats()["log"]["applies"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert db.stats()["log"]["applies"] >= 3, db.stats()["log"]
+    db.close()
+
+
 def test_a_copy_of_data_mdb_alone_opens_and_a_lost_log_is_refused(store_path, tmp_path):
     with kvstore.open(store_path, wal=True) as db:
         db.put_many({f"k{i}": i for i in range(50)})

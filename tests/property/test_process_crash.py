@@ -8,7 +8,9 @@ logs every call before it starts and after it returns. After the kill the
 parent reopens the store and checks, for every thread (crash_driver.check_owner):
 
 - every acknowledged durable write is there with its value, unless a later
-  write of the same thread replaced it;
+  write of the same thread replaced it (with a write-ahead log: every
+  acknowledged write, buffered ones too: they are in the log when the call
+  returns);
 - the thread's keys hold the state after a prefix of its operations: each
   put_many/batch wholly present or wholly absent, aborted batches never,
   buffered writes lost only as a suffix;
@@ -40,6 +42,7 @@ import warnings
 import pytest
 
 import kvstore
+from kvstore import killpoints
 from support import crash_report, profiles
 from support.crash_driver import (Log, check_every_record, check_owner, dump_stacks, kill, lmdb_state, read_everything,
                                   seed_dictionaries, start_child, verify_store, wait_for_line, waiting_on_lmdb_write_mutex)
@@ -173,22 +176,46 @@ def _killed_at(cfg: dict, out: str, point: str, nth: int) -> Log:
     return log
 
 
+def _multithreaded_child(path: str, nth: int, wal: bool) -> dict:
+    """Three durable threads and a buffered one. Only durable writers lead
+    commits and syncs of the log (the flusher never fires: flush_interval):
+    every commit (without the log) and every sync of the log (with it) holds
+    at least one durable group, whose writer is waiting."""
+    with kvstore.open(path, wal=wal) as db:
+        db.put("base:0", "kept", durable=True)
+    return {"path": path, "seed": nth, "namespaces": NAMESPACES, "nkeys": 30, "deadline": 30,
+            "options": {"wal": wal, "flush_interval": 3600, "max_batch_ops": 100_000,
+                        "max_pending_ops": 1_000_000},
+            "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]
+            + [{"owner": "b0", "mix": "buffered", "ops": 2000}]}
+
+
+def _unacknowledged_durable_writes_present(log: Log, actual: dict, count: bool = True) -> list:
+    """[(owner, op)]: the durable thread's ops in the store whose call never
+    returned (check_owner checks every owner on the way)."""
+    found = []
+    for owner in log.ops:
+        good = check_owner(owner, log, actual.get(owner, {}), count=count)
+        first = min(good)
+        # every op of a "durable" thread writes new values: the shortest
+        # matching prefix is exactly what is on disk
+        if owner.startswith("d") and first and first - 1 not in log.acked.get(owner, set()):
+            found.append((owner, first - 1))
+    return found
+
+
 @pytest.mark.parametrize("point", ["mid-apply", "before-commit", "after-commit"])
 @pytest.mark.parametrize("nth", profiles.kill_counts())
 def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
+    """Without the log: the writer's commits, each acknowledged once done
+    (with the log these points are the applier's, after the writes were
+    acknowledged: the test after this one)."""
     path = str(tmp_path / "store")
-    with kvstore.open(path) as db:
-        db.put("base:0", "kept", durable=True)
-    # Only durable writers lead commits (the flusher never fires): every
-    # commit holds at least one durable group, whose writer is waiting.
-    cfg = {"path": path, "seed": nth, "namespaces": NAMESPACES, "nkeys": 30, "deadline": 30,
-           "options": {"flush_interval": 3600, "max_batch_ops": 100_000, "max_pending_ops": 1_000_000},
-           "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]
-           + [{"owner": "b0", "mix": "buffered", "ops": 2000}]}
+    cfg = _multithreaded_child(path, nth, wal=False)
     log = _killed_at(cfg, str(tmp_path / "child.log"), point, nth)
-    assert log.start_seq is not None
+    assert log.start_seq is not None and not log.wal
     base = log.start_seq
-    with kvstore.open(path) as db:
+    with kvstore.open(path, wal=False) as db:
         actual = read_everything(db)
         seq = db.stats()["commit_seq"]
         assert db.get("base:0") == "kept"
@@ -199,35 +226,51 @@ def test_kill_points_in_a_multithreaded_child(tmp_path, point, nth):
         assert seq == base + nth - 1, f"the killed commit (#{nth}) is on disk: seq {seq}, base {base}"
     else:  # mid-apply fires only in commits of 2+ ops: nth-1 commits at least
         assert seq >= base + nth - 1
-    unacked_present = []
-    for owner in log.ops:
-        good = check_owner(owner, log, actual.get(owner, {}))
-        acked = log.acked.get(owner, set())
-        first = min(good)
-        # every op of a "durable" thread writes new values: the shortest
-        # matching prefix is exactly what is on disk
-        if owner.startswith("d") and first and first - 1 not in acked:
-            unacked_present.append((owner, first - 1))
+    unacked_present = _unacknowledged_durable_writes_present(log, actual)
     assert set(actual) <= set(log.ops) | {"base"}
     if point == "after-commit":
         # the killed commit is on disk, and none of its durable writers was acknowledged
         assert unacked_present, "after-commit: no committed-but-unacknowledged durable write found"
 
 
+@pytest.mark.parametrize("point", killpoints.POINTS)
+@pytest.mark.parametrize("nth", profiles.kill_counts())
+def test_kill_points_with_the_log_in_a_multithreaded_child(tmp_path, point, nth):
+    """With the log, the seven points: the log's (an append torn, published,
+    synced) and the applier's (which applies in the background what was
+    acknowledged already). verify_store's oracle holds every acknowledged
+    write to be there, buffered ones too, and every put_many/batch whole or
+    absent; killed after a sync, a durable write is there that was never
+    acknowledged (the analog of after-commit without the log)."""
+    path = str(tmp_path / "store")
+    cfg = _multithreaded_child(path, nth, wal=True)
+    log = _killed_at(cfg, str(tmp_path / "child.log"), point, nth)
+    assert log.start_seq is not None and log.wal
+    verify_store(path, [log], fixed={"base": {("default", "base:0"): "kept"}}, open_options={"wal": True})
+    with kvstore.open(path, wal=True) as db:
+        actual = read_everything(db)
+    unacked_present = _unacknowledged_durable_writes_present(log, actual, count=False)
+    if point == "log-after-sync":
+        assert unacked_present, "log-after-sync: no synced-but-unacknowledged durable write found"
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["commits", "log"])
 @pytest.mark.parametrize("point", ["mid-apply", "before-commit", "after-commit"])
 @pytest.mark.parametrize("nth", [n for n in profiles.kill_counts() if n >= 17] or [17])
-def test_kill_points_while_the_map_grows(tmp_path, point, nth):
+def test_kill_points_while_the_map_grows(tmp_path, point, nth, wal):
     """The same points in commits that fill a 1 MiB map: aborted, the map
     grown, the commit replayed (and the point reached again) in one process
-    while the map is being resized; killed there, nothing acknowledged is lost."""
+    while the map is being resized; killed there, nothing acknowledged is lost.
+    Without the log they are the writer's commits; with it, the applier's."""
     path = str(tmp_path / "store")
-    kvstore.open(path, map_size=1 << 20).close()
+    kvstore.open(path, map_size=1 << 20, wal=wal).close()
     cfg = {"path": path, "seed": nth, "namespaces": NAMESPACES, "nkeys": 200, "big": 20_000, "deadline": 30,
-           "options": {"map_size": 1 << 20, "compression": "none", "flush_interval": 3600,
+           "options": {"wal": wal, "map_size": 1 << 20, "compression": "none", "flush_interval": 3600,
                        "max_batch_ops": 100_000, "max_pending_ops": 1_000_000},
            "threads": [{"owner": f"d{i}", "mix": "durable", "ops": 100_000} for i in range(3)]}
     log = _killed_at(cfg, str(tmp_path / "child.log"), point, nth)
-    verify_store(path, [log])
+    assert log.wal == wal
+    verify_store(path, [log], open_options={"wal": wal})
     assert os.path.getsize(os.path.join(path, "data.mdb")) > 1 << 20, "the map never grew before the kill"
 
 

@@ -7,6 +7,7 @@ deletes, put_many and batches (some aborted), durable or buffered. It logs,
 one line per event, to its stdout (a file the parent reads after the kill):
 
     S <commit_seq>                       at start, before any thread writes
+    W                                    next, if the store has a write-ahead log
     B <owner> <op as JSON>               before the call
     A <owner> <n> <commit_seq or ->      after the call returned (a durable
                                          op: its commit is acknowledged)
@@ -23,11 +24,13 @@ The oracle (`check_owner`): one thread's groups are queued and committed in
 the order it submitted them, and a crash loses a suffix of the queue, so
 what the store holds of an owner's keys must be the state after some prefix
 of its operations (failed ones left out) that includes at least every
-operation up to its last acknowledged durable one. That single check says:
-no acknowledged durable write is lost (unless a later write of the owner
-replaced it), every put_many/batch is wholly present or wholly absent,
-aborted batches and failed groups never appear, and nothing else was
-written.
+operation up to its last acknowledged durable one -- with a write-ahead log,
+its last acknowledged one, buffered or durable (a buffered write is in the
+log when its call returns, and survives SIGKILL). That single check says:
+no acknowledged durable write (with a log: no acknowledged write) is lost
+(unless a later write of the owner replaced it), every put_many/batch is
+wholly present or wholly absent, aborted batches and failed groups never
+appear, and nothing else was written.
 """
 
 from __future__ import annotations
@@ -261,6 +264,8 @@ def child_main(config_json: str) -> None:
     namespaces = cfg.get("namespaces", ["default"])
     handles = open_handles(db, namespaces)
     log(f"S {db.stats()['commit_seq']}")
+    if _log_position(db) is not None:
+        log("W")
     if cfg.get("fsize_margin"):
         import resource
 
@@ -456,6 +461,7 @@ class Log:
         self.errors: dict[str, dict] = {}
         self.seqs: list[int] = []
         self.start_seq: int | None = None
+        self.wal = False  # the child's store has a write-ahead log: returned buffered writes are kept
         self.finals: list[str] = []
         self.violations: list[str] = []
         self.lines: list[str] = []
@@ -483,6 +489,8 @@ class Log:
             elif tag == "E":
                 owner, n, cls, text_ = rest.split(" ", 3)
                 self.errors.setdefault(owner, {})[int(n)] = (cls, text_)
+            elif tag == "W":
+                self.wal = True
             elif tag == "V":
                 self.violations.append(rest)
             elif tag == "F":
@@ -496,6 +504,14 @@ class Log:
     def acked_durable(self, owner: str) -> list[int]:
         acked = self.acked.get(owner, set())
         return [op["n"] for op in self.ops.get(owner, []) if op["d"] and not op["x"] and op["n"] in acked]
+
+    def acked_kept(self, owner: str) -> list[int]:
+        """The owner's acknowledged ops a SIGKILL may not lose: the durable
+        ones; with a write-ahead log, the buffered ones too."""
+        if not self.wal:
+            return self.acked_durable(owner)
+        acked = self.acked.get(owner, set())
+        return [op["n"] for op in self.ops.get(owner, []) if not op["x"] and op["n"] in acked]
 
     def tail(self, n: int = 15) -> str:
         return "\n".join(self.lines[-n:])
@@ -539,8 +555,9 @@ def lost_and_partial(owner: str, log: Log, actual: dict, *, exited_cleanly: bool
     """The two properties, checked directly (check_owner's prefix check
     implies both; these say which writes broke it):
 
-    lost: the writes of acknowledged ops (durable and returned, or every op
-    when the child closed the store cleanly) whose key holds an older state
+    lost: the writes of acknowledged ops (durable and returned; with a
+    write-ahead log, buffered and returned too; every op when the child
+    closed the store cleanly) whose key holds an older state
     than the op wrote, [(op, ns, key, "put" | "delete")];
     partial: the put_many/batch ops that are in the store only in part
     (one key holds the op's own value, another an older state), [op numbers].
@@ -552,7 +569,7 @@ def lost_and_partial(owner: str, log: Log, actual: dict, *, exited_cleanly: bool
     if exited_cleanly:
         acked = [op for op in ops if not op["x"] and op["n"] not in failed]
     else:
-        acked = [ops[n] for n in log.acked_durable(owner)]
+        acked = [ops[n] for n in log.acked_kept(owner)]
     lost, checked = [], 0
     for op in acked:
         lost += _stale_keys(owner, op, writers, actual)
@@ -572,7 +589,8 @@ def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = Fa
                 floor: int = 0, count: bool = True) -> list[int]:
     """Assert actual (the owner's keys in the store: {(ns, key): value}) is
     the state after a prefix of the owner's operations that holds every
-    acknowledged durable one (all of them if the child exited cleanly).
+    acknowledged durable one (with a write-ahead log, every acknowledged
+    one: Log.acked_kept; all of them if the child exited cleanly).
     Returns the matching prefix lengths, counted in op numbers.
 
     Also asserts, and counts (crash_report; unless count=False, for an
@@ -586,8 +604,8 @@ def check_owner(owner: str, log: Log, actual: dict, *, exited_cleanly: bool = Fa
     ops = log.ops.get(owner, [])
     failed = log.errors.get(owner, {})
     acked = log.acked.get(owner, set())
-    durable_acked = log.acked_durable(owner)
-    need = (max(durable_acked) + 1) if durable_acked else 0
+    kept = log.acked_kept(owner)
+    need = (max(kept) + 1) if kept else 0
     if exited_cleanly:
         need = len(ops)
     need = max(need, floor)
