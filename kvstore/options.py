@@ -25,9 +25,11 @@ class Options:
     # ---------------------------------------------------- behaviour
 
     # Default durability of put/delete/put_many/batch when durable=None.
-    # True: the call returns once its commit is fsynced (survives power loss).
-    # False: the call returns at once; the write is visible in this process at
-    # once and committed within flush_interval (a crash may lose it).
+    # True: the call returns once its write is fsynced (survives power loss).
+    # False: with the write-ahead log, the call returns once the write is in
+    # the log in the kernel (survives a process crash; synced within
+    # flush_interval); without it, at once, committed within flush_interval
+    # (a crash may lose it).
     durable: bool = False
 
     # Open the store read-only: every write raises ReadOnlyError. Works on
@@ -65,9 +67,10 @@ class Options:
 
     # ---------------------------------------------------- batching (performance)
 
-    # Buffered writes are committed at most this long after they were
-    # accepted, seconds. Longer: fewer, larger commits (less fsync per write);
-    # shorter: less to lose in a crash. Durable writes never wait for it.
+    # Buffered writes are synced (with the log) or committed (without it) at
+    # most this long after they were accepted, seconds. Longer: fewer syncs
+    # or commits per write; shorter: less to lose in a power loss (without
+    # the log, in any crash). Durable writes never wait for it.
     flush_interval: float = 0.1
 
     # A commit holds at most this many operations (a single put_many or batch
@@ -100,9 +103,11 @@ class Options:
     # write costs one sequential sync of the log, and LMDB is the state the
     # log is applied to. The store's format becomes 3, which kvstore versions
     # without the log refuse. A store that has a log always uses it, whatever
-    # this says. False (today's default): writes are committed to LMDB in
-    # groups, buffered ones within flush_interval (a crash may lose those).
-    wal: bool = False
+    # this says; no log is added while another process uses the store
+    # without one. False: writes are committed to LMDB in groups, buffered
+    # ones within flush_interval (a process crash may lose those), and the
+    # store stays readable by kvstore versions before the log.
+    wal: bool = True
 
     # The log never grows past this, bytes: when the unapplied records fill
     # it, the next write applies them to LMDB first (and waits for that).
