@@ -38,7 +38,7 @@ from .errors import (
 )
 from . import lockfile
 from .lmdbfile import check_data_file
-from .wal import HEADER_SIZE as WAL_HEADER_SIZE, Applied, seed as wal_seed
+from .wal import HEADER_SIZE as WAL_HEADER_SIZE, LOG_FILE, Applied, seed as wal_seed
 from .options import FILL_STEP, PREALLOCATE_MAX, PREALLOCATE_MIN, Options  # tunables: see there
 from .layout import (APPLIED_KEY, BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ,
                      SEQ_KEY, STORE_FORMAT, WAL_STORE_FORMAT)
@@ -140,8 +140,9 @@ class Environment:
             # check above: another process creating the store (check_data_file
             # looks at it next). A dangling data.mdb symlink is not.
             extra = [n for n in os.listdir(path) if n != "lock.mdb"]
-            if extra == ["data.mdb"] and os.path.exists(data):
-                extra = []
+            if "data.mdb" in extra and os.path.exists(data) and all(
+                    n == "data.mdb" or n.startswith(LOG_FILE) for n in extra):
+                extra = []  # and the log it is getting (wal.py)
             if extra:
                 raise FormatError(
                     f"{path!r} is a directory holding other files ({', '.join(sorted(extra)[:3])}) "

@@ -211,14 +211,15 @@ def hold_data_file(path: str):
 _NO_LOG_BYTE = 2
 
 
-def _lock_byte(path: str, kind: int, byte: int):
+def _lock_byte(path: str, kind: int, byte: int, wait: bool = False):
     try:
         fd = os.open(os.path.join(path, "data.mdb"), (os.O_RDWR if kind == fcntl.F_WRLCK else os.O_RDONLY)
                      | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK,
+                    _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
     except (OSError, AttributeError):
         os.close(fd)
         return None
@@ -227,8 +228,10 @@ def _lock_byte(path: str, kind: int, byte: int):
 
 def hold_without_log(path: str):
     """Say, while the returned descriptor is open, that this process uses
-    the store without a write-ahead log; None where OFD locks are missing."""
-    return _lock_byte(path, fcntl.F_RDLCK, _NO_LOG_BYTE)
+    the store without a write-ahead log; None where OFD locks are missing.
+    Waits while another process is adding a log (it holds the write lock
+    for that long only): the caller then finds the log and uses it."""
+    return _lock_byte(path, fcntl.F_RDLCK, _NO_LOG_BYTE, wait=True)
 
 
 def may_add_log(path: str):

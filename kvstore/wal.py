@@ -238,7 +238,7 @@ class Log:
         """Create the log (header and zeros) if it does not exist; True if it was created."""
         if os.path.exists(self.log_path):
             return False
-        tmp = self.log_path + ".new"
+        tmp = f"{self.log_path}.{os.getpid()}.{threading.get_ident()}.new"  # one per creator
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.pwrite(fd, _HEADER.pack(LOG_MAGIC, VERSION), 0)
@@ -332,9 +332,7 @@ class Log:
         magic, version, _z, boot = _INDEX_HEAD.unpack_from(self.view, 0)
         if magic != INDEX_MAGIC or version != VERSION or boot != _boot_id():
             return False
-        if self.counter() & 1:
-            return False
-        st = self.state()
+        st = self.state()  # waits out a change under way (a reader may see one)
         if st is not None and st.end > self.size:
             self.refresh_size()  # grown by another process
         return st is not None and HEADER_SIZE <= st.applied <= st.end <= self.size and st.gen > 0
