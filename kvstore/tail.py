@@ -140,38 +140,26 @@ class Tail:
 
     # ------------------------------------------------------------ the writer
 
-    def append(self, groups, payloads: list) -> tuple[int, int, int]:
+    def append(self, groups, payloads: list):
         """Write the groups' payloads as records, in order, after whatever
         other processes appended; enter their writes. Returns (end position,
         generation, lsn of the last record). Raises LogFull when they do not
         fit (nothing written) and OSError when the write fails (nothing
         published)."""
-        log = self.log
-        with self.lock:
-            log.lock()
-            try:
-                st = log.state()
-                if st is None:
-                    raise _Stuck()
-                if st.counter != self.seen:
-                    self._catch_up(st)
-                end, checksum, ends = log.append(st, payloads)
-                gen = st.gen
-                for g, rec_end in zip(groups, ends):
-                    seq = lsn(gen, rec_end)
-                    self.overlay.enter(seq, g.ops)
-                    self._entries.append((seq, [(ns, key, seq) for ns, _d, key, _r in g.ops]))
-                self.pos, self.chain = end, checksum
-                self.seen = st.counter + 2  # our publish was the only change under the lock
-            finally:
-                log.unlock()
-        return end, gen, lsn(gen, end)
+        return self._append(groups, lambda st: self.log.append(st, payloads))
 
     def append_one(self, group, payload: bytes, check=None):
         """append() of one group, the common case. check: None, or a
         function called once caught up, under the append lock (the state
         cannot move meanwhile): False appends nothing and returns None (a
         transaction whose reads changed: txn.Validate)."""
+        def write(st):
+            end, checksum = self.log.append_one(st, payload)
+            return end, checksum, (end,)
+
+        return self._append((group,), write, check)
+
+    def _append(self, groups, write, check=None):
         log = self.log
         with self.lock:
             log.lock()
@@ -183,16 +171,17 @@ class Tail:
                     self._catch_up(st)
                 if check is not None and not check():
                     return None
-                end, checksum = log.append_one(st, payload)
+                end, checksum, ends = write(st)
                 gen = st.gen
-                seq = gen << 40 | end
-                self.overlay.enter(seq, group.ops)
-                self._entries.append((seq, [(ns, key, seq) for ns, _d, key, _r in group.ops]))
+                for g, rec_end in zip(groups, ends):
+                    seq = lsn(gen, rec_end)
+                    self.overlay.enter(seq, g.ops)
+                    self._entries.append((seq, [(ns, key, seq) for ns, _d, key, _r in g.ops]))
                 self.pos, self.chain = end, checksum
-                self.seen = st.counter + 2
+                self.seen = st.counter + 2  # our publish was the only change under the lock
             finally:
                 log.unlock()
-        return end, gen, seq
+        return end, gen, lsn(gen, end)
 
     def unsynced(self) -> bool:
         st = self.log.state()

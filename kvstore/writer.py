@@ -219,6 +219,15 @@ class Writer:
 
     # ------------------------------------------------------------ callers
 
+    def _check_open(self) -> None:
+        """Under _lock: raise if the store failed or is closing."""
+        if self._failed is not None:
+            cause = _cause(self._failed)
+            raise StoreFailedError(
+                f"the store failed earlier and takes no more writes; reopen it (cause: {cause!r})", cause)
+        if self._closing:
+            raise StoreClosedError("the store is closed")
+
     def submit(self, group: Group) -> bool:
         """Queue a group; for a durable group, return once it is committed.
 
@@ -227,12 +236,7 @@ class Writer:
         a buffered one over max_pending_ops) before acknowledging the write.
         """
         with self._lock:
-            if self._failed is not None:
-                cause = _cause(self._failed)
-                raise StoreFailedError(
-                    f"the store failed earlier and takes no more writes; reopen it (cause: {cause!r})", cause)
-            if self._closing:
-                raise StoreClosedError("the store is closed")
+            self._check_open()
             group.seq = self._next_seq
             self._next_seq += 1
             if (self._tail is not None and not self._leading and not self._queue
@@ -266,12 +270,7 @@ class Writer:
                 raise group.error
             return True
         with self._lock:
-            if self._failed is not None:
-                cause = _cause(self._failed)
-                raise StoreFailedError(
-                    f"the store failed earlier and takes no more writes; reopen it (cause: {cause!r})", cause)
-            if self._closing:
-                raise StoreClosedError("the store is closed")
+            self._check_open()
             group.queued_at = time.monotonic()
             self._queue.append(group)
             self._last = group

@@ -96,6 +96,15 @@ def lists(value):
     return value
 
 
+def check_reads(handle, vis: dict) -> None:
+    """scan, len and get_many of every namespace (handle(ns)) agree with vis."""
+    for ns in NAMESPACES:
+        h = handle(ns)
+        assert dict(h.scan()) == vis[ns], f"namespace {ns}"
+        assert len(h) == len(vis[ns])
+        assert h.get_many(ALL_KEYS) == [vis[ns].get(raw(k)) for k in ALL_KEYS], f"namespace {ns}"
+
+
 def apply(state: dict, writes) -> dict:
     out = {ns: dict(kv) for ns, kv in state.items()}
     for ns, key, value in writes:
@@ -342,12 +351,7 @@ class CrashModel(RuleBasedStateMachine):
     @precondition(lambda self: self.db is not None)
     @invariant()
     def reads_match_the_model(self):
-        vis = self.visible()
-        for ns in NAMESPACES:
-            h = self.handle(ns)
-            assert dict(h.scan()) == vis[ns], f"namespace {ns}"
-            assert len(h) == len(vis[ns])
-            assert h.get_many(ALL_KEYS) == [vis[ns].get(raw(k)) for k in ALL_KEYS], f"namespace {ns}"
+        check_reads(self.handle, self.visible())
 
     @precondition(lambda self: self.db is not None)
     @invariant()

@@ -39,8 +39,8 @@ import kvstore
 from kvstore import engine as _engine
 from kvstore import wal
 from support import crash_report
-from test_crash_model import (ALL_KEYS, CACHE_VARIANTS, DELETED, KEYS, MODEL_DIR, NAMESPACES, NS,
-                              VALUES, apply, lists, raw)
+from test_crash_model import (CACHE_VARIANTS, DELETED, KEYS, MODEL_DIR, NAMESPACES, NS, VALUES, apply,
+                              check_reads, lists, raw)
 
 DURABLE = st.sampled_from([False, False, True])
 
@@ -195,12 +195,7 @@ class WalCrashModel(RuleBasedStateMachine):
     @precondition(lambda self: self.db is not None)
     @invariant()
     def reads_match_the_model(self):
-        vis = self.visible()
-        for ns in NAMESPACES:
-            h = self.handle(ns)
-            assert dict(h.scan()) == vis[ns], f"namespace {ns}"
-            assert len(h) == len(vis[ns])
-            assert h.get_many(ALL_KEYS) == [vis[ns].get(raw(k)) for k in ALL_KEYS], f"namespace {ns}"
+        check_reads(self.handle, self.visible())
 
     def teardown(self):
         crash_report.record(simulated_crashes=self.crashes, acked_writes_checked=self.acked)
