@@ -474,20 +474,25 @@ class Writer:
             # transaction was aborted, so put the groups back to be committed
             # by the next leader. Replaying is harmless even if the interrupt
             # landed after the commit: the same writes apply again, in order.
-            with self._lock:
-                self._queue.extendleft(reversed(groups))
-                self._queued_ops += ops
-                self._queued_bytes += nbytes
-                self._queued_durable += durable
-                self._in_flight_ops -= ops
+            self._requeue(groups, ops, nbytes, durable)
             raise
         if killpoints.armed and seq:
             killpoints.reached("after-commit")
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
+    def _requeue(self, groups, ops: int, nbytes: int, durable: int) -> None:
+        """Put interrupted groups back at the front of the queue, for the next leader."""
+        with self._lock:
+            self._queue.extendleft(reversed(groups))
+            self._queued_ops += ops
+            self._queued_bytes += nbytes
+            self._queued_durable += durable
+            self._in_flight_ops -= ops
+
     def _append_alone(self, group) -> bool:
-        """The caller leads and its buffered group is the only one: append
-        it and give up the lead, in as few steps as it takes. False when
+        """The caller leads and its group (plain, buffered or durable, or a
+        transaction's) is the only one: append it, sync it if durable, and
+        give up the lead, in as few steps as it takes. False when
         anything is out of the ordinary (nothing was appended, the caller
         still leads): then the general path (_log_groups) takes it."""
         tail = self._tail
@@ -579,12 +584,7 @@ class Writer:
                 f"acknowledged, and the store takes no more writes: reopen it", exc))
             return
         except BaseException:
-            with self._lock:  # interrupted before anything was published: queue them again
-                self._queue.extendleft(reversed(groups))
-                self._queued_ops += ops
-                self._queued_bytes += nbytes
-                self._queued_durable += durable
-                self._in_flight_ops -= ops
+            self._requeue(groups, ops, nbytes, durable)  # interrupted before anything was published
             raise
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
