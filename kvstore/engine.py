@@ -431,6 +431,8 @@ def _after_fork_in_child() -> None:
         if env._data_lock_fd is not None:
             os.close(env._data_lock_fd)  # the parent's lock stays: its own descriptor holds it
             env._data_lock_fd = None
+        if env._gate is not None:
+            env._gate.close()  # likewise: the parent's write gate must go when the parent dies
     _registry.clear()
 
 

@@ -110,6 +110,7 @@ class Environment:
         self._run = self.write
         self._data_lock_fd = None  # lockfile.hold_data_file; set by _open
         self._lock_file_id = None  # (st_dev, st_ino) of lock.mdb at open; set by _open
+        self._gate = None  # lockfile.WriteGate around write transactions; set by _open
         self.env = self._open()
         try:
             self.clear_stale_readers()
@@ -198,6 +199,7 @@ class Environment:
                 self._lock_file_id = (st.st_dev, st.st_ino)
             except OSError:
                 pass
+            self._gate = lockfile.WriteGate(path)
         return env
 
     def _lmdb_open(self, lock: bool) -> lmdb.Environment:
@@ -240,6 +242,8 @@ class Environment:
         fd, self._data_lock_fd = self._data_lock_fd, None
         if fd is not None:
             os.close(fd)
+        if self._gate is not None:
+            self._gate.close()
 
     def _init_meta(self):
         env = self.env
@@ -298,6 +302,10 @@ class Environment:
         """
         if self.readonly:
             raise ReadOnlyError(f"{doing}: the store is open read-only")
+        with self._gate:  # lockfile.WriteGate: nobody sleeps on LMDB's write lock
+            return self._write(fn, doing)
+
+    def _write(self, fn, doing: str):
         while True:
             self.map_lock.acquire_shared()
             try:

@@ -14,6 +14,14 @@ while an environment is open. Two ways of losing a store go through it:
   held but lock.mdb is missing or unlocked. A process holding the old lock
   file finds out at its next write (Environment._check_lock_file).
 
+A SIGKILL can make LMDB's write lock sleep for ever: it is a robust
+process-shared mutex, and when the waiter its holder woke is killed before
+it takes the lock, the other waiters are never woken (the next process to
+take the free lock does not know they sleep). `WriteGate` keeps them from
+sleeping there: every kvstore write transaction first takes a lock the
+kernel releases when its holder dies (an OFD lock on byte 3 of data.mdb,
+and a thread lock), so at most one process waits for LMDB's.
+
 A third concern: reading a store whose lock.mdb this process may not write
 (another user's store). LMDB's readers register in lock.mdb, so that writers
 do not reuse the pages they read; without write access a reader can only
@@ -30,6 +38,7 @@ import os
 import stat
 import struct
 import tempfile
+import threading
 import time
 
 import lmdb
@@ -38,7 +47,7 @@ from .errors import (FormatError, LockFileReplacedError, StoreAccessError, Store
                      StoreNotFoundError)
 
 __all__ = ["check_empty_data_file", "check_not_replaced", "hold_data_file", "hold_lockless_read",
-           "check_no_lockless_reader"]
+           "check_no_lockless_reader", "WriteGate"]
 
 _MiB = 1 << 20
 
@@ -307,3 +316,50 @@ def check_no_lockless_reader(path: str) -> None:
             f"its lock.mdb is reading it without LMDB's lock, and a commit now could change pages "
             f"under it; open it for writing once that reader has closed the store (or open it "
             f"with readonly=True meanwhile)")
+
+
+# Byte 3 of data.mdb: the write gate (the module docstring).
+_WRITE_BYTE = 3
+
+
+class WriteGate:
+    """Held around every LMDB write transaction of a writable environment
+    (Environment.write): a thread lock, then a write lock on byte 3 of
+    data.mdb, released by the kernel if the process dies. Only the holder
+    asks for LMDB's write lock, so no process sleeps on LMDB's mutex with
+    others (see the module docstring); a killed holder's successor finds
+    LMDB's mutex free, or owned by a dead process, which LMDB recovers.
+    Where OFD locks are missing, the thread lock alone."""
+
+    def __init__(self, path: str):
+        self._lock = threading.Lock()
+        try:
+            self._fd = os.open(os.path.join(path, "data.mdb"), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+        if self._fd is not None and not hasattr(fcntl, "F_OFD_SETLKW"):
+            self.close()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _WRITE_BYTE, 1, 0))
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        fd = self._fd
+        try:
+            if fd is not None:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, _WRITE_BYTE, 1, 0))
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -170,7 +170,11 @@ def test_other_process_overwrites_deletes_and_batches(db):
     assert b"e" not in db
     assert ns.get(b"x") == ["episode", 2]
     st = cache_stats(db)
-    assert st["revalidations"] >= 1 and st["invalidations"] >= 4
+    # The changed keys were dropped, b dropped or checked again. Which one
+    # depends on who applied the other process's log: this process's
+    # applier drops every key it applies (invalidations), while after the
+    # other process applied it at close, b (same bytes) is revalidated.
+    assert st["invalidations"] >= 4 and st["revalidations"] + st["invalidations"] >= 5, st
 
 
 def test_contains_does_not_trust_an_entry_after_another_process_deletes(db):
