@@ -37,6 +37,7 @@ from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .environment import Environment
 from . import lockfile
+from .appender import Appender
 from .applier import Applier, initial_marker
 from .errors import FormatError, InvalidArgumentError, KVStoreError, ReadOnlyError
 from .tail import Tail
@@ -253,7 +254,8 @@ def _start_cache(env: Environment):
 def _start_writer(engine: Engine, options: Options) -> Writer:
     """The writer of the engine, with the parts above it subscribed to its commits."""
     env = engine.env
-    writer = Writer(env, options, engine.tail, engine.applier)
+    log = None if engine.tail is None else Appender(env, options, engine.tail, engine.applier)
+    writer = Writer(env, options, log)
     if engine.applier is not None:
         engine.applier.hooks = writer._hooks  # with a log, commits to LMDB are the applier's
     else:

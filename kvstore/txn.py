@@ -50,7 +50,7 @@ the writer (LMDB's transaction may hold other groups).
 Cost: a transaction that read something waits for the LMDB commit it is
 decided in (durable=True or not): without a log, one synced LMDB commit
 shared with concurrent writers; with one, an apply of the whole log of its
-own (Writer._exclusive).
+own (Appender._exclusive).
 
 `transact` runs a function in a transaction and runs it again on conflict,
 after a random backoff, with the older transactions of a hot key first

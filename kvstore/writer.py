@@ -28,23 +28,23 @@ The write path, top to bottom:
    and the lead goes back to a commit after each step.
 
 With a write-ahead log (store format 3: wal.py, tail.py, applier.py) the
-same queue and leader append to the log instead of committing to LMDB:
+same queue and leader append to the log instead of committing to LMDB,
+through the Appender (appender.py), which knows how:
 
 1'. A plain group whose caller finds no leader and an empty queue is
    appended by that caller at once (`_append_alone`): one record, written
    under the log's append lock after catching up on what other processes
    appended, published in the shared index, entered in the overlay; then,
-   if durable, the log is synced (`_sync`). Buffered or durable, the call
-   returns only then: a buffered write is in the kernel, a durable one on
-   disk. Every other group queues and its caller waits (a buffered one
+   if durable, the log is synced. Buffered or durable, the call returns
+   only then: a buffered write is in the kernel, a durable one on disk. Every other group queues and its caller waits (a buffered one
    too): the next leader appends everything queued as consecutive records
-   and syncs once if any of them is durable (`_log_groups`, `_append`).
+   and syncs once if any of them is durable (`_log_groups`, `Appender.write`).
 2'. Exclusive groups (a metadata step, a conditional group, a group with a
    `before` step) are written into LMDB by `Applier.checkpoint(step)`: the
-   whole log first, then the step, in one transaction (`_exclusive`).
+   whole log first, then the step, in one transaction (`Appender.write`).
 3'. The flusher syncs the log within flush_interval of seeing unsynced
    records (anyone's), and applies it to LMDB every apply_interval
-   (`_log_work`); flush() asks it for a sync and an apply (`checkpoint`).
+   (`_log_work`, `Appender.upkeep`); flush() asks it for a sync and an apply (`checkpoint`).
    The commit hooks run after each apply (the applier shares `_hooks`).
    A log that fills up is applied by the writer that found it full.
    A full disk fails the group that hit it (DiskFullError) and nothing
@@ -84,33 +84,15 @@ from . import killpoints
 from .codec.format import raw_len
 from .errors import DiskFullError, InvalidArgumentError, KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
 from .options import ACTIVE_WINDOW, MAX_GATHER, OVERLAY_SLICE  # tunables: see there
+from .appender import Appender, exclusive
 from .group import ConditionalGroup, Group, Step
 from .overlay import TOMBSTONE, Overlay
-from .wal import LogFull, append_failure, encode_group, sync_failure
 
 __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]  # the groups live in group.py
 
 
 
 _LOG_WORK = object()  # the flusher's step: the log's upkeep (Writer._log_work)
-
-
-def _copy(record):
-    return None if record is None else bytes(record)
-
-
-def _range(txn, dbi, lo, hi) -> list:
-    """[(key, stored)] of namespace dbi in [lo, hi) (None: unbounded), in a read txn."""
-    cur = txn.cursor(db=dbi)
-    found = cur.set_range(lo) if lo is not None else cur.first()
-    out = []
-    while found:
-        key = bytes(cur.key())
-        if hi is not None and key >= hi:
-            break
-        out.append((key, bytes(cur.value())))
-        found = cur.next()
-    return out
 
 
 def _cause(failed: StoreFailedError) -> BaseException:
@@ -121,13 +103,6 @@ def _cause(failed: StoreFailedError) -> BaseException:
     return failed.cause if failed.cause is not None else failed
 
 
-def _exclusive(group) -> bool:
-    """With a log: a group written into LMDB directly rather than appended
-    (a condition that can be checked at the append, `validate`, is not)."""
-    return ((group.condition is not None and not hasattr(group.condition, "validate"))
-            or group.before is not None)
-
-
 def _alone(group) -> bool:
     """With a log: a group a leader takes by itself (exclusive or validated)."""
     return group.condition is not None or group.before is not None
@@ -136,17 +111,12 @@ def _alone(group) -> bool:
 class Writer:
     """The batching writer of one Environment (one per store path per process)."""
 
-    def __init__(self, env, options, tail=None, applier=None):
+    def __init__(self, env, options, log: Appender | None = None):
         self._env = env
         # With a write-ahead log (format 3; wal.py): groups are appended to
-        # the log by the leader and LMDB is the applier's (applier.py).
-        self._tail = tail
-        self._applier = applier
-        self._apply_interval = options.apply_interval
-        self._apply_bytes = options.apply_bytes
-        self._last_apply = time.monotonic()
-        self._unsynced_since = 0.0  # when this process first appended past the last sync; 0: none
-        self._synced_to = (0, 0)  # (gen, end) this process last synced
+        # the log by the leader (appender.py) and LMDB is the applier's
+        # (applier.py). Without one, the leader commits to LMDB.
+        self._log = log
         self._max_ops = options.max_batch_ops
         self._max_bytes = options.max_batch_bytes
         self._max_pending = options.max_pending_ops
@@ -180,7 +150,7 @@ class Writer:
         self._gather_seconds = 0.0
         # pending writes: mutated under _lock, read without it (overlay.py);
         # with a log, the tail's overlay (tail.py: its own lock)
-        self.overlay = Overlay() if tail is None else tail.overlay
+        self.overlay = Overlay() if log is None else log.tail.overlay
         # statistics, guarded by _lock
         self.commits = 0
         self.ops_committed = 0
@@ -239,7 +209,7 @@ class Writer:
             self._check_open()
             group.seq = self._next_seq
             self._next_seq += 1
-            if (self._tail is not None and not self._leading and not self._queue
+            if (self._log is not None and not self._leading and not self._queue
                     and group.callback is None and group.before is None
                     and (group.condition is None or hasattr(group.condition, "validate"))):
                 # With a log and nobody leading, a group is appended (and
@@ -274,7 +244,7 @@ class Writer:
             group.queued_at = time.monotonic()
             self._queue.append(group)
             self._last = group
-            tail = self._tail
+            tail = None if self._log is None else self._log.tail
             if tail is None:
                 if group.condition is None:
                     self.overlay.enter(group.seq, group.ops)
@@ -354,7 +324,7 @@ class Writer:
             failed = self._failed
         if failed is not None:
             raise failed
-        if self._tail is not None:
+        if self._log is not None:
             self.checkpoint(timeout)
 
     def _await(self, done, timeout: float | None, message: str) -> None:
@@ -437,7 +407,7 @@ class Writer:
             groups = []
             ops = nbytes = durable = 0
             queue = self._queue
-            logged = self._tail is not None
+            logged = self._log is not None
             while queue:
                 g = queue[0]
                 if groups and (ops + len(g.ops) > self._max_ops or nbytes + g.nbytes > self._max_bytes):
@@ -461,7 +431,7 @@ class Writer:
                 f"not committed: the store failed earlier; reopen it (cause: {cause!r})", cause))
             return
         started = time.perf_counter()
-        if self._tail is not None:
+        if self._log is not None:
             self._log_groups(groups, ops, nbytes, durable, started)
             return
         try:
@@ -495,13 +465,9 @@ class Writer:
         give up the lead, in as few steps as it takes. False when
         anything is out of the ordinary (nothing was appended, the caller
         still leads): then the general path (_log_groups) takes it."""
-        tail = self._tail
-        if group.nbytes > tail.log.max_size // 2:
-            return False
         started = time.perf_counter()
-        check = None if group.condition is None else self._validator(group)
         try:
-            appended = tail.append_one(group, encode_group(group.ops), check)
+            appended = self._log.append_alone(group)
         except Exception:
             return False  # nothing appended: the general path meets it again and answers it
         n = len(group.ops)
@@ -511,15 +477,10 @@ class Writer:
                 self._in_flight_ops -= n
             self._hand_off()
             return True
-        end, gen, _seq = appended
-        if killpoints.armed:
-            killpoints.reached("log-after-append")
-        if not self._unsynced_since:
-            self._unsynced_since = time.monotonic()
-        durable = group.durable if check is None else getattr(group.condition, "durable", True)
+        gen, end, durable = appended
         if durable:
             try:
-                self._sync(gen, end)
+                self._log.sync(gen, end)
             except KVStoreError as exc:
                 self._fail([group], n, exc)
                 self._hand_off()
@@ -552,26 +513,20 @@ class Writer:
         """With a log: append plain groups as records (and sync them if one
         is durable), or write an exclusive group into LMDB after the whole
         log (applier.py). Caller is the leader."""
-        limit = self._tail.log.max_size // 2
-        if not _exclusive(groups[0]) and any(g.nbytes > limit for g in groups):
+        limit = self._log.max_group
+        if not exclusive(groups[0]) and any(g.nbytes > limit for g in groups):
             # too large for the log: those groups fail alone, the store goes on
             big = [g for g in groups if g.nbytes > limit]
             self._finish(big, sum(len(g.ops) for g in big), InvalidArgumentError(
                 f"a group of {big[0].nbytes} bytes does not fit in the write-ahead log (it takes "
-                f"groups up to half of log_size, {self._tail.log.max_size} bytes); reopen the store "
+                f"groups up to half of log_size, {2 * limit} bytes); reopen the store "
                 f"with a larger log_size, or write it in smaller batches"))
             groups = [g for g in groups if g.nbytes <= limit]
             ops -= sum(len(g.ops) for g in big)
             if not groups:
                 return
         try:
-            if _exclusive(groups[0]):
-                self._exclusive(groups[0])
-                seq = 1
-            elif groups[0].condition is not None:
-                seq = self._append_validated(groups[0])
-            else:
-                seq = self._append(groups)
+            seq = self._log.write(groups)
         except DiskFullError as exc:  # nothing was appended: these groups fail, the store goes on
             self._finish(groups, ops, exc)
             return
@@ -587,132 +542,6 @@ class Writer:
             self._requeue(groups, ops, nbytes, durable)  # interrupted before anything was published
             raise
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
-
-    def _to_log(self, append):
-        """append() (a Tail append); when the log is full, apply it to LMDB
-        (its space is reused) and try again; when the index is stuck half
-        changed, recover it and try again. An OSError: append_failure."""
-        tail = self._tail
-        for attempt in range(10):
-            try:
-                return append()
-            except LogFull:
-                if attempt == 9:  # other processes kept appending faster than it was applied
-                    raise StoreFailedError(
-                        f"the write-ahead log stays full after applying it to LMDB (log_size "
-                        f"{tail.log.max_size} bytes); reopen the store with a larger log_size") from None
-                self._applier.checkpoint()
-            except tail.Stuck:
-                self._applier.recover()
-            except OSError as exc:
-                raise append_failure(exc, self._env.path) from None
-
-    def _append(self, groups) -> int:
-        tail = self._tail
-        payloads = [encode_group(g.ops) for g in groups]
-        if len(groups) == 1:
-            end, gen, last = self._to_log(lambda: tail.append_one(groups[0], payloads[0]))
-        else:
-            end, gen, last = self._to_log(lambda: tail.append(groups, payloads))
-        if killpoints.armed:
-            killpoints.reached("log-after-append")
-        if not self._unsynced_since:
-            self._unsynced_since = time.monotonic()
-        if any(g.durable for g in groups):
-            self._sync(gen, end)
-        return last
-
-    def _validator(self, group):
-        """The check a validated group (txn.Validate) makes at its append,
-        under the append lock once caught up: its condition's
-        validate(get, scan) against every acknowledged write (the overlay,
-        then LMDB); True: append it. Sets the condition's `conflicts`."""
-        condition = group.condition
-        read = self._env.read
-        overlay = self._tail.overlay
-
-        def get(ns, key):
-            entry = overlay.get(ns, {}).get(key)
-            if entry is not None:
-                return entry[1]
-            dbi = condition.dbis.get(ns)
-            if dbi is None:
-                return None
-            return read(lambda txn: _copy(txn.get(key, db=dbi)))
-
-        def scan(ns, lo, hi):
-            dbi = condition.dbis.get(ns)
-            found = {} if dbi is None else dict(read(lambda txn: _range(txn, dbi, lo, hi)))
-            for key, record in overlay.snapshot(ns, lo, hi):  # under tail.lock: append_one holds it
-                if record is None:
-                    found.pop(key, None)
-                else:
-                    found[key] = record
-            return sorted(found.items())
-
-        def check():
-            condition.conflicts = condition.validate(get, scan)
-            return not condition.conflicts
-
-        return check
-
-    def _append_validated(self, group) -> int:
-        """Append a group whose condition decides, at the append, against
-        the latest state (every acknowledged write: the overlay after
-        catching up, then LMDB), whether it is written: a transaction
-        (txn.Validate: `validate(get, scan)` sets `conflicts`). The append
-        lock is held from the check to the write, so nothing can change in
-        between, in any process. Returns the record's lsn, 0 if not written."""
-        tail = self._tail
-        condition = group.condition
-        check = self._validator(group)
-        payload = encode_group(group.ops)
-        appended = self._to_log(lambda: tail.append_one(group, payload, check))
-        if appended is None:
-            return 0  # its reads changed: nothing written (the caller raises ConflictError)
-        end, gen, last = appended
-        if killpoints.armed:
-            killpoints.reached("log-after-append")
-        if not self._unsynced_since:
-            self._unsynced_since = time.monotonic()
-        if getattr(condition, "durable", True):
-            self._sync(gen, end)
-        return last
-
-    def _sync(self, gen: int, end: int) -> None:
-        """Make the log durable up to end (unless a sync covered it already)."""
-        log = self._tail.log
-        st = log.state()
-        if st is not None and st.gen == gen and st.synced >= end:
-            return
-        try:
-            log.sync(end, gen)
-        except OSError as exc:
-            raise sync_failure(exc, "syncing the write-ahead log") from None
-        if killpoints.armed:
-            killpoints.reached("log-after-sync")
-        self._unsynced_since = 0.0
-
-    def _exclusive(self, group) -> None:
-        """Write group into LMDB directly, after the whole log, in one
-        transaction (see applier.py): decided against the latest state."""
-        condition = group.condition
-
-        def step(txn):
-            if group.before is not None:
-                group.before(txn)
-            if condition is not None:
-                condition.apply(txn, group.ops)
-                return
-            for _ns, dbi, key, record in group.ops:
-                if record is None:
-                    txn.delete(key, db=dbi)
-                else:
-                    txn.put(key, record, db=dbi)
-
-        step.counted = type(condition) is not Step or condition.count
-        self._applier.checkpoint(step, extra=[group])
-        self._last_apply = time.monotonic()
 
     def _apply(self, txn, groups: list[Group], ops: int) -> int:
         """Write the groups into txn (run again from scratch after a map grow)."""
@@ -751,7 +580,7 @@ class Writer:
         is then cleaned a slice at a time, so that writers submitting
         meanwhile wait for the lock at most a slice's time, not a whole
         commit's (asyncio callers submit from the event loop)."""
-        if error is None and self._tail is None:  # with a log, the applier runs them
+        if error is None and self._log is None:  # with a log, the applier runs them
             for hook in self._hooks:
                 try:
                     hook(groups)
@@ -813,13 +642,13 @@ class Writer:
         later write replaced them; OVERLAY_SLICE ops per hold of the lock."""
         overlay = self.overlay
         lock = self._lock
-        if self._tail is not None:
+        if self._log is not None:
             # with a log, the tail drops what LMDB holds; only what a
             # conditional group entered at submit is left to drop here
             groups = [g for g in groups if g.condition is not None]
             if not groups:
                 return
-            lock = self._tail.lock
+            lock = self._log.tail.lock
         entries = [(ns, key, g.seq) for g in groups for ns, _dbi, key, _r in g.ops]
         for i in range(0, len(entries), OVERLAY_SLICE):
             with lock:
@@ -863,7 +692,7 @@ class Writer:
                         # with a log, its work that is due goes ahead of a
                         # scheduled step, as a due commit does: a step that
                         # keeps asking to run again must not starve it
-                        due = self._log_work_due() if self._tail is not None else None
+                        due = self._log_work_due() if self._log is not None else None
                         if due is not None and due <= 0:
                             step = _LOG_WORK
                             break
@@ -876,7 +705,7 @@ class Writer:
                         self._wake.wait()  # _hand_off wakes us when a leader is done
                         continue
                     log_due = None
-                    if self._tail is not None and not self._closing:
+                    if self._log is not None and not self._closing:
                         # with a log, writers queued behind a leader must not
                         # starve the log's upkeep (applies every apply_interval;
                         # closing, the queue goes first: close() applies after it)
@@ -902,7 +731,7 @@ class Writer:
                     # A writer is committing; it hands the queue back to us
                     # (notifying _wake) when it gives up the lead. With a log,
                     # the log's upkeep is due meanwhile too.
-                    self._wake.wait(None if self._tail is None else max(self._log_work_due(), 0.001))
+                    self._wake.wait(None if self._log is None else max(self._log_work_due(), 0.001))
                     continue
                 else:
                     self._leading = True
@@ -947,50 +776,15 @@ class Writer:
     def _log_work_due(self) -> float:
         """Under _lock, with a log: seconds until the flusher has log work
         (a sync of buffered appends, an apply); <= 0: now."""
-        if self._checkpoint_wanted or self._closing:
-            return 0.0
-        now = time.monotonic()
-        # at least every apply_interval: records appended since (by any
-        # process) are seen and applied even with a long flush_interval
-        due = min(self._interval, self._apply_interval)
-        st = self._tail.log.state()
-        if st is None:
-            return 0.0
-        if st.synced < st.end and not self._unsynced_since:
-            # appended by anyone (a process that died, too): synced within
-            # flush_interval of being seen, whoever appended it
-            self._unsynced_since = now
-        if self._unsynced_since:
-            due = min(due, self._unsynced_since + self._interval - now)
-        unapplied = st.end - st.applied
-        if unapplied >= self._apply_bytes:
-            return 0.0
-        if unapplied:
-            due = min(due, self._last_apply + self._apply_interval - now)
-        return due
+        return self._log.due(self._checkpoint_wanted or self._closing)
 
     def _log_work(self) -> None:
-        """In the flusher: sync this process's buffered appends once they
-        waited flush_interval; apply the log to LMDB every apply_interval
-        (or sooner when apply_bytes are waiting), if no other process is
-        applying; a checkpoint that flush() asked for."""
-        tail = self._tail
-        log = tail.log
-        now = time.monotonic()
+        """In the flusher: the log's upkeep (Appender.upkeep), and a
+        checkpoint that flush() asked for."""
         with self._lock:
             wanted = self._checkpoint_wanted
             self._checkpoint_wanted = False
-        st = log.state()
-        if st is not None and (wanted or (self._unsynced_since
-                                          and now - self._unsynced_since >= self._interval)):
-            if st.synced < st.end:
-                self._sync(st.gen, st.end)
-            self._unsynced_since = 0.0
-        st = log.state()
-        if st is not None and (wanted or st.end - st.applied >= self._apply_bytes
-                               or (st.end > st.applied and now - self._last_apply >= self._apply_interval)):
-            self._applier.checkpoint(block=wanted)
-            self._last_apply = time.monotonic()
+        self._log.upkeep(wanted)
         if wanted:
             with self._lock:
                 self._checkpoints_done += 1
@@ -1059,14 +853,9 @@ class Writer:
             self._wake.notify()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
-        if self._tail is not None and self._failed is None:
-            # everything into LMDB, the log's space reused: a closed store's
-            # data.mdb holds every write (LMDB's own tools see them all)
+        if self._log is not None and self._failed is None:
             try:
-                st = self._tail.log.state()
-                if st is not None and st.synced < st.end:
-                    self._sync(st.gen, st.end)
-                self._applier.checkpoint()
+                self._log.close()
             except KVStoreError as exc:
                 self._failed = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
                     f"closing: applying the write-ahead log failed ({exc}); the writes are safe in "

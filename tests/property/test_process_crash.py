@@ -282,7 +282,8 @@ def test_kill_points_while_the_map_grows(tmp_path, point, nth, wal):
     "writer whose sibling processes are SIGKILLed while they contend for LMDB's write mutex can "
     "sleep for ever on it (the robust futex's wake-up is lost: woken waiter killed, another process "
     "barging in); not reproducible on demand, so not a strict xfail"))
-def test_writers_never_hang_when_siblings_are_killed(tmp_path, codec_backend):
+@pytest.mark.parametrize("wal", [False, True], ids=["commits", "log"])
+def test_writers_never_hang_when_siblings_are_killed(tmp_path, codec_backend, wal):
     if codec_backend != kvstore.codec.backends()[0]:
         pytest.skip("no value is decoded here: run with one codec backend")
     rng = random.Random(0)
@@ -290,12 +291,12 @@ def test_writers_never_hang_when_siblings_are_killed(tmp_path, codec_backend):
     rounds = 0
     while time.monotonic() < deadline:
         path = str(tmp_path / f"s{rounds}")
-        kvstore.open(path).close()
+        kvstore.open(path, wal=wal).close()
         procs = []
         try:
             for c in range(4):
                 cfg = {"path": path, "seed": rng.randrange(1 << 30), "namespaces": ["default", "side"],
-                       "nkeys": 20, "options": {"flush_interval": 0.001}, "deadline": 60,
+                       "nkeys": 20, "options": {"flush_interval": 0.001, "wal": wal}, "deadline": 60,
                        "threads": [{"owner": f"c{c}t{i}", "mix": "mixed", "ops": 150 if c == 0 else 100_000}
                                    for i in range(3)]}
                 out = str(tmp_path / f"s{rounds}c{c}.log")

@@ -1,0 +1,289 @@
+"""How the writer's groups reach the write-ahead log (writer.py's log path).
+
+The writer decides who writes and when (its queue and leader); this part
+knows how, with a log (store format 3: wal.py, tail.py, applier.py):
+
+- `append_alone(group)`: one group, its caller leading alone: one record,
+  validated first if the group is a transaction's (txn.Validate); the
+  writer then `sync`s it if durable. Anything out of the ordinary raises
+  with nothing appended: the writer then gives the group to `write`,
+  which meets it again and answers it.
+- `write(groups)`: what a leader took from the queue: plain groups as
+  consecutive records, synced once if one of them is durable; a validated
+  group alone; an exclusive group (a metadata step, a conditional group, a
+  group with a `before` step) written into LMDB by the applier after the
+  whole log, in one transaction, decided against the latest state.
+- `due()` / `upkeep()`: the flusher's share: a sync of buffered appends
+  within flush_interval of seeing them (anyone's: a process that died
+  leaves some), an apply every apply_interval or apply_bytes.
+- `close()`: everything synced and applied, the log's space reused.
+
+A log that fills up is applied by the writer that found it full; an index
+stuck half changed is recovered and the append tried again.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import killpoints
+from .errors import StoreFailedError
+from .group import Step
+from .wal import LogFull, append_failure, encode_group, sync_failure
+
+__all__ = ["Appender", "exclusive"]
+
+
+def exclusive(group) -> bool:
+    """A group the applier writes into LMDB itself (Appender._exclusive)."""
+    return group.before is not None or (group.condition is not None
+                                        and not hasattr(group.condition, "validate"))
+
+
+class Appender:
+    """The log path of one process's writer."""
+
+    def __init__(self, env, options, tail, applier):
+        self._env = env
+        self.tail = tail
+        self._applier = applier
+        self._interval = options.flush_interval
+        self._apply_interval = options.apply_interval
+        self._apply_bytes = options.apply_bytes
+        self._last_apply = time.monotonic()
+        self._unsynced_since = 0.0  # when this process first saw records past the last sync; 0: none
+
+    @property
+    def max_group(self) -> int:
+        """The largest group (bytes) the log takes: half of log_size."""
+        return self.tail.log.max_size // 2
+
+    # ------------------------------------------------------------ appending
+
+    def append_alone(self, group):
+        """Append group, its caller leading alone. Returns None when its
+        transaction's reads changed (nothing written), else (gen, end,
+        durable): sync(gen, end) next if durable. Raises if anything is out
+        of the ordinary (too large, the log full, an error): nothing was
+        appended then."""
+        if group.nbytes > self.max_group:
+            raise LogFull()
+        check = None if group.condition is None else self._validator(group)
+        appended = self.tail.append_one(group, encode_group(group.ops), check)
+        if appended is None:
+            return None
+        end, gen, _seq = appended
+        self._appended()
+        durable = group.durable if check is None else getattr(group.condition, "durable", True)
+        return gen, end, durable
+
+    def write(self, groups) -> int:
+        """Write the groups a leader took (one, if exclusive or validated);
+        returns the lsn of the last record, 0 for a transaction whose reads
+        changed, 1 for an exclusive group. Raises DiskFullError (nothing
+        written, the store goes on) or another KVStoreError (fail the store)."""
+        first = groups[0]
+        if exclusive(first):
+            self._exclusive(first)
+            return 1
+        if first.condition is not None:
+            return self._append_validated(first)
+        return self._append(groups)
+
+    def _appended(self) -> None:
+        if killpoints.armed:
+            killpoints.reached("log-after-append")
+        if not self._unsynced_since:
+            self._unsynced_since = time.monotonic()
+
+    def _to_log(self, append):
+        """append() (a Tail append); when the log is full, apply it to LMDB
+        (its space is reused) and try again; when the index is stuck half
+        changed, recover it and try again. An OSError: append_failure."""
+        tail = self.tail
+        for attempt in range(10):
+            try:
+                return append()
+            except LogFull:
+                if attempt == 9:  # other processes kept appending faster than it was applied
+                    raise StoreFailedError(
+                        f"the write-ahead log stays full after applying it to LMDB (log_size "
+                        f"{tail.log.max_size} bytes); reopen the store with a larger log_size") from None
+                self._applier.checkpoint()
+            except tail.Stuck:
+                self._applier.recover()
+            except OSError as exc:
+                raise append_failure(exc, self._env.path) from None
+
+    def _append(self, groups) -> int:
+        tail = self.tail
+        payloads = [encode_group(g.ops) for g in groups]
+        if len(groups) == 1:
+            end, gen, last = self._to_log(lambda: tail.append_one(groups[0], payloads[0]))
+        else:
+            end, gen, last = self._to_log(lambda: tail.append(groups, payloads))
+        self._appended()
+        if any(g.durable for g in groups):
+            self.sync(gen, end)
+        return last
+
+    def _validator(self, group):
+        """The check a validated group (txn.Validate) makes at its append,
+        under the append lock once caught up: its condition's
+        validate(get, scan) against every acknowledged write (the overlay,
+        then LMDB); True: append it. Sets the condition's `conflicts`."""
+        condition = group.condition
+        read = self._env.read
+        overlay = self.tail.overlay
+
+        def get(ns, key):
+            entry = overlay.get(ns, {}).get(key)
+            if entry is not None:
+                return entry[1]
+            dbi = condition.dbis.get(ns)
+            if dbi is None:
+                return None
+            return read(lambda txn: _copy(txn.get(key, db=dbi)))
+
+        def scan(ns, lo, hi):
+            dbi = condition.dbis.get(ns)
+            found = {} if dbi is None else dict(read(lambda txn: _range(txn, dbi, lo, hi)))
+            for key, record in overlay.snapshot(ns, lo, hi):  # under tail.lock: append_one holds it
+                if record is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = record
+            return sorted(found.items())
+
+        def check():
+            condition.conflicts = condition.validate(get, scan)
+            return not condition.conflicts
+
+        return check
+
+    def _append_validated(self, group) -> int:
+        """Append a group whose condition decides, at the append, against
+        the latest state (every acknowledged write: the overlay after
+        catching up, then LMDB), whether it is written: a transaction
+        (txn.Validate: `validate(get, scan)` sets `conflicts`). The append
+        lock is held from the check to the write, so nothing can change in
+        between, in any process. Returns the record's lsn, 0 if not written."""
+        tail = self.tail
+        check = self._validator(group)
+        payload = encode_group(group.ops)
+        appended = self._to_log(lambda: tail.append_one(group, payload, check))
+        if appended is None:
+            return 0  # its reads changed: nothing written (the caller raises ConflictError)
+        end, gen, last = appended
+        self._appended()
+        if getattr(group.condition, "durable", True):
+            self.sync(gen, end)
+        return last
+
+    def sync(self, gen: int, end: int) -> None:
+        """Make the log durable up to end (unless a sync covered it already)."""
+        log = self.tail.log
+        st = log.state()
+        if st is not None and st.gen == gen and st.synced >= end:
+            return
+        try:
+            log.sync(end, gen)
+        except OSError as exc:
+            raise sync_failure(exc, "syncing the write-ahead log") from None
+        if killpoints.armed:
+            killpoints.reached("log-after-sync")
+        self._unsynced_since = 0.0
+
+    def _exclusive(self, group) -> None:
+        """Write group into LMDB directly, after the whole log, in one
+        transaction (see applier.py): decided against the latest state."""
+        condition = group.condition
+
+        def step(txn):
+            if group.before is not None:
+                group.before(txn)
+            if condition is not None:
+                condition.apply(txn, group.ops)
+                return
+            for _ns, dbi, key, record in group.ops:
+                if record is None:
+                    txn.delete(key, db=dbi)
+                else:
+                    txn.put(key, record, db=dbi)
+
+        step.counted = type(condition) is not Step or condition.count
+        self._applier.checkpoint(step, extra=[group])
+        self._last_apply = time.monotonic()
+
+    # ------------------------------------------------------------ upkeep
+
+    def due(self, closing: bool) -> float:
+        """Seconds until upkeep() has work (a sync of buffered appends, an
+        apply); <= 0: now. The writer asks under its lock."""
+        if closing:
+            return 0.0
+        now = time.monotonic()
+        # at least every apply_interval: records appended since (by any
+        # process) are seen and applied even with a long flush_interval
+        due = min(self._interval, self._apply_interval)
+        st = self.tail.log.state()
+        if st is None:
+            return 0.0
+        if st.synced < st.end and not self._unsynced_since:
+            # appended by anyone (a process that died, too): synced within
+            # flush_interval of being seen, whoever appended it
+            self._unsynced_since = now
+        if self._unsynced_since:
+            due = min(due, self._unsynced_since + self._interval - now)
+        unapplied = st.end - st.applied
+        if unapplied >= self._apply_bytes:
+            return 0.0
+        if unapplied:
+            due = min(due, self._last_apply + self._apply_interval - now)
+        return due
+
+    def upkeep(self, wanted: bool) -> None:
+        """In the flusher: sync this process's buffered appends once they
+        waited flush_interval; apply the log to LMDB every apply_interval
+        (or sooner when apply_bytes are waiting), if no other process is
+        applying. wanted: flush() asked for both now (a checkpoint), and
+        the apply waits for another process's to end."""
+        log = self.tail.log
+        now = time.monotonic()
+        st = log.state()
+        if st is not None and (wanted or (self._unsynced_since
+                                          and now - self._unsynced_since >= self._interval)):
+            if st.synced < st.end:
+                self.sync(st.gen, st.end)
+            self._unsynced_since = 0.0
+        st = log.state()
+        if st is not None and (wanted or st.end - st.applied >= self._apply_bytes
+                               or (st.end > st.applied and now - self._last_apply >= self._apply_interval)):
+            self._applier.checkpoint(block=wanted)
+            self._last_apply = time.monotonic()
+
+    def close(self) -> None:
+        """Everything into LMDB, the log's space reused: a closed store's
+        data.mdb holds every write (LMDB's own tools see them all)."""
+        st = self.tail.log.state()
+        if st is not None and st.synced < st.end:
+            self.sync(st.gen, st.end)
+        self._applier.checkpoint()
+
+
+def _copy(record):
+    return None if record is None else bytes(record)
+
+
+def _range(txn, dbi, lo, hi) -> list:
+    """[(key, stored)] of namespace dbi in [lo, hi) (None: unbounded), in a read txn."""
+    cur = txn.cursor(db=dbi)
+    found = cur.set_range(lo) if lo is not None else cur.first()
+    out = []
+    while found:
+        key = bytes(cur.key())
+        if hi is not None and key >= hi:
+            break
+        out.append((key, bytes(cur.value())))
+        found = cur.next()
+    return out
