@@ -68,13 +68,15 @@ class Appender:
         appended then."""
         if group.nbytes > self.max_group:
             raise LogFull()
-        check = None if group.condition is None else self._validator(group)
-        appended = self.tail.append_one(group, encode_group(group.ops), check)
+        if group.condition is None:
+            appended = self.tail.append_one(group, encode_group(group.ops))
+        else:
+            appended = self.tail.append_one(group, lambda: encode_group(group.ops), self._validator(group))
         if appended is None:
             return None
         end, gen, _seq = appended
         self._appended()
-        durable = group.durable if check is None else getattr(group.condition, "durable", True)
+        durable = group.durable if group.condition is None else getattr(group.condition, "durable", True)
         return gen, end, durable
 
     def write(self, groups) -> int:
@@ -131,7 +133,9 @@ class Appender:
         """The check a validated group (txn.Validate) makes at its append,
         under the append lock once caught up: its condition's
         validate(get, scan) against every acknowledged write (the overlay,
-        then LMDB); True: append it. Sets the condition's `conflicts`."""
+        then LMDB); True: append it. Sets the condition's `conflicts`. A
+        condition that computes the group's ops (rmw.Compute) may leave
+        none: nothing to append."""
         condition = group.condition
         read = self._env.read
         overlay = self.tail.overlay
@@ -157,7 +161,7 @@ class Appender:
 
         def check():
             condition.conflicts = condition.validate(get, scan)
-            return not condition.conflicts
+            return not condition.conflicts and bool(group.ops)
 
         return check
 
@@ -170,8 +174,7 @@ class Appender:
         between, in any process. Returns the record's lsn, 0 if not written."""
         tail = self.tail
         check = self._validator(group)
-        payload = encode_group(group.ops)
-        appended = self._to_log(lambda: tail.append_one(group, payload, check))
+        appended = self._to_log(lambda: tail.append_one(group, lambda: encode_group(group.ops), check))
         if appended is None:
             return 0  # its reads changed: nothing written (the caller raises ConflictError)
         end, gen, last = appended

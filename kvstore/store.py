@@ -18,6 +18,7 @@ import lmdb
 from .engine import attach, detach
 from . import codec as _codec
 from . import ttl as _ttl
+from . import rmw as _rmw
 from . import txn as _txn
 from .codec.format import inner_record
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
@@ -337,13 +338,13 @@ class Store(Reads):
 
         :raises InvalidArgumentTypeError: delta or default, or the stored value, is not an int
         """
-        return _txn.incr(self, key, delta, default, durable)
+        return _rmw.incr(self, key, delta, default, durable)
 
     def compare_and_set(self, key, expected, new, *, durable: bool | None = None) -> bool:
         """Store new under key if it holds expected (kvstore.MISSING: if it is
         absent); new=kvstore.MISSING deletes it. Returns whether it did.
         Values compare as they read back (a tuple stored reads as a list)."""
-        return _txn.compare_and_set(self, key, expected, new, durable)
+        return _rmw.compare_and_set(self, key, expected, new, durable)
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every write accepted before the call is committed and synced.

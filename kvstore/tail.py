@@ -148,13 +148,15 @@ class Tail:
         published)."""
         return self._append(groups, lambda st: self.log.append(st, payloads))
 
-    def append_one(self, group, payload: bytes, check=None):
+    def append_one(self, group, payload, check=None):
         """append() of one group, the common case. check: None, or a
         function called once caught up, under the append lock (the state
         cannot move meanwhile): False appends nothing and returns None (a
-        transaction whose reads changed: txn.Validate)."""
+        transaction whose reads changed: txn.Validate). payload: the
+        record's bytes, or a function making them after check (which may
+        decide the group's ops: rmw.Compute)."""
         def write(st):
-            end, checksum = self.log.append_one(st, payload)
+            end, checksum = self.log.append_one(st, payload if check is None else payload())
             return end, checksum, (end,)
 
         return self._append((group,), write, check)

@@ -1,0 +1,158 @@
+"""incr and compare_and_set, decided in the write path: no retries.
+
+`Store.update(key, fn)` runs the caller's fn in an optimistic transaction
+(txn.py) and runs it again on conflict. incr and compare_and_set need no
+caller code, so they need no optimism either: their group carries a
+`Compute` condition, and the write path computes the new record from the
+key's latest state at the moment it writes, where nothing can change it:
+
+- with a write-ahead log, under the log's append lock once caught up on
+  every process's appends (`Appender._validator` calls `validate(get,
+  scan)`, which computes; the record is encoded after it), so the state it
+  reads is every acknowledged write;
+- without one, inside the LMDB write transaction (`apply(txn, ops)`).
+
+So a hot counter costs one append per call, however many threads and
+processes add to it, and never conflicts. The group's single op is a
+placeholder until then; an incr on a value that is not an int, or a
+compare that fails, writes nothing (the op list is emptied, the log gets
+no record) and the call raises or returns False.
+
+What the transaction path does too: a value that expired counts as absent,
+and the written value has no TTL (as `tx.put(key, new)`). A namespace with
+a default TTL, or a call made inside an open transaction, takes the
+transaction path (txn.incr_step / cas_step), which handles both.
+"""
+
+from __future__ import annotations
+
+from . import txn as _txn
+from .errors import InvalidArgumentTypeError
+from .group import ConditionalGroup
+from .layout import check_key
+
+__all__ = ["incr", "compare_and_set", "Compute"]
+
+_KEEP = object()  # compute's answer: write nothing
+_PLACEHOLDER_BYTES = 64  # the batch limits' estimate of the record not computed yet
+
+
+class Compute:
+    """The condition of a one-key group whose record the write path computes.
+
+    fn(stored bytes or None (absent or expired at `now`)) -> (record, or
+    None to delete, or _KEEP to write nothing; the caller's result). An
+    exception from fn is kept in `error` and nothing is written. After the
+    write path ran it: `ops` holds what was written, `result` fn's answer.
+    `conflicts` is always [] (Writer and Appender read it as for txn.Validate)."""
+
+    __slots__ = ("ops", "dbis", "fn", "now", "durable", "conflicts", "result", "error")
+
+    def __init__(self, ops: list, dbis: dict, fn, now: int, durable: bool):
+        self.ops = ops
+        self.dbis = dbis
+        self.fn = fn
+        self.now = now
+        self.durable = durable
+        self.conflicts: list = []
+        self.result = None
+        self.error: BaseException | None = None
+
+    def enter(self, overlay, seq: int, ops) -> None:
+        """Nothing to show before the write path decides."""
+
+    def validate(self, get, scan) -> list:
+        ns, dbi, key, _record = self.ops[0]
+        try:
+            record, self.result = self.fn(_txn._alive(get(ns, key), self.now))
+        except Exception as exc:  # the caller's to raise: the write path must go on
+            self.error = exc
+            record = _KEEP
+        if record is _KEEP:
+            self.ops[:] = []
+        else:
+            self.ops[:] = [(ns, dbi, key, record)]
+        return []
+
+    def apply(self, txn, ops) -> None:
+        self.validate(lambda _ns, key: txn.get(key, db=self.dbis[_ns]), None)
+        for _ns, dbi, key, record in ops:
+            if record is None:
+                txn.delete(key, db=dbi)
+            else:
+                txn.put(key, record, db=dbi)
+
+
+def _run(store, key, fn, durable):
+    """Submit one computed write of key in store's namespace; fn's result."""
+    engine = store._live_engine()
+    writer = store._writer(engine)
+    ns = store._ns
+    dbi = store._dbi(engine, ns)
+    if durable is None:
+        durable = store._root._durable
+    ops = [(ns, dbi, key, None)]
+    condition = Compute(ops, {ns: dbi}, fn, store._now(), bool(durable))
+    _txn.gate(store).started()  # counted with transact's calls (Store.stats()["transactions"])
+    writer.submit(ConditionalGroup(ops, True, _PLACEHOLDER_BYTES, condition))
+    if condition.error is not None:
+        raise condition.error
+    return condition.result
+
+
+def _in_path(store) -> bool:
+    """Whether this call can be computed in the write path (module docstring)."""
+    tx = _txn._current_tx.get()
+    if tx is not None and tx._state == "open":
+        return False  # the transaction path raises NestedTransactionError
+    engine = store._live_engine()
+    return store._ns not in engine.ttl.defaults
+
+
+def incr(store, key, delta: int = 1, default: int = 0, durable: bool | None = None) -> int:
+    if not _in_path(store):
+        return _txn.incr(store, key, delta, default, durable)
+    _check_int(delta, "delta")
+    _check_int(default, "default")
+    key = check_key(key)
+    engine = store._live_engine()
+    encode = store._root._codec.encode
+    decode = store._decode
+
+    def add(stored):
+        old = default if stored is None else decode(key, stored)
+        if isinstance(old, bool) or not isinstance(old, int):
+            raise InvalidArgumentTypeError(
+                f"incr: key {key!r} holds a {type(old).__name__} ({old!r:.60}), not an int; use "
+                f"update() for other values, or put an int there first")
+        new = old + delta
+        return encode(new, dictionary=engine.dicts.for_encoding(store._ns)), new
+
+    return _run(store, key, add, durable)
+
+
+def compare_and_set(store, key, expected, new, durable: bool | None = None) -> bool:
+    if not _in_path(store):
+        return _txn.compare_and_set(store, key, expected, new, durable)
+    key = check_key(key)
+    engine = store._live_engine()
+    missing = _txn.MISSING
+    # encoded now: a value msgpack cannot carry raises here, nothing submitted
+    record = None if new is missing else store._root._codec.encode(
+        new, dictionary=engine.dicts.for_encoding(store._ns))
+    decode = store._decode
+
+    def swap(stored):
+        if stored is None or expected is missing:
+            same = stored is None and expected is missing
+        else:
+            same = decode(key, stored) == expected
+        return (record, True) if same else (_KEEP, False)
+
+    return _run(store, key, swap, durable)
+
+
+def _check_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentTypeError(f"incr: {name} must be an int, not {type(value).__name__} "
+                                       f"({value!r:.60})")
