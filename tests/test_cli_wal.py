@@ -199,3 +199,50 @@ def test_checkpoint_of_a_store_without_a_log_leaves_it_without_one(tmp_path):
     assert sorted(os.listdir(path)) == ["data.mdb", "lock.mdb"]
     assert json.loads(run(["stat", path, "--json"])[1])["environment"]["format_version"] == "2"
     assert json.loads(run(["checkpoint", path, "--json"])[1]) == {"path": path, "log": False, "applied_bytes": 0}
+
+
+def _damage_log_record(path: str, nth: int) -> int:
+    """Flip a byte inside the nth unapplied record of the log; its position."""
+    from kvstore import wal
+
+    log = wal.Log(path, readonly=True, create=False, initial_size=0, max_size=0)
+    try:
+        st = log.state()
+        at = st.applied
+        for i, (end, _sum, _payload) in enumerate(log.records(st.gen, st.applied, st.applied_sum, st.end)):
+            if i == nth:
+                break
+            at = end
+        else:
+            raise AssertionError("the log holds fewer records")
+    finally:
+        log.close()
+    spot = at + (end - at) // 2
+    with open(os.path.join(path, "data.wal"), "r+b") as f:
+        f.seek(spot)
+        byte = f.read(1)
+        f.seek(spot)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return spot
+
+
+def test_check_reports_a_damaged_log_instead_of_failing_on_it(logged):
+    _damage_log_record(logged, 7)
+    status, text = run(["check", logged])
+    assert status == 1
+    assert "BAD  write-ahead log" in text and "damaged at byte" in text
+    assert "first 7 unapplied records are intact" in text and "were not read" in text
+    status, text = run(["check", logged, "--json"])
+    doc = json.loads(text)
+    assert status == 1 and not doc["ok"] and not doc["records_checked"]
+    assert doc["log"]["records"] == 7 and not doc["log"]["ok"] and "damaged at byte" in doc["log"]["problem"]
+    # and the store itself refuses to open past it, naming the byte
+    with pytest.raises(kvstore.CorruptionError, match="damaged at byte"):
+        kvstore.open(logged, readonly=True).close()
+
+
+def test_check_reports_the_intact_log_it_applied(logged):
+    status, text = run(["check", logged, "--json"])
+    doc = json.loads(text)
+    assert status == 0 and doc["ok"]
+    assert doc["log"]["ok"] and doc["log"]["records"] >= 1 and doc["log"]["bytes"] > 0

@@ -1,13 +1,15 @@
-"""`kvstore check PATH`: verify every page of the file, then every record of
-every namespace."""
+"""`kvstore check PATH`: verify every page of the file, the write-ahead log's
+unapplied records, then every record of every namespace."""
 
 from __future__ import annotations
 
 import os
 
-from kvstore import engine, lmdbwalk
+from kvstore import engine, lmdbwalk, wal
+from kvstore.errors import KVStoreError
 from kvstore.layout import TTL_STORE_FORMAT
 
+from .checkpoint import unapplied_bytes
 from ._common import Progress, now_of, open_readonly, plural, quote_key, write_json
 from ._encoding import key_to_json
 from ._records import examine, namespaces, snapshot_meta
@@ -20,7 +22,10 @@ def add_parser(subparsers):
                     "bounds, key order, depth, the page and entry counts LMDB records, the free "
                     "list); damaged pages are listed with their position and the records are not "
                     "read (LMDB would crash on them). Then read every record of every namespace "
-                    "from one snapshot and check it the way a reader does: TTL prefix, header, checksum, the dictionary it names, a full "
+                    "from one snapshot and check it the way a reader does (the write-ahead log's "
+                    "records LMDB does not hold yet first: their chain of checksums, then the same "
+                    "checks of their values; a damaged log is reported and the store not opened, "
+                    "as opening it would stop there): TTL prefix, header, checksum, the dictionary it names, a full "
                     "decode, and that each namespace yields as many records as LMDB counts; also the "
                     "store's metadata and dictionaries. Prints each damaged key "
                     "with the reason and a summary. Expired values not yet swept are good values. "
@@ -53,6 +58,64 @@ def _walk_pages(args, out):
     return 1, pages
 
 
+class _LogRead:
+    """The write-ahead log's unapplied part, read back without the engine."""
+
+    def __init__(self):
+        self.records = 0
+        self.bytes = 0
+        self.ops: list = []  # [(namespace, key, stored or None)]
+        self.problem: str | None = None
+
+    def to_json(self) -> dict:
+        return {"records": self.records, "bytes": self.bytes, "ok": self.problem is None,
+                "problem": self.problem}
+
+
+def _read_log(path: str) -> _LogRead | None:
+    """The records between the index's applied and end positions, each
+    checked against the chain of checksums; None when the store has no log,
+    or its index is not current (from another boot: the next writable open
+    rebuilds it from the log's intact records, which is the recovery)."""
+    if not os.path.exists(os.path.join(path, wal.LOG_FILE)):
+        return None
+    out = _LogRead()
+    try:
+        log = wal.Log(path, readonly=True, create=False, initial_size=0, max_size=0)
+    except (KVStoreError, OSError) as exc:
+        out.problem = str(exc)
+        return out
+    try:
+        st = log.state()
+        if st is None or not log.index_valid():
+            return None
+        out.bytes = st.end - st.applied
+        try:
+            for _end, _sum, payload in log.records(st.gen, st.applied, st.applied_sum, st.end):
+                out.records += 1
+                out.ops.extend(wal.decode_ops(payload))
+        except KVStoreError as exc:
+            out.problem = str(exc)
+        except ValueError as exc:  # a record whose checksum holds but whose ops do not parse
+            out.problem = (f"the write-ahead log's record {out.records + 1} after the applied part "
+                           f"does not parse ({exc}); restore the store from a backup")
+    finally:
+        log.close()
+    return out
+
+
+def _log_damaged(args, out, log: _LogRead, pages) -> int:
+    if args.json:
+        write_json(out, {"ok": False, "records_checked": False, "log": log.to_json(),
+                         "pages": None if pages is None else _pages_doc(pages), "page_problems": []})
+        return 1
+    out.write(f"BAD  write-ahead log: {log.problem}\n")
+    out.write(f"the log's first {plural(log.records, 'unapplied record')} are intact; the store was not "
+              f"opened (opening it applies the log and stops at the damage), so the records of "
+              f"data.mdb were not read{'' if pages is None else ' (its pages are sound)'}\n")
+    return 1
+
+
 def _pages_doc(pages) -> dict:
     return {"total": pages.last_pg + 1, "read": pages.pages_read, "free": pages.free_pages,
             "page_size": pages.psize, "txnid": pages.txnid}
@@ -62,7 +125,12 @@ def run(args, out) -> int:
     status, pages = _walk_pages(args, out)
     if status is not None:
         return status
+    log = _read_log(args.path)
+    if log is not None and log.problem is not None:
+        return _log_damaged(args, out, log, pages)
     with open_readonly(args.path, clock=args.clock) as db:
+        if log is not None and not unapplied_bytes(args.path):
+            log.ops = []  # applied by the open: checked below as LMDB's records
         env = engine.of(db)
         codec = engine.codec_of(db)
         handles = namespaces(db)
@@ -93,6 +161,15 @@ def run(args, out) -> int:
                                                   f"counts {counted:,}: damaged pages hide records; restore "
                                                   f"the store from a backup"))
                     per_ns[name] = {"values": n, "bad": nbad, "ttl_values": with_ttl, "expired": expired}
+            # the log's records LMDB does not hold yet (a user who may not apply them)
+            for name, key, record in [] if log is None else log.ops:
+                if record is None:
+                    continue
+                ex = examine(record, codec, meta.dictionaries)
+                if ex.dict_id:
+                    referenced[ex.dict_id] = referenced.get(ex.dict_id, 0) + 1
+                if not ex.ok:
+                    bad.append((name, key, f"{ex.problem} (in the write-ahead log)"))
                     if with_ttl and name not in meta.ttl_namespaces:
                         meta.problems.append((f"namespace {name!r}", "holds TTL values but has no ttl: key in "
                                               "the metadata, so len() miscounts it"))
@@ -123,6 +200,7 @@ def run(args, out) -> int:
             "records_checked": True,
             "pages": None if pages is None else _pages_doc(pages),
             "page_problems": [],
+            "log": None if log is None else log.to_json(),
         })
         return 0 if ok else 1
     for ns, key, reason in bad:
