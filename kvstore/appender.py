@@ -12,7 +12,11 @@ knows how, with a log (store format 3: wal.py, tail.py, applier.py):
   consecutive records, synced once if one of them is durable; a validated
   group alone; an exclusive group (a metadata step, a conditional group, a
   group with a `before` step) written into LMDB by the applier after the
-  whole log, in one transaction, decided against the latest state.
+  whole log, in one transaction, decided against the latest state. A
+  large group is exclusive too (`exclusive`): over half of log_size it
+  would not fit in the log, and from an eighth of max_map_size it may not
+  fit in the map, which must fail that group alone (MapFullError) rather
+  than an apply of acknowledged writes (which fails the store).
 - `due()` / `upkeep()`: the flusher's share: a sync of buffered appends
   within flush_interval of seeing them (anyone's: a process that died
   leaves some), an apply every apply_interval or apply_bytes.
@@ -31,13 +35,7 @@ from .errors import StoreFailedError
 from .group import Step
 from .wal import LogFull, append_failure, encode_group, sync_failure
 
-__all__ = ["Appender", "exclusive"]
-
-
-def exclusive(group) -> bool:
-    """A group the applier writes into LMDB itself (Appender._exclusive)."""
-    return group.before is not None or (group.condition is not None
-                                        and not hasattr(group.condition, "validate"))
+__all__ = ["Appender"]
 
 
 class Appender:
@@ -52,11 +50,19 @@ class Appender:
         self._apply_bytes = options.apply_bytes
         self._last_apply = time.monotonic()
         self._unsynced_since = 0.0  # when this process first saw records past the last sync; 0: none
+        # groups from this size on are written into LMDB directly (exclusive)
+        self._large = min(tail.log.max_size // 2 + 1, options.max_map_size // 8)
 
-    @property
-    def max_group(self) -> int:
-        """The largest group (bytes) the log takes: half of log_size."""
-        return self.tail.log.max_size // 2
+    def exclusive(self, group) -> bool:
+        """A group the applier writes into LMDB itself (_exclusive): one
+        with a step or a condition to decide there, or a large one (the
+        module docstring)."""
+        return (group.before is not None or group.nbytes >= self._large
+                or (group.condition is not None and not hasattr(group.condition, "validate")))
+
+    def alone(self, group) -> bool:
+        """A group a leader takes by itself: exclusive or validated."""
+        return group.condition is not None or self.exclusive(group)
 
     # ------------------------------------------------------------ appending
 
@@ -66,8 +72,8 @@ class Appender:
         durable): sync(gen, end) next if durable. Raises if anything is out
         of the ordinary (too large, the log full, an error): nothing was
         appended then."""
-        if group.nbytes > self.max_group:
-            raise LogFull()
+        if group.nbytes >= self._large:
+            raise LogFull()  # written into LMDB directly (write)
         if group.condition is None:
             appended = self.tail.append_one(group, encode_group(group.ops))
         else:
@@ -82,10 +88,11 @@ class Appender:
     def write(self, groups) -> int:
         """Write the groups a leader took (one, if exclusive or validated);
         returns the lsn of the last record, 0 for a transaction whose reads
-        changed, 1 for an exclusive group. Raises DiskFullError (nothing
-        written, the store goes on) or another KVStoreError (fail the store)."""
+        changed, 1 for an exclusive group. Raises DiskFullError or
+        MapFullError (nothing written: these groups fail, the store goes on)
+        or another KVStoreError (fail the store)."""
         first = groups[0]
-        if exclusive(first):
+        if self.exclusive(first):
             self._exclusive(first)
             return 1
         if first.condition is not None:
@@ -123,7 +130,17 @@ class Appender:
         if len(groups) == 1:
             end, gen, last = self._to_log(lambda: tail.append_one(groups[0], payloads[0]))
         else:
-            end, gen, last = self._to_log(lambda: tail.append(groups, payloads))
+            # in runs that fit in an empty log (each group does: see exclusive)
+            limit = tail.log.max_size // 2
+            start = 0
+            while start < len(groups):
+                stop, size = start + 1, len(payloads[start])
+                while stop < len(groups) and size + len(payloads[stop]) <= limit:
+                    size += len(payloads[stop])
+                    stop += 1
+                run, parts = groups[start:stop], payloads[start:stop]
+                end, gen, last = self._to_log(lambda: tail.append(run, parts))
+                start = stop
         self._appended()
         if any(g.durable for g in groups):
             self.sync(gen, end)

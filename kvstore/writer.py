@@ -63,7 +63,10 @@ writer does not exist yet), the lookup of an existing namespace's handle
 and LMDB's own in the CLI's offline copies.
 
 A commit that fills the map is replayed whole after the map grows
-(Environment.write). Any other commit error fails every group of that
+(Environment.write). One that cannot grow it (max_map_size) wrote nothing:
+its groups are committed one by one, and those that do not fit fail alone
+with MapFullError; the store goes on (with a log: large groups are written
+into LMDB directly for the same reason, appender.py). Any other commit error fails every group of that
 commit with that error, fails every group still queued, and puts the store
 into the failed state: further writes raise StoreFailedError, because a
 failed fsync cannot be retried safely.
@@ -82,9 +85,9 @@ import time
 
 from . import killpoints
 from .codec.format import raw_len
-from .errors import DiskFullError, InvalidArgumentError, KVStoreError, StoreClosedError, StoreFailedError, TimeoutError
+from .errors import DiskFullError, KVStoreError, MapFullError, StoreClosedError, StoreFailedError, TimeoutError
 from .options import ACTIVE_WINDOW, MAX_GATHER, OVERLAY_SLICE  # tunables: see there
-from .appender import Appender, exclusive
+from .appender import Appender
 from .group import ConditionalGroup, Group, Step
 from .overlay import TOMBSTONE, Overlay
 
@@ -101,11 +104,6 @@ def _cause(failed: StoreFailedError) -> BaseException:
     file). With a log the applier can find it in the background, where no
     write hears of it."""
     return failed.cause if failed.cause is not None else failed
-
-
-def _alone(group) -> bool:
-    """With a log: a group a leader takes by itself (exclusive or validated)."""
-    return group.condition is not None or group.before is not None
 
 
 class Writer:
@@ -412,7 +410,7 @@ class Writer:
                 g = queue[0]
                 if groups and (ops + len(g.ops) > self._max_ops or nbytes + g.nbytes > self._max_bytes):
                     break
-                if logged and groups and (_alone(g) or _alone(groups[0])):
+                if logged and groups and (self._log.alone(g) or self._log.alone(groups[0])):
                     break  # with a log, an exclusive or validated group goes alone
                 groups.append(queue.popleft())
                 ops += len(g.ops)
@@ -434,8 +432,31 @@ class Writer:
         if self._log is not None:
             self._log_groups(groups, ops, nbytes, durable, started)
             return
+        self._commit(groups, ops, nbytes, durable, started)
+
+    def _commit(self, groups, ops: int, nbytes: int, durable: int, started: float,
+                requeue: bool = True) -> None:
+        """Without a log: write the groups in one LMDB transaction and commit.
+        Interrupted, the groups go back to the queue (requeue: the caller
+        does it, when it commits them one by one)."""
         try:
             seq = self._env.write(lambda txn: self._apply(txn, groups, ops), "committing")
+        except MapFullError as exc:
+            # Nothing was written, and the map is intact: the groups that do
+            # not fit fail alone (those that do commit), the store goes on.
+            if len(groups) == 1:
+                self._finish(groups, ops, exc)
+                return
+            for i, g in enumerate(groups):
+                try:
+                    self._commit([g], len(g.ops), g.nbytes, int(g.durable and g.callback is None),
+                                 time.perf_counter(), requeue=False)
+                except BaseException:
+                    rest = groups[i:]
+                    self._requeue(rest, sum(len(r.ops) for r in rest), sum(r.nbytes for r in rest),
+                                  sum(r.durable and r.callback is None for r in rest))
+                    raise
+            return
         except KVStoreError as exc:
             self._fail(groups, ops, exc)
             return
@@ -444,7 +465,8 @@ class Writer:
             # transaction was aborted, so put the groups back to be committed
             # by the next leader. Replaying is harmless even if the interrupt
             # landed after the commit: the same writes apply again, in order.
-            self._requeue(groups, ops, nbytes, durable)
+            if requeue:
+                self._requeue(groups, ops, nbytes, durable)
             raise
         if killpoints.armed and seq:
             killpoints.reached("after-commit")
@@ -513,21 +535,9 @@ class Writer:
         """With a log: append plain groups as records (and sync them if one
         is durable), or write an exclusive group into LMDB after the whole
         log (applier.py). Caller is the leader."""
-        limit = self._log.max_group
-        if not exclusive(groups[0]) and any(g.nbytes > limit for g in groups):
-            # too large for the log: those groups fail alone, the store goes on
-            big = [g for g in groups if g.nbytes > limit]
-            self._finish(big, sum(len(g.ops) for g in big), InvalidArgumentError(
-                f"a group of {big[0].nbytes} bytes does not fit in the write-ahead log (it takes "
-                f"groups up to half of log_size, {2 * limit} bytes); reopen the store "
-                f"with a larger log_size, or write it in smaller batches"))
-            groups = [g for g in groups if g.nbytes <= limit]
-            ops -= sum(len(g.ops) for g in big)
-            if not groups:
-                return
         try:
             seq = self._log.write(groups)
-        except DiskFullError as exc:  # nothing was appended: these groups fail, the store goes on
+        except (DiskFullError, MapFullError) as exc:  # nothing written: these fail, the store goes on
             self._finish(groups, ops, exc)
             return
         except KVStoreError as exc:

@@ -128,36 +128,54 @@ def test_map_grows_from_1mib_to_over_50mib(store_path):
         assert db.get("k13:999") == chunk[999 % 64:] + bytes([13, 999 % 256])
 
 
-def test_max_map_size_reached_fails_clearly_and_loses_nothing_committed(store_path):
-    # Without the log: the commit that reaches max_map_size is the writer's
-    # (with the log it is the applier's: the test after this one).
-    with kvstore.open(store_path, wal=False, map_size=1 << 20, max_map_size=2 << 20,
+@pytest.mark.parametrize("wal", [False, True], ids=["commits", "log"])
+def test_a_group_too_large_for_max_map_size_fails_alone_and_the_store_goes_on(store_path, wal):
+    """One write that cannot fit in the map gets MapFullError; nothing of it
+    is written and every other write goes on (issue 20). Without the log
+    the commit that could not grow the map is retried one group at a time;
+    with it, a group that large is written into LMDB directly instead of
+    being acknowledged in the log first."""
+    with kvstore.open(store_path, wal=wal, map_size=1 << 20, max_map_size=2 << 20,
                       compression="none") as db:
         db.put("kept", "yes", durable=True)
         with pytest.raises(kvstore.MapFullError, match="max_map_size"):
             db.put_many({f"k{j}": os.urandom(4000) for j in range(1000)}, durable=True)
-        with pytest.raises(kvstore.StoreFailedError, match="reopen"):
-            db.put("after", 1)
-        assert db.get("kept") == "yes"
         assert db.get("k1") is None  # nothing of the failed group is visible
-        with pytest.raises(kvstore.StoreFailedError):
-            db.close()
-    with kvstore.open(store_path, wal=False, max_map_size=1 << 30) as db:
-        assert db.get("kept") == "yes" and db.get("k1") is None
-        db.put("after", 1, durable=True)
-        assert db.get("after") == 1
+        db.put("after", 1, durable=True)  # the store goes on
+        db.put_many({f"s{j}": j for j in range(100)})
+        db.flush()
+        assert db.get("kept") == "yes" and db.get("after") == 1 and db.get("s99") == 99
+    with kvstore.open(store_path, wal=wal) as db:
+        assert db.get("kept") == "yes" and db.get("after") == 1 and db.get("k1") is None
+
+
+def test_a_failed_commit_of_several_groups_fails_only_those_that_do_not_fit(store_path):
+    """Without the log, buffered groups share a commit: when it cannot grow
+    the map, the groups that fit alone still commit."""
+    with kvstore.open(store_path, wal=False, map_size=1 << 20, max_map_size=2 << 20,
+                      compression="none", flush_interval=3600) as db:
+        db.put("small0", 0)
+        db.put_many({f"k{j}": os.urandom(4000) for j in range(1000)})  # buffered: fails at the commit
+        db.put("small1", 1)
+        db.flush()  # the commit: the big group fails alone (its writer was not waiting)
+        assert db.get("small0") == 0 and db.get("small1") == 1 and db.get("k1") is None
+        db.put("after", 2, durable=True)
+        assert db.stats()["failed"] is None
 
 
 def test_max_map_size_reached_while_applying_the_log_fails_the_store_and_loses_nothing(store_path):
-    """With the log a durable write returns once the log has it; the apply
-    that would take LMDB past max_map_size fails the store, naming the
-    limit, and the writes stay in the log: a reopen with a larger
-    max_map_size applies every acknowledged one."""
+    """With the log a durable write returns once the log has it; an apply
+    that would take LMDB past max_map_size (groups each small, together
+    too large) fails the store, naming the limit, and the writes stay in
+    the log: a reopen with a larger max_map_size applies every
+    acknowledged one."""
     big = {f"k{j}": os.urandom(4000) for j in range(1000)}
     with kvstore.open(store_path, wal=True, map_size=1 << 20, max_map_size=2 << 20,
-                      compression="none") as db:
+                      compression="none", apply_interval=3600) as db:
         db.put("kept", "yes", durable=True)
-        db.put_many(big, durable=True)  # acknowledged: in the log, synced
+        keys = list(big)
+        for i in range(0, len(keys), 20):  # 80 KB groups: each under an eighth of the map
+            db.put_many({k: big[k] for k in keys[i:i + 20]}, durable=True)  # acknowledged
         with pytest.raises(kvstore.StoreFailedError, match="max_map_size") as info:
             db.flush()
         assert isinstance(info.value.cause, kvstore.MapFullError)
