@@ -17,9 +17,13 @@ knows how, with a log (store format 3: wal.py, tail.py, applier.py):
   would not fit in the log, and from an eighth of max_map_size it may not
   fit in the map, which must fail that group alone (MapFullError) rather
   than an apply of acknowledged writes (which fails the store).
-- `due()` / `upkeep()`: the flusher's share: a sync of buffered appends
-  within flush_interval of seeing them (anyone's: a process that died
-  leaves some), an apply every apply_interval or apply_bytes.
+- `sync_due()` / `sync_upkeep()`: the flusher's share: a sync of buffered
+  appends within flush_interval of seeing them (anyone's: a process that
+  died leaves some).
+- `apply_due()` / `apply_upkeep()`: the writer's apply thread's: an apply
+  every apply_interval or apply_bytes, or a checkpoint flush() asked for.
+  In a thread of its own, as an apply may wait for LMDB's write lock (held
+  by another process) while appends must not.
 - `close()`: everything synced and applied, the log's space reused.
 
 A log that fills up is applied by the writer that found it full; an index
@@ -237,15 +241,13 @@ class Appender:
 
     # ------------------------------------------------------------ upkeep
 
-    def due(self, closing: bool) -> float:
-        """Seconds until upkeep() has work (a sync of buffered appends, an
-        apply); <= 0: now. The writer asks under its lock."""
+    def sync_due(self, closing: bool) -> float:
+        """Seconds until sync_upkeep() has work (a sync of buffered appends,
+        anyone's); <= 0: now. The writer's flusher asks under its lock."""
         if closing:
             return 0.0
         now = time.monotonic()
-        # at least every apply_interval: records appended since (by any
-        # process) are seen and applied even with a long flush_interval
-        due = min(self._interval, self._apply_interval)
+        due = self._interval
         st = self.tail.log.state()
         if st is None:
             return 0.0
@@ -255,32 +257,51 @@ class Appender:
             self._unsynced_since = now
         if self._unsynced_since:
             due = min(due, self._unsynced_since + self._interval - now)
+        return due
+
+    def sync_upkeep(self, now_wanted: bool = False) -> None:
+        """In the flusher: sync the log's buffered appends once they waited
+        flush_interval (now_wanted: at once)."""
+        st = self.tail.log.state()
+        if st is not None and (now_wanted or (self._unsynced_since
+                                              and time.monotonic() - self._unsynced_since >= self._interval)):
+            if st.synced < st.end:
+                self.sync(st.gen, st.end)
+            self._unsynced_since = 0.0
+
+    def apply_due(self) -> float:
+        """Seconds until apply_upkeep() has work; <= 0: now. At least every
+        apply_interval: records appended since (by any process) are seen
+        and applied even with a long flush_interval; at once when
+        apply_bytes wait."""
+        st = self.tail.log.state()
+        if st is None:
+            return 0.0
         unapplied = st.end - st.applied
         if unapplied >= self._apply_bytes:
             return 0.0
         if unapplied:
-            due = min(due, self._last_apply + self._apply_interval - now)
-        return due
+            return self._last_apply + self._apply_interval - time.monotonic()
+        return self._apply_interval
 
-    def upkeep(self, wanted: bool) -> None:
-        """In the flusher: sync this process's buffered appends once they
-        waited flush_interval; apply the log to LMDB every apply_interval
-        (or sooner when apply_bytes are waiting), if no other process is
-        applying. wanted: flush() asked for both now (a checkpoint), and
-        the apply waits for another process's to end."""
-        log = self.tail.log
-        now = time.monotonic()
-        st = log.state()
-        if st is not None and (wanted or (self._unsynced_since
-                                          and now - self._unsynced_since >= self._interval)):
-            if st.synced < st.end:
-                self.sync(st.gen, st.end)
-            self._unsynced_since = 0.0
-        st = log.state()
-        if st is not None and (wanted or st.end - st.applied >= self._apply_bytes
-                               or (st.end > st.applied and now - self._last_apply >= self._apply_interval)):
+    def apply_upkeep(self, wanted: bool) -> None:
+        """In the writer's apply thread: apply the log to LMDB when it is
+        due, if no other process is applying. wanted: flush() asked for a
+        checkpoint: sync everything first, and wait for another process's
+        apply to end rather than skip."""
+        if wanted:
+            self.sync_upkeep(now_wanted=True)
+        st = self.tail.log.state()
+        if st is not None and (wanted or st.end - st.applied >= self._apply_bytes or (
+                st.end > st.applied and time.monotonic() - self._last_apply >= self._apply_interval)):
             self._applier.checkpoint(block=wanted)
             self._last_apply = time.monotonic()
+
+    def run_step(self, step):
+        """step() holding the apply lock: between applies and exclusive
+        groups, in every process (Writer.schedule's steps, with a log)."""
+        with self._applier.held():
+            return step()
 
     def close(self) -> None:
         """Everything into LMDB, the log's space reused: a closed store's

@@ -28,6 +28,7 @@ its first read returns.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import threading
 
@@ -64,6 +65,16 @@ class Applier:
         except BaseException:
             self._lock.release()
             raise
+
+    @contextlib.contextmanager
+    def held(self):
+        """The apply lock, for work that must not overlap an apply or an
+        exclusive step (the writer's scheduled steps: preallocation)."""
+        self._acquire(True)
+        try:
+            yield
+        finally:
+            self._release()
 
     def _release(self) -> None:
         try:

@@ -43,8 +43,10 @@ through the Appender (appender.py), which knows how:
    `before` step) are written into LMDB by `Applier.checkpoint(step)`: the
    whole log first, then the step, in one transaction (`Appender.write`).
 3'. The flusher syncs the log within flush_interval of seeing unsynced
-   records (anyone's), and applies it to LMDB every apply_interval
-   (`_log_work`, `Appender.upkeep`); flush() asks it for a sync and an apply (`checkpoint`).
+   records (anyone's) (`_log_work`); the apply thread applies it to LMDB
+   every apply_interval (`_applying`), in a thread of its own because an
+   apply may wait for LMDB's write lock and appends must not; flush() asks
+   it for a sync and an apply (`checkpoint`).
    The commit hooks run after each apply (the applier shares `_hooks`).
    A log that fills up is applied by the writer that found it full.
    A full disk fails the group that hit it (DiskFullError) and nothing
@@ -136,8 +138,11 @@ class Writer:
         self._flush_wanted = False
         self._scheduled: list = []  # steps for the flusher to run between commits (schedule)
         self._step_turn = False  # a leader handed the lead to the flusher for one step
-        self._checkpoint_wanted = False  # flush() asked the flusher to sync and apply the log
+        self._checkpoint_wanted = False  # flush() asked the apply thread to sync and apply the log
         self._checkpoints_done = 0
+        self._apply_wake = threading.Condition(self._lock)  # the apply thread sleeps here
+        self._apply_stop = False
+        self._apply_steps: list = []  # with a log, schedule()'s steps, run by the apply thread
         self._hooks: list = []  # on_commit hooks; appended before the first write
         self.hook_error: Exception | None = None  # the last exception an on_commit hook raised
         self._next_seq = 1
@@ -162,6 +167,11 @@ class Writer:
         self._thread = threading.Thread(target=self._flusher, name=f"kvstore-writer:{env.path}",
                                         daemon=True)
         self._thread.start()
+        self._apply_thread = None
+        if log is not None:
+            self._apply_thread = threading.Thread(target=self._applying, name=f"kvstore-apply:{env.path}",
+                                                  daemon=True)
+            self._apply_thread.start()
 
     # ------------------------------------------------------------ hooks
 
@@ -179,8 +189,16 @@ class Writer:
         meanwhile, so no commit runs during it (writers queue behind it), and
         a leader hands it the lead when it is done. step returns True to be
         run again after the next commit, if one is due. A step that raises is
-        dropped. Keep steps short: durable writers wait for them."""
+        dropped. Keep steps short: durable writers wait for them. With a
+        log, steps run in the apply thread instead, holding the apply lock:
+        between applies and exclusive groups (LMDB is the applier's), and
+        appends never wait for a step."""
         with self._lock:
+            if self._log is not None:
+                if step not in self._apply_steps:
+                    self._apply_steps.append(step)
+                    self._apply_wake.notify()
+                return
             if step not in self._scheduled:
                 self._scheduled.append(step)
                 self._wake.notify()
@@ -754,8 +772,8 @@ class Writer:
                     with self._lock:
                         if self._failed is None:
                             self._failed = error
-                        self._checkpoints_done += 1
                         self._released.notify_all()
+                        self._apply_wake.notify()
                 continue
             if step is not None:
                 # One step between commits, holding the lead; then the lead
@@ -785,28 +803,69 @@ class Writer:
 
     def _log_work_due(self) -> float:
         """Under _lock, with a log: seconds until the flusher has log work
-        (a sync of buffered appends, an apply); <= 0: now."""
-        return self._log.due(self._checkpoint_wanted or self._closing)
+        (a sync of buffered appends); <= 0: now."""
+        return self._log.sync_due(self._closing)
 
     def _log_work(self) -> None:
-        """In the flusher: the log's upkeep (Appender.upkeep), and a
-        checkpoint that flush() asked for."""
-        with self._lock:
-            wanted = self._checkpoint_wanted
-            self._checkpoint_wanted = False
-        self._log.upkeep(wanted)
-        if wanted:
+        """In the flusher: the log's sync upkeep (Appender.sync_upkeep)."""
+        self._log.sync_upkeep()
+
+    def _applying(self) -> None:
+        """The apply thread, with a log: applies it to LMDB when due
+        (Appender.apply_upkeep), and the checkpoints flush() asks for. Its
+        own thread: an apply may wait for LMDB's write lock, which another
+        process can hold for long, and appends (the flusher's too) must not
+        wait behind it."""
+        log = self._log
+        while True:
             with self._lock:
-                self._checkpoints_done += 1
-                self._released.notify_all()
+                while True:
+                    if self._apply_stop:
+                        return
+                    wanted = self._checkpoint_wanted
+                    if wanted or self._failed is not None or self._apply_steps:
+                        break
+                    due = log.apply_due()
+                    if due <= 0:
+                        break
+                    self._apply_wake.wait(due)
+                self._checkpoint_wanted = False
+                failed = self._failed
+                steps, self._apply_steps = self._apply_steps, []
+            if failed is None:
+                for step in steps:  # between applies and exclusive groups (schedule)
+                    try:
+                        more = log.run_step(step)
+                    except Exception:  # best effort, as in the flusher
+                        more = False
+                    if more:
+                        with self._lock:
+                            if step not in self._apply_steps:
+                                self._apply_steps.append(step)
+                try:
+                    log.apply_upkeep(wanted)
+                except BaseException as exc:  # never die silently: fail the store
+                    error = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
+                        f"applying the write-ahead log failed: {exc!r}; the writes are safe in "
+                        f"the log and are applied when the store is next opened: reopen it", exc)
+                    with self._lock:
+                        if self._failed is None:
+                            self._failed = error
+            with self._lock:
+                if wanted:
+                    self._checkpoints_done += 1
+                    self._released.notify_all()
+                if self._failed is not None and not self._apply_stop and not self._checkpoint_wanted:
+                    self._apply_wake.wait()  # failed: only answer checkpoints (with the failure)
 
     def checkpoint(self, timeout: float | None = None) -> None:
-        """With a log: sync it and apply everything to LMDB, in the flusher
-        (so a timeout holds while another process keeps LMDB's write lock)."""
+        """With a log: sync it and apply everything to LMDB, in the apply
+        thread (so a timeout holds while another process keeps LMDB's write
+        lock)."""
         with self._lock:
             target = self._checkpoints_done + 1
             self._checkpoint_wanted = True
-            self._wake.notify()
+            self._apply_wake.notify()
             self._await(lambda: self._checkpoints_done >= target or self._failed is not None,
                         timeout, f"the write-ahead log was not applied within {timeout} s (another "
                                  f"process may hold LMDB's write lock); the writes are safe in the "
@@ -863,6 +922,13 @@ class Writer:
             self._wake.notify()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+        applying = self._apply_thread
+        if applying is not None:
+            with self._lock:
+                self._apply_stop = True
+                self._apply_wake.notify()
+            if applying.is_alive() and applying is not threading.current_thread():
+                applying.join()
         if self._log is not None and self._failed is None:
             try:
                 self._log.close()

@@ -189,8 +189,9 @@ def test_a_commit_hook_that_raises_does_not_leave_the_commits_groups_waiting(tmp
 # ---------------------------------------------------------------- schedule
 
 
-def test_a_scheduled_step_returning_true_runs_again_until_it_returns_false(tmp_path):
-    with kvstore.open(tmp_path / "s", preallocate=False) as db:
+@pytest.mark.parametrize("wal", [False, True], ids=["commits", "log"])
+def test_a_scheduled_step_returning_true_runs_again_until_it_returns_false(tmp_path, wal):
+    with kvstore.open(tmp_path / "s", preallocate=False, wal=wal) as db:
         runs = []
 
         def step():
@@ -201,7 +202,8 @@ def test_a_scheduled_step_returning_true_runs_again_until_it_returns_false(tmp_p
         wait_for(lambda: len(runs) >= 4, what="four runs of the step")
         time.sleep(0.1)
         assert len(runs) == 4  # returned False the fourth time: not run again
-        assert all(name.startswith("kvstore-writer:") for name in runs)  # in the flusher
+        # in the flusher, between commits; with a log in the apply thread, between applies
+        assert all(name.startswith("kvstore-apply:" if wal else "kvstore-writer:") for name in runs)
 
 
 def test_a_scheduled_step_that_raises_is_dropped_and_the_writer_keeps_working(tmp_path):
