@@ -684,6 +684,16 @@ class Writer:
         with lock:
             overlay.forget_unsorted()
 
+    def _set_failed(self, exc: BaseException, message: str) -> None:
+        """The store takes no more writes, because of exc (kept as it is if
+        it is a StoreFailedError); waiters in flush() and the apply thread hear."""
+        error = exc if isinstance(exc, StoreFailedError) else StoreFailedError(message, exc)
+        with self._lock:
+            if self._failed is None:
+                self._failed = error
+            self._released.notify_all()
+            self._apply_wake.notify()
+
     def _fail(self, groups, ops, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
         failure = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
@@ -767,13 +777,7 @@ class Writer:
                 try:
                     self._log_work()
                 except BaseException as exc:  # never die silently: fail the store
-                    error = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
-                        f"the background writer failed: {exc!r}; reopen the store", exc)
-                    with self._lock:
-                        if self._failed is None:
-                            self._failed = error
-                        self._released.notify_all()
-                        self._apply_wake.notify()
+                    self._set_failed(exc, f"the background writer failed: {exc!r}; reopen the store")
                 continue
             if step is not None:
                 # One step between commits, holding the lead; then the lead
@@ -845,12 +849,9 @@ class Writer:
                 try:
                     log.apply_upkeep(wanted)
                 except BaseException as exc:  # never die silently: fail the store
-                    error = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
-                        f"applying the write-ahead log failed: {exc!r}; the writes are safe in "
-                        f"the log and are applied when the store is next opened: reopen it", exc)
-                    with self._lock:
-                        if self._failed is None:
-                            self._failed = error
+                    self._set_failed(exc, f"applying the write-ahead log failed: {exc!r}; the writes are "
+                                          f"safe in the log and are applied when the store is next "
+                                          f"opened: reopen it")
             with self._lock:
                 if wanted:
                     self._checkpoints_done += 1
