@@ -14,8 +14,15 @@ write-ahead-log issue asks for, all from this one run:
     sqlite-full / sqlite-normal     sqlite3 WAL mode, a commit per put,
                                     synchronous=FULL / NORMAL
     lmdb-txn-per-put-sync           raw py-lmdb, a synced txn per put
+    lmdb-txn-per-put-sync-8t/-32t   the same from 8 / 32 threads (they queue
+                                    on LMDB's write lock: no shared syncs)
     fdatasync                       the disk's limit: 4 KiB pwrite+fdatasync
                                     of a preallocated file, one thread
+
+Then the latency of a cross-process read: another process puts a key
+(buffered) every 1-3 ms; this one reads it in a loop; the time from the
+put's return in the writer to the first read here that returns the new
+value, p50 and p99 (CLOCK_MONOTONIC is one clock for every process).
 """
 
 from __future__ import annotations
@@ -83,6 +90,68 @@ def _lmdb(path, ops):
     return ops / elapsed
 
 
+def _lmdb_threads(path, ops, threads):
+    import msgpack
+    env = lmdb.open(path + ".lmdb", map_size=1 << 30, max_spare_txns=threads)
+    per = ops // threads
+    value = msgpack.packb(VALUE)
+
+    def work(t):
+        for i in range(per):
+            with env.begin(write=True) as txn:
+                txn.put(f"t{t}:{i:07d}".encode(), value)
+
+    start = time.perf_counter()
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - start
+    env.close()
+    return per * threads / elapsed
+
+
+_LATENCY_WRITER = """
+import random, sys, time, kvstore
+db = kvstore.open(sys.argv[1])
+rng = random.Random(1)
+for i in range(1, int(sys.argv[2]) + 1):
+    time.sleep(rng.uniform(0.001, 0.003))
+    db.put("x", i)
+    print(i, time.monotonic(), flush=True)
+db.close()
+"""
+
+
+def _cross_process_latency(path, n):
+    """(p50, p99) in us: another process's put returned -> a read here sees it."""
+    import subprocess
+
+    kvstore.open(path).close()
+    db = kvstore.open(path)
+    db.put("x", 0, durable=True)
+    child = subprocess.Popen([sys.executable, "-c", _LATENCY_WRITER, path, str(n)],
+                             stdout=subprocess.PIPE, text=True)
+    seen = {}
+    last = 0
+    while last < n and child.poll() is None or last < n and db.get("x") != last:
+        value = db.get("x")
+        if value != last:
+            seen[value] = time.monotonic()
+            last = value
+    acked = {}
+    for line in child.stdout:
+        i, t = line.split()
+        acked[int(i)] = float(t)
+    child.wait()
+    db.close()
+    lat = sorted(max(0.0, seen[i] - acked[i]) * 1e6 for i in seen if i in acked)
+    if not lat:
+        return 0.0, 0.0
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
 def _fdatasync(path, ops):
     fd = os.open(path + ".raw", os.O_RDWR | os.O_CREAT, 0o644)
     os.pwrite(fd, bytes(ops * 4096 + 4096), 0)
@@ -103,6 +172,7 @@ def main(argv=None):
     ap.add_argument("--ops", type=int, default=1000, help="durable ops per workload")
     ap.add_argument("--buffered-ops", type=int, default=20000)
     ap.add_argument("--tmpdir", default=None)
+    ap.add_argument("--latency-writes", type=int, default=500)
     args = ap.parse_args(argv)
     n, nb = args.ops, args.buffered_ops
     workloads = {
@@ -116,6 +186,8 @@ def main(argv=None):
         "sqlite-full": lambda p: _sqlite(p, n, "FULL"),
         "sqlite-normal": lambda p: _sqlite(p, nb // 4, "NORMAL"),
         "lmdb-txn-per-put-sync": lambda p: _lmdb(p, n),
+        "lmdb-txn-per-put-sync-8t": lambda p: _lmdb_threads(p, 4 * n, 8),
+        "lmdb-txn-per-put-sync-32t": lambda p: _lmdb_threads(p, 8 * n, 32),
         "fdatasync": lambda p: _fdatasync(p, n),
     }
     results = {name: [] for name in workloads}
@@ -135,7 +207,10 @@ def main(argv=None):
         ("fillsync-wal / sqlite-full", "fillsync-wal", "sqlite-full", 1.0),
         ("fillsync-wal / lmdb-txn-per-put-sync", "fillsync-wal", "lmdb-txn-per-put-sync", 1.3),
         ("fillsync-wal / fillsync-lmdb", "fillsync-wal", "fillsync-lmdb", None),
-        ("fillsync-8t-wal / lmdb-txn-per-put-sync", "fillsync-8t-wal", "lmdb-txn-per-put-sync", 5.0),
+        ("fillsync-8t-wal / lmdb-txn-per-put-sync-8t", "fillsync-8t-wal", "lmdb-txn-per-put-sync-8t", 5.0),
+        ("fillsync-32t-wal / lmdb-txn-per-put-sync-32t", "fillsync-32t-wal", "lmdb-txn-per-put-sync-32t",
+         None),
+        ("fillsync-32t-wal / sqlite-full", "fillsync-32t-wal", "sqlite-full", None),
         ("fillsync-8t-wal / sqlite-full", "fillsync-8t-wal", "sqlite-full", 3.0),
         ("fillsync-8t-wal / fillsync-8t-lmdb", "fillsync-8t-wal", "fillsync-8t-lmdb", None),
         ("fillrandom-wal / sqlite-full", "fillrandom-wal", "sqlite-full", 10.0),
@@ -147,7 +222,11 @@ def main(argv=None):
     for label, a, b, target in ratios:
         ratio = med[a] / med[b]
         verdict = "" if target is None else ("  ok" if ratio >= target else f"  below {target}x")
-        print(f"{label:42} {ratio:6.2f}x{verdict}")
+        print(f"{label:46} {ratio:6.2f}x{verdict}")
+    with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+        p50, p99 = _cross_process_latency(os.path.join(tmp, "latency"), args.latency_writes)
+    print(f"\ncross-process read of an acknowledged buffered put ({args.latency_writes} writes): "
+          f"p50 {p50:,.0f} us, p99 {p99:,.0f} us")
 
 
 if __name__ == "__main__":
