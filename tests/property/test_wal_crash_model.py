@@ -32,6 +32,7 @@ import shutil
 import struct
 import tempfile
 
+import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -55,7 +56,10 @@ def drop_engine(db) -> None:
     with w._lock:
         w._closing = True  # the flusher stops without its close work
         w._wake.notify()
+        w._apply_stop = True  # and the apply thread after the apply it is in, if any
+        w._apply_wake.notify()
     w._thread.join()
+    w._apply_thread.join()
     _engine.release(eng)
     eng.close()
     db._closed = True
@@ -147,6 +151,38 @@ class WalCrashModel(RuleBasedStateMachine):
                     b.put(key, value, namespace=ns)
         self.acknowledged([(ns, raw(k), DELETED if v is None else lists(v)) for ns, k, v in ops],
                           durable)
+
+    # read-modify-write: incr and compare_and_set are computed under the
+    # log's append lock (rmw.py), a transaction is validated there (txn.py)
+
+    @rule(ns=NS, key=KEYS, delta=st.integers(-3, 3), durable=DURABLE)
+    def incr(self, ns, key, delta, durable):
+        current = self.visible()[ns].get(raw(key), 0)
+        if isinstance(current, bool) or not isinstance(current, int) \
+                or not -(2**63) <= current + delta <= 2**64 - 1:
+            with pytest.raises(kvstore.KVStoreError):  # not an int, or msgpack cannot carry the sum
+                self.handle(ns).incr(key, delta, durable=durable)
+            return
+        assert self.handle(ns).incr(key, delta, durable=durable) == current + delta
+        self.acknowledged([(ns, raw(key), current + delta)], durable)
+
+    @rule(ns=NS, key=KEYS, new=VALUES, matches=st.booleans(), durable=DURABLE)
+    def compare_and_set(self, ns, key, new, matches, durable):
+        current = self.visible()[ns].get(raw(key), kvstore.MISSING)
+        expected = current if matches else ["no value of the model is this", 7]
+        done = self.handle(ns).compare_and_set(key, expected, new, durable=durable)
+        assert done == matches
+        if done:
+            self.acknowledged([(ns, raw(key), lists(new))], durable)
+
+    @rule(ns=NS, key=KEYS, other=KEYS, durable=DURABLE)
+    def transaction(self, ns, key, other, durable):
+        current = self.visible()[ns].get(raw(key))
+        with self.db.transaction(durable=durable) as tx:
+            seen = tx.get(key, namespace=ns)
+            tx.put(other, [seen, "after"], namespace=ns)
+        assert seen == current
+        self.acknowledged([(ns, raw(other), [current, "after"])], durable)
 
     @rule()
     def flush(self):
