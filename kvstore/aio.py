@@ -51,6 +51,7 @@ import time
 import weakref
 from typing import AsyncIterator, Iterable
 
+from . import rmw as _rmw
 from . import txn as _txn
 from .errors import ConflictError, InvalidArgumentError
 from .options import INLINE_GET_MANY, SETTLE_SLICE, Options
@@ -319,14 +320,24 @@ class AsyncStore:
 
     async def aincr(self, key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
         """`Store.incr`: add delta to the int under key; returns the new value."""
-        return await self.atransact(_txn.incr_step(key, delta, default), retries=_txn.RMW_RETRIES,
-                                    durable=durable)
+        done = _Completion()
+        started = _rmw.start_incr(self._store, key, delta, default, durable, done)
+        if started is None:  # the transaction path (rmw.py says when)
+            return await self.atransact(_txn.incr_step(key, delta, default), retries=_txn.RMW_RETRIES,
+                                        durable=durable)
+        await done.wait(started[1])
+        return _rmw.outcome(started[0])
 
     async def acompare_and_set(self, key, expected, new, *, durable: bool | None = None) -> bool:
         """`Store.compare_and_set`: new under key if it holds expected
         (kvstore.MISSING: absent); returns whether it did."""
-        return await self.atransact(_txn.cas_step(key, expected, new), retries=_txn.RMW_RETRIES,
-                                    durable=durable)
+        done = _Completion()
+        started = _rmw.start_compare_and_set(self._store, key, expected, new, durable, done)
+        if started is None:
+            return await self.atransact(_txn.cas_step(key, expected, new), retries=_txn.RMW_RETRIES,
+                                        durable=durable)
+        await done.wait(started[1])
+        return _rmw.outcome(started[0])
 
     async def aflush(self, timeout: float | None = None) -> None:
         """`Store.flush`: every write accepted before the call is committed

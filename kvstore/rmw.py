@@ -12,6 +12,9 @@ key's latest state at the moment it writes, where nothing can change it:
   reads is every acknowledged write;
 - without one, inside the LMDB write transaction (`apply(txn, ops)`).
 
+`kvstore.aio`'s aincr and acompare_and_set submit the same group with a
+completion callback (start_incr, start_compare_and_set, outcome).
+
 So a hot counter costs one append per call, however many threads and
 processes add to it, and never conflicts. The group's single op is a
 placeholder until then; an incr on a value that is not an int, or a
@@ -31,7 +34,7 @@ from .errors import InvalidArgumentTypeError
 from .group import ConditionalGroup
 from .layout import check_key
 
-__all__ = ["incr", "compare_and_set", "Compute"]
+__all__ = ["incr", "compare_and_set", "start_incr", "start_compare_and_set", "outcome", "Compute"]
 
 _KEEP = object()  # compute's answer: write nothing
 _PLACEHOLDER_BYTES = 64  # the batch limits' estimate of the record not computed yet
@@ -83,8 +86,10 @@ class Compute:
                 txn.put(key, record, db=dbi)
 
 
-def _run(store, key, fn, durable):
-    """Submit one computed write of key in store's namespace; fn's result."""
+def _submit(store, key, fn, durable, callback):
+    """Submit one computed write of key in store's namespace: (its
+    condition, whether to wait for callback: Writer.submit's answer).
+    Without a callback, submit returns once the write path decided."""
     engine = store._live_engine()
     writer = store._writer(engine)
     ns = store._ns
@@ -94,7 +99,11 @@ def _run(store, key, fn, durable):
     ops = [(ns, dbi, key, None)]
     condition = Compute(ops, {ns: dbi}, fn, store._now(), bool(durable))
     _txn.gate(store).started()  # counted with transact's calls (Store.stats()["transactions"])
-    writer.submit(ConditionalGroup(ops, True, _PLACEHOLDER_BYTES, condition))
+    return condition, writer.submit(ConditionalGroup(ops, True, _PLACEHOLDER_BYTES, condition, callback))
+
+
+def outcome(condition: Compute):
+    """The call's answer once its group is done: fn's result, or its error."""
     if condition.error is not None:
         raise condition.error
     return condition.result
@@ -109,9 +118,11 @@ def _in_path(store) -> bool:
     return store._ns not in engine.ttl.defaults
 
 
-def incr(store, key, delta: int = 1, default: int = 0, durable: bool | None = None) -> int:
+def start_incr(store, key, delta: int, default: int, durable, callback=None):
+    """incr's group submitted: (condition, wait) as _submit says; None when
+    the call must take the transaction path (txn.incr_step)."""
     if not _in_path(store):
-        return _txn.incr(store, key, delta, default, durable)
+        return None
     _check_int(delta, "delta")
     _check_int(default, "default")
     key = check_key(key)
@@ -128,12 +139,13 @@ def incr(store, key, delta: int = 1, default: int = 0, durable: bool | None = No
         new = old + delta
         return encode(new, dictionary=engine.dicts.for_encoding(store._ns)), new
 
-    return _run(store, key, add, durable)
+    return _submit(store, key, add, durable, callback)
 
 
-def compare_and_set(store, key, expected, new, durable: bool | None = None) -> bool:
+def start_compare_and_set(store, key, expected, new, durable, callback=None):
+    """compare_and_set's group submitted, as start_incr."""
     if not _in_path(store):
-        return _txn.compare_and_set(store, key, expected, new, durable)
+        return None
     key = check_key(key)
     engine = store._live_engine()
     missing = _txn.MISSING
@@ -149,7 +161,21 @@ def compare_and_set(store, key, expected, new, durable: bool | None = None) -> b
             same = decode(key, stored) == expected
         return (record, True) if same else (_KEEP, False)
 
-    return _run(store, key, swap, durable)
+    return _submit(store, key, swap, durable, callback)
+
+
+def incr(store, key, delta: int = 1, default: int = 0, durable: bool | None = None) -> int:
+    started = start_incr(store, key, delta, default, durable)
+    if started is None:
+        return _txn.incr(store, key, delta, default, durable)
+    return outcome(started[0])
+
+
+def compare_and_set(store, key, expected, new, durable: bool | None = None) -> bool:
+    started = start_compare_and_set(store, key, expected, new, durable)
+    if started is None:
+        return _txn.compare_and_set(store, key, expected, new, durable)
+    return outcome(started[0])
 
 
 def _check_int(value, name: str) -> None:

@@ -162,3 +162,20 @@ def _started(out: str) -> bool:
             return f.read(2) == "S\n"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["lmdb", "wal"])
+def test_aincr_and_acompare_and_set_are_computed_in_the_write_path_too(store_path, wal):
+    import asyncio
+
+    async def main():
+        async with kvstore.aio.open(store_path, wal=wal) as db:
+            await asyncio.gather(*(db.aincr("hot") for _ in range(200)))
+            assert await db.aget("hot") == 200
+            assert await db.acompare_and_set("hot", 200, "done") is True
+            assert await db.acompare_and_set("hot", 200, "again") is False
+            with pytest.raises(InvalidArgumentTypeError, match="holds a str"):
+                await db.aincr("hot")
+            assert db.store.stats()["transactions"]["conflicts"] == 0
+
+    asyncio.run(main())
