@@ -49,10 +49,11 @@ class Compute:
     write path ran it: `ops` holds what was written, `result` fn's answer.
     `conflicts` is always [] (Writer and Appender read it as for txn.Validate)."""
 
-    __slots__ = ("ops", "dbis", "fn", "now", "durable", "conflicts", "result", "error")
+    __slots__ = ("ops", "target", "dbis", "fn", "now", "durable", "conflicts", "result", "error")
 
     def __init__(self, ops: list, dbis: dict, fn, now: int, durable: bool):
         self.ops = ops
+        self.target = ops[0][:3]  # (namespace, dbi, key): ops may be emptied, and computed again
         self.dbis = dbis
         self.fn = fn
         self.now = now
@@ -65,7 +66,8 @@ class Compute:
         """Nothing to show before the write path decides."""
 
     def validate(self, get, scan) -> list:
-        ns, dbi, key, _record = self.ops[0]
+        ns, dbi, key = self.target
+        self.error = None  # computed again (an LMDB transaction replayed after the map grew)
         try:
             record, self.result = self.fn(_txn._alive(get(ns, key), self.now))
         except Exception as exc:  # the caller's to raise: the write path must go on

@@ -7,6 +7,7 @@ transaction). Without and with the write-ahead log."""
 import pytest
 
 import kvstore
+import kvstore.aio
 from kvstore import MISSING, NestedTransactionError
 from kvstore.errors import InvalidArgumentTypeError
 
