@@ -93,6 +93,11 @@ kvstore (default options unless stated):
                  codec-native-*, codec-python-* (kvstore.codec.use(...)), and
                  codec-zstandard-* (msgpack + the zstandard package, no header or checksum)
                  python bench/run.py --only codec
+  codec-group    per-value loops against group calls (encode_many, decode_many, 100 values
+                 a call) of both backends, on 1,000 values of the data and 1,000 of
+                 generate_shapes(); best of 5 passes, backends alternated
+                 (codecgroup-DATA-BACKEND-OP, shown in the CODEC GROUPS section)
+                 python bench/run.py --only codec-group
   ratio          bytes stored per record: ratio-none (compression="none"), ratio-zstd
                  (default), ratio-zstd-dict (every record rewritten after
                  db.train_dictionary()); runs once
@@ -250,6 +255,11 @@ TARGETS = [
     # issue 3: the native codec (bench/bench_codec.py measures it in detail)
     Target("codec-native-encode", "codec-python-encode", None, "native vs Python codec, encode", "issue 3"),
     Target("codec-native-decode", "codec-python-decode", None, "native vs Python codec, decode", "issue 3"),
+    # issue 16: one C call per group
+    Target("codecgroup-corpus-native-encode_many", "codecgroup-corpus-python-encode", None,
+           "native group call vs the Python backend's per-value loop, encode, corpus", "issue 16"),
+    Target("codecgroup-corpus-native-decode_many", "codecgroup-corpus-python-decode", None,
+           "native group call vs the Python backend's per-value loop, decode, corpus", "issue 16"),
 ]
 
 # ---------------------------------------------------------------- machine
@@ -326,7 +336,7 @@ def _filesystem(path) -> str:
 # ---------------------------------------------------------------- output
 
 MiB = 1 << 20
-SECTIONED = ("batchsize-", "ratio-", "scale-")  # rows shown in a section of their own, not the main table
+SECTIONED = ("batchsize-", "ratio-", "scale-", "codecgroup-")  # rows shown in a section of their own, not the main table
 
 
 def _us(x) -> str:
@@ -434,6 +444,31 @@ def print_codec(results: list, out=print) -> list:
         out(f"{backend:<10} {us[0]:>9.2f} {us[1]:>9.2f} {mbs[0]:>11.1f} {mbs[1]:>11.1f} {ratios:>13}")
         doc.append({"backend": backend, "encode_us": us[0], "decode_us": us[1],
                     "encode_mb_s": mbs[0], "decode_mb_s": mbs[1]})
+    return doc
+
+
+def print_codec_group(results: list, out=print) -> list:
+    rows = _rows(results, "codecgroup-")
+    if not rows:
+        return []
+    by = {(r.extra["data"], r.extra["backend"], r.extra["op"]): r for r in rows}
+    r0 = rows[0]
+    _section(out, [f"CODEC GROUPS: us per value over {r0.ops:,} values of each data set, group calls of "
+                   f"{r0.extra['group']} values; best of the passes, backends alternated;",
+                   "x loop = the python backend's per-value loop time / the native group call's time"],
+             f"{'data':<7} {'op':<8} {'python loop':>11} {'python many':>11} {'native loop':>11} "
+             f"{'native many':>11} {'x loop':>7}")
+    doc = []
+    for data in ("corpus", "shapes"):
+        for op in ("encode", "decode"):
+            cells = [by.get((data, b, o)) for b in ("python", "native") for o in (op, op + "_many")]
+            if None in cells:
+                continue
+            us = [r.seconds / r.ops * 1e6 for r in cells]
+            out(f"{data:<7} {op:<8} {us[0]:>11.2f} {us[1]:>11.2f} {us[2]:>11.2f} {us[3]:>11.2f} "
+                f"{us[0] / us[3]:>6.2f}x")
+            doc.append({"data": data, "op": op, "python_loop_us": us[0], "python_many_us": us[1],
+                        "native_loop_us": us[2], "native_many_us": us[3], "x_loop": us[0] / us[3]})
     return doc
 
 
@@ -753,6 +788,7 @@ def main(argv=None) -> int:
         "batchsize": print_batchsize(final),
         "cache": print_cache(final),
         "codec": print_codec(final),
+        "codec_group": print_codec_group(final),
         "sizes": print_sizes(final),
         "scale": print_scale(final),
     }
