@@ -50,6 +50,9 @@ kvstore (default options unless stated):
                  python bench/run.py --only overwrite
   readrandom     get of random existing keys, each once, on a fresh handle, read cache off
                  python bench/run.py --only readrandom
+  get_many       get_many of 20 random existing keys a call, each key once, on a fresh
+                 handle, read cache off (ops = calls)
+                 python bench/run.py --only get_many
   readmissing    get of keys that do not exist, on a fresh handle, read cache off
                  python bench/run.py --only readmissing
   readhot        Zipf reads (s=1.1, ranks shuffled) after a warm-up stream of the same law,
@@ -93,9 +96,11 @@ kvstore (default options unless stated):
                  codec-native-*, codec-python-* (kvstore.codec.use(...)), and
                  codec-zstandard-* (msgpack + the zstandard package, no header or checksum)
                  python bench/run.py --only codec
-  codec-group    per-value loops against group calls (encode_many, decode_many, 100 values
-                 a call) of both backends, on 1,000 values of the data and 1,000 of
-                 generate_shapes(); best of 5 passes, backends alternated
+  codec-group    per-value loops against group calls (encode_many, decode_many, and the
+                 stage below msgpack: frame_many, unframe_many; 100 values a call) of both
+                 backends, on 1,000 values of the data and 1,000 of generate_shapes();
+                 best of 5 passes, backends alternated; backend native-split: the group
+                 calls shared with the native worker thread (Codec.split = (1, 1))
                  (codecgroup-DATA-BACKEND-OP, shown in the CODEC GROUPS section)
                  python bench/run.py --only codec-group
   ratio          bytes stored per record: ratio-none (compression="none"), ratio-zstd
@@ -255,11 +260,19 @@ TARGETS = [
     # issue 3: the native codec (bench/bench_codec.py measures it in detail)
     Target("codec-native-encode", "codec-python-encode", None, "native vs Python codec, encode", "issue 3"),
     Target("codec-native-decode", "codec-python-decode", None, "native vs Python codec, decode", "issue 3"),
-    # issue 16: one C call per group
+    # issue 16: one C call per group; the stage is the work below msgpack
+    Target("codecgroup-corpus-native-frame_many", "codecgroup-corpus-python-frame", 2.5,
+           "native group stage vs the Python backend's per-value loop, encode (no msgpack), corpus", "issue 16"),
+    Target("codecgroup-corpus-native-unframe_many", "codecgroup-corpus-python-unframe", 2.5,
+           "native group stage vs the Python backend's per-value loop, decode (no msgpack), corpus", "issue 16"),
     Target("codecgroup-corpus-native-encode_many", "codecgroup-corpus-python-encode", None,
-           "native group call vs the Python backend's per-value loop, encode, corpus", "issue 16"),
+           "native encode_many vs the Python backend's per-value encode loop (msgpack included)", "issue 16"),
     Target("codecgroup-corpus-native-decode_many", "codecgroup-corpus-python-decode", None,
-           "native group call vs the Python backend's per-value loop, decode, corpus", "issue 16"),
+           "native decode_many vs the Python backend's per-value decode loop (msgpack included)", "issue 16"),
+    Target("codecgroup-corpus-native-split-frame_many", "codecgroup-corpus-python-frame", None,
+           "the group stage shared with the native worker thread (a second CPU), encode", "issue 16"),
+    Target("codecgroup-corpus-native-split-unframe_many", "codecgroup-corpus-python-unframe", None,
+           "the group stage shared with the native worker thread (a second CPU), decode", "issue 16"),
 ]
 
 # ---------------------------------------------------------------- machine
@@ -455,20 +468,27 @@ def print_codec_group(results: list, out=print) -> list:
     r0 = rows[0]
     _section(out, [f"CODEC GROUPS: us per value over {r0.ops:,} values of each data set, group calls of "
                    f"{r0.extra['group']} values; best of the passes, backends alternated;",
-                   "x loop = the python backend's per-value loop time / the native group call's time"],
+                   "split = the native group call with every group shared with its worker thread (Codec.split);",
+                   "x loop = the python backend's per-value loop time / the native group call's time;",
+                   "frame = zstd + XXH64 + header of msgpack bytes, unframe = checks + XXH64 + zstd of a "
+                   "record: the group stage without msgpack (unframe's loop: unframe_many of one record)"],
              f"{'data':<7} {'op':<8} {'python loop':>11} {'python many':>11} {'native loop':>11} "
-             f"{'native many':>11} {'x loop':>7}")
+             f"{'native many':>11} {'x loop':>7} {'split many':>10} {'x loop':>7}")
     doc = []
     for data in ("corpus", "shapes"):
-        for op in ("encode", "decode"):
+        for op in ("encode", "decode", "frame", "unframe"):
             cells = [by.get((data, b, o)) for b in ("python", "native") for o in (op, op + "_many")]
             if None in cells:
                 continue
             us = [r.seconds / r.ops * 1e6 for r in cells]
+            split = by.get((data, "native-split", op + "_many"))
+            split_us = split.seconds / split.ops * 1e6 if split else None
+            split_cols = f"{split_us:>10.2f} {us[0] / split_us:>6.2f}x" if split_us else f"{'-':>10} {'-':>7}"
             out(f"{data:<7} {op:<8} {us[0]:>11.2f} {us[1]:>11.2f} {us[2]:>11.2f} {us[3]:>11.2f} "
-                f"{us[0] / us[3]:>6.2f}x")
+                f"{us[0] / us[3]:>6.2f}x {split_cols}")
             doc.append({"data": data, "op": op, "python_loop_us": us[0], "python_many_us": us[1],
-                        "native_loop_us": us[2], "native_many_us": us[3], "x_loop": us[0] / us[3]})
+                        "native_loop_us": us[2], "native_many_us": us[3], "x_loop": us[0] / us[3],
+                        "native_split_many_us": split_us})
     return doc
 
 

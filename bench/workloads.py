@@ -254,6 +254,25 @@ def readrandom(ctx):
     return _read(ctx, "readrandom", [k for k, _ in ctx.random_order], True)
 
 
+GET_MANY_KEYS = 20  # keys per get_many call (an agent's batch of reads)
+
+
+@workload("get_many", f"get_many of {GET_MANY_KEYS} random existing keys a call, every key once, on a fresh "
+                      f"handle after the fill (cache off)")
+def get_many(ctx):
+    keys = [k for k, _ in ctx.random_order]
+    calls = [keys[i:i + GET_MANY_KEYS] for i in range(0, len(keys), GET_MANY_KEYS)]
+    with ctx.tmpdir() as d:
+        db, note = _reader(ctx, d, **UNCACHED)
+        seconds, lat, _ = time_gets(db.get_many, calls)
+        found = sum(v is not None for v in db.get_many(keys[:GET_MANY_KEYS]))
+        db.close()
+    note = "; ".join(x for x in (f"ops = calls of {GET_MANY_KEYS} keys; {len(keys) / seconds:,.0f} keys/s", note)
+                     if x)
+    return Result("get_many", "kvstore", len(calls), seconds, 1, lat,
+                  extra={"keys_per_call": GET_MANY_KEYS, "found_first_call": found}, note=note)
+
+
 @workload("readmissing", "get of keys that do not exist, on a fresh handle after the fill (cache off)")
 def readmissing(ctx):
     return _read(ctx, "readmissing", [k + "#missing" for k, _ in ctx.random_order], False)
@@ -548,20 +567,29 @@ GROUP_PASSES = 5  # each figure is the best of this many passes, backends altern
 # and the group calls of both backends, with msgpack (encode, decode) and
 # without (frame: zstd + XXH64 + header of serialized bytes; unframe: the
 # header checks, XXH64 and zstd of a record, giving the serialized bytes)
-GROUP_OPS = ("encode", "encode_many", "decode", "decode_many")
+GROUP_OPS = ("encode", "encode_many", "decode", "decode_many", "frame", "frame_many", "unframe", "unframe_many")
 
 
 def _group_calls(c, values: list) -> dict:
     """op -> a function doing op over `values` with codec c (untimed setup here)."""
     records = c.encode_many(values)
-    value_groups = [values[i:i + GROUP_SIZE] for i in range(0, len(values), GROUP_SIZE)]
-    record_groups = [records[i:i + GROUP_SIZE] for i in range(0, len(records), GROUP_SIZE)]
+    pairs = [c.serialize(v) for v in values]
+
+    def groups(seq: list) -> list:
+        return [seq[i:i + GROUP_SIZE] for i in range(0, len(seq), GROUP_SIZE)]
+
+    value_groups, record_groups, pair_groups = groups(values), groups(records), groups(pairs)
     encode, decode, encode_many, decode_many = c.encode, c.decode, c.encode_many, c.decode_many
+    frame, frame_many, unframe_many = c.frame, c.frame_many, c.unframe_many
     return {
         "encode": lambda: [encode(v) for v in values],
         "encode_many": lambda: [encode_many(g) for g in value_groups],
         "decode": lambda: [decode(r) for r in records],
         "decode_many": lambda: [decode_many(g) for g in record_groups],
+        "frame": lambda: [frame(f, raw) for f, raw in pairs],
+        "frame_many": lambda: [frame_many(g) for g in pair_groups],
+        "unframe": lambda: [unframe_many((r,)) for r in records],
+        "unframe_many": lambda: [unframe_many(g) for g in record_groups],
     }
 
 
@@ -590,14 +618,21 @@ def codec_group(ctx):
         try:
             backends[backend] = kc.get_backend(backend).Codec()
         except ImportError as exc:
-            skipped[backend] = f"backend not available: {exc}"
+            skipped[backend] = skipped["native-split"] = f"backend not available: {exc}"
+    if "native" in backends:
+        # every group of two or more values shared with the native worker thread
+        backends["native-split"] = kc.get_backend("native").Codec()
+        backends["native-split"].split = (1, 1)
     out = []
     for data, values in sets.items():
-        calls = {(b, op): fn for b, c in backends.items() for op, fn in _group_calls(c, values).items()}
+        calls = {(b, op): fn for b, c in backends.items() for op, fn in _group_calls(c, values).items()
+                 if b != "native-split" or op.endswith("_many")}
         best = _best_alternated(calls)
         raw = sum(map(len, kc.get_backend("python").Codec().encode_many(values)))
-        for backend in ("native", "python"):
+        for backend in ("native", "python", "native-split"):
             for op in GROUP_OPS:
+                if backend == "native-split" and not op.endswith("_many"):
+                    continue
                 name = f"codecgroup-{data}-{backend}-{op}"
                 if backend in skipped:
                     out.append(Result(name, "kvstore", skipped=skipped[backend]))

@@ -8,13 +8,14 @@ its own (a `threading.local`), created on first use and then reused.
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import msgpack
 import xxhash
 import zstandard
 
 from ..errors import CorruptionError
+from .dictionary import Dictionary
 from .serial import unpack
 from .format import (
     FLAG_DICT,
@@ -56,6 +57,9 @@ class Codec:
         self.level = level
         self.min_size = min_size
         self.max_value_size = max_value_size
+        # the native backend's option (group calls shared with a second
+        # CPU); group calls here are loops, with nothing to share
+        self.split = (0, 0)
         self._local = threading.local()
 
     # ------------------------------------------------------------ per thread
@@ -141,21 +145,42 @@ class Codec:
                     dict_id = dictionary.id
         return HEADER.pack(VERSION, flags, raw_len, dict_id, hash64(payload)) + payload
 
-    def encode_many(self, values: Iterable, *, dictionary=None) -> list[bytes]:
+    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None) -> list[bytes]:
         return [self.encode(v, dictionary=dictionary) for v in values]
+
+    def frame_many(self, items: Iterable[tuple[int, bytes]], *,
+                   dictionary: Dictionary | None = None) -> list[bytes]:
+        """frame() of many (flags, serialized bytes) pairs, one at a time."""
+        frame = self.frame
+        return [frame(flags, raw, dictionary) for flags, raw in items]
 
     # ---------------------------------------------------------------- decode
 
-    def decode(self, data, *, dictionaries: Mapping | None = None):
-        """The value of a record. CorruptionError/FormatError if it is damaged."""
+    def _unframe(self, data: Any, dictionaries: Mapping[int, Dictionary]) -> tuple[int, Any]:
+        """(flags, serialized bytes or a view of them) of a checked record."""
         flags, raw_len, dict_id, checksum = parse_header(data, self.max_value_size)
         payload = memoryview(data)[HEADER_SIZE:]
         if hash64(payload) != checksum:
             raise refusal(Reason.CHECKSUM)
         if flags & FLAG_ZSTD:
-            raw = self._inflate(payload, raw_len, dict_id, dictionaries or _EMPTY)
-        else:
-            raw = payload
+            return flags, self._inflate(payload, raw_len, dict_id, dictionaries)
+        return flags, payload
+
+    def unframe_many(self, records: Iterable[Any], *,
+                     dictionaries: Mapping[int, Dictionary] | None = None) -> list[tuple[int, bytes]]:
+        """(flags, serialized bytes) of many records, one at a time, without
+        msgpack. CorruptionError/FormatError for the first damaged record."""
+        unframe = self._unframe
+        dicts = dictionaries or _EMPTY
+        out: list[tuple[int, bytes]] = []
+        for record in records:
+            flags, raw = unframe(record, dicts)
+            out.append((flags, raw if type(raw) is bytes else bytes(raw)))
+        return out
+
+    def decode(self, data, *, dictionaries: Mapping | None = None):
+        """The value of a record. CorruptionError/FormatError if it is damaged."""
+        flags, raw = self._unframe(data, dictionaries or _EMPTY)
         if not flags & FLAG_MSGPACK:
             return bytes(raw)
         try:
