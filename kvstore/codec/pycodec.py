@@ -25,6 +25,7 @@ from .format import (
     HEADER_SIZE,
     MAX_VALUE_SIZE,
     VERSION,
+    Buffer,
     Reason,
     parse_header,
     refusal,
@@ -37,7 +38,7 @@ NAME = "python"
 hash64 = xxhash.xxh64_intdigest
 
 _BYTES_LIKE = (bytearray, memoryview)
-_EMPTY: Mapping = {}
+_EMPTY: Mapping[int, Dictionary] = {}
 
 
 class Codec:
@@ -64,8 +65,9 @@ class Codec:
 
     # ------------------------------------------------------------ per thread
 
-    def _compressor(self, dictionary):
+    def _compressor(self, dictionary: Dictionary | None) -> zstandard.ZstdCompressor:
         local = self._local
+        cache: dict[int, zstandard.ZstdCompressor]
         try:
             cache = local.compressors
         except AttributeError:
@@ -83,8 +85,9 @@ class Codec:
             cache[key] = c
         return c
 
-    def _decompressor(self, dict_id, dictionaries):
+    def _decompressor(self, dict_id: int, dictionaries: Mapping[int, Dictionary]) -> zstandard.ZstdDecompressor:
         local = self._local
+        cache: dict[int, tuple[Dictionary | None, zstandard.ZstdDecompressor]]
         try:
             cache = local.decompressors
         except AttributeError:
@@ -101,7 +104,7 @@ class Codec:
             cache[dict_id] = d
         return d[1]
 
-    def _packer(self):
+    def _packer(self) -> Any:  # a msgpack.Packer (msgpack has no type stubs)
         try:
             return self._local.packer
         except AttributeError:
@@ -110,7 +113,7 @@ class Codec:
 
     # ---------------------------------------------------------------- encode
 
-    def serialize(self, value) -> tuple[int, bytes]:
+    def serialize(self, value: Any) -> tuple[int, bytes]:
         """(flags, serialized bytes) for a value, before compression."""
         if type(value) is bytes:
             return 0, value
@@ -123,12 +126,12 @@ class Codec:
             del self._local.packer
             raise refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc)) from None
 
-    def encode(self, value, *, dictionary=None) -> bytes:
+    def encode(self, value: Any, *, dictionary: Dictionary | None = None) -> bytes:
         """One stored record (header included) for `value`."""
         flags, raw = self.serialize(value)
         return self.frame(flags, raw, dictionary)
 
-    def frame(self, flags: int, raw: bytes, dictionary=None) -> bytes:
+    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None) -> bytes:
         """Compress (when worth it), checksum and frame serialized bytes."""
         raw_len = len(raw)
         if raw_len > self.max_value_size:
@@ -156,7 +159,7 @@ class Codec:
 
     # ---------------------------------------------------------------- decode
 
-    def _unframe(self, data: Any, dictionaries: Mapping[int, Dictionary]) -> tuple[int, Any]:
+    def _unframe(self, data: Buffer, dictionaries: Mapping[int, Dictionary]) -> tuple[int, Buffer]:
         """(flags, serialized bytes or a view of them) of a checked record."""
         flags, raw_len, dict_id, checksum = parse_header(data, self.max_value_size)
         payload = memoryview(data)[HEADER_SIZE:]
@@ -178,7 +181,7 @@ class Codec:
             out.append((flags, raw if type(raw) is bytes else bytes(raw)))
         return out
 
-    def decode(self, data, *, dictionaries: Mapping | None = None):
+    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None) -> Any:
         """The value of a record. CorruptionError/FormatError if it is damaged."""
         flags, raw = self._unframe(data, dictionaries or _EMPTY)
         if not flags & FLAG_MSGPACK:
@@ -190,7 +193,8 @@ class Codec:
         except Exception as exc:  # msgpack raises several unrelated types on bad input
             raise refusal(Reason.MSGPACK, detail=f"{type(exc).__name__}: {exc}") from None
 
-    def _inflate(self, payload, raw_len, dict_id, dictionaries) -> bytes:
+    def _inflate(self, payload: memoryview, raw_len: int, dict_id: int,
+                 dictionaries: Mapping[int, Dictionary]) -> bytes:
         try:
             declared = zstandard.frame_content_size(payload)
         except zstandard.ZstdError as exc:
@@ -206,7 +210,8 @@ class Codec:
             raise refusal(Reason.INFLATE_SIZE, len(raw), raw_len)
         return raw
 
-    def decode_many(self, records: Iterable, *, dictionaries: Mapping | None = None) -> list:
+    def decode_many(self, records: Iterable[Any], *,
+                    dictionaries: Mapping[int, Dictionary] | None = None) -> list[Any]:
         """Values of many records; None stays None (a missing key)."""
         decode = self.decode
         return [None if r is None else decode(r, dictionaries=dictionaries) for r in records]
