@@ -441,8 +441,8 @@ static void *worker_main(void *unused)
             w_sleeping = 0;
         }
         h = w_slot;
-        w_slot = NULL;
-        h->state = HALF_RUNNING;
+        __atomic_store_n(&w_slot, NULL, __ATOMIC_RELAXED);
+        __atomic_store_n(&h->state, HALF_RUNNING, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&w_lock);
         h->fn(h->arg);
         pthread_mutex_lock(&w_lock);
@@ -507,7 +507,7 @@ static void run_pair(void *(*fn)(void *), void *a, void *b)
     }
     pthread_mutex_lock(&w_lock);
     if (other.state == HALF_QUEUED && w_slot == &other) {
-        w_slot = NULL; /* not picked up yet: run it here */
+        __atomic_store_n(&w_slot, NULL, __ATOMIC_RELAXED); /* not picked up yet: run it here */
         pthread_mutex_unlock(&w_lock);
         fn(b);
         return;
