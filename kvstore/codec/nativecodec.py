@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from itertools import accumulate
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import msgpack
 
@@ -63,12 +63,12 @@ _MAX_DICTS_PASSED = 32
 # Group calls (encode_many, frame_many, decode_many, unframe_many) can share
 # their work with the native worker thread, a second CPU: Codec.split, the
 # least bytes to compress / to decompress into for a group to be split.
-# Off by default: it makes back-to-back group calls 1.5x to 1.9x faster on
-# two idle CPUs, but not the store's reads and writes, whose other work
-# (msgpack, the writer thread) keeps the second CPU busy or the worker
-# asleep (bench/README.md, issue 16, has the measurements).
+# Off by default: it makes back-to-back group calls up to 1.8x faster when
+# the second CPU is free, but not the store's reads and writes, whose other
+# work (msgpack, the writer thread) keeps the second CPU busy or the worker
+# asleep (bench/README.md, issue 16; bench/bench_groups.py measures it).
 SPLIT_OFF = (0, 0)
-SPLIT_LARGE = (32 << 10, 64 << 10)  # where a cold worker still pays, measured
+SPLIT_LARGE = (32 << 10, 64 << 10)  # the least sizes where a sleeping worker paid, in most runs
 
 
 # Buffers that C fills completely need no zeroing.
