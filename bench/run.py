@@ -20,8 +20,8 @@ fsync-per-put workloads, 2,000 agent turns and scans, 50,000 hot reads, the
 median of 5 runs, and sweeps 10k, 100k and 1M records. Agent turns that
 fsync each turn or each write play a fifth of --sync-ops turns. Repetitions
 go round the whole workload list, so a slow spell of a shared machine hits
-kvstore and its peers alike; `ratio` and `scale` run once, after the
-repetitions.
+kvstore and its peers alike; `ratio`, `scale` and `codec-group` (the best
+of its own 5 passes) run once, after the repetitions.
 
 Data: ../shared/corpus/agent_memory.jsonl.zst (relative to the repository
 root) by default; --data FILE for any JSON-lines file of {"key", "value"}

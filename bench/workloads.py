@@ -606,7 +606,8 @@ def _best_alternated(calls: dict) -> dict:
 
 
 @workload("codec-group", f"per-value loops vs group calls ({GROUP_SIZE} values a call) of both codec "
-                         f"backends, on {GROUP_VALUES:,} values of the data and of generate_shapes()")
+                         f"backends, on {GROUP_VALUES:,} values of the data and of generate_shapes()",
+          once=True)  # its own best of GROUP_PASSES passes
 def codec_group(ctx):
     import kvstore.codec as kc
 
