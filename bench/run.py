@@ -20,8 +20,8 @@ fsync-per-put workloads, 2,000 agent turns and scans, 50,000 hot reads, the
 median of 5 runs, and sweeps 10k, 100k and 1M records. Agent turns that
 fsync each turn or each write play a fifth of --sync-ops turns. Repetitions
 go round the whole workload list, so a slow spell of a shared machine hits
-kvstore and its peers alike; `ratio` and `scale` run once, after the
-repetitions.
+kvstore and its peers alike; `ratio`, `scale` and `codec-group` (the best
+of its own 5 passes) run once, after the repetitions.
 
 Data: ../shared/corpus/agent_memory.jsonl.zst (relative to the repository
 root) by default; --data FILE for any JSON-lines file of {"key", "value"}
@@ -50,6 +50,9 @@ kvstore (default options unless stated):
                  python bench/run.py --only overwrite
   readrandom     get of random existing keys, each once, on a fresh handle, read cache off
                  python bench/run.py --only readrandom
+  get_many       get_many of 20 random existing keys a call, each key once, on a fresh
+                 handle, read cache off (ops = calls)
+                 python bench/run.py --only get_many
   readmissing    get of keys that do not exist, on a fresh handle, read cache off
                  python bench/run.py --only readmissing
   readhot        Zipf reads (s=1.1, ranks shuffled) after a warm-up stream of the same law,
@@ -93,6 +96,13 @@ kvstore (default options unless stated):
                  codec-native-*, codec-python-* (kvstore.codec.use(...)), and
                  codec-zstandard-* (msgpack + the zstandard package, no header or checksum)
                  python bench/run.py --only codec
+  codec-group    per-value loops against group calls (encode_many, decode_many, and the
+                 stage below msgpack: frame_many, unframe_many; 100 values a call) of both
+                 backends, on 1,000 values of the data and 1,000 of generate_shapes();
+                 best of 5 passes, backends alternated; backend native-split: the group
+                 calls shared with the native worker thread (Codec.split = (1, 1))
+                 (codecgroup-DATA-BACKEND-OP, shown in the CODEC GROUPS section)
+                 python bench/run.py --only codec-group
   ratio          bytes stored per record: ratio-none (compression="none"), ratio-zstd
                  (default), ratio-zstd-dict (every record rewritten after
                  db.train_dictionary()); runs once
@@ -250,6 +260,19 @@ TARGETS = [
     # issue 3: the native codec (bench/bench_codec.py measures it in detail)
     Target("codec-native-encode", "codec-python-encode", None, "native vs Python codec, encode", "issue 3"),
     Target("codec-native-decode", "codec-python-decode", None, "native vs Python codec, decode", "issue 3"),
+    # issue 16: one C call per group; the stage is the work below msgpack
+    Target("codecgroup-corpus-native-frame_many", "codecgroup-corpus-python-frame", 2.5,
+           "native group stage vs the Python backend's per-value loop, encode (no msgpack), corpus", "issue 16"),
+    Target("codecgroup-corpus-native-unframe_many", "codecgroup-corpus-python-unframe", 2.5,
+           "native group stage vs the Python backend's per-value loop, decode (no msgpack), corpus", "issue 16"),
+    Target("codecgroup-corpus-native-encode_many", "codecgroup-corpus-python-encode", None,
+           "native encode_many vs the Python backend's per-value encode loop (msgpack included)", "issue 16"),
+    Target("codecgroup-corpus-native-decode_many", "codecgroup-corpus-python-decode", None,
+           "native decode_many vs the Python backend's per-value decode loop (msgpack included)", "issue 16"),
+    Target("codecgroup-corpus-native-split-frame_many", "codecgroup-corpus-python-frame", None,
+           "the group stage shared with the native worker thread (a second CPU), encode", "issue 16"),
+    Target("codecgroup-corpus-native-split-unframe_many", "codecgroup-corpus-python-unframe", None,
+           "the group stage shared with the native worker thread (a second CPU), decode", "issue 16"),
 ]
 
 # ---------------------------------------------------------------- machine
@@ -326,7 +349,7 @@ def _filesystem(path) -> str:
 # ---------------------------------------------------------------- output
 
 MiB = 1 << 20
-SECTIONED = ("batchsize-", "ratio-", "scale-")  # rows shown in a section of their own, not the main table
+SECTIONED = ("batchsize-", "ratio-", "scale-", "codecgroup-")  # rows shown in a section of their own, not the main table
 
 
 def _us(x) -> str:
@@ -434,6 +457,38 @@ def print_codec(results: list, out=print) -> list:
         out(f"{backend:<10} {us[0]:>9.2f} {us[1]:>9.2f} {mbs[0]:>11.1f} {mbs[1]:>11.1f} {ratios:>13}")
         doc.append({"backend": backend, "encode_us": us[0], "decode_us": us[1],
                     "encode_mb_s": mbs[0], "decode_mb_s": mbs[1]})
+    return doc
+
+
+def print_codec_group(results: list, out=print) -> list:
+    rows = _rows(results, "codecgroup-")
+    if not rows:
+        return []
+    by = {(r.extra["data"], r.extra["backend"], r.extra["op"]): r for r in rows}
+    r0 = rows[0]
+    _section(out, [f"CODEC GROUPS: us per value over {r0.ops:,} values of each data set, group calls of "
+                   f"{r0.extra['group']} values; best of the passes, backends alternated;",
+                   "split = the native group call with every group shared with its worker thread (Codec.split);",
+                   "x loop = the python backend's per-value loop time / the native group call's time;",
+                   "frame = zstd + XXH64 + header of msgpack bytes, unframe = checks + XXH64 + zstd of a "
+                   "record: the group stage without msgpack (unframe's loop: unframe_many of one record)"],
+             f"{'data':<7} {'op':<8} {'python loop':>11} {'python many':>11} {'native loop':>11} "
+             f"{'native many':>11} {'x loop':>7} {'split many':>10} {'x loop':>7}")
+    doc = []
+    for data in ("corpus", "shapes"):
+        for op in ("encode", "decode", "frame", "unframe"):
+            cells = [by.get((data, b, o)) for b in ("python", "native") for o in (op, op + "_many")]
+            if None in cells:
+                continue
+            us = [r.seconds / r.ops * 1e6 for r in cells]
+            split = by.get((data, "native-split", op + "_many"))
+            split_us = split.seconds / split.ops * 1e6 if split else None
+            split_cols = f"{split_us:>10.2f} {us[0] / split_us:>6.2f}x" if split_us else f"{'-':>10} {'-':>7}"
+            out(f"{data:<7} {op:<8} {us[0]:>11.2f} {us[1]:>11.2f} {us[2]:>11.2f} {us[3]:>11.2f} "
+                f"{us[0] / us[3]:>6.2f}x {split_cols}")
+            doc.append({"data": data, "op": op, "python_loop_us": us[0], "python_many_us": us[1],
+                        "native_loop_us": us[2], "native_many_us": us[3], "x_loop": us[0] / us[3],
+                        "native_split_many_us": split_us})
     return doc
 
 
@@ -753,6 +808,7 @@ def main(argv=None) -> int:
         "batchsize": print_batchsize(final),
         "cache": print_cache(final),
         "codec": print_codec(final),
+        "codec_group": print_codec_group(final),
         "sizes": print_sizes(final),
         "scale": print_scale(final),
     }

@@ -254,6 +254,25 @@ def readrandom(ctx):
     return _read(ctx, "readrandom", [k for k, _ in ctx.random_order], True)
 
 
+GET_MANY_KEYS = 20  # keys per get_many call (an agent's batch of reads)
+
+
+@workload("get_many", f"get_many of {GET_MANY_KEYS} random existing keys a call, every key once, on a fresh "
+                      f"handle after the fill (cache off)")
+def get_many(ctx):
+    keys = [k for k, _ in ctx.random_order]
+    calls = [keys[i:i + GET_MANY_KEYS] for i in range(0, len(keys), GET_MANY_KEYS)]
+    with ctx.tmpdir() as d:
+        db, note = _reader(ctx, d, **UNCACHED)
+        seconds, lat, _ = time_gets(db.get_many, calls)
+        found = sum(v is not None for v in db.get_many(keys[:GET_MANY_KEYS]))
+        db.close()
+    note = "; ".join(x for x in (f"ops = calls of {GET_MANY_KEYS} keys; {len(keys) / seconds:,.0f} keys/s", note)
+                     if x)
+    return Result("get_many", "kvstore", len(calls), seconds, 1, lat,
+                  extra={"keys_per_call": GET_MANY_KEYS, "found_first_call": found}, note=note)
+
+
 @workload("readmissing", "get of keys that do not exist, on a fresh handle after the fill (cache off)")
 def readmissing(ctx):
     return _read(ctx, "readmissing", [k + "#missing" for k, _ in ctx.random_order], False)
@@ -535,6 +554,94 @@ def codec(ctx):
     decompress = zstandard.ZstdDecompressor().decompress
     out += _codec_results("zstandard", "zstandard", lambda v: compress(pack(v)),
                           lambda r: msgpack.unpackb(decompress(r), raw=False, strict_map_key=False), values)
+    return out
+
+
+# ---------------------------------------------------------------- codec groups
+
+GROUP_VALUES = 1000  # values of each data set
+GROUP_SIZE = 100  # values per group call (a put_many of the fillbatch workload)
+GROUP_PASSES = 5  # each figure is the best of this many passes, backends alternated
+
+# op -> (what it times, whether it works on groups): the per-value loops
+# and the group calls of both backends, with msgpack (encode, decode) and
+# without (frame: zstd + XXH64 + header of serialized bytes; unframe: the
+# header checks, XXH64 and zstd of a record, giving the serialized bytes)
+GROUP_OPS = ("encode", "encode_many", "decode", "decode_many", "frame", "frame_many", "unframe", "unframe_many")
+
+
+def _group_calls(c, values: list) -> dict:
+    """op -> a function doing op over `values` with codec c (untimed setup here)."""
+    records = c.encode_many(values)
+    pairs = [c.serialize(v) for v in values]
+
+    def groups(seq: list) -> list:
+        return [seq[i:i + GROUP_SIZE] for i in range(0, len(seq), GROUP_SIZE)]
+
+    value_groups, record_groups, pair_groups = groups(values), groups(records), groups(pairs)
+    encode, decode, encode_many, decode_many = c.encode, c.decode, c.encode_many, c.decode_many
+    frame, frame_many, unframe_many = c.frame, c.frame_many, c.unframe_many
+    return {
+        "encode": lambda: [encode(v) for v in values],
+        "encode_many": lambda: [encode_many(g) for g in value_groups],
+        "decode": lambda: [decode(r) for r in records],
+        "decode_many": lambda: [decode_many(g) for g in record_groups],
+        "frame": lambda: [frame(f, raw) for f, raw in pairs],
+        "frame_many": lambda: [frame_many(g) for g in pair_groups],
+        "unframe": lambda: [unframe_many((r,)) for r in records],
+        "unframe_many": lambda: [unframe_many(g) for g in record_groups],
+    }
+
+
+def _best_alternated(calls: dict) -> dict:
+    """key -> best seconds over GROUP_PASSES passes, every call once per pass."""
+    best = {k: float("inf") for k in calls}
+    for _ in range(GROUP_PASSES):
+        for k, fn in calls.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+@workload("codec-group", f"per-value loops vs group calls ({GROUP_SIZE} values a call) of both codec "
+                         f"backends, on {GROUP_VALUES:,} values of the data and of generate_shapes()",
+          once=True)  # its own best of GROUP_PASSES passes
+def codec_group(ctx):
+    import kvstore.codec as kc
+
+    sets = {"corpus": [v for _, v in ctx.records[:GROUP_VALUES]],
+            "shapes": [v for _, v in bench_data.generate_shapes(GROUP_VALUES)]}
+    backends = {}
+    skipped = {}
+    for backend in ("native", "python"):
+        try:
+            backends[backend] = kc.get_backend(backend).Codec()
+        except ImportError as exc:
+            skipped[backend] = skipped["native-split"] = f"backend not available: {exc}"
+    if "native" in backends:
+        # every group of two or more values shared with the native worker thread
+        backends["native-split"] = kc.get_backend("native").Codec()
+        backends["native-split"].split = (1, 1)
+    out = []
+    for data, values in sets.items():
+        calls = {(b, op): fn for b, c in backends.items() for op, fn in _group_calls(c, values).items()
+                 if b != "native-split" or op.endswith("_many")}
+        best = _best_alternated(calls)
+        raw = sum(map(len, kc.get_backend("python").Codec().encode_many(values)))
+        for backend in ("native", "python", "native-split"):
+            for op in GROUP_OPS:
+                if backend == "native-split" and not op.endswith("_many"):
+                    continue
+                name = f"codecgroup-{data}-{backend}-{op}"
+                if backend in skipped:
+                    out.append(Result(name, "kvstore", skipped=skipped[backend]))
+                    continue
+                out.append(Result(name, "kvstore", len(values), best[backend, op], 1, None,
+                                  extra={"data": data, "backend": backend, "op": op, "record_bytes": raw,
+                                         "group": GROUP_SIZE},
+                                  note=f"ops = values; best of {GROUP_PASSES} passes"))
     return out
 
 

@@ -12,9 +12,11 @@
 #include "kvcodec.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__GNUC__)
 #define KVC_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -292,11 +294,18 @@ unsigned kvc_zstd_version(void)
 struct kvc_ctx {
     void *cctx;
     void *dctx;
+    int level;             /* zstd level without a dictionary */
     size_t min_size;       /* compress values of at least this size */
     size_t max_value_size; /* largest serialized value */
     char *out;             /* output buffer of kvc_encode / kvc_decode */
     size_t out_cap;
     kvc_err err;           /* details of the last error */
+    /* Group calls of at least split_min bytes run their second part on a
+     * thread of their own with the helper's zstd contexts (made on first
+     * use); 0 or SIZE_MAX: never. See kvc_ctx_set_split. */
+    size_t split_encode_min;
+    size_t split_decode_min;
+    kvc_ctx *helper;
 };
 
 struct kvc_cdict {
@@ -315,8 +324,11 @@ kvc_ctx *kvc_ctx_new(int level, size_t min_size, size_t max_value_size)
     ctx = (kvc_ctx *)calloc(1, sizeof *ctx);
     if (ctx == NULL)
         return NULL;
+    ctx->level = level;
     ctx->min_size = min_size;
     ctx->max_value_size = max_value_size;
+    ctx->split_encode_min = SIZE_MAX;
+    ctx->split_decode_min = SIZE_MAX;
     ctx->cctx = Z.createCCtx();
     ctx->dctx = Z.createDCtx();
     if (ctx->cctx == NULL || ctx->dctx == NULL)
@@ -346,10 +358,176 @@ void kvc_ctx_set_output(kvc_ctx *ctx, char *out, size_t cap)
     ctx->out_cap = cap;
 }
 
+void kvc_ctx_set_split(kvc_ctx *ctx, size_t encode_min, size_t decode_min)
+{
+    ctx->split_encode_min = encode_min ? encode_min : SIZE_MAX;
+    ctx->split_decode_min = decode_min ? decode_min : SIZE_MAX;
+}
+
+/* The helper context (same settings), or NULL if it cannot be made. */
+static kvc_ctx *helper_of(kvc_ctx *ctx)
+{
+    if (ctx->helper == NULL)
+        ctx->helper = kvc_ctx_new(ctx->level, ctx->min_size, ctx->max_value_size);
+    return ctx->helper;
+}
+
+/* ------------------------------------------------------------------------
+ * The worker: one thread for the whole process, started on the first split
+ * group call, that runs the second half of a group while the caller runs
+ * the first. One slot holds the half waiting for it. A caller that finds
+ * the slot taken (another thread's group) runs both halves itself, and a
+ * caller that finishes its half before the worker has picked the other up
+ * takes it back and runs it too: a busy or descheduled worker never makes
+ * a call slower than running it alone, apart from the wake-up.
+ */
+
+struct half {
+    void *(*fn)(void *);
+    void *arg;
+    int state; /* HALF_QUEUED, HALF_RUNNING, HALF_DONE; under w_lock */
+};
+
+enum { HALF_QUEUED, HALF_RUNNING, HALF_DONE };
+
+static pthread_mutex_t w_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t w_wake = PTHREAD_COND_INITIALIZER; /* a half was queued */
+static pthread_cond_t w_done = PTHREAD_COND_INITIALIZER; /* a half was run */
+static struct half *w_slot = NULL;
+static int w_state = 0; /* 0 not started, 1 running, -1 cannot start */
+static int w_sleeping = 0; /* the worker waits on w_wake */
+
+/* How long the worker looks for the next half before it sleeps: waking a
+ * sleeping thread costs tens to hundreds of microseconds on a virtual
+ * machine, as much as a small group's work, and group calls come in runs
+ * (a scan's chunks, a fill's put_many calls). */
+#define SPIN_NS 100000
+/* How long a caller waits awake for the worker's last item before it
+ * sleeps (the item is short; a sleeping caller is woken late). */
+#define WAIT_SPIN_NS 1000000
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *worker_main(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&w_lock);
+    for (;;) {
+        struct half *h;
+        if (w_slot == NULL) { /* spin a while, then sleep */
+            uint64_t until = now_ns() + SPIN_NS;
+            pthread_mutex_unlock(&w_lock);
+            while (__atomic_load_n(&w_slot, __ATOMIC_ACQUIRE) == NULL && now_ns() < until) {
+                int k;
+                for (k = 0; k < 64; k++)
+                    cpu_relax();
+            }
+            pthread_mutex_lock(&w_lock);
+            w_sleeping = 1;
+            while (w_slot == NULL)
+                pthread_cond_wait(&w_wake, &w_lock);
+            w_sleeping = 0;
+        }
+        h = w_slot;
+        __atomic_store_n(&w_slot, NULL, __ATOMIC_RELAXED);
+        __atomic_store_n(&h->state, HALF_RUNNING, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&w_lock);
+        h->fn(h->arg);
+        pthread_mutex_lock(&w_lock);
+        __atomic_store_n(&h->state, HALF_DONE, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&w_done);
+    }
+    return NULL;
+}
+
+/* A forked child has no worker (and w_lock may have been held by another
+ * thread at the fork): start afresh. */
+static void worker_prefork(void) { pthread_mutex_lock(&w_lock); }
+static void worker_parent(void) { pthread_mutex_unlock(&w_lock); }
+static void worker_child(void)
+{
+    pthread_mutex_init(&w_lock, NULL);
+    pthread_cond_init(&w_wake, NULL);
+    pthread_cond_init(&w_done, NULL);
+    w_slot = NULL;
+    w_state = 0;
+    w_sleeping = 0;
+}
+
+/* Start the worker if need be (under w_lock). Whether it runs. */
+static int worker_up(void)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+    if (w_state)
+        return w_state > 0;
+    w_state = -1;
+    if (pthread_attr_init(&attr) != 0)
+        return 0;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, worker_main, NULL) == 0) {
+        w_state = 1;
+        pthread_atfork(worker_prefork, worker_parent, worker_child);
+    }
+    pthread_attr_destroy(&attr);
+    return w_state > 0;
+}
+
+/* fn(a) here and fn(b) on the worker when it is free, then wait for both. */
+static void run_pair(void *(*fn)(void *), void *a, void *b)
+{
+    struct half other = {fn, b, HALF_QUEUED};
+    int queued = 0;
+    uint64_t until;
+
+    pthread_mutex_lock(&w_lock);
+    if (w_slot == NULL && worker_up()) {
+        __atomic_store_n(&w_slot, &other, __ATOMIC_RELEASE);
+        queued = 1;
+        if (w_sleeping)
+            pthread_cond_signal(&w_wake);
+    }
+    pthread_mutex_unlock(&w_lock);
+    fn(a);
+    if (!queued) {
+        fn(b);
+        return;
+    }
+    pthread_mutex_lock(&w_lock);
+    if (other.state == HALF_QUEUED && w_slot == &other) {
+        __atomic_store_n(&w_slot, NULL, __ATOMIC_RELAXED); /* not picked up yet: run it here */
+        pthread_mutex_unlock(&w_lock);
+        fn(b);
+        return;
+    }
+    pthread_mutex_unlock(&w_lock);
+    /* The worker is on its last item: wait for it awake, briefly. */
+    until = now_ns() + WAIT_SPIN_NS;
+    while (__atomic_load_n(&other.state, __ATOMIC_ACQUIRE) != HALF_DONE && now_ns() < until)
+        cpu_relax();
+    pthread_mutex_lock(&w_lock);
+    while (other.state != HALF_DONE)
+        pthread_cond_wait(&w_done, &w_lock);
+    pthread_mutex_unlock(&w_lock);
+}
+
 void kvc_ctx_free(kvc_ctx *ctx)
 {
     if (ctx == NULL)
         return;
+    kvc_ctx_free(ctx->helper);
     if (ctx->cctx)
         Z.freeCCtx(ctx->cctx);
     if (ctx->dctx)
@@ -523,42 +701,139 @@ int64_t kvc_encode_into(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len
                          cdict, dict_id, out, out_cap, &ctx->err);
 }
 
+/* Group calls: the items of a group are claimed one at a time from a
+ * shared counter by the caller and, for a large enough group, by the
+ * worker too, each with zstd contexts of its own; every item's input and
+ * output offsets are fixed beforehand, so the order they are done in does
+ * not matter, and the faster runner simply does more of them. */
+
+struct runner {
+    kvc_ctx *zctx; /* whose zstd contexts this runner uses */
+    void *group;
+    int rc;        /* 0, or the KVC_E_* code of its lowest failing item */
+    size_t bad;    /* that item */
+    kvc_err err;
+};
+
+static inline size_t claim(size_t *next)
+{
+    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+}
+
+/* Run fn over the two runners, split or not; the first error by item. */
+static int run_group(kvc_ctx *ctx, int split, void *(*fn)(void *), void *group,
+                     size_t *bad, kvc_err *err)
+{
+    struct runner r[2];
+    kvc_ctx *helper = split ? helper_of(ctx) : NULL;
+    int i, rc = 0;
+
+    memset(r, 0, sizeof r);
+    r[0].zctx = ctx;
+    r[1].zctx = helper;
+    r[0].group = r[1].group = group;
+    if (helper != NULL)
+        run_pair(fn, &r[0], &r[1]);
+    else
+        fn(&r[0]);
+    for (i = 0; i < 2; i++) {
+        if (r[i].rc && (rc == 0 || r[i].bad < *bad)) {
+            rc = r[i].rc;
+            *bad = r[i].bad;
+            *err = r[i].err;
+        }
+    }
+    return rc;
+}
+
+struct enc_group {
+    size_t n;
+    size_t next; /* the next item to claim */
+    const unsigned char *flags;
+    const unsigned char *src;
+    const size_t *lens;
+    const size_t *src_off; /* where each value starts in src */
+    const size_t *room_off; /* where each record is written in out */
+    const kvc_cdict *cdict;
+    uint32_t dict_id;
+    size_t min_size, max_value_size;
+    unsigned char *out;
+    size_t *out_lens;
+};
+
+static void *enc_run(void *arg)
+{
+    struct runner *r = (struct runner *)arg;
+    struct enc_group *g = (struct enc_group *)r->group;
+    size_t i;
+
+    while ((i = claim(&g->next)) < g->n) {
+        size_t room = g->room_off[i + 1] - g->room_off[i];
+        int64_t len = encode_one(r->zctx, g->flags[i], g->src + g->src_off[i], g->lens[i],
+                                 g->min_size, g->max_value_size, g->cdict, g->dict_id,
+                                 g->out + g->room_off[i], room, &r->err);
+        if (len < 0) {
+            r->rc = (int)len;
+            r->bad = i;
+            return NULL; /* later items have higher positions */
+        }
+        g->out_lens[i] = (size_t)len;
+    }
+    return NULL;
+}
+
 int64_t kvc_encode_many(kvc_ctx *ctx, size_t n, const char *flags,
                         const char *raws, const size_t *lens,
                         const kvc_cdict *cdict, uint32_t dict_id,
                         char *out, size_t out_cap, size_t *out_lens)
 {
-    size_t min_size = ctx->min_size, max_value_size = ctx->max_value_size;
     kvc_err *err = &ctx->err;
-    const unsigned char *src = (const unsigned char *)raws;
-    unsigned char *dst = (unsigned char *)out;
-    size_t need = 0, i;
+    struct enc_group g;
+    size_t *offs, total = 0, at = 0, bad = 0, i;
+    int rc;
 
     err->zstd_error = NULL;
     err->index = 0;
     if (KVC_UNLIKELY(!z_loaded))
         return KVC_E_NO_ZSTD;
+    offs = (size_t *)malloc(2 * (n + 1) * sizeof *offs);
+    if (offs == NULL)
+        return KVC_E_NOMEM;
     /* Every record may need its worst case while it is being compressed;
-     * what it does not use goes to the next one. */
-    for (i = 0; i < n; i++)
-        need += encode_room(lens[i], min_size, max_value_size);
-    if (out_cap < need) {
-        err->a = (int64_t)need;
+     * the records are moved together afterwards. */
+    offs[0] = offs[n + 1] = 0;
+    for (i = 0; i < n; i++) {
+        offs[i + 1] = offs[i] + encode_room(lens[i], ctx->min_size, ctx->max_value_size);
+        offs[n + 2 + i] = offs[n + 1 + i] + lens[i];
+    }
+    total = offs[2 * n + 1];
+    if (out_cap < offs[n]) {
+        err->a = (int64_t)offs[n];
+        free(offs);
         return KVC_E_SPACE;
     }
-    for (i = 0; i < n; i++) {
-        size_t room = encode_room(lens[i], min_size, max_value_size);
-        int64_t r = encode_one(ctx, (unsigned char)flags[i], src, lens[i], min_size,
-                               max_value_size, cdict, dict_id, dst, room, err);
-        if (r < 0) {
-            err->index = i;
-            return r;
-        }
-        out_lens[i] = (size_t)r;
-        src += lens[i];
-        dst += r;
+    {
+        struct enc_group init = {
+            .n = n, .flags = (const unsigned char *)flags, .src = (const unsigned char *)raws,
+            .lens = lens, .src_off = offs + n + 1, .room_off = offs, .cdict = cdict,
+            .dict_id = dict_id, .min_size = ctx->min_size, .max_value_size = ctx->max_value_size,
+            .out = (unsigned char *)out, .out_lens = out_lens,
+        };
+        g = init;
     }
-    return (int64_t)(dst - (unsigned char *)out);
+    rc = run_group(ctx, n >= 2 && total >= ctx->split_encode_min, enc_run, &g, &bad, err);
+    if (rc) {
+        free(offs);
+        err->index = bad;
+        return rc;
+    }
+    for (i = 0; i < n; i++) { /* end to end */
+        if (at != offs[i])
+            memmove(out + at, out + offs[i], out_lens[i]);
+        at += out_lens[i];
+    }
+    free(offs);
+    return (int64_t)at;
 }
 
 /* ------------------------------------------------------------------------
@@ -728,6 +1003,52 @@ int64_t kvc_decode_into(kvc_ctx *ctx, const char *rec, size_t len, uint32_t dict
                          &ctx->err);
 }
 
+struct dec_group {
+    size_t n;
+    size_t next; /* the next item to claim */
+    const unsigned char *recs;
+    const size_t *lens;
+    const size_t *rec_off; /* where each record starts in recs */
+    const size_t *out_off; /* where its serialized bytes go in out */
+    const uint64_t *info;  /* from pass 1 */
+    size_t ndicts;
+    const uint32_t *dict_ids;
+    const kvc_ddict *const *ddicts;
+    unsigned char *out;
+};
+
+static void *dec_run(void *arg)
+{
+    struct runner *r = (struct runner *)arg;
+    struct dec_group *g = (struct dec_group *)r->group;
+    struct header h;
+    size_t i, k;
+
+    while ((i = claim(&g->next)) < g->n) {
+        const unsigned char *rec = g->recs + g->rec_off[i];
+        const kvc_ddict *ddict = NULL;
+        int rc;
+        h.flags = (int)(g->info[i] & 0xff);
+        h.raw_len = (uint32_t)(g->info[i] >> 8);
+        h.dict_id = load32(rec + 6);
+        if (h.flags & KVC_FLAG_DICT) {
+            for (k = 0; k < g->ndicts; k++) {
+                if (g->dict_ids[k] == h.dict_id) {
+                    ddict = g->ddicts[k];
+                    break;
+                }
+            }
+        }
+        rc = inflate_payload(r->zctx, rec, g->lens[i], &h, ddict, g->out + g->out_off[i], &r->err);
+        if (rc) {
+            r->rc = rc;
+            r->bad = i;
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
 int64_t kvc_decode_many(kvc_ctx *ctx, size_t n, const char *recs,
                         const size_t *lens, size_t ndicts,
                         const uint32_t *dict_ids, const kvc_ddict *const *ddicts,
@@ -735,61 +1056,62 @@ int64_t kvc_decode_many(kvc_ctx *ctx, size_t n, const char *recs,
 {
     size_t max_value_size = ctx->max_value_size;
     kvc_err *err = &ctx->err;
-    const unsigned char *r = (const unsigned char *)recs;
-    unsigned char *dst = (unsigned char *)out;
-    size_t need = 0, good, i, j;
+    size_t *offs, need, at, good, bad = 0;
     struct header h;
+    struct dec_group g;
     kvc_err first = {0, 0, 0, NULL};
-    int first_rc = 0;
+    int first_rc = 0, rc;
 
     err->zstd_error = NULL;
     err->index = 0;
     if (KVC_UNLIKELY(!z_loaded))
         return KVC_E_NO_ZSTD;
+    offs = (size_t *)malloc(2 * (n + 1) * sizeof *offs);
+    if (offs == NULL)
+        return KVC_E_NOMEM;
     /* Pass 1: headers, checksums and declared sizes, up to the first bad
-     * record (whose error is kept); the room the good ones need. */
+     * record (whose error is kept); where each good one's bytes go. */
+    offs[0] = offs[n + 1] = 0;
     for (good = 0; good < n; good++) {
-        first_rc = parse_header(r, lens[good], max_value_size, &h, &first);
+        at = offs[good];
+        first_rc = parse_header((const unsigned char *)recs + at, lens[good], max_value_size,
+                                &h, &first);
         if (first_rc == 0)
-            first_rc = verify_payload(r, lens[good], &h, &first);
+            first_rc = verify_payload((const unsigned char *)recs + at, lens[good], &h, &first);
         if (first_rc)
             break;
         info[good] = ((uint64_t)h.raw_len << 8) | (uint64_t)h.flags;
-        need += h.raw_len;
-        r += lens[good];
+        offs[good + 1] = at + lens[good];
+        offs[n + 2 + good] = offs[n + 1 + good] + h.raw_len;
     }
+    need = offs[n + 1 + good];
     if (need > out_cap) {
+        free(offs);
         err->a = (int64_t)need;
         return KVC_E_SPACE;
     }
     /* Pass 2: decompress the good ones; an error there comes first. */
-    r = (const unsigned char *)recs;
-    for (i = 0; i < good; i++) {
-        const kvc_ddict *ddict = NULL;
-        int rc;
-        h.flags = (int)(info[i] & 0xff);
-        h.raw_len = (uint32_t)(info[i] >> 8);
-        h.dict_id = load32(r + 6);
-        if (h.flags & KVC_FLAG_DICT) {
-            for (j = 0; j < ndicts; j++) {
-                if (dict_ids[j] == h.dict_id) {
-                    ddict = ddicts[j];
-                    break;
-                }
-            }
-        }
-        rc = inflate_payload(ctx, r, lens[i], &h, ddict, dst, err);
-        if (rc) {
-            err->index = i;
-            return rc;
-        }
-        dst += h.raw_len;
-        r += lens[i];
+    memset(&g, 0, sizeof g);
+    g.n = good;
+    g.recs = (const unsigned char *)recs;
+    g.lens = lens;
+    g.rec_off = offs;
+    g.out_off = offs + n + 1;
+    g.info = info;
+    g.ndicts = ndicts;
+    g.dict_ids = dict_ids;
+    g.ddicts = ddicts;
+    g.out = (unsigned char *)out;
+    rc = run_group(ctx, good >= 2 && need >= ctx->split_decode_min, dec_run, &g, &bad, err);
+    free(offs);
+    if (rc) {
+        err->index = bad;
+        return rc;
     }
     if (first_rc) {
         *err = first;
         err->index = good;
         return first_rc;
     }
-    return (int64_t)(dst - (unsigned char *)out);
+    return (int64_t)need;
 }

@@ -85,6 +85,13 @@ kvc_err *kvc_ctx_err(kvc_ctx *ctx);
 /* The buffer kvc_encode and kvc_decode write to (owned by the caller). */
 void kvc_ctx_set_output(kvc_ctx *ctx, char *out, size_t cap);
 
+/* Let group calls (kvc_encode_many, kvc_decode_many) split their work in
+ * two, the second half on a thread of its own (started for the call, with
+ * zstd contexts of its own kept in ctx), when the group has at least
+ * encode_min bytes of values to encode or decode_min bytes to decompress
+ * into; 0 turns splitting off (the default). The output is the same. */
+void kvc_ctx_set_split(kvc_ctx *ctx, size_t encode_min, size_t decode_min);
+
 /* Digested dictionaries (the bytes are copied). NULL on failure. */
 kvc_cdict *kvc_cdict_new(const void *dict, size_t len, int level);
 void kvc_cdict_free(kvc_cdict *cdict);

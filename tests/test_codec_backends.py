@@ -627,3 +627,195 @@ def test_settings_are_attributes(name):
     with pytest.raises(EncodeError):
         c.encode(value)
     assert (c.compress, c.level, c.min_size, c.max_value_size) == (True, 19, 0, 10)
+
+
+# ------------------------------------------------------- group calls (issue 16)
+#
+# encode_many, frame_many, decode_many and unframe_many are one C call per
+# group in the native backend (shared with its worker thread when the group
+# is large: "split" below forces that for any group of two or more) and a
+# per-value loop in the python one. Both must give what the per-value calls
+# give, and refuse a damaged record in a group as decoding one by one would.
+
+GROUP_MODES = [(name, split) for name in BACKENDS for split in ((False, True) if name == "native" else (False,))]
+
+
+def make_group(name, split, **settings):
+    """A codec whose group calls in this thread split their work (native) or not."""
+    c = make(name, **settings)
+    c.split = (1, 1) if split else (0, 0)
+    return c
+
+
+def _first_refusal(c, records, dictionaries):
+    """(class, message) of the first record that c.decode refuses, or None."""
+    for record in records:
+        if record is None:
+            continue
+        try:
+            c.decode(record, dictionaries=dictionaries)
+        except BAD as exc:
+            return type(exc), str(exc)
+    return None
+
+
+def _refusal(call):
+    try:
+        call()
+    except BAD as exc:
+        return type(exc), str(exc)
+    return None
+
+
+@pytest.mark.parametrize("name,split", GROUP_MODES)
+@pytest.mark.parametrize("compression,level,min_size", SETTINGS)
+@settings(max_examples=60)
+@given(values=st.lists(VALUES | st.binary(max_size=20), max_size=40), dictionary=_dict_choice())
+def test_group_calls_equal_per_value_calls(name, split, compression, level, min_size, values, dictionary):
+    c = make_group(name, split, compression=compression, level=level, min_size=min_size)
+    one = make(name, compression, level, min_size)
+    records = [one.encode(v, dictionary=dictionary) for v in values]
+    assert c.encode_many(values, dictionary=dictionary) == records
+    pairs = [one.serialize(v) for v in values]
+    assert c.frame_many(pairs, dictionary=dictionary) == records
+    expected = [one.decode(r, dictionaries=DICTS) for r in records]
+    assert c.decode_many(records, dictionaries=DICTS) == expected
+    assert c.decode_many([None] + records + [None], dictionaries=DICTS) == [None] + expected + [None]
+    # unframe_many: the serialized bytes and the header's flags, no msgpack
+    assert c.unframe_many(records, dictionaries=DICTS) == [(r[1], raw) for r, (_, raw) in zip(records, pairs)]
+    views = [memoryview(r) for r in records]  # as a store reads them
+    assert c.decode_many(views, dictionaries=DICTS) == expected
+
+
+@pytest.mark.parametrize("compression,level,min_size", SETTINGS)
+@given(values=st.lists(VALUES, max_size=30), dictionary=_dict_choice())
+def test_group_records_identical_across_backends(compression, level, min_size, values, dictionary):
+    if compression == "zstd" and not _same_zstd() and len(BACKENDS) > 1:
+        assume(False)  # compressed bytes are promised equal on the same zstd only
+    out = {(n, s): make_group(n, s, compression=compression, level=level, min_size=min_size)
+           .encode_many(values, dictionary=dictionary) for n, s in GROUP_MODES}
+    assert len({tuple(v) for v in out.values()}) == 1
+
+
+def _damage(data, record):
+    """record, damaged in one of the ways a store's bytes go bad."""
+    how = data.draw(st.sampled_from(["flip", "truncate", "restamp", "header", "version"]))
+    b = bytearray(record)
+    if len(b) < format.HEADER_SIZE:  # already cut short (damaged twice)
+        return bytes(b[:-1]) + b"\x01"
+    if how == "truncate":
+        return bytes(b[:data.draw(st.integers(0, len(b) - 1))])
+    if how == "version":
+        b[0] = data.draw(st.sampled_from([0, 2, 200]))
+        return bytes(b)
+    if how == "header":
+        i = data.draw(st.integers(1, format.HEADER_SIZE - 1))
+    else:
+        i = data.draw(st.integers(0, len(b) - 1))
+    b[i] ^= data.draw(st.integers(1, 255))
+    return _restamp(bytes(b)) if how == "restamp" and len(b) >= format.HEADER_SIZE else bytes(b)
+
+
+@pytest.mark.parametrize("name,split", GROUP_MODES)
+@settings(max_examples=80)
+@given(data=st.data())
+def test_group_refuses_damage_like_one_by_one(name, split, data):
+    values = data.draw(st.lists(VALUES, min_size=1, max_size=24))
+    dictionary = data.draw(_dict_choice())
+    c = make_group(name, split, min_size=0)
+    records = c.encode_many(values, dictionary=dictionary)
+    for _ in range(data.draw(st.integers(1, 2))):
+        i = data.draw(st.integers(0, len(records) - 1))
+        records[i] = _damage(data, records[i])
+    expected = _first_refusal(make(name, min_size=0), records, DICTS)
+    got = _refusal(lambda: c.decode_many(records, dictionaries=DICTS))
+    if expected is None:
+        assert got is None
+        return
+    assert got is not None and got[0] is expected[0]
+    assert got[1] == expected[1]
+    # Every backend refuses the group with the same class.
+    for other, other_split in GROUP_MODES:
+        refused = _refusal(lambda: make_group(other, other_split, min_size=0).decode_many(records, dictionaries=DICTS))
+        assert refused is not None and refused[0] is expected[0], (other, refused, expected)
+    # unframe_many: the first refusal below msgpack, the same on every backend
+    below = {n: _refusal(lambda: make_group(n, s, min_size=0).unframe_many(records, dictionaries=DICTS))
+             for n, s in GROUP_MODES}
+    assert len({None if v is None else v[0] for v in below.values()}) == 1, below
+
+
+@pytest.mark.parametrize("name,split", GROUP_MODES)
+def test_group_encode_errors_name_the_same_value(name, split):
+    c = make_group(name, split, max_value_size=1000)
+    values = [{"content": "fine " * 50}] * 30 + [b"x" * 1001] + [{"content": "fine"}] * 30
+    expected = _refusal_encode(make(name, max_value_size=1000), values[30])
+    with pytest.raises(EncodeError) as info:
+        c.encode_many(values)
+    assert str(info.value) == expected
+    with pytest.raises(EncodeError):
+        c.frame_many([c.serialize(v) for v in values])
+
+
+def _refusal_encode(c, value):
+    with pytest.raises(EncodeError) as info:
+        c.encode(value)
+    return str(info.value)
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native codec not built")
+def test_group_split_large_and_concurrent():
+    # Groups big enough to split at SPLIT_LARGE, from several threads at
+    # once (one worker: the others run their halves themselves).
+    rng = random.Random(5)
+    values = [{"content": " ".join(rng.choice(_WORDS) for _ in range(rng.randint(20, 400))), "n": i}
+              for i in range(300)]
+    python = make("python")
+    expected = python.encode_many(values, dictionary=TRAINED)
+    failures = []
+
+    def work():
+        c = make("native")
+        c.split = codec.get_backend("native").SPLIT_LARGE
+        for _ in range(5):
+            if c.encode_many(values, dictionary=TRAINED) != expected:
+                failures.append("encode_many")
+            if c.decode_many(expected, dictionaries=DICTS) != values:
+                failures.append("decode_many")
+            with pytest.raises(CorruptionError):
+                c.decode_many(expected[:200] + [expected[200][:-1] + b"\x00"] + expected[201:],
+                              dictionaries=DICTS)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+@pytest.mark.skipif("native" not in BACKENDS or not hasattr(os, "fork"), reason="native codec, fork")
+def test_group_split_after_fork():
+    # The worker thread does not survive a fork: the child's group calls
+    # run their halves themselves, and must not wait for it.
+    code = """
+import os, sys, time
+from kvstore.codec import nativecodec
+c = nativecodec.Codec()
+c.split = (1, 1)
+values = [{"content": "fork " * 200, "n": i} for i in range(200)]
+records = c.encode_many(values)
+pid = os.fork()
+if pid == 0:
+    ok = c.decode_many(records) == values and c.encode_many(values) == records
+    os._exit(0 if ok else 3)
+deadline = time.time() + 60
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit(4)
+"""
+    proc = _run(code, KVSTORE_CODEC="native")
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)

@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import os
 import warnings
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from . import pycodec
 from ..errors import CodecSelectionError
 from .dictionary import Dictionary
-from .format import HEADER_SIZE, MAX_VALUE_SIZE, VERSION, parse_header, stored_checksum
+from .format import HEADER_SIZE, MAX_VALUE_SIZE, VERSION, Buffer, parse_header, stored_checksum
 
 __all__ = [
     "Codec",
+    "CodecLike",
     "CodecSelectionError",
     "Dictionary",
     "backend",
@@ -61,11 +64,41 @@ CHOICES = ("auto", "native", "python")
 NAMES = ("native", "python")
 
 
-_native_module = None
+class CodecLike(Protocol):
+    """What a `Codec` of either backend offers (pycodec.Codec, nativecodec.Codec)."""
+
+    backend: str
+    compress: bool
+    level: int
+    min_size: int
+    max_value_size: int
+    split: tuple[int, int]
+
+    def serialize(self, value: Any) -> tuple[int, bytes]: ...
+
+    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None) -> bytes: ...
+
+    def encode(self, value: Any, *, dictionary: Dictionary | None = None) -> bytes: ...
+
+    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None) -> list[bytes]: ...
+
+    def frame_many(self, items: Iterable[tuple[int, bytes]], *,
+                   dictionary: Dictionary | None = None) -> list[bytes]: ...
+
+    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None) -> Any: ...
+
+    def decode_many(self, records: Iterable[Any], *,
+                    dictionaries: Mapping[int, Dictionary] | None = None) -> list[Any]: ...
+
+    def unframe_many(self, records: Iterable[Any], *,
+                     dictionaries: Mapping[int, Dictionary] | None = None) -> list[tuple[int, bytes]]: ...
+
+
+_native_module: ModuleType | None = None
 _native_error: ImportError | None = None
 
 
-def _load_native():
+def _load_native() -> ModuleType:
     """The native backend's module; ImportError (cached) if it is unavailable."""
     global _native_module, _native_error
     if _native_module is not None:
@@ -83,7 +116,7 @@ def _load_native():
     raise ImportError(str(_native_error)) from _native_error
 
 
-def get_backend(name: str):
+def get_backend(name: str) -> ModuleType:
     """The module of backend `name` ("native" or "python"), which has `Codec`,
     `hash64` and `NAME`. ImportError if the native backend is not available."""
     if name == "python":
@@ -95,7 +128,7 @@ def get_backend(name: str):
 
 def backends() -> list[str]:
     """Names of the backends that work in this process, preferred first."""
-    names = []
+    names: list[str] = []
     try:
         _load_native()
         names.append("native")
@@ -105,7 +138,7 @@ def backends() -> list[str]:
     return names
 
 
-def _select():
+def _select() -> ModuleType:
     choice = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
     if choice not in CHOICES:
         raise CodecSelectionError(
@@ -138,11 +171,17 @@ def use(name: str) -> None:
     this way.) ImportError if it is not available."""
     global backend, Codec, hash64, encode, decode, encode_many, decode_many
     module = get_backend(name)
-    default = module.Codec()
+    default: CodecLike = module.Codec()
     backend, Codec, hash64 = module.NAME, module.Codec, module.hash64
     encode, decode = default.encode, default.decode
     encode_many, decode_many = default.encode_many, default.decode_many
 
 
 backend: str
+Codec: type[CodecLike]  # the active backend's Codec class
+hash64: Callable[[Buffer], int]
+encode: Callable[..., bytes]
+decode: Callable[..., Any]
+encode_many: Callable[..., list[bytes]]
+decode_many: Callable[..., list[Any]]
 use(_select().NAME)

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import Any, TypeAlias, Union
 
 import xxhash
 
@@ -108,6 +109,9 @@ _CHECK = struct.Struct("<I")
 _EXPIRES = struct.Struct("<Q")  # at offset 2
 _xxh32 = xxhash.xxh32_intdigest
 
+# What records are read from: bytes, or buffers of an LMDB transaction.
+Buffer: TypeAlias = Union[bytes, bytearray, memoryview]
+
 
 # ---------------------------------------------------------------- refusals
 # Every message either backend gives for bytes that break the grammar above
@@ -151,7 +155,7 @@ class Reason(enum.Enum):
 # reason: (error class, message, the numbers it takes, in order). {detail} is
 # text from elsewhere (zstd's or msgpack's error); {HEADER_SIZE},
 # {TTL_HEADER_SIZE} and {VERSION} are this module's constants.
-_REFUSALS: dict = {
+_REFUSALS: dict[Reason, tuple[type[KVStoreError], str, tuple[str, ...]]] = {
     Reason.SHORT: (CorruptionError,
                    "record is {length} bytes, shorter than the {HEADER_SIZE}-byte header",
                    ("length",)),
@@ -221,7 +225,7 @@ _REFUSALS: dict = {
 _CONSTANTS = {"HEADER_SIZE": HEADER_SIZE, "TTL_HEADER_SIZE": TTL_HEADER_SIZE, "VERSION": VERSION}
 
 
-def refusal(reason: Reason, *values, detail: str = "") -> KVStoreError:
+def refusal(reason: Reason, *values: Any, detail: str = "") -> KVStoreError:
     """The error (not raised) for `reason`, its message filled with `values`,
     one for each of the reason's fields in order, and `detail`. Extra values
     are ignored: the native backend passes kvc_err's a and b for any code."""
@@ -229,7 +233,7 @@ def refusal(reason: Reason, *values, detail: str = "") -> KVStoreError:
     return error(message.format(**dict(zip(fields, values)), detail=detail, **_CONSTANTS))
 
 
-def parse_header(data, max_value_size: int = MAX_VALUE_SIZE) -> tuple[int, int, int, int]:
+def parse_header(data: Buffer, max_value_size: int = MAX_VALUE_SIZE) -> tuple[int, int, int, int]:
     """Check a record's header; return (flags, raw_len, dict_id, checksum).
 
     Raises CorruptionError for a damaged header and FormatError for a record
@@ -256,11 +260,12 @@ def parse_header(data, max_value_size: int = MAX_VALUE_SIZE) -> tuple[int, int, 
     return flags, raw_len, dict_id, checksum
 
 
-def stored_checksum(data) -> int:
+def stored_checksum(data: Buffer) -> int:
     """The checksum field of a record, without checking anything else."""
     if len(data) < HEADER_SIZE:
         raise refusal(Reason.SHORT, len(data))
-    return _CHECKSUM.unpack_from(data, _CHECKSUM_OFFSET)[0]
+    checksum: int = _CHECKSUM.unpack_from(data, _CHECKSUM_OFFSET)[0]
+    return checksum
 
 
 def wrap_ttl(record: bytes, expires_ms: int, ttl_ms: int) -> bytes:
@@ -270,7 +275,7 @@ def wrap_ttl(record: bytes, expires_ms: int, ttl_ms: int) -> bytes:
     return head + _CHECK.pack(_xxh32(head)) + record
 
 
-def parse_ttl(data) -> tuple[int, int]:
+def parse_ttl(data: Buffer) -> tuple[int, int]:
     """(expires_ms, ttl_ms) of a ttl_record; CorruptionError if its prefix is
     damaged. Does not look at the inner record past its version byte."""
     if len(data) < TTL_HEADER_SIZE + HEADER_SIZE:
@@ -287,7 +292,7 @@ def parse_ttl(data) -> tuple[int, int]:
     return expires, ttl
 
 
-def ttl_expired(data, now_ms: int) -> bool:
+def ttl_expired(data: Buffer, now_ms: int) -> bool:
     """Whether a ttl_record has expired at now_ms; CorruptionError if its
     prefix is damaged. Its check is verified only when the expiry field says
     expired: a live-looking value costs no hash (a damaged one is caught when
@@ -298,7 +303,7 @@ def ttl_expired(data, now_ms: int) -> bool:
     return parse_ttl(data)[0] <= now_ms
 
 
-def inner_record(data):
+def inner_record(data: Buffer) -> Buffer:
     """The v1 record of a stored value: data itself, or what follows the TTL
     prefix (a slice: a memoryview stays a memoryview). Checks nothing."""
     if len(data) and data[0] == TTL_VERSION:
@@ -314,28 +319,29 @@ def inner_record(data):
 _U32 = struct.Struct("<I")
 
 
-def is_ttl(stored) -> bool:
+def is_ttl(stored: Buffer) -> bool:
     """Whether stored bytes are a ttl_record (an expiry prefix, then a record)."""
     return len(stored) > 0 and stored[0] == TTL_VERSION
 
 
-def header_at(stored) -> int:
+def header_at(stored: Buffer) -> int:
     """The offset of the v1 record's header in stored bytes."""
     return TTL_HEADER_SIZE if len(stored) and stored[0] == TTL_VERSION else 0
 
 
-def raw_len(stored) -> int:
+def raw_len(stored: Buffer) -> int:
     """The serialized (msgpack or raw) length of the value, from the header."""
-    return _U32.unpack_from(stored, header_at(stored) + 2)[0]
+    length: int = _U32.unpack_from(stored, header_at(stored) + 2)[0]
+    return length
 
 
-def dict_id(stored) -> int:
+def dict_id(stored: Buffer) -> int:
     """The dictionary id in the header (0: none, or bytes too short to hold one)."""
     at = header_at(stored) + 6
     return _U32.unpack_from(stored, at)[0] if len(stored) >= at + 4 else 0
 
 
-def tag_size(stored) -> int:
+def tag_size(stored: Buffer) -> int:
     """How many leading bytes identify the stored content without reading the
     payload: the header, and the TTL prefix before it if any (the read
     cache's tag: kvstore/cache.py)."""

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import threading
 from itertools import accumulate
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import msgpack
 
 from ..errors import CorruptionError, EncodeError
 from .serial import unpack
-from .format import HEADER_SIZE, MAX_VALUE_SIZE
+from .dictionary import Dictionary
+from .format import HEADER_SIZE, MAX_VALUE_SIZE, Buffer
 
 try:
     from .._native import ffi, lib
@@ -34,7 +35,7 @@ except ImportError as exc:  # not built (no C compiler at install time)
         f"the native codec extension kvstore._native is not built ({exc}); reinstall kvstore "
         f"with a C compiler and the Python headers available (pip install -e .)"
     ) from exc
-from .nativeerrors import decode_error as _decode_error, encode_error as _encode_error
+from .nativeerrors import CData, decode_error as _decode_error, encode_error as _encode_error
 from .nativeerrors import encode_type_error as _encode_type_error, msgpack_refusal as _msgpack_refusal
 from .nativezstd import zstd_library, zstd_version  # loads zstd, or raises ImportError
 
@@ -59,6 +60,17 @@ _COPY_MAX = 4096
 # else only those the batch's records name.
 _MAX_DICTS_PASSED = 32
 
+# Group calls (encode_many, frame_many, decode_many, unframe_many) can share
+# their work with the native worker thread, a second CPU: Codec.split, the
+# least bytes to compress / to decompress into for a group to be split.
+# Off by default: it makes back-to-back group calls up to 1.8x faster when
+# the second CPU is free, but not the store's reads and writes, whose other
+# work (msgpack, the writer thread) keeps the second CPU busy or the worker
+# asleep (bench/README.md, issue 16; bench/bench_groups.py measures it).
+SPLIT_OFF = (0, 0)
+SPLIT_LARGE = (32 << 10, 64 << 10)  # the least sizes where a sleeping worker paid, in most runs
+
+
 # Buffers that C fills completely need no zeroing.
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -74,14 +86,17 @@ _decode_many = lib.kvc_decode_many
 # -------------------------------------------------------------- hashing
 
 
-def hash64(data) -> int:
+def hash64(data: Buffer) -> int:
     """XXH64 (seed 0) of a bytes-like object, as xxhash.xxh64_intdigest."""
+    h: int
     if type(data) is bytes:
-        return _xxh64(data, len(data))
+        h = _xxh64(data, len(data))
+        return h
     if isinstance(data, str):
         raise TypeError("Strings must be encoded before hashing")
     buf = ffi.from_buffer(data)
-    return _xxh64(buf, len(buf))
+    h = _xxh64(buf, len(buf))
+    return h
 
 
 # ------------------------------------------------------------- helpers
@@ -93,7 +108,7 @@ def _encode_room(size: int, count: int = 1) -> int:
     return size + (size >> 8) + (HEADER_SIZE + 64) * count
 
 
-def _unpack(raw):
+def _unpack(raw: Buffer) -> Any:
     try:
         return unpack(raw)
     except CorruptionError:
@@ -102,7 +117,7 @@ def _unpack(raw):
         raise _msgpack_refusal(exc) from None
 
 
-def _new_packer():
+def _new_packer() -> Any:  # a msgpack.Packer (msgpack has no type stubs)
     return msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
@@ -111,13 +126,20 @@ class _Thread:
     an error slot), the output buffer it writes to, a msgpack packer."""
 
     __slots__ = ("ctx", "err", "out", "cap", "buf", "packer")
+    ctx: CData  # kvc_ctx *
+    err: CData  # kvc_err *, inside ctx
+    out: CData  # char[cap]: the output buffer
+    cap: int
+    buf: CData  # ffi.buffer(out)
+    packer: Any  # msgpack.Packer
 
-    def __init__(self, level: int, min_size: int, max_value_size: int):
+    def __init__(self, level: int, min_size: int, max_value_size: int, split: tuple[int, int]):
         ctx = lib.kvc_ctx_new(level, min_size, max_value_size)
         if ctx == _NULL:
             raise MemoryError("cannot create zstd contexts")
         self.ctx = ffi.gc(ctx, lib.kvc_ctx_free)
         self.err = lib.kvc_ctx_err(ctx)  # inside ctx: lives as long as it
+        lib.kvc_ctx_set_split(ctx, split[0], split[1])
         self.packer = _new_packer()
         self._set_buffer(_INITIAL_CAP)
 
@@ -127,7 +149,7 @@ class _Thread:
         self.buf = ffi.buffer(self.out)
         lib.kvc_ctx_set_output(self.ctx, self.out, cap)
 
-    def room(self, need: int):
+    def room(self, need: int) -> tuple[CData, int, CData]:
         """(pointer, capacity, buffer) with at least `need` bytes."""
         if need <= self.cap:
             return self.out, self.cap, self.buf
@@ -153,14 +175,15 @@ class Codec:
 
     def __init__(self, compression: str = "zstd", level: int = 3, min_size: int = 128,
                  max_value_size: int = MAX_VALUE_SIZE):
+        self._split = SPLIT_OFF
         self._compress = compression == "zstd"
         self._min_size = min_size
         self._level = level
         self._max_value_size = max_value_size
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._cdicts: dict = {}  # id(Dictionary) -> (Dictionary, kvc_cdict)
-        self._ddicts: dict = {}  # id(Dictionary) -> (Dictionary, kvc_ddict)
+        self._cdicts: dict[int, tuple[Dictionary, CData]] = {}  # id(Dictionary) -> (it, kvc_cdict)
+        self._ddicts: dict[int, tuple[Dictionary, CData]] = {}  # id(Dictionary) -> (it, kvc_ddict)
 
     # The settings are attributes, as in the Python backend. Each thread's
     # C context holds a copy: changing one starts every thread afresh.
@@ -168,6 +191,20 @@ class Codec:
     def _reset(self) -> None:
         with self._lock:
             self._local = threading.local()
+
+    @property
+    def split(self) -> tuple[int, int]:
+        """(encode_min, decode_min): group calls with at least encode_min
+        bytes of serialized values to compress, or decode_min bytes to
+        decompress into, share the work with the worker thread (0: never;
+        SPLIT_OFF, the default, or SPLIT_LARGE). The bytes are the same."""
+        return self._split
+
+    @split.setter
+    def split(self, value: tuple[int, int]) -> None:
+        encode_min, decode_min = value
+        self._split = (max(0, int(encode_min)), max(0, int(decode_min)))
+        self._reset()
 
     @property
     def compress(self) -> bool:
@@ -212,14 +249,15 @@ class Codec:
 
     def _thread(self) -> _Thread:
         try:
-            return self._local.t
+            t: _Thread = self._local.t
+            return t
         except AttributeError:
             t = self._local.t = _Thread(self._level,
                                         self._min_size if self._compress else _SIZE_MAX,
-                                        self._max_value_size)
+                                        self._max_value_size, self._split)
             return t
 
-    def _cdict(self, dictionary):
+    def _cdict(self, dictionary: Dictionary) -> CData:
         entry = self._cdicts.get(id(dictionary))
         if entry is None or entry[0] is not dictionary:
             with self._lock:
@@ -233,7 +271,7 @@ class Codec:
                     self._cdicts[id(dictionary)] = entry
         return entry[1]
 
-    def _ddict(self, dictionary):
+    def _ddict(self, dictionary: Dictionary) -> CData:
         entry = self._ddicts.get(id(dictionary))
         if entry is None or entry[0] is not dictionary:
             with self._lock:
@@ -251,7 +289,7 @@ class Codec:
 
     # ---------------------------------------------------------------- encode
 
-    def serialize(self, value) -> tuple[int, bytes]:
+    def serialize(self, value: Any) -> tuple[int, bytes]:
         """(flags, serialized bytes) for a value, before compression."""
         if type(value) is bytes:
             return 0, value
@@ -265,8 +303,10 @@ class Codec:
             t.packer = _new_packer()
             raise _encode_type_error(value, exc) from None
 
-    def encode(self, value, *, dictionary=None) -> bytes:
+    def encode(self, value: Any, *, dictionary: Dictionary | None = None) -> bytes:
         """One stored record (header included) for `value`."""
+        t: _Thread
+        raw: bytes
         try:
             t = self._local.t
         except AttributeError:
@@ -287,11 +327,13 @@ class Codec:
         if dictionary is None:
             r = _encode(t.ctx, flags, raw, len(raw))
             if r >= 0:
-                return t.buf[:r]
+                record: bytes = t.buf[:r]
+                return record
         return self._frame(t, flags, raw, dictionary)
 
-    def frame(self, flags: int, raw: bytes, dictionary=None) -> bytes:
+    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None) -> bytes:
         """Compress (when worth it), checksum and frame serialized bytes."""
+        t: _Thread
         if type(raw) is not bytes:
             raw = bytes(raw)
         try:
@@ -300,7 +342,7 @@ class Codec:
             t = self._thread()
         return self._frame(t, flags, raw, dictionary)
 
-    def _frame(self, t: _Thread, flags: int, raw: bytes, dictionary) -> bytes:
+    def _frame(self, t: _Thread, flags: int, raw: bytes, dictionary: Dictionary | None) -> bytes:
         if dictionary is None:
             cdict, dict_id = _NULL, 0
         else:
@@ -313,12 +355,13 @@ class Codec:
             r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, out, cap)
         if r < 0:
             raise _encode_error(r, t.err, self._max_value_size)
-        return buf[:r]
+        record: bytes = buf[:r]
+        return record
 
-    def encode_many(self, values: Iterable, *, dictionary=None) -> list[bytes]:
+    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None) -> list[bytes]:
         """Records for many values; the C work is one call for all of them."""
         t = self._thread()
-        raws = []
+        raws: list[bytes] = []
         flags = bytearray()
         add_raw = raws.append
         add_flag = flags.append
@@ -338,6 +381,18 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             t.packer = _new_packer()
             raise _encode_type_error(value, exc) from None
+        return self._frame_group(t, bytes(flags), raws, dictionary)
+
+    def frame_many(self, items: Iterable[tuple[int, bytes]], *,
+                   dictionary: Dictionary | None = None) -> list[bytes]:
+        """frame() of many (flags, serialized bytes) pairs, as serialize()
+        gives them: compressed, checksummed and framed in one C call."""
+        pairs = items if type(items) is list else list(items)
+        raws = [raw if type(raw) is bytes else bytes(raw) for _, raw in pairs]
+        return self._frame_group(self._thread(), bytes(f for f, _ in pairs), raws, dictionary)
+
+    def _frame_group(self, t: _Thread, flags: bytes, raws: list[bytes],
+                     dictionary: Dictionary | None) -> list[bytes]:
         n = len(raws)
         if n == 0:
             return []
@@ -347,10 +402,8 @@ class Codec:
             cdict, dict_id = self._cdict(dictionary), dictionary.id
         lens = list(map(len, raws))
         blob = b"".join(raws)
-        del raws
         c_lens = _alloc("size_t[]", lens)
         out_lens = _alloc("size_t[]", n)
-        flags = bytes(flags)
         out, cap, buf = t.room(_encode_room(len(blob), n))
         r = _encode_many(t.ctx, n, flags, blob, c_lens, cdict, dict_id, out, cap, out_lens)
         if r == _E_SPACE:
@@ -364,8 +417,9 @@ class Codec:
 
     # ---------------------------------------------------------------- decode
 
-    def decode(self, data, *, dictionaries: Mapping | None = None):
+    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None) -> Any:
         """The value of a record. CorruptionError/FormatError if it is damaged."""
+        t: _Thread
         try:
             t = self._local.t
         except AttributeError:
@@ -391,25 +445,24 @@ class Codec:
         except Exception as exc:  # msgpack raises several unrelated types on bad input
             raise _msgpack_refusal(exc) from None
 
-    def _decode(self, t: _Thread, data, dictionaries):
+    def _decode(self, t: _Thread, data: Buffer, dictionaries: Mapping[int, Dictionary] | None) -> Any:
         """decode() for any bytes-like record, dictionaries, large values, errors."""
         if dictionaries:
             dict_id, ddict = self._dict_for(data, dictionaries)
         else:
             dict_id, ddict = 0, _NULL
-        if type(data) is not bytes:
-            data = ffi.from_buffer(data)
+        rec = data if type(data) is bytes else ffi.from_buffer(data)
         out, cap, buf = t.out, t.cap, t.buf
-        r = _decode_into(t.ctx, data, len(data), dict_id, ddict, out, cap)
+        r = _decode_into(t.ctx, rec, len(rec), dict_id, ddict, out, cap)
         if r == _E_SPACE:
             out, cap, buf = t.room(t.err.a)
-            r = _decode_into(t.ctx, data, len(data), dict_id, ddict, out, cap)
+            r = _decode_into(t.ctx, rec, len(rec), dict_id, ddict, out, cap)
         if r < 0:
             raise _decode_error(r, t.err, self._max_value_size)
         raw = buf[:r >> 8]
         return _unpack(raw) if r & 1 else raw
 
-    def _dict_for(self, data, dictionaries: Mapping):
+    def _dict_for(self, data: Buffer, dictionaries: Mapping[int, Dictionary]) -> tuple[int, CData]:
         """(dict_id, kvc_ddict) for a record that names a dictionary we hold."""
         head = data[:10] if type(data) is bytes else bytes(memoryview(data).cast("B")[:10])
         if len(head) == 10 and head[1] & _FLAG_DICT:
@@ -418,12 +471,12 @@ class Codec:
                 return int.from_bytes(head[6:10], "little"), self._ddict(dictionary)
         return 0, _NULL
 
-    def _dict_table(self, recs: list, dictionaries: Mapping):
+    def _dict_table(self, recs: list[Any], dictionaries: Mapping[int, Dictionary]) -> tuple[int, CData, Any]:
         """(count, ids, kvc_ddict pointers) of the dictionaries a batch may use."""
         if len(dictionaries) <= _MAX_DICTS_PASSED:
             ids = list(dictionaries)
         else:
-            wanted = set()
+            wanted: set[int] = set()
             for rec in recs:
                 head = bytes(memoryview(rec).cast("B")[:10])
                 if len(head) == 10 and head[1] & _FLAG_DICT:
@@ -437,15 +490,56 @@ class Codec:
         table = ffi.new("kvc_ddict *[]", ddicts)
         return len(ids), ffi.new("uint32_t[]", ids), (table, ddicts)
 
-    def decode_many(self, records: Iterable, *, dictionaries: Mapping | None = None) -> list:
+    def decode_many(self, records: Iterable[Any], *,
+                    dictionaries: Mapping[int, Dictionary] | None = None) -> list[Any]:
         """Values of many records; None stays None (a missing key). The C work
         (checks, checksums, decompression) is one call for all of them."""
-        t = self._thread()
         recs = records if type(records) is list else list(records)
         present = [r for r in recs if r is not None]
-        n = len(present)
-        if n == 0:
+        if not present:
             return [None] * len(recs)
+        t = self._thread()
+        r, infos, buf = self._unframe_group(t, present, dictionaries)
+        if r < 0:
+            # Records before the bad one decoded: unpack them first, so a
+            # msgpack error earlier in the batch wins, as it would one by one.
+            bad = t.err.index
+            exc = _decode_error(r, t.err, self._max_value_size)
+            self._unpack_all(infos[:bad], buf[:sum(i >> 8 for i in infos[:bad])])
+            raise exc
+        values = self._unpack_all(infos, buf[:r])
+        if len(present) == len(recs):
+            return values
+        it = iter(values)
+        return [None if rec is None else next(it) for rec in recs]
+
+    def unframe_many(self, records: Iterable[Any], *,
+                     dictionaries: Mapping[int, Dictionary] | None = None) -> list[tuple[int, bytes]]:
+        """(flags, serialized bytes) of many records: the checks, checksums
+        and decompression of decode_many, in one C call, without msgpack.
+        CorruptionError/FormatError for the first damaged record."""
+        present = records if type(records) is list else list(records)
+        if not present:
+            return []
+        t = self._thread()
+        r, infos, buf = self._unframe_group(t, present, dictionaries)
+        if r < 0:
+            raise _decode_error(r, t.err, self._max_value_size)
+        raws = buf[:r]
+        out: list[tuple[int, bytes]] = []
+        add = out.append
+        start = 0
+        for info in infos:
+            end = start + (info >> 8)
+            add((info & 0xFF, raws[start:end]))
+            start = end
+        return out
+
+    def _unframe_group(self, t: _Thread, present: list[Any],
+                       dictionaries: Mapping[int, Dictionary] | None) -> tuple[int, list[int], Any]:
+        """One kvc_decode_many over records (no None among them): (its
+        result, the infos of the records it decoded, the buffer they are in)."""
+        n = len(present)
         blob = b"".join(present)
         c_lens = _alloc("size_t[]", list(map(len, present)))
         if dictionaries:
@@ -459,23 +553,12 @@ class Codec:
         if r == _E_SPACE:
             out, cap, buf = t.room(t.err.a)
             r = _decode_many(t.ctx, n, blob, c_lens, ndicts, c_ids, c_ddicts, out, cap, info)
-        if r < 0:
-            # Records before the bad one decoded: unpack them first, so a
-            # msgpack error earlier in the batch wins, as it would one by one.
-            bad = t.err.index
-            exc = _decode_error(r, t.err, self._max_value_size)
-            self._unpack_all(ffi.unpack(info, bad), buf[:sum(i >> 8 for i in ffi.unpack(info, bad))])
-            raise exc
-        values = self._unpack_all(ffi.unpack(info, n), buf[:r])
-        if n == len(recs):
-            return values
-        it = iter(values)
-        return [None if rec is None else next(it) for rec in recs]
+        return r, ffi.unpack(info, t.err.index if r < 0 else n), buf
 
     @staticmethod
-    def _unpack_all(infos: list, raws: bytes) -> list:
+    def _unpack_all(infos: list[int], raws: bytes) -> list[Any]:
         view = memoryview(raws)
-        values = []
+        values: list[Any] = []
         add = values.append
         start = 0
         try:

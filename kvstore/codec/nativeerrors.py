@@ -8,27 +8,35 @@ function builds the exception, the caller raises it.
 
 from __future__ import annotations
 
-from ..errors import CorruptionError, EncodeError
+from typing import Any, TypeAlias
+
+from ..errors import KVStoreError
 from .format import Reason, refusal
 from .._native import ffi, lib
 
-__all__ = ["msgpack_refusal", "encode_type_error", "decode_error", "encode_error"]
+__all__ = ["CData", "msgpack_refusal", "encode_type_error", "decode_error", "encode_error"]
+
+# A cffi object (a pointer, an array, a `kvc_err *`): cffi has no type stubs.
+CData: TypeAlias = Any
 
 
-def msgpack_refusal(exc: Exception) -> CorruptionError:
+def msgpack_refusal(exc: Exception) -> KVStoreError:
     return refusal(Reason.MSGPACK, detail=f"{type(exc).__name__}: {exc}")
 
 
-def encode_type_error(value, exc) -> EncodeError:
+def encode_type_error(value: object, exc: Exception) -> KVStoreError:
     return refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc))
 
 
-def _zstd_error(err) -> str:
-    return ffi.string(err.zstd_error).decode("ascii", "replace") if err.zstd_error else "unknown error"
+def _zstd_error(err: CData) -> str:
+    if not err.zstd_error:
+        return "unknown error"
+    name: bytes = ffi.string(err.zstd_error)
+    return name.decode("ascii", "replace")
 
 
 # The decode refusals the C codec reports, by KVC_E_* code (native/kvcodec.h).
-_REASONS = {
+_REASONS: dict[int, Reason] = {
     lib.KVC_E_SHORT: Reason.SHORT,
     lib.KVC_E_NEWER: Reason.NEWER,
     lib.KVC_E_VERSION: Reason.VERSION,
@@ -47,7 +55,7 @@ _REASONS = {
 }
 
 
-def decode_error(code: int, err, max_value_size: int) -> Exception:
+def decode_error(code: int, err: CData, max_value_size: int) -> Exception:
     """The exception for a KVC_E_* code of a decode call."""
     reason = _REASONS.get(code)
     if reason is Reason.TOO_LARGE:
@@ -61,7 +69,7 @@ def decode_error(code: int, err, max_value_size: int) -> Exception:
     return RuntimeError(f"native codec failed with code {code}")
 
 
-def encode_error(code: int, err, max_value_size: int) -> Exception:
+def encode_error(code: int, err: CData, max_value_size: int) -> Exception:
     """The exception for a KVC_E_* code of an encode call."""
     if code == lib.KVC_E_ENCODE_SIZE:
         return refusal(Reason.ENCODE_SIZE, err.a, max_value_size)

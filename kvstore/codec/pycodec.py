@@ -8,13 +8,14 @@ its own (a `threading.local`), created on first use and then reused.
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import msgpack
 import xxhash
 import zstandard
 
 from ..errors import CorruptionError
+from .dictionary import Dictionary
 from .serial import unpack
 from .format import (
     FLAG_DICT,
@@ -24,6 +25,7 @@ from .format import (
     HEADER_SIZE,
     MAX_VALUE_SIZE,
     VERSION,
+    Buffer,
     Reason,
     parse_header,
     refusal,
@@ -36,7 +38,7 @@ NAME = "python"
 hash64 = xxhash.xxh64_intdigest
 
 _BYTES_LIKE = (bytearray, memoryview)
-_EMPTY: Mapping = {}
+_EMPTY: Mapping[int, Dictionary] = {}
 
 
 class Codec:
@@ -56,12 +58,16 @@ class Codec:
         self.level = level
         self.min_size = min_size
         self.max_value_size = max_value_size
+        # the native backend's option (group calls shared with a second
+        # CPU); group calls here are loops, with nothing to share
+        self.split = (0, 0)
         self._local = threading.local()
 
     # ------------------------------------------------------------ per thread
 
-    def _compressor(self, dictionary):
+    def _compressor(self, dictionary: Dictionary | None) -> zstandard.ZstdCompressor:
         local = self._local
+        cache: dict[int, zstandard.ZstdCompressor]
         try:
             cache = local.compressors
         except AttributeError:
@@ -79,8 +85,9 @@ class Codec:
             cache[key] = c
         return c
 
-    def _decompressor(self, dict_id, dictionaries):
+    def _decompressor(self, dict_id: int, dictionaries: Mapping[int, Dictionary]) -> zstandard.ZstdDecompressor:
         local = self._local
+        cache: dict[int, tuple[Dictionary | None, zstandard.ZstdDecompressor]]
         try:
             cache = local.decompressors
         except AttributeError:
@@ -97,7 +104,7 @@ class Codec:
             cache[dict_id] = d
         return d[1]
 
-    def _packer(self):
+    def _packer(self) -> Any:  # a msgpack.Packer (msgpack has no type stubs)
         try:
             return self._local.packer
         except AttributeError:
@@ -106,7 +113,7 @@ class Codec:
 
     # ---------------------------------------------------------------- encode
 
-    def serialize(self, value) -> tuple[int, bytes]:
+    def serialize(self, value: Any) -> tuple[int, bytes]:
         """(flags, serialized bytes) for a value, before compression."""
         if type(value) is bytes:
             return 0, value
@@ -119,12 +126,12 @@ class Codec:
             del self._local.packer
             raise refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc)) from None
 
-    def encode(self, value, *, dictionary=None) -> bytes:
+    def encode(self, value: Any, *, dictionary: Dictionary | None = None) -> bytes:
         """One stored record (header included) for `value`."""
         flags, raw = self.serialize(value)
         return self.frame(flags, raw, dictionary)
 
-    def frame(self, flags: int, raw: bytes, dictionary=None) -> bytes:
+    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None) -> bytes:
         """Compress (when worth it), checksum and frame serialized bytes."""
         raw_len = len(raw)
         if raw_len > self.max_value_size:
@@ -141,21 +148,42 @@ class Codec:
                     dict_id = dictionary.id
         return HEADER.pack(VERSION, flags, raw_len, dict_id, hash64(payload)) + payload
 
-    def encode_many(self, values: Iterable, *, dictionary=None) -> list[bytes]:
+    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None) -> list[bytes]:
         return [self.encode(v, dictionary=dictionary) for v in values]
+
+    def frame_many(self, items: Iterable[tuple[int, bytes]], *,
+                   dictionary: Dictionary | None = None) -> list[bytes]:
+        """frame() of many (flags, serialized bytes) pairs, one at a time."""
+        frame = self.frame
+        return [frame(flags, raw, dictionary) for flags, raw in items]
 
     # ---------------------------------------------------------------- decode
 
-    def decode(self, data, *, dictionaries: Mapping | None = None):
-        """The value of a record. CorruptionError/FormatError if it is damaged."""
+    def _unframe(self, data: Buffer, dictionaries: Mapping[int, Dictionary]) -> tuple[int, Buffer]:
+        """(flags, serialized bytes or a view of them) of a checked record."""
         flags, raw_len, dict_id, checksum = parse_header(data, self.max_value_size)
         payload = memoryview(data)[HEADER_SIZE:]
         if hash64(payload) != checksum:
             raise refusal(Reason.CHECKSUM)
         if flags & FLAG_ZSTD:
-            raw = self._inflate(payload, raw_len, dict_id, dictionaries or _EMPTY)
-        else:
-            raw = payload
+            return flags, self._inflate(payload, raw_len, dict_id, dictionaries)
+        return flags, payload
+
+    def unframe_many(self, records: Iterable[Any], *,
+                     dictionaries: Mapping[int, Dictionary] | None = None) -> list[tuple[int, bytes]]:
+        """(flags, serialized bytes) of many records, one at a time, without
+        msgpack. CorruptionError/FormatError for the first damaged record."""
+        unframe = self._unframe
+        dicts = dictionaries or _EMPTY
+        out: list[tuple[int, bytes]] = []
+        for record in records:
+            flags, raw = unframe(record, dicts)
+            out.append((flags, raw if type(raw) is bytes else bytes(raw)))
+        return out
+
+    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None) -> Any:
+        """The value of a record. CorruptionError/FormatError if it is damaged."""
+        flags, raw = self._unframe(data, dictionaries or _EMPTY)
         if not flags & FLAG_MSGPACK:
             return bytes(raw)
         try:
@@ -165,7 +193,8 @@ class Codec:
         except Exception as exc:  # msgpack raises several unrelated types on bad input
             raise refusal(Reason.MSGPACK, detail=f"{type(exc).__name__}: {exc}") from None
 
-    def _inflate(self, payload, raw_len, dict_id, dictionaries) -> bytes:
+    def _inflate(self, payload: memoryview, raw_len: int, dict_id: int,
+                 dictionaries: Mapping[int, Dictionary]) -> bytes:
         try:
             declared = zstandard.frame_content_size(payload)
         except zstandard.ZstdError as exc:
@@ -181,7 +210,8 @@ class Codec:
             raise refusal(Reason.INFLATE_SIZE, len(raw), raw_len)
         return raw
 
-    def decode_many(self, records: Iterable, *, dictionaries: Mapping | None = None) -> list:
+    def decode_many(self, records: Iterable[Any], *,
+                    dictionaries: Mapping[int, Dictionary] | None = None) -> list[Any]:
         """Values of many records; None stays None (a missing key)."""
         decode = self.decode
         return [None if r is None else decode(r, dictionaries=dictionaries) for r in records]

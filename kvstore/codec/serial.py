@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, NoReturn
+
 import msgpack
 
-from ..errors import CorruptionError
-from .format import Reason, refusal
+from ..errors import KVStoreError
+from .format import Buffer, Reason, refusal
 
 __all__ = ["unpack"]
 
-_unpackb = msgpack.unpackb
+_unpackb: Callable[..., Any] = msgpack.unpackb
 
 
-def _refuse_ext(code, data):
+def _refuse_ext(code: int, data: bytes) -> NoReturn:
     raise refusal(Reason.EXT_TYPE, code)
 
 
-def _hashable(obj):
+def _hashable(obj: Any) -> Any:
     return tuple(_hashable(x) for x in obj) if type(obj) is list else obj
 
 
-def _pairs(pairs):
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     # msgpack has no tuple: a dict key that was a tuple comes back as an
     # (unhashable) list; make it a tuple again.
     return {(_hashable(k) if type(k) is list else k): v for k, v in pairs}
@@ -37,14 +39,14 @@ def _pairs(pairs):
 _CLAIM = b"\xdd\x00\x98\x96\x80"  # array32 header claiming 10,000,000 elements, in 5 bytes
 
 
-def _bounded_unpackb(raw, **kw):
+def _bounded_unpackb(raw: Buffer, **kw: Any) -> Any:
     """msgpack.unpackb with the limits given explicitly."""
     n = raw.nbytes if type(raw) is memoryview else len(raw)
     return msgpack.unpackb(raw, max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n // 2,
                            max_ext_len=n, **kw)
 
 
-def _bounded_by_length(unpackb) -> bool:
+def _bounded_by_length(unpackb: Callable[..., Any]) -> bool:
     """Whether unpackb refuses a container claiming more than its input holds."""
     try:
         unpackb(_CLAIM)
@@ -59,12 +61,12 @@ if not _bounded_by_length(_unpackb):  # msgpack >= 1.0 bounds them itself
     _unpackb = _bounded_unpackb
 
 
-def _claims_too_much(raw, exc: ValueError) -> CorruptionError:
+def _claims_too_much(raw: Buffer, exc: ValueError) -> KVStoreError:
     n = raw.nbytes if type(raw) is memoryview else len(raw)
     return refusal(Reason.CLAIMS, n, detail=str(exc))
 
 
-def unpack(raw):
+def unpack(raw: Buffer) -> Any:
     """The value of a msgpack payload (raises msgpack's errors on bad input;
     CorruptionError for an array, map, str or bin longer than the payload)."""
     try:
