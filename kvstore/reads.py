@@ -267,13 +267,19 @@ class Reads:
         keys = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
         out = [None] * len(keys)
         todo = []
-        for i, key in enumerate(keys):
-            hit = self._pending(engine, key)
-            if hit is None:
-                todo.append(i)
-            elif hit[0] is not None and not (hit[0][0] == TTL_VERSION and self._expired(key, hit[0])):
-                out[i] = self._decode(key, hit[0])
         ns = self._ns
+        # the pending writes: another process's appends read in once, so
+        # that every key is looked up in the same state of the log
+        overlay = engine.overlay
+        if overlay is not None and engine.tail is not None:
+            engine.tail.refresh()
+        pending = None if overlay is None else overlay.get(ns)
+        for i, key in enumerate(keys):
+            entry = pending.get(key) if pending else None
+            if entry is None:
+                todo.append(i)
+            elif entry[1] is not None and not (entry[1][0] == TTL_VERSION and self._expired(key, entry[1])):
+                out[i] = self._decode(key, entry[1])
         dbi = self._dbi(engine, ns)
         if todo and dbi is not None:
             codec = self._root._codec
