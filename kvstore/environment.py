@@ -391,17 +391,23 @@ class Environment:
         raw = name.encode("utf-8")
         with self._dbi_lock:
             handle = self._dbis.get(name)
-            if handle is not None:
-                return handle
-            handle = self._lookup_dbi(raw)
-            if handle is None and create and not self.readonly:
-                try:
-                    handle = self._run(lambda txn: self._open_db(txn, raw, True))
-                except Refused as exc:  # self.write: no writer to unwrap it
-                    raise exc.error from None
+            if handle is None:
+                handle = self._lookup_dbi(raw)
             if handle is not None:
                 self._dbis[name] = handle
-            return handle
+                return handle
+        if not create or self.readonly:
+            return None
+        # Created through the writer, without _dbi_lock: with a log its
+        # step runs inside an apply of the whole log, which looks up (and
+        # adopts) the handles of the namespaces the log writes to. Two
+        # threads creating one namespace both run the step: it is idempotent.
+        try:
+            handle = self._run(lambda txn: self._open_db(txn, raw, True))
+        except Refused as exc:  # self.write: no writer to unwrap it
+            raise exc.error from None
+        with self._dbi_lock:
+            return self._dbis.setdefault(name, handle)
 
     def _lookup_dbi(self, raw: bytes):
         # Not in a read transaction of ours: a handle opened in a read-only

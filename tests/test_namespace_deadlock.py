@@ -86,3 +86,36 @@ def test_first_use_of_a_namespace_while_a_commit_waits(store_path):
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
+
+
+WRITES_LEFT_IN_THE_LOG = """
+import os, sys, kvstore
+db = kvstore.open(sys.argv[1], apply_interval=3600)
+other = db.namespace("written-elsewhere")
+for i in range(20):
+    other.put(f"k{i}", i)
+db.put("default-too", 1)
+os._exit(0)  # no close: the records stay in the log, unapplied
+"""
+
+
+def test_creating_a_namespace_while_the_log_holds_writes_to_one_not_yet_open(store_path):
+    """Creating a namespace is an exclusive step: it applies the whole log
+    first, which looks up the handles of the namespaces the log writes to.
+    It ran holding the lock of those lookups: with a namespace in the log
+    that this process had not opened yet, it waited for itself for ever
+    (found by test_sigkill_at_random_moments: a child hung at its start)."""
+    import threading
+
+    kvstore.open(store_path).close()
+    subprocess.run([sys.executable, "-c", WRITES_LEFT_IN_THE_LOG, store_path], check=True, timeout=60)
+    with kvstore.open(store_path, apply_interval=3600) as db:
+        done = []
+        t = threading.Thread(target=lambda: done.append(db.namespace("new-here")), daemon=True)
+        t.start()
+        t.join(30)
+        assert done, "creating a namespace hung"
+        done[0].put("x", 1, durable=True)
+        other = db.namespace("written-elsewhere")
+        assert [other.get(f"k{i}") for i in range(20)] == list(range(20))
+        assert db.get("default-too") == 1
