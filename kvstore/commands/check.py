@@ -161,18 +161,18 @@ def run(args, out) -> int:
                                                   f"counts {counted:,}: damaged pages hide records; restore "
                                                   f"the store from a backup"))
                     per_ns[name] = {"values": n, "bad": nbad, "ttl_values": with_ttl, "expired": expired}
+                    if with_ttl and name not in meta.ttl_namespaces:
+                        meta.problems.append((f"namespace {name!r}", "holds TTL values but has no ttl: key in "
+                                              "the metadata, so len() miscounts it"))
             # the log's records LMDB does not hold yet (a user who may not apply them)
-            for name, key, record in [] if log is None else log.ops:
+            for ns, key, record in [] if log is None else log.ops:
                 if record is None:
                     continue
                 ex = examine(record, codec, meta.dictionaries)
                 if ex.dict_id:
                     referenced[ex.dict_id] = referenced.get(ex.dict_id, 0) + 1
                 if not ex.ok:
-                    bad.append((name, key, f"{ex.problem} (in the write-ahead log)"))
-                    if with_ttl and name not in meta.ttl_namespaces:
-                        meta.problems.append((f"namespace {name!r}", "holds TTL values but has no ttl: key in "
-                                              "the metadata, so len() miscounts it"))
+                    bad.append((ns, key, f"{ex.problem} (in the write-ahead log)"))
             if meta.ttl_namespaces and meta.format_version is not None \
                     and meta.format_version.isdigit() and int(meta.format_version) < TTL_STORE_FORMAT:
                 meta.problems.append(("metadata", f"TTL namespaces in a store of format "
