@@ -546,12 +546,9 @@ class Store(Reads, Generic[KeyT]):
         def keys(self) -> Iterator[KeyT]: ...  # type: ignore[override]
         def items(self) -> Iterator[tuple[KeyT, Any]]: ...  # type: ignore[override]
 
-        @overload  # type: ignore[override]
-        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
-                 reverse: bool = False) -> Iterator[tuple[KeyT, Any]]: ...
         @overload
         def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
-                 reverse: bool = False, keys_only: Literal[False]) -> Iterator[tuple[KeyT, Any]]: ...
+                 reverse: bool = False, keys_only: Literal[False] = False) -> Iterator[tuple[KeyT, Any]]: ...
         @overload
         def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
                  reverse: bool = False, keys_only: Literal[True]) -> Iterator[KeyT]: ...
