@@ -49,7 +49,7 @@ _ID = struct.Struct(">I")
 class Dictionaries:
     """The dictionaries of one store, as this process knows them."""
 
-    def __init__(self, env):
+    def __init__(self, env) -> None:
         self._env = env
         self._lock = threading.Lock()
         self.by_id: dict[int, Dictionary] = {}  # replaced whole, never mutated: read without the lock

@@ -152,7 +152,7 @@ def walk(path: str, attempts: int = 5) -> Walk:
 
 
 class _Walker:
-    def __init__(self, fd: int, meta: Meta, roots_only: bool = False):
+    def __init__(self, fd: int, meta: Meta, roots_only: bool = False) -> None:
         self.fd = fd
         self.meta = meta
         self.psize = meta.psize

@@ -331,7 +331,7 @@ class WriteGate:
     LMDB's mutex free, or owned by a dead process, which LMDB recovers.
     Where OFD locks are missing, the thread lock alone."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
         try:
             self._fd = os.open(os.path.join(path, "data.mdb"), os.O_RDWR | os.O_CLOEXEC)

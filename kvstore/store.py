@@ -181,8 +181,8 @@ class Store(Reads, Generic[KeyT]):
                 f"namespace {name!r} has a default TTL of {current / 1000:g} s, not {ttl!r} s; "
                 f"change it with db.namespace({name!r}).set_default_ttl({ttl!r}), or leave ttl= out "
                 f"to use the stored one")
-        handle._writer(engine)  # ReadOnlyError
-        engine.ttl.set_default(name, wanted, engine.writer)
+        writer = handle._writer(engine)  # ReadOnlyError
+        engine.ttl.set_default(name, wanted, writer)
         return handle
 
     @property
@@ -202,9 +202,9 @@ class Store(Reads, Generic[KeyT]):
         """
         ms = 0 if ttl is None else _ttl.default_to_ms(ttl)
         engine = self._live_engine()
-        self._writer(engine)
+        writer = self._writer(engine)
         if ms or engine.ttl.default(self._ns):
-            engine.ttl.set_default(self._ns, ms, engine.writer)
+            engine.ttl.set_default(self._ns, ms, writer)
 
     def namespaces(self) -> list[str]:
         """Names of the namespaces in the store, sorted, "default" included."""
@@ -504,7 +504,7 @@ class Store(Reads, Generic[KeyT]):
         if w is not None:
             out.update(w.stats())
         if engine.tail is not None:  # the write-ahead log (wal.py): its size, tail, applies
-            out["log"] = {**engine.tail.stats(), **engine.applier.stats()}
+            out["log"] = {**engine.tail.stats(), **engine.applier.stats()}  # type: ignore[union-attr]  # with the tail
         if w is not None:
             out["transactions"] = _txn.stats(self)
         return out

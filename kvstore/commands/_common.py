@@ -30,7 +30,7 @@ class CommandError(Exception):
 
     status = 2
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
@@ -195,7 +195,7 @@ class Progress:
     training); a thread calls it and redraws (poll may return None: only the
     elapsed time moves)."""
 
-    def __init__(self, label: str, total=None, *, unit: str = "records", stream=None, poll=None):
+    def __init__(self, label: str, total=None, *, unit: str = "records", stream=None, poll=None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = is_terminal(self.stream)
         self.total = total

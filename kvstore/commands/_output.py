@@ -13,6 +13,8 @@ import os
 import tempfile
 
 from ._common import CommandError
+from types import TracebackType
+from typing import Optional, Type
 
 __all__ = ["AtomicOutput", "umask", "write_error"]
 
@@ -49,7 +51,7 @@ class AtomicOutput:
     regular file; a device or FIFO (/dev/stdout, a named pipe) is written
     directly."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
         self._tmp = None
         self.file = None
@@ -73,7 +75,7 @@ class AtomicOutput:
         except OSError:
             return 0o666 & ~umask()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
         f = self.file
         if self._tmp is None:
             f.close()

@@ -141,7 +141,7 @@ def run(args, out) -> int:
     check_dest(args.output)
     dropped = 0
 
-    def rewrite(directory):
+    def rewrite(directory) -> None:
         nonlocal dropped
         dropped = _rebuild(directory, now)
 

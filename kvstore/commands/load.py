@@ -80,7 +80,7 @@ def add_parser(subparsers):
 class _Loader:
     """Writes (namespace, key, record) in synced transactions of BATCH_RECORDS."""
 
-    def __init__(self, db, overwrite: bool, progress: Progress):
+    def __init__(self, db, overwrite: bool, progress: Progress) -> None:
         self.db = db
         self.env = engine.of(db)
         self.overwrite = overwrite
