@@ -122,7 +122,7 @@ class Engine:
                 self._without_log = lockfile.hold_without_log(env.path)
                 if not env.has_log():
                     return
-                os.close(self._without_log)
+                os.close(self._without_log)  # type: ignore[arg-type]  # held just above
                 self._without_log = None
                 has_log = True
             else:
