@@ -442,7 +442,7 @@ class Store(Reads, Generic[KeyT]):
         if ns != DEFAULT_NAMESPACE:
             check_namespace_name(ns)
         engine = self._live_engine()
-        self._writer(engine)
+        writer = self._writer(engine)
         self.flush()
         dbi = self._dbi(engine, ns)
         codec = self._root._codec
@@ -451,7 +451,7 @@ class Store(Reads, Generic[KeyT]):
             return codec.serialize(  # type: ignore[no-any-return]
                 codec.decode(inner_record(record), dictionaries=engine.dicts.by_id))[1]
 
-        return engine.dicts.train(ns, dbi, samples, dict_size, serialize, engine.writer)
+        return engine.dicts.train(ns, dbi, samples, dict_size, serialize, writer)
 
     def dictionaries(self) -> list[dict[str, Any]]:
         """Every dictionary in the store: id, namespace, size, created, samples, current."""

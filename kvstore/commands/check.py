@@ -12,8 +12,15 @@ from ._common import Progress, now_of, open_readonly, plural, quote_key, write_j
 from ._encoding import key_to_json
 from ._records import examine, namespaces, snapshot_meta
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    import lmdb
+
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "check", help="verify every value: header, checksum, dictionary, decode",
         description="Walk every page of the data file first, without LMDB (page numbers, kinds, "
@@ -30,7 +37,7 @@ def add_parser(subparsers):
     return p
 
 
-def _walk_pages(args, out):
+def _walk_pages(args: Args, out: Out) -> tuple[int | None, lmdbwalk.Walk | None]:
     """The page walk, before LMDB touches the trees: (exit status if the
     pages are damaged, the walk)."""
     if not os.path.isfile(os.path.join(args.path, "data.mdb")):
@@ -53,12 +60,12 @@ def _walk_pages(args, out):
     return 1, pages
 
 
-def _pages_doc(pages) -> dict:
+def _pages_doc(pages: lmdbwalk.Walk) -> dict[str, Any]:
     return {"total": pages.last_pg + 1, "read": pages.pages_read, "free": pages.free_pages,
             "page_size": pages.psize, "txnid": pages.txnid}
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     status, pages = _walk_pages(args, out)
     if status is not None:
         return status
@@ -67,10 +74,12 @@ def run(args, out) -> int:
         codec = engine.codec_of(db)
         handles = namespaces(db)
 
-        def snapshot(txn):
+        def snapshot(txn: lmdb.Transaction) -> Any:
             meta = snapshot_meta(txn, env)
             now = now_of(db)
-            per_ns, bad, referenced = {}, [], {}
+            per_ns: dict[str, Any] = {}
+            bad: list[Any] = []
+            referenced: dict[Any, Any] = {}
             total = sum(txn.stat(dbi)["entries"] for _, dbi in handles if dbi is not None)
             with Progress("check", total) as progress:
                 for name, dbi in handles:

@@ -31,8 +31,18 @@ from ._common import human_size, now_of, open_readonly, plural, write_json
 from ._encoding import escape_key
 from ._records import namespaces, snapshot_meta
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    import lmdb
+
+    from kvstore.engine import Engine
+    from kvstore.store import Store
+
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "stat", help="statistics of a store: map, pages, sizes, compression",
         description="Statistics of the store at PATH, from one consistent snapshot: the LMDB "
@@ -46,11 +56,11 @@ def add_parser(subparsers):
     return p
 
 
-def _namespace_stats(txn, dbi, now: int) -> dict:
-    st = txn.stat(dbi) if dbi is not None else {"entries": 0, "depth": 0, "branch_pages": 0,
+def _namespace_stats(txn: lmdb.Transaction, dbi: Any, now: int) -> dict[str, Any]:
+    st: Any = txn.stat(dbi) if dbi is not None else {"entries": 0, "depth": 0, "branch_pages": 0,
                                                 "leaf_pages": 0, "overflow_pages": 0}
     stored = decoded = bad = with_ttl = expired = 0
-    dicts: Counter = Counter()
+    dicts: Counter[int] = Counter()
     if dbi is not None:
         unpack = HEADER.unpack_from
         for _key, record in txn.cursor(db=dbi):
@@ -88,11 +98,11 @@ def _namespace_stats(txn, dbi, now: int) -> dict:
     }
 
 
-def collect(db) -> dict:
+def collect(db: Store) -> dict[str, Any]:
     env = engine.of(db)
     handles = namespaces(db)
 
-    def read(txn):
+    def read(txn: lmdb.Transaction) -> tuple[Any, dict[str, dict[str, Any]], int]:
         meta = snapshot_meta(txn, env)
         now = now_of(db)
         per_ns = {name: _namespace_stats(txn, dbi, now) for name, dbi in handles}
@@ -136,13 +146,13 @@ def collect(db) -> dict:
     }
 
 
-def _log_stats(env) -> dict | None:
+def _log_stats(env: Engine) -> dict[str, Any] | None:
     """The write-ahead log as its index says now (None: the store has none).
     unapplied_records is None when the log cannot be read that far (damage:
     `kvstore check` names it)."""
     if env.tail is None:
         return None
-    log = env.log
+    log: Any = env.log  # with the tail
     st = log.state()
     if st is None:  # a writer died inside a change of the index: the next writable open rebuilds it
         return {"file_size": os.path.getsize(log.log_path), "generation": None, "end": None,
@@ -164,7 +174,7 @@ def _log_stats(env) -> dict | None:
     }
 
 
-def _log_line(log) -> str:
+def _log_line(log: dict[str, Any]) -> str:
     if log["generation"] is None:
         return (f"{human_size(log['file_size'])} file; its index was left half changed by a writer that "
                 f"died (the next writable open rebuilds it)")
@@ -186,7 +196,7 @@ def _recorded_map_size(data_file: str) -> int:
     return meta.mapsize if meta is not None else 0
 
 
-def _active_readers(env) -> int:
+def _active_readers(env: Engine) -> int:
     """Read transactions open now, in any process (LMDB's reader table:
     a slot whose txnid is "-" is kept by its process, not reading)."""
     env.map_lock.acquire_shared()
@@ -203,7 +213,7 @@ def _fill(unused: int, pages: int, psize: int) -> float | None:
     return 1 - unused / (pages * psize) if pages else None
 
 
-def _pages(walked, psize: int, entries: int) -> dict:
+def _pages(walked: lmdbwalk.Walk, psize: int, entries: int) -> dict[str, Any]:
     """Where data.mdb's used pages go, from a walk of every page."""
     trees = walked.dbs.values()
     branch = sum(t.branch_pages for t in trees)
@@ -224,11 +234,11 @@ def _pages(walked, psize: int, entries: int) -> dict:
     }
 
 
-def _pct(x) -> str:
+def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _table(out, header, rows, align) -> None:
+def _table(out: Out, header: list[str], rows: list[list[Any]], align: str) -> None:
     """Columns padded to their widest cell; align: one "l" or "r" per column."""
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     for r in [header] + rows:
@@ -236,7 +246,7 @@ def _table(out, header, rows, align) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     with open_readonly(args.path, clock=args.clock) as db:
         report = collect(db)
     if args.json:
