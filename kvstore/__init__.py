@@ -37,7 +37,7 @@ from .errors import (
     TransactionClosedError,
     TTLMismatchError,
 )
-from ._types import Key, Value
+from ._types import Items, Key, Value
 from .memoize import Memoized
 from .options import Options, OptionsDict
 from .store import Batch, Namespace, Store, open
@@ -56,6 +56,7 @@ __all__ = [
     "OptionsDict",
     "Key",
     "Value",
+    "Items",
     "Memoized",
     "codec",
     "KVStoreError",

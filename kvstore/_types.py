@@ -2,6 +2,7 @@
 
     Key     what a key may be given as: bytes, or str (stored as its UTF-8)
     Value   what a value may be: what msgpack carries, nested to any depth
+    Items   what put_many takes: a mapping of keys to values, or (key, value) pairs
     KeyT    the type of the keys a handle's scans return: bytes (the default)
             or str (`Store.namespace(name, keys=str)`)
 
@@ -24,14 +25,18 @@ would if it did not return `Any` either.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
-__all__ = ["Key", "Value", "KeyT"]
+__all__ = ["Key", "Value", "Items", "KeyT"]
 
 Key = Union[bytes, str]
 
 Value = Union[None, bool, int, float, str, bytes, bytearray, memoryview,
               Sequence["Value"], Mapping[Any, "Value"]]
+
+# A mapping's key type is invariant: a dict[str, ...] is neither a
+# Mapping[bytes | str, ...] nor a Mapping[bytes, ...], so each is named.
+Items = Union[Mapping[str, Value], Mapping[bytes, Value], Mapping[Key, Value], Iterable[tuple[Key, Value]]]
 
 if TYPE_CHECKING:
     # A default (PEP 696) for type checkers, so that a bare `Store` is a

@@ -50,14 +50,14 @@ import threading
 import time
 import weakref
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generator, Generic, Iterable,
-                    Mapping, TypeVar, overload)
+                    TypeVar, overload)
 
 from . import txn as _txn
 from .errors import ConflictError, InvalidArgumentError
 from .options import INLINE_GET_MANY, SETTLE_SLICE, Options
 from .store import SCAN_CHUNK, Batch, Store
 from .validate import check_count
-from ._types import Key, KeyT, Value
+from ._types import Items, Key, KeyT, Value
 
 if TYPE_CHECKING:
     import os
@@ -259,8 +259,7 @@ class AsyncStore(Generic[KeyT]):
         done = _Completion()
         await done.wait(self._store._delete(key, durable, done))
 
-    async def aput_many(self, items: Mapping[Key, Value] | Iterable[tuple[Key, Value]], *,
-                        durable: bool | None = None, ttl: float | None = None) -> None:
+    async def aput_many(self, items: Items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """`Store.put_many`: many pairs atomically, in one commit."""
         done = _Completion()
         await done.wait(self._store._put_many(items, durable, done, ttl))

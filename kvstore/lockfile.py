@@ -40,7 +40,6 @@ import struct
 import tempfile
 import threading
 import time
-from typing import Any
 
 import lmdb
 

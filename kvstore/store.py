@@ -12,8 +12,7 @@ reads as missing once it has expired, wherever it is found.
 from __future__ import annotations
 
 import os
-from typing import (TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Mapping, ParamSpec, TypeVar,
-                    overload)
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, ParamSpec, TypeVar, overload
 
 import lmdb
 
@@ -36,7 +35,7 @@ from .options import Options
 from .reads import SCAN_CHUNK, Reads
 from .validate import check_timeout
 from .writer import Group, Writer
-from ._types import Key, KeyT, Value
+from ._types import Items, Key, KeyT, Value
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -286,8 +285,7 @@ class Store(Reads, Generic[KeyT]):
         return self._submit(engine, [(self._ns, self._dbi(engine, self._ns), raw, None)], 0, durable,
                             callback)
 
-    def put_many(self, items: Mapping[Key, Value] | Iterable[tuple[Key, Value]], *,
-                 durable: bool | None = None, ttl: float | None = None) -> None:
+    def put_many(self, items: Items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store many pairs atomically, in one commit (all or nothing, across crashes).
 
         :param items: a mapping, or an iterable of (key, value) pairs; a later

@@ -22,7 +22,6 @@ from kvstore.ttl import ttl_of
 if TYPE_CHECKING:
     import lmdb
 
-    from kvstore.environment import Environment
     from kvstore.store import Store
 
 __all__ = ["namespaces", "snapshot_meta", "examine", "Examined", "flag_names", "MISSING", "inner_dict_id"]

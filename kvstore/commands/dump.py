@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
     from kvstore.engine import Engine
 
-    from ._common import Progress
-
     Write = Callable[[str], Any]
     Sections = list[tuple[str, Any]]
     from ._common import Args, Out, Parser, Subparsers
