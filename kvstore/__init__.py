@@ -7,7 +7,8 @@
         db.get("session:1:meta")
 
 See README.md for the guarantees of each write mode, and `kvstore.Options` for
-every option.
+every option. The package is typed (PEP 561): `Key` and `Value` are the types
+of what a write takes (kvstore/_types.py).
 """
 
 from . import codec
@@ -36,7 +37,9 @@ from .errors import (
     TransactionClosedError,
     TTLMismatchError,
 )
-from .options import Options
+from ._types import Items, Key, Value
+from .memoize import Memoized
+from .options import Options, OptionsDict
 from .store import Batch, Namespace, Store, open
 from .txn import MISSING, Transaction
 
@@ -50,6 +53,11 @@ __all__ = [
     "Transaction",
     "MISSING",
     "Options",
+    "OptionsDict",
+    "Key",
+    "Value",
+    "Items",
+    "Memoized",
     "codec",
     "KVStoreError",
     "ConflictError",

@@ -49,7 +49,8 @@ import inspect
 import threading
 import time
 import weakref
-from typing import AsyncIterator, Iterable
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generator, Generic, Iterable,
+                    TypeVar, overload)
 
 from . import rmw as _rmw
 from . import txn as _txn
@@ -57,12 +58,23 @@ from .errors import ConflictError, InvalidArgumentError
 from .options import INLINE_GET_MANY, SETTLE_SLICE, Options
 from .store import SCAN_CHUNK, Batch, Store
 from .validate import check_count
+from ._types import Items, Key, KeyT, Value
+
+if TYPE_CHECKING:
+    import os
+    from types import TracebackType
+
+    from typing_extensions import Literal, Unpack
+
+    from .options import OptionsDict
+
+_R = TypeVar("_R")
 
 __all__ = ["open", "AsyncStore", "AsyncBatch", "AsyncTransaction", "INLINE_GET_MANY"]
 
 
 
-def open(path, **options) -> "_Opening":
+def open(path: str | os.PathLike[str], **options: Unpack[OptionsDict]) -> _Opening:
     """Open (creating if missing) the store at `path` without blocking the loop.
 
     Await it, or use it as an async context manager (which closes the store
@@ -80,12 +92,12 @@ def open(path, **options) -> "_Opening":
 class _Opening:
     """What `open()` returns: awaitable, and an async context manager."""
 
-    def __init__(self, path, options: Options):
+    def __init__(self, path: str | os.PathLike[str], options: Options):
         self._path = path
         self._options = options
         self._db: AsyncStore | None = None
 
-    def _open_sync(self) -> Store:
+    def _open_sync(self) -> Store[bytes]:
         store = Store(self._path, self._options)
         try:
             if not store.readonly:
@@ -95,19 +107,19 @@ class _Opening:
             raise
         return store
 
-    async def _open(self) -> "AsyncStore":
+    async def _open(self) -> AsyncStore[bytes]:
         store = await asyncio.get_running_loop().run_in_executor(None, self._open_sync)
         return AsyncStore(store)
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, AsyncStore[bytes]]:
         return self._open().__await__()
 
-    async def __aenter__(self) -> "AsyncStore":
+    async def __aenter__(self) -> AsyncStore[bytes]:
         self._db = await self._open()
         return self._db
 
-    async def __aexit__(self, *exc) -> None:
-        await self._db.aclose()
+    async def __aexit__(self, *exc: object) -> None:
+        await self._db.aclose()  # type: ignore[union-attr]  # set by __aenter__
 
 
 # Completions settled per turn of the loop (options.SETTLE_SLICE). One commit
@@ -129,9 +141,9 @@ class _Bridge:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._lock = threading.Lock()
-        self._done: list = []  # (future, error); guarded by _lock
+        self._done: list[tuple[asyncio.Future[Any], BaseException | None]] = []  # guarded by _lock
 
-    def settle(self, future: asyncio.Future, error) -> None:  # in the committing thread
+    def settle(self, future: asyncio.Future[Any], error: BaseException | None) -> None:  # in the committing thread
         with self._lock:
             self._done.append((future, error))
             first = len(self._done) == 1
@@ -174,12 +186,12 @@ class _Completion:
 
     __slots__ = ("_bridge", "future")
 
-    def __init__(self):
+    def __init__(self) -> None:
         loop = asyncio.get_running_loop()
         self._bridge = _bridge(loop)
-        self.future: asyncio.Future | None = loop.create_future()
+        self.future: asyncio.Future[Any] | None = loop.create_future()
 
-    def __call__(self, group) -> None:  # in the committing thread
+    def __call__(self, group: Any) -> None:  # in the committing thread
         future = self.future
         if future is not None:  # None: a buffered write nobody waits for
             self._bridge.settle(future, group.error)
@@ -189,26 +201,27 @@ class _Completion:
         if not must_wait:
             self.future = None
             return
-        error = await self.future
+        error = await self.future  # type: ignore[misc]  # set, when must_wait
         if error is not None:
             raise error
 
 
-class AsyncStore:
+class AsyncStore(Generic[KeyT]):
     """A store, or one namespace of it, for asyncio code.
 
     One handle can be used by any number of tasks, on any number of event
-    loops, and alongside threads using the `Store` it wraps.
+    loops, and alongside threads using the `Store` it wraps. For type
+    checkers, generic in the type of the keys its scans return, as Store is.
     """
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store[KeyT]):
         if not isinstance(store, Store):
             raise InvalidArgumentError(f"AsyncStore wraps a kvstore.Store (from kvstore.open()), "
                                        f"not {type(store).__name__}")
-        self._store = store
+        self._store: Store[KeyT] = store
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Store[KeyT]:
         """The synchronous handle this one wraps (for threads and sync code)."""
         return self._store
 
@@ -231,7 +244,8 @@ class AsyncStore:
 
     # ------------------------------------------------------------ writes
 
-    async def aput(self, key, value, *, durable: bool | None = None, ttl: float | None = None) -> None:
+    async def aput(self, key: Key, value: Value, *, durable: bool | None = None,
+                   ttl: float | None = None) -> None:
         """`Store.put`: a durable put returns once its commit is synced; `ttl`
         as for Store.put.
 
@@ -241,17 +255,17 @@ class AsyncStore:
         done = _Completion()
         await done.wait(self._store._put(key, value, durable, done, ttl))
 
-    async def adelete(self, key, *, durable: bool | None = None) -> None:
+    async def adelete(self, key: Key, *, durable: bool | None = None) -> None:
         """`Store.delete`: remove key (no error if it is missing)."""
         done = _Completion()
         await done.wait(self._store._delete(key, durable, done))
 
-    async def aput_many(self, items, *, durable: bool | None = None, ttl: float | None = None) -> None:
+    async def aput_many(self, items: Items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """`Store.put_many`: many pairs atomically, in one commit."""
         done = _Completion()
         await done.wait(self._store._put_many(items, durable, done, ttl))
 
-    def abatch(self, durable: bool | None = None) -> "AsyncBatch":
+    def abatch(self, durable: bool | None = None) -> AsyncBatch:
         """An atomic batch: ``async with db.abatch() as b: b.put(...)``.
 
         Committed as one group when the block exits normally (a durable one
@@ -261,7 +275,7 @@ class AsyncStore:
 
     # ------------------------------------------------------------ read-modify-write
 
-    def atransaction(self, durable: bool | None = None) -> "AsyncTransaction":
+    def atransaction(self, durable: bool | None = None) -> AsyncTransaction:
         """`Store.transaction` for asyncio: ``async with db.atransaction() as tx:``.
 
         tx is a `kvstore.Transaction`: its reads and writes are plain calls
@@ -272,7 +286,15 @@ class AsyncStore:
         """
         return AsyncTransaction(self._store.transaction(durable))
 
-    async def atransact(self, fn, *, retries: int = _txn.RETRIES, durable: bool | None = None):
+    @overload
+    async def atransact(self, fn: Callable[[_txn.Transaction], Awaitable[_R]], *,
+                        retries: int = _txn.RETRIES, durable: bool | None = None) -> _R: ...
+    @overload
+    async def atransact(self, fn: Callable[[_txn.Transaction], _R], *,
+                        retries: int = _txn.RETRIES, durable: bool | None = None) -> _R: ...
+
+    async def atransact(self, fn: Callable[[_txn.Transaction], Any], *,
+                        retries: int = _txn.RETRIES, durable: bool | None = None) -> Any:
         """`Store.transact`: fn(tx) (a function or a coroutine function) in a
         transaction, run again on conflict after an asyncio.sleep backoff;
         returns fn's result.
@@ -305,11 +327,12 @@ class AsyncStore:
                     return result
                 except ConflictError as exc:
                     attempts.conflict(exc)
-        raise _txn.gave_up(attempts.error, attempts.retries)
+        raise _txn.gave_up(attempts.error, attempts.retries)  # type: ignore[arg-type]  # set: it conflicted
 
-    async def aupdate(self, key, fn, default=None, *, durable: bool | None = None):
+    async def aupdate(self, key: Key, fn: Callable[[Any], Awaitable[Value] | Value], default: Value = None, *,
+                      durable: bool | None = None) -> Any:
         """`Store.update`: store fn(old) (fn may be a coroutine function) and return it."""
-        async def step(tx):
+        async def step(tx: _txn.Transaction) -> Any:
             new = fn(tx.get(key, default))
             if inspect.isawaitable(new):
                 new = await new
@@ -318,26 +341,31 @@ class AsyncStore:
 
         return await self.atransact(step, retries=_txn.RMW_RETRIES, durable=durable)
 
-    async def aincr(self, key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
+    async def aincr(self, key: Key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
         """`Store.incr`: add delta to the int under key; returns the new value."""
         done = _Completion()
         started = _rmw.start_incr(self._store, key, delta, default, durable, done)
         if started is None:  # the transaction path (rmw.py says when)
-            return await self.atransact(_txn.incr_step(key, delta, default), retries=_txn.RMW_RETRIES,
-                                        durable=durable)
+            new: int = await self.atransact(_txn.incr_step(key, delta, default), retries=_txn.RMW_RETRIES,
+                                            durable=durable)
+            return new
         await done.wait(started[1])
-        return _rmw.outcome(started[0])
+        value: int = _rmw.outcome(started[0])
+        return value
 
-    async def acompare_and_set(self, key, expected, new, *, durable: bool | None = None) -> bool:
+    async def acompare_and_set(self, key: Key, expected: Any, new: Value | _txn._Missing, *,
+                               durable: bool | None = None) -> bool:
         """`Store.compare_and_set`: new under key if it holds expected
         (kvstore.MISSING: absent); returns whether it did."""
         done = _Completion()
         started = _rmw.start_compare_and_set(self._store, key, expected, new, durable, done)
         if started is None:
-            return await self.atransact(_txn.cas_step(key, expected, new), retries=_txn.RMW_RETRIES,
-                                        durable=durable)
+            swapped: bool = await self.atransact(_txn.cas_step(key, expected, new), retries=_txn.RMW_RETRIES,
+                                                 durable=durable)
+            return swapped
         await done.wait(started[1])
-        return _rmw.outcome(started[0])
+        answer: bool = _rmw.outcome(started[0])
+        return answer
 
     async def aflush(self, timeout: float | None = None) -> None:
         """`Store.flush`: every write accepted before the call is committed
@@ -350,23 +378,33 @@ class AsyncStore:
 
     # ------------------------------------------------------------ reads
 
-    async def aget(self, key, default=None, *, refresh_ttl: bool = False):
+    async def aget(self, key: Key, default: Any = None, *, refresh_ttl: bool = False) -> Any:
         """`Store.get`: the value stored under key, or default (runs inline)."""
         return self._store.get(key, default, refresh_ttl=refresh_ttl)
 
-    async def aget_many(self, keys: Iterable) -> list:
+    async def aget_many(self, keys: Iterable[Key]) -> list[Any]:
         """`Store.get_many`: values of keys (None where missing), from one snapshot."""
-        keys = list(keys)
-        if len(keys) <= INLINE_GET_MANY:
-            return self._store.get_many(keys)
-        return await asyncio.get_running_loop().run_in_executor(None, self._store.get_many, keys)
+        todo = list(keys)
+        if len(todo) <= INLINE_GET_MANY:
+            return self._store.get_many(todo)
+        return await asyncio.get_running_loop().run_in_executor(None, self._store.get_many, todo)
 
-    async def acontains(self, key) -> bool:
+    async def acontains(self, key: Key) -> bool:
         """`key in store` (runs inline)."""
         return key in self._store
 
-    async def ascan(self, prefix=None, *, start=None, stop=None, reverse=False,
-                    keys_only=False) -> AsyncIterator:
+    @overload
+    def ascan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+              reverse: bool = False, keys_only: Literal[False] = False) -> AsyncIterator[tuple[KeyT, Any]]: ...
+    @overload
+    def ascan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+              reverse: bool = False, keys_only: Literal[True]) -> AsyncIterator[KeyT]: ...
+    @overload
+    def ascan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+              reverse: bool = False, keys_only: bool) -> AsyncIterator[Any]: ...
+
+    async def ascan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+                    reverse: bool = False, keys_only: bool = False) -> AsyncIterator[Any]:
         """`Store.scan` as an async iterator: (key, value) pairs, or keys alone
         with keys_only, in key order. Reads in the loop and gives it back
         every SCAN_CHUNK items; the same consistency as `Store.scan`."""
@@ -382,11 +420,20 @@ class AsyncStore:
 
     # ------------------------------------------------------------ namespaces, state
 
-    async def anamespace(self, name: str, *, ttl: float | None = None, keys: type = bytes) -> "AsyncStore":
+    @overload
+    async def anamespace(self, name: str, *, ttl: float | None = None) -> AsyncStore[bytes]: ...
+    @overload
+    async def anamespace(self, name: str, *, ttl: float | None = None,
+                         keys: type[bytes]) -> AsyncStore[bytes]: ...
+    @overload
+    async def anamespace(self, name: str, *, ttl: float | None = None, keys: type[str]) -> AsyncStore[str]: ...
+
+    async def anamespace(self, name: str, *, ttl: float | None = None,
+                         keys: type[bytes] | type[str] = bytes) -> AsyncStore[bytes] | AsyncStore[str]:
         """`Store.namespace`: a handle on namespace `name`, created (durably,
         in a worker thread) if missing; `ttl`: its default TTL, `keys`: the
         type of the keys its scans return, as there."""
-        ns = await asyncio.get_running_loop().run_in_executor(
+        ns: Store[Any] = await asyncio.get_running_loop().run_in_executor(
             None, lambda: self._store.namespace(name, ttl=ttl, keys=keys))
         return AsyncStore(ns)
 
@@ -394,13 +441,13 @@ class AsyncStore:
         """`Store.namespaces`: names of the namespaces in the store, sorted."""
         return self._store.namespaces()
 
-    async def atrain_dictionary(self, namespace: str | None = None, **kwargs) -> int:
+    async def atrain_dictionary(self, namespace: str | None = None, **kwargs: int) -> int:
         """`Store.train_dictionary`, in a worker thread; returns the dictionary's id."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             None, lambda: self._store.train_dictionary(namespace, **kwargs))
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """`Store.stats` (cheap: counters and one read transaction)."""
         return self._store.stats()
 
@@ -408,10 +455,10 @@ class AsyncStore:
         """`Store.close` in a worker thread: commit pending writes, release the store."""
         await asyncio.get_running_loop().run_in_executor(None, self._store.close)
 
-    async def __aenter__(self) -> "AsyncStore":
+    async def __aenter__(self) -> AsyncStore[KeyT]:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def __repr__(self) -> str:
@@ -428,25 +475,26 @@ class AsyncBatch:
     def __init__(self, batch: Batch):
         self._batch = batch
 
-    def put(self, key, value, *, namespace: str | None = None, ttl: float | None = None) -> None:
+    def put(self, key: Key, value: Value, *, namespace: str | None = None, ttl: float | None = None) -> None:
         """Add a put; `namespace` targets another namespace of the store."""
         self._batch.put(key, value, namespace=namespace, ttl=ttl)
 
-    def delete(self, key, *, namespace: str | None = None) -> None:
+    def delete(self, key: Key, *, namespace: str | None = None) -> None:
         self._batch.delete(key, namespace=namespace)
 
     def __len__(self) -> int:
         return len(self._batch)
 
-    async def __aenter__(self) -> "AsyncBatch":
+    async def __aenter__(self) -> AsyncBatch:
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         done = _Completion()
         await done.wait(self._batch._close(exc_type is not None, done))
 
 
-async def _commit(tx) -> None:
+async def _commit(tx: _txn.Transaction) -> None:
     """Commit a transaction without blocking the loop (Transaction.commit)."""
     done = _Completion()
     try:
@@ -463,13 +511,14 @@ class AsyncTransaction:
     `kvstore.Transaction`, committed (awaited) when the block exits
     normally, discarded if it raises."""
 
-    def __init__(self, tx):
+    def __init__(self, tx: _txn.Transaction):
         self._tx = tx
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> _txn.Transaction:
         return self._tx._begin()
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         if exc_type is not None:
             self._tx._end("discarded")
             return

@@ -120,6 +120,7 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
+from typing import Any, Callable, Iterable
 
 import cachetools
 
@@ -136,13 +137,17 @@ from .lmdbfile import LastTxnid  # the meta-page txnid view lives with the file 
 __all__ = ["ReadCache", "LastTxnid", "Sentinel", "MISS", "SKIP", "STALE", "ABSENT", "record_tag", "ENTRY_OVERHEAD",
            "OBJECT_FACTOR"]
 
+_K = tuple[str, bytes]  # (namespace, key)
+_Entry = list[Any]  # [value, plan, tag, txnid, size, expires]: the indices below
+_Txnids = Any  # LastTxnid.view: the txnids of LMDB's two meta pages, read at each subscript
+
 
 class Sentinel:
     """What a lookup returns instead of a value: test `type(x) is Sentinel`."""
 
     __slots__ = ("_name",)
 
-    def __init__(self, name: str):
+    def __init__(self, name: str) -> None:
         self._name = name
 
     def __repr__(self) -> str:
@@ -160,7 +165,7 @@ ABSENT = Sentinel("ABSENT")  # load(): the snapshot holds no value for the key
 _VALUE, _PLAN, _TAG, _TXNID, _SIZE, _EXPIRES = range(6)
 
 
-def record_tag(record) -> bytes:
+def record_tag(record: bytes | memoryview) -> bytes:
     """What identifies a stored record's content: its 18-byte header
     (version, flags, raw length, dictionary id, XXH64 of the payload),
     after the TTL prefix (expiry and TTL) when it has one. Reads no payload
@@ -168,24 +173,25 @@ def record_tag(record) -> bytes:
     return bytes(record[:tag_size(record)])
 
 
-class _LRU(cachetools.LRUCache):
+class _LRU(cachetools.LRUCache[_K, _Entry]):
     """cachetools' LRU with a getsizeof, counting evictions."""
 
-    def __init__(self, maxsize: int):
+    def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.evictions = 0
 
     @staticmethod
-    def getsizeof(entry) -> int:
-        return entry[_SIZE]
+    def getsizeof(entry: _Entry) -> int:
+        size: int = entry[_SIZE]
+        return size
 
-    def popitem(self):
+    def popitem(self) -> tuple[_K, _Entry]:
         item = super().popitem()
         self.evictions += 1
         return item
 
 
-def _reads(lru: _LRU):
+def _reads(lru: _LRU) -> tuple[Callable[[_K], _Entry | None], Callable[[_K], Any]]:
     """(get, touch) for lru, for reads without the cache's lock: get(k) ->
     entry or None, leaving the LRU order alone; touch(k) makes k the most
     recently used (KeyError if it is gone).
@@ -205,7 +211,7 @@ def _reads(lru: _LRU):
         return data.get, order.move_to_end
     peek = cachetools.Cache.__getitem__  # no reordering
 
-    def get(k):
+    def get(k: _K) -> _Entry | None:
         try:
             return peek(lru, k)
         except KeyError:
@@ -219,7 +225,7 @@ class ReadCache:
     by LMDB txnid. See the module docstring for the protocol."""
 
     def __init__(self, max_entries: int, max_bytes: int, *, admit_on_first_miss: bool = False,
-                 clock=time.time):
+                 clock: Callable[[], float] = time.time) -> None:
         if max_entries < 0 or max_bytes < 0:
             raise ValueError(f"cache sizes must be >= 0, not {max_entries!r}, {max_bytes!r}")
         self.max_entries = max_entries
@@ -257,13 +263,13 @@ class ReadCache:
         self._expirations = 0  # dropped: the value's TTL ran out
 
     @classmethod
-    def create(cls, max_entries: int, max_bytes: int, **kwargs) -> "ReadCache | None":
+    def create(cls, max_entries: int, max_bytes: int, **kwargs: Any) -> ReadCache | None:
         """A cache, or None when either limit is 0 (the cache is off)."""
         return cls(max_entries, max_bytes, **kwargs) if max_entries and max_bytes else None
 
     # ------------------------------------------------------------ reads
 
-    def lookup(self, ns: str, key: bytes, txnids, untimed_only: bool = False):
+    def lookup(self, ns: str, key: bytes, txnids: _Txnids, untimed_only: bool = False) -> Any:
         """For a single read. txnids: the txnids of the two LMDB meta pages,
         read at each subscript (`LastTxnid.view`); the larger is the last
         commit.
@@ -301,7 +307,7 @@ class ReadCache:
             return _loads(e[_VALUE])
         return _copy(e[_VALUE], plan) if plan else e[_VALUE].copy()
 
-    def lookup_at(self, ns: str, key: bytes, txnid: int):
+    def lookup_at(self, ns: str, key: bytes, txnid: int) -> Any:
         """`lookup` for a read that must see the snapshot txnid exactly (and no
         later commit), such as get_many: hits only an entry validated at
         txnid; an entry validated earlier or later is STALE."""
@@ -318,7 +324,7 @@ class ReadCache:
             next(self._hit_count)
         return _copy_out(e[_VALUE], e[_PLAN])
 
-    def _missed(self, k):
+    def _missed(self, k: _K) -> Sentinel:
         """A lookup of an uncached key: MISS, or SKIP on its first miss.
 
         Needs no lock (lookup calls it without, lookup_at and revalidate
@@ -347,7 +353,7 @@ class ReadCache:
             self._next_generation()
         return SKIP
 
-    def _expired(self, k, e):
+    def _expired(self, k: _K, e: _Entry) -> Sentinel:
         """A lookup found entry e of k past its expiry: drop it (unless it was
         evicted or replaced meanwhile); MISS (the caller reads the store,
         which holds it expired, or a newer value). Under _lock."""
@@ -364,14 +370,14 @@ class ReadCache:
             self._door = bytearray(len(self._door))
             self._door_gen = 1
 
-    def _admit(self, k) -> None:
+    def _admit(self, k: _K) -> None:
         """Admit k at its next miss (it was cached). Under _lock."""
         if not self._admit_all:
             h = hash(k[1])
             mask = self._door_mask
             self._door[h & mask] = self._door[(h >> 32) & mask] = self._door_gen
 
-    def revalidate(self, ns: str, key: bytes, record, txnid: int):
+    def revalidate(self, ns: str, key: bytes, record: bytes | memoryview | None, txnid: int) -> Any:
         """After a lookup said STALE: record is what the snapshot txnid holds
         for the key (None: no such key, or its value expired). Returns the
         value if that record is the one cached, else MISS (decode the record,
@@ -400,7 +406,8 @@ class ReadCache:
             self._revalidations += 1
         return _copy_out(e[_VALUE], e[_PLAN])
 
-    def load(self, state, ns: str, key: bytes, record, txnid: int, decode):
+    def load(self, state: Sentinel, ns: str, key: bytes, record: bytes | memoryview | None, txnid: int,
+             decode: Callable[[Any], Any]) -> Any:
         """After a lookup that did not hit (state: STALE, MISS or SKIP): the
         value of record, what the snapshot txnid holds for the key (None: no
         such key, or expired), or ABSENT. Revalidates a STALE entry against
@@ -420,7 +427,7 @@ class ReadCache:
             self.fill(ns, key, value, record, txnid)
         return value
 
-    def contains(self, ns: str, key: bytes, txnids) -> bool:
+    def contains(self, ns: str, key: bytes, txnids: _Txnids) -> bool:
         """True if the key is cached and valid at the last commit (txnids as
         for lookup), so it exists; False means "ask LMDB". Counts nothing,
         leaves the LRU order alone. Takes no lock, as a hit."""
@@ -432,7 +439,7 @@ class ReadCache:
 
     # ------------------------------------------------------------ writes
 
-    def fill(self, ns: str, key: bytes, value, record, txnid: int) -> None:
+    def fill(self, ns: str, key: bytes, value: Any, record: bytes | memoryview, txnid: int) -> None:
         """After a MISS: cache value, just decoded from record (the stored
         bytes, TTL prefix included, unexpired; may be a buffer of the live
         transaction) read in the snapshot txnid. Keeps a private copy: the
@@ -462,7 +469,7 @@ class ReadCache:
             if len(lru) > self.max_entries:  # one entry added: one eviction at most
                 lru.popitem()
 
-    def _remove(self, k) -> None:
+    def _remove(self, k: _K) -> None:
         """Drop the entry of k, which is cached. Under _lock."""
         del self._lru[k]
 
@@ -470,7 +477,7 @@ class ReadCache:
         """Drop the entry of (ns, key), if any."""
         self._drop([(ns, key)])
 
-    def invalidate_many(self, pairs, chunk: int = 256) -> None:
+    def invalidate_many(self, pairs: Iterable[_K], chunk: int = 256) -> None:
         """Drop the entries of an iterable of (ns, key) pairs, holding the lock
         for at most `chunk` pairs at a time (readers get in between)."""
         batch = []
@@ -482,7 +489,7 @@ class ReadCache:
         if batch:
             self._drop(batch)
 
-    def _drop(self, batch) -> None:
+    def _drop(self, batch: list[_K]) -> None:
         get = self._get
         with self._lock:
             for k in batch:
@@ -504,7 +511,7 @@ class ReadCache:
     def __len__(self) -> int:
         return len(self._lru)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counters for Store.stats()['cache']."""
         with self._lock:
             hits = next(self._hit_count) - self._hit_count_reads

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Callable, Sequence, TextIO
 
 from . import __version__, commands
 
@@ -59,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv):
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """parse_args, letting a command's list of KEYs continue after its
     options (`get PATH -n NS k1 k2`): argparse takes a positional list in
     one run, so the run after the options would be left over. A command
@@ -75,7 +79,8 @@ def _parse(parser: argparse.ArgumentParser, argv):
     return args
 
 
-def main(argv=None, out=None, *, clock=None) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, *,
+         clock: Callable[[], float] | None = None) -> int:
     """Run the command argv (default: sys.argv[1:]), writing its report to
     out (default: stdout). clock: a callable returning wall-clock seconds,
     the clock of every store the command opens (for tests and

@@ -15,19 +15,20 @@ process's tests and simulations only.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 __all__ = ["now_ms", "check_clock", "DEFAULT_CLOCK"]
 
 DEFAULT_CLOCK = time.time
 
 
-def now_ms(clock) -> int:
+def now_ms(clock: Callable[[], float]) -> int:
     """The time on clock (a callable returning seconds) in whole milliseconds
     since the Unix epoch: the scale of a TTL record's expiry."""
     return int(clock() * 1000)
 
 
-def check_clock(clock) -> None:
+def check_clock(clock: object) -> None:
     """TypeError unless clock can be called (the option's check at open)."""
     if not callable(clock):
         raise TypeError(f"option clock must be a callable returning wall-clock seconds, like time.time, "

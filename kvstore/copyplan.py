@@ -65,15 +65,19 @@ never read from outside.
 from __future__ import annotations
 
 import marshal
+from typing import Any
 
 from .options import MAX_DEPTH
 
 __all__ = ["snapshot", "copy_out", "copy_planned", "TooDeep", "LOADS", "loads"]
 
 _CONTAINERS = frozenset((dict, list))
+# The plan of a cached value (see the module docstring): None, (), LOADS, or
+# ((index or key, plan), ...)
+Plan = Any
 
 
-class _Loads(tuple):
+class _Loads(tuple):  # type: ignore[type-arg]
     """The plan of a value kept as marshal bytes (LOADS): a tuple, so that
     a plan is always None or a tuple, and truthy, so that a hit's `if plan`
     test sends it past the flat-container copy."""
@@ -95,7 +99,7 @@ class TooDeep(Exception):
     or too big (ReadCache.fill)."""
 
 
-def snapshot(v):
+def snapshot(v: Any) -> tuple[Any, Plan]:
     """(stored, plan): the cached form of v, a decoded value, which it does
     not keep (see the module docstring for the plans). TooDeep if v is
     nested deeper than MAX_DEPTH."""
@@ -109,7 +113,7 @@ def snapshot(v):
     return planned
 
 
-def _planned(v, depth, shape):
+def _planned(v: Any, depth: int, shape: list[int]) -> tuple[Any, Plan]:
     """(a private copy of v, its plan): None, v is immutable (shared); (), a
     dict or list of immutables (copied with .copy()); else a tuple of (index
     or key, plan) for each child that is a dict or list. Adds v's containers
@@ -121,7 +125,7 @@ def _planned(v, depth, shape):
         shape[0] += 1
         shape[1] += len(v)
         c = v.copy()
-        subs = None
+        subs: list[tuple[Any, Plan]] | None = None
         for k, x in v.items():
             tx = type(x)
             if tx is dict or tx is list:
@@ -148,7 +152,7 @@ def _planned(v, depth, shape):
     return v, None
 
 
-def copy_out(value, plan):
+def copy_out(value: Any, plan: Plan) -> Any:
     """What a read of a cached value with this plan returns: the value, or a
     private copy of it."""
     if plan is None:
@@ -158,7 +162,7 @@ def copy_out(value, plan):
     return copy_planned(value, plan) if plan else value.copy()
 
 
-def copy_planned(v, plan):
+def copy_planned(v: Any, plan: Plan) -> Any:
     """A copy of a cached dict or list that has nested containers."""
     c = v.copy()
     for k, sub in plan:

@@ -17,6 +17,10 @@ import hashlib
 import random
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .store import Store
 
 _WORDS = (
     "the request returns a list of resources for the account in the region when the caller has "
@@ -41,7 +45,7 @@ def _sentence(rng: random.Random, lo: int, hi: int) -> str:
     return " ".join(words).capitalize() + "."
 
 
-def message(rng, session: int, turn: int) -> dict:
+def message(rng: random.Random, session: int, turn: int) -> dict[str, Any]:
     msg = {
         "kind": "message",
         "session": f"s-{session:06d}",
@@ -56,7 +60,7 @@ def message(rng, session: int, turn: int) -> dict:
     return msg
 
 
-def episode(rng, session: int, n: int) -> dict:
+def episode(rng: random.Random, session: int, n: int) -> dict[str, Any]:
     return {
         "kind": "episode",
         "id": f"ep-{session:06d}-{n}",
@@ -69,7 +73,7 @@ def episode(rng, session: int, n: int) -> dict:
     }
 
 
-def session_meta(rng, session: int, turn: int, events: list) -> dict:
+def session_meta(rng: random.Random, session: int, turn: int, events: list[Any]) -> dict[str, Any]:
     return {
         "kind": "session_meta",
         "session": f"s-{session:06d}",
@@ -82,26 +86,27 @@ def session_meta(rng, session: int, turn: int, events: list) -> dict:
     }
 
 
-def embedding(rng, session: int, turn: int) -> dict:
+def embedding(rng: random.Random, session: int, turn: int) -> dict[str, Any]:
     return {"kind": "embedding", "of": f"session:{session:06d}:msg:{turn:05d}", "model": "minilm-l6-v2",
             "dim": 64, "vector": [round(rng.uniform(-0.1, 0.1), 6) for _ in range(64)]}
 
 
-def run(path: str, threads: int = 4, sessions: int = 8, turns: int = 12, out=print) -> bool:
+def run(path: str, threads: int = 4, sessions: int = 8, turns: int = 12,
+        out: Callable[..., Any] = print) -> bool:
     """Run the demo workload against a store at path; True when every record reads back."""
     import kvstore
 
     written: dict[bytes, object] = {}
     written_lock = threading.Lock()
-    latencies = {"buffered": [], "durable": []}
+    latencies: dict[str, list[float]] = {"buffered": [], "durable": []}
 
-    def play(worker: int, db) -> None:
+    def play(worker: int, db: Store[Any]) -> None:
         rng = random.Random(worker)
         mine: dict[bytes, object] = {}
         lat_b, lat_d = [], []
         for s in range(sessions):
             session = worker * 1000 + s
-            events: list = []
+            events: list[Any] = []
             msgs = 0
             for turn in range(1, turns + 1):
                 for _ in range(rng.randint(1, 3)):
@@ -182,7 +187,7 @@ def run(path: str, threads: int = 4, sessions: int = 8, turns: int = 12, out=pri
     return True
 
 
-def _normalise(value):
+def _normalise(value: Any) -> Any:
     # msgpack carries tuples as lists
     if isinstance(value, dict):
         return {k: _normalise(v) for k, v in value.items()}
@@ -191,7 +196,7 @@ def _normalise(value):
     return value
 
 
-def _pct(values: list, p: float) -> float:
+def _pct(values: list[float], p: float) -> float:
     if not values:
         return 0.0
     s = sorted(values)

@@ -22,6 +22,7 @@ import random
 import struct
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 import zstandard
@@ -31,6 +32,12 @@ from .errors import KVStoreError
 from .layout import CURRENT_PREFIX, DICT_PREFIX
 from .options import DICT_RECHECK_SECONDS
 from .validate import check_count
+
+if TYPE_CHECKING:
+    import lmdb
+
+    from .environment import Environment
+    from .writer import Writer
 
 __all__ = ["Dictionaries", "DEFAULT_DICT_SIZE", "DEFAULT_SAMPLES"]
 
@@ -49,7 +56,7 @@ _ID = struct.Struct(">I")
 class Dictionaries:
     """The dictionaries of one store, as this process knows them."""
 
-    def __init__(self, env):
+    def __init__(self, env: Environment) -> None:
         self._env = env
         self._lock = threading.Lock()
         self.by_id: dict[int, Dictionary] = {}  # replaced whole, never mutated: read without the lock
@@ -61,8 +68,9 @@ class Dictionaries:
         """Read every dictionary and current pointer from the store."""
         meta = self._env.meta_db
 
-        def read(txn):
-            found, current = {}, {}
+        def read(txn: lmdb.Transaction) -> tuple[dict[int, bytes], dict[str, int]]:
+            found: dict[int, bytes] = {}
+            current: dict[str, int] = {}
             cur = txn.cursor(db=meta)
             if cur.set_range(DICT_PREFIX):
                 for key, value in cur:
@@ -92,23 +100,23 @@ class Dictionaries:
             self.current = {ns: by_id[did] for ns, did in current.items() if did in by_id}
             self._checked = time.monotonic()
 
-    def for_encoding(self, namespace: str):
+    def for_encoding(self, namespace: str) -> Dictionary | None:
         """The dictionary new values of namespace use, or None."""
         if time.monotonic() - self._checked > RECHECK_SECONDS:
             self.reload()
         return self.current.get(namespace)
 
-    def for_decoding(self, dict_id: int) -> dict:
+    def for_decoding(self, dict_id: int) -> dict[int, Dictionary]:
         """The id -> Dictionary mapping, reloaded if dict_id is unknown."""
         if dict_id not in self.by_id:
             self.reload()
         return self.by_id
 
-    def info(self) -> list[dict]:
+    def info(self) -> list[dict[str, Any]]:
         """[{id, namespace, size, created, samples, current}] of every dictionary."""
         meta = self._env.meta_db
 
-        def read(txn):
+        def read(txn: lmdb.Transaction) -> list[dict[str, Any]]:
             out = []
             cur = txn.cursor(db=meta)
             if cur.set_range(DICT_PREFIX):
@@ -128,7 +136,8 @@ class Dictionaries:
             row["current"] = row["id"] in current_ids
         return rows
 
-    def train(self, namespace: str, dbi, samples: int, dict_size: int, serialize, writer) -> int:
+    def train(self, namespace: str, dbi: Any, samples: int, dict_size: int,
+              serialize: Callable[[bytes], bytes], writer: Writer) -> int:
         """Train a dictionary on up to `samples` values of namespace, store it
         through writer (Writer.run), make it current for the namespace;
         return its id.
@@ -138,7 +147,7 @@ class Dictionaries:
         samples = check_count(samples, "samples", "train_dictionary", MIN_SAMPLES)
         dict_size = check_count(dict_size, "dict_size", "train_dictionary", MIN_DICT_SIZE, MAX_DICT_SIZE)
 
-        def sample(txn):
+        def sample(txn: lmdb.Transaction) -> list[bytes]:
             n = txn.stat(dbi)["entries"]
             rng = random.Random(n)
             keep = set(rng.sample(range(n), samples)) if n > samples else None
@@ -155,7 +164,7 @@ class Dictionaries:
                 f"{MIN_SAMPLES} (a few thousand give the best ratio)")
         # zstd refuses to train on empty samples ("Src size is incorrect"):
         # empty values carry nothing to learn, leave them out and count the rest.
-        payloads = [p for p in map(serialize, records) if len(p)]
+        payloads: list[Any] = [p for p in map(serialize, records) if len(p)]
         if len(payloads) < MIN_SAMPLES:
             raise KVStoreError(
                 f"namespace {namespace!r}: {len(payloads)} of the {len(records)} values sampled are "
@@ -174,7 +183,7 @@ class Dictionaries:
                              "data": data}, use_bin_type=True)
         meta = self._env.meta_db
 
-        def store(txn):
+        def store(txn: lmdb.Transaction) -> int:
             cur = txn.cursor(db=meta)
             last = 0
             if cur.set_range(DICT_PREFIX):
@@ -188,6 +197,6 @@ class Dictionaries:
             txn.put(CURRENT_PREFIX + namespace.encode("utf-8"), _ID.pack(new_id), db=meta)
             return new_id
 
-        new_id = writer.run(store)
+        new_id: int = writer.run(store)
         self.reload()
         return new_id

@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import ttl as _ttl
 from .cache import LastTxnid, ReadCache
@@ -45,6 +46,12 @@ from .wal import INDEX_FILE, LOG_FILE, Log
 from .options import Options
 from .writer import Writer
 
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from .overlay import Overlay
+    from .store import Store
+
 __all__ = ["Engine", "of", "codec_of", "attach", "detach", "acquire", "release", "all_open"]
 
 
@@ -53,7 +60,7 @@ class Engine:
     that handles, the CLI and the integrations use (nothing else of the
     Environment or the parts' private state)."""
 
-    def __init__(self, env: Environment):
+    def __init__(self, env: Environment) -> None:
         self.env = env  # LMDB: environment.py
         self.path = env.path
         self.options = env.options
@@ -75,12 +82,16 @@ class Engine:
         self.clear_stale_readers = env.clear_stale_readers
         self.writer: Writer | None = None  # when writable (attach)
         self.sweeper: _ttl.Sweeper | None = None  # when writable (attach)
-        self.cache = self.last_txnid = None
+        self.cache: ReadCache | None = None
+        self.last_txnid: LastTxnid | None = None
         # with a write-ahead log (wal.py): the log, its tail as this process
         # reads it (tail.py), and the applier that moves it into LMDB
-        self.log = self.tail = self.applier = None
-        self.overlay = None  # the pending writes reads look at first (tail's, or the writer's)
-        self._without_log = self._adding_log = None  # lockfile descriptors (_open_log)
+        self.log: Log | None = None
+        self.tail: Tail | None = None
+        self.applier: Applier | None = None
+        self.overlay: Overlay | None = None  # the pending writes reads look at first (tail's, or the writer's)
+        self._without_log: int | None = None  # lockfile descriptors (_open_log)
+        self._adding_log: int | None = None
         try:
             self._open_log(env)
             self.dicts = Dictionaries(env)
@@ -112,7 +123,7 @@ class Engine:
                 self._without_log = lockfile.hold_without_log(env.path)
                 if not env.has_log():
                     return
-                os.close(self._without_log)
+                os.close(self._without_log)  # type: ignore[arg-type]  # held just above
                 self._without_log = None
                 has_log = True
             else:
@@ -137,7 +148,7 @@ class Engine:
                         f"restarted, or a writer died while changing it), and a read-only open cannot "
                         f"rebuild it; run `kvstore checkpoint {env.path}` (or open the store for "
                         f"writing once), then open it read-only again")
-                recover = _cannot_recover
+                recover: Callable[[], Any] = _cannot_recover
             else:
                 if not has_log or copied:  # (a write transaction: only when there is something to write)
                     env.upgrade_to_log(initial_marker(), restart=copied)
@@ -155,7 +166,8 @@ class Engine:
         self.log, self.tail, self.applier = log, tail, applier
         self.overlay = tail.overlay
 
-    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
+    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None
+                 ) -> list[tuple[bytes, bytes | None]]:
         """[(key, stored or TOMBSTONE)] pending in namespace ns (keys in
         [lo, hi) in order when a bound is given): the overlay.py snapshot
         of the tail's (caught up first) or the writer's pending writes."""
@@ -174,7 +186,8 @@ class Engine:
         (LastTxnid, no lock), else through LMDB."""
         if self.last_txnid is not None:
             return self.last_txnid()
-        return self.env.info()["last_txnid"]
+        txnid: int = self.env.info()["last_txnid"]
+        return txnid
 
     def close(self) -> None:
         if self.forked:
@@ -195,13 +208,13 @@ def _cannot_recover() -> None:
                       "(or run `kvstore checkpoint PATH`), then read it again")
 
 
-def of(handle) -> Engine:
+def of(handle: Store[Any]) -> Engine:
     """The engine behind a Store or Namespace handle (after checking the
     handle is open, and reopening it after a fork): the CLI's entry."""
     return handle._live_engine()
 
 
-def codec_of(handle):
+def codec_of(handle: Store[Any]) -> Any:
     """The codec (kvstore.codec.Codec) a handle encodes and decodes with."""
     return handle._root._codec
 
@@ -225,7 +238,7 @@ def attach(path: str, options: Options) -> Engine:
     return engine
 
 
-def _start_cache(env: Environment):
+def _start_cache(env: Environment) -> tuple[ReadCache | None, LastTxnid | None]:
     """The read cache (kvstore/cache.py), unless the options turn it off.
 
     Its versions come from LastTxnid, which reads LMDB's meta pages
@@ -262,7 +275,7 @@ def _start_writer(engine: Engine, options: Options) -> Writer:
         engine.overlay = writer.overlay
     cache = engine.cache
     if cache is not None:
-        def invalidate(groups):
+        def invalidate(groups: list[Any]) -> None:
             # The commit changed these keys: free their cached values now
             # (correctness does not need it: the commit moved the txnid, so
             # their entries would be revalidated on their next read).
@@ -271,7 +284,7 @@ def _start_writer(engine: Engine, options: Options) -> Writer:
 
         writer.on_commit(invalidate)
 
-    def check_room(groups):
+    def check_room(groups: list[Any]) -> None:
         if env.space_low():  # the zeroed room past LMDB's pages fell below half
             writer.schedule(env.preallocate)
 
@@ -281,7 +294,7 @@ def _start_writer(engine: Engine, options: Options) -> Writer:
     return writer
 
 
-def detach(env) -> None:
+def detach(env: Engine) -> None:
     """Drop one handle's reference; the last one flushes and closes."""
     if not release(env):
         return
@@ -291,7 +304,7 @@ def detach(env) -> None:
         env.close()
 
 
-def _stop(env) -> None:
+def _stop(env: Engine) -> None:
     """Stop the sweeper, then commit the pending writes and stop the writer."""
     if env.sweeper is not None:
         env.sweeper.stop()
@@ -315,7 +328,7 @@ def _close_all() -> None:
             print(f"kvstore: {env.path}: {exc}", file=sys.stderr)
 
 
-def _on_sigterm(signum, frame):
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Unwind the main thread (releasing any lock it holds) and exit through
     # the interpreter's normal shutdown, where atexit commits pending writes.
     raise SystemExit(128 + signum)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from typing import Any, Callable, TypeVar
 
 import lmdb
 
@@ -44,6 +45,11 @@ from .layout import (APPLIED_KEY, BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_K
                      SEQ_KEY, STORE_FORMAT, WAL_STORE_FORMAT)
 
 __all__ = ["Environment", "MapLock", "check_data_file"]
+
+
+_T = TypeVar("_T")
+# A function run in a transaction (Environment.read, write), given the transaction
+Step = Callable[[lmdb.Transaction], _T]
 
 
 def _slack(used: int) -> int:
@@ -94,7 +100,7 @@ class MapLock:
 class Environment:
     """The LMDB environment of one store path in this process."""
 
-    def __init__(self, path: str, options: Options):
+    def __init__(self, path: str, options: Options) -> None:
         self.path = path
         self.options = options
         self.readonly = options.readonly
@@ -107,10 +113,10 @@ class Environment:
         # How write transactions other than commits run: self.write until the
         # writer exists, then Writer.run (route_writes), so that they queue
         # behind the commits instead of racing them for LMDB's write lock.
-        self._run = self.write
-        self._data_lock_fd = None  # lockfile.hold_data_file; set by _open
-        self._lock_file_id = None  # (st_dev, st_ino) of lock.mdb at open; set by _open
-        self._gate = None  # lockfile.WriteGate around write transactions; set by _open
+        self._run: Callable[[Callable[[Any], Any]], Any] = lambda fn: self.write(fn, "creating a namespace")
+        self._data_lock_fd: int | None = None  # lockfile.hold_data_file; set by _open
+        self._lock_file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of lock.mdb at open; set by _open
+        self._gate: lockfile.WriteGate | None = None  # around write transactions; set by _open
         self.env = self._open()
         try:
             self.clear_stale_readers()
@@ -245,7 +251,7 @@ class Environment:
         if self._gate is not None:
             self._gate.close()
 
-    def _init_meta(self):
+    def _init_meta(self) -> Any:
         env = self.env
         try:
             with env.begin() as txn:
@@ -269,7 +275,7 @@ class Environment:
                 raise StoreNotFoundError(f"{self.path!r} holds no kvstore store yet")
             return self._create_meta()
         try:
-            version_n = int(version)
+            version_n = int(version)  # type: ignore[arg-type]  # None raises TypeError: damaged
         except (TypeError, ValueError):
             raise FormatError(f"{self.path!r}: damaged store metadata (format version {version!r})") from None
         if version_n > STORE_FORMAT:
@@ -279,8 +285,8 @@ class Environment:
             )
         return meta
 
-    def _create_meta(self):
-        def create(txn):
+    def _create_meta(self) -> Any:
+        def create(txn: lmdb.Transaction) -> Any:
             meta = self.env.open_db(META_DB, txn=txn, create=True)
             if txn.get(FORMAT_KEY, db=meta) is None:
                 txn.put(FORMAT_KEY, str(BASE_STORE_FORMAT).encode(), db=meta)
@@ -292,7 +298,7 @@ class Environment:
 
     # ------------------------------------------------------------ transactions
 
-    def write(self, fn, doing: str):
+    def write(self, fn: Step[_T], doing: str) -> _T:
         """Run fn(txn) in a write transaction and commit it; return its result.
 
         When the map fills up, the transaction is aborted, the map grown and
@@ -302,10 +308,11 @@ class Environment:
         """
         if self.readonly:
             raise ReadOnlyError(f"{doing}: the store is open read-only")
-        with self._gate:  # lockfile.WriteGate: nobody sleeps on LMDB's write lock
+        with self._gate:  # type: ignore[union-attr]  # lockfile.WriteGate: nobody sleeps on LMDB's write lock
             return self._write(fn, doing)
 
-    def _write(self, fn, doing: str):
+    def _write(self, fn: Step[_T], doing: str) -> _T:
+        retry: Callable[[str], None] | None
         while True:
             self.map_lock.acquire_shared()
             try:
@@ -334,7 +341,7 @@ class Environment:
             if retry is not None:
                 retry(doing)
 
-    def route_writes(self, run) -> None:
+    def route_writes(self, run: Callable[..., Any]) -> None:
         """Run this environment's own write transactions (namespace handles)
         through run(fn) -> fn's result, the writer's entry (Writer.run)."""
         self._run = run
@@ -382,7 +389,7 @@ class Environment:
 
     # ------------------------------------------------------------ namespaces
 
-    def dbi(self, name: str, create: bool):
+    def dbi(self, name: str, create: bool) -> Any:
         """The LMDB handle of a namespace; None when it does not exist and
         create is False (or the store is read-only)."""
         handle = self._dbis.get(name)
@@ -409,7 +416,7 @@ class Environment:
         with self._dbi_lock:
             return self._dbis.setdefault(name, handle)
 
-    def _lookup_dbi(self, raw: bytes):
+    def _lookup_dbi(self, raw: bytes) -> Any:
         # Not in a read transaction of ours: a handle opened in a read-only
         # transaction dies with it. In a writable store, in a write
         # transaction of ours: py-lmdb's own (open_db without txn) would wait
@@ -438,7 +445,7 @@ class Environment:
                 self.map_lock.release_shared()
             self.adopt_map_size()
 
-    def _open_db(self, txn, raw: bytes, create: bool):
+    def _open_db(self, txn: lmdb.Transaction, raw: bytes, create: bool) -> Any:
         """A namespace's handle, opened inside write transaction txn (None:
         it does not exist and create is False)."""
         try:
@@ -450,7 +457,7 @@ class Environment:
                 f"cannot open namespace {raw.decode('utf-8', 'replace')!r}: the store holds max_namespaces "
                 f"({self.options.max_namespaces}) already; reopen with a larger max_namespaces")) from None
 
-    def open_db_in(self, txn, name: str):
+    def open_db_in(self, txn: lmdb.Transaction, name: str) -> Any:
         """Inside write transaction txn (the applier's): the handle of
         namespace name, created if missing; usable by this process once txn
         commits (adopt_new_dbis)."""
@@ -473,7 +480,7 @@ class Environment:
         older kvstore that opens the store refuses it rather than miss it.
         restart: a new log for a store that had one (a copy of data.mdb
         alone): its generation follows the one LMDB last applied."""
-        def upgrade(txn):
+        def upgrade(txn: lmdb.Transaction) -> None:
             old = txn.get(APPLIED_KEY, db=self.meta_db)
             if restart and old is not None and len(old) == Applied.size:
                 gen = Applied.unpack(old)[0] + 1
@@ -506,7 +513,7 @@ class Environment:
 
     # ------------------------------------------------------------ reading
 
-    def read(self, fn, db=None):
+    def read(self, fn: Step[_T], db: Any = None) -> _T:
         """fn(txn) in a read transaction (buffers=True: copy what outlives it)."""
         while True:
             self.map_lock.acquire_shared()
@@ -525,16 +532,17 @@ class Environment:
                 self.map_lock.release_shared()
             self.adopt_map_size()
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         self.map_lock.acquire_shared()
         try:
-            info = self.env.info()
+            info: Any = self.env.info()  # LMDB's, with two more keys
             stat = self.env.stat()
         finally:
             self.map_lock.release_shared()
         info["psize"] = stat["psize"]
         info["map_used"] = (info["last_pgno"] + 1) * stat["psize"]
-        return info
+        out: dict[str, Any] = info
+        return out
 
     def commit_seq(self) -> int:
         """Number of commits the store has seen, from any process."""
@@ -579,7 +587,7 @@ class Environment:
             self._allocated = -1
             return False
 
-    def _fill_step(self, _txn) -> bool:
+    def _fill_step(self, _txn: lmdb.Transaction) -> bool:
         info = self.env.info()  # inside our write transaction: nobody commits meanwhile
         used = (info["last_pgno"] + 1) * self._psize
         target = min(used + _slack(used), info["map_size"])
@@ -597,10 +605,10 @@ class Environment:
             os.close(fd)
         return end < target
 
-    def bump_seq(self, txn) -> int:
+    def bump_seq(self, txn: lmdb.Transaction) -> int:
         """Inside a write transaction: count one more commit; return its number."""
         raw = txn.get(SEQ_KEY, db=self.meta_db)
-        seq = (SEQ.unpack(raw)[0] if raw is not None else 0) + 1
+        seq: int = (SEQ.unpack(raw)[0] if raw is not None else 0) + 1
         txn.put(SEQ_KEY, SEQ.pack(seq), db=self.meta_db)
         return seq
 

@@ -10,6 +10,7 @@ import builtins
 import errno
 import os
 import resource
+from typing import Any, Iterable
 
 import lmdb
 
@@ -164,7 +165,7 @@ class CorruptionError(KVStoreError):
         super().__init__(where + message)
         self.reason = message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.reason, self.key, self.namespace))
 
 
@@ -201,7 +202,7 @@ class StoreFailedError(KVStoreError):
         self.cause = cause
         self.__cause__ = cause
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.cause))
 
 
@@ -231,16 +232,16 @@ class ConflictError(KVStoreError):
     ``attempts``: how many times `transact` ran the function, when it gave up.
     """
 
-    def __init__(self, message: str, keys=(), attempts: int | None = None):
+    def __init__(self, message: str, keys: Iterable[tuple[str, bytes]] = (), attempts: int | None = None):
         super().__init__(message)
         self.keys = list(keys)
         self.attempts = attempts
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.keys, self.attempts))
 
 
-def _errno_of(exc: lmdb.Error):
+def _errno_of(exc: lmdb.Error) -> int | None:
     """The errno an lmdb.Error reports ("mdb_txn_commit: No space left on
     device"); py-lmdb keeps only the text."""
     text = str(exc)
@@ -250,7 +251,7 @@ def _errno_of(exc: lmdb.Error):
     return None
 
 
-def _write_failure(exc: lmdb.Error, doing: str, path: str):
+def _write_failure(exc: lmdb.Error, doing: str, path: str) -> KVStoreError | None:
     """What made a write of the store at `path` fail, when it is the disk
     (ENOSPC, EDQUOT), the file-size limit (EFBIG, RLIMIT_FSIZE) or a
     read-only file system; None for anything else. LMDB turns a short write

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 __all__ = ["POINTS", "armed", "reached"]
 
@@ -35,7 +36,7 @@ POINTS = ("log-mid-append", "log-after-append", "log-after-sync", "mid-apply", "
           "after-commit", "after-apply")
 
 
-def _parse(spec: str | None):
+def _parse(spec: str | None) -> list[Any] | None:
     if not spec:
         return None
     name, _, count = spec.partition(":")

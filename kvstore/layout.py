@@ -36,6 +36,7 @@ handle. A key is bytes or str (UTF-8), 1 to MAX_KEY_SIZE bytes.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from .errors import InvalidKeyError, InvalidNamespaceError
 
@@ -64,7 +65,7 @@ STORE_FORMAT = WAL_STORE_FORMAT
 MAX_KEY_SIZE = 511  # LMDB's limit with its default build
 
 
-def check_namespace_name(name) -> bytes:
+def check_namespace_name(name: object) -> bytes:
     """The UTF-8 bytes of a valid namespace name; InvalidNamespaceError otherwise."""
     if not isinstance(name, str):
         raise InvalidNamespaceError(f"a namespace name must be a str, not {type(name).__name__}")
@@ -79,7 +80,7 @@ def check_namespace_name(name) -> bytes:
     return raw
 
 
-def check_key(key) -> bytes:
+def check_key(key: Any) -> bytes:
     """The bytes of a valid key (a str is encoded as UTF-8); InvalidKeyError otherwise."""
     if type(key) is str:
         try:
@@ -96,10 +97,10 @@ def check_key(key) -> bytes:
         raise InvalidKeyError(
             f"a key must be 1 to {MAX_KEY_SIZE} bytes long, not {len(key)}"
             + ("" if key else " (empty)"))
-    return key
+    return key  # type: ignore[no-any-return]  # bytes: checked above
 
 
-def check_bound(value, name: str) -> bytes | None:
+def check_bound(value: object, name: str) -> bytes | None:
     """A scan bound (prefix, start, stop) as bytes; None stays None."""
     if value is None:
         return None

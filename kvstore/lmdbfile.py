@@ -121,8 +121,8 @@ class Meta:
     page: int  # 0 or 1
     txnid: int
     last_pg: int
-    free_db: tuple  # _DB_FULL fields
-    main_db: tuple
+    free_db: tuple[int, ...]  # _DB_FULL fields
+    main_db: tuple[int, ...]
     mapsize: int = 0  # the map size its writer had: the store's, whatever a reader opens it with
 
 
@@ -131,7 +131,8 @@ def _newest_txnid(fd: int) -> int:
     head = os.pread(fd, 64 * 1024 * 2, 0)
     try:
         (psize,) = struct.unpack_from("<I", head, _PAGE_HEADER + 24)
-        return max(_META_TAIL.unpack_from(head, off + _PAGE_HEADER + 120)[1] for off in (0, psize))
+        newest: int = max(_META_TAIL.unpack_from(head, off + _PAGE_HEADER + 120)[1] for off in (0, psize))
+        return newest
     except struct.error:
         return 0
 
@@ -284,11 +285,11 @@ class _Damaged(Exception):
     pass
 
 
-def _free_pages(fd: int, psize: int, last_pg: int, root) -> set:
+def _free_pages(fd: int, psize: int, last_pg: int, root: int | None) -> set[int]:
     """Page numbers on the free list whose tree starts at page `root`, as far
     as _MAX_FREE_LIST_PAGES pages of it go. Raises _Damaged if the tree is
     not well formed."""
-    free: set = set()
+    free: set[int] = set()
     if root is None:
         return free
     todo = [root]
@@ -357,7 +358,7 @@ def _check_pages_at_open(data_path: str, fd: int) -> None:
             f"{data_path} is damaged: {first}{f' (and {more} more problems)' if more else ''}; "
             f"run `kvstore check` for the full list and restore the store from a backup"
         )
-        exc.from_page_walk = True
+        exc.from_page_walk = True  # type: ignore[attr-defined]  # for `kvstore check`
         raise exc
 
 
@@ -379,7 +380,7 @@ class LastTxnid:
 
     _META_TXNID = 16 + 128  # page header, then mm_txnid in MDB_meta (64-bit)
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY)
         try:
             head = os.pread(fd, 64, 0)
@@ -398,5 +399,5 @@ class LastTxnid:
         return max(self.view)
 
     def close(self) -> None:
-        self.view = self._map = None
+        self.view = self._map = None  # type: ignore[assignment]  # closed: not used again
 

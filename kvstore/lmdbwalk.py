@@ -19,6 +19,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .errors import FormatError, StoreNotFoundError
 from .lmdbfile import (
@@ -74,7 +75,7 @@ class Problem:
             where += f" (byte {self.offset})"
         return f"{where}: {self.what}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"db": self.db, "page": self.page, "offset": self.offset, "problem": self.what}
 
 
@@ -104,12 +105,12 @@ class Walk:
     txnid: int = 0
     last_pg: int = 0
     meta_page: int = 0
-    problems: list = field(default_factory=list)
-    dbs: dict = field(default_factory=dict)  # name -> DBStats
+    problems: list[Problem] = field(default_factory=list)
+    dbs: dict[str, DBStats] = field(default_factory=dict)  # name -> DBStats
     free_pages: int = 0
     pages_read: int = 0
     changing: bool = False  # commits happened during every attempt (see walk())
-    tree_pages: dict = field(default_factory=dict)  # page number -> name of the tree it is in
+    tree_pages: dict[int, str] = field(default_factory=dict)  # page number -> name of the tree it is in
 
     @property
     def ok(self) -> bool:
@@ -152,24 +153,24 @@ def walk(path: str, attempts: int = 5) -> Walk:
 
 
 class _Walker:
-    def __init__(self, fd: int, meta: Meta, roots_only: bool = False):
+    def __init__(self, fd: int, meta: Meta, roots_only: bool = False) -> None:
         self.fd = fd
         self.meta = meta
         self.psize = meta.psize
         self.last_pg = meta.last_pg
         self.roots_only = roots_only  # of named databases; else every page is read
-        self.seen: dict = {}  # pgno -> db name of every page reached from a tree
-        self.free: dict = {}  # pgno -> txnid of the free-list record that names it
-        self.free_records: list = []  # (key, IDL bytes, page, offset) of each free-list record
+        self.seen: dict[int, str] = {}  # pgno -> db name of every page reached from a tree
+        self.free: dict[int, int] = {}  # pgno -> txnid of the free-list record that names it
+        self.free_records: list[tuple[Any, ...]] = []  # (key, IDL bytes, page, offset) of each free-list record
         self.result = Walk(psize=meta.psize, txnid=meta.txnid, last_pg=meta.last_pg, meta_page=meta.page)
 
-    def problem(self, db, page, at, what) -> None:
+    def problem(self, db: str, page: int | None, at: int | None, what: str) -> None:
         offset = None if page is None else page * self.psize + (at or 0)
         self.result.problems.append(Problem(db, page, offset, what))
 
     def run(self) -> Walk:
         self._check_meta_pages()
-        subdbs: list = []
+        subdbs: list[tuple[Any, ...]] = []
         if not self.roots_only:
             self._tree(FREE_DB, self.meta.free_db, _INTEGERKEY, None)
         self._tree(MAIN_DB, self.meta.main_db, 0, subdbs)
@@ -205,13 +206,14 @@ class _Walker:
 
     # -------------------------------------------------------- one tree
 
-    def _tree(self, db: str, record: tuple, flags_override, subdbs, where=None) -> None:
+    def _tree(self, db: str, record: tuple[int, ...], flags_override: int | None,
+              subdbs: list[tuple[Any, ...]] | None, where: tuple[int, int] | None = None) -> None:
         _pad, flags, depth, branch, leaf, overflow, entries, root = record
         stats = DBStats(recorded_entries=entries)
         self.result.dbs[db] = stats
         if flags_override is None:  # a named database: flags from its record
             if flags & ~(_REVERSEKEY | _INTEGERKEY):
-                self.problem(db, *(where or (None, None)),
+                self.problem(db, *(where or (None, None)),  # type: ignore[call-arg]  # where, blame: (page, offset)
                              f"its database record has flags {flags:#x} (DUPSORT or unknown), which "
                              f"kvstore never writes; its pages are not checked")
                 stats.complete = False
@@ -220,38 +222,39 @@ class _Walker:
             flags = flags_override
         if root == _NO_PAGE:
             if depth or branch or leaf or overflow or entries:
-                self.problem(db, *(where or (None, None)),
+                self.problem(db, *(where or (None, None)),  # type: ignore[call-arg]  # where, blame: (page, offset)
                              f"an empty database (no root page) whose record says depth {depth}, "
                              f"{entries} entries, {branch + leaf + overflow} pages")
             return
         if not 1 <= depth <= _MAX_DEPTH:
-            self.problem(db, *(where or (None, None)), f"its database record says depth {depth}")
+            self.problem(db, *(where or (None, None)), f"its database record says depth {depth}")  # type: ignore[call-arg]  # where, blame: (page, offset)
             stats.complete = False
             return
         stats.depth = depth
+        order: Callable[[bytes], Any]
         if flags & _INTEGERKEY:
-            def order(key):
+            def order(key: bytes) -> Any:
                 return int.from_bytes(key, "little") if len(key) in (4, 8) else None
         elif flags & _REVERSEKEY:
-            def order(key):
+            def order(key: bytes) -> Any:
                 return key[::-1]
         else:
-            def order(key):
+            def order(key: bytes) -> Any:
                 return key
         # depth-first, children in key order: (pgno, level, low bound, high
         # bound, parent page, offset of the pointing node in it)
-        todo = [(root, 1, None, None, None, None)]
+        todo: list[tuple[Any, ...]] = [(root, 1, None, None, None, None)]
         prev = None  # the last leaf key seen, in order form
         while todo:
             pgno, level, low, high, parent, from_at = todo.pop()
             blame = (parent, from_at) if parent is not None else (where or (None, None))
             if not 2 <= pgno <= self.last_pg:
-                self.problem(db, *blame, f"points to page {pgno}, outside the snapshot's pages 2 to "
+                self.problem(db, *blame, f"points to page {pgno}, outside the snapshot's pages 2 to "  # type: ignore[call-arg]  # where, blame: (page, offset)
                              f"{self.last_pg}")
                 stats.complete = False
                 continue
             if pgno in self.seen:
-                self.problem(db, *blame, f"points to page {pgno}, already reached from database "
+                self.problem(db, *blame, f"points to page {pgno}, already reached from database "  # type: ignore[call-arg]  # where, blame: (page, offset)
                              f"{self.seen[pgno]!r}")
                 stats.complete = False
                 continue
@@ -296,11 +299,11 @@ class _Walker:
                 stats.complete = False
                 continue
             # keys: ascending, inside the bounds the parent gave
-            keys = []
-            outside = []  # (offset, key) of the keys outside the parent's range
+            keys: list[Any] | None = []
+            outside: list[tuple[int, bytes]] = []  # (offset, key) of the keys outside the parent's range
             for i, (at, _lo, _hi, _nf, key) in enumerate(nodes):
                 if not leaf_level and i == 0:
-                    keys.append(None)
+                    keys.append(None)  # type: ignore[union-attr]  # a list here
                     continue
                 k = order(key)
                 if k is None:
@@ -313,7 +316,7 @@ class _Walker:
                 if keys and keys[-1] is not None and k <= keys[-1]:
                     self.problem(db, pgno, at, f"key {_show(key)} does not sort after the key before it")
                     stats.complete = False
-                keys.append(k)
+                keys.append(k)  # type: ignore[union-attr]  # None only after a break
             if keys is None:
                 continue
             if outside:
@@ -340,7 +343,8 @@ class _Walker:
                 self._leaf_data(db, pgno, page, at, lo | hi << 16, nf, key, stats, subdbs)
         self._compare(db, record, stats, where)
 
-    def _nodes(self, db, pgno, page, n, upper, leaf_level):
+    def _nodes(self, db: str, pgno: int, page: bytes, n: int, upper: int, leaf_level: bool
+               ) -> list[tuple[int, int, int, int, bytes]] | None:
         """[(offset, lo, hi, flags, key)] of a page's nodes, or None if one
         lies outside the page."""
         nodes, spans = [], []
@@ -370,6 +374,7 @@ class _Walker:
         # (a deletion moves the others up): a pointer into another node, or
         # past a gap, is damage even when the bytes it lands on parse.
         spans.sort()
+        before: Any
         expect, before = upper, None
         for at, end, i in spans:
             if at != expect:
@@ -385,7 +390,8 @@ class _Walker:
             return None
         return nodes
 
-    def _leaf_data(self, db, pgno, page, at, size, nflags, key, stats, out) -> None:
+    def _leaf_data(self, db: str, pgno: int, page: bytes, at: int, size: int, nflags: int, key: bytes,
+                   stats: DBStats, out: list[tuple[Any, ...]] | None) -> None:
         data_at = at + 8 + len(key)
         if nflags & ~(F_BIGDATA | F_SUBDATA | F_DUPDATA):
             self.problem(db, pgno, at + 4, f"node flags {nflags:#x}: not a known kind of node")
@@ -410,7 +416,8 @@ class _Walker:
         elif db == FREE_DB:
             self.free_records.append((key, page[data_at:data_at + size], pgno, data_at))
 
-    def _overflow(self, db, pgno, at, first, pages, size, stats, key) -> None:
+    def _overflow(self, db: str, pgno: int, at: int, first: int, pages: int, size: int, stats: DBStats,
+                  key: bytes) -> None:
         if not 2 <= first or first + pages - 1 > self.last_pg:
             self.problem(db, pgno, at, f"key {_show(key)}: its value's overflow pages {first} to "
                          f"{first + pages - 1} are outside the snapshot's pages 2 to {self.last_pg}")
@@ -438,7 +445,7 @@ class _Walker:
             body = os.pread(self.fd, size, first * self.psize + _PAGE_HEADER)
             self.free_records.append((key, body, first, _PAGE_HEADER))
 
-    def _compare(self, db, record, stats, where) -> None:
+    def _compare(self, db: str, record: tuple[int, ...], stats: DBStats, where: tuple[int, int] | None) -> None:
         """The counts the walk made against those of the db record."""
         if not stats.complete:
             return
@@ -449,12 +456,12 @@ class _Walker:
                                         ("leaf pages", stats.leaf_pages, leaf),
                                         ("overflow pages", stats.overflow_pages, overflow)):
             if counted != recorded:
-                self.problem(db, *blame, f"the tree holds {counted} {what}; its database record "
+                self.problem(db, *blame, f"the tree holds {counted} {what}; its database record "  # type: ignore[call-arg]  # where, blame: (page, offset)
                              f"says {recorded}")
 
     # -------------------------------------------------------- the free list
 
-    def _free_list(self, records: list) -> None:
+    def _free_list(self, records: list[tuple[Any, ...]]) -> None:
         for key, body, pgno, at in records:
             txnid = int.from_bytes(key, "little")
             if len(body) < 8:

@@ -101,7 +101,8 @@ def _lock_file_txnid(lock_path: str) -> int:
     offset = _lock_txnid_offset()
     if offset < 0 or len(head) < offset + 8:
         return 0
-    return _TXNID.unpack_from(head, offset)[0]
+    txnid: int = _TXNID.unpack_from(head, offset)[0]
+    return txnid
 
 
 _TXNID = struct.Struct("<Q")
@@ -138,7 +139,7 @@ def _lock_txnid_offset() -> int:
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len, pid
 
 
-def _locked_by_others(fd: int):
+def _locked_by_others(fd: int) -> bool | None:
     """Does another open file (any process) hold a lock on byte 0 of fd's
     file? The OFD lock query asks without taking anything. None: no OFD
     locks here, nothing to tell."""
@@ -147,7 +148,8 @@ def _locked_by_others(fd: int):
         answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
     except (OSError, AttributeError):
         return None
-    return _FLOCK.unpack(answer)[0] != fcntl.F_UNLCK
+    locked: bool = _FLOCK.unpack(answer)[0] != fcntl.F_UNLCK
+    return locked
 
 
 def check_not_replaced(path: str) -> None:
@@ -178,14 +180,14 @@ def check_not_replaced(path: str) -> None:
     )
 
 
-def _held_by_others(file_path: str | None = None, fd: int | None = None):
+def _held_by_others(file_path: str | None = None, fd: int | None = None) -> bool | None:
     """Does another process hold a lock on byte 0 of the file (or of the
     file open as fd)? False when the file is missing; None when that cannot
     be told."""
     if fd is not None:
         return _locked_by_others(fd)  # the OFD query: this descriptor's own locks never count
     try:
-        fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # type: ignore[arg-type]  # given when fd is not
     except FileNotFoundError:
         return False
     except OSError:
@@ -198,7 +200,7 @@ def _held_by_others(file_path: str | None = None, fd: int | None = None):
         os.close(fd)
 
 
-def hold_data_file(path: str):
+def hold_data_file(path: str) -> int | None:
     """A read lock on byte 0 of data.mdb, held while the environment is open
     (see check_not_replaced); its descriptor, or None."""
     try:
@@ -220,7 +222,7 @@ def hold_data_file(path: str):
 _NO_LOG_BYTE = 2
 
 
-def _lock_byte(path: str, kind: int, byte: int, wait: bool = False):
+def _lock_byte(path: str, kind: int, byte: int, wait: bool = False) -> int | None:
     try:
         fd = os.open(os.path.join(path, "data.mdb"), (os.O_RDWR if kind == fcntl.F_WRLCK else os.O_RDONLY)
                      | os.O_CLOEXEC)
@@ -235,7 +237,7 @@ def _lock_byte(path: str, kind: int, byte: int, wait: bool = False):
     return fd
 
 
-def hold_without_log(path: str):
+def hold_without_log(path: str) -> int | None:
     """Say, while the returned descriptor is open, that this process uses
     the store without a write-ahead log; None where OFD locks are missing.
     Waits while another process is adding a log (it holds the write lock
@@ -243,7 +245,7 @@ def hold_without_log(path: str):
     return _lock_byte(path, fcntl.F_RDLCK, _NO_LOG_BYTE, wait=True)
 
 
-def may_add_log(path: str):
+def may_add_log(path: str) -> int | None:
     """A descriptor holding the right to add a log (no process uses the
     store without one); close it once the log is added. None: another
     process uses the store without a log now."""
@@ -255,7 +257,7 @@ def may_add_log(path: str):
 _LOCKLESS_BYTE = 1
 
 
-def hold_lockless_read(path: str, cause) -> int:
+def hold_lockless_read(path: str, cause: BaseException) -> int:
     """For a read-only open that LMDB refused because this process may not
     write lock.mdb (cause: its error): mark this process as a reader without
     LMDB's lock, then make sure no writer can be active; the descriptor
@@ -331,8 +333,9 @@ class WriteGate:
     LMDB's mutex free, or owned by a dead process, which LMDB recovers.
     Where OFD locks are missing, the thread lock alone."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
+        self._fd: int | None
         try:
             self._fd = os.open(os.path.join(path, "data.mdb"), os.O_RDWR | os.O_CLOEXEC)
         except OSError:
@@ -351,7 +354,7 @@ class WriteGate:
             self._lock.release()
             raise
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         fd = self._fd
         try:
             if fd is not None:

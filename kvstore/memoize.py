@@ -48,11 +48,32 @@ import inspect
 import math
 import struct
 import threading
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, TypeVar
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 from .ttl import to_ms
 
-__all__ = ["memoize", "call_key", "encode_arguments"]
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["memoize", "call_key", "encode_arguments", "Memoized"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Memoized(Protocol[P, R_co]):
+    """What `memoize` makes of a function (for type checkers): called as the
+    function is, returning its result (as read back from the store: a tuple
+    as a list), with the helpers its docstring lists."""
+
+    store: Store[Any]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> bytes: ...
+    def forget(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
+    def clear(self) -> int: ...
 
 _MISSING = object()
 _LOCKS = tuple(threading.Lock() for _ in range(64))  # threads computing the same key wait here
@@ -63,7 +84,7 @@ def _sized(tag: bytes, data: bytes) -> bytes:
     return tag + str(len(data)).encode() + b":" + data
 
 
-def _encode(value, out: list) -> None:
+def _encode(value: Any, out: list[bytes]) -> None:
     """Append the canonical encoding of value to out (see the module docstring)."""
     t = type(value)
     if value is None:
@@ -95,7 +116,7 @@ def _encode(value, out: list) -> None:
             f"float, str, bytes, or lists, tuples, dicts and sets of those")
 
 
-def encode_arguments(value) -> bytes:
+def encode_arguments(value: Any) -> bytes:
     """The canonical encoding of value: equal for equal values of the same
     types, in every process. Nested lengths make it unambiguous."""
     out: list[bytes] = []
@@ -103,7 +124,8 @@ def encode_arguments(value) -> bytes:
     return b"".join(out)
 
 
-def _bound(signature, args, kwargs):
+def _bound(signature: inspect.Signature | None, args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> list[Any]:
     """The call's arguments by parameter name, defaults applied, in the
     signature's order (a **kwargs parameter's dict is sorted by encoding)."""
     if signature is None:
@@ -116,14 +138,16 @@ def _bound(signature, args, kwargs):
     return [[name, value] for name, value in bound.arguments.items()]
 
 
-def call_key(name: str, signature, key_fn, args, kwargs) -> bytes:
+def call_key(name: str, signature: inspect.Signature | None, key_fn: Callable[..., Any] | None,
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The store key of one call (see the module docstring)."""
     material = key_fn(*args, **kwargs) if key_fn is not None else _bound(signature, args, kwargs)
     digest = hashlib.blake2b(encode_arguments(material), digest_size=16).hexdigest()
     return f"{name}:{digest}".encode("utf-8")
 
 
-def memoize(handle, ttl=None, *, name: str | None = None, key=None):
+def memoize(handle: Store[Any], ttl: float | None = None, *, name: str | None = None,
+            key: Callable[..., Any] | None = None) -> Callable[[Callable[P, R]], Memoized[P, R]]:
     """A decorator caching a function's results in handle (a Store or
     Namespace), by its arguments: see the module docstring.
 
@@ -148,7 +172,7 @@ def memoize(handle, ttl=None, *, name: str | None = None, key=None):
         raise InvalidArgumentTypeError(f"memoize's key must be a function of the call's arguments, "
                                        f"not {type(key).__name__}")
 
-    def decorate(func):
+    def decorate(func: Callable[P, R]) -> Memoized[P, R]:
         if not callable(func):
             raise InvalidArgumentTypeError(f"memoize decorates functions, not {type(func).__name__}")
         prefix = name if name is not None else f"{func.__module__}.{func.__qualname__}"
@@ -159,20 +183,20 @@ def memoize(handle, ttl=None, *, name: str | None = None, key=None):
         except (TypeError, ValueError):  # some builtins have none: positional and keyword as given
             signature = None
 
-        def key_of(*args, **kwargs) -> bytes:
+        def key_of(*args: Any, **kwargs: Any) -> bytes:
             return call_key(prefix, signature, key, args, kwargs)
 
-        def lookup(k):
+        def lookup(k: bytes) -> Any:
             return handle.get(k, _MISSING)
 
-        def store(k, result):
+        def store(k: bytes, result: Any) -> Any:
             handle.put(k, result, ttl=ttl)
             # what the next call gets: the value as read back (tuples as lists)
             return handle.get(k, result)
 
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
-            async def wrapper(*args, **kwargs):
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 k = key_of(*args, **kwargs)
                 found = lookup(k)
                 if found is not _MISSING:
@@ -180,7 +204,7 @@ def memoize(handle, ttl=None, *, name: str | None = None, key=None):
                 return store(k, await func(*args, **kwargs))
         else:
             @functools.wraps(func)
-            def wrapper(*args, **kwargs):
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
                 k = key_of(*args, **kwargs)
                 found = lookup(k)
                 if found is not _MISSING:
@@ -191,7 +215,7 @@ def memoize(handle, ttl=None, *, name: str | None = None, key=None):
                         return found
                     return store(k, func(*args, **kwargs))
 
-        def forget(*args, **kwargs) -> None:
+        def forget(*args: Any, **kwargs: Any) -> None:
             handle.delete(key_of(*args, **kwargs))
 
         def clear() -> int:
@@ -202,10 +226,12 @@ def memoize(handle, ttl=None, *, name: str | None = None, key=None):
                     batch.delete(k)
             return len(doomed)
 
-        wrapper.key = key_of
-        wrapper.forget = forget
-        wrapper.clear = clear
-        wrapper.store = handle
-        return wrapper
+        made: Any = wrapper  # a Memoized once these are set
+        made.key = key_of
+        made.forget = forget
+        made.clear = clear
+        made.store = handle
+        memoized: Memoized[P, R] = made
+        return memoized
 
     return decorate

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any, Callable, Literal, Mapping, TypedDict
 
 from .clock import check_clock
 
-__all__ = ["Options"]
+__all__ = ["Options", "OptionsDict"]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -223,7 +223,7 @@ class Options:
             raise ValueError("max_pending_ops must be at least max_batch_ops")
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict) -> "Options":
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Options:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -232,8 +232,41 @@ class Options:
             )
         return cls(**kwargs)
 
-    def replace(self, **changes) -> "Options":
+    def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
+
+
+
+class OptionsDict(TypedDict, total=False):
+    """The keyword arguments of `kvstore.open()` (and `kvstore.aio.open()`),
+    for type checkers: the fields of `Options`, each optional
+    (tests/test_typing.py checks that the two agree)."""
+
+    durable: bool
+    readonly: bool
+    max_namespaces: int
+    max_readers: int
+    clock: Callable[[], float]
+    map_size: int
+    max_map_size: int
+    flush_interval: float
+    max_batch_ops: int
+    max_batch_bytes: int
+    max_pending_ops: int
+    preallocate: bool
+    wal: bool
+    log_size: int
+    log_initial_size: int
+    apply_interval: float
+    apply_bytes: int
+    compression: Literal["zstd", "none"]
+    compression_level: int
+    compress_min_size: int
+    max_value_size: int
+    ttl_sweep_interval: float
+    ttl_sweep_batch: int
+    cache_entries: int
+    cache_bytes: int
 
 
 # ---------------------------------------------------------------- internal tunables

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+from typing import Any, Iterable
 
 from .options import ORDER_FROM  # a tunable: see there
 
@@ -29,7 +30,7 @@ TOMBSTONE = None  # the record of a pending delete
 
 
 
-class Overlay(collections.defaultdict):
+class Overlay(collections.defaultdict):  # type: ignore[type-arg]  # str -> {bytes: (int, bytes | None)}
     """namespace -> {key: (seq, record or TOMBSTONE)}; see the module docstring.
 
     Guarded by the writer's lock for every change; read without it."""
@@ -43,13 +44,13 @@ class Overlay(collections.defaultdict):
         self._ordered: dict[str, list[bytes]] = {}
         self._unordered: dict[str, list[bytes]] = {}
 
-    def enter(self, seq: int, ops) -> None:
+    def enter(self, seq: int, ops: Iterable[tuple[Any, ...]]) -> None:
         """Enter a group's writes [(ns, dbi, key, record)] as pending at seq."""
         for ns, _dbi, key, record in ops:
             self[ns][key] = (seq, record)
         self.added(ops)
 
-    def added(self, ops) -> None:
+    def added(self, ops: Iterable[tuple[Any, ...]]) -> None:
         """Note keys entered for namespaces kept in order (also after a
         conditional group entered its own writes)."""
         if self._unordered:
@@ -58,7 +59,7 @@ class Overlay(collections.defaultdict):
                 if keys is not None:
                     keys.append(key)
 
-    def drop(self, entries) -> None:
+    def drop(self, entries: Iterable[tuple[str, bytes, int]]) -> None:
         """Drop [(ns, key, seq)] entries that still hold that seq."""
         for ns, key, seq in entries:
             pending = self[ns]
@@ -74,7 +75,8 @@ class Overlay(collections.defaultdict):
                 if len(added) > 4 * len(self.get(ns, ())) + 1024:
                     del self._unordered[ns], self._ordered[ns]
 
-    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
+    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None
+                 ) -> list[tuple[bytes, bytes | None]]:
         """[(key, record-or-TOMBSTONE)] pending in ns; only keys in [lo, hi)
         when a bound is given (then in key order)."""
         pending = self.get(ns)
@@ -95,7 +97,7 @@ class Overlay(collections.defaultdict):
                 out.append((k, entry[1]))
         return out
 
-    def _in_order(self, ns: str, pending: dict) -> list:
+    def _in_order(self, ns: str, pending: dict[bytes, Any]) -> list[bytes]:
         """The keys pending in ns, in order (and maybe some dropped since).
         The writes since the last call are inserted one by one; the list is
         rebuilt when it is made or holds twice as many keys as are pending."""

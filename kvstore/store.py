@@ -12,6 +12,7 @@ reads as missing once it has expired, wherever it is found.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, ParamSpec, TypeVar, overload
 
 import lmdb
 
@@ -35,12 +36,25 @@ from .options import Options
 from .reads import SCAN_CHUNK, Reads
 from .validate import check_timeout
 from .writer import Group, Writer
+from ._types import Items, Key, KeyT, Value
 
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Literal, Self, Unpack
+
+    from .options import OptionsDict
+
+    from .engine import Engine
+    from .memoize import Memoized
+
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
 __all__ = ["open", "Store", "Namespace", "Batch", "MAX_KEY_SIZE", "SCAN_CHUNK"]
 
 
 
-def open(path, **options) -> "Store":
+def open(path: str | os.PathLike[str], **options: Unpack[OptionsDict]) -> Store:
     """Open (creating if missing, unless readonly=True) the store at `path`.
 
     :param path: a directory; created if missing
@@ -51,25 +65,33 @@ def open(path, **options) -> "Store":
     return Store(path, Options.from_kwargs(options))
 
 
-class Store(Reads):
+class Store(Reads, Generic[KeyT]):
     """A kvstore store: the default namespace of the store at `path`.
 
     Thread-safe: share one handle between threads. Opening the same path again
     in this process shares the same engine (and its pending writes).
+
+    For type checkers, generic in the type of the keys its scans return
+    (KeyT): a Store is a Store[bytes]; a Namespace opened with keys=str is
+    a Namespace[str].
     """
 
-    def __init__(self, path, options: Options):
+    _root: Store[Any]
+    _engine: Engine
+
+    def __init__(self, path: str | os.PathLike[str], options: Options):
         self._path = os.fspath(path)
         self._options = options
         self._ns = DEFAULT_NAMESPACE
         self._root = self
         self._closed = False
         self._durable = options.durable
-        self._codec = _codec.Codec(options.compression, options.compression_level,
-                            options.compress_min_size, options.max_value_size)
+        self._codec = _codec.Codec(  # set by codec.use()
+            options.compression, options.compression_level, options.compress_min_size,
+            options.max_value_size)
         self._engine = self._attach()
 
-    def _attach(self):
+    def _attach(self) -> Engine:
         return attach(self._path, self._options)
 
     # ------------------------------------------------------------ handles
@@ -91,7 +113,7 @@ class Store(Reads):
     def options(self) -> Options:
         return self._root._options
 
-    def _live_engine(self):
+    def _live_engine(self) -> Engine:
         """The Environment, after checking the handle is usable."""
         root = self._root
         if self._closed or root._closed:
@@ -101,7 +123,7 @@ class Store(Reads):
             engine = root._reopen_after_fork()
         return engine
 
-    def _reopen_after_fork(self):
+    def _reopen_after_fork(self) -> Engine:
         # An environment inherited through fork() must not be used in the
         # child (LMDB's locks and reader slots belong to the parent). Abandon
         # it, with the parent's pending writes (the parent commits those), and
@@ -114,7 +136,15 @@ class Store(Reads):
         self._engine = self._attach()
         return self._engine
 
-    def namespace(self, name: str, *, ttl: float | None = None, keys: type = bytes) -> "Namespace":
+    @overload
+    def namespace(self, name: str, *, ttl: float | None = None) -> Namespace[bytes]: ...
+    @overload
+    def namespace(self, name: str, *, ttl: float | None = None, keys: type[bytes]) -> Namespace[bytes]: ...
+    @overload
+    def namespace(self, name: str, *, ttl: float | None = None, keys: type[str]) -> Namespace[str]: ...
+
+    def namespace(self, name: str, *, ttl: float | None = None,
+                  keys: type[bytes] | type[str] = bytes) -> Namespace[bytes] | Namespace[str]:
         """A handle on namespace `name`, created (durably) if missing.
 
         :param ttl: the namespace's default TTL in seconds, for puts that
@@ -138,7 +168,7 @@ class Store(Reads):
         # A read-only handle never creates one, even when the engine it
         # shares with a writable handle of this process could.
         engine.dbi(name, create=not (engine.readonly or self.readonly))
-        handle = Namespace(self._root, name, keys)
+        handle: Namespace[bytes] | Namespace[str] = Namespace(self._root, name, keys)
         if wanted is None:
             return handle
         current = engine.ttl.default(name)
@@ -151,8 +181,8 @@ class Store(Reads):
                 f"namespace {name!r} has a default TTL of {current / 1000:g} s, not {ttl!r} s; "
                 f"change it with db.namespace({name!r}).set_default_ttl({ttl!r}), or leave ttl= out "
                 f"to use the stored one")
-        handle._writer(engine)  # ReadOnlyError
-        engine.ttl.set_default(name, wanted, engine.writer)
+        writer = handle._writer(engine)  # ReadOnlyError
+        engine.ttl.set_default(name, wanted, writer)
         return handle
 
     @property
@@ -172,9 +202,9 @@ class Store(Reads):
         """
         ms = 0 if ttl is None else _ttl.default_to_ms(ttl)
         engine = self._live_engine()
-        self._writer(engine)
+        writer = self._writer(engine)
         if ms or engine.ttl.default(self._ns):
-            engine.ttl.set_default(self._ns, ms, engine.writer)
+            engine.ttl.set_default(self._ns, ms, writer)
 
     def namespaces(self) -> list[str]:
         """Names of the namespaces in the store, sorted, "default" included."""
@@ -183,12 +213,12 @@ class Store(Reads):
 
     # ------------------------------------------------------------ writes
 
-    def _writer(self, engine) -> Writer:
+    def _writer(self, engine: Engine) -> Writer:
         if engine.readonly or self.readonly:
             raise ReadOnlyError(f"the store at {self.path!r} is open read-only; reopen it without readonly=True to write")
-        return engine.writer
+        return engine.writer  # type: ignore[return-value]  # None only on a read-only engine
 
-    def _dbi(self, engine, ns: str):
+    def _dbi(self, engine: Engine, ns: str) -> Any:
         dbi = engine.dbis.get(ns)
         if dbi is None:
             dbi = engine.dbi(ns, create=not (engine.readonly or self.readonly))
@@ -200,13 +230,14 @@ class Store(Reads):
     # the writer calls once the group is done. The twin returns whether the
     # caller must wait for that callback (Writer.submit).
 
-    def _submit(self, engine, ops: list, nbytes: int, durable, callback=None, before=None) -> bool:
+    def _submit(self, engine: Engine, ops: list[Any], nbytes: int, durable: bool | None,
+                callback: Callable[[Any], None] | None = None, before: Any = None) -> bool:
         writer = self._writer(engine)
         if durable is None:
             durable = self._root._durable
         return writer.submit(Group(ops, bool(durable), nbytes, callback, before))
 
-    def put(self, key, value, *, durable: bool | None = None, ttl: float | None = None) -> None:
+    def put(self, key: Key, value: Value, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store value under key.
 
         :param durable: True: return once the write is synced to disk; False:
@@ -220,7 +251,8 @@ class Store(Reads):
         """
         self._put(key, value, durable, None, ttl)
 
-    def _put(self, key, value, durable, callback, ttl=None) -> bool:
+    def _put(self, key: Key, value: Value, durable: bool | None, callback: Callable[[Any], None] | None,
+             ttl: float | None = None) -> bool:
         # The hot path of every buffered write: kept flat on purpose.
         root = self._root
         engine = root._engine
@@ -239,22 +271,22 @@ class Store(Reads):
         if ttl is not None or ns in engine.ttl.defaults:
             record, before = _ttl.stamp(engine, ns, record, ttl)
         dbi = engine.dbis.get(ns) or self._dbi(engine, ns)
-        return writer.submit(Group([(ns, dbi, key, record)],
+        return writer.submit(Group([(ns, dbi, key, record)],  # type: ignore[union-attr]  # as _writer
                                    root._durable if durable is None else bool(durable),
                                    len(record), callback, before))
 
-    def delete(self, key, *, durable: bool | None = None) -> None:
+    def delete(self, key: Key, *, durable: bool | None = None) -> None:
         """Remove key (no error if it is missing)."""
         self._delete(key, durable, None)
 
-    def _delete(self, key, durable, callback) -> bool:
+    def _delete(self, key: Key, durable: bool | None, callback: Callable[[Any], None] | None) -> bool:
         engine = self._live_engine()
         self._writer(engine)
-        key = check_key(key)
-        return self._submit(engine, [(self._ns, self._dbi(engine, self._ns), key, None)], 0, durable,
+        raw = check_key(key)
+        return self._submit(engine, [(self._ns, self._dbi(engine, self._ns), raw, None)], 0, durable,
                             callback)
 
-    def put_many(self, items, *, durable: bool | None = None, ttl: float | None = None) -> None:
+    def put_many(self, items: Items, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store many pairs atomically, in one commit (all or nothing, across crashes).
 
         :param items: a mapping, or an iterable of (key, value) pairs; a later
@@ -263,7 +295,8 @@ class Store(Reads):
         """
         self._put_many(items, durable, None, ttl)
 
-    def _put_many(self, items, durable, callback, ttl=None) -> bool:
+    def _put_many(self, items: Any, durable: bool | None, callback: Callable[[Any], None] | None,
+                  ttl: float | None = None) -> bool:
         engine = self._live_engine()
         self._writer(engine)
         if hasattr(items, "items"):
@@ -277,7 +310,7 @@ class Store(Reads):
         if ttl is not None:
             _ttl.to_ms(ttl)  # a bad ttl raises before any value is encoded
         stamped = ttl is not None or ns in engine.ttl.defaults
-        ops = []
+        ops: list[Any] = []
         nbytes = 0
         before = None
         for pair in items:
@@ -294,7 +327,7 @@ class Store(Reads):
             ops.append((ns, dbi, key, record))
         return bool(ops) and self._submit(engine, ops, nbytes, durable, callback, before)
 
-    def batch(self, durable: bool | None = None) -> "Batch":
+    def batch(self, durable: bool | None = None) -> Batch:
         """An atomic batch: ``with db.batch() as b: b.put(...); b.delete(...)``.
 
         Committed as one group when the block exits normally; discarded if it
@@ -306,7 +339,7 @@ class Store(Reads):
 
     # ------------------------------------------------------------ read-modify-write (txn.py)
 
-    def transaction(self, durable: bool | None = None) -> "_txn.Transaction":
+    def transaction(self, durable: bool | None = None) -> _txn.Transaction:
         """A transaction: ``with db.transaction() as tx: tx.get(...); tx.put(...)``.
 
         Commits when the block exits normally, if nothing it read has changed
@@ -319,32 +352,38 @@ class Store(Reads):
         """
         return _txn.Transaction(self, durable)
 
-    def transact(self, fn, *, retries: int = _txn.RETRIES, durable: bool | None = None):
+    def transact(self, fn: Callable[[_txn.Transaction], _R], *, retries: int = _txn.RETRIES,
+                 durable: bool | None = None) -> _R:
         """Run fn(tx) in a transaction, running it again (after a random
         backoff) when it conflicts, at most `retries` more times; returns
         fn's result. fn may run more than once: keep its side effects in tx.
 
         :raises ConflictError: every run conflicted (its message has the count)
         """
-        return _txn.transact(self, fn, retries, durable)
+        result: _R = _txn.transact(self, fn, retries, durable)
+        return result
 
-    def update(self, key, fn, default=None, *, durable: bool | None = None):
+    def update(self, key: Key, fn: Callable[[Any], Value], default: Value = None, *,
+               durable: bool | None = None) -> Any:
         """Store fn(old value) under key (old: default when missing) and return
         it; retried on conflict, so fn may run more than once."""
         return _txn.update(self, key, fn, default, durable)
 
-    def incr(self, key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
+    def incr(self, key: Key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
         """Add delta to the int under key (default when missing); returns the new value.
 
         :raises InvalidArgumentTypeError: delta or default, or the stored value, is not an int
         """
-        return _rmw.incr(self, key, delta, default, durable)
+        new: int = _rmw.incr(self, key, delta, default, durable)
+        return new
 
-    def compare_and_set(self, key, expected, new, *, durable: bool | None = None) -> bool:
+    def compare_and_set(self, key: Key, expected: Any, new: Value | _txn._Missing, *,
+                        durable: bool | None = None) -> bool:
         """Store new under key if it holds expected (kvstore.MISSING: if it is
         absent); new=kvstore.MISSING deletes it. Returns whether it did.
         Values compare as they read back (a tuple stored reads as a list)."""
-        return _rmw.compare_and_set(self, key, expected, new, durable)
+        done: bool = _rmw.compare_and_set(self, key, expected, new, durable)
+        return done
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every write accepted before the call is committed and synced.
@@ -357,10 +396,10 @@ class Store(Reads):
         if engine.writer is not None:
             engine.writer.flush(timeout)
 
-    def __setitem__(self, key, value) -> None:
+    def __setitem__(self, key: Key, value: Value) -> None:
         self.put(key, value)
 
-    def __delitem__(self, key) -> None:
+    def __delitem__(self, key: Key) -> None:
         if key not in self:
             raise KeyError(key)
         self.delete(key)
@@ -368,7 +407,8 @@ class Store(Reads):
     # ------------------------------------------------------------ memoize
 
     def memoize(self, ttl: float | None = None, namespace: str | None = None, *, name: str | None = None,
-                key=None):
+                key: Callable[..., Value] | None = None
+                ) -> Callable[[Callable[_P, _R]], Memoized[_P, _R]]:
         """A decorator caching a function's results in this store, by its
         arguments (kvstore/memoize.py: keys, collisions, concurrency)::
 
@@ -381,7 +421,7 @@ class Store(Reads):
         :param key: key(*args, **kwargs) -> what the call's key is made of,
             for arguments memoize cannot encode (default: the arguments)
         """
-        handle = self if namespace is None else self._root.namespace(namespace)
+        handle: Store[Any] = self if namespace is None else self._root.namespace(namespace)
         return _memoize.memoize(handle, ttl, name=name, key=key)
 
     # ------------------------------------------------------------ dictionaries
@@ -402,23 +442,24 @@ class Store(Reads):
         if ns != DEFAULT_NAMESPACE:
             check_namespace_name(ns)
         engine = self._live_engine()
-        self._writer(engine)
+        writer = self._writer(engine)
         self.flush()
         dbi = self._dbi(engine, ns)
         codec = self._root._codec
 
-        def serialize(record):
-            return codec.serialize(codec.decode(inner_record(record), dictionaries=engine.dicts.by_id))[1]
+        def serialize(record: bytes) -> bytes:
+            return codec.serialize(
+                codec.decode(inner_record(record), dictionaries=engine.dicts.by_id))[1]
 
-        return engine.dicts.train(ns, dbi, samples, dict_size, serialize, engine.writer)
+        return engine.dicts.train(ns, dbi, samples, dict_size, serialize, writer)
 
-    def dictionaries(self) -> list[dict]:
+    def dictionaries(self) -> list[dict[str, Any]]:
         """Every dictionary in the store: id, namespace, size, created, samples, current."""
         return self._live_engine().dicts.info()
 
     # ------------------------------------------------------------ state
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counters of the store's engine in this process, and the map's size.
 
         commits, ops_committed, ops_per_commit {mean, max}, commit_seconds
@@ -434,7 +475,7 @@ class Store(Reads):
         engine = self._live_engine()
         info = engine.info()
         w = engine.writer
-        out = {
+        out: dict[str, Any] = {
             "path": engine.path,
             "readonly": engine.readonly,
             "codec": self._root._codec.backend,
@@ -463,7 +504,7 @@ class Store(Reads):
         if w is not None:
             out.update(w.stats())
         if engine.tail is not None:  # the write-ahead log (wal.py): its size, tail, applies
-            out["log"] = {**engine.tail.stats(), **engine.applier.stats()}
+            out["log"] = {**engine.tail.stats(), **engine.applier.stats()}  # type: ignore[union-attr]  # with the tail
         if w is not None:
             out["transactions"] = _txn.stats(self)
         return out
@@ -482,23 +523,50 @@ class Store(Reads):
         if not engine.forked:
             detach(engine)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         state = "closed" if (self._closed or self._root._closed) else "open"
         return f"<kvstore.{type(self).__name__} {self._root._path!r} namespace={self._ns!r} {state}>"
 
+    if TYPE_CHECKING:
+        # The read methods, defined (unannotated) in reads.py, as type
+        # checkers should see them; nothing of this exists at run time.
+        def get(self, key: Key, default: Any = None, *, refresh_ttl: bool = False) -> Any: ...
+        def get_many(self, keys: Iterable[Key]) -> list[Any]: ...
+        def expiry(self, key: Key) -> tuple[float, float] | None: ...
+        def __getitem__(self, key: Key) -> Any: ...
+        def __contains__(self, key: object) -> bool: ...
+        def __len__(self) -> int: ...
+        def __iter__(self) -> Iterator[KeyT]: ...  # type: ignore[override]
+        def keys(self) -> Iterator[KeyT]: ...  # type: ignore[override]
+        def items(self) -> Iterator[tuple[KeyT, Any]]: ...  # type: ignore[override]
 
-class Namespace(Store):
+        @overload
+        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+                 reverse: bool = False, keys_only: Literal[False] = False) -> Iterator[tuple[KeyT, Any]]: ...
+        @overload
+        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+                 reverse: bool = False, keys_only: Literal[True]) -> Iterator[KeyT]: ...
+        @overload
+        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+                 reverse: bool = False, keys_only: bool) -> Iterator[KeyT] | Iterator[tuple[KeyT, Any]]: ...
+        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+                 reverse: bool = False, keys_only: bool = False
+                 ) -> Iterator[KeyT] | Iterator[tuple[KeyT, Any]]: ...
+
+
+class Namespace(Store[KeyT]):
     """A separate keyspace of a store, with the same methods. Shares the
     store's engine; closing it only closes this handle. With keys=str
     (Store.namespace), its scans and iteration return keys as str."""
 
-    def __init__(self, root: Store, name: str, keys: type = bytes):  # noqa: super().__init__ on purpose not called
+    def __init__(self, root: Store[bytes], name: str,  # noqa: super().__init__ on purpose not called
+                 keys: type[bytes] | type[str] = bytes):
         self._root = root
         self._ns = name
         self._closed = False
@@ -506,24 +574,26 @@ class Namespace(Store):
         self._keys = keys
 
     @property
-    def key_type(self) -> type:
+    def key_type(self) -> type[bytes] | type[str]:
         """bytes or str: the type of the keys scans and iteration return."""
         return self._keys
 
     # Keys as str: the scans of reads.py return bytes; these wrap them.
 
-    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False):
-        it = super().scan(prefix, start=start, stop=stop, reverse=reverse, keys_only=keys_only)
-        return it if self._keys is bytes else _str_keys(it, keys_only, self._ns)
+    # Type checkers see Store's declarations of these (keys of KeyT).
+    if not TYPE_CHECKING:
+        def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False):
+            it = super().scan(prefix, start=start, stop=stop, reverse=reverse, keys_only=keys_only)
+            return it if self._keys is bytes else _str_keys(it, keys_only, self._ns)
 
-    def keys(self):
-        return self.scan(keys_only=True)
+        def keys(self):
+            return self.scan(keys_only=True)
 
-    def items(self):
-        return self.scan()
+        def items(self):
+            return self.scan()
 
-    def __iter__(self):
-        return self.scan(keys_only=True)
+        def __iter__(self):
+            return self.scan(keys_only=True)
 
     def __repr__(self) -> str:
         text = super().__repr__()
@@ -538,7 +608,7 @@ def _decoded(key: bytes, ns: str) -> str:
                               f"read this namespace through a handle with keys=bytes (the default)") from None
 
 
-def _str_keys(it, keys_only: bool, ns: str):
+def _str_keys(it: Iterator[Any], keys_only: bool, ns: str) -> Iterator[Any]:
     """A scan's items with their keys decoded from UTF-8."""
     if keys_only:
         for key in it:
@@ -551,15 +621,15 @@ def _str_keys(it, keys_only: bool, ns: str):
 class Batch:
     """Writes that commit atomically when the `with` block exits normally."""
 
-    def __init__(self, store: Store, durable):
+    def __init__(self, store: Store[Any], durable: bool | None):
         self._store = store
         self._durable = durable
-        self._ops: list = []
+        self._ops: list[Any] = []
         self._nbytes = 0
-        self._before = None  # the TTL metadata step of its namespaces (ttl.Enable), if any
+        self._before: Any = None  # the TTL metadata step of its namespaces (ttl.Enable), if any
         self._state = "open"
 
-    def _target(self, namespace):
+    def _target(self, namespace: str | None) -> tuple[str, Any]:
         if self._state != "open":
             raise StoreClosedError(f"this batch is {self._state}; start a new one with db.batch()")
         store = self._store
@@ -569,11 +639,11 @@ class Batch:
             check_namespace_name(namespace)
         return ns, store._dbi(engine, ns)
 
-    def put(self, key, value, *, namespace: str | None = None, ttl: float | None = None) -> None:
+    def put(self, key: Key, value: Value, *, namespace: str | None = None, ttl: float | None = None) -> None:
         """Add a put to the batch; `namespace` targets another namespace of the
         store; `ttl` as for Store.put (None: that namespace's default)."""
         ns, dbi = self._target(namespace)
-        key = check_key(key)
+        raw = check_key(key)
         engine = self._store._live_engine()
         record = self._store._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
         if ttl is not None or ns in engine.ttl.defaults:
@@ -581,22 +651,23 @@ class Batch:
             if step is not None:
                 self._before = step | self._before
         self._nbytes += len(record)
-        self._ops.append((ns, dbi, key, record))
+        self._ops.append((ns, dbi, raw, record))
 
-    def delete(self, key, *, namespace: str | None = None) -> None:
+    def delete(self, key: Key, *, namespace: str | None = None) -> None:
         ns, dbi = self._target(namespace)
         self._ops.append((ns, dbi, check_key(key), None))
 
     def __len__(self) -> int:
         return len(self._ops)
 
-    def __enter__(self) -> "Batch":
+    def __enter__(self) -> Batch:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self._close(exc_type is not None, None)
 
-    def _close(self, discard: bool, callback) -> bool:
+    def _close(self, discard: bool, callback: Callable[[Any], None] | None) -> bool:
         """Discard the batch, or submit its writes as one group (see
         Store._submit); returns whether to wait for callback."""
         if self._state != "open":

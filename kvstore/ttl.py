@@ -43,6 +43,17 @@ from __future__ import annotations
 import math
 import struct
 import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    import lmdb
+
+    from .engine import Engine
+    from .environment import Environment
+    from .overlay import Overlay
+    from .writer import Writer
+
+Clock = Callable[[], float]
 
 from .clock import now_ms
 from .codec.format import TTL_HEADER_SIZE, TTL_VERSION, parse_ttl, ttl_expired, wrap_ttl
@@ -58,7 +69,7 @@ _DEFAULT = struct.Struct(">Q")
 # Longest TTL accepted, seconds (100 years); math.inf means "never expires".
 MAX_TTL = 100 * 365 * 86400
 
-def to_ms(ttl) -> int:
+def to_ms(ttl: float) -> int:
     """A TTL in seconds as whole milliseconds (at least 1); 0 for math.inf
     (no expiry). InvalidTTLError for anything else."""
     t = type(ttl)
@@ -75,7 +86,7 @@ def to_ms(ttl) -> int:
     return max(1, round(ttl * 1000))
 
 
-def default_to_ms(ttl) -> int:
+def default_to_ms(ttl: float) -> int:
     """A namespace's default TTL in seconds as milliseconds: like to_ms, but
     it must be finite (a namespace without a default has none)."""
     ms = to_ms(ttl)
@@ -85,7 +96,7 @@ def default_to_ms(ttl) -> int:
     return ms
 
 
-def expiry_ms(record) -> int:
+def expiry_ms(record: bytes | memoryview) -> int:
     """When a stored record expires (Unix epoch, milliseconds); 0 if it has no
     TTL. CorruptionError if its TTL prefix is damaged."""
     if len(record) and record[0] == TTL_VERSION:
@@ -93,7 +104,7 @@ def expiry_ms(record) -> int:
     return 0
 
 
-def stamp(env, ns: str, record: bytes, ttl) -> tuple[bytes, "Enable | None"]:
+def stamp(env: Engine, ns: str, record: bytes, ttl: float | None) -> tuple[bytes, Enable | None]:
     """(the bytes to store, a step for the group's `before`) for a freshly
     encoded record in namespace ns: with its TTL prefix when ttl (seconds;
     None: the namespace's default) says so.
@@ -114,9 +125,10 @@ def stamp(env, ns: str, record: bytes, ttl) -> tuple[bytes, "Enable | None"]:
 # ---------------------------------------------------------------- metadata
 
 
-def ttl_of(meta_value) -> int:
+def ttl_of(meta_value: bytes | memoryview | None) -> int:
     """The default TTL (ms) in a ttl: key's value; 0 for none (or a damaged value)."""
-    return _DEFAULT.unpack(bytes(meta_value))[0] if meta_value is not None and len(meta_value) == 8 else 0
+    ms: int = _DEFAULT.unpack(bytes(meta_value))[0] if meta_value is not None and len(meta_value) == 8 else 0
+    return ms
 
 
 class Enable:
@@ -126,7 +138,7 @@ class Enable:
 
     __slots__ = ("meta", "namespaces")
 
-    def __init__(self, meta: "TTLMeta", namespaces: frozenset):
+    def __init__(self, meta: TTLMeta, namespaces: frozenset[str]) -> None:
         self.meta = meta
         self.namespaces = namespaces
 
@@ -138,7 +150,7 @@ class Enable:
 
     __ror__ = __or__
 
-    def __call__(self, txn) -> None:
+    def __call__(self, txn: lmdb.Transaction) -> None:
         meta = self.meta._env.meta_db
         for ns in self.namespaces:
             key = TTL_PREFIX + ns.encode("utf-8")
@@ -147,7 +159,7 @@ class Enable:
         _upgrade_format(txn, meta)
 
 
-def _upgrade_format(txn, meta) -> None:
+def _upgrade_format(txn: lmdb.Transaction, meta: Any) -> None:
     if int(txn.get(FORMAT_KEY, db=meta) or 1) < TTL_STORE_FORMAT:
         txn.put(FORMAT_KEY, str(TTL_STORE_FORMAT).encode(), db=meta)
 
@@ -157,13 +169,13 @@ class TTLMeta:
     namespaces may hold TTL values, and their default TTLs; and the clock
     new TTL values are stamped by (Options.clock)."""
 
-    def __init__(self, env, clock):
+    def __init__(self, env: Environment, clock: Clock) -> None:
         self._env = env
         self.clock = clock  # a callable returning wall-clock seconds (kvstore/clock.py)
         self._lock = threading.Lock()  # serialises enable() and reload()
         # replaced whole, never mutated: read without the lock
         self.defaults: dict[str, int] = {}  # namespace -> default TTL, ms (only those with one)
-        self.namespaces: frozenset = frozenset()  # namespaces that have a ttl: key
+        self.namespaces: frozenset[str] = frozenset()  # namespaces that have a ttl: key
         self._steps: dict[str, Enable] = {}  # handed out and not yet seen committed
         self.reload()
 
@@ -177,12 +189,12 @@ class TTLMeta:
             step = self._steps.setdefault(ns, Enable(self, frozenset((ns,))))
         return step
 
-    def committed(self, groups) -> None:
+    def committed(self, groups: list[Any]) -> None:
         """Commit hook (Writer.on_commit): namespaces whose ttl: key a
         committed group's step wrote are known to have it from now on."""
         if not self._steps:
             return
-        done = set()
+        done: set[str] = set()
         for g in groups:
             if type(g.before) is Enable:
                 done |= g.before.namespaces
@@ -192,7 +204,7 @@ class TTLMeta:
                 for ns in done:
                     self._steps.pop(ns, None)
 
-    def _read(self, txn) -> dict:
+    def _read(self, txn: lmdb.Transaction) -> dict[str, int]:
         """namespace -> default ms (0: none) of every ttl: key, inside txn."""
         out = {}
         cur = txn.cursor(db=self._env.meta_db)
@@ -211,7 +223,7 @@ class TTLMeta:
         with self._lock:
             self._adopt(self._env.read(self._read))
 
-    def _adopt(self, found: dict) -> None:
+    def _adopt(self, found: dict[str, int]) -> None:
         self.defaults = {ns: ms for ns, ms in found.items() if ms}
         self.namespaces = frozenset(found)
 
@@ -220,13 +232,13 @@ class TTLMeta:
         key = TTL_PREFIX + ns.encode("utf-8")
         return ttl_of(self._env.read(lambda txn: txn.get(key, db=self._env.meta_db)))
 
-    def set_default(self, ns: str, default_ms: int, writer) -> None:
+    def set_default(self, ns: str, default_ms: int, writer: Writer) -> None:
         """Set ns's default TTL (0 removes it), giving it its ttl: key and the
         store format 2; durable, through the writer (Writer.run)."""
         env = self._env
         key = TTL_PREFIX + ns.encode("utf-8")
 
-        def write(txn):
+        def write(txn: lmdb.Transaction) -> dict[str, int]:
             meta = env.meta_db
             txn.put(key, _DEFAULT.pack(default_ms), db=meta)
             _upgrade_format(txn, meta)
@@ -248,15 +260,15 @@ class Sweep:
 
     __slots__ = ("now", "clock", "deleted")
 
-    def __init__(self, now: int, clock):
+    def __init__(self, now: int, clock: Clock) -> None:
         self.now = now  # ms: what the sweep judged expiry by
         self.clock = clock  # the store's clock, read again when the group applies
         self.deleted = 0  # set by the last apply() (a replay after a map grow runs it again)
 
-    def enter(self, overlay, seq: int, ops) -> None:
+    def enter(self, overlay: Overlay, seq: int, ops: list[Any]) -> None:
         """Reads need not see a sweep before it commits: its keys read as missing already."""
 
-    def apply(self, txn, ops) -> None:
+    def apply(self, txn: lmdb.Transaction, ops: list[Any]) -> None:
         # The earlier of the two clocks: a clock set back since the sweep
         # read must not make it delete a value written in between.
         deadline = min(self.now, now_ms(self.clock))
@@ -285,11 +297,11 @@ class Refresh:
 
     __slots__ = ("_env", "bases")
 
-    def __init__(self, env, bases: list):
+    def __init__(self, env: Engine, bases: list[tuple[bytes, int | None]]) -> None:
         self._env = env
         self.bases = bases
 
-    def enter(self, overlay, seq: int, ops) -> None:
+    def enter(self, overlay: Overlay, seq: int, ops: list[Any]) -> None:
         # Under the writer's lock. Reads of this process see the refreshed
         # record at once if what get read is still the key's newest version:
         # the very pending write it read, or, with nothing pending, the
@@ -309,7 +321,7 @@ class Refresh:
             if current:
                 pending[key] = (seq, record)
 
-    def apply(self, txn, ops) -> None:
+    def apply(self, txn: lmdb.Transaction, ops: list[Any]) -> None:
         for (_ns, dbi, key, record), (base, _) in zip(ops, self.bases):
             current = txn.get(key, db=dbi)
             if current is None or not len(current) or current[0] != TTL_VERSION:
@@ -341,7 +353,7 @@ class Sweeper:
     Thread safety: passes run in the sweeper's thread (or in a test's
     thread, never both); `swept` and `error` are written under _lock."""
 
-    def __init__(self, env, writer, interval: float, batch: int, clock):
+    def __init__(self, env: Engine, writer: Writer, interval: float, batch: int, clock: Clock) -> None:
         self._env = env
         self._writer = writer
         self._clock = clock  # the store's clock (Options.clock)
@@ -351,16 +363,16 @@ class Sweeper:
         self._stop = threading.Event()
         self.swept = 0  # values deleted by committed sweeps; guarded by _lock
         self.error: BaseException | None = None  # what stopped the thread, if anything did
-        self._position: dict[str, bytes] = {}  # namespace -> last key read
+        self._position: dict[str, bytes | None] = {}  # namespace -> last key read
         self._turn = 0  # index of the namespace to read next, in sorted order
-        self._queued = None  # the last pass's group, until it is done
-        self._thread = None
+        self._queued: Any = None  # the last pass's group, until it is done
+        self._thread: threading.Thread | None = None
         if interval > 0:
             self._thread = threading.Thread(target=self._run, name=f"kvstore-ttl-sweep:{env.path}",
                                             daemon=True)
             self._thread.start()
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """This sweeper's counters, for Store.stats()."""
         with self._lock:
             return {"expired_swept": self.swept,
@@ -414,14 +426,15 @@ class Sweeper:
             self._submit(ns, dbi, expired, now)
         return len(expired)
 
-    def _scan(self, txn, dbi, after, now):
+    def _scan(self, txn: lmdb.Transaction, dbi: Any, after: bytes | None, now: int
+              ) -> tuple[list[bytes], bytes | None, bool]:
         """(expired keys, last key read, reached the end) of one chunk."""
         cur = txn.cursor(db=dbi)
         ok = cur.set_range(after) if after is not None else cur.first()
         if ok and after is not None and cur.key() == after:
             ok = cur.next()
-        expired = []
-        last = after
+        expired: list[bytes] = []
+        last: Any = after
         n = 0
         while ok and n < self._batch:
             record = cur.value()
@@ -436,10 +449,10 @@ class Sweeper:
             ok = cur.next()
         return expired, (bytes(last) if last is not None else None), not ok
 
-    def _submit(self, ns, dbi, keys, now) -> None:
+    def _submit(self, ns: str, dbi: Any, keys: Iterable[bytes], now: int) -> None:
         sweep = Sweep(now, self._clock)
 
-        def committed(group):
+        def committed(group: Any) -> None:
             if group.error is None:
                 with self._lock:
                     self.swept += sweep.deleted

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import operator
 import threading
+from typing import Any
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -28,11 +29,11 @@ _LONGEST_WAIT = threading.TIMEOUT_MAX
 _SINGLE_KEY = (str, bytes, bytearray, memoryview)
 
 
-def _type_name(value) -> str:
+def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def check_count(value, name: str, what: str, minimum: int, maximum: int | None = None) -> int:
+def check_count(value: Any, name: str, what: str, minimum: int, maximum: int | None = None) -> int:
     """An integer argument (an int, or an object with __index__; not a bool)
     within minimum .. maximum (no upper bound when maximum is None)."""
     if isinstance(value, bool):
@@ -48,7 +49,7 @@ def check_count(value, name: str, what: str, minimum: int, maximum: int | None =
     return number
 
 
-def check_timeout(timeout, what: str = "flush") -> float | None:
+def check_timeout(timeout: Any, what: str = "flush") -> float | None:
     """A timeout in seconds: None (wait as long as it takes) or a number >= 0.
 
     Returns None for None, for math.inf and for any wait longer than threading
@@ -79,12 +80,12 @@ def check_timeout(timeout, what: str = "flush") -> float | None:
     return seconds
 
 
-def _negative(timeout, what) -> None:
+def _negative(timeout: float, what: str) -> None:
     raise InvalidArgumentError(
         f"{what}: timeout must be >= 0 seconds (or None to wait as long as it takes), not {timeout!r}")
 
 
-def check_keys_iterable(keys, what: str) -> list:
+def check_keys_iterable(keys: Any, what: str) -> list[Any]:
     """The keys of an iterable of keys, as a list (the keys themselves are
     checked by the caller). A single str or bytes is refused: iterating it
     would look up its characters or byte values one by one."""

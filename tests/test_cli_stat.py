@@ -5,11 +5,13 @@ issue 17). Real stores; no timing asserted."""
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 
 import kvstore
+import kvstore.cli
 from kvstore import engine
 from kvstore.cli import main
 
@@ -92,3 +94,101 @@ def test_stat_counts_overflow_pages_and_how_full_they_are(tmp_path):
     pages = json.loads(stat(path, "--json"))["pages"]
     assert pages["overflow"] == 2
     assert pages["overflow_fill"] == 1 - (2 * 4096 - 16 - 5018) / (2 * 4096)
+
+
+# ---------------------------------------------------------------- --watch (issue 20)
+
+
+class _Writing:
+    """A thread writing puts and batches into db until stopped."""
+
+    def __init__(self, db):
+        import threading
+
+        self.db = db
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        i = 0
+        while not self.stop.is_set():
+            self.db.put(f"k{i}", {"i": i})
+            if i % 20 == 0:
+                with self.db.batch() as b:
+                    for j in range(5):
+                        b.put(f"b{i}-{j}", j)
+            i += 1
+            self.stop.wait(0.001)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def test_stat_watch_prints_a_line_per_interval(tmp_path):
+    path = tmp_path / "store"
+    with kvstore.open(str(path)) as db, _Writing(db):
+        text = stat(path, "--watch", "0.05", "--count", "3")
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["time", "commits/s", "groups/s", "ops/s", "log", "used", "unapplied", "map"]
+    for line in lines[1:]:
+        assert " of 64.0 MiB (" in line  # map use against the map size
+
+
+def test_stat_watch_json_counts_the_writes_of_other_handles(tmp_path):
+    path = tmp_path / "store"
+    with kvstore.open(str(path)) as db, _Writing(db):
+        docs = [json.loads(line) for line in stat(path, "--watch", "0.05", "--count", "3", "--json").splitlines()]
+    assert len(docs) == 3
+    ops = sum(d["ops_per_second"] * d["seconds"] for d in docs)
+    groups = sum(d["groups_per_second"] * d["seconds"] for d in docs)
+    assert ops > groups > 0  # batches hold several ops: more ops than groups
+    for d in docs:
+        assert d["commits_per_second"] >= 0 and d["log_used_bytes"] >= d["log_unapplied_bytes"] >= 0
+        assert 0 < d["map_used"] <= d["map_size"]
+
+
+def test_stat_watch_without_a_log_shows_no_groups_or_ops(tmp_path):
+    path = tmp_path / "store"
+    with kvstore.open(str(path), wal=False) as db:
+        db.put("k", 1, durable=True)
+    line = stat(path, "--watch", "0.01", "--count", "1").splitlines()[1]
+    assert line.split()[1:4] == ["0.0", "-", "-"]  # commits/s, groups/s, ops/s
+    doc = json.loads(stat(path, "--watch", "0.01", "--count", "1", "--json"))
+    assert doc["ops_per_second"] is None and doc["log_used_bytes"] is None
+
+
+def test_stat_watch_ends_cleanly_on_ctrl_c(tmp_path):
+    path = tmp_path / "store"
+    with kvstore.open(str(path)) as db:
+        db.put("k", 1, durable=True)
+    proc = subprocess.Popen([sys.executable, "-m", "kvstore", "stat", str(path), "--watch", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().split()[0] == "time"
+        assert " of " in proc.stdout.readline()  # a sample: the watch is running
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert err == ""  # no traceback, no "interrupted"
+
+
+def test_stat_watch_arguments_are_checked(tmp_path):
+    path = tmp_path / "store"
+    with kvstore.open(str(path)) as db:
+        db.put("k", 1, durable=True)
+    for more, said in ((["--count", "2"], "--count goes with --watch"),
+                       (["--watch", "0"], "--watch takes a number of seconds > 0"),
+                       (["--watch", "1", "--count", "0"], "--count takes a number of lines >= 1")):
+        err = io.StringIO()
+        args = kvstore.cli._parse(kvstore.cli.build_parser(), ["stat", str(path), *more])
+        args.clock = None
+        assert kvstore.commands.dispatch(args, io.StringIO(), err) == 2
+        assert said in err.getvalue()

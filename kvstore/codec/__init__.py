@@ -178,7 +178,7 @@ def use(name: str) -> None:
 
 
 backend: str
-Codec: type[CodecLike]  # the active backend's Codec class
+Codec: Callable[..., CodecLike]  # the active backend's Codec class
 hash64: Callable[[Buffer], int]
 encode: Callable[..., bytes]
 decode: Callable[..., Any]

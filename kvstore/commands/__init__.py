@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+    from typing import TextIO
 
 from kvstore.errors import KVStoreError
 
@@ -28,20 +33,21 @@ COMMANDS = (stat, ls, keys, get, put, delete, expire, persist, inspect, dump, lo
             checkpoint, train_dict, demo)
 
 
-def add_parsers(subparsers) -> None:
+def add_parsers(subparsers: Any) -> None:
     for module in COMMANDS:
         module.add_parser(subparsers).set_defaults(run=module.run)
 
 
-def _error(message: str, status: int, err) -> int:
+def _error(message: str, status: int, err: TextIO) -> int:
     print(f"kvstore: error: {message}", file=err)
     return status
 
 
-def dispatch(args, out, err=None) -> int:
+def dispatch(args: argparse.Namespace, out: TextIO, err: TextIO | None = None) -> int:
     err = err if err is not None else sys.stderr
     try:
-        return args.run(args, out)
+        status: int = args.run(args, out)
+        return status
     except CommandError as exc:
         return _error(str(exc), exc.status, err)
     except KVStoreError as exc:

@@ -7,6 +7,7 @@ import datetime
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import kvstore
 from kvstore import engine
@@ -15,6 +16,20 @@ from kvstore.layout import DEFAULT_NAMESPACE, META_DB
 from kvstore.errors import KVStoreError, StoreNotFoundError
 
 from ._encoding import dumps, escape_key
+
+if TYPE_CHECKING:
+    import argparse
+
+    from kvstore.store import Store
+
+    # What every command module's add_parser(subparsers) and run(args, out) take
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    Parser = argparse.ArgumentParser
+    Args = argparse.Namespace
+    Out = TextIO
+
+# The clock a command's stores judge expiry by (kvstore.cli.main's; None: time.time)
+Clock = Callable[[], float] | None
 
 __all__ = ["CommandError", "NotFound", "open_readonly", "open_writable", "namespace_handle",
            "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal",
@@ -30,7 +45,7 @@ class CommandError(Exception):
 
     status = 2
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
@@ -42,18 +57,19 @@ class NotFound(CommandError):
     status = 1
 
 
-def quote_key(key) -> str:
+def quote_key(key: bytes | memoryview) -> str:
     return "'" + escape_key(key) + "'"
 
 
-def is_terminal(stream) -> bool:
+def is_terminal(stream: Any) -> bool:
     try:
-        return stream.isatty()
+        tty: bool = stream.isatty()
+        return tty
     except (AttributeError, ValueError):
         return False
 
 
-def write_json(out, doc, indent=2) -> None:
+def write_json(out: TextIO, doc: Any, indent: int | None = 2) -> None:
     out.write(dumps(doc, indent=indent) + "\n")
 
 
@@ -61,7 +77,7 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def human_size(n) -> str:
+def human_size(n: float | None) -> str:
     if n is None:
         return "-"
     n = float(n)
@@ -78,7 +94,7 @@ def utc_text(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def expiry_doc(expires_ms, ttl_ms, now_ms: int) -> dict | None:
+def expiry_doc(expires_ms: int | None, ttl_ms: Any, now_ms: int) -> dict[str, Any] | None:
     """The JSON form of a record's expiry: None without a TTL."""
     if expires_ms is None:
         return None
@@ -87,7 +103,7 @@ def expiry_doc(expires_ms, ttl_ms, now_ms: int) -> dict | None:
             "expired": expires_ms <= now_ms}
 
 
-def expiry_text(expires_ms, ttl_ms, now_ms: int) -> str:
+def expiry_text(expires_ms: int | None, ttl_ms: Any, now_ms: int) -> str:
     """One line for a record's expiry, as inspect and get --ttl print it."""
     if expires_ms is None:
         return "never (no TTL)"
@@ -102,7 +118,7 @@ def expiry_text(expires_ms, ttl_ms, now_ms: int) -> str:
 # ---------------------------------------------------------------- stores
 
 
-def _open(path, clock, **options):
+def _open(path: str, clock: Clock, **options: Any) -> Store:
     if clock is not None:
         options["clock"] = clock
     try:
@@ -117,7 +133,7 @@ def _open(path, clock, **options):
                            f"database, where the dictionaries are) is damaged ({what})") from None
 
 
-def open_readonly(path, clock=None):
+def open_readonly(path: str, clock: Clock = None) -> Store:
     """The store at path, read-only; StoreNotFoundError if there is none.
     clock: its Options.clock (None: the default); commands pass args.clock,
     which kvstore.cli.main sets. A store whose write-ahead log holds
@@ -137,7 +153,7 @@ def open_readonly(path, clock=None):
     return _open(path, clock, readonly=True)
 
 
-def open_writable(path, create: bool, clock=None, **options):
+def open_writable(path: str, create: bool, clock: Clock = None, **options: Any) -> Store:
     """The store at path for writing; every write durable by default. Creates
     the store only when create is True. clock: as for open_readonly;
     options: more of kvstore.open's (wal=False: never add a log to a store
@@ -147,13 +163,13 @@ def open_writable(path, create: bool, clock=None, **options):
     return _open(path, clock, durable=True, **options)
 
 
-def now_of(db) -> int:
+def now_of(db: Store[Any]) -> int:
     """Now in ms on the clock of an opened store: what a command judges
     expiry by."""
     return now_ms(db.options.clock)
 
 
-def namespace_dbi(db, name: str):
+def namespace_dbi(db: Store, name: str) -> Any:
     """The LMDB handle of namespace name; NotFound if the store lacks it.
 
     The default namespace always exists (it may lack a database, in a store
@@ -165,7 +181,7 @@ def namespace_dbi(db, name: str):
     return dbi
 
 
-def namespace_handle(db, name: str, create: bool = False):
+def namespace_handle(db: Store, name: str, create: bool = False) -> Store:
     """A handle on namespace name (the store itself for the default one)."""
     if name == DEFAULT_NAMESPACE:
         return db
@@ -195,14 +211,15 @@ class Progress:
     training); a thread calls it and redraws (poll may return None: only the
     elapsed time moves)."""
 
-    def __init__(self, label: str, total=None, *, unit: str = "records", stream=None, poll=None):
+    def __init__(self, label: str, total: int | None = None, *, unit: str = "records", stream: Any = None,
+                 poll: Callable[[], int | None] | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = is_terminal(self.stream)
         self.total = total
         self.done = 0  # guarded by _lock (a poll thread may update too)
         self._lock = threading.Lock()
-        self._bar = None
-        self._stop = None
+        self._bar: Any = None  # tqdm's
+        self._stop: threading.Event | None = None
         if not self.enabled:
             return
         from tqdm import tqdm  # only for a terminal: see the class docstring
@@ -216,8 +233,8 @@ class Progress:
             self._poller = threading.Thread(target=self._poll, args=(poll,), daemon=True)
             self._poller.start()
 
-    def _poll(self, poll) -> None:
-        while not self._stop.wait(0.2):
+    def _poll(self, poll: Callable[[], int | None]) -> None:
+        while not self._stop.wait(0.2):  # type: ignore[union-attr]  # set before the thread starts
             try:
                 done = poll()
             except OSError:
@@ -252,8 +269,8 @@ class Progress:
             self._bar.close()
             self._bar = None
 
-    def __enter__(self):
+    def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

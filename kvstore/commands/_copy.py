@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 
+from typing import TYPE_CHECKING, Any, Callable
+
 import lmdb
 
 from kvstore import engine
@@ -19,6 +21,10 @@ from kvstore.errors import translate
 
 from ._common import CommandError, Progress
 from ._output import umask, write_error
+
+if TYPE_CHECKING:
+    from kvstore.engine import Engine
+    from kvstore.store import Store
 
 __all__ = ["check_dest", "copy_store"]
 
@@ -42,7 +48,7 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def _copy(env, tmp: str, target: str, compact: bool, dest: str) -> None:
+def _copy(env: Engine, tmp: str, target: str, compact: bool, dest: str) -> None:
     while True:
         env.map_lock.acquire_shared()  # no map resize in this process meanwhile
         try:
@@ -63,7 +69,8 @@ def _copy(env, tmp: str, target: str, compact: bool, dest: str) -> None:
         env.adopt_map_size()
 
 
-def copy_store(db, dest: str, compact: bool, label: str, rewrite=None) -> int:
+def copy_store(db: Store[Any], dest: str, compact: bool, label: str,
+               rewrite: Callable[[str], Any] | None = None) -> int:
     """Copy db's environment into dest; return the size of the new data.mdb.
 
     rewrite(directory), if given, may change the copy (a private one, in a

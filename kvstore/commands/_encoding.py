@@ -33,6 +33,7 @@ import binascii
 import json
 import math
 import re
+from typing import Any
 
 __all__ = ["escape_key", "parse_key", "to_json", "from_json", "key_to_json", "key_from_json",
            "dumps", "safe_text", "TagError"]
@@ -49,7 +50,7 @@ class TagError(ValueError):
 # ---------------------------------------------------------------- keys as text
 
 
-def escape_key(key) -> str:
+def escape_key(key: bytes | memoryview) -> str:
     """Printable, pasteable text for a key (bytes); `parse_key` reverses it."""
     text = bytes(key).decode("utf-8", "surrogateescape")
     if text.isprintable() and "\\" not in text:
@@ -105,7 +106,7 @@ def parse_key(text: str, what: str = "key") -> bytes:
 # ---------------------------------------------------------------- values as JSON
 
 
-def to_json(value):
+def to_json(value: Any) -> Any:
     """A JSON-able form of a stored value (see the module's docstring)."""
     t = type(value)
     if value is None or t is bool or t is str or t is int:
@@ -125,11 +126,11 @@ def to_json(value):
     # Subclasses (bool is handled above): by their base type.
     for base in (int, float, str, bytes, list, tuple, dict):
         if isinstance(value, base):
-            return to_json(base(value))
+            return to_json(base(value))  # type: ignore[arg-type]  # value is a base
     raise TypeError(f"a value of type {t.__name__} has no JSON form")
 
 
-def _hashable(key):
+def _hashable(key: Any) -> Any:
     """A map key read from JSON: arrays become tuples (msgpack's rule)."""
     if type(key) is list:
         return tuple(_hashable(k) for k in key)
@@ -138,7 +139,7 @@ def _hashable(key):
     return key
 
 
-def from_json(doc):
+def from_json(doc: Any) -> Any:
     """The value a JSON document (tagged encoding) stands for; TagError if malformed."""
     t = type(doc)
     if t is list:
@@ -174,7 +175,7 @@ def from_json(doc):
     raise TagError(f"unknown tag {tag!r} (known: {BYTES}, {MAP}, {FLOAT})")
 
 
-def key_to_json(key):
+def key_to_json(key: bytes | memoryview) -> Any:
     """A key (bytes) in JSON: a str when it is valid UTF-8, else {"$bytes": ...}."""
     key = bytes(key)
     try:
@@ -183,11 +184,11 @@ def key_to_json(key):
         return {BYTES: base64.b64encode(key).decode("ascii")}
 
 
-def key_from_json(doc) -> bytes:
+def key_from_json(doc: Any) -> bytes:
     if type(doc) is str:
         return doc.encode("utf-8")
     if type(doc) is dict and len(doc) == 1 and BYTES in doc:
-        return from_json(doc)
+        return from_json(doc)  # type: ignore[no-any-return]
     raise TagError(f"a key must be a string or {{\"{BYTES}\": BASE64}}, not {json.dumps(doc)[:60]}")
 
 
@@ -204,7 +205,7 @@ def _escape_char(ch: str) -> str:
     return f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}"
 
 
-def _escape_run(match) -> str:
+def _escape_run(match: re.Match[str]) -> str:
     run = match.group()
     if run.isprintable():
         return run
@@ -217,7 +218,7 @@ def safe_text(json_text: str) -> str:
     return _NOT_PLAIN.sub(_escape_run, json_text)
 
 
-def dumps(doc, *, indent=None, compact: bool = False) -> str:
+def dumps(doc: Any, *, indent: int | None = None, compact: bool = False) -> str:
     """JSON text of an already JSON-able document, safe on a terminal."""
     text = json.dumps(doc, ensure_ascii=False, allow_nan=False, indent=indent,
                       separators=(",", ":") if compact else None)

@@ -22,6 +22,7 @@ import struct
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 import msgpack
 
@@ -37,6 +38,12 @@ from ._common import CommandError, quote_key
 from ._encoding import TagError, from_json, key_from_json
 from ._records import examine, inner_dict_id
 from .dump import JSONL_FORMAT, JSONL_VERSION
+
+if TYPE_CHECKING:
+    from ._common import Progress
+
+# (key bytes, value, expiry: None or (expires_ms, ttl_ms)) of one input record
+Record = tuple[bytes, Any, "tuple[int, int] | None"]
 
 __all__ = ["Section", "Plan", "DICT_ID", "open_input", "input_lines", "detect_format", "record_from_jsonl",
            "record_from_object", "jsonl_header", "scan_jsonl", "scan_objects", "scan_mdb", "route",
@@ -54,7 +61,7 @@ class Section:
     raw_name: bytes | None = None  # mdb: the database= name as bytes
     count: int = 0
     declared: int | None = None  # jsonl: the header's count
-    dict_ids: set = field(default_factory=set)
+    dict_ids: set[int] = field(default_factory=set)
     dest: str | None = None  # the namespace it is loaded into; None: skipped
     printable: bool = False  # mdb: format=print
     default_ttl: int = 0  # ms: the namespace's default TTL in the dump (0: none)
@@ -63,24 +70,25 @@ class Section:
 @dataclass
 class Plan:
     fmt: str
-    sections: list
-    meta_records: list = field(default_factory=list)  # mdb: (key, value) of __kvstore__
-    dump_dicts: dict = field(default_factory=dict)  # id -> (doc bytes, Dictionary)
-    dump_current: dict = field(default_factory=dict)  # namespace -> id
-    dump_ttl: dict = field(default_factory=dict)  # mdb: namespace -> default TTL in ms (ttl: keys)
+    sections: list[Section]
+    meta_records: list[tuple[bytes, bytes]] = field(default_factory=list)  # mdb: (key, value) of __kvstore__
+    dump_dicts: dict[int, tuple[bytes, Dictionary]] = field(default_factory=dict)  # id -> (doc bytes, Dictionary)
+    dump_current: dict[str, int] = field(default_factory=dict)  # namespace -> id
+    dump_ttl: dict[str, int] = field(default_factory=dict)  # mdb: namespace -> default TTL in ms (ttl: keys)
 
 
 # ---------------------------------------------------------------- input
 
 
-def open_input(path):
+def open_input(path: str | None) -> BinaryIO:
     """A seekable binary file of the input (stdin or a pipe is spooled to a
     temporary file, since the input is read twice)."""
     if path is not None and path != "-":
         f = open(path, "rb")
         if f.seekable():
             return f
-        source, close = f, True
+        source: Any = f
+        close = True
     else:
         source, close = sys.stdin.buffer, False
     try:
@@ -105,7 +113,7 @@ def open_input(path):
     return spool
 
 
-def input_lines(binary, progress=None):
+def input_lines(binary: BinaryIO, progress: Progress | None = None) -> Iterator[str]:
     """The lines of the input from its start, as text (bytes that are not
     UTF-8 kept as surrogate escapes). progress: a Progress in bytes, set to
     how far the input has been read."""
@@ -127,7 +135,7 @@ def input_lines(binary, progress=None):
             pass  # the file was closed already (the load stopped on an error)
 
 
-def detect_format(binary) -> str:
+def detect_format(binary: BinaryIO) -> str:
     binary.seek(0)
     for raw in binary:
         line = raw.strip()
@@ -145,7 +153,7 @@ def detect_format(binary) -> str:
 # ---------------------------------------------------------------- pass 1
 
 
-def _seconds(doc, name: str, lineno: int) -> int:
+def _seconds(doc: dict[str, Any], name: str, lineno: int) -> int:
     """A time field of a jsonl line (seconds, a JSON number) in ms."""
     value = doc.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 2**53 / 1000:
@@ -153,7 +161,7 @@ def _seconds(doc, name: str, lineno: int) -> int:
     return max(1, round(value * 1000))
 
 
-def record_from_jsonl(line: str, lineno: int):
+def record_from_jsonl(line: str, lineno: int) -> Record:
     """(key bytes, value, expiry) of a jsonl record line: expiry is None, or
     (expires_ms, ttl_ms) from its expires_at and ttl."""
     doc = _json_line(line, lineno)
@@ -175,7 +183,7 @@ def record_from_jsonl(line: str, lineno: int):
     return key, value, expiry
 
 
-def record_from_object(line: str, lineno: int, key_field: str, value_field: str | None):
+def record_from_object(line: str, lineno: int, key_field: str, value_field: str | None) -> Record:
     """(key bytes, value, None) of a JSON line as other tools write them: an
     object whose member key_field is the key (a string, or an integer taken
     as its decimal text) and whose member value_field is the value (None:
@@ -208,7 +216,7 @@ def record_from_object(line: str, lineno: int, key_field: str, value_field: str 
     return key, value, None
 
 
-def text_lines(binary, progress=None):
+def text_lines(binary: BinaryIO, progress: Progress | None = None) -> Iterator[tuple[int, str]]:
     """(line number, line) of the input's lines that are not blank, each
     checked to be UTF-8 text."""
     for lineno, line in enumerate(input_lines(binary, progress), 1):
@@ -221,14 +229,15 @@ def text_lines(binary, progress=None):
         yield lineno, line
 
 
-def _json_line(line: str, lineno: int):
+def _json_line(line: str, lineno: int) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
         raise CommandError(f"line {lineno}: not valid JSON ({exc})") from None
 
 
-def scan_objects(binary, key_field: str, value_field: str | None, progress=None) -> Plan:
+def scan_objects(binary: BinaryIO, key_field: str, value_field: str | None,
+                 progress: Progress | None = None) -> Plan:
     """Pass 1 of JSON lines from other tools (--key): one section, for the
     default namespace (or -n), every line checked."""
     section = Section(0, DEFAULT_NAMESPACE, 1)
@@ -238,7 +247,7 @@ def scan_objects(binary, key_field: str, value_field: str | None, progress=None)
     return Plan("jsonl", [section])
 
 
-def jsonl_header(line: str, lineno: int):
+def jsonl_header(line: str, lineno: int) -> dict[str, Any] | None:
     """The header document of a jsonl header line, or None for a record line."""
     if line.lstrip().startswith('{"k":'):
         return None
@@ -246,7 +255,7 @@ def jsonl_header(line: str, lineno: int):
     return doc if type(doc) is dict and "kvstore" in doc else None
 
 
-def scan_jsonl(binary, progress=None) -> Plan:
+def scan_jsonl(binary: BinaryIO, progress: Progress | None = None) -> Plan:
     sections: list[Section] = []
     current = None
     for lineno, line in text_lines(binary, progress):
@@ -279,19 +288,19 @@ def scan_jsonl(binary, progress=None) -> Plan:
     return Plan("jsonl", sections)
 
 
-def _close_jsonl_section(section) -> None:
+def _close_jsonl_section(section: Section | None) -> None:
     if section is not None and section.declared is not None and section.declared != section.count:
         raise CommandError(
             f"line {section.line}: the section of namespace {section.source!r} declares "
             f"{section.declared} records but holds {section.count}: the dump is truncated or edited")
 
 
-def scan_mdb(binary, raw: bool = False, progress=None) -> Plan:
+def scan_mdb(binary: BinaryIO, raw: bool = False, progress: Progress | None = None) -> Plan:
     """Pass 1 for mdb. raw: the dump of an LMDB environment that is not a
     kvstore store (load --raw): its values are bytes to store as they are,
     with no kvstore record to check; its keys are checked here."""
     plan = Plan("mdb", [])
-    section = None
+    section: Any = None  # a Section after the first "section" event
     meta = False
     try:
         for event in _mdbtext.parse(input_lines(binary, progress)):
@@ -397,7 +406,8 @@ def route(plan: Plan, namespace: str | None) -> None:
 # ---------------------------------------------------------------- pass 1, mdb: the records
 
 
-def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict, progress=None) -> None:
+def check_mdb_records(binary: BinaryIO, plan: Plan, codec: Any, store_dicts: dict[int, Dictionary],
+                      progress: Progress | None = None) -> None:
     """Pass 1 for mdb, the part that needs the dictionaries: every record's
     header and checksum, and every dictionary id known."""
     known = set(store_dicts) | set(plan.dump_dicts)
@@ -410,7 +420,7 @@ def check_mdb_records(binary, plan: Plan, codec, store_dicts: dict, progress=Non
                 f"{META_DB.decode()} database along: `mdb_dump -a` or `kvstore dump --format mdb`)")
     sections = iter(plan.sections)
     section = None
-    dictionaries = dict.fromkeys(known)
+    dictionaries: Any = dict.fromkeys(known)
     for event in _mdbtext.parse(input_lines(binary, progress)):
         if event[0] == "section":
             section = None if event[1] == META_DB else next(sections)

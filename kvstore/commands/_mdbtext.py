@@ -22,6 +22,7 @@ other; `mdb_load -f FILE DIR` loads them all. The writer here writes what
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["write_header", "record_text", "END", "parse", "MdbFormatError"]
 
@@ -36,7 +37,8 @@ class MdbFormatError(ValueError):
     """Input that is not mdb_dump text; the message names the line."""
 
 
-def write_header(write, name: bytes | None, mapsize: int, maxreaders: int, pagesize: int) -> None:
+def write_header(write: Callable[[str], Any], name: bytes | None, mapsize: int, maxreaders: int,
+                 pagesize: int) -> None:
     lines = ["VERSION=3", "format=bytevalue"]
     if name is not None:
         if b"\n" in name or b"\0" in name:
@@ -47,7 +49,7 @@ def write_header(write, name: bytes | None, mapsize: int, maxreaders: int, pages
     write("\n".join(lines) + "\n")
 
 
-def record_text(key, value) -> str:
+def record_text(key: bytes | memoryview, value: bytes | memoryview) -> str:
     return f" {key.hex()}\n {value.hex()}\n"
 
 
@@ -72,7 +74,7 @@ def _unprint(text: str) -> bytes:
     return bytes(out)
 
 
-def parse(lines):
+def parse(lines: Iterable[str]) -> Iterator[tuple[Any, ...]]:
     """Events from mdb_dump text (an iterable of lines, newline included):
 
         ("section", name, header, lineno)   name: bytes, or None for the main database
@@ -82,7 +84,7 @@ def parse(lines):
     Raises MdbFormatError at the first line that does not fit.
     """
     state = "start"  # start -> header -> data -> (after) start
-    header: dict = {}
+    header: dict[str, str] = {}
     name = None
     printable = False
     key = None

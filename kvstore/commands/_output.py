@@ -13,6 +13,8 @@ import os
 import tempfile
 
 from ._common import CommandError
+from types import TracebackType
+from typing import Any, Optional, TextIO, Type
 
 __all__ = ["AtomicOutput", "umask", "write_error"]
 
@@ -49,12 +51,12 @@ class AtomicOutput:
     regular file; a device or FIFO (/dev/stdout, a named pipe) is written
     directly."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._tmp = None
-        self.file = None
+        self._tmp: str | None = None
+        self.file: TextIO | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> TextIO:
         if os.path.exists(self.path) and not os.path.isfile(self.path):
             self.file = open(self.path, "w", encoding="utf-8", newline="\n")
             return self.file
@@ -73,8 +75,8 @@ class AtomicOutput:
         except OSError:
             return 0o666 & ~umask()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        f = self.file
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        f: Any = self.file  # set by __enter__
         if self._tmp is None:
             f.close()
             return
@@ -100,7 +102,7 @@ class AtomicOutput:
         finally:
             self._discard(f)
 
-    def _discard(self, f) -> None:
+    def _discard(self, f: TextIO) -> None:
         if self._tmp is not None:
             try:
                 f.close()

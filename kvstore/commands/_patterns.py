@@ -17,6 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import argparse
+
+    from kvstore.store import Store
 
 from ._common import CommandError
 from ._encoding import parse_key
@@ -30,7 +36,7 @@ _WILD = "*?["
 class Glob:
     text: str  # as the user wrote it
     prefix: bytes  # the literal bytes before the first wildcard
-    regex: re.Pattern  # matches whole keys
+    regex: re.Pattern[bytes]  # matches whole keys
 
     def matches(self, key: bytes) -> bool:
         return self.regex.fullmatch(key) is not None
@@ -103,7 +109,7 @@ def compile_glob(text: str, what: str = "pattern") -> Glob:
     return Glob(text, prefix, re.compile(b"".join(parts), re.DOTALL))
 
 
-def add_pattern_arguments(p, verb: str) -> None:
+def add_pattern_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     """--match GLOB and --prefix P, for commands that take keys by pattern."""
     p.add_argument("--match", metavar="GLOB", action="append", default=[],
                    help=f"{verb} every key matching GLOB (escaped form; * any bytes, ? one byte, [a-z] "
@@ -112,7 +118,7 @@ def add_pattern_arguments(p, verb: str) -> None:
                    help=f"{verb} every key starting with P (escaped form); repeatable")
 
 
-def patterns_of(args) -> list[Glob]:
+def patterns_of(args: argparse.Namespace) -> list[Glob]:
     """The patterns of --match and --prefix, as Globs."""
     globs = [compile_glob(g, "--match") for g in args.match]
     for p in args.prefix:
@@ -121,7 +127,7 @@ def patterns_of(args) -> list[Glob]:
     return globs
 
 
-def selected_keys(handle, globs: list[Glob]):
+def selected_keys(handle: Store[Any], globs: list[Glob]) -> Iterator[bytes]:
     """The keys of a namespace handle matching any of globs, in key order,
     each once."""
     if not globs:

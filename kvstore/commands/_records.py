@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
 
 import msgpack
 
@@ -18,13 +19,18 @@ from kvstore.layout import CURRENT_PREFIX, DICT_PREFIX, FORMAT_KEY, SEQ_KEY, TTL
 from kvstore.errors import CorruptionError, FormatError
 from kvstore.ttl import ttl_of
 
+if TYPE_CHECKING:
+    import lmdb
+
+    from kvstore.store import Store
+
 __all__ = ["namespaces", "snapshot_meta", "examine", "Examined", "flag_names", "MISSING", "inner_dict_id"]
 
 _ID = struct.Struct(">I")
 MISSING = object()
 
 
-def namespaces(db) -> list[tuple[str, object]]:
+def namespaces(db: Store[Any]) -> list[tuple[str, Any]]:
     """[(name, dbi-or-None)] of every namespace, sorted by name; the default
     namespace always listed (None when its database does not exist)."""
     env = engine.of(db)
@@ -44,17 +50,17 @@ def flag_names(flags: int) -> list[str]:
 class Meta:
     """The reserved metadata database as one snapshot sees it."""
 
-    format_version: object = None  # bytes, or None when missing
+    format_version: bytes | None = None  # bytes, or None when missing
     commit_seq: int | None = None
-    dictionaries: dict = field(default_factory=dict)  # id -> Dictionary (the ones that parse)
-    docs: dict = field(default_factory=dict)  # id -> {namespace, created, samples, size}
-    current: dict = field(default_factory=dict)  # namespace -> id
-    ttl_namespaces: set = field(default_factory=set)  # namespaces with a ttl: key (may hold TTL values)
-    ttl_defaults: dict = field(default_factory=dict)  # namespace -> default TTL in ms (those with one)
-    problems: list = field(default_factory=list)  # (what, reason)
+    dictionaries: dict[int, Dictionary] = field(default_factory=dict)  # id -> Dictionary (the ones that parse)
+    docs: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> {namespace, created, samples, size}
+    current: dict[str, int] = field(default_factory=dict)  # namespace -> id
+    ttl_namespaces: set[str] = field(default_factory=set)  # namespaces with a ttl: key (may hold TTL values)
+    ttl_defaults: dict[str, int] = field(default_factory=dict)  # namespace -> default TTL in ms (those with one)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (what, reason)
 
 
-def snapshot_meta(txn, env) -> Meta:
+def snapshot_meta(txn: lmdb.Transaction, env: Any) -> Meta:
     """Read __kvstore__ inside txn: format version, commit count, dictionaries."""
     meta = Meta()
     db = env.meta_db
@@ -103,7 +109,7 @@ def snapshot_meta(txn, env) -> Meta:
     return meta
 
 
-def _prefixed(cur, prefix: bytes):
+def _prefixed(cur: lmdb.Cursor, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
     """(key without prefix, value) of the keys starting with prefix, in order."""
     if cur.set_range(prefix):
         for key, value in cur:
@@ -113,7 +119,7 @@ def _prefixed(cur, prefix: bytes):
             yield key[len(prefix):], value
 
 
-def inner_dict_id(record) -> int:
+def inner_dict_id(record: bytes | memoryview) -> int:
     """The dictionary id in a stored record's v1 header (behind its TTL
     prefix, if any); 0 when it is too short to hold one."""
     at = TTL_HEADER_SIZE if len(record) and record[0] == TTL_VERSION else 0
@@ -152,7 +158,8 @@ class Examined:
         return self.expires_ms is not None and self.expires_ms <= now_ms
 
 
-def examine(record, codec, dictionaries, decode: bool = True) -> Examined:
+def examine(record: bytes | memoryview, codec: Any, dictionaries: dict[int, Dictionary],
+            decode: bool = True) -> Examined:
     """Check a record the way a reader does, one layer at a time, and say
     which layer failed: TTL prefix, header, checksum, dictionary, or decode."""
     record = bytes(record)
@@ -169,7 +176,7 @@ def examine(record, codec, dictionaries, decode: bool = True) -> Examined:
         ex.problem = f"header: record is {len(record)} bytes, shorter than the {HEADER_SIZE}-byte header"
         return ex
     ex.version, ex.flags, ex.raw_len, ex.dict_id, ex.checksum_stored = HEADER.unpack_from(record)
-    ex.checksum_computed = _codec.hash64(record[HEADER_SIZE:])
+    ex.checksum_computed = _codec.hash64(record[HEADER_SIZE:])  # set by codec.use()
     try:
         parse_header(record, codec.max_value_size)
     except (CorruptionError, FormatError) as exc:

@@ -5,8 +5,13 @@ from __future__ import annotations
 from ._common import human_size, open_readonly, write_json
 from ._copy import check_dest, copy_store
 
+from typing import TYPE_CHECKING
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "backup", help="copy a live store (consistent snapshot) into a new directory",
         description="Copy the store at PATH into DEST (new, or an empty directory) while writers "
@@ -18,7 +23,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     check_dest(args.dest)
     with open_readonly(args.path, clock=args.clock) as db:
         size = copy_store(db, args.dest, compact=False, label="backup")

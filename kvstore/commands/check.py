@@ -14,8 +14,15 @@ from ._common import Progress, now_of, open_readonly, plural, quote_key, write_j
 from ._encoding import key_to_json
 from ._records import examine, namespaces, snapshot_meta
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    import lmdb
+
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "check", help="verify every value: header, checksum, dictionary, decode",
         description="Walk every page of the data file first, without LMDB (page numbers, kinds, "
@@ -35,7 +42,7 @@ def add_parser(subparsers):
     return p
 
 
-def _walk_pages(args, out):
+def _walk_pages(args: Args, out: Out) -> tuple[int | None, lmdbwalk.Walk | None]:
     """The page walk, before LMDB touches the trees: (exit status if the
     pages are damaged, the walk)."""
     if not os.path.isfile(os.path.join(args.path, "data.mdb")):
@@ -61,13 +68,13 @@ def _walk_pages(args, out):
 class _LogRead:
     """The write-ahead log's unapplied part, read back without the engine."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.records = 0
         self.bytes = 0
-        self.ops: list = []  # [(namespace, key, stored or None)]
+        self.ops: list[tuple[str, bytes, bytes | None]] = []  # (namespace, key, stored or None)
         self.problem: str | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"records": self.records, "bytes": self.bytes, "ok": self.problem is None,
                 "problem": self.problem}
 
@@ -104,7 +111,7 @@ def _read_log(path: str) -> _LogRead | None:
     return out
 
 
-def _log_damaged(args, out, log: _LogRead, pages) -> int:
+def _log_damaged(args: Args, out: Out, log: _LogRead, pages: lmdbwalk.Walk | None) -> int:
     if args.json:
         write_json(out, {"ok": False, "records_checked": False, "log": log.to_json(),
                          "pages": None if pages is None else _pages_doc(pages), "page_problems": []})
@@ -116,12 +123,12 @@ def _log_damaged(args, out, log: _LogRead, pages) -> int:
     return 1
 
 
-def _pages_doc(pages) -> dict:
+def _pages_doc(pages: lmdbwalk.Walk) -> dict[str, Any]:
     return {"total": pages.last_pg + 1, "read": pages.pages_read, "free": pages.free_pages,
             "page_size": pages.psize, "txnid": pages.txnid}
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     status, pages = _walk_pages(args, out)
     if status is not None:
         return status
@@ -135,10 +142,12 @@ def run(args, out) -> int:
         codec = engine.codec_of(db)
         handles = namespaces(db)
 
-        def snapshot(txn):
+        def snapshot(txn: lmdb.Transaction) -> Any:
             meta = snapshot_meta(txn, env)
             now = now_of(db)
-            per_ns, bad, referenced = {}, [], {}
+            per_ns: dict[str, Any] = {}
+            bad: list[Any] = []
+            referenced: dict[Any, Any] = {}
             total = sum(txn.stat(dbi)["entries"] for _, dbi in handles if dbi is not None)
             with Progress("check", total) as progress:
                 for name, dbi in handles:
@@ -165,14 +174,14 @@ def run(args, out) -> int:
                         meta.problems.append((f"namespace {name!r}", "holds TTL values but has no ttl: key in "
                                               "the metadata, so len() miscounts it"))
             # the log's records LMDB does not hold yet (a user who may not apply them)
-            for ns, key, record in [] if log is None else log.ops:
-                if record is None:
+            for ns, logged_key, logged in [] if log is None else log.ops:
+                if logged is None:
                     continue
-                ex = examine(record, codec, meta.dictionaries)
+                ex = examine(logged, codec, meta.dictionaries)
                 if ex.dict_id:
                     referenced[ex.dict_id] = referenced.get(ex.dict_id, 0) + 1
                 if not ex.ok:
-                    bad.append((ns, key, f"{ex.problem} (in the write-ahead log)"))
+                    bad.append((ns, logged_key, f"{ex.problem} (in the write-ahead log)"))
             if meta.ttl_namespaces and meta.format_version is not None \
                     and meta.format_version.isdigit() and int(meta.format_version) < TTL_STORE_FORMAT:
                 meta.problems.append(("metadata", f"TTL namespaces in a store of format "

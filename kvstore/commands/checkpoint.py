@@ -12,8 +12,13 @@ from kvstore.wal import INDEX_FILE
 
 from ._common import open_writable, write_json
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "checkpoint", help="apply the write-ahead log to data.mdb and empty the log",
         description="Apply every record of the store's write-ahead log to LMDB in one synced "
@@ -25,7 +30,7 @@ def add_parser(subparsers):
     return p
 
 
-def unapplied_bytes(path) -> int:
+def unapplied_bytes(path: str) -> int:
     """Bytes of log records LMDB does not hold yet, from the index page as
     the last writer left it (0 when the store has no log)."""
     try:
@@ -36,10 +41,11 @@ def unapplied_bytes(path) -> int:
     if len(raw) < 88:
         return 0
     _gen, _z, end, _sum, _synced, applied, _asum = struct.unpack_from("<IIQQQQQ", raw, 40)
-    return max(end - applied, 0)
+    unapplied: int = max(end - applied, 0)
+    return unapplied
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     # wal=False: a store without a log stays without one (format 1 or 2);
     # a store with a log uses it whatever the option says
     db = open_writable(args.path, create=False, clock=args.clock, wal=False)
@@ -49,7 +55,7 @@ def run(args, out) -> int:
         db.flush()
         report = {"path": db.path, "log": eng.tail is not None, "applied_bytes": before}
         if eng.tail is not None:
-            st = eng.log.state()
+            st: Any = eng.log.state()  # type: ignore[union-attr]  # with the tail
             report["unapplied_bytes"] = st.end - st.applied
     finally:
         db.close()

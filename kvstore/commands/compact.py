@@ -23,8 +23,13 @@ from kvstore.errors import CorruptionError, translate
 from ._common import CommandError, human_size, now_of, open_readonly, plural, write_json
 from ._copy import check_dest, copy_store
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "compact", help="write a compacted copy of a store (free pages dropped, pages filled)",
         description="Write a compacted copy of the store at PATH into DEST (new, or an empty "
@@ -85,7 +90,7 @@ def _rebuild(directory: str, now: int) -> int:
     return dropped
 
 
-def _ttl_namespaces(env, txn) -> set:
+def _ttl_namespaces(env: lmdb.Environment, txn: lmdb.Transaction) -> set[bytes]:
     """Names (bytes) of the namespaces that have held TTL values."""
     try:
         meta = env.open_db(META_DB, txn=txn, create=False)
@@ -94,22 +99,23 @@ def _ttl_namespaces(env, txn) -> set:
     return {bytes(k)[len(TTL_PREFIX):] for k, _ in txn.cursor(db=meta) if bytes(k).startswith(TTL_PREFIX)}
 
 
-def _main_records(env, txn, names: set) -> list:
+def _main_records(env: lmdb.Environment, txn: lmdb.Transaction, names: set[str]) -> list[tuple[bytes, bytes]]:
     """(key, value) of the main database that are not named databases."""
     return [(bytes(k), bytes(v)) for k, v in txn.cursor()
             if bytes(k).decode("utf-8", "backslashreplace") not in names]
 
 
-def _append_db(src, rtxn, dst, name: str, now) -> int:
+def _append_db(src: lmdb.Environment, rtxn: lmdb.Transaction, dst: lmdb.Environment, name: str,
+               now: int | None) -> int:
     """Copy database `name` from src (read in rtxn) into dst in key order
     with MDB_APPEND, committing every _REBUILD_TXN_BYTES; without the values
     expired at now (None: keep all). Returns how many were left out."""
-    dbi = src.open_db(name.encode(), txn=rtxn, create=False)
+    dbi: Any = src.open_db(name.encode(), txn=rtxn, create=False)  # (flags(txn): the stub lacks txn)
     flags = dbi.flags(rtxn)
     if flags.get("dupsort"):
         raise CommandError(f"database {name!r} holds duplicate keys (DUPSORT), which kvstore never writes: "
                            f"this is not a kvstore store; copy it with mdb_copy -c")
-    options = {k: flags[k] for k in ("reverse_key", "integerkey") if flags.get(k)}
+    options: Any = {k: flags[k] for k in ("reverse_key", "integerkey") if flags.get(k)}
     out = dst.open_db(name.encode(), create=True, **options)
     dropped = 0
     cursor = rtxn.cursor(db=dbi)
@@ -129,7 +135,7 @@ def _append_db(src, rtxn, dst, name: str, now) -> int:
     return dropped
 
 
-def _expired(record, now: int) -> bool:
+def _expired(record: bytes | memoryview, now: int) -> bool:
     try:
         expires = ttl.expiry_ms(record)
     except CorruptionError:
@@ -137,11 +143,11 @@ def _expired(record, now: int) -> bool:
     return 0 < expires <= now
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     check_dest(args.output)
     dropped = 0
 
-    def rewrite(directory):
+    def rewrite(directory: str) -> None:
         nonlocal dropped
         dropped = _rebuild(directory, now)
 

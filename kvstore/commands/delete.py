@@ -11,8 +11,13 @@ from ._encoding import escape_key
 from ._patterns import add_pattern_arguments, patterns_of, selected_keys
 from .get import parse_key_arg
 
+from typing import TYPE_CHECKING
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "del", help="delete keys, named or by pattern (durable)",
         description="Delete KEY (escaped form), or every key named and matched by --match/--prefix, "
@@ -29,7 +34,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     globs = patterns_of(args)
     keys = [parse_key_arg(k) for k in args.key]
     one = len(keys) == 1 and not globs

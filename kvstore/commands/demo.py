@@ -3,8 +3,13 @@ read it back, report (the workload itself is kvstore.demo)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser("demo", help="write an agent-memory workload from several threads, read it back, report")
     p.add_argument("path", help="store directory (created if missing)")
     p.add_argument("--threads", type=int, default=4, help="writer threads (default 4)")
@@ -13,7 +18,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     from kvstore import demo
 
     ok = demo.run(args.path, threads=args.threads, sessions=args.sessions, turns=args.turns,

@@ -24,6 +24,17 @@ from ._encoding import dumps, key_to_json, to_json
 from ._output import AtomicOutput
 from ._records import namespaces, snapshot_meta
 
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import lmdb
+
+    from kvstore.engine import Engine
+
+    Write = Callable[[str], Any]
+    Sections = list[tuple[str, Any]]
+    from ._common import Args, Out, Parser, Subparsers
+
 __all__ = ["add_parser", "run", "JSONL_FORMAT", "JSONL_VERSION"]
 
 JSONL_FORMAT = "kvstore-jsonl"
@@ -33,7 +44,7 @@ JSONL_FORMAT = "kvstore-jsonl"
 JSONL_VERSION = 2
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "dump", help="write every record as text (jsonl, or mdb_dump's format)",
         description="Write the records of every namespace (or of one, with -n) as text, from one "
@@ -49,14 +60,14 @@ def add_parser(subparsers):
     return p
 
 
-def _damaged(key, name, exc) -> CorruptionError:
+def _damaged(key: bytes | memoryview, name: str, exc: Exception) -> CorruptionError:
     return CorruptionError(
         f"cannot dump key {quote_key(key)} of namespace {name!r}: {getattr(exc, 'reason', exc)}; "
         f"`kvstore check` lists every damaged record, and `--format mdb` dumps the stored bytes as "
         f"they are")
 
 
-def _expiry(key, name, record):
+def _expiry(key: bytes | memoryview, name: str, record: bytes | memoryview) -> tuple[int, int] | None:
     """(expires_ms, ttl_ms) of a stored record, or None without a TTL."""
     if not len(record) or record[0] != TTL_VERSION:
         return None
@@ -66,7 +77,8 @@ def _expiry(key, name, record):
         raise _damaged(key, name, exc) from None
 
 
-def _dump_jsonl(txn, env, codec, sections, write, progress, now: int) -> int:
+def _dump_jsonl(txn: lmdb.Transaction, env: Engine, codec: Any, sections: Sections, write: Write,
+                progress: Progress, now: int) -> int:
     meta = snapshot_meta(txn, env)
     dictionaries = meta.dictionaries
     total = 0
@@ -103,7 +115,7 @@ def _dump_jsonl(txn, env, codec, sections, write, progress, now: int) -> int:
     return total
 
 
-def _dump_mdb(txn, env, sections, write, progress) -> int:
+def _dump_mdb(txn: lmdb.Transaction, env: Engine, sections: Sections, write: Write, progress: Progress) -> int:
     info = env.lmdb.info()
     total = 0
     for name, dbi in sections:
@@ -122,7 +134,7 @@ def _dump_mdb(txn, env, sections, write, progress) -> int:
     return total
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     with open_readonly(args.path, clock=args.clock) as db:
         env = engine.of(db)
         if args.namespace is not None:
@@ -134,8 +146,8 @@ def run(args, out) -> int:
             # bytes, the metadata included (its dictionaries travel along).
             sections = sorted([(META_DB.decode(), env.meta_db)] + sections, key=lambda s: s[0].encode("utf-8"))
 
-        def work(write):
-            def snapshot(txn):
+        def work(write: Write) -> int:
+            def snapshot(txn: lmdb.Transaction) -> int:
                 total = sum(txn.stat(dbi)["entries"] for _, dbi in sections
                             if dbi is not None and dbi is not env.meta_db)
                 with Progress("dump", total) as progress:

@@ -21,10 +21,19 @@ from kvstore.errors import CorruptionError, Refused
 from ._common import CommandError, NotFound, namespace_dbi, now_of, open_writable, quote_key, utc_text
 from .get import parse_key_arg
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lmdb
+
+    from kvstore.store import Store
+
+    from ._common import Args, Out, Parser, Subparsers
+
 __all__ = ["add_parser", "run", "set_expiry"]
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "expire", help="set a key's TTL without rewriting its value (durable)",
         description="Make the value of KEY expire SECONDS from now (its TTL becomes SECONDS), as "
@@ -38,7 +47,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     try:
         ms = _ttl.to_ms(args.seconds)
     except ValueError as exc:
@@ -46,7 +55,7 @@ def run(args, out) -> int:
     return _change(args, out, ms)
 
 
-def _change(args, out, ttl_ms: int) -> int:
+def _change(args: Args, out: Out, ttl_ms: int) -> int:
     key = parse_key_arg(args.key)
     db = open_writable(args.path, create=False, clock=args.clock)
     try:
@@ -62,7 +71,7 @@ def _change(args, out, ttl_ms: int) -> int:
     return 0
 
 
-def set_expiry(db, namespace: str, key: bytes, ttl_ms: int):
+def set_expiry(db: Store[Any], namespace: str, key: bytes, ttl_ms: int) -> int | None:
     """Give key's value in namespace the expiry now + ttl_ms (0: none),
     durably, rewriting its TTL prefix only. Returns the new expiry (ms since
     the epoch), 0 for none, or None when the key is missing or expired."""
@@ -73,7 +82,7 @@ def set_expiry(db, namespace: str, key: bytes, ttl_ms: int):
     now = now_of(db)
     step = env.ttl.step_for(namespace) if ttl_ms else None
 
-    def write(txn):  # repeatable: the writer replays it after growing the map
+    def write(txn: lmdb.Transaction) -> int | None:  # repeatable: the writer replays it after growing the map
         stored = txn.get(key, db=dbi)
         if stored is None:
             return None
@@ -95,7 +104,7 @@ def set_expiry(db, namespace: str, key: bytes, ttl_ms: int):
             txn.put(key, record, db=dbi)
         return 0
 
-    result = env.writer.run(write, count=True)
+    result: int | None = env.writer.run(write, count=True)  # type: ignore[union-attr]  # open_writable's
     if step is not None and result:
         env.ttl.reload()  # it has its ttl: key now
     return result

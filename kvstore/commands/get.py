@@ -12,10 +12,18 @@ from ._encoding import dumps, escape_key, key_to_json, parse_key, to_json
 from ._patterns import add_pattern_arguments, patterns_of, selected_keys
 from ._records import MISSING
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvstore.store import Store
+
+    from ._patterns import Glob
+    from ._common import Args, Out, Parser, Subparsers
+
 FORMATS = ("json", "repr", "raw", "hex")
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "get", help="print the value of a key",
         description="Print the value stored under KEY (escaped form: \\\\ for a backslash, \\xNN for "
@@ -47,7 +55,7 @@ def parse_key_arg(text: str) -> bytes:
         raise CommandError(str(exc)) from None
 
 
-def _as_bytes(value, fmt: str) -> bytes:
+def _as_bytes(value: Any, fmt: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -56,7 +64,7 @@ def _as_bytes(value, fmt: str) -> bytes:
                        f"{type(value).__name__}: use --format json or repr")
 
 
-def write_raw(out, data: bytes) -> None:
+def write_raw(out: Any, data: bytes) -> None:
     buffer = getattr(out, "buffer", None)
     if buffer is None:
         if hasattr(out, "write") and not hasattr(out, "encoding"):
@@ -68,7 +76,7 @@ def write_raw(out, data: bytes) -> None:
     buffer.flush()
 
 
-def _show_expiry(handle, key, args, out) -> int:
+def _show_expiry(handle: Store[Any], key: bytes, args: Args, out: Out) -> int:
     try:
         expiry = handle.expiry(key)
     except KeyError:
@@ -80,7 +88,7 @@ def _show_expiry(handle, key, args, out) -> int:
     return 0
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     globs = patterns_of(args)
     if len(args.key) > 1 or globs:
         return _run_many(args, [parse_key_arg(k) for k in args.key], globs, out)
@@ -107,14 +115,14 @@ def run(args, out) -> int:
     return 0
 
 
-def _line(key: bytes, value, fmt: str) -> str:
+def _line(key: bytes, value: Any, fmt: str) -> str:
     if fmt == "json":
         return dumps({"k": key_to_json(key), "v": to_json(value)}, compact=True)
     shown = repr(value) if fmt == "repr" else _as_bytes(value, fmt).hex()
     return f"{escape_key(key)}\t{shown}"
 
 
-def _run_many(args, keys: list, globs, out) -> int:
+def _run_many(args: Args, keys: list[bytes], globs: list[Glob], out: Out) -> int:
     """Several keys: one line each (see the description)."""
     if args.format == "raw":
         raise CommandError("--format raw prints one value; with several keys use --format json, repr or hex")
@@ -125,6 +133,7 @@ def _run_many(args, keys: list, globs, out) -> int:
         matched = (k for k in selected_keys(handle, globs) if k not in named)
         for key, was_named in [(k, True) for k in keys] + [(k, False) for k in matched]:
             if args.ttl:
+                expiry: Any
                 try:
                     expiry = handle.expiry(key)
                 except KeyError:

@@ -10,8 +10,13 @@ from ._encoding import dumps, key_to_json, to_json
 from ._records import examine, flag_names, inner_dict_id
 from .get import parse_key_arg
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "inspect", help="show how a value is stored: header, sizes, checksum, value",
         description="Show the record stored under KEY layer by layer: its expiry if it has a TTL "
@@ -25,11 +30,11 @@ def add_parser(subparsers):
     return p
 
 
-def _hex64(n):
+def _hex64(n: int | None) -> str | None:
     return None if n is None else f"0x{n:016x}"
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     key = parse_key_arg(args.key)
     with open_readonly(args.path, clock=args.clock) as db:
         env = engine.of(db)
@@ -41,7 +46,7 @@ def run(args, out) -> int:
             raise NotFound(f"key {quote_key(key)} not found in namespace {args.namespace!r}")
         dict_id = inner_dict_id(record)
         dictionaries = env.dicts.for_decoding(dict_id) if dict_id else env.dicts.by_id
-        ex = examine(record, engine.codec_of(db), dictionaries)
+        ex: Any = examine(record, engine.codec_of(db), dictionaries)  # its fields are set by the layers read
         now = now_of(db)
     doc = {
         "namespace": args.namespace,

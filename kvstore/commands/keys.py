@@ -6,8 +6,13 @@ from ._common import CommandError, namespace_handle, open_readonly
 from ._encoding import dumps, escape_key, key_to_json, parse_key
 from ._patterns import compile_glob
 
+from typing import TYPE_CHECKING
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "keys", help="list keys (escaped), optionally by prefix or range",
         description="List the keys of a namespace in key order, one per line, escaped: a backslash "
@@ -28,7 +33,7 @@ def add_parser(subparsers):
     return p
 
 
-def _bound(text, what):
+def _bound(text: str | None, what: str) -> bytes | None:
     if text is None:
         return None
     try:
@@ -37,7 +42,7 @@ def _bound(text, what):
         raise CommandError(str(exc)) from None
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     if args.limit is not None and args.limit < 0:
         raise CommandError("--limit must be 0 or more")
     prefix, start, stop = (_bound(args.prefix, "--prefix"), _bound(args.start, "--start"),

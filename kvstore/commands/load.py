@@ -45,12 +45,23 @@ from ._loadplan import (Plan, check_mdb_records, detect_format, input_lines, jso
                         record_from_jsonl, record_from_object, route, scan_jsonl, scan_mdb, scan_objects)
 from ._records import inner_dict_id
 
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import lmdb
+
+    from kvstore.store import Store
+
+    from ._loadplan import Section
+
+    from ._common import Args, Out, Parser, Subparsers
+
 __all__ = ["add_parser", "run"]
 
 BATCH_RECORDS, BATCH_BYTES = LOAD_BATCH_RECORDS, LOAD_BATCH_BYTES  # tunables (options.py)
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "load", help="load a dump (jsonl, or mdb_dump's format) into a store",
         description="Load a dump into the store at PATH (created if missing). The whole input is "
@@ -80,12 +91,12 @@ def add_parser(subparsers):
 class _Loader:
     """Writes (namespace, key, record) in synced transactions of BATCH_RECORDS."""
 
-    def __init__(self, db, overwrite: bool, progress: Progress):
+    def __init__(self, db: Store, overwrite: bool, progress: Progress) -> None:
         self.db = db
         self.env = engine.of(db)
         self.overwrite = overwrite
         self.progress = progress
-        self.batch: list = []
+        self.batch: list[tuple[str, Any, bytes, bytes]] = []
         self.nbytes = 0
         self.loaded: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
@@ -93,7 +104,7 @@ class _Loader:
         self.now = now_of(db)  # one judgement of expiry for the whole load
         self._dbis: dict[str, object] = {}
 
-    def dbi(self, namespace: str):
+    def dbi(self, namespace: str) -> Any:
         dbi = self._dbis.get(namespace)
         if dbi is None:
             dbi = self._dbis[namespace] = self.env.dbi(namespace, create=True)
@@ -112,7 +123,7 @@ class _Loader:
                 return
             step = self.env.ttl.step_for(namespace)
             if step is not None:  # committed before any TTL value of it
-                self.env.writer.submit(Group([], True, 0, before=step))
+                self.env.writer.submit(Group([], True, 0, before=step))  # type: ignore[union-attr]  # writable
         self.batch.append((namespace, dbi, key, record))
         self.nbytes += len(record)
         if len(self.batch) >= BATCH_RECORDS or self.nbytes >= BATCH_BYTES:
@@ -123,13 +134,13 @@ class _Loader:
         if not batch:
             return
 
-        def write(txn):  # replayed from the start if the map must grow
+        def write(txn: lmdb.Transaction) -> list[bool]:  # replayed from the start if the map must grow
             done = []
             for namespace, dbi, key, record in batch:
                 done.append(txn.put(key, record, db=dbi, overwrite=overwrite))
             return done
 
-        done = env.writer.run(write, count=True)  # a commit of the writer's, in order with any other
+        done = env.writer.run(write, count=True)  # type: ignore[union-attr]  # a commit of the writer's, in order with any other
         for (namespace, _, _, _), put in zip(batch, done):
             if put:
                 self.loaded[namespace] += 1
@@ -139,7 +150,8 @@ class _Loader:
         self.batch, self.nbytes = [], 0
 
 
-def _load_jsonl(binary, plan: Plan, db, loader: _Loader, fields=None) -> None:
+def _load_jsonl(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader,
+                fields: tuple[str, str | None] | None = None) -> None:
     """Pass 2 for jsonl: a kvstore dump, or with fields (key, value) JSON
     lines of other tools."""
     codec = engine.codec_of(db)
@@ -172,7 +184,7 @@ def _load_jsonl(binary, plan: Plan, db, loader: _Loader, fields=None) -> None:
         loader.add(dest, key, record)
 
 
-def _merge_dictionaries(db, plan: Plan) -> set:
+def _merge_dictionaries(db: Store, plan: Plan) -> set[int]:
     """Copy the dump's dictionaries into the store, in one transaction; return
     the ids whose records must be encoded again (the store uses the id for
     another dictionary)."""
@@ -185,7 +197,7 @@ def _merge_dictionaries(db, plan: Plan) -> set:
         if s.dest is not None and did is not None:
             wanted_current[s.dest] = did
 
-    def merge(txn):
+    def merge(txn: lmdb.Transaction) -> set[int]:
         conflicts = set()
         for did, (doc, _dictionary) in sorted(plan.dump_dicts.items()):
             key = DICT_PREFIX + _ID.pack(did)
@@ -200,12 +212,13 @@ def _merge_dictionaries(db, plan: Plan) -> set:
                 txn.put(key, _ID.pack(did), db=env.meta_db)
         return conflicts
 
-    conflicts = env.writer.run(merge, count=True)
+    conflicts: set[int] = env.writer.run(merge, count=True)  # type: ignore[union-attr]  # writable
     env.dicts.reload()
     return conflicts
 
 
-def _load_mdb(binary, plan: Plan, db, loader: _Loader, conflicts: set, raw: bool = False) -> None:
+def _load_mdb(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader, conflicts: set[int],
+              raw: bool = False) -> None:
     """Pass 2 for mdb: the records as they are (pass 1 checked them), except
     those compressed with a dump dictionary whose id the store uses for
     another: decoded with the dump's and encoded again with the store's.
@@ -233,7 +246,7 @@ def _load_mdb(binary, plan: Plan, db, loader: _Loader, conflicts: set, raw: bool
             loader.add(dest, key, record)
 
 
-def _options(args):
+def _options(args: Args) -> tuple[str | None, tuple[str, str | None] | None]:
     """(format, (key field, value field) or None): the input the options ask for."""
     if args.value_field is not None and args.key_field is None:
         raise CommandError("--value FIELD goes with --key FIELD (which member of each object is the key)")
@@ -248,7 +261,7 @@ def _options(args):
     return args.format, None
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     fmt, fields = _options(args)
     binary = open_input(args.input)
     try:
@@ -266,7 +279,7 @@ def run(args, out) -> int:
         exists = os.path.exists(os.path.join(args.path, "data.mdb"))
         if fmt == "mdb" and not exists and not args.raw:
             with Progress("load: checking records", size, unit="bytes") as progress:
-                check_mdb_records(binary, plan, _codec.Codec(), {}, progress)
+                check_mdb_records(binary, plan, _codec.Codec(), {}, progress)  # set by codec.use()
         db = open_writable(args.path, create=True, clock=args.clock)
         try:
             if fmt == "mdb" and exists and not args.raw:
@@ -274,12 +287,12 @@ def run(args, out) -> int:
                     check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id, progress)
             for s in chosen:  # create every destination, even for an empty section
                 if s.dest != DEFAULT_NAMESPACE:
-                    db.namespace(s.dest)
+                    db.namespace(s.dest)  # type: ignore[arg-type]  # chosen: dest set
             defaults = _give_default_ttls(db, chosen)
             with Progress("load", sum(s.count for s in chosen)) as progress:
                 loader = _Loader(db, not args.no_overwrite, progress)
                 for s in chosen:
-                    loader.dbi(s.dest)
+                    loader.dbi(s.dest)  # type: ignore[arg-type]  # chosen: dest set
                 if fmt == "jsonl":
                     _load_jsonl(binary, plan, db, loader, fields)
                 else:
@@ -303,7 +316,7 @@ def run(args, out) -> int:
     return 0
 
 
-def _give_default_ttls(db, chosen) -> list[str]:
+def _give_default_ttls(db: Store, chosen: list[Section]) -> list[str]:
     """Give each destination the default TTL its dump section has, unless it
     has one already; lines saying what was done."""
     lines = []
@@ -311,9 +324,9 @@ def _give_default_ttls(db, chosen) -> list[str]:
     for s in chosen:
         if not s.default_ttl:
             continue
-        have = env.ttl.default(s.dest)
+        have = env.ttl.default(s.dest)  # type: ignore[arg-type]  # chosen: dest set
         if not have:
-            env.ttl.set_default(s.dest, s.default_ttl, env.writer)
+            env.ttl.set_default(s.dest, s.default_ttl, env.writer)  # type: ignore[arg-type]  # writable
             lines.append(f"namespace {s.dest!r}: default TTL {s.default_ttl / 1000:g} s, from the dump")
         elif have != s.default_ttl:
             lines.append(f"namespace {s.dest!r}: kept its default TTL of {have / 1000:g} s (the dump's is "

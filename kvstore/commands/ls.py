@@ -8,8 +8,13 @@ from ._common import open_readonly, write_json
 from ._encoding import escape_key
 from ._records import namespaces
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser("ls", help="list the namespaces of a store",
                               description="List the namespaces of the store at PATH with their entry counts.")
     p.add_argument("path", help="store directory")
@@ -17,12 +22,12 @@ def add_parser(subparsers):
     return p
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     with open_readonly(args.path, clock=args.clock) as db:
         handles = namespaces(db)
         counts = engine.of(db).read(lambda txn: [txn.stat(dbi)["entries"] if dbi is not None else 0
                                            for _, dbi in handles])
-    rows = [{"namespace": name, "entries": n} for (name, _), n in zip(handles, counts)]
+    rows: list[dict[str, Any]] = [{"namespace": name, "entries": n} for (name, _), n in zip(handles, counts)]
     if args.json:
         write_json(out, rows)
         return 0

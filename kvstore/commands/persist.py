@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from .expire import _change
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "persist", help="remove a key's TTL without rewriting its value (durable)",
         description="Make the value of KEY never expire, as redis-cli's PERSIST: its TTL prefix is "
@@ -20,5 +25,5 @@ def add_parser(subparsers):
     return p
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     return _change(args, out, 0)

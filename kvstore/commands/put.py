@@ -8,8 +8,13 @@ from ._common import CommandError, namespace_handle, open_writable
 from ._encoding import TagError, from_json
 from .get import parse_key_arg
 
+from typing import TYPE_CHECKING
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "put", help="store a value under a key (durable)",
         description="Store VALUE under KEY (escaped form) and return once it is synced to disk. "
@@ -27,7 +32,7 @@ def add_parser(subparsers):
     return p
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     key = parse_key_arg(args.key)
     value = args.value
     if args.json:

@@ -14,25 +14,48 @@ kvstore keeps past the last page (preallocation). A store with a
 write-ahead log (format 3) shows the log too: its file size, its
 generation, the records LMDB does not hold yet (other processes' writes
 since this command applied the log: it opens the store as `dump` does) and
-how far an fdatasync has covered it."""
+how far an fdatasync has covered it.
+
+`--watch SECONDS` samples the store instead, every SECONDS, one line each,
+until Ctrl-C (or `--count N` lines): what the store's files say of every
+process using it. Commits: LMDB commits of writes (the store's commit
+counter). With a write-ahead log, groups and ops: the write groups (a put,
+a put_many, a batch, a transaction) and their operations appended to the
+log, read back from it (a log reset between two samples loses the records
+appended just before it: then they count low); the log's size in use and
+its part not yet applied to data.mdb. Map: its use against the map size its
+last writer recorded. The read cache's hit ratio is not there: it is a
+counter of each process (`Store.stats()["cache"]`), which another process
+cannot read."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 from kvstore import codec, engine, lmdbwalk
 from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, parse_ttl
 from kvstore.errors import CorruptionError
-from kvstore.wal import HEADER_SIZE as LOG_HEADER_SIZE
+from kvstore.wal import HEADER_SIZE as LOG_HEADER_SIZE, decode_ops, seed as log_seed
 from kvstore.lmdbfile import newest_meta
 
-from ._common import human_size, now_of, open_readonly, plural, write_json
+from ._common import CommandError, human_size, now_of, open_readonly, plural, write_json
 from ._encoding import escape_key
 from ._records import namespaces, snapshot_meta
 
+from typing import TYPE_CHECKING, Any
 
-def add_parser(subparsers):
+if TYPE_CHECKING:
+    import lmdb
+
+    from kvstore.engine import Engine
+    from kvstore.store import Store
+
+    from ._common import Args, Out, Parser, Subparsers
+
+
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "stat", help="statistics of a store: map, pages, sizes, compression",
         description="Statistics of the store at PATH, from one consistent snapshot: the LMDB "
@@ -42,15 +65,19 @@ def add_parser(subparsers):
                     "have expired, the default TTL), the write-ahead log (its size, the records not yet "
                     "applied to LMDB, how far it is synced) and the codec backend.")
     p.add_argument("path", help="store directory")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
+    p.add_argument("--watch", metavar="SECONDS", type=float,
+                   help="live: every SECONDS, a line of commits, write groups and ops per second, log "
+                        "and map use, until Ctrl-C")
+    p.add_argument("--count", metavar="N", type=int, help="with --watch: stop after N lines")
     return p
 
 
-def _namespace_stats(txn, dbi, now: int) -> dict:
-    st = txn.stat(dbi) if dbi is not None else {"entries": 0, "depth": 0, "branch_pages": 0,
+def _namespace_stats(txn: lmdb.Transaction, dbi: Any, now: int) -> dict[str, Any]:
+    st: Any = txn.stat(dbi) if dbi is not None else {"entries": 0, "depth": 0, "branch_pages": 0,
                                                 "leaf_pages": 0, "overflow_pages": 0}
     stored = decoded = bad = with_ttl = expired = 0
-    dicts: Counter = Counter()
+    dicts: Counter[int] = Counter()
     if dbi is not None:
         unpack = HEADER.unpack_from
         for _key, record in txn.cursor(db=dbi):
@@ -88,11 +115,11 @@ def _namespace_stats(txn, dbi, now: int) -> dict:
     }
 
 
-def collect(db) -> dict:
+def collect(db: Store) -> dict[str, Any]:
     env = engine.of(db)
     handles = namespaces(db)
 
-    def read(txn):
+    def read(txn: lmdb.Transaction) -> tuple[Any, dict[str, dict[str, Any]], int]:
         meta = snapshot_meta(txn, env)
         now = now_of(db)
         per_ns = {name: _namespace_stats(txn, dbi, now) for name, dbi in handles}
@@ -136,13 +163,13 @@ def collect(db) -> dict:
     }
 
 
-def _log_stats(env) -> dict | None:
+def _log_stats(env: Engine) -> dict[str, Any] | None:
     """The write-ahead log as its index says now (None: the store has none).
     unapplied_records is None when the log cannot be read that far (damage:
     `kvstore check` names it)."""
     if env.tail is None:
         return None
-    log = env.log
+    log: Any = env.log  # with the tail
     st = log.state()
     if st is None:  # a writer died inside a change of the index: the next writable open rebuilds it
         return {"file_size": os.path.getsize(log.log_path), "generation": None, "end": None,
@@ -164,7 +191,7 @@ def _log_stats(env) -> dict | None:
     }
 
 
-def _log_line(log) -> str:
+def _log_line(log: dict[str, Any]) -> str:
     if log["generation"] is None:
         return (f"{human_size(log['file_size'])} file; its index was left half changed by a writer that "
                 f"died (the next writable open rebuilds it)")
@@ -186,7 +213,7 @@ def _recorded_map_size(data_file: str) -> int:
     return meta.mapsize if meta is not None else 0
 
 
-def _active_readers(env) -> int:
+def _active_readers(env: Engine) -> int:
     """Read transactions open now, in any process (LMDB's reader table:
     a slot whose txnid is "-" is kept by its process, not reading)."""
     env.map_lock.acquire_shared()
@@ -203,7 +230,7 @@ def _fill(unused: int, pages: int, psize: int) -> float | None:
     return 1 - unused / (pages * psize) if pages else None
 
 
-def _pages(walked, psize: int, entries: int) -> dict:
+def _pages(walked: lmdbwalk.Walk, psize: int, entries: int) -> dict[str, Any]:
     """Where data.mdb's used pages go, from a walk of every page."""
     trees = walked.dbs.values()
     branch = sum(t.branch_pages for t in trees)
@@ -224,11 +251,11 @@ def _pages(walked, psize: int, entries: int) -> dict:
     }
 
 
-def _pct(x) -> str:
+def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _table(out, header, rows, align) -> None:
+def _table(out: Out, header: list[str], rows: list[list[Any]], align: str) -> None:
     """Columns padded to their widest cell; align: one "l" or "r" per column."""
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     for r in [header] + rows:
@@ -236,7 +263,116 @@ def _table(out, header, rows, align) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-def run(args, out) -> int:
+# ---------------------------------------------------------------- --watch
+
+
+class _Sample:
+    """What the store's files say at one moment (see the module docstring)."""
+
+    def __init__(self, env: Engine, data_file: str) -> None:
+        self.at = time.monotonic()
+        self.commits = env.commit_seq()
+        info = env.info()
+        self.map_used: int = info["map_used"]
+        self.map_size: int = (info["map_size"] if not env.readonly
+                              else _recorded_map_size(data_file) or info["map_size"])
+        log: Any = env.log if env.tail is not None else None
+        self.log = log
+        self.state = log.state() if log is not None else None
+
+
+def _log_ops(before: _Sample, now: _Sample) -> tuple[int, int] | None:
+    """(groups, ops) appended to the log between two samples; None without
+    a log, or when it cannot be read (a change under way, damage)."""
+    old, new = before.state, now.state
+    if new is None or now.log is None:
+        return None
+    if old is not None and old.gen == new.gen:
+        at, chain = old.end, old.end_sum
+    else:  # reset since (or the first sample): the new generation from its start
+        at, chain = LOG_HEADER_SIZE, log_seed(new.gen)
+    groups = ops = 0
+    try:
+        for _end, _sum, payload in now.log.records(new.gen, at, chain, new.end):
+            groups += 1
+            ops += len(decode_ops(payload))
+    except (CorruptionError, ValueError):
+        return None
+    return groups, ops
+
+
+def _watch_doc(before: _Sample, now: _Sample) -> dict[str, Any]:
+    dt = max(now.at - before.at, 1e-9)
+    appended = _log_ops(before, now)
+    st = now.state
+    return {
+        "time": time.time(),
+        "seconds": dt,
+        "commits_per_second": (now.commits - before.commits) / dt,
+        "groups_per_second": appended[0] / dt if appended is not None else None,
+        "ops_per_second": appended[1] / dt if appended is not None else None,
+        "log_used_bytes": st.end - LOG_HEADER_SIZE if st is not None else None,
+        "log_unapplied_bytes": st.end - st.applied if st is not None else None,
+        "map_used": now.map_used,
+        "map_size": now.map_size,
+    }
+
+
+def _watch_line(doc: dict[str, Any]) -> list[str]:
+    def rate(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.1f}"
+
+    pct = 100.0 * doc["map_used"] / doc["map_size"] if doc["map_size"] else 0.0
+    return [time.strftime("%H:%M:%S", time.localtime(doc["time"])), rate(doc["commits_per_second"]),
+            rate(doc["groups_per_second"]), rate(doc["ops_per_second"]),
+            "-" if doc["log_used_bytes"] is None else human_size(doc["log_used_bytes"]),
+            "-" if doc["log_unapplied_bytes"] is None else human_size(doc["log_unapplied_bytes"]),
+            f"{human_size(doc['map_used'])} of {human_size(doc['map_size'])} ({pct:.1f}%)"]
+
+
+_WATCH_HEADER = ["time", "commits/s", "groups/s", "ops/s", "log used", "unapplied", "map"]
+_WATCH_WIDTHS = [8, 10, 9, 10, 10, 10, 0]
+
+
+def _watch(args: Args, out: Out) -> int:
+    if not args.watch > 0:
+        raise CommandError(f"--watch takes a number of seconds > 0, not {args.watch!r}")
+    if args.count is not None and args.count < 1:
+        raise CommandError(f"--count takes a number of lines >= 1, not {args.count!r}")
+
+    def write(cells: list[str]) -> None:
+        out.write("  ".join(c.rjust(w) for c, w in zip(cells, _WATCH_WIDTHS)).rstrip() + "\n")
+        out.flush()
+
+    with open_readonly(args.path, clock=args.clock) as db:
+        env = engine.of(db)
+        data_file = os.path.join(env.path, "data.mdb")
+        if not args.json:
+            write(_WATCH_HEADER)
+        before = _Sample(env, data_file)
+        lines = 0
+        try:
+            while args.count is None or lines < args.count:
+                time.sleep(args.watch)
+                now = _Sample(env, data_file)
+                doc = _watch_doc(before, now)
+                if args.json:
+                    write_json(out, doc, indent=None)
+                    out.flush()
+                else:
+                    write(_watch_line(doc))
+                before = now
+                lines += 1
+        except KeyboardInterrupt:  # Ctrl-C: the way a watch ends
+            pass
+    return 0
+
+
+def run(args: Args, out: Out) -> int:
+    if args.watch is not None:
+        return _watch(args, out)
+    if args.count is not None:
+        raise CommandError("--count goes with --watch SECONDS")
     with open_readonly(args.path, clock=args.clock) as db:
         report = collect(db)
     if args.json:

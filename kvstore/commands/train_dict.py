@@ -11,10 +11,19 @@ from kvstore.dictionaries import DEFAULT_SAMPLES, MIN_SAMPLES
 from ._common import CommandError, Progress, human_size, namespace_dbi, open_writable, write_json
 from ._records import examine
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lmdb
+
+    from kvstore.store import Store
+
+    from ._common import Args, Out, Parser, Subparsers
+
 EVAL_SAMPLES = 1000  # values re-encoded to measure the ratio
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: Subparsers) -> Parser:
     p = subparsers.add_parser(
         "train-dict", help="train a zstd dictionary for a namespace; show the size it saves",
         description="Train a zstd dictionary on values of a namespace and store it: new values of "
@@ -28,11 +37,11 @@ def add_parser(subparsers):
     return p
 
 
-def _sample_values(db, dbi, limit: int) -> list:
+def _sample_values(db: Store[Any], dbi: Any, limit: int) -> list[Any]:
     """Up to `limit` values of the namespace, chosen uniformly."""
     env = engine.of(db)
 
-    def read(txn):
+    def read(txn: lmdb.Transaction) -> list[bytes]:
         n = txn.stat(dbi)["entries"]
         keep = set(random.Random(0x6B76).sample(range(n), limit)) if n > limit else None
         records = []
@@ -50,7 +59,7 @@ def _sample_values(db, dbi, limit: int) -> list:
     return values
 
 
-def run(args, out) -> int:
+def run(args: Args, out: Out) -> int:
     if args.samples < MIN_SAMPLES:
         raise CommandError(f"--samples must be at least {MIN_SAMPLES}")
     db = open_writable(args.path, create=False, clock=args.clock)

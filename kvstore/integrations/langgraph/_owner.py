@@ -5,13 +5,24 @@ parts of their keys. Needs no LangGraph."""
 from __future__ import annotations
 
 import math
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Union
 
-from ...aio import AsyncStore
+from ...aio import AsyncBatch, AsyncStore
 from ...errors import InvalidArgumentError, InvalidTTLError
-from ...store import Store, open as _open_store
+from ...store import Batch, Store, open as _open_store
 from ...ttl import MAX_TTL
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 _SEP = "\x00"
+
+# A write of the saver or the store: (namespace, key, value or None to
+# delete[, ttl in seconds, as for kvstore's put]).
+Op = tuple[Any, ...]
+# What the integrations' constructors take: a kvstore handle, sync or async.
+Handle = Union[Store[Any], AsyncStore[Any]]
 
 
 def _langgraph_missing(exc: ImportError) -> ImportError:
@@ -21,7 +32,7 @@ def _langgraph_missing(exc: ImportError) -> ImportError:
         f"pip install 'kvstore[langgraph]'")
 
 
-def _ttl_seconds(minutes) -> float:
+def _ttl_seconds(minutes: object) -> float:
     """A LangGraph TTL (minutes; None: never expires) as a kvstore one
     (seconds; math.inf: never expires, whatever default the kvstore
     namespace may have). InvalidTTLError for anything else."""
@@ -35,7 +46,7 @@ def _ttl_seconds(minutes) -> float:
     return minutes * 60
 
 
-def _check_ttl_config(ttl) -> None:
+def _check_ttl_config(ttl: object) -> None:
     """InvalidArgumentError unless ttl is a TTLConfig-like dict, InvalidTTLError
     for a bad default_ttl: at construction, not at the first put."""
     if not isinstance(ttl, dict):
@@ -45,7 +56,7 @@ def _check_ttl_config(ttl) -> None:
     _ttl_seconds(ttl.get("default_ttl"))
 
 
-def _apply(batch, ops: list) -> None:
+def _apply(batch: Batch | AsyncBatch, ops: list[Op]) -> None:
     """Fill a kvstore Batch or AsyncBatch with ops: [(namespace, key, value or
     None to delete[, ttl in seconds, as for kvstore's put])]."""
     for ns, key, value, *ttl in ops:
@@ -59,7 +70,10 @@ class _Owner:
     """What the saver and the store share: the kvstore handles, how they write,
     and closing a store they opened themselves."""
 
-    def _attach(self, db, durable: bool) -> Store:
+    _db: Store[Any]
+    _adb: AsyncStore[Any]
+
+    def _attach(self, db: Handle, durable: bool) -> Store[Any]:
         if isinstance(db, AsyncStore):
             db = db.store
         if not isinstance(db, Store):
@@ -74,25 +88,25 @@ class _Owner:
         return db
 
     @property
-    def db(self) -> Store:
+    def db(self) -> Store[Any]:
         """The kvstore store this object reads and writes."""
         return self._db
 
-    def _write(self, ops: list) -> None:
+    def _write(self, ops: list[Op]) -> None:
         if ops:
             with self._db.batch(self._durable) as batch:
                 _apply(batch, ops)
 
-    async def _awrite(self, ops: list) -> None:
+    async def _awrite(self, ops: list[Op]) -> None:
         if ops:
             async with self._adb.abatch(self._durable) as batch:
                 _apply(batch, ops)
 
     @classmethod
-    def _from_path(cls, path, options: dict, **kwargs):
+    def _from_path(cls, path: str | os.PathLike[str], options: Mapping[str, Any], **kwargs: Any) -> Self:
         db = _open_store(path, **options)
         try:
-            owner = cls(db, **kwargs)
+            owner = cls(db, **kwargs)  # type: ignore[call-arg]  # the subclass's constructor
         except BaseException:
             db.close()
             raise
@@ -108,14 +122,14 @@ class _Owner:
         if self._owned:
             await self._adb.aclose()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

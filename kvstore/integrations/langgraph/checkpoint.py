@@ -4,14 +4,18 @@ kvstore.integrations.langgraph's docstring."""
 from __future__ import annotations
 
 import asyncio
+import builtins
+import os
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from ...errors import InvalidArgumentError
-from ...store import MAX_KEY_SIZE
+from ...store import MAX_KEY_SIZE, Store
+from ..._types import Key
 from ...ttl import MAX_TTL
-from ._owner import _SEP, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
+from ._owner import _SEP, Handle, Op, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
 
 try:
     from langchain_core.runnables import RunnableConfig
@@ -22,20 +26,28 @@ try:
         Checkpoint,
         CheckpointMetadata,
         CheckpointTuple,
-        SerializerProtocol,
         get_checkpoint_id,
         get_checkpoint_metadata,
     )
+    from langgraph.checkpoint.serde.base import SerializerProtocol
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise _langgraph_missing(exc) from exc
 
 __all__ = ["KVStoreSaver"]
+
+# Module level: in the class, `list` is the saver's method.
+_Ops = list[Op]
+_Keys = Sequence[Key]
 
 _EMPTY = "empty"  # blob type of a channel that has a version but no value
 # The blobs and writes of a checkpoint live this much longer than its TTL:
 # refreshed when they would expire before it, they then outlive it even
 # though kvstore skips a refresh that would move an expiry by under 1%.
 _LINGER = 1.02
+
+# A checkpoint's record: [checkpoint type, bytes, metadata type, bytes,
+# parent id, run id]; a write's: [task id, channel, type, bytes, task path, idx].
+_Record = list[Any]
 
 
 def _key(*parts: str) -> str:
@@ -107,12 +119,12 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
     is gone (it is expired, whatever its own record says).
     """
 
-    def __init__(self, db, *, durable: bool = True, prefix: str = "langgraph",
-                 serde: SerializerProtocol | None = None, ttl: dict | None = None,
+    def __init__(self, db: Handle, *, durable: bool = True, prefix: str = "langgraph",
+                 serde: SerializerProtocol | None = None, ttl: dict[str, Any] | None = None,
                  keep_latest: int | None = None) -> None:
         BaseCheckpointSaver.__init__(self, serde=serde)
         store = self._attach(db, durable)
-        self._ttl = None  # seconds: the TTL of checkpoints, or None
+        self._ttl: float | None = None  # seconds: the TTL of checkpoints, or None
         self._refresh_on_read = False
         if ttl is not None:
             _check_ttl_config(ttl)
@@ -135,9 +147,9 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         self._writes = store.namespace(self._ns_writes)
 
     @classmethod
-    def from_path(cls, path, *, durable: bool = True, prefix: str = "langgraph",
-                  serde: SerializerProtocol | None = None, ttl: dict | None = None,
-                  keep_latest: int | None = None, **options) -> "KVStoreSaver":
+    def from_path(cls, path: str | os.PathLike[str], *, durable: bool = True, prefix: str = "langgraph",
+                  serde: SerializerProtocol | None = None, ttl: dict[str, Any] | None = None,
+                  keep_latest: int | None = None, **options: Any) -> KVStoreSaver:
         """A saver on the store at `path` (created if missing), which it owns:
         `close()` or ``with``/``async with`` closes the store.
 
@@ -251,13 +263,14 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
 
     # ------------------------------------------------------------ building the ops
 
-    def _put_ops(self, config, checkpoint, metadata, new_versions) -> tuple[list, RunnableConfig]:
+    def _put_ops(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                 new_versions: ChannelVersions) -> tuple[_Ops, RunnableConfig]:
         thread_id, checkpoint_ns, parent_id = _ids(config)
         checkpoint_id = checkpoint["id"]
         body = checkpoint.copy()
-        values = body.pop("channel_values", {})
+        values = body.pop("channel_values", {})  # type: ignore[misc]  # a copy
         dumps = self.serde.dumps_typed
-        ops = []
+        ops: _Ops = []
         linger = self._ttls(linger=True)
         for channel, version in new_versions.items():
             blob = dumps(values[channel]) if channel in values else (_EMPTY, b"")
@@ -280,14 +293,14 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
 
     # ------------------------------------------------------------ expiry and retention
 
-    def _ttls(self, linger: bool) -> tuple:
+    def _ttls(self, linger: bool) -> tuple[float, ...]:
         """The ttl of an op (after its value), in seconds: () without a TTL
         config; a checkpoint's TTL, or, for values and writes (linger), a little more."""
         if self._ttl is None:
             return ()
         return (min(self._ttl * _LINGER, MAX_TTL) if linger else self._ttl,)
 
-    def _keep_alive(self, handle, keys: list) -> None:
+    def _keep_alive(self, handle: Store[Any], keys: _Keys) -> None:
         """Make records (values, writes) of a checkpoint put or refreshed now
         expire no earlier than it: refresh those that would (a buffered
         write), rewrite those stored with a shorter TTL than today's config."""
@@ -309,20 +322,22 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
                     handle.put(key, value, ttl=self._ttls(linger=True)[0], durable=False)
 
     def _keep_latest_ops(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str,
-                         record: list, used: set) -> list:
+                         record: _Record, used: set[tuple[str, str]]) -> _Ops:
         """Ops deleting what keep_latest drops once checkpoint_id (record,
         using the (channel, version) values `used`) is stored."""
         prefix = _key(thread_id, checkpoint_ns) + _SEP
         records = {_parts(k)[2]: r for k, r in self._checkpoints.scan(prefix)}
         records[checkpoint_id] = record
-        if len(records) <= self._keep_latest:
+        latest = self._keep_latest
+        if latest is None or len(records) <= latest:  # None: not called then
             return []
-        keep = set(sorted(records)[-self._keep_latest:])
+        keep = set(sorted(records)[-latest:])
         keep |= self._kept_by_keep_latest(thread_id, checkpoint_ns, records)
         drop = set(records) - keep - {checkpoint_id}
         return self._drop_ops(thread_id, checkpoint_ns, drop, used) if drop else []
 
-    def _put_writes_ops(self, config, writes, task_id: str, task_path: str) -> list:
+    def _put_writes_ops(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                        task_path: str) -> _Ops:
         thread_id, checkpoint_ns, checkpoint_id = _ids(config)
         if checkpoint_id is None:
             raise InvalidArgumentError(
@@ -338,7 +353,7 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         # replace it. Special writes (error, interrupt, ...) replace.
         regular = [key for idx, key, _, _ in entries if idx >= 0]
         stored = {key for key, old in zip(regular, self._writes.get_many(regular)) if old is not None}
-        ops = []
+        ops: _Ops = []
         for idx, key, channel, value in entries:
             if key not in stored:
                 wtype, wbytes = self.serde.dumps_typed(value)
@@ -346,14 +361,14 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
                             *self._ttls(linger=True)))
         return ops
 
-    def _delete_thread_ops(self, thread_id: str) -> list:
+    def _delete_thread_ops(self, thread_id: str) -> _Ops:
         prefix = _key(thread_id) + _SEP
         return [(ns, key, None)
                 for ns, handle in ((self._ns_checkpoints, self._checkpoints),
                                    (self._ns_blobs, self._blobs), (self._ns_writes, self._writes))
                 for key in handle.scan(prefix, keys_only=True)]
 
-    def _delete_for_runs_ops(self, run_ids: Sequence[str]) -> list:
+    def _delete_for_runs_ops(self, run_ids: Sequence[str]) -> _Ops:
         runs = {str(r) for r in run_ids}
         if not runs:
             return []
@@ -362,15 +377,15 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
             if record[5] in runs:
                 thread_id, checkpoint_ns, checkpoint_id = _parts(key)
                 doomed.setdefault((thread_id, checkpoint_ns), set()).add(checkpoint_id)
-        ops = []
+        ops: _Ops = []
         for (thread_id, checkpoint_ns), ids in doomed.items():
             ops += self._drop_ops(thread_id, checkpoint_ns, ids)
         return ops
 
-    def _copy_thread_ops(self, source: str, target: str) -> list:
+    def _copy_thread_ops(self, source: str, target: str) -> _Ops:
         prefix = _key(source) + _SEP
         target_prefix = _key(target) + _SEP
-        ops = []
+        ops: _Ops = []
         for ns, handle in ((self._ns_checkpoints, self._checkpoints), (self._ns_blobs, self._blobs),
                            (self._ns_writes, self._writes)):
             ttl = self._ttls(linger=handle is not self._checkpoints)  # the copy's own expiry
@@ -379,15 +394,15 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
                             value, *ttl))
         return ops
 
-    def _prune_ops(self, thread_ids: Sequence[str], strategy: str) -> list:
+    def _prune_ops(self, thread_ids: Sequence[str], strategy: str) -> _Ops:
         if strategy == "delete":
             return [op for t in thread_ids for op in self._delete_thread_ops(str(t))]
         if strategy != "keep_latest":
             raise InvalidArgumentError(
                 f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
-        ops = []
+        ops: _Ops = []
         for thread_id in map(str, thread_ids):
-            by_ns: dict[str, dict[str, list]] = {}
+            by_ns: dict[str, dict[str, _Record]] = {}
             for key, record in self._checkpoints.scan(_key(thread_id) + _SEP):
                 _, checkpoint_ns, checkpoint_id = _parts(key)
                 by_ns.setdefault(checkpoint_ns, {})[checkpoint_id] = record
@@ -398,7 +413,8 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
                     ops += self._drop_ops(thread_id, checkpoint_ns, drop)
         return ops
 
-    def _kept_by_keep_latest(self, thread_id: str, checkpoint_ns: str, records: dict) -> set[str]:
+    def _kept_by_keep_latest(self, thread_id: str, checkpoint_ns: str,
+                             records: dict[str, _Record]) -> set[str]:
         """The newest checkpoint, and the ancestors DeltaChannel state needs.
 
         A delta channel (named in the metadata's counters_since_delta_snapshot)
@@ -425,11 +441,11 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         return keep
 
     def _drop_ops(self, thread_id: str, checkpoint_ns: str, drop: set[str],
-                  also_used: set = frozenset()) -> list:
+                  also_used: AbstractSet[tuple[str, str]] = frozenset()) -> _Ops:
         """Delete checkpoints `drop` of one thread and namespace, their writes,
         and the blobs that no remaining checkpoint of it uses (nor `also_used`:
         (channel, version) of a checkpoint not stored yet)."""
-        ops = []
+        ops: _Ops = []
         dropped: set[tuple[str, str]] = set()
         kept: set[tuple[str, str]] = set(also_used)
         for key, record in self._checkpoints.scan(_key(thread_id, checkpoint_ns) + _SEP):
@@ -449,8 +465,8 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
 
     # ------------------------------------------------------------ reading the records
 
-    def _tuple(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, record: list,
-               metadata=None, refresh: bool = False) -> CheckpointTuple | None:
+    def _tuple(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, record: _Record,
+               metadata: CheckpointMetadata | None = None, refresh: bool = False) -> CheckpointTuple | None:
         """The checkpoint of a record; None when, with a TTL config, one of
         its values is gone (it has expired with them). `refresh`: push its
         expiry, and its values' and writes', to now + the TTL."""
@@ -480,17 +496,20 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
             pending_writes=self._pending_writes([record for _, record in writes]),
         )
 
-    def _pending_writes(self, records: list) -> list:
+    def _pending_writes(self, records: builtins.list[_Record]) -> builtins.list[tuple[str, str, Any]]:
         records.sort(key=lambda r: (r[4], r[0], r[5]))  # LangGraph's writes_sort_key
         loads = self.serde.loads_typed
         return [(task_id, channel, loads((wtype, wbytes)))
                 for task_id, channel, wtype, wbytes, _path, _idx in records]
 
-    def _list(self, config, filter, before, limit) -> Iterator[CheckpointTuple]:
+    def _list(self, config: RunnableConfig | None, filter: dict[str, Any] | None,
+              before: RunnableConfig | None, limit: int | None) -> Iterator[CheckpointTuple]:
         if limit is not None and limit <= 0:
             return
         before_id = get_checkpoint_id(before) if before else None
-        thread_id = checkpoint_ns = only_id = None
+        thread_id: str | None = None
+        checkpoint_ns: str | None = None
+        only_id: str | None = None
         if config is not None:
             conf = config.get("configurable") or {}
             if conf.get("thread_id") is not None:
@@ -500,12 +519,12 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         if thread_id is not None and checkpoint_ns is not None:
             # one thread and namespace: its keys are already in checkpoint-id order
             prefix = _key(thread_id, checkpoint_ns) + _SEP
-            found = self._checkpoints.scan(prefix, reverse=True,
-                                           stop=prefix + before_id if before_id else None)
+            found: Iterator[tuple[bytes, Any]] = self._checkpoints.scan(
+                prefix, reverse=True, stop=prefix + before_id if before_id else None)
         else:
             # several namespaces or threads: order their keys by checkpoint id
-            prefix = _key(thread_id) + _SEP if thread_id is not None else None
-            keys = [k for k in self._checkpoints.scan(prefix, keys_only=True)
+            within = _key(thread_id) + _SEP if thread_id is not None else None
+            keys = [k for k in self._checkpoints.scan(within, keys_only=True)
                     if checkpoint_ns is None or _parts(k)[1] == checkpoint_ns]
             keys.sort(key=lambda k: k.rsplit(b"\x00", 1)[1], reverse=True)
             found = ((k, self._checkpoints.get(k)) for k in keys)
@@ -522,10 +541,10 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
                 metadata = self.serde.loads_typed((record[2], record[3]))
                 if not all(metadata.get(k) == v for k, v in filter.items()):
                     continue
-            found = self._tuple(t, ns, checkpoint_id, record, metadata)
-            if found is None:  # expired with one of its values
+            checkpoint = self._tuple(t, ns, checkpoint_id, record, metadata)
+            if checkpoint is None:  # expired with one of its values
                 continue
-            yield found
+            yield checkpoint
             n += 1
             if limit is not None and n >= limit:
                 return

@@ -5,6 +5,8 @@ stored and searched: vectors.py."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Sequence
+
 from ...errors import InvalidArgumentError
 from . import vectors
 
@@ -15,6 +17,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     from ._owner import _langgraph_missing
 
     raise _langgraph_missing(exc) from exc
+
+if TYPE_CHECKING:
+    from langgraph.store.base import Op, PutOp
+
+    from ..._types import Key
+    from ...store import Store
+    from ._owner import Op as Write
+
+# An item: (its LangGraph namespace, its key); a text to embed: (item, path, text)
+Item = tuple[tuple[str, ...], str]
+Text = tuple[Item, str, str]
 
 
 class Semantic:
@@ -30,7 +43,7 @@ class Semantic:
     :param exact_max: candidate rows scored exactly; more use the HNSW graph
     """
 
-    def __init__(self, db, namespace: str, config: IndexConfig, exact_max: int) -> None:
+    def __init__(self, db: Store[Any], namespace: str, config: IndexConfig, exact_max: int) -> None:
         vectors.require()
         if not isinstance(config, dict):
             raise InvalidArgumentError(
@@ -58,12 +71,12 @@ class Semantic:
 
     # ------------------------------------------------------------ what to embed
 
-    def texts(self, puts: dict) -> list[tuple[tuple, str, str]]:
+    def texts(self, puts: dict[Item, PutOp]) -> list[Text]:
         """(item, path, text) to embed for puts {(namespace, key): PutOp}, as
         InMemoryStore extracts them: a path matching several texts gives
         ``path.0``, ``path.1``...; ``index=False`` none; ``index=[...]``
         those paths instead of the config's."""
-        out = []
+        out: list[Text] = []
         for item, op in puts.items():
             if op.value is None or op.index is False:
                 continue
@@ -78,34 +91,37 @@ class Semantic:
         return out
 
     @staticmethod
-    def queries(ops: list) -> list[str]:
+    def queries(ops: Sequence[Op]) -> list[str]:
         return sorted({op.query for op in ops if isinstance(op, SearchOp) and op.query})
 
-    def embed(self, texts: list, queries: list[str]) -> tuple[list, dict]:
+    def embed(self, texts: list[Text], queries: list[str]
+              ) -> tuple[list[list[float]], dict[str, list[float]]]:
         """Vectors of the texts (as from `texts()`) and of the queries."""
         docs = self.embeddings.embed_documents([t for _, _, t in texts]) if texts else []
         return docs, {q: self.embeddings.embed_query(q) for q in queries}
 
-    async def aembed(self, texts: list, queries: list[str]) -> tuple[list, dict]:
+    async def aembed(self, texts: list[Text], queries: list[str]
+                     ) -> tuple[list[list[float]], dict[str, list[float]]]:
         docs = await self.embeddings.aembed_documents([t for _, _, t in texts]) if texts else []
         found = {q: await self.embeddings.aembed_query(q) for q in queries}
         return docs, found
 
     # ------------------------------------------------------------ storing
 
-    def ops(self, puts: dict, keys: list[bytes], texts: list, docs: list, ttls: list) -> list:
+    def ops(self, puts: dict[Item, PutOp], keys: Sequence[bytes | str], texts: list[Text],
+            docs: list[list[float]], ttls: list[float | None]) -> list[Write]:
         """The ops storing the vectors of a batch's puts (keys: their item
         keys; ttls: their TTLs in seconds), in _apply's form, the log last."""
         if len(docs) != len(texts):
             raise InvalidArgumentError(
                 f"the embedding function returned {len(docs)} vectors for {len(texts)} texts: "
                 f"it must return one per text")
-        by_item: dict[tuple, tuple[list, list]] = {}
+        by_item: dict[Item, tuple[list[str], list[list[float]]]] = {}
         for (item, path, _), vector in zip(texts, docs):
             paths, found = by_item.setdefault(item, ([], []))
             paths.append(path)
             found.append(vector)
-        ops = []
+        ops: list[Write] = []
         for item, key, ttl in zip(puts, keys, ttls):
             if item in by_item:
                 paths, found = by_item[item]
@@ -115,6 +131,6 @@ class Semantic:
         return ops + self.index.log_ops([k if isinstance(k, bytes) else k.encode("utf-8")
                                          for k in keys])
 
-    def refresh(self, keys: list) -> None:
+    def refresh(self, keys: Sequence[Key]) -> None:
         """Push the expiry of these items' vectors with theirs (a refreshing read)."""
         self.index.refresh(keys)

@@ -3,14 +3,17 @@ kvstore.integrations.langgraph's docstring."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 from ... import errors
 from ...errors import InvalidArgumentError
 from ...store import MAX_KEY_SIZE
-from ._owner import _SEP, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
+from ._owner import _SEP, Handle, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
+from ._owner import Op as Write
 from .vectors import EXACT_MAX, SearchNotInstalledError
 
 try:
@@ -33,7 +36,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise _langgraph_missing(exc) from exc
 
-from .semantic import Semantic  # noqa: E402 (after LangGraph's import check)
+from .semantic import Item as ItemId, Semantic  # noqa: E402 (after LangGraph's import check)
+
+# What a batch's puts embedded: (texts, their vectors, {query: vector})
+Embedded = tuple[list[Any], list[list[float]], dict[str, list[float]]]
+# A search's candidate: (item key, record, score or None)
+Row = tuple[bytes, Any, "float | None"]
 
 __all__ = ["KVStore", "InvalidStoreNamespaceError", "SearchNotInstalledError"]
 
@@ -44,7 +52,7 @@ class InvalidStoreNamespaceError(errors.InvalidNamespaceError, _LangGraphNamespa
     LangGraph's own InvalidNamespaceError."""
 
 
-def _namespace(labels) -> tuple[str, ...]:
+def _namespace(labels: Iterable[str]) -> tuple[str, ...]:
     return tuple(labels)
 
 
@@ -88,7 +96,7 @@ def _ns_matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
     return all(p == "*" or p == label for p, label in zip(path, part))
 
 
-_OPERATORS = {
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$eq": lambda a, b: a == b,
     "$ne": lambda a, b: a != b,
     "$gt": lambda a, b: a > b,
@@ -98,7 +106,7 @@ _OPERATORS = {
 }
 
 
-def _compare(op: str, actual, expected) -> bool:
+def _compare(op: str, actual: Any, expected: Any) -> bool:
     fn = _OPERATORS.get(op)
     if fn is None:
         raise InvalidArgumentError(
@@ -111,7 +119,7 @@ def _compare(op: str, actual, expected) -> bool:
         return False
 
 
-def _matches(actual, expected) -> bool:
+def _matches(actual: Any, expected: Any) -> bool:
     """Whether a stored value matches a filter value: equality, {"$op": v}
     comparisons, nested mappings and sequences compared member by member."""
     if isinstance(expected, dict):
@@ -122,15 +130,16 @@ def _matches(actual, expected) -> bool:
     if isinstance(expected, (list, tuple)):
         return isinstance(actual, (list, tuple)) and len(actual) == len(expected) and all(
             _matches(a, e) for a, e in zip(actual, expected))
-    return actual == expected
+    equal: bool = actual == expected
+    return equal
 
 
-def _passes(op: SearchOp, value: dict) -> bool:
+def _passes(op: SearchOp, value: dict[str, Any]) -> bool:
     """Whether an item's value passes a search's filter (every member matches)."""
     return not op.filter or all(_matches(value.get(k), v) for k, v in op.filter.items())
 
 
-def _search_item(raw: bytes, value, created: float, updated: float,
+def _search_item(raw: bytes, value: dict[str, Any], created: float, updated: float,
                  score: float | None = None) -> SearchItem:
     namespace, key = _split_item_key(raw)
     return SearchItem(namespace=namespace, key=key, value=value, created_at=_when(created),
@@ -179,7 +188,7 @@ class KVStore(_Owner, BaseStore):
 
     supports_ttl = True
 
-    def __init__(self, db, *, durable: bool = True, namespace: str = "langgraph:store",
+    def __init__(self, db: Handle, *, durable: bool = True, namespace: str = "langgraph:store",
                  ttl: TTLConfig | None = None, index: IndexConfig | None = None,
                  exact_max: int = EXACT_MAX) -> None:
         store = self._attach(db, durable)
@@ -193,9 +202,10 @@ class KVStore(_Owner, BaseStore):
         self._semantic = Semantic(store, namespace, index, exact_max) if index else None
 
     @classmethod
-    def from_path(cls, path, *, durable: bool = True, namespace: str = "langgraph:store",
-                  ttl: TTLConfig | None = None, index: IndexConfig | None = None,
-                  exact_max: int = EXACT_MAX, **options) -> "KVStore":
+    def from_path(cls, path: str | os.PathLike[str], *, durable: bool = True,
+                  namespace: str = "langgraph:store", ttl: TTLConfig | None = None,
+                  index: IndexConfig | None = None, exact_max: int = EXACT_MAX,
+                  **options: Any) -> KVStore:
         """A store on the kvstore store at `path` (created if missing), which it
         owns: `close()` or ``with``/``async with`` closes it."""
         return cls._from_path(path, options, durable=durable, namespace=namespace, ttl=ttl,
@@ -205,31 +215,31 @@ class KVStore(_Owner, BaseStore):
         """Run ops; reads see the store before the batch, and the batch's puts
         (the last one per item wins) commit together, atomically, with their
         vectors when the store has an index (embedded before anything is read)."""
-        ops, puts = self._prepare(ops)
-        embedded = None
+        todo, puts = self._prepare(ops)
+        embedded: Embedded | None = None
         if self._semantic is not None:
             texts = self._semantic.texts(puts)
-            embedded = (texts, *self._semantic.embed(texts, self._semantic.queries(ops)))
-        results, writes = self._run(ops, puts, embedded)
+            embedded = (texts, *self._semantic.embed(texts, self._semantic.queries(todo)))
+        results, writes = self._run(todo, puts, embedded)
         self._write(writes)
         return results
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        ops, puts = self._prepare(ops)
-        embedded = None
+        todo, puts = self._prepare(ops)
+        embedded: Embedded | None = None
         if self._semantic is not None:
             texts = self._semantic.texts(puts)
-            embedded = (texts, *await self._semantic.aembed(texts, self._semantic.queries(ops)))
-        results, writes = self._run(ops, puts, embedded)
+            embedded = (texts, *await self._semantic.aembed(texts, self._semantic.queries(todo)))
+        results, writes = self._run(todo, puts, embedded)
         await self._awrite(writes)
         return results
 
     @staticmethod
-    def _prepare(ops: Iterable[Op]) -> tuple[list, dict]:
+    def _prepare(ops: Iterable[Op]) -> tuple[list[Op], dict[ItemId, PutOp]]:
         """The ops as a list, checked, and the puts by item (the last one wins)."""
-        ops = list(ops)
-        puts: dict[tuple, PutOp] = {}
-        for op in ops:
+        todo = list(ops)
+        puts: dict[ItemId, PutOp] = {}
+        for op in todo:
             try:
                 validate_op_namespace(op)
             except _LangGraphNamespaceError as exc:
@@ -238,12 +248,13 @@ class KVStore(_Owner, BaseStore):
                 puts[(_namespace(op.namespace), str(op.key))] = op
             elif not isinstance(op, (GetOp, SearchOp, ListNamespacesOp)):
                 raise InvalidArgumentError(f"unknown store operation {type(op).__name__}")
-        return ops, puts
+        return todo, puts
 
-    def _run(self, ops: list, puts: dict, embedded) -> tuple[list, list]:
+    def _run(self, ops: list[Op], puts: dict[ItemId, PutOp], embedded: Embedded | None
+             ) -> tuple[list[Result], list[Write]]:
         """Results of the reads, and the writes of the puts; `embedded`:
         (texts, their vectors, {query: vector}) when the store has an index."""
-        results: list = []
+        results: list[Result] = []
         queries = embedded[2] if embedded is not None else {}
         for op in ops:
             if isinstance(op, GetOp):
@@ -260,14 +271,14 @@ class KVStore(_Owner, BaseStore):
                 results.append(None)
         return results, self._put_ops(puts, embedded)
 
-    def _put_ops(self, puts: dict, embedded=None) -> list:
+    def _put_ops(self, puts: dict[ItemId, PutOp], embedded: Embedded | None = None) -> list[Write]:
         if not puts:
             return []
         keys = [_item_key(ns, key) for ns, key in puts]
         previous = self._items.get_many(keys)
         now = time.time()
-        ops = []
-        ttls = []
+        ops: list[Write] = []
+        ttls: list[float | None] = []
         for key, old, op in zip(keys, previous, puts.values()):
             if op.value is None:
                 ops.append((self._ns_items, key, None))
@@ -278,7 +289,7 @@ class KVStore(_Owner, BaseStore):
                 ops.append((self._ns_items, key, [dict(op.value), created, now], ttls[-1]))
         if embedded is not None:
             texts, docs, _ = embedded
-            ops += self._semantic.ops(puts, keys, texts, docs, ttls)
+            ops += self._semantic.ops(puts, keys, texts, docs, ttls)  # type: ignore[union-attr]  # embedded: it is set
         return ops
 
     def _get(self, namespace: tuple[str, ...], key: str, refresh: bool) -> Item | None:
@@ -305,7 +316,8 @@ class KVStore(_Owner, BaseStore):
         return out
 
     @staticmethod
-    def _collect(op: SearchOp, rows, out: list, found: list, skip: int) -> int:
+    def _collect(op: SearchOp, rows: Iterable[Row], out: list[SearchItem], found: list[bytes],
+                 skip: int) -> int:
         """Add to `out` the rows (key, record, score) whose value passes the
         filter, past the first `skip` of them, up to op.limit items (their
         keys to `found`); returns how many are still to skip."""
@@ -338,11 +350,11 @@ class KVStore(_Owner, BaseStore):
         found: list[bytes] = []
         if op.limit <= 0:
             return out
-        index = self._semantic.index
+        index = self._semantic.index  # type: ignore[union-attr]  # a query was embedded: it is set
         index.sync()
         prefix = _ns_prefix(_namespace(op.namespace_prefix)).encode("utf-8")
 
-        def ranked():
+        def ranked() -> Iterator[Row]:
             for chunk in index.ranked(query, prefix):
                 records = self._items.get_many([key for key, _ in chunk])
                 for (raw, score), record in zip(chunk, records):
@@ -375,7 +387,7 @@ class KVStore(_Owner, BaseStore):
         prefix = _ns_prefix(lead) or None
         wanted = max(op.offset, 0) + op.limit
         found: list[tuple[str, ...]] = []
-        start = None
+        start: str | None = None
         # Skip scan: read the first key of each namespace only, then jump past it.
         while len(found) < wanted:
             raw = next(self._items.scan(prefix, start=start, keys_only=True), None)

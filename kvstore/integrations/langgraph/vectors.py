@@ -41,8 +41,18 @@ import os
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ...errors import InvalidArgumentError, KVStoreError
+
+if TYPE_CHECKING:
+    from ..._types import Key
+    from ...store import Store
+
+# numpy arrays (float32 rows, bool masks, int rows); hnswlib has no annotations
+Array = Any
+# (rows, their scores) chunks, best first
+Chunks = Iterator[tuple[Array, Array]]
 
 try:
     import hnswlib
@@ -75,7 +85,7 @@ def require() -> None:
             f"pip install 'kvstore[search]'")
 
 
-def encode(vectors: list, dims: int) -> bytes:
+def encode(vectors: Sequence[Sequence[float]], dims: int) -> bytes:
     """Embedding vectors as the stored float32 bytes, each normalised (a zero
     vector stays zero: it scores 0 against every query)."""
     array = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
@@ -83,10 +93,11 @@ def encode(vectors: list, dims: int) -> bytes:
         raise InvalidArgumentError(
             f"the embedding function returned vectors of {array.shape[1]} dimensions, not the "
             f"{dims} of the index config's 'dims': make them agree")
-    return _normalised(array).astype("<f4").tobytes()
+    out: bytes = _normalised(array).astype("<f4").tobytes()
+    return out
 
 
-def _normalised(array):
+def _normalised(array: Array) -> Array:
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return array / norms
@@ -103,7 +114,7 @@ class Index:
     Thread-safe: one lock (self._lock) guards all its state.
     """
 
-    def __init__(self, vectors, log, dims: int, exact_max: int = EXACT_MAX) -> None:
+    def __init__(self, vectors: Store[Any], log: Store[Any], dims: int, exact_max: int = EXACT_MAX) -> None:
         require()
         self._vectors = vectors  # kvstore Namespace: item key -> [paths, bytes]
         self._log = log  # kvstore Namespace: seq keys and log entries
@@ -126,7 +137,7 @@ class Index:
         self._rows: dict[bytes, list[int]] = {}  # item key -> rows
         self._free: list[int] = []
         self._ns_ids: dict[bytes, int] = {}  # namespace part -> id
-        self._ann = None  # hnswlib.Index over the live rows, once built
+        self._ann: Any = None  # hnswlib.Index over the live rows, once built
         self._building: threading.Thread | None = None  # building the graph
         self._dirty: set[int] | None = None  # rows changed since the build's snapshot
         self._generation = getattr(self, "_generation", 0) + 1  # a build of an older one is void
@@ -137,7 +148,7 @@ class Index:
 
     # ------------------------------------------------------------ writing
 
-    def log_ops(self, changed: list[bytes]) -> list:
+    def log_ops(self, changed: list[bytes]) -> list[tuple[Any, ...]]:
         """The ops recording that this batch changes the vectors of `changed`
         (item keys): a log entry and this writer's seq, in `_apply`'s form.
         Call it last, right before the batch is submitted."""
@@ -188,7 +199,7 @@ class Index:
                 for key, record in zip(keys, self._vectors.get_many(keys)):
                     self._set(key, record)
 
-    def _needs_reload(self, seqs: dict) -> bool:
+    def _needs_reload(self, seqs: dict[bytes, int]) -> bool:
         if self._hole_since is not None and time.monotonic() - self._hole_since > HOLE_WAIT:
             return True
         # a writer new to this index whose first entries have expired
@@ -196,7 +207,7 @@ class Index:
                    next(self._log.scan(_LOG + w + b"\x00", keys_only=True), b"")[-16:] != b"%016x" % 1
                    for w, seq in seqs.items())
 
-    def _reload(self, seqs: dict) -> None:
+    def _reload(self, seqs: dict[bytes, int]) -> None:
         self._clear()
         self._loaded = True
         self._seen = dict(seqs)
@@ -206,7 +217,7 @@ class Index:
 
     # ------------------------------------------------------------ rows
 
-    def _set(self, key: bytes, record) -> None:
+    def _set(self, key: bytes, record: list[Any] | None) -> None:
         """Make the rows of item `key` those of its stored record (None: none)."""
         old = self._rows.pop(key, None)
         if old:
@@ -262,7 +273,7 @@ class Index:
         with self._lock:
             self._set(key, None)
 
-    def refresh(self, keys: list) -> None:
+    def refresh(self, keys: Sequence[Key]) -> None:
         """Push the expiry of these items' vector records (their items were refreshed)."""
         for key in keys:
             self._vectors.get(key, refresh_ttl=True)
@@ -276,7 +287,8 @@ class Index:
 
     # ------------------------------------------------------------ searching
 
-    def ranked(self, query, prefix: bytes, ann: bool | None = None):
+    def ranked(self, query: Sequence[float], prefix: bytes,
+               ann: bool | None = None) -> Iterator[list[tuple[bytes, float]]]:
         """Item keys under namespace `prefix` (encoded item-key prefix, b"":
         all), best first, as lists of (key, score): each item once, at the
         score of its best row (max pooling, as InMemoryStore). Consume lazily:
@@ -314,7 +326,7 @@ class Index:
             if out:
                 yield out
 
-    def _exact_ranked(self, q, ok, count: int):
+    def _exact_ranked(self, q: Array, ok: Array, count: int) -> Chunks:
         """Score the candidate rows now (under the caller's lock); rank them lazily."""
         if count < len(ok) // 4:  # a few namespaces: score their rows only
             rows = np.flatnonzero(ok)
@@ -325,7 +337,7 @@ class Index:
             scores[~ok] = -np.inf
         return _best_first(scores, rows, count)
 
-    def _ann_ranked(self, q, ok):
+    def _ann_ranked(self, q: Array, ok: Array) -> Chunks:
         k = 64
         while True:
             exact = None
@@ -366,7 +378,7 @@ class Index:
             self._building.start()
         return False
 
-    def _build(self, rows, data, capacity: int, generation: int) -> None:
+    def _build(self, rows: Array, data: Array, capacity: int, generation: int) -> None:
         ann = hnswlib.Index(space="ip", dim=self.dims)
         ann.init_index(max_elements=max(capacity, 16), M=HNSW_M,
                        ef_construction=HNSW_EF_CONSTRUCTION)
@@ -377,7 +389,7 @@ class Index:
                 return
             if ann.get_max_elements() < len(self._matrix):
                 ann.resize_index(len(self._matrix))
-            for row in sorted(self._dirty):
+            for row in sorted(self._dirty):  # type: ignore[arg-type]  # a set while building
                 if self._live[row]:
                     ann.add_items(self._matrix[row:row + 1], [row])
                 else:
@@ -395,7 +407,7 @@ class Index:
             building.join(timeout)
         return self._ann is not None
 
-def _best_first(scores, rows, count: int):
+def _best_first(scores: Array, rows: Array | None, count: int) -> Chunks:
     """(rows, scores) chunks, best first, of the `count` candidates: the 64
     best (a partial sort), then, if the caller asks, the rest (a full sort).
     `rows`: the row of each score, or None when scores are indexed by row."""
