@@ -53,6 +53,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Gene
                     TypeVar, overload)
 
 from . import rmw as _rmw
+from . import retry as _retry
 from . import txn as _txn
 from .errors import ConflictError, InvalidArgumentError
 from .options import INLINE_GET_MANY, SETTLE_SLICE, Options
@@ -288,20 +289,20 @@ class AsyncStore(Generic[KeyT]):
 
     @overload
     async def atransact(self, fn: Callable[[_txn.Transaction], Awaitable[_R]], *,
-                        retries: int = _txn.RETRIES, durable: bool | None = None) -> _R: ...
+                        retries: int = _retry.RETRIES, durable: bool | None = None) -> _R: ...
     @overload
     async def atransact(self, fn: Callable[[_txn.Transaction], _R], *,
-                        retries: int = _txn.RETRIES, durable: bool | None = None) -> _R: ...
+                        retries: int = _retry.RETRIES, durable: bool | None = None) -> _R: ...
 
     async def atransact(self, fn: Callable[[_txn.Transaction], Any], *,
-                        retries: int = _txn.RETRIES, durable: bool | None = None) -> Any:
+                        retries: int = _retry.RETRIES, durable: bool | None = None) -> Any:
         """`Store.transact`: fn(tx) (a function or a coroutine function) in a
         transaction, run again on conflict after an asyncio.sleep backoff;
         returns fn's result.
 
         :raises ConflictError: every run conflicted (its message has the count)
         """
-        attempts = _txn.Attempts(self._store, check_count(retries, "retries", "atransact", 0))
+        attempts = _retry.Attempts(self._store, check_count(retries, "retries", "atransact", 0))
         with attempts:
             for first, pause in attempts:
                 if pause:
@@ -312,14 +313,14 @@ class AsyncStore(Generic[KeyT]):
                     if inspect.isawaitable(result):
                         result = await result
                 except BaseException as exc:
-                    error = _txn.failed_run(tx, exc)
+                    error = _retry.failed_run(tx, exc)
                     if error is None:
                         raise
                     attempts.conflict(error)
                     continue
-                _txn.check_still_open(tx)
+                _retry.check_still_open(tx)
                 if first:  # Gate.wait, without blocking the loop
-                    waited = time.monotonic() + _txn.YIELD_MAX
+                    waited = time.monotonic() + _retry.YIELD_MAX
                     while attempts.gate.contended(tx._reads) and time.monotonic() < waited:
                         await asyncio.sleep(0.001)
                 try:
@@ -327,7 +328,7 @@ class AsyncStore(Generic[KeyT]):
                     return result
                 except ConflictError as exc:
                     attempts.conflict(exc)
-        raise _txn.gave_up(attempts.error, attempts.retries)  # type: ignore[arg-type]  # set: it conflicted
+        raise _retry.gave_up(attempts.error, attempts.retries)  # type: ignore[arg-type]  # set: it conflicted
 
     async def aupdate(self, key: Key, fn: Callable[[Any], Awaitable[Value] | Value], default: Value = None, *,
                       durable: bool | None = None) -> Any:
@@ -339,15 +340,15 @@ class AsyncStore(Generic[KeyT]):
             tx.put(key, new)
             return new
 
-        return await self.atransact(step, retries=_txn.RMW_RETRIES, durable=durable)
+        return await self.atransact(step, retries=_retry.RMW_RETRIES, durable=durable)
 
     async def aincr(self, key: Key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
         """`Store.incr`: add delta to the int under key; returns the new value."""
         done = _Completion()
         started = _rmw.start_incr(self._store, key, delta, default, durable, done)
         if started is None:  # the transaction path (rmw.py says when)
-            new: int = await self.atransact(_txn.incr_step(key, delta, default), retries=_txn.RMW_RETRIES,
-                                            durable=durable)
+            new: int = await self.atransact(_retry.incr_step(key, delta, default),
+                                            retries=_retry.RMW_RETRIES, durable=durable)
             return new
         await done.wait(started[1])
         value: int = _rmw.outcome(started[0])
@@ -360,8 +361,8 @@ class AsyncStore(Generic[KeyT]):
         done = _Completion()
         started = _rmw.start_compare_and_set(self._store, key, expected, new, durable, done)
         if started is None:
-            swapped: bool = await self.atransact(_txn.cas_step(key, expected, new), retries=_txn.RMW_RETRIES,
-                                                 durable=durable)
+            swapped: bool = await self.atransact(_retry.cas_step(key, expected, new),
+                                                 retries=_retry.RMW_RETRIES, durable=durable)
             return swapped
         await done.wait(started[1])
         answer: bool = _rmw.outcome(started[0])

@@ -29,6 +29,7 @@ transaction path (txn.incr_step / cas_step), which handles both.
 
 from __future__ import annotations
 
+from . import retry as _retry
 from . import txn as _txn
 from .errors import InvalidArgumentTypeError
 from .group import ConditionalGroup
@@ -100,7 +101,7 @@ def _submit(store, key, fn, durable, callback):
         durable = store._root._durable
     ops = [(ns, dbi, key, None)]
     condition = Compute(ops, {ns: dbi}, fn, store._now(), bool(durable))
-    _txn.gate(store).started()  # counted with transact's calls (Store.stats()["transactions"])
+    _retry.gate(store).started()  # counted with transact's calls (Store.stats()["transactions"])
     return condition, writer.submit(ConditionalGroup(ops, True, _PLACEHOLDER_BYTES, condition, callback))
 
 
@@ -169,14 +170,14 @@ def start_compare_and_set(store, key, expected, new, durable, callback=None):
 def incr(store, key, delta: int = 1, default: int = 0, durable: bool | None = None) -> int:
     started = start_incr(store, key, delta, default, durable)
     if started is None:
-        return _txn.incr(store, key, delta, default, durable)
+        return _retry.incr(store, key, delta, default, durable)
     return outcome(started[0])
 
 
 def compare_and_set(store, key, expected, new, durable: bool | None = None) -> bool:
     started = start_compare_and_set(store, key, expected, new, durable)
     if started is None:
-        return _txn.compare_and_set(store, key, expected, new, durable)
+        return _retry.compare_and_set(store, key, expected, new, durable)
     return outcome(started[0])
 
 

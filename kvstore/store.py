@@ -20,6 +20,7 @@ from .engine import attach, detach
 from . import codec as _codec
 from . import ttl as _ttl
 from . import rmw as _rmw
+from . import retry as _retry
 from . import txn as _txn
 from .codec.format import inner_record
 from .dictionaries import DEFAULT_DICT_SIZE, DEFAULT_SAMPLES
@@ -352,7 +353,7 @@ class Store(Reads, Generic[KeyT]):
         """
         return _txn.Transaction(self, durable)
 
-    def transact(self, fn: Callable[[_txn.Transaction], _R], *, retries: int = _txn.RETRIES,
+    def transact(self, fn: Callable[[_txn.Transaction], _R], *, retries: int = _retry.RETRIES,
                  durable: bool | None = None) -> _R:
         """Run fn(tx) in a transaction, running it again (after a random
         backoff) when it conflicts, at most `retries` more times; returns
@@ -360,14 +361,14 @@ class Store(Reads, Generic[KeyT]):
 
         :raises ConflictError: every run conflicted (its message has the count)
         """
-        result: _R = _txn.transact(self, fn, retries, durable)
+        result: _R = _retry.transact(self, fn, retries, durable)
         return result
 
     def update(self, key: Key, fn: Callable[[Any], Value], default: Value = None, *,
                durable: bool | None = None) -> Any:
         """Store fn(old value) under key (old: default when missing) and return
         it; retried on conflict, so fn may run more than once."""
-        return _txn.update(self, key, fn, default, durable)
+        return _retry.update(self, key, fn, default, durable)
 
     def incr(self, key: Key, delta: int = 1, default: int = 0, *, durable: bool | None = None) -> int:
         """Add delta to the int under key (default when missing); returns the new value.
@@ -506,7 +507,7 @@ class Store(Reads, Generic[KeyT]):
         if engine.tail is not None:  # the write-ahead log (wal.py): its size, tail, applies
             out["log"] = {**engine.tail.stats(), **engine.applier.stats()}  # type: ignore[union-attr]  # with the tail
         if w is not None:
-            out["transactions"] = _txn.stats(self)
+            out["transactions"] = _retry.stats(self)
         return out
 
     def close(self) -> None:

@@ -47,49 +47,32 @@ commit; one already stale when it commits conflicts before it is submitted.
 A failed check in the write path writes nothing but is still a commit of
 the writer (LMDB's transaction may hold other groups).
 
-Cost: a transaction that read something waits for the LMDB commit it is
-decided in (durable=True or not): without a log, one synced LMDB commit
-shared with concurrent writers; with one, an apply of the whole log of its
-own (Appender._exclusive).
+Cost: a transaction that read something waits for the write path to
+decide it (durable=True or not): without a log, one synced LMDB commit
+shared with concurrent writers; with one, its append, checked under the
+append lock (Appender._append_validated), synced if durable.
 
-`transact` runs a function in a transaction and runs it again on conflict,
-after a random backoff, with the older transactions of a hot key first
-(`Gate`); `update`, `incr` and `compare_and_set` are built on it. Nesting is refused (per thread, and per asyncio task: a context
-variable), and a transaction used after it ended raises.
+Nesting is refused (per thread, and per asyncio task: a context
+variable), and a transaction used after it ended raises. Running a
+function in transactions until one commits (`transact`, `update`) is
+retry.py's; `incr` and `compare_and_set` are computed in the write path
+(rmw.py).
 """
 
 from __future__ import annotations
 
 import contextvars
-import random
 import sys
-import threading
-import time
-import weakref
 
 from . import killpoints
 from . import ttl as _ttl
-from .errors import (ConflictError, InvalidArgumentTypeError, NestedTransactionError,
-                     TransactionClosedError)
+from .errors import ConflictError, NestedTransactionError, TransactionClosedError
 from .group import ConditionalGroup
 from .layout import check_key, check_namespace_name
 from .reads import Reads, _live, scan_bounds
-from .validate import check_count, check_keys_iterable
+from .validate import check_keys_iterable
 
-__all__ = ["Transaction", "Validate", "MISSING", "transact", "update", "incr",
-           "compare_and_set", "backoff", "gave_up", "gate", "Attempts", "failed_run", "check_still_open",
-           "RETRIES", "RMW_RETRIES", "YIELD_MAX"]
-
-RETRIES = 10  # transact's default: runs of fn after the first
-# update, incr, compare_and_set: each conflict is another writer's change of
-# the key, and a winner that is back first can win many in a row (another
-# process's, which the Gate does not see): they give up only after a
-# thousand changes by others during one call.
-RMW_RETRIES = 1000
-BACKOFF_FIRST = 0.0002  # seconds: the longest sleep before the second retry
-BACKOFF_MAX = 0.01  # seconds: the longest sleep between two runs
-YIELD_MAX = 0.05  # seconds: the longest a first run waits for this process's retrying ones (Gate)
-
+__all__ = ["Transaction", "Validate", "MISSING"]
 
 class _Missing:
     """`kvstore.MISSING`: "no value", for compare_and_set."""
@@ -114,105 +97,7 @@ MISSING = _Missing()
 _current_tx: contextvars.ContextVar = contextvars.ContextVar("kvstore_transaction", default=None)
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to sleep before run attempt+2 of a conflicting transaction:
-    none before the first retry, then random up to a doubling cap."""
-    if attempt == 0:
-        return 0.0
-    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempt - 1)))
-
-
-class Gate:
-    """Fairness between the transactions of one process on a hot key.
-
-    A conflict is learnt at commit: by then the winner of the last commit
-    is back with its next transaction, ahead of the losers, and could win
-    over and over. So the keys a retrying transaction conflicted on are
-    "contended" until its transact call ends, and a first run that read a
-    contended key waits, before its commit, for them to be free (at most
-    YIELD_MAX seconds: never a lock, nobody is kept out for longer): the
-    older transaction commits first, and the younger one conflicts and
-    becomes a retrier in turn. Transactions on other keys never wait.
-
-    `_keys`: (namespace, key) -> retrying transactions that conflicted on
-    it; `calls` (transact calls) and `conflicts` (runs that conflicted), for
-    Store.stats(); all guarded by `_cond`'s lock (`_keys` is also read
-    without it: single dict lookups)."""
-
-    def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
-        self._keys: dict = {}
-        self.calls = 0
-        self.conflicts = 0
-
-    def started(self) -> None:
-        with self._cond:
-            self.calls += 1
-
-    def conflicted(self, keys) -> None:
-        """A run conflicted on keys (those not registered by this call yet)."""
-        with self._cond:
-            self.conflicts += 1
-            for k in keys:
-                self._keys[k] = self._keys.get(k, 0) + 1
-
-    def done(self, keys) -> None:
-        """A call that conflicted on keys has ended."""
-        with self._cond:
-            for k in keys:
-                left = self._keys.get(k, 0) - 1
-                if left > 0:
-                    self._keys[k] = left
-                else:
-                    self._keys.pop(k, None)
-            self._cond.notify_all()
-
-    def contended(self, keys) -> bool:
-        held = self._keys
-        return bool(held) and any(k in held for k in keys)
-
-    def wait(self, keys) -> None:
-        """Before a first run's commit: let this process's retrying
-        transactions on the keys it read go first."""
-        if self.contended(keys):
-            with self._cond:
-                self._cond.wait_for(lambda: not self.contended(keys), YIELD_MAX)
-
-
-_gates: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # engine -> Gate
-_gates_lock = threading.Lock()
-
-
-def gate(store) -> Gate:
-    """The Gate of the store's engine (one per path per process)."""
-    engine = store._live_engine()
-    found = _gates.get(engine)
-    if found is None:
-        with _gates_lock:
-            found = _gates.setdefault(engine, Gate())
-    return found
-
-
-def stats(store) -> dict:
-    """This process's transact calls (incr, update, compare_and_set
-    included) and their runs that conflicted, for Store.stats()."""
-    found = gate(store)
-    with found._cond:
-        return {"calls": found.calls, "conflicts": found.conflicts}
-
-
-def gave_up(error: ConflictError, retries: int) -> ConflictError:
-    """transact's error once its retries are used up."""
-    keys = ", ".join(f"{key!r}" + ("" if ns == "default" else f" in {ns!r}") for ns, key in error.keys[:5])
-    more = f" and {len(error.keys) - 5} more" if len(error.keys) > 5 else ""
-    return ConflictError(
-        f"the transaction conflicted on every one of its {retries + 1} runs (retries={retries}; "
-        f"last on {keys or 'its reads'}{more}): other writers keep changing what it reads; "
-        f"retry later, pass a larger retries=, or spread the writes over more keys",
-        error.keys, retries + 1)
-
-
-def _conflict(keys) -> ConflictError:
+def conflict_error(keys) -> ConflictError:
     shown = ", ".join(f"{key!r}" + ("" if ns == "default" else f" in {ns!r}") for ns, key in keys[:5])
     return ConflictError(f"the transaction did not commit: {shown}{' ...' if len(keys) > 5 else ''} "
                          f"changed since it read them; nothing was written: run it again "
@@ -422,7 +307,7 @@ class Transaction:
         conflicts = self._current().conflicts
         if conflicts:
             self._end("conflicted")
-            raise _conflict(conflicts)
+            raise conflict_error(conflicts)
         self._txnid = txnid
 
     def _pending_moved(self) -> bool:
@@ -624,7 +509,7 @@ class Transaction:
             self._end("committed")
             return
         self._end("conflicted")
-        raise _conflict(condition.conflicts)
+        raise conflict_error(condition.conflicts)
 
     def _submit(self, callback=None):
         """Start the commit: (the condition to settle with, or None; whether
@@ -664,153 +549,3 @@ class Transaction:
                 f"and {len(self._scans)} ranges read, {len(self._writes)} writes>")
 
 
-# ---------------------------------------------------------------- retried
-
-
-def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
-    """Run fn(tx) in a transaction and commit it; on conflict, run it again
-    (after a random backoff), up to `retries` more times; returns fn's
-    result. If fn raises and what it read has changed meanwhile, that is
-    a conflict too (it may have seen a mix of old and new); otherwise its
-    exception propagates and nothing is written.
-
-    :raises ConflictError: every run conflicted (`attempts` says how many)
-    """
-    attempts = Attempts(store, check_count(retries, "retries", "transact", 0))
-    with attempts:
-        for first, pause in attempts:
-            if pause:
-                time.sleep(pause)
-            tx = Transaction(store, durable)._begin()
-            try:
-                result = fn(tx)
-            except BaseException as exc:
-                error = failed_run(tx, exc)
-                if error is None:
-                    raise
-                attempts.conflict(error)
-                continue
-            check_still_open(tx)
-            if first:
-                attempts.gate.wait(tx._reads)
-            try:
-                tx.commit()
-                return result
-            except ConflictError as exc:
-                attempts.conflict(exc)
-    raise gave_up(attempts.error, attempts.retries)
-
-
-class Attempts:
-    """The runs of one transact call: iterating yields (first run?, the
-    pause before it). `conflict(error)` counts a run that
-    conflicted and marks its keys contended in the process's Gate until the
-    `with` block ends; `error`: the last run's conflict."""
-
-    def __init__(self, store, retries: int):
-        self.gate = gate(store)
-        self.retries = retries
-        self.error: ConflictError | None = None
-        self._held: set = set()  # keys this call marked contended
-
-    def __iter__(self):
-        self.gate.started()
-        yield True, 0.0
-        for attempt in range(self.retries):
-            yield False, backoff(attempt)
-
-    def conflict(self, error: ConflictError) -> None:
-        self.error = error
-        new = [k for k in error.keys if k not in self._held]
-        self._held.update(new)
-        self.gate.conflicted(new)
-
-    def __enter__(self) -> "Attempts":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._held:
-            self.gate.done(self._held)
-            self._held = set()
-
-
-def failed_run(tx: Transaction, exc: BaseException) -> ConflictError | None:
-    """fn raised exc: end tx; the conflict to retry on if it is tx's own (a
-    read found what it read before changed), or if what it read changed
-    meanwhile (fn may have failed because of that); else None."""
-    if tx._state == "conflicted" and isinstance(exc, ConflictError):
-        return exc
-    stale = None
-    if tx._state == "open":
-        try:
-            stale = tx._current().conflicts if (tx._reads or tx._scans) else None
-        except Exception:  # the store itself failing: the function's own error says more
-            stale = None
-    tx._end("discarded")
-    return _conflict(stale) if stale else None
-
-
-def check_still_open(tx: Transaction) -> None:
-    if tx._state != "open":
-        raise TransactionClosedError("transact: fn ended its transaction itself (commit() or "
-                                     "discard()); let transact commit it")
-
-
-def update_step(key, fn, default):
-    """The transaction of update(): new = fn(old), written; returns new."""
-    def step(tx):
-        new = fn(tx.get(key, default))
-        tx.put(key, new)
-        return new
-    return step
-
-
-def incr_step(key, delta: int, default: int):
-    """The transaction of incr(): the int under key (default if absent) plus delta."""
-    if isinstance(delta, bool) or not isinstance(delta, int):
-        raise InvalidArgumentTypeError(f"incr: delta must be an int, not {type(delta).__name__} ({delta!r:.60})")
-    if isinstance(default, bool) or not isinstance(default, int):
-        raise InvalidArgumentTypeError(f"incr: default must be an int, not {type(default).__name__} "
-                                       f"({default!r:.60})")
-
-    def step(tx):
-        old = tx.get(key, default)
-        if isinstance(old, bool) or not isinstance(old, int):
-            raise InvalidArgumentTypeError(
-                f"incr: key {key!r} holds a {type(old).__name__} ({old!r:.60}), not an int; use "
-                f"update() for other values, or put an int there first")
-        new = old + delta
-        tx.put(key, new)
-        return new
-    return step
-
-
-def cas_step(key, expected, new):
-    """The transaction of compare_and_set(): write new (MISSING: delete) if
-    the key holds expected (MISSING: absent); returns whether it did."""
-    def step(tx):
-        current = tx.get(key, MISSING)
-        if current is MISSING or expected is MISSING:
-            same = current is expected
-        else:
-            same = current == expected
-        if not same:
-            return False
-        if new is MISSING:
-            tx.delete(key)
-        else:
-            tx.put(key, new)
-        return True
-    return step
-
-
-def update(store, key, fn, default=None, durable=None):
-    return transact(store, update_step(key, fn, default), RMW_RETRIES, durable)
-
-
-def incr(store, key, delta=1, default=0, durable=None):
-    return transact(store, incr_step(key, delta, default), RMW_RETRIES, durable)
-
-
-def compare_and_set(store, key, expected, new, durable=None) -> bool:
-    return transact(store, cas_step(key, expected, new), RMW_RETRIES, durable)
