@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import contextvars
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 from . import killpoints
 from . import ttl as _ttl
@@ -72,14 +73,29 @@ from .layout import check_key, check_namespace_name
 from .reads import Reads, _live, scan_bounds
 from .validate import check_keys_iterable
 
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._types import Items, Key, Value
+    from .group import Group
+    from .store import Namespace, Store
+
 __all__ = ["Transaction", "Validate", "MISSING"]
+
+NsKey = Tuple[str, bytes]  # (namespace, key)
+Stored = Optional[bytes]  # a key's stored bytes; None: absent (or expired)
+Op = Tuple[str, Any, bytes, Optional[bytes]]  # (namespace, LMDB handle, key, stored or None: delete)
+Seen = Tuple[str, Optional[bytes], Optional[bytes], "list[tuple[bytes, bytes]]"]  # a scan: ns, lo, hi, found
+Get = Callable[[str, bytes], Any]  # (namespace, key) -> stored bytes (or a buffer), None if absent
+Scan = Callable[[str, Optional[bytes], Optional[bytes]], Any]  # -> [(key, stored)] in key order
+
 
 class _Missing:
     """`kvstore.MISSING`: "no value", for compare_and_set."""
 
-    _instance = None
+    _instance: "_Missing | None" = None
 
-    def __new__(cls):
+    def __new__(cls) -> "_Missing":
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -87,17 +103,18 @@ class _Missing:
     def __repr__(self) -> str:
         return "kvstore.MISSING"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[_Missing], tuple[()]]:
         return (_Missing, ())
 
 
 MISSING = _Missing()
 
 # the transaction open in this thread or asyncio task, if any
-_current_tx: contextvars.ContextVar = contextvars.ContextVar("kvstore_transaction", default=None)
+_current_tx: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("kvstore_transaction",
+                                                                              default=None)
 
 
-def conflict_error(keys) -> ConflictError:
+def conflict_error(keys: list[NsKey]) -> ConflictError:
     shown = ", ".join(f"{key!r}" + ("" if ns == "default" else f" in {ns!r}") for ns, key in keys[:5])
     return ConflictError(f"the transaction did not commit: {shown}{' ...' if len(keys) > 5 else ''} "
                          f"changed since it read them; nothing was written: run it again "
@@ -107,12 +124,12 @@ def conflict_error(keys) -> ConflictError:
 # ---------------------------------------------------------------- the condition
 
 
-def _copy(record):
+def _copy(record: Any) -> Stored:
     """Bytes out of a read transaction (its buffers die with it)."""
     return None if record is None else bytes(record)
 
 
-def _alive(record, now: int):
+def _alive(record: Any, now: int) -> Stored:
     """Stored bytes as a transaction compares them: None when absent or
     expired at now (ms)."""
     if record is None or not _live(record, now):
@@ -132,40 +149,41 @@ class Validate:
 
     __slots__ = ("reads", "scans", "dbis", "now", "durable", "conflicts")
 
-    def __init__(self, reads: dict, scans: list, dbis: dict, now: int, durable: bool):
+    def __init__(self, reads: dict[NsKey, Stored], scans: list[Seen], dbis: dict[str, Any], now: int,
+                 durable: bool):
         self.reads = reads
         self.scans = scans
         self.dbis = dbis
         self.now = now
         self.durable = durable
-        self.conflicts: list | None = None
+        self.conflicts: list[NsKey] | None = None
 
-    def enter(self, overlay, seq: int, ops) -> None:
+    def enter(self, overlay: Any, seq: int, ops: list[Op]) -> None:
         """A transaction's writes are invisible until it has committed."""
 
-    def validate(self, get, scan) -> list:
+    def validate(self, get: Get, scan: Scan) -> list[NsKey]:
         """The (namespace, key) pairs whose state differs from what the
         transaction saw, judged by get(ns, key) -> stored bytes or None and
         scan(ns, lo, hi) -> [(key, stored bytes)] in key order."""
         now = self.now
-        out = []
+        out: list[NsKey] = []
         for (ns, key), seen in self.reads.items():
             if _alive(get(ns, key), now) != seen:
                 out.append((ns, key))
-        for ns, lo, hi, seen in self.scans:
+        for ns, lo, hi, found in self.scans:
             current = [(k, r) for k, r in ((k, _alive(r, now)) for k, r in scan(ns, lo, hi)) if r is not None]
-            if current != seen:
-                changed = set(current).symmetric_difference(seen)
+            if current != found:
+                changed = set(current).symmetric_difference(found)
                 out.extend(sorted({(ns, k) for k, _r in changed}))
         return out
 
-    def apply(self, txn, ops) -> None:
+    def apply(self, txn: Any, ops: list[Op]) -> None:
         dbis = self.dbis
 
-        def get(ns, key):
+        def get(ns: str, key: bytes) -> Any:
             return txn.get(key, db=dbis[ns])
 
-        def scan(ns, lo, hi):
+        def scan(ns: str, lo: bytes | None, hi: bytes | None) -> Any:
             return Reads._read_chunk(txn, dbis[ns], lo, hi, False, None, sys.maxsize)
 
         self.conflicts = self.validate(get, scan)
@@ -194,23 +212,24 @@ class Transaction:
     the default is the namespace of the handle it was made from.
     """
 
-    def __init__(self, store, durable: bool | None):
+    def __init__(self, store: Store[Any] | Namespace[Any], durable: bool | None):
         engine = store._live_engine()
         store._writer(engine)  # ReadOnlyError: a transaction writes
         self._store = store
         self._engine = engine
-        self._durable = store._root._durable if durable is None else bool(durable)
-        self._handles = {store._ns: store}  # namespace -> handle (decoding, its dbi)
-        self._dbis: dict = {}
-        self._reads: dict = {}  # (ns, key) -> stored bytes or None, as first read
-        self._scans: list = []  # (ns, lo, hi, [(key, stored)])
-        self._writes: dict = {}  # (ns, key) -> (ns, dbi, key, stored or None)
+        self._durable: bool = store._root._durable if durable is None else bool(durable)
+        # namespace -> handle (decoding, its dbi)
+        self._handles: dict[str, Store[Any] | Namespace[Any]] = {store._ns: store}
+        self._dbis: dict[str, Any] = {}
+        self._reads: dict[NsKey, Stored] = {}  # stored bytes or None, as first read
+        self._scans: list[Seen] = []  # (ns, lo, hi, [(key, stored)])
+        self._writes: dict[NsKey, Op] = {}
         self._nbytes = 0
-        self._before = None  # ttl.Enable of the namespaces its TTL values go to
+        self._before: Any = None  # ttl.Enable of the namespaces its TTL values go to
         self._now = 0
-        self._txnid = None  # LMDB's last txnid when the reads so far were known current
+        self._txnid: int | None = None  # LMDB's last txnid when the reads so far were known current
         self._state = "new"
-        self._token = None
+        self._token: contextvars.Token[Transaction | None] | None = None
 
     # ------------------------------------------------------------ life
 
@@ -234,14 +253,16 @@ class Transaction:
             return
         self._state = state
         try:
-            _current_tx.reset(self._token)
+            if self._token is not None:
+                _current_tx.reset(self._token)
         except ValueError:  # ended from another context (an executor thread): nothing to reset there
             _current_tx.set(None)
 
     def __enter__(self) -> "Transaction":
         return self._begin()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is not None:
             self._end("discarded")
             return
@@ -258,7 +279,7 @@ class Transaction:
             raise TransactionClosedError(f"this transaction {what}; start a new one with "
                                          f"`with db.transaction() as tx:`")
 
-    def _handle(self, namespace):
+    def _handle(self, namespace: str | None) -> Store[Any] | Namespace[Any]:
         """The handle of the namespace a call names (None: the transaction's own)."""
         self._check_open()
         if namespace is None:
@@ -271,7 +292,7 @@ class Transaction:
             handle = self._handles[namespace] = Namespace(self._store._root, namespace)
         return handle
 
-    def _dbi(self, ns: str):
+    def _dbi(self, ns: str) -> Any:
         dbi = self._dbis.get(ns)
         if dbi is None:
             dbi = self._dbis[ns] = self._store._dbi(self._engine, ns)
@@ -279,12 +300,12 @@ class Transaction:
 
     # ------------------------------------------------------------ reads
 
-    def _pending(self, ns: str, key: bytes):
+    def _pending(self, ns: str, key: bytes) -> tuple[Stored] | None:
         """(stored or None,) pending in the overlay, else None."""
         engine = self._engine
         if engine.tail is not None:
             engine.tail.refresh()
-        pending = engine.overlay.get(ns)
+        pending = None if engine.overlay is None else engine.overlay.get(ns)
         if pending:
             entry = pending.get(key)
             if entry is not None:
@@ -317,20 +338,22 @@ class Transaction:
         if engine.tail is not None:
             engine.tail.refresh()
         overlay = engine.overlay
+        if overlay is None:
+            return False
         now = self._now
         for (ns, key), seen in self._reads.items():
             pending = overlay.get(ns)
             entry = pending.get(key) if pending else None
             if entry is not None and _alive(entry[1], now) != seen:
                 return True
-        for ns, lo, hi, seen in self._scans:
+        for ns, lo, hi, found in self._scans:
             if overlay.get(ns):
-                saw = dict(seen)
+                saw = dict(found)
                 if any(_alive(r, now) != saw.get(k) for k, r in engine.snapshot(ns, lo, hi)):
                     return True
         return False
 
-    def _stored(self, ns: str, key: bytes):
+    def _stored(self, ns: str, key: bytes) -> Stored:
         """The key's stored bytes as the transaction sees them (None: none),
         remembered on first read."""
         k = (ns, key)
@@ -341,34 +364,35 @@ class Transaction:
             return self._reads[k]
         self._consistent()
         hit = self._pending(ns, key)
+        record: Any
         if hit is not None:
             record = hit[0]
         else:
             dbi = self._dbi(ns)
             record = self._engine.read(lambda txn: _copy(txn.get(key, db=dbi)))
-        record = self._reads[k] = _alive(record, self._now)
-        return record
+        alive = self._reads[k] = _alive(record, self._now)
+        return alive
 
-    def get(self, key, default=None, *, namespace: str | None = None):
+    def get(self, key: Key, default: Any = None, *, namespace: str | None = None) -> Any:
         """The value of key as this transaction sees it (its own write, else
         what it read first), or default."""
         handle = self._handle(namespace)
-        key = check_key(key)
-        record = self._stored(handle._ns, key)
-        return default if record is None else handle._decode(key, record)
+        raw = check_key(key)
+        record = self._stored(handle._ns, raw)
+        return default if record is None else handle._decode(raw, record)
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: Key) -> bool:
         return self.get(key, MISSING) is not MISSING
 
-    def get_many(self, keys, *, namespace: str | None = None) -> list:
+    def get_many(self, keys: Iterable[Key], *, namespace: str | None = None) -> list[Any]:
         """Values of keys (None where missing), in order; the keys not read
         before are read from one LMDB snapshot."""
         handle = self._handle(namespace)
         ns = handle._ns
-        keys = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
+        raws = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
         self._consistent()
-        todo = []
-        for key in keys:
+        todo: list[bytes] = []
+        for key in raws:
             k = (ns, key)
             if k in self._writes or k in self._reads:
                 continue
@@ -382,13 +406,13 @@ class Transaction:
             found = self._engine.read(lambda txn: [_copy(txn.get(key, db=dbi)) for key in todo])
             for key, record in zip(todo, found):
                 self._reads[(ns, key)] = _alive(record, self._now)
-        out = []
-        for key in keys:
+        out: list[Any] = []
+        for key in raws:
             record = self._stored(ns, key)
             out.append(None if record is None else handle._decode(key, record))
         return out
 
-    def _range(self, ns: str, lo, hi) -> list:
+    def _range(self, ns: str, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, bytes]]:
         """[(key, stored)] live in [lo, hi) of the latest state: pending
         writes over LMDB (the pending ones are looked at first: one that
         commits meanwhile is then in LMDB)."""
@@ -399,10 +423,15 @@ class Transaction:
         merged = dict(stored)
         merged.update(pending)
         now = self._now
-        return [(k, r) for k, r in ((k, _alive(merged[k], now)) for k in sorted(merged)) if r is not None]
+        out: list[tuple[bytes, bytes]] = []
+        for k in sorted(merged):
+            r = _alive(merged[k], now)
+            if r is not None:
+                out.append((k, r))
+        return out
 
-    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False,
-             namespace: str | None = None):
+    def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+             reverse: bool = False, keys_only: bool = False, namespace: str | None = None) -> Iterator[Any]:
         """(key, value) pairs (keys alone with keys_only) in key order, as
         this transaction sees them: the range as read, with the
         transaction's own writes. The whole range is read at the call and
@@ -414,7 +443,7 @@ class Transaction:
         self._consistent()
         seen = self._range(ns, lo, hi)
         self._scans.append((ns, lo, hi, seen))
-        view = dict(seen)
+        view: dict[bytes, Stored] = dict(seen)
         for (wns, key), op in self._writes.items():
             if wns == ns and (lo is None or key >= lo) and (hi is None or key < hi):
                 view[key] = op[3]
@@ -425,33 +454,32 @@ class Transaction:
 
     # ------------------------------------------------------------ writes
 
-    def put(self, key, value, *, ttl: float | None = None, namespace: str | None = None) -> None:
+    def put(self, key: Key, value: Value, *, ttl: float | None = None, namespace: str | None = None) -> None:
         """Buffer a put; `ttl` as for Store.put. Encoded now: a bad value raises here."""
         handle = self._handle(namespace)
         ns = handle._ns
-        key = check_key(key)
+        raw = check_key(key)
         engine = self._engine
         record = handle._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
         if ttl is not None or ns in engine.ttl.defaults:
             record, step = _ttl.stamp(engine, ns, record, ttl)
             if step is not None:
                 self._before = step | self._before
-        self._write(ns, key, record)
+        self._write(ns, raw, record)
 
-    def delete(self, key, *, namespace: str | None = None) -> None:
+    def delete(self, key: Key, *, namespace: str | None = None) -> None:
         """Buffer a delete (no error if key is missing)."""
         handle = self._handle(namespace)
         self._write(handle._ns, check_key(key), None)
 
-    def put_many(self, items, *, ttl: float | None = None, namespace: str | None = None) -> None:
+    def put_many(self, items: Items, *, ttl: float | None = None, namespace: str | None = None) -> None:
         """Buffer a put of every (key, value) pair (a mapping, or an iterable of pairs)."""
         self._check_open()
-        if hasattr(items, "items"):
-            items = items.items()
-        for key, value in items:
+        pairs: Iterable[tuple[Key, Value]] = items.items() if hasattr(items, "items") else items
+        for key, value in pairs:
             self.put(key, value, ttl=ttl, namespace=namespace)
 
-    def _write(self, ns: str, key: bytes, record) -> None:
+    def _write(self, ns: str, key: bytes, record: Stored) -> None:
         k = (ns, key)
         old = self._writes.pop(k, None)  # re-inserted last: the ops keep the order of last writes
         if old is not None and old[3] is not None:
@@ -462,7 +490,7 @@ class Transaction:
 
     # ------------------------------------------------------------ commit
 
-    def _group(self, callback=None):
+    def _group(self, callback: Callable[[Group], None] | None = None) -> ConditionalGroup:
         """What commit() submits: a ConditionalGroup, or None when there is
         nothing to decide in the write path (read-only, or nothing read:
         those are done by `_submit_blind` / `_check_reads`)."""
@@ -481,18 +509,19 @@ class Transaction:
             return "blind"
         return "checked" if self._writes else "read-only"
 
-    def _submit_blind(self, callback=None) -> bool:
+    def _submit_blind(self, callback: Callable[[Group], None] | None = None) -> bool:
         ops = list(self._writes.values())
         if not ops:
             return False
         store = self._store
-        return store._submit(self._engine, ops, self._nbytes, self._durable, callback, self._before)
+        wait: bool = store._submit(self._engine, ops, self._nbytes, self._durable, callback, self._before)
+        return wait
 
     def _current(self) -> Validate:
         """The transaction's reads checked against the latest state (a read, no commit)."""
         condition = Validate(self._reads, self._scans, {}, self._now, self._durable)
 
-        def get(ns, key):
+        def get(ns: str, key: bytes) -> Any:
             hit = self._pending(ns, key)
             if hit is not None:
                 return hit[0]
@@ -511,7 +540,7 @@ class Transaction:
         self._end("conflicted")
         raise conflict_error(condition.conflicts)
 
-    def _submit(self, callback=None):
+    def _submit(self, callback: Callable[[Group], None] | None = None) -> tuple[Validate | None, bool]:
         """Start the commit: (the condition to settle with, or None; whether
         to wait for callback, as Writer.submit says). Without a callback a
         checked transaction returns decided (its group is durable: waited)."""
@@ -526,7 +555,8 @@ class Transaction:
             # now, without a commit; the write path checks again anyway
             self._consistent()
             group = self._group(callback)
-            return group.condition, self._engine.writer.submit(group)
+            wait: bool = self._store._writer(self._engine).submit(group)
+            return group.condition, wait
         except BaseException:
             self._end("failed")
             raise

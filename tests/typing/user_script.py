@@ -88,10 +88,10 @@ def sync_api(path: Path) -> None:
 
         # transactions
         with db.transaction() as tx:
-            # Transaction (txn.py) is not annotated yet: pyright would infer
-            # get's result from its code (None or a value), mypy gives Any
-            balance: Any = tx.get("balance", 0)
+            assert_type(tx, kvstore.Transaction)
+            balance = tx.get("balance", 0)  # Any: a stored value's shape is the application's
             tx.put("balance", balance + 10)
+            assert_type(tx.get_many(["balance", "visits"]), list[Any])
         assert_type(db.incr("visits"), int)
         assert_type(db.compare_and_set("a", 1, 2), bool)
         assert_type(db.compare_and_set("a", 2, kvstore.MISSING), bool)

@@ -40,6 +40,13 @@ def key_types(db: Store) -> None:
     raw: Namespace[str] = db.namespace("raw")  # type: ignore[assignment]  # keys=bytes by default
 
 
+def transaction_misuse(db: Store) -> None:
+    with db.transaction() as tx:
+        tx.put(42, "v")  # type: ignore[arg-type]  # a key is bytes or str
+        tx.put("k", {"s": {1, 2}})  # type: ignore[dict-item]  # a set is no msgpack value
+        tx.get("k", namespace=7)  # type: ignore[arg-type]  # a namespace name is a str
+
+
 def option_misuse(path: str) -> None:
     kvstore.open(path, durable=1.5)  # type: ignore[arg-type]  # a bool option
     kvstore.open(path, map_size="1G")  # type: ignore[arg-type]  # an int option
