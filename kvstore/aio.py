@@ -328,7 +328,7 @@ class AsyncStore(Generic[KeyT]):
                     return result
                 except ConflictError as exc:
                     attempts.conflict(exc)
-        raise _retry.gave_up(attempts.error, attempts.retries)  # type: ignore[arg-type]  # set: it conflicted
+        raise _retry.gave_up(attempts.last_error(), attempts.retries)
 
     async def aupdate(self, key: Key, fn: Callable[[Any], Awaitable[Value] | Value], default: Value = None, *,
                       durable: bool | None = None) -> Any:

@@ -10,10 +10,14 @@ in the same transaction just ahead of its ops (ttl.Enable).
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable, Optional, Tuple
 
 from .errors import KVStoreError, Refused
 
-__all__ = ["Group", "ConditionalGroup", "Step"]
+__all__ = ["Group", "ConditionalGroup", "Step", "Op"]
+
+# (namespace, LMDB handle, key, stored bytes or None: a delete)
+Op = Tuple[str, Any, bytes, Optional[bytes]]
 
 
 class Group:
@@ -36,7 +40,8 @@ class Group:
 
     condition = None  # see ConditionalGroup
 
-    def __init__(self, ops: list, durable: bool, nbytes: int, callback=None, before=None):
+    def __init__(self, ops: list[Op], durable: bool, nbytes: int,
+                 callback: Callable[[Group], None] | None = None, before: Any = None):
         self.ops = ops
         self.durable = durable
         self.nbytes = nbytes
@@ -60,7 +65,8 @@ class ConditionalGroup(Group):
 
     __slots__ = ("condition",)
 
-    def __init__(self, ops: list, durable: bool, nbytes: int, condition, callback=None):
+    def __init__(self, ops: list[Op], durable: bool, nbytes: int, condition: Any,
+                 callback: Callable[[Group], None] | None = None):
         super().__init__(ops, durable, nbytes, callback)
         self.condition = condition
 
@@ -70,16 +76,16 @@ class Step:
 
     __slots__ = ("fn", "count", "result", "refused")
 
-    def __init__(self, fn, count: bool):
+    def __init__(self, fn: Callable[[Any], Any], count: bool):
         self.fn = fn
         self.count = count  # counted as a commit of writes (commit_seq, stats)
-        self.result = None
+        self.result: Any = None
         self.refused: KVStoreError | None = None
 
-    def enter(self, overlay, seq: int, ops) -> None:
+    def enter(self, overlay: Any, seq: int, ops: list[Op]) -> None:
         """A step's writes are not values: nothing for reads to see early."""
 
-    def apply(self, txn, ops) -> None:
+    def apply(self, txn: Any, ops: list[Op]) -> None:
         try:
             self.result = self.fn(txn)
             self.refused = None

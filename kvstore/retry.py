@@ -25,10 +25,20 @@ import random
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar, Union
 
 from .errors import ConflictError, InvalidArgumentTypeError, TransactionClosedError
 from .txn import MISSING, Transaction, conflict_error
 from .validate import check_count
+
+if TYPE_CHECKING:
+    from ._types import Key, Value
+    from .store import Namespace, Store
+
+    Handle = Union[Store[Any], Namespace[Any]]
+
+_R = TypeVar("_R")
+NsKey = tuple[str, bytes]
 
 __all__ = ["transact", "update", "incr", "compare_and_set", "incr_step", "cas_step", "update_step",
            "Attempts", "failed_run", "check_still_open", "gate", "stats", "gave_up", "backoff",
@@ -70,9 +80,9 @@ class Gate:
     Store.stats(); all guarded by `_cond`'s lock (`_keys` is also read
     without it: single dict lookups)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._keys: dict = {}
+        self._keys: dict[NsKey, int] = {}
         self.calls = 0
         self.conflicts = 0
 
@@ -80,14 +90,14 @@ class Gate:
         with self._cond:
             self.calls += 1
 
-    def conflicted(self, keys) -> None:
+    def conflicted(self, keys: Iterable[NsKey]) -> None:
         """A run conflicted on keys (those not registered by this call yet)."""
         with self._cond:
             self.conflicts += 1
             for k in keys:
                 self._keys[k] = self._keys.get(k, 0) + 1
 
-    def done(self, keys) -> None:
+    def done(self, keys: Iterable[NsKey]) -> None:
         """A call that conflicted on keys has ended."""
         with self._cond:
             for k in keys:
@@ -98,11 +108,11 @@ class Gate:
                     self._keys.pop(k, None)
             self._cond.notify_all()
 
-    def contended(self, keys) -> bool:
+    def contended(self, keys: Iterable[NsKey]) -> bool:
         held = self._keys
         return bool(held) and any(k in held for k in keys)
 
-    def wait(self, keys) -> None:
+    def wait(self, keys: Iterable[NsKey]) -> None:
         """Before a first run's commit: let this process's retrying
         transactions on the keys it read go first."""
         if self.contended(keys):
@@ -110,11 +120,11 @@ class Gate:
                 self._cond.wait_for(lambda: not self.contended(keys), YIELD_MAX)
 
 
-_gates: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # engine -> Gate
+_gates: weakref.WeakKeyDictionary[Any, Gate] = weakref.WeakKeyDictionary()  # engine -> Gate
 _gates_lock = threading.Lock()
 
 
-def gate(store) -> Gate:
+def gate(store: Handle) -> Gate:
     """The Gate of the store's engine (one per path per process)."""
     engine = store._live_engine()
     found = _gates.get(engine)
@@ -124,7 +134,7 @@ def gate(store) -> Gate:
     return found
 
 
-def stats(store) -> dict:
+def stats(store: Handle) -> dict[str, int]:
     """This process's transact calls (incr, update, compare_and_set
     included) and their runs that conflicted, for Store.stats()."""
     found = gate(store)
@@ -143,7 +153,8 @@ def gave_up(error: ConflictError, retries: int) -> ConflictError:
         error.keys, retries + 1)
 
 
-def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
+def transact(store: Handle, fn: Callable[[Transaction], _R], retries: int = RETRIES,
+             durable: bool | None = None) -> _R:
     """Run fn(tx) in a transaction and commit it; on conflict, run it again
     (after a random backoff), up to `retries` more times; returns fn's
     result. If fn raises and what it read has changed meanwhile, that is
@@ -174,7 +185,7 @@ def transact(store, fn, retries: int = RETRIES, durable: bool | None = None):
                 return result
             except ConflictError as exc:
                 attempts.conflict(exc)
-    raise gave_up(attempts.error, attempts.retries)
+    raise gave_up(attempts.last_error(), attempts.retries)
 
 
 class Attempts:
@@ -183,13 +194,18 @@ class Attempts:
     conflicted and marks its keys contended in the process's Gate until the
     `with` block ends; `error`: the last run's conflict."""
 
-    def __init__(self, store, retries: int):
+    def __init__(self, store: Handle, retries: int):
         self.gate = gate(store)
         self.retries = retries
         self.error: ConflictError | None = None
-        self._held: set = set()  # keys this call marked contended
+        self._held: set[NsKey] = set()  # keys this call marked contended
 
-    def __iter__(self):
+    def last_error(self) -> ConflictError:
+        """The last run's conflict (once every run conflicted)."""
+        assert self.error is not None
+        return self.error
+
+    def __iter__(self) -> Iterator[tuple[bool, float]]:
         self.gate.started()
         yield True, 0.0
         for attempt in range(self.retries):
@@ -204,7 +220,7 @@ class Attempts:
     def __enter__(self) -> "Attempts":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._held:
             self.gate.done(self._held)
             self._held = set()
@@ -232,16 +248,16 @@ def check_still_open(tx: Transaction) -> None:
                                      "discard()); let transact commit it")
 
 
-def update_step(key, fn, default):
+def update_step(key: Key, fn: Callable[[Any], Value], default: Any) -> Callable[[Transaction], Any]:
     """The transaction of update(): new = fn(old), written; returns new."""
-    def step(tx):
+    def step(tx: Transaction) -> Any:
         new = fn(tx.get(key, default))
         tx.put(key, new)
         return new
     return step
 
 
-def incr_step(key, delta: int, default: int):
+def incr_step(key: Key, delta: int, default: int) -> Callable[[Transaction], int]:
     """The transaction of incr(): the int under key (default if absent) plus delta."""
     if isinstance(delta, bool) or not isinstance(delta, int):
         raise InvalidArgumentTypeError(f"incr: delta must be an int, not {type(delta).__name__} ({delta!r:.60})")
@@ -249,7 +265,7 @@ def incr_step(key, delta: int, default: int):
         raise InvalidArgumentTypeError(f"incr: default must be an int, not {type(default).__name__} "
                                        f"({default!r:.60})")
 
-    def step(tx):
+    def step(tx: Transaction) -> int:
         old = tx.get(key, default)
         if isinstance(old, bool) or not isinstance(old, int):
             raise InvalidArgumentTypeError(
@@ -261,10 +277,10 @@ def incr_step(key, delta: int, default: int):
     return step
 
 
-def cas_step(key, expected, new):
+def cas_step(key: Key, expected: Any, new: Any) -> Callable[[Transaction], bool]:
     """The transaction of compare_and_set(): write new (MISSING: delete) if
     the key holds expected (MISSING: absent); returns whether it did."""
-    def step(tx):
+    def step(tx: Transaction) -> bool:
         current = tx.get(key, MISSING)
         if current is MISSING or expected is MISSING:
             same = current is expected
@@ -280,13 +296,14 @@ def cas_step(key, expected, new):
     return step
 
 
-def update(store, key, fn, default=None, durable=None):
+def update(store: Handle, key: Key, fn: Callable[[Any], Value], default: Any = None,
+           durable: bool | None = None) -> Any:
     return transact(store, update_step(key, fn, default), RMW_RETRIES, durable)
 
 
-def incr(store, key, delta=1, default=0, durable=None):
+def incr(store: Handle, key: Key, delta: int = 1, default: int = 0, durable: bool | None = None) -> int:
     return transact(store, incr_step(key, delta, default), RMW_RETRIES, durable)
 
 
-def compare_and_set(store, key, expected, new, durable=None) -> bool:
+def compare_and_set(store: Handle, key: Key, expected: Any, new: Any, durable: bool | None = None) -> bool:
     return transact(store, cas_step(key, expected, new), RMW_RETRIES, durable)
