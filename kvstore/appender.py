@@ -33,11 +33,21 @@ stuck half changed is recovered and the append tried again.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import killpoints
 from .errors import StoreFailedError
 from .group import Step
 from .wal import LogFull, append_failure, encode_group, sync_failure
+
+if TYPE_CHECKING:
+    from .applier import Applier
+    from .environment import Environment
+    from .group import Group
+    from .options import Options
+    from .tail import Tail
+
+_T = TypeVar("_T")
 
 __all__ = ["Appender"]
 
@@ -45,32 +55,32 @@ __all__ = ["Appender"]
 class Appender:
     """The log path of one process's writer."""
 
-    def __init__(self, env, options, tail, applier):
+    def __init__(self, env: Environment, options: Options, tail: Tail, applier: Applier):
         self._env = env
         self.tail = tail
         self._applier = applier
-        self._interval = options.flush_interval
-        self._apply_interval = options.apply_interval
-        self._apply_bytes = options.apply_bytes
+        self._interval: float = options.flush_interval
+        self._apply_interval: float = options.apply_interval
+        self._apply_bytes: int = options.apply_bytes
         self._last_apply = time.monotonic()
         self._unsynced_since = 0.0  # when this process first saw records past the last sync; 0: none
         # groups from this size on are written into LMDB directly (exclusive)
         self._large = min(tail.log.max_size // 2 + 1, options.max_map_size // 8)
 
-    def exclusive(self, group) -> bool:
+    def exclusive(self, group: Group) -> bool:
         """A group the applier writes into LMDB itself (_exclusive): one
         with a step or a condition to decide there, or a large one (the
         module docstring)."""
         return (group.before is not None or group.nbytes >= self._large
                 or (group.condition is not None and not hasattr(group.condition, "validate")))
 
-    def alone(self, group) -> bool:
+    def alone(self, group: Group) -> bool:
         """A group a leader takes by itself: exclusive or validated."""
         return group.condition is not None or self.exclusive(group)
 
     # ------------------------------------------------------------ appending
 
-    def append_alone(self, group):
+    def append_alone(self, group: Group) -> tuple[int, int, bool] | None:
         """Append group, its caller leading alone. Returns None when its
         transaction's reads changed (nothing written), else (gen, end,
         durable): sync(gen, end) next if durable. Raises if anything is out
@@ -89,7 +99,7 @@ class Appender:
         durable = group.durable if group.condition is None else getattr(group.condition, "durable", True)
         return gen, end, durable
 
-    def write(self, groups) -> int:
+    def write(self, groups: list[Group]) -> int:
         """Write the groups a leader took (one, if exclusive or validated);
         returns the lsn of the last record, 0 for a transaction whose reads
         changed, 1 for an exclusive group. Raises DiskFullError or
@@ -109,30 +119,37 @@ class Appender:
         if not self._unsynced_since:
             self._unsynced_since = time.monotonic()
 
-    def _to_log(self, append):
+    def _to_log(self, append: Callable[[], _T]) -> _T:
         """append() (a Tail append); when the log is full, apply it to LMDB
         (its space is reused) and try again; when the index is stuck half
         changed, recover it and try again. An OSError: append_failure."""
         tail = self.tail
-        for attempt in range(10):
+        full = False
+        for _attempt in range(10):
             try:
                 return append()
             except LogFull:
-                if attempt == 9:  # other processes kept appending faster than it was applied
-                    raise StoreFailedError(
-                        f"the write-ahead log stays full after applying it to LMDB (log_size "
-                        f"{tail.log.max_size} bytes); reopen the store with a larger log_size") from None
+                full = True
                 self._applier.checkpoint()
             except tail.Stuck:
+                full = False
                 self._applier.recover()
             except OSError as exc:
                 raise append_failure(exc, self._env.path) from None
+        if full:  # other processes kept appending faster than it was applied
+            raise StoreFailedError(
+                f"the write-ahead log stays full after applying it to LMDB (log_size "
+                f"{tail.log.max_size} bytes); reopen the store with a larger log_size")
+        raise StoreFailedError("the write-ahead log's index stays half changed after recovering it "
+                               "ten times (processes keep dying inside changes of it); reopen the store")
 
-    def _append(self, groups) -> int:
+    def _append(self, groups: list[Group]) -> int:
         tail = self.tail
         payloads = [encode_group(g.ops) for g in groups]
         if len(groups) == 1:
-            end, gen, last = self._to_log(lambda: tail.append_one(groups[0], payloads[0]))
+            one = self._to_log(lambda: tail.append_one(groups[0], payloads[0]))
+            assert one is not None  # no check: always written
+            end, gen, last = one
         else:
             # in runs that fit in an empty log (each group does: see exclusive)
             limit = tail.log.max_size // 2
@@ -150,7 +167,7 @@ class Appender:
             self.sync(gen, end)
         return last
 
-    def _validator(self, group):
+    def _validator(self, group: Group) -> Callable[[], bool]:
         """The check a validated group (txn.Validate) makes at its append,
         under the append lock once caught up: its condition's
         validate(get, scan) against every acknowledged write (the overlay,
@@ -161,7 +178,7 @@ class Appender:
         read = self._env.read
         overlay = self.tail.overlay
 
-        def get(ns, key):
+        def get(ns: str, key: bytes) -> Any:
             entry = overlay.get(ns, {}).get(key)
             if entry is not None:
                 return entry[1]
@@ -170,7 +187,7 @@ class Appender:
                 return None
             return read(lambda txn: _copy(txn.get(key, db=dbi)))
 
-        def scan(ns, lo, hi):
+        def scan(ns: str, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, Any]]:
             dbi = condition.dbis.get(ns)
             found = {} if dbi is None else dict(read(lambda txn: _range(txn, dbi, lo, hi)))
             for key, record in overlay.snapshot(ns, lo, hi):  # under tail.lock: append_one holds it
@@ -180,13 +197,13 @@ class Appender:
                     found[key] = record
             return sorted(found.items())
 
-        def check():
+        def check() -> bool:
             condition.conflicts = condition.validate(get, scan)
             return not condition.conflicts and bool(group.ops)
 
         return check
 
-    def _append_validated(self, group) -> int:
+    def _append_validated(self, group: Group) -> int:
         """Append a group whose condition decides, at the append, against
         the latest state (every acknowledged write: the overlay after
         catching up, then LMDB), whether it is written: a transaction
@@ -218,25 +235,10 @@ class Appender:
             killpoints.reached("log-after-sync")
         self._unsynced_since = 0.0
 
-    def _exclusive(self, group) -> None:
+    def _exclusive(self, group: Group) -> None:
         """Write group into LMDB directly, after the whole log, in one
         transaction (see applier.py): decided against the latest state."""
-        condition = group.condition
-
-        def step(txn):
-            if group.before is not None:
-                group.before(txn)
-            if condition is not None:
-                condition.apply(txn, group.ops)
-                return
-            for _ns, dbi, key, record in group.ops:
-                if record is None:
-                    txn.delete(key, db=dbi)
-                else:
-                    txn.put(key, record, db=dbi)
-
-        step.counted = type(condition) is not Step or condition.count
-        self._applier.checkpoint(step, extra=[group])
+        self._applier.checkpoint(_Exclusive(group), extra=[group])
         self._last_apply = time.monotonic()
 
     # ------------------------------------------------------------ upkeep
@@ -297,7 +299,7 @@ class Appender:
             self._applier.checkpoint(block=wanted)
             self._last_apply = time.monotonic()
 
-    def run_step(self, step):
+    def run_step(self, step: Callable[[], _T]) -> _T:
         """step() holding the apply lock: between applies and exclusive
         groups, in every process (Writer.schedule's steps, with a log)."""
         with self._applier.held():
@@ -312,11 +314,38 @@ class Appender:
         self._applier.checkpoint()
 
 
-def _copy(record):
+class _Exclusive:
+    """An exclusive group's step in the applier's transaction: its before
+    step, then its condition's apply or its ops. `counted`: a commit of
+    writes (commit_seq, stats), which a metadata step (Writer.run) alone
+    is not unless it says so."""
+
+    __slots__ = ("group", "counted")
+
+    def __init__(self, group: Group):
+        self.group = group
+        condition = group.condition
+        self.counted = type(condition) is not Step or condition.count
+
+    def __call__(self, txn: Any) -> None:
+        group = self.group
+        if group.before is not None:
+            group.before(txn)
+        if group.condition is not None:
+            group.condition.apply(txn, group.ops)
+            return
+        for _ns, dbi, key, record in group.ops:
+            if record is None:
+                txn.delete(key, db=dbi)
+            else:
+                txn.put(key, record, db=dbi)
+
+
+def _copy(record: Any) -> bytes | None:
     return None if record is None else bytes(record)
 
 
-def _range(txn, dbi, lo, hi) -> list:
+def _range(txn: Any, dbi: Any, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, bytes]]:
     """[(key, stored)] of namespace dbi in [lo, hi) (None: unbounded), in a read txn."""
     cur = txn.cursor(db=dbi)
     found = cur.set_range(lo) if lo is not None else cur.first()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import killpoints
 from .errors import CorruptionError
@@ -38,15 +39,19 @@ from .group import Group
 from .layout import APPLIED_KEY
 from .wal import HEADER_SIZE, Applied, decode_ops, seed
 
+if TYPE_CHECKING:
+    from .environment import Environment
+    from .wal import Log, State
+
 __all__ = ["Applier"]
 
 
 class Applier:
-    def __init__(self, env, log):
+    def __init__(self, env: Environment, log: Log):
         self._env = env
         self._log = log
         self._lock = threading.Lock()  # with the flock: one apply at a time
-        self.hooks: list = []  # hook(groups) after each commit (Writer.on_commit's list)
+        self.hooks: list[Callable[[list[Group]], Any]] = []  # after each commit (Writer.on_commit's list)
         self.applies = 0
         self.records_applied = 0
         self.hook_error: Exception | None = None
@@ -67,7 +72,7 @@ class Applier:
             raise
 
     @contextlib.contextmanager
-    def held(self):
+    def held(self) -> Iterator[None]:
         """The apply lock, for work that must not overlap an apply or an
         exclusive step (the writer's scheduled steps: preallocation)."""
         self._acquire(True)
@@ -84,7 +89,7 @@ class Applier:
 
     # ------------------------------------------------------------ recovery
 
-    def marker(self, txn=None) -> tuple[int, int, int]:
+    def marker(self, txn: Any = None) -> tuple[int, int, int]:
         """LMDB's APPLIED: (gen, position, checksum)."""
         env = self._env
         if txn is None:
@@ -118,7 +123,8 @@ class Applier:
 
     # ------------------------------------------------------------ applying
 
-    def checkpoint(self, step=None, *, block: bool = True, reset: bool = True, extra=()) -> bool:
+    def checkpoint(self, step: Callable[[Any], Any] | None = None, *, block: bool = True, reset: bool = True,
+                   extra: Iterable[Group] = ()) -> bool:
         """Apply the log to LMDB (and run step(txn) after it, in the same
         transaction); see the module docstring. Returns False when block is
         False and another apply holds the lock. step's result is the
@@ -132,13 +138,12 @@ class Applier:
             self._release()
         return True
 
-    def _apply(self, step, reset: bool, extra=()) -> None:
+    def _apply(self, step: Callable[[Any], Any] | None, reset: bool, extra: Iterable[Group] = ()) -> None:
         log = self._log
         env = self._env
         st = log.state()
         if st is None or not log.index_valid():
-            self._release_locks_and_recover()
-            st = log.state()
+            st = self._recovered_state()
         if st.end > log.size:
             log.refresh_size()
         records = []  # (end, checksum, ops)
@@ -154,9 +159,9 @@ class Applier:
             for ns, _key, _record in ops:
                 if ns not in dbis:
                     dbis[ns] = env.dbi(ns, create=False)
-        groups = []
+        groups: list[Group] = []
 
-        def write(txn):
+        def write(txn: Any) -> None:
             groups.clear()
             gen, pos, _chain = self.marker(txn)
             done = pos if gen == st.gen else HEADER_SIZE
@@ -210,27 +215,41 @@ class Applier:
         log = self._log
         log.lock()
         try:
-            st = log.state()
+            st = self._state_locked()
             if st.applied < end:
                 log.publish(st.gen, st.end, st.end_sum, st.synced, end, checksum)
-                st = log.state()
+                st = self._state_locked()
             if reset and st.end == st.applied and st.end > HEADER_SIZE:
                 log.reset(st)
         finally:
             log.unlock()
 
-    def _release_locks_and_recover(self) -> None:
-        log = self._log
-        log.lock()
+    def _recovered_state(self) -> State:
+        """The index's state, rebuilt first if it cannot be trusted (takes
+        the append lock)."""
+        self._log.lock()
         try:
-            if not log.index_valid():
-                log.refresh_size()
-                gen, pos, chain = self.marker()
-                log.rebuild(gen, pos, chain)
+            return self._state_locked()
         finally:
-            log.unlock()
+            self._log.unlock()
 
-    def stats(self) -> dict:
+    def _state_locked(self) -> State:
+        """Holding the append lock: the index's state; rebuilt from the log
+        and APPLIED first when a writer died inside a change of it (or it is
+        from another boot)."""
+        log = self._log
+        st = log.state()
+        if st is None or not log.index_valid():
+            log.refresh_size()
+            gen, pos, chain = self.marker()
+            log.rebuild(gen, pos, chain)
+            st = log.state()
+        if st is None:  # a rebuilt index is whole: nobody else changes it under the lock
+            raise CorruptionError(f"{self._env.path!r}: the write-ahead log's index stays half changed "
+                                  f"after a rebuild; close every process using the store and open it again")
+        return st
+
+    def stats(self) -> dict[str, int]:
         return {"applies": self.applies, "records_applied": self.records_applied}
 
 

@@ -267,7 +267,9 @@ def _start_cache(env: Environment) -> tuple[ReadCache | None, LastTxnid | None]:
 def _start_writer(engine: Engine, options: Options) -> Writer:
     """The writer of the engine, with the parts above it subscribed to its commits."""
     env = engine.env
-    log = None if engine.tail is None else Appender(env, options, engine.tail, engine.applier)
+    log = None
+    if engine.tail is not None and engine.applier is not None:  # a store with a log
+        log = Appender(env, options, engine.tail, engine.applier)
     writer = Writer(env, options, log)
     if engine.applier is not None:
         engine.applier.hooks = writer._hooks  # with a log, commits to LMDB are the applier's

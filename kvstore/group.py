@@ -38,7 +38,7 @@ class Group:
     __slots__ = ("ops", "durable", "nbytes", "seq", "queued_at", "thread", "done", "error",
                  "waiter", "lead", "callback", "before")
 
-    condition = None  # see ConditionalGroup
+    condition: Any = None  # see ConditionalGroup
 
     def __init__(self, ops: list[Op], durable: bool, nbytes: int,
                  callback: Callable[[Group], None] | None = None, before: Any = None):

@@ -31,6 +31,11 @@ import collections
 import struct
 import threading
 from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .group import Group
+    from .wal import Log
 
 from .errors import CorruptionError
 from .overlay import Overlay
@@ -44,11 +49,17 @@ def lsn(gen: int, pos: int) -> int:
     return gen << 40 | pos
 
 
+class _Stuck(Exception):
+    """The index is stuck half changed: recover, then append again (internal)."""
+
+
 class Tail:
     """See the module docstring. `recover` is called, holding nothing, when
     the index is stuck half changed (a writer died in the middle of one)."""
 
-    def __init__(self, log, recover):
+    Stuck = _Stuck  # what _append raises for that: the appender recovers, then appends again
+
+    def __init__(self, log: Log, recover: Callable[[], Any]):
         self.log = log
         self.overlay = Overlay()
         self.lock = threading.Lock()
@@ -60,7 +71,7 @@ class Tail:
         self.pos = 0
         self.chain = 0
         self.applied = 0  # lsn up to which LMDB holds the records
-        self._entries: collections.deque = collections.deque()  # (lsn, [(ns, key, seq)])
+        self._entries: collections.deque[tuple[int, list[tuple[str, bytes, int]]]] = collections.deque()
         self.ingested = 0  # records of other processes read (stats)
 
     # ------------------------------------------------------------ reads
@@ -140,28 +151,33 @@ class Tail:
 
     # ------------------------------------------------------------ the writer
 
-    def append(self, groups, payloads: list):
+    def append(self, groups: list[Group], payloads: list[bytes]) -> tuple[int, int, int]:
         """Write the groups' payloads as records, in order, after whatever
         other processes appended; enter their writes. Returns (end position,
         generation, lsn of the last record). Raises LogFull when they do not
         fit (nothing written) and OSError when the write fails (nothing
         published)."""
-        return self._append(groups, lambda st: self.log.append(st, payloads))
+        appended = self._append(groups, lambda st: self.log.append(st, payloads))
+        assert appended is not None  # no check: always written
+        return appended
 
-    def append_one(self, group, payload, check=None):
+    def append_one(self, group: Group, payload: bytes | Callable[[], bytes],
+                   check: Callable[[], bool] | None = None) -> tuple[int, int, int] | None:
         """append() of one group, the common case. check: None, or a
         function called once caught up, under the append lock (the state
         cannot move meanwhile): False appends nothing and returns None (a
         transaction whose reads changed: txn.Validate). payload: the
         record's bytes, or a function making them after check (which may
         decide the group's ops: rmw.Compute)."""
-        def write(st):
-            end, checksum = self.log.append_one(st, payload if check is None else payload())
+        def write(st: State) -> tuple[int, int, tuple[int]]:
+            data = payload() if callable(payload) else payload
+            end, checksum = self.log.append_one(st, data)
             return end, checksum, (end,)
 
         return self._append((group,), write, check)
 
-    def _append(self, groups, write, check=None):
+    def _append(self, groups: tuple[Group, ...] | list[Group], write: Callable[[State], Any],
+                check: Callable[[], bool] | None = None) -> tuple[int, int, int] | None:
         log = self.log
         with self.lock:
             log.lock()
@@ -189,7 +205,7 @@ class Tail:
         st = self.log.state()
         return st is not None and st.synced < st.end
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         st = self.log.state()
         out = {"log_bytes": self.log.size, "log_records_read": self.ingested}
         if st is not None:
@@ -197,9 +213,3 @@ class Tail:
                        log_unsynced_bytes=st.end - st.synced)
         return out
 
-
-class _Stuck(Exception):
-    """The index is stuck half changed: recover, then append again (internal)."""
-
-
-Tail.Stuck = _Stuck
