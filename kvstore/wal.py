@@ -59,6 +59,7 @@ import mmap
 import os
 import struct
 import threading
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import xxhash
 
@@ -121,7 +122,7 @@ def _read_boot_id() -> bytes:
 # ---------------------------------------------------------------- payloads
 
 
-def encode_group(ops) -> bytes:
+def encode_group(ops: Sequence[Tuple[str, Any, bytes, Optional[bytes]]]) -> bytes:
     """The payload of one group: ops are (namespace, dbi, key, stored or None)."""
     parts = []
     pack = _OP.pack
@@ -139,7 +140,7 @@ def encode_group(ops) -> bytes:
     return b"".join(parts)
 
 
-def decode_ops(payload) -> list:
+def decode_ops(payload: bytes | memoryview) -> list[tuple[str, bytes, bytes | None]]:
     """[(namespace, key, stored or None)] of a payload (bytes or memoryview)."""
     ops = []
     at = 0
@@ -170,7 +171,8 @@ class State:
 
     __slots__ = ("counter", "gen", "end", "end_sum", "synced", "applied", "applied_sum")
 
-    def __init__(self, counter, gen, _zero, end, end_sum, synced, applied, applied_sum):
+    def __init__(self, counter: int, gen: int, _zero: int, end: int, end_sum: int, synced: int,
+                 applied: int, applied_sum: int):
         self.counter = counter
         self.gen = gen
         self.end = end
@@ -309,7 +311,8 @@ class Log:
 
     def counter(self) -> int:
         """The index's change counter: one memory read."""
-        return _unpack_q(self.view, _COUNTER)[0]
+        counter: int = _unpack_q(self.view, _COUNTER)[0]
+        return counter
 
     def state(self) -> State | None:
         """The index's fields, consistent; None if a change is stuck half
@@ -337,8 +340,8 @@ class Log:
             self.refresh_size()  # grown by another process
         return st is not None and HEADER_SIZE <= st.applied <= st.end <= self.size and st.gen > 0
 
-    def publish(self, gen, end, end_sum, synced, applied, applied_sum,
-                _q=struct.Struct("<Q"), _fields=_FIELDS.pack_into) -> None:
+    def publish(self, gen: int, end: int, end_sum: int, synced: int, applied: int, applied_sum: int,
+                _q: struct.Struct = struct.Struct("<Q"), _fields: Any = _FIELDS.pack_into) -> None:
         """Holding the lock: write the index's fields (a seqlock change)."""
         view = self.view
         c = _q.unpack_from(view, _COUNTER)[0]
@@ -362,7 +365,9 @@ class Log:
             os.fdatasync(self.fd)  # what the log holds now is what a crash keeps
             _INDEX_HEAD.pack_into(self.view, 0, INDEX_MAGIC, VERSION, 0, _boot_id())
         self.publish(gen, end, end_sum, end, pos, chain)
-        return self.state()
+        st = self.state()
+        assert st is not None  # just published, under the lock
+        return st
 
     # ------------------------------------------------------------ reading the log
 
@@ -371,7 +376,8 @@ class Log:
             return True
         return False
 
-    def records(self, gen: int, at: int, chain: int, end: int | None, limit: int = -1):
+    def records(self, gen: int, at: int, chain: int, end: int | None,
+                limit: int = -1) -> Iterator[tuple[int, int, bytes]]:
         """Yield (end position, checksum, payload) of each valid record of
         generation gen from position at (chain: the checksum before it) up
         to end. With end None, stop quietly at the first invalid record (a
@@ -403,7 +409,7 @@ class Log:
 
     # ------------------------------------------------------------ writing the log
 
-    def append(self, st: State, payloads: list) -> tuple[int, int, list]:
+    def append(self, st: State, payloads: list[bytes]) -> tuple[int, int, list[int]]:
         """Holding the lock, with st the index's state: write payloads as
         records at st.end and publish the new end. Returns (end, checksum,
         [end position of each record]); raises LogFull when they do not fit
@@ -492,9 +498,10 @@ class LogFull(Exception):
 _unpack_q = struct.Struct("<Q").unpack_from
 
 
-def _checksum(length: int, gen: int, payload, chain: int, _pack=struct.Struct("<II").pack,
-              _digest=xxhash.xxh64_intdigest) -> int:
-    return _digest(_pack(length, gen) + payload, chain)
+def _checksum(length: int, gen: int, payload: bytes, chain: int, _pack: Any = struct.Struct("<II").pack,
+              _digest: Any = xxhash.xxh64_intdigest) -> int:
+    checksum: int = _digest(_pack(length, gen) + payload, chain)
+    return checksum
 
 
 def _pwrite_all(fd: int, data: bytes, at: int) -> None:
