@@ -84,6 +84,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import killpoints
 from .codec.format import raw_len
@@ -93,11 +94,18 @@ from .appender import Appender
 from .group import ConditionalGroup, Group, Step
 from .overlay import TOMBSTONE, Overlay
 
+if TYPE_CHECKING:
+    from .environment import Environment
+    from .options import Options
+
+Hook = Callable[[list[Group]], Any]
+
 __all__ = ["Group", "ConditionalGroup", "Writer", "TOMBSTONE"]  # the groups live in group.py
 
 
 
-_LOG_WORK = object()  # the flusher's step: the log's upkeep (Writer._log_work)
+def _LOG_WORK() -> None:
+    """The flusher's step marker for the log's upkeep (Writer._log_work); never called."""
 
 
 def _cause(failed: StoreFailedError) -> BaseException:
@@ -111,7 +119,7 @@ def _cause(failed: StoreFailedError) -> BaseException:
 class Writer:
     """The batching writer of one Environment (one per store path per process)."""
 
-    def __init__(self, env, options, log: Appender | None = None):
+    def __init__(self, env: Environment, options: Options, log: Appender | None = None):
         self._env = env
         # With a write-ahead log (format 3; wal.py): groups are appended to
         # the log by the leader (appender.py) and LMDB is the applier's
@@ -136,14 +144,14 @@ class Writer:
         self._gather_target = 0
         self._flush_waiters = 0
         self._flush_wanted = False
-        self._scheduled: list = []  # steps for the flusher to run between commits (schedule)
+        self._scheduled: list[Callable[[], Any]] = []  # steps for the flusher to run between commits (schedule)
         self._step_turn = False  # a leader handed the lead to the flusher for one step
         self._checkpoint_wanted = False  # flush() asked the apply thread to sync and apply the log
         self._checkpoints_done = 0
         self._apply_wake = threading.Condition(self._lock)  # the apply thread sleeps here
         self._apply_stop = False
-        self._apply_steps: list = []  # with a log, schedule()'s steps, run by the apply thread
-        self._hooks: list = []  # on_commit hooks; appended before the first write
+        self._apply_steps: list[Callable[[], Any]] = []  # with a log, schedule()'s steps, run by the apply thread
+        self._hooks: list[Hook] = []  # on_commit hooks; appended before the first write
         self.hook_error: Exception | None = None  # the last exception an on_commit hook raised
         self._next_seq = 1
         self._last: Group | None = None  # last group submitted
@@ -175,7 +183,7 @@ class Writer:
 
     # ------------------------------------------------------------ hooks
 
-    def on_commit(self, hook) -> None:
+    def on_commit(self, hook: Hook) -> None:
         """Call hook(groups) after every successful commit, in the committing
         thread, outside the writer's lock, before the groups' writers are
         woken. For the parts above the writer (the read cache, preallocation,
@@ -184,7 +192,7 @@ class Writer:
         exception is kept in stats()["hook_error"]."""
         self._hooks.append(hook)
 
-    def schedule(self, step) -> None:
+    def schedule(self, step: Callable[[], Any]) -> None:
         """Run step() in the flusher between commits, once: it holds the lead
         meanwhile, so no commit runs during it (writers queue behind it), and
         a leader hands it the lead when it is done. step returns True to be
@@ -306,7 +314,7 @@ class Writer:
             self._wait(group)
         return wait
 
-    def run(self, fn, *, count: bool = False):
+    def run(self, fn: Callable[[Any], Any], *, count: bool = False) -> Any:
         """Apply fn(txn) in the next commit, in order with every other group,
         and return its result once that commit is synced.
 
@@ -343,7 +351,7 @@ class Writer:
         if self._log is not None:
             self.checkpoint(timeout)
 
-    def _await(self, done, timeout: float | None, message: str) -> None:
+    def _await(self, done: Callable[[], bool], timeout: float | None, message: str) -> None:
         """Under _lock: sleep on _released until done(); TimeoutError(message)
         once timeout seconds have passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -420,15 +428,15 @@ class Writer:
     def _commit_next(self) -> None:
         """Commit the groups at the front of the queue. Caller is the leader."""
         with self._lock:
-            groups = []
+            groups: list[Group] = []
             ops = nbytes = durable = 0
             queue = self._queue
-            logged = self._log is not None
+            log = self._log
             while queue:
                 g = queue[0]
                 if groups and (ops + len(g.ops) > self._max_ops or nbytes + g.nbytes > self._max_bytes):
                     break
-                if logged and groups and (self._log.alone(g) or self._log.alone(groups[0])):
+                if log is not None and groups and (log.alone(g) or log.alone(groups[0])):
                     break  # with a log, an exclusive or validated group goes alone
                 groups.append(queue.popleft())
                 ops += len(g.ops)
@@ -452,7 +460,7 @@ class Writer:
             return
         self._commit(groups, ops, nbytes, durable, started)
 
-    def _commit(self, groups, ops: int, nbytes: int, durable: int, started: float,
+    def _commit(self, groups: list[Group], ops: int, nbytes: int, durable: int, started: float,
                 requeue: bool = True) -> None:
         """Without a log: write the groups in one LMDB transaction and commit.
         Interrupted, the groups go back to the queue (requeue: the caller
@@ -490,7 +498,7 @@ class Writer:
             killpoints.reached("after-commit")
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
-    def _requeue(self, groups, ops: int, nbytes: int, durable: int) -> None:
+    def _requeue(self, groups: list[Group], ops: int, nbytes: int, durable: int) -> None:
         """Put interrupted groups back at the front of the queue, for the next leader."""
         with self._lock:
             self._queue.extendleft(reversed(groups))
@@ -499,15 +507,17 @@ class Writer:
             self._queued_durable += durable
             self._in_flight_ops -= ops
 
-    def _append_alone(self, group) -> bool:
+    def _append_alone(self, group: Group) -> bool:
         """The caller leads and its group (plain, buffered or durable, or a
         transaction's) is the only one: append it, sync it if durable, and
         give up the lead, in as few steps as it takes. False when
         anything is out of the ordinary (nothing was appended, the caller
         still leads): then the general path (_log_groups) takes it."""
+        log = self._log
+        assert log is not None  # only with a log (submit)
         started = time.perf_counter()
         try:
-            appended = self._log.append_alone(group)
+            appended = log.append_alone(group)
         except Exception:
             return False  # nothing appended: the general path meets it again and answers it
         n = len(group.ops)
@@ -520,7 +530,7 @@ class Writer:
         gen, end, durable = appended
         if durable:
             try:
-                self._log.sync(gen, end)
+                log.sync(gen, end)
             except KVStoreError as exc:
                 self._fail([group], n, exc)
                 self._hand_off()
@@ -549,12 +559,14 @@ class Writer:
             self._hand_off()
         return True
 
-    def _log_groups(self, groups, ops, nbytes, durable, started) -> None:
+    def _log_groups(self, groups: list[Group], ops: int, nbytes: int, durable: int, started: float) -> None:
         """With a log: append plain groups as records (and sync them if one
         is durable), or write an exclusive group into LMDB after the whole
         log (applier.py). Caller is the leader."""
+        log = self._log
+        assert log is not None  # only with a log (_commit_next)
         try:
-            seq = self._log.write(groups)
+            seq = log.write(groups)
         except (DiskFullError, MapFullError) as exc:  # nothing written: these fail, the store goes on
             self._finish(groups, ops, exc)
             return
@@ -571,7 +583,7 @@ class Writer:
             raise
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
-    def _apply(self, txn, groups: list[Group], ops: int) -> int:
+    def _apply(self, txn: Any, groups: list[Group], ops: int) -> int:
         """Write the groups into txn (run again from scratch after a map grow)."""
         half = ops // 2 if killpoints.armed else -1
         n = 0
@@ -598,7 +610,8 @@ class Writer:
             killpoints.reached("before-commit")
         return seq
 
-    def _finish(self, groups, ops, error, seq=0, seconds=0.0) -> None:
+    def _finish(self, groups: list[Group], ops: int, error: BaseException | None, seq: int = 0,
+                seconds: float = 0.0) -> None:
         """Mark groups done (with error, if any), wake their writers, then
         drop their overlay entries.
 
@@ -665,7 +678,7 @@ class Writer:
         if error is None:
             self._drop_overlay(groups)
 
-    def _drop_overlay(self, groups) -> None:
+    def _drop_overlay(self, groups: list[Group]) -> None:
         """Drop the overlay entries of committed (or failed) groups, unless a
         later write replaced them; OVERLAY_SLICE ops per hold of the lock."""
         overlay = self.overlay
@@ -694,7 +707,7 @@ class Writer:
             self._released.notify_all()
             self._apply_wake.notify()
 
-    def _fail(self, groups, ops, exc: KVStoreError) -> None:
+    def _fail(self, groups: list[Group], ops: int, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
         failure = exc if isinstance(exc, StoreFailedError) else StoreFailedError(
             f"a commit failed ({exc}); nothing of it was written and the store takes no more "
@@ -808,11 +821,15 @@ class Writer:
     def _log_work_due(self) -> float:
         """Under _lock, with a log: seconds until the flusher has log work
         (a sync of buffered appends); <= 0: now."""
-        return self._log.sync_due(self._closing)
+        log = self._log
+        assert log is not None
+        return log.sync_due(self._closing)
 
     def _log_work(self) -> None:
         """In the flusher: the log's sync upkeep (Appender.sync_upkeep)."""
-        self._log.sync_upkeep()
+        log = self._log
+        assert log is not None
+        log.sync_upkeep()
 
     def _applying(self) -> None:
         """The apply thread, with a log: applies it to LMDB when due
@@ -821,6 +838,7 @@ class Writer:
         process can hold for long, and appends (the flusher's too) must not
         wait behind it."""
         log = self._log
+        assert log is not None  # started only with a log
         while True:
             with self._lock:
                 while True:
@@ -886,7 +904,7 @@ class Writer:
         with self._lock:
             return self._queued_ops + self._in_flight_ops
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """This writer's counters, for Store.stats()."""
         with self._lock:
             times = sorted(self.commit_seconds)
@@ -910,7 +928,7 @@ class Writer:
                                      "p99": times[min(len(times) - 1, int(len(times) * 0.99))]}
         return out
 
-    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list:
+    def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list[tuple[bytes, Any]]:
         """[(key, record-or-TOMBSTONE)] pending in namespace ns; only keys in
         [lo, hi) when given (then in key order)."""
         with self._lock:
