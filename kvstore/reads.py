@@ -19,7 +19,9 @@ are kept flat on purpose: they are the hot path of every read.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from functools import partial
+from itertools import islice
 from typing import Iterable, Iterator
 
 import lmdb
@@ -397,28 +399,39 @@ class Reads:
         return self._scan(engine, lo, hi, bool(reverse), bool(keys_only))
 
     def _scan(self, engine, lo, hi, reverse, keys_only):
-        pending = sorted(engine.snapshot(self._ns, lo, hi), reverse=reverse)
-        stored = self._scan_stored(engine, lo, hi, reverse)
+        # One flat loop per record: the merged chunk's (key, record) pairs,
+        # a tombstone or TTL test, then the codec's decode (or the key alone).
+        pending = engine.snapshot(self._ns, lo, hi)  # in key order when bounded
+        if lo is None and hi is None:
+            pending.sort()
+        if reverse:
+            pending.reverse()
+        decode = self._root._codec.decode
+        by_id = engine.dicts.by_id
         pi = 0
-        for key, record in stored:
-            while pi < len(pending) and (pending[pi][0] > key if reverse else pending[pi][0] < key):
-                yield from self._emit(pending[pi], keys_only)
-                pi += 1
-            if pi < len(pending) and pending[pi][0] == key:
-                yield from self._emit(pending[pi], keys_only)
-                pi += 1
-                continue
-            if record and record[0] == TTL_VERSION and self._gone(key, record, keys_only):
-                continue
-            yield key if keys_only else (key, self._decode(key, record))
-        while pi < len(pending):
-            yield from self._emit(pending[pi], keys_only)
-            pi += 1
-
-    def _emit(self, entry, keys_only):
-        key, record = entry
-        if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
-            yield key if keys_only else (key, self._decode(key, record))
+        for chunk in self._scan_stored(engine, lo, hi, reverse):
+            if pi < len(pending):
+                chunk, pi = _merged(chunk, pending, pi, reverse)
+            for key, record in chunk:
+                if record is None:
+                    continue  # deleted by a pending write
+                if record and record[0] == TTL_VERSION:
+                    if self._gone(key, record, keys_only):
+                        continue
+                    if not keys_only:
+                        yield key, self._decode(key, record)
+                        continue
+                if keys_only:
+                    yield key
+                    continue
+                try:
+                    value = decode(record, dictionaries=by_id)
+                except (CorruptionError, FormatError):
+                    value = self._decode(key, record)  # names the key, or finds a new dictionary
+                yield key, value
+        for key, record in pending[pi:]:  # past the last stored key
+            if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
+                yield key if keys_only else (key, self._decode(key, record))
 
     def _gone(self, key, record, keys_only) -> bool:
         """Whether a TTL record has expired; a damaged prefix raises, unless
@@ -426,7 +439,8 @@ class Reads:
         return not _live(record, self._now()) if keys_only else self._expired(key, record)
 
     def _scan_stored(self, engine, lo, hi, reverse):
-        """(key, record) pairs in the database, chunk by chunk."""
+        """The database's (key, record) pairs of [lo, hi), chunk by chunk
+        (lists), each read in a read transaction of its own."""
         after = None  # last key returned
         size = SCAN_FIRST_CHUNK
         while True:
@@ -434,41 +448,67 @@ class Reads:
             dbi = self._dbi(engine, self._ns)
             if dbi is None:
                 return
-            chunk = engine.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after, size))
-            yield from chunk
+            chunk = engine.read(lambda txn: _chunk(txn.cursor(db=dbi), lo, hi, reverse, after, size))
+            if chunk:
+                yield chunk
             if len(chunk) < size:
                 return
             after = chunk[-1][0]
             size = min(2 * size, SCAN_CHUNK)
 
-    @staticmethod
-    def _read_chunk(txn, dbi, lo, hi, reverse, after, size) -> list:
-        cur = txn.cursor(db=dbi)
-        out = []
-        if not reverse:
-            first = after if after is not None else lo
-            ok = cur.set_range(first) if first is not None else cur.first()
-            if ok and after is not None and bytes(cur.key()) == after:
-                ok = cur.next()
-            while ok and len(out) < size:
-                key = bytes(cur.key())
-                if hi is not None and key >= hi:
-                    break
-                out.append((key, bytes(cur.value())))
-                ok = cur.next()
-        else:
-            top = after if after is not None else hi  # exclusive upper bound
-            if top is None:
-                ok = cur.last()
-            elif cur.set_range(top):
-                ok = cur.prev()
-            else:
-                ok = cur.last()
-            while ok and len(out) < size:
-                key = bytes(cur.key())
-                if lo is not None and key < lo:
-                    break
-                out.append((key, bytes(cur.value())))
-                ok = cur.prev()
-        return out
 
+def _merged(chunk: list, pending: list, pi: int, reverse: bool) -> tuple[list, int]:
+    """The stored pairs of a chunk with the pending writes (in the scan's
+    order, from pending[pi]) up to its last key merged in, a pending write
+    replacing the stored record of its key; and the index of the first
+    pending write past the chunk."""
+    out = []
+    n = len(pending)
+    for key, record in chunk:
+        while pi < n and (pending[pi][0] > key if reverse else pending[pi][0] < key):
+            out.append(pending[pi])
+            pi += 1
+        if pi < n and pending[pi][0] == key:
+            out.append(pending[pi])
+            pi += 1
+        else:
+            out.append((key, record))
+    return out, pi
+
+
+def _past(lo: bytes):
+    """bisect key of a descending chunk: False while a key is >= lo."""
+    return lambda pair: pair[0] < lo
+
+
+def _chunk(cur, lo, hi, reverse, after, size) -> list:
+    """Up to size (key, record) pairs of [lo, hi) after `after` (exclusive;
+    None: from the range's start), read by the cursor's C iterator, copied."""
+    if not reverse:
+        first = after if after is not None else lo
+        if not (cur.set_range(first) if first is not None else cur.first()):
+            return []
+        if after is not None and cur.key() == after and not cur.next():
+            return []
+        out = _copied(islice(cur.iternext(), size))
+        if hi is not None and out and out[-1][0] >= hi:
+            del out[bisect_left(out, (hi,)):]
+        return out
+    top = after if after is not None else hi  # exclusive upper bound
+    if top is None:
+        ok = cur.last()
+    elif cur.set_range(top):
+        ok = cur.prev()
+    else:
+        ok = cur.last()
+    if not ok:
+        return []
+    out = _copied(islice(cur.iterprev(), size))
+    if lo is not None and out and out[-1][0] < lo:
+        del out[bisect_left(out, True, key=_past(lo)):]
+    return out
+
+
+def _copied(pairs) -> list:
+    """(key, record) pairs of a transaction's buffers, as bytes that outlive it."""
+    return [(bytes(k), bytes(v)) for k, v in pairs]
