@@ -19,9 +19,7 @@ are kept flat on purpose: they are the hot path of every read.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from functools import partial
-from itertools import islice
 from typing import Iterable, Iterator
 
 import lmdb
@@ -481,23 +479,22 @@ def _merged(chunk: list, pending: list, pi: int, reverse: bool) -> tuple[list, i
     return out, pi
 
 
-def _past(lo: bytes):
-    """bisect key of a descending chunk: False while a key is >= lo."""
-    return lambda pair: pair[0] < lo
-
-
 def _chunk(cur, lo, hi, reverse, after, size) -> list:
     """Up to size (key, record) pairs of [lo, hi) after `after` (exclusive;
-    None: from the range's start), read by the cursor's C iterator, copied."""
+    None: from the range's start), copied out of the transaction. The
+    cursor stops at the range's end: a chunk reads no record past it."""
+    out = []
     if not reverse:
         first = after if after is not None else lo
-        if not (cur.set_range(first) if first is not None else cur.first()):
-            return []
-        if after is not None and cur.key() == after and not cur.next():
-            return []
-        out = _copied(islice(cur.iternext(), size))
-        if hi is not None and out and out[-1][0] >= hi:
-            del out[bisect_left(out, (hi,)):]
+        ok = cur.set_range(first) if first is not None else cur.first()
+        if ok and after is not None and cur.key() == after:
+            ok = cur.next()
+        while ok and len(out) < size:
+            key = bytes(cur.key())
+            if hi is not None and key >= hi:
+                break
+            out.append((key, bytes(cur.value())))
+            ok = cur.next()
         return out
     top = after if after is not None else hi  # exclusive upper bound
     if top is None:
@@ -506,14 +503,10 @@ def _chunk(cur, lo, hi, reverse, after, size) -> list:
         ok = cur.prev()
     else:
         ok = cur.last()
-    if not ok:
-        return []
-    out = _copied(islice(cur.iterprev(), size))
-    if lo is not None and out and out[-1][0] < lo:
-        del out[bisect_left(out, True, key=_past(lo)):]
+    while ok and len(out) < size:
+        key = bytes(cur.key())
+        if lo is not None and key < lo:
+            break
+        out.append((key, bytes(cur.value())))
+        ok = cur.prev()
     return out
-
-
-def _copied(pairs) -> list:
-    """(key, record) pairs of a transaction's buffers, as bytes that outlive it."""
-    return [(bytes(k), bytes(v)) for k, v in pairs]
