@@ -530,19 +530,21 @@ def print_sizes(results: list, out=print) -> list:
 
 def _print_footprint(r, out) -> None:
     """Where kvstore's bytes go after the fill and after compact, per record."""
-    out(f"  where {r.name}'s bytes go, per record (kvstore stat's page walk):")
+    out(f"  where {r.name}'s bytes go, per record (kvstore stat's page walk; log: the write-ahead log's file;")
+    out("  files: the store's files as the disk figures above count them, st_blocks)")
     out(f"  {'':<22} {'branch+leaf':>11} {'leaf fill':>9} {'overflow':>8} {'ovf fill':>8} {'free':>6} "
-        f"{'prealloc':>8} {'total':>6}")
+        f"{'prealloc':>8} {'log':>6} {'total':>6} {'files':>6}")
     for label, key in (("after the fill", "footprint"), ("after kvstore compact", "compacted_footprint")):
         f = r.extra[key]
         pg, ps, n = f["pages"], f["page_size"], r.ops
         cells = [(pg["branch"] + pg["leaf"]) * ps / n, pg["overflow"] * ps / n, pg["free"] * ps / n,
-                 f["preallocated_bytes"] / n]
+                 f["preallocated_bytes"] / n, f.get("log_file_bytes", 0) / n]
         total = sum(cells) + pg["meta"] * ps / n
+        files = f"{f['files_bytes'] / n:,.0f}" if "files_bytes" in f else "-"
         fill = "-" if pg["fill"] is None else f"{100 * pg['fill']:.0f}%"
         ofill = "-" if pg["overflow_fill"] is None else f"{100 * pg['overflow_fill']:.0f}%"
         out(f"  {label:<22} {cells[0]:>11,.0f} {fill:>9} {cells[1]:>8,.0f} {ofill:>8} {cells[2]:>6,.0f} "
-            f"{cells[3]:>8,.0f} {total:>6,.0f}")
+            f"{cells[3]:>8,.0f} {cells[4]:>6,.0f} {total:>6,.0f} {files:>6}")
 
 
 def print_scale(results: list, out=print) -> list:

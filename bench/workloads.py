@@ -109,8 +109,10 @@ def _footprint(path: str, compacted: str, n: int) -> dict:
         out = io.StringIO()
         main(["stat", p, "--json"], out=out)
         doc = json.loads(out.getvalue())
+        log = doc.get("log")
         return {"pages": doc["pages"], "page_size": doc["environment"]["page_size"],
-                "preallocated_bytes": doc["environment"]["preallocated_bytes"]}
+                "preallocated_bytes": doc["environment"]["preallocated_bytes"],
+                "log_file_bytes": log["file_size"] if log else 0, "files_bytes": dir_bytes(p)}
 
     main(["compact", path, "-o", compacted], out=io.StringIO())
     return {"footprint": stat(path), "compacted_footprint": stat(compacted),

@@ -186,6 +186,11 @@ class Reads:
             txn = engine.lmdb.begin(db=dbi, buffers=True)
             try:
                 record = txn.get(key)
+                if cached is SKIP and record and record[0] != TTL_VERSION:
+                    try:  # the uncached read: the codec directly, one frame fewer
+                        return root._codec.decode(record, dictionaries=engine.dicts.by_id)
+                    except (CorruptionError, FormatError):
+                        return self._decode(key, record)  # names the key, or finds a new dictionary
                 if record and record[0] == TTL_VERSION and self._expired(key, record):
                     record = None
                 if cached is SKIP:
@@ -397,28 +402,39 @@ class Reads:
         return self._scan(engine, lo, hi, bool(reverse), bool(keys_only))
 
     def _scan(self, engine, lo, hi, reverse, keys_only):
-        pending = sorted(engine.snapshot(self._ns, lo, hi), reverse=reverse)
-        stored = self._scan_stored(engine, lo, hi, reverse)
+        # One flat loop per record: the merged chunk's (key, record) pairs,
+        # a tombstone or TTL test, then the codec's decode (or the key alone).
+        pending = engine.snapshot(self._ns, lo, hi)  # in key order when bounded
+        if lo is None and hi is None:
+            pending.sort()
+        if reverse:
+            pending.reverse()
+        decode = self._root._codec.decode
+        by_id = engine.dicts.by_id
         pi = 0
-        for key, record in stored:
-            while pi < len(pending) and (pending[pi][0] > key if reverse else pending[pi][0] < key):
-                yield from self._emit(pending[pi], keys_only)
-                pi += 1
-            if pi < len(pending) and pending[pi][0] == key:
-                yield from self._emit(pending[pi], keys_only)
-                pi += 1
-                continue
-            if record and record[0] == TTL_VERSION and self._gone(key, record, keys_only):
-                continue
-            yield key if keys_only else (key, self._decode(key, record))
-        while pi < len(pending):
-            yield from self._emit(pending[pi], keys_only)
-            pi += 1
-
-    def _emit(self, entry, keys_only):
-        key, record = entry
-        if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
-            yield key if keys_only else (key, self._decode(key, record))
+        for chunk in self._scan_stored(engine, lo, hi, reverse):
+            if pi < len(pending):
+                chunk, pi = _merged(chunk, pending, pi, reverse)
+            for key, record in chunk:
+                if record is None:
+                    continue  # deleted by a pending write
+                if record and record[0] == TTL_VERSION:
+                    if self._gone(key, record, keys_only):
+                        continue
+                    if not keys_only:
+                        yield key, self._decode(key, record)
+                        continue
+                if keys_only:
+                    yield key
+                    continue
+                try:
+                    value = decode(record, dictionaries=by_id)
+                except (CorruptionError, FormatError):
+                    value = self._decode(key, record)  # names the key, or finds a new dictionary
+                yield key, value
+        for key, record in pending[pi:]:  # past the last stored key
+            if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
+                yield key if keys_only else (key, self._decode(key, record))
 
     def _gone(self, key, record, keys_only) -> bool:
         """Whether a TTL record has expired; a damaged prefix raises, unless
@@ -426,7 +442,8 @@ class Reads:
         return not _live(record, self._now()) if keys_only else self._expired(key, record)
 
     def _scan_stored(self, engine, lo, hi, reverse):
-        """(key, record) pairs in the database, chunk by chunk."""
+        """The database's (key, record) pairs of [lo, hi), chunk by chunk
+        (lists), each read in a read transaction of its own."""
         after = None  # last key returned
         size = SCAN_FIRST_CHUNK
         while True:
@@ -434,41 +451,62 @@ class Reads:
             dbi = self._dbi(engine, self._ns)
             if dbi is None:
                 return
-            chunk = engine.read(lambda txn: self._read_chunk(txn, dbi, lo, hi, reverse, after, size))
-            yield from chunk
+            chunk = engine.read(lambda txn: _chunk(txn.cursor(db=dbi), lo, hi, reverse, after, size))
+            if chunk:
+                yield chunk
             if len(chunk) < size:
                 return
             after = chunk[-1][0]
             size = min(2 * size, SCAN_CHUNK)
 
-    @staticmethod
-    def _read_chunk(txn, dbi, lo, hi, reverse, after, size) -> list:
-        cur = txn.cursor(db=dbi)
-        out = []
-        if not reverse:
-            first = after if after is not None else lo
-            ok = cur.set_range(first) if first is not None else cur.first()
-            if ok and after is not None and bytes(cur.key()) == after:
-                ok = cur.next()
-            while ok and len(out) < size:
-                key = bytes(cur.key())
-                if hi is not None and key >= hi:
-                    break
-                out.append((key, bytes(cur.value())))
-                ok = cur.next()
-        else:
-            top = after if after is not None else hi  # exclusive upper bound
-            if top is None:
-                ok = cur.last()
-            elif cur.set_range(top):
-                ok = cur.prev()
-            else:
-                ok = cur.last()
-            while ok and len(out) < size:
-                key = bytes(cur.key())
-                if lo is not None and key < lo:
-                    break
-                out.append((key, bytes(cur.value())))
-                ok = cur.prev()
-        return out
 
+def _merged(chunk: list, pending: list, pi: int, reverse: bool) -> tuple[list, int]:
+    """The stored pairs of a chunk with the pending writes (in the scan's
+    order, from pending[pi]) up to its last key merged in, a pending write
+    replacing the stored record of its key; and the index of the first
+    pending write past the chunk."""
+    out = []
+    n = len(pending)
+    for key, record in chunk:
+        while pi < n and (pending[pi][0] > key if reverse else pending[pi][0] < key):
+            out.append(pending[pi])
+            pi += 1
+        if pi < n and pending[pi][0] == key:
+            out.append(pending[pi])
+            pi += 1
+        else:
+            out.append((key, record))
+    return out, pi
+
+
+def _chunk(cur, lo, hi, reverse, after, size) -> list:
+    """Up to size (key, record) pairs of [lo, hi) after `after` (exclusive;
+    None: from the range's start), copied out of the transaction. The
+    cursor stops at the range's end: a chunk reads no record past it."""
+    out = []
+    if not reverse:
+        first = after if after is not None else lo
+        ok = cur.set_range(first) if first is not None else cur.first()
+        if ok and after is not None and cur.key() == after:
+            ok = cur.next()
+        while ok and len(out) < size:
+            key = bytes(cur.key())
+            if hi is not None and key >= hi:
+                break
+            out.append((key, bytes(cur.value())))
+            ok = cur.next()
+        return out
+    top = after if after is not None else hi  # exclusive upper bound
+    if top is None:
+        ok = cur.last()
+    elif cur.set_range(top):
+        ok = cur.prev()
+    else:
+        ok = cur.last()
+    while ok and len(out) < size:
+        key = bytes(cur.key())
+        if lo is not None and key < lo:
+            break
+        out.append((key, bytes(cur.value())))
+        ok = cur.prev()
+    return out

@@ -183,8 +183,10 @@ def test_corrupted_value_names_the_key(store_path, how):
             db.get("bad")
         with pytest.raises(expected):
             db.get_many(["good", "bad"])
-        with pytest.raises(expected):
+        with pytest.raises(expected, match="bad"):  # the scan names the key too
             dict(db.scan())
+        with pytest.raises(expected, match="bad"):
+            list(db.scan(reverse=True))
         if expected is CorruptionError:
             with pytest.raises(CorruptionError) as info:
                 db["bad"]
