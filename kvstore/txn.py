@@ -62,15 +62,14 @@ retry.py's; `incr` and `compare_and_set` are computed in the write path
 from __future__ import annotations
 
 import contextvars
-import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple
 
 from . import killpoints
 from . import ttl as _ttl
 from .errors import ConflictError, NestedTransactionError, TransactionClosedError
 from .group import ConditionalGroup
 from .layout import check_key, check_namespace_name
-from .reads import Reads, _live, scan_bounds
+from .reads import _live, read_range, scan_bounds
 from .validate import check_keys_iterable
 
 if TYPE_CHECKING:
@@ -184,7 +183,7 @@ class Validate:
             return txn.get(key, db=dbis[ns])
 
         def scan(ns: str, lo: bytes | None, hi: bytes | None) -> Any:
-            return Reads._read_chunk(txn, dbis[ns], lo, hi, False, None, sys.maxsize)
+            return read_range(txn, dbis[ns], lo, hi)
 
         self.conflicts = self.validate(get, scan)
         if self.conflicts:
@@ -419,7 +418,7 @@ class Transaction:
         engine = self._engine
         pending = engine.snapshot(ns, lo, hi)
         dbi = self._dbi(ns)
-        stored = engine.read(lambda txn: Reads._read_chunk(txn, dbi, lo, hi, False, None, sys.maxsize))
+        stored = engine.read(lambda txn: read_range(txn, dbi, lo, hi))
         merged = dict(stored)
         merged.update(pending)
         now = self._now
