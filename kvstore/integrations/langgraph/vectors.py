@@ -69,11 +69,11 @@ EXACT_MAX = 50_000  # candidate rows scored exactly; more go through the HNSW gr
 # hnswlib's parameters, chosen on bench/bench_search.py's 100,000 hash-embedded
 # texts (128 dims: a hard set, nearly random sparse vectors), recall@10 against
 # the exact search: M 16, ef_construction 100, ef 200 gave 0.87; M 24,
-# ef_construction 200, ef 500 give 0.96-0.97 for 2.7x the build time and
+# ef_construction 200, ef 600 give 0.97 for 2.7x the build time and
 # about 2x the graph's search time (see docs/langgraph.md).
 HNSW_M = 24  # hnswlib graph degree
 HNSW_EF_CONSTRUCTION = 200  # hnswlib build-time beam width
-HNSW_EF_MIN = 500  # hnswlib search beam width, at least (more when more rows are wanted)
+HNSW_EF_MIN = 600  # hnswlib search beam width, at least (more when more rows are wanted)
 
 _SEQ = b"s\x00"
 _LOG = b"l\x00"
