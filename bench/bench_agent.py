@@ -44,6 +44,8 @@ records kvstore.demo generates when it is missing, as bench/run.py does).
    ("sync", "async", "exit"). Each round plays both contenders (the order
    alternating by round); the ratio is the median of the rounds' ratios.
    Targets: invoke >= 1.5x ("sync", "exit"), 32 conversations >= 3x.
+   Then where a kvstore turn goes ("sync" and "exit"): the saver's and the
+   store's calls timed, their durable writes, serializer, and commits.
 
 Repetitions alternate kvstore and its peer, so a slow spell of the shared
 machine hits both; the table shows the median run. The targets (issue 8):
@@ -64,6 +66,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from datetime import datetime, timezone
@@ -515,6 +518,71 @@ def graph_section(args, repeats: int) -> dict:
     return out
 
 
+
+def graph_split(durability: str, tmpdir) -> dict:
+    """Where a kvstore turn goes: one conversation at a time (two of them,
+    after a warm-up turn), the saver's and the store's calls timed (wall
+    clock, from LangGraph's executor threads too), and the store's durable
+    commits counted. Ms and calls per turn."""
+    path = tempfile.mkdtemp(prefix="graph-split-", dir=tmpdir)
+    saver, store, close, db = _kv_pair(path)
+    spent: dict[str, list[float]] = {}
+    lock = threading.Lock()
+
+    def timed(obj, name: str, label: str) -> None:
+        call = getattr(obj, name)
+
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return call(*a, **kw)
+            finally:
+                with lock:
+                    spent.setdefault(label, []).append(time.perf_counter() - start)
+        setattr(obj, name, wrapper)
+
+    for obj, name, label in ((saver, "put", "put"), (saver, "put_writes", "put_writes"),
+                             (saver, "_write", "their durable writes"),
+                             (saver.serde, "dumps_typed", "their serializer"),
+                             (saver, "get_tuple", "get_tuple"), (store, "batch", "store")):
+        timed(obj, name, label)
+    try:
+        graph = build_graph(saver, store)
+        graph.invoke({"messages": [HumanMessage("warm up")]},
+                     {"configurable": {"thread_id": "warm"}}, durability=durability)
+        spent.clear()
+        before = db.stats()
+        turns = 0
+        start = time.perf_counter()
+        for thread, messages in graph_conversations("split", 2, seed=7):
+            for text in messages:
+                graph.invoke({"messages": [HumanMessage(text)]},
+                             {"configurable": {"thread_id": thread}}, durability=durability)
+                turns += 1
+        took = time.perf_counter() - start
+        commits = _commits(db.stats()) - _commits(before)
+    finally:
+        close()
+        shutil.rmtree(path, ignore_errors=True)
+    return {"turns": turns, "turn_ms": took / turns * 1e3, "commits": commits / turns,
+            "calls": {k: {"ms": sum(v) / turns * 1e3, "calls": len(v) / turns}
+                      for k, v in spent.items()}}
+
+
+def print_split(splits: dict) -> None:
+    print()
+    print("where a kvstore turn goes (one conversation at a time, warm; wall ms per turn, "
+          "calls per turn; put/put_writes run in LangGraph's threads and overlap)")
+    for durability, out in splits.items():
+        print(f"  durability={durability}: {out['turn_ms']:.2f} ms a turn, "
+              f"{out['commits']:.1f} commits a turn")
+        for label in ("get_tuple", "put", "put_writes", "their durable writes",
+                      "their serializer", "store"):
+            if label in out["calls"]:
+                c = out["calls"][label]
+                print(f"    {label:22s} {c['ms']:6.2f} ms  {c['calls']:5.1f} calls")
+
+
 def print_graph(results: dict) -> list[tuple[str, str, bool]]:
     print()
     print(f"realistic graph: MessagesState, fake LLM (tool calls in {GRAPH_TOOL_SHARE:.0%} of turns), "
@@ -581,7 +649,9 @@ def main(argv=None) -> int:
     targets: list[tuple[str, str, bool]] = []
     if "graph" in sections:
         results["graph"] = graph_section(args, repeats)
+        results["graph_split"] = {d: graph_split(d, args.tmpdir) for d in ("sync", "exit")}
         targets += print_graph(results["graph"])
+        print_split(results["graph_split"])
         print()
     kinds = {"messages": convos, "dicts": [as_dicts(c) for c in convos]}
     scenarios = [(f"{kind}/{name}", kind, threads, n_ops) for kind in kinds
