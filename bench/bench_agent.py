@@ -5,6 +5,7 @@ Run from the repository root, with the langgraph extra installed
 (pip install -e '.[langgraph]')::
 
     python bench/bench_agent.py [--quick] [--repeats N] [--tmpdir DIR] [--json FILE]
+                                [--only checkpoint,asyncio,graph]
 
 Data: agent states built from the sessions of
 ../shared/corpus/agent_memory.jsonl.zst (relative to the repository root; the
@@ -31,6 +32,21 @@ records kvstore.demo generates when it is missing, as bench/run.py does).
    event loop's lag while they run (a probe task sleeping 1 ms measures how
    late it wakes up).
 
+3. A realistic graph (issue 18; --only graph): StateGraph(MessagesState)
+   with a deterministic fake LLM node (replies of 500-1,500 characters, a
+   tool call in 45% of turns), LangGraph's prebuilt ToolNode, and a node
+   writing a memory to the injected store (the LLM node searches the
+   thread's memories first). Conversations of 10-30 turns. KVStoreSaver +
+   KVStore on one kvstore store against SqliteSaver + SqliteStore (a file
+   each, as their from_conn_string opens them); sync graph.invoke one
+   conversation at a time, and asyncio graph.ainvoke of 32 conversations at
+   once (AsyncSqliteSaver + AsyncSqliteStore), in each durability mode
+   ("sync", "async", "exit"). Each round plays both contenders (the order
+   alternating by round); the ratio is the median of the rounds' ratios.
+   Targets: invoke >= 1.5x ("sync", "exit"), 32 conversations >= 3x.
+   Then where a kvstore turn goes ("sync" and "exit"): the saver's and the
+   store's calls timed, their durable writes, serializer, and commits.
+
 Repetitions alternate kvstore and its peer, so a slow spell of the shared
 machine hits both; the table shows the median run. The targets (issue 8):
 checkpoint put + get_tuple >= 5x SqliteSaver; 100 tasks: loop lag p99 < 5 ms
@@ -41,13 +57,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import random
 import shutil
+import statistics
 import sys
 import tempfile
+import threading
 import time
+import zlib
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -299,13 +320,308 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+
+# ---------------------------------------------------------------- a realistic graph (issue 18)
+
+GRAPH_TOOL_SHARE = 0.45  # turns in which the fake LLM calls a tool
+GRAPH_CONCURRENT = 32  # conversations at once in the asyncio case
+_WORDS = ("the agent checks the booking and the user wants a window seat on the morning flight "
+          "to Lisbon with a late checkout at the hotel near the river and a table for two at "
+          "eight tonight please confirm the price in euros and send the receipt").split()
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def _reply(rng: random.Random) -> str:
+    """A deterministic LLM reply of 500-1,500 characters."""
+    n = rng.randint(500, 1500)
+    text = " ".join(rng.choices(_WORDS, k=n // 4))
+    return (text * 2)[:n]
+
+
+def build_graph(checkpointer, store):
+    """MessagesState (add_messages), a fake LLM node calling a tool in 45% of
+    turns, LangGraph's prebuilt ToolNode, and a node that writes a memory to
+    the injected store; the LLM node reads the thread's memories first."""
+    from langchain_core.tools import tool
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+    from langgraph.store.base import BaseStore
+
+    @tool
+    def lookup(topic: str) -> str:
+        """Look a topic up in the travel knowledge base."""
+        rng = random.Random(_seed("tool", topic))
+        return _reply(rng)[:rng.randint(200, 600)]
+
+    def llm(state: MessagesState, config, *, store: BaseStore) -> dict:
+        thread = config["configurable"]["thread_id"]
+        n = len(state["messages"])
+        store.search(("memories", thread), limit=5)
+        rng = random.Random(_seed(thread, n))
+        last = state["messages"][-1]
+        if isinstance(last, HumanMessage) and rng.random() < GRAPH_TOOL_SHARE:
+            return {"messages": [AIMessage("", tool_calls=[
+                {"name": "lookup", "args": {"topic": f"t{rng.randint(0, 999)}"},
+                 "id": f"call-{thread}-{n}"}])]}
+        return {"messages": [AIMessage(_reply(rng))]}
+
+    def remember(state: MessagesState, config, *, store: BaseStore) -> dict:
+        thread = config["configurable"]["thread_id"]
+        n = len(state["messages"])
+        store.put(("memories", thread), f"m{n}", {"text": state["messages"][-1].content[:300]})
+        return {}
+
+    g = StateGraph(MessagesState)
+    g.add_node("llm", llm)
+    g.add_node("tools", ToolNode([lookup]))
+    g.add_node("remember", remember)
+    g.add_edge(START, "llm")
+    g.add_conditional_edges("llm", tools_condition, {"tools": "tools", END: "remember"})
+    g.add_edge("tools", "llm")
+    g.add_edge("remember", END)
+    return g.compile(checkpointer=checkpointer, store=store)
+
+
+def graph_conversations(tag: str, n: int, seed: int) -> list[tuple[str, list[str]]]:
+    """n conversations (thread id, user messages) of 10-30 turns."""
+    rng = random.Random(seed)
+    return [(f"{tag}-{i}", [" ".join(rng.choices(_WORDS, k=rng.randint(8, 40)))
+                             for _ in range(rng.randint(10, 30))]) for i in range(n)]
+
+
+def _kv_pair(path: str):
+    from kvstore.integrations.langgraph import KVStore
+    db = kvstore.open(path)
+    return KVStoreSaver(db), KVStore(db), db.close, db
+
+
+def _sqlite_pair(path: str):
+    from langgraph.store.sqlite import SqliteStore
+    # a file each (on one file, the saver's commits and the store's
+    # transactions from LangGraph's executor threads lock each other out)
+    conn = sqlite3.connect(os.path.join(path, "checkpoints.sqlite"), check_same_thread=False)
+    store_conn = sqlite3.connect(os.path.join(path, "store.sqlite"), check_same_thread=False,
+                                 isolation_level=None)  # as SqliteStore.from_conn_string
+    saver, store = SqliteSaver(conn), SqliteStore(store_conn)
+    saver.setup()
+    store.setup()
+
+    def close() -> None:
+        conn.close()
+        store_conn.close()
+    return saver, store, close, None
+
+
+def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
+    """Play the conversations one at a time through graph.invoke; turns/s."""
+    path = tempfile.mkdtemp(prefix=f"graph-{system}-", dir=tmpdir)
+    saver, store, close, db = (_kv_pair if system == "kvstore" else _sqlite_pair)(path)
+    try:
+        graph = build_graph(saver, store)
+        before = db.stats() if db is not None else None
+        turns = 0
+        start = time.perf_counter()
+        for thread, messages in convos:
+            config = {"configurable": {"thread_id": thread}}
+            for text in messages:
+                graph.invoke({"messages": [HumanMessage(text)]}, config, durability=durability)
+                turns += 1
+        took = time.perf_counter() - start
+        out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
+        if db is not None:
+            out["commits"] = _commits(db.stats()) - _commits(before)
+    finally:
+        close()
+        shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def _commits(stats: dict) -> int:
+    return int(stats.get("commits", 0))
+
+
+async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
+    """Play GRAPH_CONCURRENT conversations at once through graph.ainvoke."""
+    path = tempfile.mkdtemp(prefix=f"agraph-{system}-", dir=tmpdir)
+    stack = contextlib.AsyncExitStack()
+    db = None
+    try:
+        if system == "kvstore":
+            from kvstore.integrations.langgraph import KVStore
+            db = kvstore.open(path)
+            stack.callback(db.close)
+            saver, store = KVStoreSaver(db), KVStore(db)
+        else:
+            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+            from langgraph.store.sqlite.aio import AsyncSqliteStore
+            saver = await stack.enter_async_context(
+                AsyncSqliteSaver.from_conn_string(os.path.join(path, "checkpoints.sqlite")))
+            store = await stack.enter_async_context(
+                AsyncSqliteStore.from_conn_string(os.path.join(path, "store.sqlite")))
+            await saver.setup()
+            await store.setup()
+        graph = build_graph(saver, store)
+        before = db.stats() if db is not None else None
+
+        async def play(thread, messages):
+            config = {"configurable": {"thread_id": thread}}
+            for text in messages:
+                await graph.ainvoke({"messages": [HumanMessage(text)]}, config,
+                                    durability=durability)
+            return len(messages)
+
+        start = time.perf_counter()
+        turns = sum(await asyncio.gather(*(play(t, m) for t, m in convos)))
+        took = time.perf_counter() - start
+        out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
+        if db is not None:
+            out["commits"] = _commits(db.stats()) - _commits(before)
+    finally:
+        await stack.aclose()
+        shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def graph_section(args, repeats: int) -> dict:
+    """Rounds alternating kvstore and SQLite in each case; the ratio of each
+    round, and their median."""
+    sync_convos = 2 if args.quick else 4
+    cases = [("sync", d, "kvstore", "sqlite") for d in ("sync", "async", "exit")]
+    cases += [("asyncio", d, "kvstore", "sqlite") for d in ("sync", "async", "exit")]
+    out: dict = {}
+    for r in range(repeats):
+        for kind, durability, *systems in cases:
+            name = f"{kind}/{durability}"
+            if r % 2:
+                systems = systems[::-1]
+            for system in systems:
+                tag = f"{system}{r}"
+                if kind == "sync":
+                    convos = graph_conversations(tag, sync_convos, seed=r)
+                    res = graph_sync_run(system, durability, convos, args.tmpdir)
+                else:
+                    convos = graph_conversations(tag, GRAPH_CONCURRENT, seed=100 + r)
+                    if args.quick:
+                        convos = [(t, m[:8]) for t, m in convos]
+                    res = asyncio.run(graph_async_run(system, durability, convos, args.tmpdir))
+                out.setdefault(name, {}).setdefault(system, []).append(res)
+                print(f"  [{r + 1}/{repeats}] graph {name:14s} {system:8s} {res['turns']:5,d} turns "
+                      f"{res['turns_per_sec']:8,.1f} turns/s", flush=True)
+    for name, runs in out.items():
+        ratios = [k["turns_per_sec"] / s["turns_per_sec"]
+                  for k, s in zip(runs["kvstore"], runs["sqlite"])]
+        runs["ratios"] = ratios
+        runs["ratio"] = statistics.median(ratios)
+    return out
+
+
+
+def graph_split(durability: str, tmpdir) -> dict:
+    """Where a kvstore turn goes: one conversation at a time (two of them,
+    after a warm-up turn), the saver's and the store's calls timed (wall
+    clock, from LangGraph's executor threads too), and the store's durable
+    commits counted. Ms and calls per turn."""
+    path = tempfile.mkdtemp(prefix="graph-split-", dir=tmpdir)
+    saver, store, close, db = _kv_pair(path)
+    spent: dict[str, list[float]] = {}
+    lock = threading.Lock()
+
+    def timed(obj, name: str, label: str) -> None:
+        call = getattr(obj, name)
+
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return call(*a, **kw)
+            finally:
+                with lock:
+                    spent.setdefault(label, []).append(time.perf_counter() - start)
+        setattr(obj, name, wrapper)
+
+    for obj, name, label in ((saver, "put", "put"), (saver, "put_writes", "put_writes"),
+                             (saver, "_write", "their durable writes"),
+                             (saver.serde, "dumps_typed", "their serializer"),
+                             (saver, "get_tuple", "get_tuple"), (store, "batch", "store")):
+        timed(obj, name, label)
+    try:
+        graph = build_graph(saver, store)
+        graph.invoke({"messages": [HumanMessage("warm up")]},
+                     {"configurable": {"thread_id": "warm"}}, durability=durability)
+        spent.clear()
+        before = db.stats()
+        turns = 0
+        start = time.perf_counter()
+        for thread, messages in graph_conversations("split", 2, seed=7):
+            for text in messages:
+                graph.invoke({"messages": [HumanMessage(text)]},
+                             {"configurable": {"thread_id": thread}}, durability=durability)
+                turns += 1
+        took = time.perf_counter() - start
+        commits = _commits(db.stats()) - _commits(before)
+    finally:
+        close()
+        shutil.rmtree(path, ignore_errors=True)
+    return {"turns": turns, "turn_ms": took / turns * 1e3, "commits": commits / turns,
+            "calls": {k: {"ms": sum(v) / turns * 1e3, "calls": len(v) / turns}
+                      for k, v in spent.items()}}
+
+
+def print_split(splits: dict) -> None:
+    print()
+    print("where a kvstore turn goes (one conversation at a time, warm; wall ms per turn, "
+          "calls per turn; put/put_writes run in LangGraph's threads and overlap)")
+    for durability, out in splits.items():
+        print(f"  durability={durability}: {out['turn_ms']:.2f} ms a turn, "
+              f"{out['commits']:.1f} commits a turn")
+        for label in ("get_tuple", "put", "put_writes", "their durable writes",
+                      "their serializer", "store"):
+            if label in out["calls"]:
+                c = out["calls"][label]
+                print(f"    {label:22s} {c['ms']:6.2f} ms  {c['calls']:5.1f} calls")
+
+
+def print_graph(results: dict) -> list[tuple[str, str, bool]]:
+    print()
+    print(f"realistic graph: MessagesState, fake LLM (tool calls in {GRAPH_TOOL_SHARE:.0%} of turns), "
+          f"ToolNode, store reads/writes")
+    print(f"  {'case/durability':16s} {'kvstore':>9s} {'SQLite':>9s}  {'ratio':>6s}  rounds"
+          f"          kvstore commits/turn")
+    targets = []
+    for name, runs in results.items():
+        k = statistics.median(x["turns_per_sec"] for x in runs["kvstore"])
+        s = statistics.median(x["turns_per_sec"] for x in runs["sqlite"])
+        commits = sum(x.get("commits", 0) for x in runs["kvstore"]) / max(
+            1, sum(x["turns"] for x in runs["kvstore"]))
+        rounds = " ".join(f"{x:.2f}" for x in runs["ratios"])
+        print(f"  {name:16s} {k:9.1f} {s:9.1f}  {runs['ratio']:5.2f}x  {rounds:16s} {commits:5.1f}")
+        kind, durability = name.split("/")
+        goal = 1.5 if kind == "sync" else 3.0
+        if kind == "asyncio" or durability in ("sync", "exit"):
+            peer = "SqliteSaver+SqliteStore" if kind == "sync" else "AsyncSqliteSaver+Store"
+            what = (f"graph {'invoke' if kind == 'sync' else f'{GRAPH_CONCURRENT} conversations'}, "
+                    f"durability={durability} >= {goal:g}x {peer}")
+            targets.append((what, f"{runs['ratio']:.2f}x", runs["ratio"] >= goal))
+    print("  (turns/s: medians over rounds; ratio: median of the rounds' ratios)")
+    return targets
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer ops (about a minute)")
     ap.add_argument("--repeats", type=int, default=None, help="runs of each case (default 3)")
     ap.add_argument("--tmpdir", default=None, help="where the temporary stores go")
     ap.add_argument("--json", default=None, help="write the results to this file")
+    ap.add_argument("--only", default="checkpoint,asyncio,graph",
+                    help="sections to run, separated by commas: checkpoint, asyncio, graph "
+                         "(default: all)")
     args = ap.parse_args(argv)
+    sections = set(args.only.split(","))
+    unknown = sections - {"checkpoint", "asyncio", "graph"}
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}: use checkpoint, asyncio, graph")
     repeats = args.repeats or 3
     sync_ops = 200 if args.quick else 400
     thread_ops = 640 if args.quick else 1280
@@ -330,74 +646,88 @@ def main(argv=None) -> int:
     print()
 
     results: dict = {"checkpoint": {}, "asyncio": {}}
+    targets: list[tuple[str, str, bool]] = []
+    if "graph" in sections:
+        results["graph"] = graph_section(args, repeats)
+        results["graph_split"] = {d: graph_split(d, args.tmpdir) for d in ("sync", "exit")}
+        targets += print_graph(results["graph"])
+        print_split(results["graph_split"])
+        print()
     kinds = {"messages": convos, "dicts": [as_dicts(c) for c in convos]}
     scenarios = [(f"{kind}/{name}", kind, threads, n_ops) for kind in kinds
                  for name, threads, n_ops in (("1t-durable", 1, sync_ops),
                                               (f"{THREADS}t-durable", THREADS, thread_ops),
                                               ("1t-buffered", 1, sync_ops))]
-    for name, kind, threads, n_ops in scenarios:
-        runs = {"kvstore": [], "sqlite": []}
+    if "checkpoint" in sections:
+        for name, kind, threads, n_ops in scenarios:
+            runs = {"kvstore": [], "sqlite": []}
+            for r in range(repeats):
+                for system in ("kvstore", "sqlite"):
+                    scripts = [make_scripts(kinds[kind], metas, episodes, n_ops // threads,
+                                            f"{system}{r}-{t}") for t in range(threads)]
+                    out = checkpoint_run(system, name, scripts, n_ops, args.tmpdir)
+                    runs[system].append(out)
+                    print(f"  [{r + 1}/{repeats}] {name:21s} {system:8s} {out['ops']:6,d} ops "
+                          f"{out['ops_per_sec']:9,.0f} ops/s", flush=True)
+            results["checkpoint"][name] = {s: median(v) for s, v in runs.items()}
+
+    if "asyncio" in sections:
+        values = [v for _, v in records[:2000]]
+        runs = {"idle loop": [], "1 task": [], f"{TASKS} tasks": []}
         for r in range(repeats):
-            for system in ("kvstore", "sqlite"):
-                scripts = [make_scripts(kinds[kind], metas, episodes, n_ops // threads,
-                                        f"{system}{r}-{t}") for t in range(threads)]
-                out = checkpoint_run(system, name, scripts, n_ops, args.tmpdir)
-                runs[system].append(out)
-                print(f"  [{r + 1}/{repeats}] {name:21s} {system:8s} {out['ops']:6,d} ops "
-                      f"{out['ops_per_sec']:9,.0f} ops/s", flush=True)
-        results["checkpoint"][name] = {s: median(v) for s, v in runs.items()}
+            runs["idle loop"].append(aput_case(args.tmpdir, values, 0, 2))
+            runs["1 task"].append(aput_case(args.tmpdir, values, 1, single_aputs))
+            runs[f"{TASKS} tasks"].append(aput_case(args.tmpdir, values, TASKS, per_task))
+            for k in runs:
+                print(f"  [{r + 1}/{repeats}] aput {k:10s} {runs[k][-1]['ops']:6,d} ops "
+                      f"{runs[k][-1]['ops_per_sec']:9,.0f} ops/s", flush=True)
+        results["asyncio"] = {k: median(v) for k, v in runs.items() if k != "idle loop"}
+        results["asyncio"]["idle loop"] = sorted(runs["idle loop"], key=lambda r: r["lag_p99_ms"])[
+            len(runs["idle loop"]) // 2]
 
-    values = [v for _, v in records[:2000]]
-    runs = {"idle loop": [], "1 task": [], f"{TASKS} tasks": []}
-    for r in range(repeats):
-        runs["idle loop"].append(aput_case(args.tmpdir, values, 0, 2))
-        runs["1 task"].append(aput_case(args.tmpdir, values, 1, single_aputs))
-        runs[f"{TASKS} tasks"].append(aput_case(args.tmpdir, values, TASKS, per_task))
-        for k in runs:
-            print(f"  [{r + 1}/{repeats}] aput {k:10s} {runs[k][-1]['ops']:6,d} ops "
-                  f"{runs[k][-1]['ops_per_sec']:9,.0f} ops/s", flush=True)
-    results["asyncio"] = {k: median(v) for k, v in runs.items() if k != "idle loop"}
-    results["asyncio"]["idle loop"] = sorted(runs["idle loop"], key=lambda r: r["lag_p99_ms"])[
-        len(runs["idle loop"]) // 2]
-
-    print()
-    print("checkpoint put + get_tuple (ops/s, median run)")
-    print(f"  {'state/scenario':21s} {'kvstore':>10s} {'SqliteSaver':>12s} {'ratio':>7s}   kvstore commits")
-    for name, *_ in scenarios:
-        k, s = results["checkpoint"][name]["kvstore"], results["checkpoint"][name]["sqlite"]
-        ratio = k["ops_per_sec"] / s["ops_per_sec"]
-        results["checkpoint"][name]["ratio"] = ratio
-        print(f"  {name:21s} {k['ops_per_sec']:10,.0f} {s['ops_per_sec']:12,.0f} {ratio:6.2f}x   "
-              f"{k['commits']:,} for {k['ops']:,} puts")
-    one, many = results["asyncio"]["1 task"], results["asyncio"][f"{TASKS} tasks"]
-    print()
-    print("durable aput from asyncio tasks (median run)")
-    for k in ("idle loop", "1 task", f"{TASKS} tasks"):
-        v = results["asyncio"][k]
-        work = (f"{v['ops_per_sec']:9,.0f} ops/s  {v['commits']:5,d} commits for {v['ops']:5,d} aputs"
-                if v["ops"] else f"{'(no writes: the machine and the probe alone)':43s}")
-        print(f"  {k:10s} {work}   loop lag p50 {v['lag_p50_ms']:.2f} ms  p99 "
-              f"{v['lag_p99_ms']:.2f} ms  max {v['lag_max_ms']:.2f} ms ({v['lag_samples']} samples)")
+    if "checkpoint" in sections:
+        print()
+        print("checkpoint put + get_tuple (ops/s, median run)")
+        print(f"  {'state/scenario':21s} {'kvstore':>10s} {'SqliteSaver':>12s} {'ratio':>7s}   kvstore commits")
+        for name, *_ in scenarios:
+            k, s = results["checkpoint"][name]["kvstore"], results["checkpoint"][name]["sqlite"]
+            ratio = k["ops_per_sec"] / s["ops_per_sec"]
+            results["checkpoint"][name]["ratio"] = ratio
+            print(f"  {name:21s} {k['ops_per_sec']:10,.0f} {s['ops_per_sec']:12,.0f} {ratio:6.2f}x   "
+                  f"{k['commits']:,} for {k['ops']:,} puts")
+    if "asyncio" in sections:
+        one, many = results["asyncio"]["1 task"], results["asyncio"][f"{TASKS} tasks"]
+        print()
+        print("durable aput from asyncio tasks (median run)")
+        for k in ("idle loop", "1 task", f"{TASKS} tasks"):
+            v = results["asyncio"][k]
+            work = (f"{v['ops_per_sec']:9,.0f} ops/s  {v['commits']:5,d} commits for {v['ops']:5,d} aputs"
+                    if v["ops"] else f"{'(no writes: the machine and the probe alone)':43s}")
+            print(f"  {k:10s} {work}   loop lag p50 {v['lag_p50_ms']:.2f} ms  p99 "
+                  f"{v['lag_p99_ms']:.2f} ms  max {v['lag_max_ms']:.2f} ms ({v['lag_samples']} samples)")
 
     cp = results["checkpoint"]
-    targets = [
-        (f"checkpoint put+get_tuple, {name.replace('/', ', ')} >= {CHECKPOINT_TARGET:g}x SqliteSaver",
-         f"{cp[name]['ratio']:.2f}x", cp[name]["ratio"] >= CHECKPOINT_TARGET)
-        for name, *_ in scenarios if "durable" in name and "buffered" not in name
-    ] + [
-        (f"{TASKS} tasks durable aput: loop lag p99 < {LAG_TARGET_MS:g} ms",
-         f"{many['lag_p99_ms']:.2f} ms", many["lag_p99_ms"] < LAG_TARGET_MS),
-        (f"{TASKS} tasks durable aput >= {TASKS_TARGET:g}x one task",
-         f"{many['ops_per_sec'] / one['ops_per_sec']:.2f}x",
-         many["ops_per_sec"] / one["ops_per_sec"] >= TASKS_TARGET),
-    ]
+    if "checkpoint" in sections:
+        targets += [
+            (f"checkpoint put+get_tuple, {name.replace('/', ', ')} >= {CHECKPOINT_TARGET:g}x "
+             f"SqliteSaver", f"{cp[name]['ratio']:.2f}x", cp[name]["ratio"] >= CHECKPOINT_TARGET)
+            for name, *_ in scenarios if "durable" in name and "buffered" not in name]
+    if "asyncio" in sections:
+        targets += [
+            (f"{TASKS} tasks durable aput: loop lag p99 < {LAG_TARGET_MS:g} ms",
+             f"{many['lag_p99_ms']:.2f} ms", many["lag_p99_ms"] < LAG_TARGET_MS),
+            (f"{TASKS} tasks durable aput >= {TASKS_TARGET:g}x one task",
+             f"{many['ops_per_sec'] / one['ops_per_sec']:.2f}x",
+             many["ops_per_sec"] / one["ops_per_sec"] >= TASKS_TARGET),
+        ]
     print()
     print("TARGETS (ratios measured in this run)")
     for what, value, ok in targets:
         print(f"  {what:72s} {value:>9s}  {verdict(ok)}")
-    print(f"  (for information, 1t-buffered: {cp['messages/1t-buffered']['ratio']:.2f}x and "
-          f"{cp['dicts/1t-buffered']['ratio']:.2f}x: kvstore commits within 0.1 s there, "
-          f"SqliteSaver syncs every put)")
+    if "checkpoint" in sections:
+        print(f"  (for information, 1t-buffered: {cp['messages/1t-buffered']['ratio']:.2f}x and "
+              f"{cp['dicts/1t-buffered']['ratio']:.2f}x: kvstore commits within 0.1 s there, "
+              f"SqliteSaver syncs every put)")
     results["targets"] = [{"target": w, "value": v, "met": ok} for w, v, ok in targets]
     if args.json:
         with open(args.json, "w") as f:

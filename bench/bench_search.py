@@ -45,7 +45,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import kvstore  # noqa: E402
-from kvstore.integrations.langgraph import KVStore  # noqa: E402
+from kvstore.integrations.langgraph import KVStore, vectors  # noqa: E402
 from langgraph.store.base import PutOp  # noqa: E402
 from support.hash_embeddings import HashEmbeddings  # noqa: E402
 
@@ -91,7 +91,9 @@ def main(argv=None) -> None:
                           for i in range(first, min(first + 500, args.items))])
         db.flush()
         took = time.perf_counter() - start
-        print(f"{args.items} items, {args.dims} dims, {args.queries} queries, limit 10")
+        print(f"{args.items} items, {args.dims} dims, {args.queries} queries, limit 10; hnswlib "
+              f"M {vectors.HNSW_M}, ef_construction {vectors.HNSW_EF_CONSTRUCTION}, "
+              f"ef {vectors.HNSW_EF_MIN}")
         print(f"put                 {args.items / took:9.0f} items/s ({took:.1f} s)")
 
         exact = KVStore(db, index=index, exact_max=10 ** 9)
