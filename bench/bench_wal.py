@@ -45,6 +45,17 @@ import kvstore  # noqa: E402
 VALUE = {"role": "assistant", "content": "x" * 400, "turn": 7, "tags": ["a", "b"]}
 
 
+def _timed_threads(work, threads: int) -> float:
+    """Seconds for work(t) to run in threads t = 0 .. threads-1, started together."""
+    start = time.perf_counter()
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return time.perf_counter() - start
+
+
 def _kv(path, ops, durable, threads, wal):
     db = kvstore.open(path, wal=wal)
     per = ops // threads
@@ -53,13 +64,7 @@ def _kv(path, ops, durable, threads, wal):
         for i in range(per):
             db.put(f"t{t}:{i:07d}", VALUE, durable=durable)
 
-    start = time.perf_counter()
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = _timed_threads(work, threads)
     db.close()
     return per * threads / elapsed
 
@@ -101,13 +106,7 @@ def _lmdb_threads(path, ops, threads):
             with env.begin(write=True) as txn:
                 txn.put(f"t{t}:{i:07d}".encode(), value)
 
-    start = time.perf_counter()
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = _timed_threads(work, threads)
     env.close()
     return per * threads / elapsed
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import killpoints
 from .errors import StoreFailedError
+from .environment import range_items
 from .group import Step
 from .wal import LogFull, append_failure, encode_group, sync_failure
 
@@ -189,7 +190,7 @@ class Appender:
 
         def scan(ns: str, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, Any]]:
             dbi = condition.dbis.get(ns)
-            found = {} if dbi is None else dict(read(lambda txn: _range(txn, dbi, lo, hi)))
+            found = {} if dbi is None else dict(read(lambda txn: range_items(txn, dbi, lo, hi)))
             for key, record in overlay.snapshot(ns, lo, hi):  # under tail.lock: append_one holds it
                 if record is None:
                     found.pop(key, None)
@@ -343,17 +344,3 @@ class _Exclusive:
 
 def _copy(record: Any) -> bytes | None:
     return None if record is None else bytes(record)
-
-
-def _range(txn: Any, dbi: Any, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, bytes]]:
-    """[(key, stored)] of namespace dbi in [lo, hi) (None: unbounded), in a read txn."""
-    cur = txn.cursor(db=dbi)
-    found = cur.set_range(lo) if lo is not None else cur.first()
-    out = []
-    while found:
-        key = bytes(cur.key())
-        if hi is not None and key >= hi:
-            break
-        out.append((key, bytes(cur.value())))
-        found = cur.next()
-    return out

@@ -59,6 +59,21 @@ def _slack(used: int) -> int:
 
 
 
+def range_items(txn: Any, dbi: Any, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of database dbi in [lo, hi) (None: unbounded), in
+    key order, copied out of transaction txn (its buffers die with it)."""
+    cur = txn.cursor(db=dbi)
+    found = cur.set_range(lo) if lo is not None else cur.first()
+    out = []
+    while found:
+        key = bytes(cur.key())
+        if hi is not None and key >= hi:
+            break
+        out.append((key, bytes(cur.value())))
+        found = cur.next()
+    return out
+
+
 class MapLock:
     """A readers-writer lock that prefers the writer (the map resize).
 

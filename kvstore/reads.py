@@ -19,7 +19,6 @@ are kept flat on purpose: they are the hot path of every read.
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 from typing import Iterable, Iterator
 
@@ -478,12 +477,6 @@ def _merged(chunk: list, pending: list, pi: int, reverse: bool) -> tuple[list, i
         else:
             out.append((key, record))
     return out, pi
-
-
-def read_range(txn, dbi, lo, hi) -> list:
-    """Every (key, record) of [lo, hi) (None: unbounded) in key order, copied
-    out of read transaction txn: what a transaction validates a scan with."""
-    return _chunk(txn.cursor(db=dbi), lo, hi, False, None, sys.maxsize)
 
 
 def _chunk(cur, lo, hi, reverse, after, size) -> list:

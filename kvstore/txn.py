@@ -69,7 +69,8 @@ from . import ttl as _ttl
 from .errors import ConflictError, NestedTransactionError, TransactionClosedError
 from .group import ConditionalGroup
 from .layout import check_key, check_namespace_name
-from .reads import _live, read_range, scan_bounds
+from .environment import range_items
+from .reads import _live, scan_bounds
 from .validate import check_keys_iterable
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class Validate:
             return txn.get(key, db=dbis[ns])
 
         def scan(ns: str, lo: bytes | None, hi: bytes | None) -> Any:
-            return read_range(txn, dbis[ns], lo, hi)
+            return range_items(txn, dbis[ns], lo, hi)
 
         self.conflicts = self.validate(get, scan)
         if self.conflicts:
@@ -418,8 +419,8 @@ class Transaction:
         engine = self._engine
         pending = engine.snapshot(ns, lo, hi)
         dbi = self._dbi(ns)
-        stored = engine.read(lambda txn: read_range(txn, dbi, lo, hi))
-        merged = dict(stored)
+        stored = engine.read(lambda txn: range_items(txn, dbi, lo, hi))
+        merged: dict[bytes, bytes | None] = dict(stored)
         merged.update(pending)
         now = self._now
         out: list[tuple[bytes, bytes]] = []
