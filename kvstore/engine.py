@@ -141,14 +141,24 @@ class Engine:
                   initial_size=opts.log_initial_size, max_size=opts.log_size)
         try:
             applier = Applier(env, log)
+            recover: Callable[[], object]
             if env.readonly:
+                if not log.index_valid():
+                    log.wait_for_writer()  # a live writer inside a change, perhaps descheduled
                 if not log.index_valid():
                     raise FormatError(
                         f"{env.path!r}: the store's write-ahead log index is not current (the machine "
                         f"restarted, or a writer died while changing it), and a read-only open cannot "
                         f"rebuild it; run `kvstore checkpoint {env.path}` (or open the store for "
                         f"writing once), then open it read-only again")
-                recover: Callable[[], Any] = _cannot_recover
+                def recover_readonly() -> None:
+                    # a live writer's change takes microseconds, but the
+                    # writer may be descheduled inside it: wait for it first
+                    log.wait_for_writer()
+                    if log.state() is None:
+                        _cannot_recover()
+
+                recover = recover_readonly
             else:
                 if not has_log or copied:  # (a write transaction: only when there is something to write)
                     env.upgrade_to_log(initial_marker(), restart=copied)

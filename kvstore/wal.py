@@ -301,6 +301,14 @@ class Log:
             self._tlock.release()
             raise
 
+    def wait_for_writer(self) -> None:
+        """For a read-only handle that finds the index's counter odd: wait
+        while a process is inside an append (it holds the append lock:
+        taken shared here, and let go). A writer that died inside a change
+        holds nothing: the counter is still odd after this."""
+        fcntl.flock(self.ifd, fcntl.LOCK_SH)
+        fcntl.flock(self.ifd, fcntl.LOCK_UN)
+
     def unlock(self) -> None:
         try:
             fcntl.flock(self.ifd, fcntl.LOCK_UN)

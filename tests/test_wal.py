@@ -493,3 +493,49 @@ def test_no_log_is_added_under_a_process_that_uses_the_store_without_one(store_p
     with kvstore.open(store_path, wal=True) as db:  # nobody else: the log is added now
         assert kvstore.engine.of(db).log is not None
         assert (db.get("old-mode"), db.get("new-mode")) == (2, 1)
+
+
+# A writer inside a change of the index: the counter odd, the append lock
+# held. "hold": it is descheduled there for a while, then finishes;
+# "die": it dies there (its lock goes with it, the counter stays odd).
+INSIDE_A_CHANGE = """
+import os, struct, sys, time
+from kvstore import wal
+path, how = sys.argv[1], sys.argv[2]
+log = wal.Log(path, readonly=False, create=False, initial_size=1 << 16, max_size=1 << 26)
+log.lock()
+c = struct.unpack_from("<Q", log.view, 32)[0]
+struct.pack_into("<Q", log.view, 32, c + 1)
+print("inside", flush=True)
+if how == "die":
+    os._exit(0)
+time.sleep(1.0)
+struct.pack_into("<Q", log.view, 32, c + 2)
+log.unlock()
+"""
+
+
+@pytest.mark.parametrize("how", ["hold", "die"])
+def test_a_read_only_reader_waits_for_a_live_writer_inside_a_change(store_path, how):
+    """A reader that finds the index's counter odd for longer than its spin
+    (a writer descheduled inside a change, on a loaded machine) took it for a
+    dead writer and raised FormatError (bench_apply's reader did). It now
+    waits for the append lock; only a writer that died inside the change is
+    refused (a read-only handle cannot rebuild the index)."""
+    with kvstore.open(store_path, wal=True) as db:
+        db.put("k", "v", durable=True)
+    child = subprocess.Popen([sys.executable, "-c", INSIDE_A_CHANGE, store_path, how],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "inside\n"
+        if how == "die":
+            child.wait(30)
+            with pytest.raises(kvstore.FormatError, match="kvstore checkpoint"):
+                kvstore.open(store_path, readonly=True)
+        else:
+            with kvstore.open(store_path, readonly=True) as reader:
+                assert reader.get("k") == "v"  # waited for the writer, then read
+    finally:
+        child.wait(30)
+    with kvstore.open(store_path) as db:  # a writable open repairs it
+        assert db.get("k") == "v"
