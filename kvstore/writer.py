@@ -146,7 +146,11 @@ class Writer:
         self._flush_wanted = False
         self._scheduled: list[Callable[[], Any]] = []  # steps for the flusher to run between commits (schedule)
         self._step_turn = False  # a leader handed the lead to the flusher for one step
-        self._checkpoint_wanted = False  # flush() asked the apply thread to sync and apply the log
+        # flush() asks the apply thread to sync and apply the log: requests
+        # are numbered; done is the number of the last request whose
+        # checkpoint started after it was made (so a flush never counts one
+        # already under way when it asked)
+        self._checkpoint_requested = 0
         self._checkpoints_done = 0
         self._apply_wake = threading.Condition(self._lock)  # the apply thread sleeps here
         self._apply_stop = False
@@ -516,11 +520,11 @@ class Writer:
         log = self._log
         assert log is not None  # only with a log (submit)
         started = time.perf_counter()
+        n = len(group.ops)  # as submit counted it in flight (a computed group may empty its ops)
         try:
             appended = log.append_alone(group)
         except Exception:
             return False  # nothing appended: the general path meets it again and answers it
-        n = len(group.ops)
         if appended is None:  # a transaction whose reads changed: decided, nothing written
             with self._lock:
                 group.done = True
@@ -844,14 +848,14 @@ class Writer:
                 while True:
                     if self._apply_stop:
                         return
-                    wanted = self._checkpoint_wanted
+                    serving = self._checkpoint_requested
+                    wanted = serving > self._checkpoints_done
                     if wanted or self._failed is not None or self._apply_steps:
                         break
                     due = log.apply_due()
                     if due <= 0:
                         break
                     self._apply_wake.wait(due)
-                self._checkpoint_wanted = False
                 failed = self._failed
                 steps, self._apply_steps = self._apply_steps, []
             if failed is None:
@@ -872,9 +876,10 @@ class Writer:
                                           f"opened: reopen it")
             with self._lock:
                 if wanted:
-                    self._checkpoints_done += 1
+                    self._checkpoints_done = serving
                     self._released.notify_all()
-                if self._failed is not None and not self._apply_stop and not self._checkpoint_wanted:
+                if (self._failed is not None and not self._apply_stop
+                        and self._checkpoint_requested == self._checkpoints_done):
                     self._apply_wake.wait()  # failed: only answer checkpoints (with the failure)
 
     def checkpoint(self, timeout: float | None = None) -> None:
@@ -882,8 +887,8 @@ class Writer:
         thread (so a timeout holds while another process keeps LMDB's write
         lock)."""
         with self._lock:
-            target = self._checkpoints_done + 1
-            self._checkpoint_wanted = True
+            self._checkpoint_requested += 1
+            target = self._checkpoint_requested
             self._apply_wake.notify()
             self._await(lambda: self._checkpoints_done >= target or self._failed is not None,
                         timeout, f"the write-ahead log was not applied within {timeout} s (another "

@@ -55,6 +55,7 @@ def test_a_failed_compare_writes_nothing_not_even_to_the_log(store_path):
         assert db.compare_and_set("absent", "x", "y") is False
         assert db.stats()["log"]["log_end"] == before
         assert db.get("k") == "a" and "absent" not in db
+        assert db.stats()["pending"] == 0  # nothing left counted in flight
 
 
 def test_a_refused_incr_writes_nothing_and_the_store_goes_on(db):

@@ -87,6 +87,24 @@ def lose_power(path: str, rng: random.Random) -> None:
         f.write(bytes(rng.randrange(256) for _ in range(16)))
 
 
+def _index_fields(path: str) -> dict:
+    with open(os.path.join(path, wal.INDEX_FILE), "rb") as f:
+        raw_index = f.read(96)
+    names = ("gen", "zero", "end", "end_sum", "synced", "applied", "applied_sum")
+    return dict(zip(names, struct.unpack_from("<IIQQQQQ", raw_index, 40)))
+
+
+def _diff(actual: dict, want: dict) -> dict:
+    """{namespace: {key: (in the store, in the model)}} where they differ."""
+    out = {}
+    for ns in set(actual) | set(want):
+        a, w = actual.get(ns, {}), want.get(ns, {})
+        keys = {k for k in set(a) | set(w) if a.get(k, "<absent>") != w.get(k, "<absent>")}
+        if keys:
+            out[ns] = {k: (a.get(k, "<absent>"), w.get(k, "<absent>")) for k in sorted(keys)}
+    return out
+
+
 class WalCrashModel(RuleBasedStateMachine):
     BASE_OPTIONS: dict = {}
 
@@ -207,11 +225,14 @@ class WalCrashModel(RuleBasedStateMachine):
     @rule()
     def power_loss(self):
         drop_engine(self.db)
+        before = _index_fields(self.dir)
         lose_power(self.dir, self.rng)
         actual = self._reopened()
         fits = [i for i in range(self.on_disk, len(self.groups) + 1) if self.visible(i) == actual]
         assert fits, (f"after a power loss the store is not a prefix of the {len(self.groups)} "
-                      f"acknowledged groups reaching the {self.on_disk} known on disk")
+                      f"acknowledged groups reaching the {self.on_disk} known on disk; index before the "
+                      f"loss {before}; groups {self.groups!r}; store minus the model at {self.on_disk}: "
+                      f"{_diff(actual, self.visible(self.on_disk))}")
         self.base, self.groups, self.on_disk = actual, [], 0
 
     @rule()
