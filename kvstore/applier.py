@@ -103,8 +103,17 @@ class Applier:
         return Applied.unpack(raw)
 
     def recover(self) -> bool:
-        """Rebuild the index if it cannot be trusted; True if it was rebuilt.
-        Holds the apply lock, so no apply moves APPLIED meanwhile."""
+        """Rebuild the index if it cannot be trusted, then apply what it holds
+        and start the log afresh; True if it was rebuilt. Holds the apply
+        lock throughout, so no apply moves APPLIED meanwhile.
+
+        Starting afresh clears the log's file (`Log.wipe`): after a power
+        loss it can hold records past the end the rebuild found, of this
+        generation or of an abandoned incarnation of the next one (whose
+        first record the power loss tore, so that the next generation gets
+        the same number again). A new record byte for byte equal to the
+        torn one would chain on to them, and a write the power loss took
+        would come back at the next recovery."""
         log = self._log
         self._acquire(True)
         try:
@@ -115,9 +124,10 @@ class Applier:
                 log.refresh_size()
                 gen, pos, chain = self.marker()
                 log.rebuild(gen, pos, chain)
-                return True
             finally:
                 log.unlock()
+            self._apply(None, True, wipe=True)
+            return True
         finally:
             self._release()
 
@@ -138,7 +148,8 @@ class Applier:
             self._release()
         return True
 
-    def _apply(self, step: Callable[[Any], Any] | None, reset: bool, extra: Iterable[Group] = ()) -> None:
+    def _apply(self, step: Callable[[Any], Any] | None, reset: bool, extra: Iterable[Group] = (),
+               wipe: bool = False) -> None:
         log = self._log
         env = self._env
         st = log.state()
@@ -150,8 +161,8 @@ class Applier:
         for end, checksum, payload in log.records(st.gen, st.applied, st.applied_sum, st.end):
             records.append((end, checksum, decode_ops(payload)))
         if not records and step is None:
-            if reset and st.end > HEADER_SIZE:
-                self._publish(st.end, st.applied_sum, reset)
+            if reset and (st.end > HEADER_SIZE or wipe):
+                self._publish(st.end, st.applied_sum, reset, wipe)
             return
         end, checksum = (records[-1][0], records[-1][1]) if records else (st.applied, st.applied_sum)
         dbis = {}
@@ -200,7 +211,7 @@ class Applier:
             killpoints.reached("after-commit")
         self.applies += 1
         self.records_applied += len(groups)
-        self._publish(end, checksum, reset)
+        self._publish(end, checksum, reset, wipe)
         if killpoints.armed and groups:
             killpoints.reached("after-apply")
         if extra:
@@ -211,7 +222,7 @@ class Applier:
             except Exception as exc:  # the apply is done: report, do not undo
                 self.hook_error = exc
 
-    def _publish(self, end: int, checksum: int, reset: bool) -> None:
+    def _publish(self, end: int, checksum: int, reset: bool, wipe: bool = False) -> None:
         log = self._log
         log.lock()
         try:
@@ -219,8 +230,11 @@ class Applier:
             if st.applied < end:
                 log.publish(st.gen, st.end, st.end_sum, st.synced, end, checksum)
                 st = self._state_locked()
-            if reset and st.end == st.applied and st.end > HEADER_SIZE:
-                log.reset(st)
+            if reset and st.end == st.applied:
+                if st.end > HEADER_SIZE:
+                    log.reset(st)
+                if wipe:  # every record applied, none appended since: nothing in the file is needed
+                    log.wipe()
         finally:
             log.unlock()
 

@@ -162,8 +162,7 @@ class Engine:
             else:
                 if not has_log or copied:  # (a write transaction: only when there is something to write)
                     env.upgrade_to_log(initial_marker(), restart=copied)
-                if applier.recover():  # the index was rebuilt: replay the log into LMDB
-                    applier.checkpoint()
+                applier.recover()  # an index that cannot be trusted: rebuilt, and the log replayed into LMDB
                 recover = applier.recover
             tail = Tail(log, recover)
             tail.catch_up()

@@ -499,6 +499,18 @@ class Log:
         self.publish(gen, HEADER_SIZE, s, HEADER_SIZE, HEADER_SIZE, s)
 
 
+    def wipe(self) -> None:
+        """Holding the lock, every record applied and the log empty (after a
+        recovery's reset): clear the file past its header, so that nothing
+        of an earlier incarnation survives in it (Applier.recover); it is
+        zero-filled again to its initial size and synced."""
+        os.ftruncate(self.fd, HEADER_SIZE)
+        size = max(min(self.initial_size, self.max_size), HEADER_SIZE)
+        _zero_fill(self.fd, HEADER_SIZE, size)
+        os.fdatasync(self.fd)
+        self.size = size
+
+
 class LogFull(Exception):
     """An append that does not fit in the log below max_size (internal)."""
 
