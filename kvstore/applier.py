@@ -126,7 +126,8 @@ class Applier:
                 log.rebuild(gen, pos, chain)
             finally:
                 log.unlock()
-            self._apply(None, True, wipe=True)
+            # a log this open created holds nothing of an earlier incarnation
+            self._apply(None, True, wipe=not log.created)
             return True
         finally:
             self._release()

@@ -111,7 +111,8 @@ class Options:
 
     # The log never grows past this, bytes: when the unapplied records fill
     # it, the next write applies them to LMDB first (and waits for that).
-    # A put_many or batch larger than half of it is refused.
+    # A put_many or batch larger than half of it skips the log: it is written
+    # into LMDB directly, after the log, in one transaction (appender.py).
     log_size: int = 64 * MiB
 
     # The log's size when it is created, bytes (zero-filled, so that a sync
