@@ -172,31 +172,38 @@ class Applier:
                 if ns not in dbis:
                     dbis[ns] = env.dbi(ns, create=False)
         groups: list[Group] = []
+        nrecords = 0
 
         def write(txn: Any) -> None:
+            nonlocal nrecords
             groups.clear()
             gen, pos, _chain = self.marker(txn)
             done = pos if gen == st.gen else HEADER_SIZE
             n = 0
             total = sum(len(ops) for e, _s, ops in records if e > done)
             half = max(total // 2, 1) if killpoints.armed else -1  # every apply of ops reaches it
+            applied = []  # every op written, as one group for the commit hooks
+            put = txn.put
+            handles = dict(dbis)  # plus those opened in this transaction (gone if it is replayed)
+            nrecords = 0
             for rec_end, _sum, ops in records:
                 if rec_end <= done:
                     continue  # applied by an applier that died before publishing it
-                group_ops = []
+                nrecords += 1
                 for ns, key, record in ops:
-                    dbi = dbis.get(ns)
+                    dbi = handles.get(ns)
                     if dbi is None:
-                        dbi = env.open_db_in(txn, ns)
+                        dbi = handles[ns] = env.open_db_in(txn, ns)
                     if record is None:
                         txn.delete(key, db=dbi)
                     else:
-                        txn.put(key, record, db=dbi)
-                    group_ops.append((ns, dbi, key, record))
+                        put(key, record, db=dbi)
+                    applied.append((ns, dbi, key, record))
                     n += 1
                     if n == half:
                         killpoints.reached("mid-apply")
-                groups.append(Group(group_ops, False, 0))
+            if applied:
+                groups.append(Group(applied, False, 0))
             if step is not None:
                 step(txn)
             if n or (step is not None and getattr(step, "counted", False)):
@@ -211,7 +218,7 @@ class Applier:
         if killpoints.armed and counted:
             killpoints.reached("after-commit")
         self.applies += 1
-        self.records_applied += len(groups)
+        self.records_applied += nrecords
         self._publish(end, checksum, reset, wipe)
         if killpoints.armed and groups:
             killpoints.reached("after-apply")

@@ -287,6 +287,11 @@ OVERLAY_SLICE = 256
 # filters them all; from this many on it keeps their keys in order.
 ORDER_FROM = 128
 
+# wal.py: the log is read back (applies, other processes' records) this many
+# bytes per system call rather than two calls per record: each call is a
+# point where the reading thread hands the GIL to the appenders.
+READ_AHEAD = 1 * MiB
+
 # reads.py: keys read per read transaction in a scan (so a scan never pins old
 # pages for long), starting smaller: a scan stopped early (the agent's last 20
 # messages) reads little.

@@ -67,6 +67,7 @@ class Tail:
         self._counter = partial(struct.Struct("<Q").unpack_from, log.view, 32)
         # guarded by lock: how far this process has read the log
         self.seen = -1  # the index counter caught up to
+        self._state: State | None = None  # the index at counter `seen` (read or published here)
         self.gen = 0
         self.pos = 0
         self.chain = 0
@@ -132,7 +133,7 @@ class Tail:
                 self.pos, self.chain = end, checksum
                 self.ingested += 1
         self._drop_applied(lsn(st.gen, st.applied))
-        self.seen = st.counter
+        self.seen, self._state = st.counter, st
 
     def _drop_applied(self, upto: int) -> None:
         if upto <= self.applied:
@@ -182,11 +183,13 @@ class Tail:
         with self.lock:
             log.lock()
             try:
-                st = log.state()
-                if st is None:
-                    raise _Stuck()
-                if st.counter != self.seen:
-                    self._catch_up(st)
+                st = self._state if self._counter()[0] == self.seen else None
+                if st is None:  # the index changed since this process last knew it
+                    st = log.state()
+                    if st is None:
+                        raise _Stuck()
+                    if st.counter != self.seen:
+                        self._catch_up(st)
                 if check is not None and not check():
                     return None
                 end, checksum, ends = write(st)
@@ -196,7 +199,12 @@ class Tail:
                     self.overlay.enter(seq, g.ops)
                     self._entries.append((seq, [(ns, key, seq) for ns, _d, key, _r in g.ops]))
                 self.pos, self.chain = end, checksum
-                self.seen = st.counter + 2  # our publish was the only change under the lock
+                # our publish was the only change under the lock: the index
+                # is st moved to the new end (kept, so that the next append
+                # under an unmoved counter need not read it again)
+                st.counter += 2
+                st.end, st.end_sum = end, checksum
+                self.seen, self._state = st.counter, st
             finally:
                 log.unlock()
         return end, gen, lsn(gen, end)

@@ -65,6 +65,7 @@ import xxhash
 
 from . import killpoints
 from .errors import CorruptionError, DiskFullError, FormatError, KVStoreError, StoreFailedError
+from .options import READ_AHEAD  # tunables: see there
 
 __all__ = ["Log", "State", "encode_group", "decode_ops", "Applied", "LOG_FILE",
            "INDEX_FILE", "HEADER_SIZE", "PUT", "DELETE", "seed"]
@@ -385,22 +386,36 @@ class Log:
         return False
 
     def records(self, gen: int, at: int, chain: int, end: int | None,
-                limit: int = -1) -> Iterator[tuple[int, int, bytes]]:
+                limit: int = -1) -> Iterator[tuple[int, int, memoryview]]:
         """Yield (end position, checksum, payload) of each valid record of
         generation gen from position at (chain: the checksum before it) up
         to end. With end None, stop quietly at the first invalid record (a
         scan for the log's end). With an end, a record that is invalid
-        before it is damage: CorruptionError naming the position."""
+        before it is damage: CorruptionError naming the position.
+
+        The log is read READ_AHEAD bytes at a time (a record longer than
+        that in one read of its own), not record by record: an apply of
+        thousands of records makes a few system calls, not two per record,
+        each a point where the thread gives up the GIL to the appenders.
+        A payload is a view into that read; it stays valid while held."""
         fd = self.fd
         size = self.size if end is None else end
+        buf = memoryview(b"")
+        base = at  # buf holds the log's bytes [base, base + len(buf))
         while at + HEAD_SIZE <= size and limit != 0:
-            head = os.pread(fd, HEAD_SIZE, at)
-            length, rgen, checksum = _HEAD.unpack(head) if len(head) == HEAD_SIZE else (0, 0, 0)
+            off = at - base
+            if off + HEAD_SIZE > len(buf):
+                buf, base, off = memoryview(os.pread(fd, min(READ_AHEAD, size - at), at)), at, 0
+            length, rgen, checksum = (_HEAD.unpack_from(buf, off) if off + HEAD_SIZE <= len(buf)
+                                      else (0, 0, 0))
             bad = None
             if rgen != gen or length == 0 or length > _MAX_RECORD or at + HEAD_SIZE + length > size:
                 bad = "its head does not fit"
             else:
-                payload = os.pread(fd, length, at + HEAD_SIZE)
+                if off + HEAD_SIZE + length > len(buf):  # past this read: read from its head on
+                    buf = memoryview(os.pread(fd, min(max(READ_AHEAD, HEAD_SIZE + length), size - at), at))
+                    base, off = at, 0
+                payload = buf[off + HEAD_SIZE:off + HEAD_SIZE + length]
                 if len(payload) != length or _checksum(length, gen, payload, chain) != checksum:
                     bad = "its checksum does not match"
             if bad is not None:
@@ -518,7 +533,7 @@ class LogFull(Exception):
 _unpack_q = struct.Struct("<Q").unpack_from
 
 
-def _checksum(length: int, gen: int, payload: bytes, chain: int, _pack: Any = struct.Struct("<II").pack,
+def _checksum(length: int, gen: int, payload: bytes | memoryview, chain: int, _pack: Any = struct.Struct("<II").pack,
               _digest: Any = xxhash.xxh64_intdigest) -> int:
     checksum: int = _digest(_pack(length, gen) + payload, chain)
     return checksum

@@ -551,7 +551,12 @@ class Writer:
             else:
                 self.buffered_groups += 1
             self.bytes_stored += group.nbytes
-            self.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in group.ops if r is not None)
+            ops = group.ops
+            if len(ops) == 1:  # a put or a delete, the common case
+                record = ops[0][3]
+                self.bytes_in += raw_len(record) if record is not None else 0
+            else:
+                self.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in ops if r is not None)
             if self._queue or self._scheduled or self._closing:
                 quiet = False
             else:
