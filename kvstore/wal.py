@@ -405,7 +405,7 @@ class Log:
         while at + HEAD_SIZE <= size and limit != 0:
             off = at - base
             if off + HEAD_SIZE > len(buf):
-                buf, base, off = memoryview(os.pread(fd, min(READ_AHEAD, size - at), at)), at, 0
+                buf, base, off = memoryview(os.pread(fd, min(max(READ_AHEAD, HEAD_SIZE), size - at), at)), at, 0
             length, rgen, checksum = (_HEAD.unpack_from(buf, off) if off + HEAD_SIZE <= len(buf)
                                       else (0, 0, 0))
             bad = None

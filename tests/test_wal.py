@@ -5,7 +5,6 @@ damaged logs give clean errors with nothing applied past the damage."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import struct
@@ -596,3 +595,80 @@ db = kvstore.open(sys.argv[1], wal=True, apply_interval=3600, flush_interval=360
 db.put("a", [None, "after"], durable=True)
 os._exit(0)
 """
+
+
+# ---------------------------------------------------------------- reading the log back in chunks
+
+APPEND_MANY = """
+    import random, sys, kvstore
+    path, n = sys.argv[1], int(sys.argv[2])
+    rng = random.Random(7)
+    db = kvstore.open(path, wal=True, flush_interval=3600, apply_interval=3600)
+    for i in range(n):
+        db.put(f"k{i:05d}", b"v" * rng.choice([1, 15, 16, 17, 300, 5000]))
+    db.put("big", b"b" * (3 << 20))  # longer than one read-ahead
+    db._engine.writer._log.tail.log.close()  # no apply at exit: the records stay in the log
+    import os; os._exit(0)
+"""
+
+
+def _parse_log(path):
+    """The log's records by an independent reading: [(end, gen, payload)]."""
+    with open(os.path.join(path, wal.LOG_FILE), "rb") as f:
+        data = f.read()
+    head = struct.Struct("<IIQ")
+    at, out = wal.HEADER_SIZE, []
+    while at + head.size <= len(data):
+        length, gen, _checksum = head.unpack_from(data, at)
+        if length == 0:
+            break
+        at += head.size + length
+        out.append((at, gen, data[at - length:at]))
+    return out
+
+
+@pytest.mark.parametrize("read_ahead", [16, 17, 40, 4096, 1 << 20])
+def test_records_read_in_chunks_of_any_size_are_the_records(store_path, read_ahead, monkeypatch):
+    """Log.records reads READ_AHEAD bytes per system call: heads and
+    payloads that straddle a read, and a record longer than one, come back
+    whole; the tail (another process's records) and the apply read them so."""
+    kvstore.open(store_path, wal=True).close()
+    rc, _out, err = _child(APPEND_MANY, store_path, 400)
+    assert rc == 0, err
+    expected = _parse_log(store_path)
+    assert len(expected) == 401
+    monkeypatch.setattr(wal, "READ_AHEAD", read_ahead)
+    db = kvstore.open(store_path, wal=True, flush_interval=3600, apply_interval=3600)
+    try:
+        log = db._engine.writer._log.tail.log
+        st = log.state()
+        got = [(end, bytes(p)) for end, _sum, p in log.records(st.gen, st.applied, st.applied_sum, st.end)]
+        assert got == [(end, p) for end, _gen, p in expected]
+    finally:
+        db.close()  # applies the log through the same reading
+    raw = _raw_lmdb(store_path)[b"default"]
+    assert len(raw) == 401 and kvstore.open(store_path, readonly=True).get("big") == b"b" * (3 << 20)
+
+
+@pytest.mark.parametrize("read_ahead", [16, 40, 1 << 20])
+def test_a_damaged_record_is_found_whatever_the_read_size(store_path, read_ahead, monkeypatch):
+    kvstore.open(store_path, wal=True).close()
+    rc, _out, err = _child(APPEND_MANY, store_path, 50)
+    assert rc == 0, err
+    records = _parse_log(store_path)
+    end, _gen, payload = records[20]
+    flip = end - len(payload) // 2 - 1
+    with open(os.path.join(store_path, wal.LOG_FILE), "r+b") as f:
+        f.seek(flip)
+        byte = f.read(1)
+        f.seek(flip)
+        f.write(bytes([byte[0] ^ 0x40]))
+    monkeypatch.setattr(wal, "READ_AHEAD", read_ahead)
+    log = wal.Log(store_path, readonly=True, create=False, initial_size=1 << 16, max_size=1 << 30)
+    try:
+        st = log.state()
+        assert st is not None
+        with pytest.raises(kvstore.CorruptionError, match=f"damaged at byte {records[19][0]} "):
+            list(log.records(st.gen, st.applied, st.applied_sum, st.end))
+    finally:
+        log.close()
