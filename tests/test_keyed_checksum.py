@@ -88,6 +88,17 @@ def test_group_calls_take_one_key_per_record():
             codec.decode_many(records, keys=keys[:-1])
 
 
+def test_a_key_may_be_any_bytes_like_object_in_both_backends():
+    expected = kvstore.codec.get_backend("python").Codec().encode({"v": 1}, key=b"k:1")
+    for codec in codecs():
+        for key in (b"k:1", bytearray(b"k:1"), memoryview(b"k:1")):
+            assert codec.encode({"v": 1}, key=key) == expected
+            assert codec.frame(*codec.serialize({"v": 1}), key=key) == expected
+            assert codec.encode_many([{"v": 1}], keys=[key]) == [expected]
+            assert codec.decode(expected, key=key) == codec.decode_many([expected], keys=[key])[0] == {"v": 1}
+            assert codec.decode(memoryview(expected), key=key) == {"v": 1}
+
+
 def test_a_ttl_prefix_may_hold_a_version_3_record():
     record = fmt.wrap_ttl(kvstore.codec.encode("v", key=b"k"), 10, 5)
     assert fmt.parse_ttl(record) == (10, 5)

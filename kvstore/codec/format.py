@@ -6,8 +6,8 @@ Every value in every namespace is one record, plain or with an expiry::
     stored     := record | ttl_record
     record     := header payload
     header   := version flags raw_len dict_id checksum          (18 bytes)
-    version  := u8      = 1 (VERSION) or 3 (KEYED_VERSION): what checksum
-                        covers; 0 is corruption; 2 is the TTL prefix's first
+    version  := u8      = 1 (VERSION) or 3 (KEYED_VERSION), which says what
+                        checksum covers; 0 is corruption; 2 is the TTL prefix's first
                         byte (below), refused as newer, as version 1 readers
                         do; a larger number was written by a newer kvstore
     flags    := u8      bit 0 FLAG_MSGPACK   payload decodes with msgpack
@@ -176,7 +176,7 @@ class Reason(enum.Enum):
 
 # reason: (error class, message, the numbers it takes, in order). {detail} is
 # text from elsewhere (zstd's or msgpack's error); {HEADER_SIZE},
-# {TTL_HEADER_SIZE} and {VERSION} are this module's constants.
+# {TTL_HEADER_SIZE}, {VERSION} and {KEYED_VERSION} are this module's constants.
 _REFUSALS: dict[Reason, tuple[type[KVStoreError], str, tuple[str, ...]]] = {
     Reason.SHORT: (CorruptionError,
                    "record is {length} bytes, shorter than the {HEADER_SIZE}-byte header",

@@ -107,8 +107,17 @@ def _key_arrays(keys: Iterable[bytes] | None, n: int) -> tuple[Any, Any]:
     C takes them; (NULL, NULL) without keys (version 1 records)."""
     if keys is None:
         return _NULL, _NULL
-    keys = group_keys(keys, n)
+    keys = [k if type(k) is bytes else bytes(k) for k in group_keys(keys, n)]
     return b"".join(keys), _alloc("size_t[]", list(map(len, keys)))
+
+
+def _key_arg(key: Buffer | None) -> tuple[Any, int]:
+    """(pointer or bytes, length) of a key as C takes it; (NULL, 0): none."""
+    if key is None:
+        return _NULL, 0
+    if type(key) is not bytes:
+        key = bytes(key)
+    return key, len(key)
 
 
 
@@ -340,6 +349,8 @@ class Codec:
             if key is None:
                 r = _encode(t.ctx, flags, raw, len(raw), _NULL, 0)
             else:
+                if type(key) is not bytes:
+                    key = bytes(key)  # a bytearray or memoryview, as the Python backend takes
                 r = _encode(t.ctx, flags, raw, len(raw), key, len(key))
             if r >= 0:
                 record: bytes = t.buf[:r]
@@ -366,7 +377,7 @@ class Codec:
         else:
             cdict, dict_id = self._cdict(dictionary), dictionary.id
         n = len(raw)
-        c_key, key_len = (_NULL, 0) if key is None else (key, len(key))
+        c_key, key_len = _key_arg(key)
         out, cap, buf = t.room(_encode_room(n) if n <= self._max_value_size else 0)
         r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, c_key, key_len, out, cap)
         if r == _E_SPACE:  # a zstd whose compressBound exceeds our estimate
@@ -462,6 +473,8 @@ class Codec:
         if key is None:
             r = _decode(t.ctx, data, len(data), _NULL, 0)
         else:
+            if type(key) is not bytes:
+                key = bytes(key)
             r = _decode(t.ctx, data, len(data), key, len(key))
         if r < 0:  # an error, or a value larger than the buffer
             return self._decode(t, data, dictionaries, key)
@@ -483,7 +496,7 @@ class Codec:
         else:
             dict_id, ddict = 0, _NULL
         rec = data if type(data) is bytes else ffi.from_buffer(data)
-        c_key, key_len = (_NULL, 0) if key is None else (key, len(key))
+        c_key, key_len = _key_arg(key)
         out, cap, buf = t.out, t.cap, t.buf
         r = _decode_into(t.ctx, rec, len(rec), dict_id, ddict, c_key, key_len, out, cap)
         if r == _E_SPACE:
