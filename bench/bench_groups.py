@@ -89,12 +89,14 @@ def bare_calls(values: list, rounds: int) -> None:
         def encode(gap: float) -> None:
             for k, flags, blob, lens, out, cap, olens, *_ in groups:
                 busy(gap)
-                assert lib.kvc_encode_many(t.ctx, k, flags, blob, lens, ffi.NULL, 0, out, cap, olens) > 0
+                assert lib.kvc_encode_many(t.ctx, k, flags, blob, lens, ffi.NULL, 0, ffi.NULL, ffi.NULL,
+                                           out, cap, olens) > 0
 
         def decode(gap: float) -> None:
             for k, *_, rblob, rlens, dout, dcap, info in groups:
                 busy(gap)
-                assert lib.kvc_decode_many(t.ctx, k, rblob, rlens, 0, ffi.NULL, ffi.NULL, dout, dcap, info) > 0
+                assert lib.kvc_decode_many(t.ctx, k, rblob, rlens, 0, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL,
+                                           dout, dcap, info) > 0
 
         fns: dict[Any, Callable[[], object]] = {}
         for split in (False, True):

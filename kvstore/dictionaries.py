@@ -137,24 +137,25 @@ class Dictionaries:
         return rows
 
     def train(self, namespace: str, dbi: Any, samples: int, dict_size: int,
-              serialize: Callable[[bytes], bytes], writer: Writer) -> int:
+              serialize: Callable[[bytes, bytes], bytes], writer: Writer) -> int:
         """Train a dictionary on up to `samples` values of namespace, store it
         through writer (Writer.run), make it current for the namespace;
         return its id.
 
-        serialize(record) -> the record's serialized (uncompressed) bytes.
+        serialize(key, record) -> the serialized (uncompressed) bytes of the
+        record stored under key.
         """
         samples = check_count(samples, "samples", "train_dictionary", MIN_SAMPLES)
         dict_size = check_count(dict_size, "dict_size", "train_dictionary", MIN_DICT_SIZE, MAX_DICT_SIZE)
 
-        def sample(txn: lmdb.Transaction) -> list[bytes]:
+        def sample(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
             n = txn.stat(dbi)["entries"]
             rng = random.Random(n)
             keep = set(rng.sample(range(n), samples)) if n > samples else None
             out = []
-            for i, (_key, record) in enumerate(txn.cursor(db=dbi)):
+            for i, (key, record) in enumerate(txn.cursor(db=dbi)):
                 if keep is None or i in keep:
-                    out.append(bytes(record))
+                    out.append((bytes(key), bytes(record)))
             return out
 
         records = self._env.read(sample)
@@ -164,7 +165,7 @@ class Dictionaries:
                 f"{MIN_SAMPLES} (a few thousand give the best ratio)")
         # zstd refuses to train on empty samples ("Src size is incorrect"):
         # empty values carry nothing to learn, leave them out and count the rest.
-        payloads: list[Any] = [p for p in map(serialize, records) if len(p)]
+        payloads: list[Any] = [p for p in (serialize(k, r) for k, r in records) if len(p)]
         if len(payloads) < MIN_SAMPLES:
             raise KVStoreError(
                 f"namespace {namespace!r}: {len(payloads)} of the {len(records)} values sampled are "

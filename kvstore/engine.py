@@ -37,6 +37,7 @@ from . import ttl as _ttl
 from .cache import LastTxnid, ReadCache
 from .dictionaries import Dictionaries
 from .environment import Environment
+from .layout import KEYED_STORE_FORMAT
 from . import lockfile
 from .appender import Appender
 from .applier import Applier, initial_marker
@@ -94,6 +95,9 @@ class Engine:
         self._adding_log: int | None = None
         try:
             self._open_log(env)
+            # whether records are written with the key in their checksum
+            # (version 3; codec/format.py): in a store of format 4
+            self.keyed = env.store_format() >= KEYED_STORE_FORMAT
             self.dicts = Dictionaries(env)
             self.ttl = _ttl.TTLMeta(env, env.options.clock)
             self.cache, self.last_txnid = _start_cache(env)
@@ -162,6 +166,8 @@ class Engine:
             else:
                 if not has_log or copied:  # (a write transaction: only when there is something to write)
                     env.upgrade_to_log(initial_marker(), restart=copied)
+                elif env.store_format() < KEYED_STORE_FORMAT:
+                    env.upgrade_to_keyed()
                 applier.recover()  # an index that cannot be trusted: rebuilt, and the log replayed into LMDB
                 recover = applier.recover
             tail = Tail(log, recover)

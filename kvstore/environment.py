@@ -41,8 +41,8 @@ from . import lockfile
 from .lmdbfile import check_data_file
 from .wal import HEADER_SIZE as WAL_HEADER_SIZE, LOG_FILE, Applied, seed as wal_seed
 from .options import FILL_STEP, PREALLOCATE_MAX, PREALLOCATE_MIN, Options  # tunables: see there
-from .layout import (APPLIED_KEY, BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, META_DB, SEQ,
-                     SEQ_KEY, STORE_FORMAT, WAL_STORE_FORMAT)
+from .layout import (APPLIED_KEY, BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, KEYED_STORE_FORMAT,
+                     META_DB, SEQ, SEQ_KEY, STORE_FORMAT, WAL_STORE_FORMAT)
 
 __all__ = ["Environment", "MapLock", "check_data_file"]
 
@@ -490,7 +490,7 @@ class Environment:
 
     def upgrade_to_log(self, marker: bytes, restart: bool = False) -> None:
         """Before the writer exists: record that the store has a write-ahead
-        log (store format 3) and, for a new log, that nothing of it is
+        log (store format 4: 3 and keyed records) and, for a new log, that nothing of it is
         applied (marker: wal.Applied). The log file exists already, so an
         older kvstore that opens the store refuses it rather than miss it.
         restart: a new log for a store that had one (a copy of data.mdb
@@ -502,18 +502,33 @@ class Environment:
                 txn.put(APPLIED_KEY, Applied.pack(gen, WAL_HEADER_SIZE, wal_seed(gen)), db=self.meta_db)
             elif old is None:
                 txn.put(APPLIED_KEY, marker, db=self.meta_db)
-            if int(txn.get(FORMAT_KEY, db=self.meta_db) or 1) < WAL_STORE_FORMAT:
-                txn.put(FORMAT_KEY, str(WAL_STORE_FORMAT).encode(), db=self.meta_db)
+            if int(txn.get(FORMAT_KEY, db=self.meta_db) or 1) < KEYED_STORE_FORMAT:
+                txn.put(FORMAT_KEY, str(KEYED_STORE_FORMAT).encode(), db=self.meta_db)
 
         self.write(upgrade, "adding a write-ahead log to the store")
 
-    def has_log(self) -> bool:
-        """Whether the store's format says it has a write-ahead log."""
+    def upgrade_to_keyed(self) -> None:
+        """Before the writer exists, in a store with a log (format 3): record
+        that its writers write version 3 records (store format 4), so that
+        kvstore versions reading only version 1 records refuse the store at
+        open instead of refusing its values one by one."""
+        def upgrade(txn: lmdb.Transaction) -> None:
+            if int(txn.get(FORMAT_KEY, db=self.meta_db) or 1) < KEYED_STORE_FORMAT:
+                txn.put(FORMAT_KEY, str(KEYED_STORE_FORMAT).encode(), db=self.meta_db)
+
+        self.write(upgrade, "upgrading the store to keyed record checksums")
+
+    def store_format(self) -> int:
+        """The store's format number (layout.py); 1 if it cannot be read."""
         raw = self.read(lambda txn: txn.get(FORMAT_KEY, db=self.meta_db))
         try:
-            return int(bytes(raw) if raw is not None else b"1") >= WAL_STORE_FORMAT
+            return int(bytes(raw) if raw is not None else b"1")
         except ValueError:
-            return False
+            return BASE_STORE_FORMAT
+
+    def has_log(self) -> bool:
+        """Whether the store's format says it has a write-ahead log."""
+        return self.store_format() >= WAL_STORE_FORMAT
 
     def namespace_names(self) -> list[str]:
         names = []

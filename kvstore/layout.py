@@ -25,8 +25,12 @@ Store formats: a new store is format 1; its first TTL value makes it format 2
 without TTL refuse to open. Format 3 has a write-ahead log (data.wal and
 data.wal-index beside data.mdb; wal.py) holding acknowledged writes LMDB may
 not have yet: kvstore versions without it would miss them, so they refuse it.
-A writable open upgrades a store of format 1 or 2 to 3 in place (a read-only
-one reads it as it is). STORE_FORMAT is the newest this version reads.
+Format 4 is format 3 whose writers write version 3 records (their checksum
+covers the key: codec/format.py); kvstore versions that read only version 1
+records refuse it. A writable open that has or adds a log upgrades a store of
+format 1, 2 or 3 to 4 in place (a read-only one reads it as it is); a store
+used without a log stays at its format and gets version 1 records. Every
+format's records stay readable. STORE_FORMAT is the newest this version reads.
 
 Names: a namespace is a str of 1 to 255 UTF-8 bytes not starting with "__"
 (reserved for kvstore); "default" is the namespace of `kvstore.open()`'s
@@ -42,7 +46,7 @@ from .errors import InvalidKeyError, InvalidNamespaceError
 
 __all__ = [
     "DEFAULT_NAMESPACE", "META_DB", "FORMAT_KEY", "SEQ_KEY", "SEQ", "TTL_PREFIX", "DICT_PREFIX",
-    "CURRENT_PREFIX", "BASE_STORE_FORMAT", "TTL_STORE_FORMAT", "WAL_STORE_FORMAT", "STORE_FORMAT", "APPLIED_KEY", "MAX_KEY_SIZE",
+    "CURRENT_PREFIX", "BASE_STORE_FORMAT", "TTL_STORE_FORMAT", "WAL_STORE_FORMAT", "KEYED_STORE_FORMAT", "STORE_FORMAT", "APPLIED_KEY", "MAX_KEY_SIZE",
     "check_namespace_name", "check_key", "check_bound", "prefix_end",
 ]
 
@@ -60,7 +64,8 @@ CURRENT_PREFIX = b"dict-current:"
 BASE_STORE_FORMAT = 1
 TTL_STORE_FORMAT = 2
 WAL_STORE_FORMAT = 3
-STORE_FORMAT = WAL_STORE_FORMAT
+KEYED_STORE_FORMAT = 4  # a log, and version 3 records (keyed checksums)
+STORE_FORMAT = KEYED_STORE_FORMAT
 
 MAX_KEY_SIZE = 511  # LMDB's limit with its default build
 

@@ -117,7 +117,7 @@ class Reads:
             record = record[TTL_HEADER_SIZE:]
         dicts = self._root._engine.dicts
         try:
-            return self._root._codec.decode(record, dictionaries=dicts.by_id)
+            return self._root._codec.decode(record, dictionaries=dicts.by_id, key=key)
         except CorruptionError as exc:
             did = dict_id(record)
             if did and did not in dicts.by_id and did in dicts.for_decoding(did):
@@ -188,7 +188,7 @@ class Reads:
                 record = txn.get(key)
                 if cached is SKIP and record and record[0] != TTL_VERSION:
                     try:  # the uncached read: the codec directly, one frame fewer
-                        return root._codec.decode(record, dictionaries=engine.dicts.by_id)
+                        return root._codec.decode(record, dictionaries=engine.dicts.by_id, key=key)
                     except (CorruptionError, FormatError):
                         return self._decode(key, record)  # names the key, or finds a new dictionary
                 if record and record[0] == TTL_VERSION and self._expired(key, record):
@@ -316,7 +316,8 @@ class Reads:
                         found.append((i, record, cached is MISS))
                 records = [inner_record(r) for _, r, _ in found]
                 try:  # one call into the codec for the whole batch
-                    values = codec.decode_many(records, dictionaries=engine.dicts.by_id)
+                    values = codec.decode_many(records, dictionaries=engine.dicts.by_id,
+                                               keys=[keys[i] for i, _, _ in found])
                 except (CorruptionError, FormatError):
                     values = [self._decode(keys[i], r) for i, r, _ in found]  # names the bad key
                 for (i, record, fill), value in zip(found, values):
@@ -428,7 +429,7 @@ class Reads:
                     yield key
                     continue
                 try:
-                    value = decode(record, dictionaries=by_id)
+                    value = decode(record, dictionaries=by_id, key=key)
                 except (CorruptionError, FormatError):
                     value = self._decode(key, record)  # names the key, or finds a new dictionary
                 yield key, value

@@ -154,7 +154,8 @@ def start_incr(store: Handle, key: Key, delta: int, default: int, durable: bool 
                 f"incr: key {raw!r} holds a {type(old).__name__} ({old!r:.60}), not an int; use "
                 f"update() for other values, or put an int there first")
         new = old + delta
-        return encode(new, dictionary=engine.dicts.for_encoding(store._ns)), new
+        return encode(new, dictionary=engine.dicts.for_encoding(store._ns),
+                      key=raw if engine.keyed else None), new
 
     return _submit(store, raw, add, durable, callback)
 
@@ -169,7 +170,7 @@ def start_compare_and_set(store: Handle, key: Key, expected: Any, new: Any, dura
     missing = _txn.MISSING
     # encoded now: a value msgpack cannot carry raises here, nothing submitted
     record = None if new is missing else store._root._codec.encode(
-        new, dictionary=engine.dicts.for_encoding(store._ns))
+        new, dictionary=engine.dicts.for_encoding(store._ns), key=raw if engine.keyed else None)
     decode = store._decode
 
     def swap(stored: bytes | None) -> tuple[Any, Any]:

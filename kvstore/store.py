@@ -267,7 +267,8 @@ class Store(Reads, Generic[KeyT]):
         else:
             key = key.encode("utf-8") if key.isascii() else check_key(key)
         ns = self._ns
-        record = root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
+        record = root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns),
+                                    key=key if engine.keyed else None)
         before = None
         if ttl is not None or ns in engine.ttl.defaults:
             record, before = _ttl.stamp(engine, ns, record, ttl)
@@ -307,6 +308,7 @@ class Store(Reads, Generic[KeyT]):
                                        f"pairs, not {type(items).__name__}")
         ns, dbi = self._ns, self._dbi(engine, self._ns)
         encode = self._root._codec.encode
+        keyed = engine.keyed
         dictionary = engine.dicts.for_encoding(ns)
         if ttl is not None:
             _ttl.to_ms(ttl)  # a bad ttl raises before any value is encoded
@@ -320,7 +322,7 @@ class Store(Reads, Generic[KeyT]):
             except (TypeError, ValueError):
                 raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
             key = check_key(key)
-            record = encode(value, dictionary=dictionary)
+            record = encode(value, dictionary=dictionary, key=key if keyed else None)
             if stamped:
                 record, step = _ttl.stamp(engine, ns, record, ttl)
                 before = before or step
@@ -448,9 +450,9 @@ class Store(Reads, Generic[KeyT]):
         dbi = self._dbi(engine, ns)
         codec = self._root._codec
 
-        def serialize(record: bytes) -> bytes:
+        def serialize(key: bytes, record: bytes) -> bytes:
             return codec.serialize(
-                codec.decode(inner_record(record), dictionaries=engine.dicts.by_id))[1]
+                codec.decode(inner_record(record), dictionaries=engine.dicts.by_id, key=key))[1]
 
         return engine.dicts.train(ns, dbi, samples, dict_size, serialize, writer)
 
@@ -646,7 +648,8 @@ class Batch:
         ns, dbi = self._target(namespace)
         raw = check_key(key)
         engine = self._store._live_engine()
-        record = self._store._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
+        record = self._store._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns),
+                                                 key=raw if engine.keyed else None)
         if ttl is not None or ns in engine.ttl.defaults:
             record, step = _ttl.stamp(engine, ns, record, ttl)
             if step is not None:

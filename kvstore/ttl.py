@@ -1,7 +1,7 @@
 """Time to live: values that expire, namespace defaults, and the sweep.
 
 A value put with `ttl=seconds` (or into a namespace that has a default TTL)
-is stored as a `ttl_record`: its ordinary v1 record behind a 22-byte prefix
+is stored as a `ttl_record`: its ordinary record behind a 22-byte prefix
 holding when it expires and the TTL it was given (kvstore/codec/format.py
 defines the bytes). Times are wall-clock (`time.time()`, in milliseconds on
 disk), so an expiry means the same to every process and survives restarts.
@@ -292,7 +292,7 @@ class Refresh:
     refreshed record); `bases` says what each was made from, as get read
     it: (record, None) from this process's pending writes, (record, txnid)
     from the database at that txnid. A refreshed record replaces the key's
-    record only if that still holds the same value (the same v1 record)
+    record only if that still holds the same value (the same inner record)
     with an earlier expiry."""
 
     __slots__ = ("_env", "bases")

@@ -460,7 +460,8 @@ class Transaction:
         ns = handle._ns
         raw = check_key(key)
         engine = self._engine
-        record = handle._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns))
+        record = handle._root._codec.encode(value, dictionary=engine.dicts.for_encoding(ns),
+                                            key=raw if engine.keyed else None)
         if ttl is not None or ns in engine.ttl.defaults:
             record, step = _ttl.stamp(engine, ns, record, ttl)
             if step is not None:

@@ -1,12 +1,12 @@
 /* kvcodec: native backend of kvstore's value codec. See kvcodec.h for the
  * interface and docs/native.md for the design.
  *
- * Record (value format v1, little endian):
- *   offset 0  u8   version (1)
+ * Record (value format v1 and v3, little endian):
+ *   offset 0  u8   version (1, or 3: checksum seeded with the key's hash)
  *   offset 1  u8   flags
  *   offset 2  u32  raw_len
  *   offset 6  u32  dict_id
- *   offset 10 u64  XXH64 (seed 0) of the payload
+ *   offset 10 u64  XXH64 of the payload: seed 0 (v1), seed XXH64(key) (v3)
  *   offset 18      payload
  */
 #include "kvcodec.h"
@@ -77,7 +77,7 @@ static inline void store32(unsigned char *p, uint32_t v)
 
 /* ------------------------------------------------------------------------
  * XXH64, written from the xxHash specification (doc/xxhash_spec.md of the
- * xxHash project), seed fixed at 0.
+ * xxHash project), with a seed.
  */
 
 #define P64_1 0x9E3779B185EBCA87ULL
@@ -105,7 +105,7 @@ static inline uint64_t xxh_merge(uint64_t acc, uint64_t lane_acc)
     return acc * P64_1 + P64_4;
 }
 
-uint64_t kvc_xxh64(const void *data, size_t len)
+uint64_t kvc_xxh64_seeded(const void *data, size_t len, uint64_t seed)
 {
     const unsigned char *p = (const unsigned char *)data;
     const unsigned char *end = p + len;
@@ -113,10 +113,10 @@ uint64_t kvc_xxh64(const void *data, size_t len)
 
     if (len >= 32) {
         /* Four accumulators, each fed every fourth lane of a 32-byte stripe. */
-        uint64_t v1 = P64_1 + P64_2;
-        uint64_t v2 = P64_2;
-        uint64_t v3 = 0;
-        uint64_t v4 = 0 - P64_1;
+        uint64_t v1 = seed + P64_1 + P64_2;
+        uint64_t v2 = seed + P64_2;
+        uint64_t v3 = seed;
+        uint64_t v4 = seed - P64_1;
         const unsigned char *limit = end - 32;
         do {
             v1 = xxh_round(v1, load64(p));
@@ -131,7 +131,7 @@ uint64_t kvc_xxh64(const void *data, size_t len)
         acc = xxh_merge(acc, v3);
         acc = xxh_merge(acc, v4);
     } else {
-        acc = P64_5;
+        acc = seed + P64_5;
     }
     acc += (uint64_t)len;
 
@@ -159,6 +159,28 @@ uint64_t kvc_xxh64(const void *data, size_t len)
     acc *= P64_3;
     acc ^= acc >> 32;
     return acc;
+}
+
+uint64_t kvc_xxh64(const void *data, size_t len)
+{
+    return kvc_xxh64_seeded(data, len, 0);
+}
+
+/* The seed of a record's checksum: none (v1) when key is NULL, else the
+ * key's XXH64 (v3). */
+struct keyed {
+    int version;
+    uint64_t seed;
+};
+
+static inline struct keyed keyed_of(const char *key, size_t key_len)
+{
+    struct keyed k = {KVC_VERSION, 0};
+    if (key != NULL) {
+        k.version = KVC_VERSION_KEYED;
+        k.seed = kvc_xxh64(key, key_len);
+    }
+    return k;
 }
 
 /* ------------------------------------------------------------------------
@@ -587,10 +609,10 @@ void kvc_ddict_free(kvc_ddict *d)
  * Encoding.
  */
 
-static inline void put_header(unsigned char *out, int flags, uint32_t raw_len,
+static inline void put_header(unsigned char *out, int version, int flags, uint32_t raw_len,
                               uint32_t dict_id, uint64_t checksum)
 {
-    out[0] = KVC_VERSION;
+    out[0] = (unsigned char)version;
     out[1] = (unsigned char)flags;
     store32(out + 2, raw_len);
     store32(out + 6, dict_id);
@@ -622,7 +644,8 @@ static size_t encode_room(size_t raw_len, size_t min_size, size_t max_value_size
 /* One record into out, which has encode_room() bytes. */
 static int64_t encode_one(kvc_ctx *ctx, int flags, const unsigned char *raw, size_t raw_len,
                           size_t min_size, size_t max_value_size, const kvc_cdict *cdict,
-                          uint32_t dict_id, unsigned char *out, size_t room, kvc_err *err)
+                          uint32_t dict_id, struct keyed k, unsigned char *out, size_t room,
+                          kvc_err *err)
 {
     unsigned char *payload = out + KVC_HEADER_SIZE;
     size_t payload_len = raw_len;
@@ -665,13 +688,15 @@ static int64_t encode_one(kvc_ctx *ctx, int flags, const unsigned char *raw, siz
     }
     if (!compressed && raw_len > 0)
         memcpy(payload, raw, raw_len);
-    put_header(out, flags, (uint32_t)raw_len, rec_dict_id, kvc_xxh64(payload, payload_len));
+    put_header(out, k.version, flags, (uint32_t)raw_len, rec_dict_id,
+               kvc_xxh64_seeded(payload, payload_len, k.seed));
     return (int64_t)(KVC_HEADER_SIZE + payload_len);
 }
 
 static int64_t encode_single(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len,
                              size_t min_size, size_t max_value_size,
                              const kvc_cdict *cdict, uint32_t dict_id,
+                             const char *key, size_t key_len,
                              char *out, size_t out_cap, kvc_err *err)
 {
     size_t room;
@@ -685,20 +710,23 @@ static int64_t encode_single(kvc_ctx *ctx, int flags, const char *raw, size_t ra
         return KVC_E_SPACE;
     }
     return encode_one(ctx, flags, (const unsigned char *)raw, raw_len, min_size,
-                      max_value_size, cdict, dict_id, (unsigned char *)out, room, err);
+                      max_value_size, cdict, dict_id, keyed_of(key, key_len),
+                      (unsigned char *)out, room, err);
 }
 
-int64_t kvc_encode(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len)
+int64_t kvc_encode(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len,
+                   const char *key, size_t key_len)
 {
     return encode_single(ctx, flags, raw, raw_len, ctx->min_size, ctx->max_value_size,
-                         NULL, 0, ctx->out, ctx->out_cap, &ctx->err);
+                         NULL, 0, key, key_len, ctx->out, ctx->out_cap, &ctx->err);
 }
 
 int64_t kvc_encode_into(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len,
-                        const kvc_cdict *cdict, uint32_t dict_id, char *out, size_t out_cap)
+                        const kvc_cdict *cdict, uint32_t dict_id,
+                        const char *key, size_t key_len, char *out, size_t out_cap)
 {
     return encode_single(ctx, flags, raw, raw_len, ctx->min_size, ctx->max_value_size,
-                         cdict, dict_id, out, out_cap, &ctx->err);
+                         cdict, dict_id, key, key_len, out, out_cap, &ctx->err);
 }
 
 /* Group calls: the items of a group are claimed one at a time from a
@@ -756,6 +784,9 @@ struct enc_group {
     const size_t *room_off; /* where each record is written in out */
     const kvc_cdict *cdict;
     uint32_t dict_id;
+    const char *keys;      /* NULL: version 1 records */
+    const size_t *key_lens;
+    const size_t *key_off; /* where each key starts in keys */
     size_t min_size, max_value_size;
     unsigned char *out;
     size_t *out_lens;
@@ -769,8 +800,10 @@ static void *enc_run(void *arg)
 
     while ((i = claim(&g->next)) < g->n) {
         size_t room = g->room_off[i + 1] - g->room_off[i];
+        struct keyed k = keyed_of(g->keys ? g->keys + g->key_off[i] : NULL,
+                                  g->keys ? g->key_lens[i] : 0);
         int64_t len = encode_one(r->zctx, g->flags[i], g->src + g->src_off[i], g->lens[i],
-                                 g->min_size, g->max_value_size, g->cdict, g->dict_id,
+                                 g->min_size, g->max_value_size, g->cdict, g->dict_id, k,
                                  g->out + g->room_off[i], room, &r->err);
         if (len < 0) {
             r->rc = (int)len;
@@ -785,6 +818,7 @@ static void *enc_run(void *arg)
 int64_t kvc_encode_many(kvc_ctx *ctx, size_t n, const char *flags,
                         const char *raws, const size_t *lens,
                         const kvc_cdict *cdict, uint32_t dict_id,
+                        const char *keys, const size_t *key_lens,
                         char *out, size_t out_cap, size_t *out_lens)
 {
     kvc_err *err = &ctx->err;
@@ -796,9 +830,12 @@ int64_t kvc_encode_many(kvc_ctx *ctx, size_t n, const char *flags,
     err->index = 0;
     if (KVC_UNLIKELY(!z_loaded))
         return KVC_E_NO_ZSTD;
-    offs = (size_t *)malloc(2 * (n + 1) * sizeof *offs);
+    offs = (size_t *)malloc(3 * (n + 1) * sizeof *offs);
     if (offs == NULL)
         return KVC_E_NOMEM;
+    offs[2 * n + 2] = 0; /* where each key starts: offs + 2n + 2 */
+    for (i = 0; keys != NULL && i < n; i++)
+        offs[2 * n + 3 + i] = offs[2 * n + 2 + i] + key_lens[i];
     /* Every record may need its worst case while it is being compressed;
      * the records are moved together afterwards. */
     offs[0] = offs[n + 1] = 0;
@@ -816,7 +853,8 @@ int64_t kvc_encode_many(kvc_ctx *ctx, size_t n, const char *flags,
         struct enc_group init = {
             .n = n, .flags = (const unsigned char *)flags, .src = (const unsigned char *)raws,
             .lens = lens, .src_off = offs + n + 1, .room_off = offs, .cdict = cdict,
-            .dict_id = dict_id, .min_size = ctx->min_size, .max_value_size = ctx->max_value_size,
+            .dict_id = dict_id, .keys = keys, .key_lens = key_lens, .key_off = offs + 2 * n + 2,
+            .min_size = ctx->min_size, .max_value_size = ctx->max_value_size,
             .out = (unsigned char *)out, .out_lens = out_lens,
         };
         g = init;
@@ -843,6 +881,7 @@ int64_t kvc_encode_many(kvc_ctx *ctx, size_t n, const char *flags,
  */
 
 struct header {
+    int version;
     int flags;
     uint32_t raw_len;
     uint32_t dict_id;
@@ -857,12 +896,12 @@ static int parse_header(const unsigned char *rec, size_t len, size_t max_value_s
         err->a = (int64_t)len;
         return KVC_E_SHORT;
     }
-    version = rec[0];
+    version = h->version = rec[0];
     h->flags = rec[1];
     h->raw_len = load32(rec + 2);
     h->dict_id = load32(rec + 6);
     h->checksum = load64(rec + 10);
-    if (KVC_UNLIKELY(version != KVC_VERSION)) {
+    if (KVC_UNLIKELY(version != KVC_VERSION && version != KVC_VERSION_KEYED)) {
         err->a = version;
         return version > KVC_VERSION ? KVC_E_NEWER : KVC_E_VERSION;
     }
@@ -892,17 +931,24 @@ static int parse_header(const unsigned char *rec, size_t len, size_t max_value_s
     return 0;
 }
 
-/* The checks that need the payload but no output: the checksum, then for a
- * zstd payload the frame's declared content size. */
+/* The checks that need the payload but no output: the checksum (of a v3
+ * record, seeded with the hash of key, which it needs), then for a zstd
+ * payload the frame's declared content size. */
 static int verify_payload(const unsigned char *rec, size_t len, const struct header *h,
-                          kvc_err *err)
+                          const char *key, size_t key_len, kvc_err *err)
 {
     const unsigned char *payload = rec + KVC_HEADER_SIZE;
     size_t payload_len = len - KVC_HEADER_SIZE;
     unsigned long long declared;
 
-    if (kvc_xxh64(payload, payload_len) != h->checksum)
+    if (h->version == KVC_VERSION_KEYED) {
+        if (KVC_UNLIKELY(key == NULL))
+            return KVC_E_NO_KEY;
+        if (kvc_xxh64_seeded(payload, payload_len, kvc_xxh64(key, key_len)) != h->checksum)
+            return KVC_E_KEY_CHECKSUM;
+    } else if (kvc_xxh64(payload, payload_len) != h->checksum) {
         return KVC_E_CHECKSUM;
+    }
     if (!(h->flags & KVC_FLAG_ZSTD))
         return 0;
     declared = Z.getFrameContentSize(payload, payload_len);
@@ -962,8 +1008,8 @@ static int inflate_payload(kvc_ctx *ctx, const unsigned char *rec, size_t len,
 
 static int64_t decode_single(kvc_ctx *ctx, const char *rec, size_t len,
                              size_t max_value_size, uint32_t dict_id,
-                             const kvc_ddict *ddict, char *out, size_t out_cap,
-                             kvc_err *err)
+                             const kvc_ddict *ddict, const char *key, size_t key_len,
+                             char *out, size_t out_cap, kvc_err *err)
 {
     const unsigned char *r = (const unsigned char *)rec;
     struct header h;
@@ -975,7 +1021,7 @@ static int64_t decode_single(kvc_ctx *ctx, const char *rec, size_t len,
         return KVC_E_NO_ZSTD;
     rc = parse_header(r, len, max_value_size, &h, err);
     if (rc == 0)
-        rc = verify_payload(r, len, &h, err);
+        rc = verify_payload(r, len, &h, key, key_len, err);
     if (rc)
         return rc;
     if (h.raw_len > out_cap) {
@@ -990,17 +1036,18 @@ static int64_t decode_single(kvc_ctx *ctx, const char *rec, size_t len,
     return ((int64_t)h.raw_len << 8) | h.flags;
 }
 
-int64_t kvc_decode(kvc_ctx *ctx, const char *rec, size_t len)
+int64_t kvc_decode(kvc_ctx *ctx, const char *rec, size_t len, const char *key, size_t key_len)
 {
-    return decode_single(ctx, rec, len, ctx->max_value_size, 0, NULL, ctx->out, ctx->out_cap,
-                         &ctx->err);
+    return decode_single(ctx, rec, len, ctx->max_value_size, 0, NULL, key, key_len, ctx->out,
+                         ctx->out_cap, &ctx->err);
 }
 
 int64_t kvc_decode_into(kvc_ctx *ctx, const char *rec, size_t len, uint32_t dict_id,
-                        const kvc_ddict *ddict, char *out, size_t out_cap)
+                        const kvc_ddict *ddict, const char *key, size_t key_len,
+                        char *out, size_t out_cap)
 {
-    return decode_single(ctx, rec, len, ctx->max_value_size, dict_id, ddict, out, out_cap,
-                         &ctx->err);
+    return decode_single(ctx, rec, len, ctx->max_value_size, dict_id, ddict, key, key_len, out,
+                         out_cap, &ctx->err);
 }
 
 struct dec_group {
@@ -1052,11 +1099,12 @@ static void *dec_run(void *arg)
 int64_t kvc_decode_many(kvc_ctx *ctx, size_t n, const char *recs,
                         const size_t *lens, size_t ndicts,
                         const uint32_t *dict_ids, const kvc_ddict *const *ddicts,
+                        const char *keys, const size_t *key_lens,
                         char *out, size_t out_cap, uint64_t *info)
 {
     size_t max_value_size = ctx->max_value_size;
     kvc_err *err = &ctx->err;
-    size_t *offs, need, at, good, bad = 0;
+    size_t *offs, need, at, good, bad = 0, key_at = 0;
     struct header h;
     struct dec_group g;
     kvc_err first = {0, 0, 0, NULL};
@@ -1077,9 +1125,13 @@ int64_t kvc_decode_many(kvc_ctx *ctx, size_t n, const char *recs,
         first_rc = parse_header((const unsigned char *)recs + at, lens[good], max_value_size,
                                 &h, &first);
         if (first_rc == 0)
-            first_rc = verify_payload((const unsigned char *)recs + at, lens[good], &h, &first);
+            first_rc = verify_payload((const unsigned char *)recs + at, lens[good], &h,
+                                      keys ? keys + key_at : NULL, keys ? key_lens[good] : 0,
+                                      &first);
         if (first_rc)
             break;
+        if (keys != NULL)
+            key_at += key_lens[good];
         info[good] = ((uint64_t)h.raw_len << 8) | (uint64_t)h.flags;
         offs[good + 1] = at + lens[good];
         offs[n + 2 + good] = offs[n + 1 + good] + h.raw_len;

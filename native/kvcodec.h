@@ -1,7 +1,7 @@
-/* kvcodec: the native backend of kvstore's value codec (value format v1).
+/* kvcodec: the native backend of kvstore's value codec (value formats v1, v3).
  *
  * The record layout is defined in kvstore/codec/format.py. This library
- * builds and checks record headers, computes XXH64 (seed 0) and drives zstd,
+ * builds and checks record headers, computes XXH64 and drives zstd,
  * which it reaches at run time through dlopen (see kvc_load_zstd and
  * docs/native.md): no zstd header or library is needed to build it.
  *
@@ -22,6 +22,7 @@
 /* CDEF-BEGIN */
 #define KVC_HEADER_SIZE 18
 #define KVC_VERSION 1
+#define KVC_VERSION_KEYED 3
 #define KVC_FLAG_MSGPACK 1
 #define KVC_FLAG_ZSTD 2
 #define KVC_FLAG_DICT 4
@@ -51,6 +52,8 @@
 #define KVC_E_COMPRESS -18      /* zstd failed to compress; zstd_error set */
 #define KVC_E_NOMEM -19         /* an allocation failed */
 #define KVC_E_NO_ZSTD -20       /* kvc_load_zstd has not succeeded */
+#define KVC_E_NO_KEY -21        /* a version 3 record decoded without its key */
+#define KVC_E_KEY_CHECKSUM -22  /* a version 3 record's checksum fails with the key given */
 
 typedef struct kvc_ctx kvc_ctx;
 typedef struct kvc_cdict kvc_cdict;
@@ -70,8 +73,9 @@ typedef struct {
 int kvc_load_zstd(const char *path, char *msg, size_t msg_cap);
 unsigned kvc_zstd_version(void);
 
-/* XXH64 with seed 0. */
+/* XXH64 with seed 0, and with a seed. */
 uint64_t kvc_xxh64(const void *data, size_t len);
+uint64_t kvc_xxh64_seeded(const void *data, size_t len, uint64_t seed);
 
 /* Per-thread state: zstd compression and decompression contexts, the
  * settings of a Codec, an output buffer and the last error's details.
@@ -98,7 +102,15 @@ void kvc_cdict_free(kvc_cdict *cdict);
 kvc_ddict *kvc_ddict_new(const void *dict, size_t len);
 void kvc_ddict_free(kvc_ddict *ddict);
 
-/* One record for serialized bytes `raw` (flags: 0 or KVC_FLAG_MSGPACK),
+/* Keys: every encode and decode takes the key the record is stored under
+ * (key, key_len; in group calls all keys end to end in `keys`, their
+ * lengths in key_lens). Encoding with a key writes a version 3 record,
+ * whose checksum is XXH64 of the payload seeded with XXH64 of the key;
+ * with key NULL (keys NULL), a version 1 record (seed 0). Decoding checks a
+ * version 3 record against the key given (KVC_E_KEY_CHECKSUM; KVC_E_NO_KEY
+ * when it is NULL) and a version 1 record as before, whatever the key.
+ *
+ * One record for serialized bytes `raw` (flags: 0 or KVC_FLAG_MSGPACK),
  * written to out. Compresses when raw_len >= min_size, keeping the frame
  * only if strictly smaller; with cdict, frames carry no dict id and the
  * record gets FLAG_DICT and dict_id. out needs 18 bytes plus
@@ -107,9 +119,10 @@ void kvc_ddict_free(kvc_ddict *ddict);
  * err->a otherwise. Returns the record's length, or a KVC_E_* code. */
 int64_t kvc_encode_into(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len,
                         const kvc_cdict *cdict, uint32_t dict_id,
-                        char *out, size_t out_cap);
+                        const char *key, size_t key_len, char *out, size_t out_cap);
 /* kvc_encode_into without a dictionary, into the context's buffer. */
-int64_t kvc_encode(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len);
+int64_t kvc_encode(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len,
+                   const char *key, size_t key_len);
 
 /* kvc_encode_into for n values laid end to end in `raws` (lengths in lens,
  * flags one byte each). Records go end to end into out (which needs the
@@ -118,6 +131,7 @@ int64_t kvc_encode(kvc_ctx *ctx, int flags, const char *raw, size_t raw_len);
 int64_t kvc_encode_many(kvc_ctx *ctx, size_t n, const char *flags,
                         const char *raws, const size_t *lens,
                         const kvc_cdict *cdict, uint32_t dict_id,
+                        const char *keys, const size_t *key_lens,
                         char *out, size_t out_cap, size_t *out_lens);
 
 /* Check a record and write its serialized bytes to out. ddict is the
@@ -125,9 +139,10 @@ int64_t kvc_encode_many(kvc_ctx *ctx, size_t n, const char *flags,
  * or a KVC_E_* code; KVC_E_SPACE when out_cap < raw_len (err->a), checked
  * after the header, the checksum and the frame's declared size. */
 int64_t kvc_decode_into(kvc_ctx *ctx, const char *rec, size_t len, uint32_t dict_id,
-                        const kvc_ddict *ddict, char *out, size_t out_cap);
+                        const kvc_ddict *ddict, const char *key, size_t key_len,
+                        char *out, size_t out_cap);
 /* kvc_decode_into without a dictionary, into the context's buffer. */
-int64_t kvc_decode(kvc_ctx *ctx, const char *rec, size_t len);
+int64_t kvc_decode(kvc_ctx *ctx, const char *rec, size_t len, const char *key, size_t key_len);
 
 /* kvc_decode_into for n records laid end to end in `recs` (lengths in
  * lens), with ndicts dictionaries by id. Serialized bytes go end to end
@@ -137,6 +152,7 @@ int64_t kvc_decode(kvc_ctx *ctx, const char *rec, size_t len);
 int64_t kvc_decode_many(kvc_ctx *ctx, size_t n, const char *recs,
                         const size_t *lens, size_t ndicts,
                         const uint32_t *dict_ids, const kvc_ddict *const *ddicts,
+                        const char *keys, const size_t *key_lens,
                         char *out, size_t out_cap, uint64_t *info);
 /* CDEF-END */
 

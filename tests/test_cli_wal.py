@@ -172,7 +172,7 @@ def test_stat_shows_the_log(tmp_path):
     assert lines["log"].split(None, 1)[1] == (
         "1.0 MiB file, generation 2, 0 B in use; 0 records (0 B) not yet applied to data.mdb; "
         "all of it synced")
-    assert lines["format"].split()[1] == "3"
+    assert lines["format"].split()[1] == "4"  # a log, and keyed records
 
 
 def test_stat_of_a_store_without_a_log(tmp_path):

@@ -485,10 +485,10 @@ def test_values_without_ttl_keep_their_exact_bytes(store_path, clock, wal):
     with open_store(store_path, clock=clock, wal=wal) as db:
         db.put_many(values, durable=True)
     stored = raw_records(store_path)
-    for key, value in values.items():
-        assert stored[key.encode()] == kvstore.codec.encode(value)
-    # without a log: still readable by kvstore without TTL; a log makes it format 3
-    assert meta(store_path)[b"format_version"] == (b"3" if wal else b"1")
+    for key, value in values.items():  # a log: version 3 records, the key in their checksum
+        assert stored[key.encode()] == kvstore.codec.encode(value, key=key.encode() if wal else None)
+    # without a log: still readable by kvstore without TTL; a log makes it format 4
+    assert meta(store_path)[b"format_version"] == (b"4" if wal else b"1")
 
 
 @pytest.mark.parametrize("wal", [False, True])
@@ -496,13 +496,13 @@ def test_ttl_record_layout(store_path, clock, wal):
     with open_store(store_path, clock=clock, wal=wal) as db:
         db.put("k", {"text": "x" * 1000}, ttl=2.5, durable=True)
     record = raw_records(store_path)[b"k"]
-    inner = kvstore.codec.encode({"text": "x" * 1000})
-    assert record[fmt.TTL_HEADER_SIZE:] == inner  # the v1 record, unchanged
+    inner = kvstore.codec.encode({"text": "x" * 1000}, key=b"k" if wal else None)
+    assert record[fmt.TTL_HEADER_SIZE:] == inner  # the record, unchanged
     version, flags, expires, ttl, check = fmt.TTL_HEADER.unpack_from(record)
     assert (version, flags, expires, ttl) == (2, 0, int(T0 * 1000) + 2500, 2500)
     import xxhash
     assert check == xxhash.xxh32_intdigest(record[:18])
-    assert meta(store_path)[b"format_version"] == (b"3" if wal else b"2")  # a log: format 3
+    assert meta(store_path)[b"format_version"] == (b"4" if wal else b"2")  # a log: format 4
     assert meta(store_path)[b"ttl:default"] == bytes(8)  # TTL values, no default
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import kvstore
 from kvstore.cli import main
-from kvstore.layout import TTL_STORE_FORMAT, WAL_STORE_FORMAT
+from kvstore.layout import KEYED_STORE_FORMAT, TTL_STORE_FORMAT
 
 T0 = 1_800_000_000.0
 
@@ -69,7 +69,7 @@ def test_inspect_shows_the_ttl_prefix_and_expiry(store, clock):
     assert "2027-01-15T08:00:10.000Z (1800000010.000), in 10.000 s; ttl 10 s" in text
     status, text = run(clock, ["inspect", store, "soon", "--json"])
     doc = json.loads(text)
-    assert doc["ttl_prefix_size"] == 22 and doc["header"]["version"] == 1
+    assert doc["ttl_prefix_size"] == 22 and doc["header"]["version"] == 3  # a log: keyed records
     assert doc["expiry"] == {"expires_at": T0 + 10, "expires_at_utc": "2027-01-15T08:00:10.000Z",
                              "expires_in": 10.0, "ttl": 10.0, "expired": False}
     assert doc["value"] == {"v": 1}
@@ -116,16 +116,16 @@ def test_check_and_stat_count_ttl_values(store, clock):
     assert (d["entries"], d["ttl_values"], d["expired_values"], d["default_ttl"]) == (3, 2, 1, None)
     assert (s["ttl_values"], s["default_ttl"]) == (1, 60.0)
     assert d["unreadable_headers"] == 0
-    with kvstore.open(store, clock=clock, readonly=True) as db:  # decoded: the v1 headers' raw_len, behind the prefix
+    with kvstore.open(store, clock=clock, readonly=True) as db:  # decoded: the headers' raw_len, behind the prefix
         dbi = db._engine.dbi("default", False)
         records = db._engine.read(lambda txn: [bytes(r) for _, r in txn.cursor(db=dbi)])
     at = [22 if r[0] == 2 else 0 for r in records]
     assert d["decoded_bytes"] == sum(int.from_bytes(r[a + 2:a + 6], "little") for r, a in zip(records, at))
     # TTL values need format 2; a store with the write-ahead log (which has
-    # TTL values too) is format 3
+    # TTL values too) is format 4 (3 and keyed records)
     has_log = os.path.exists(os.path.join(store, "data.wal"))
     assert has_log == kvstore.Options().wal
-    assert doc["environment"]["format_version"] == str(WAL_STORE_FORMAT if has_log else TTL_STORE_FORMAT)
+    assert doc["environment"]["format_version"] == str(KEYED_STORE_FORMAT if has_log else TTL_STORE_FORMAT)
     status, text = run(clock, ["stat", store])
     assert status == 0 and "ttl/expired" in text
     lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}

@@ -85,7 +85,7 @@ def test_a_reopen_applies_the_log_to_lmdb_and_a_close_leaves_the_log_empty(store
     after = _raw_lmdb(store_path)
     assert b"k00299" in after[b"default"] and b"batch9" in after[b"default"]
     gen, pos, _sum = wal.Applied.unpack(after[META_DB][APPLIED_KEY])
-    assert pos >= wal.HEADER_SIZE and int(after[META_DB][FORMAT_KEY]) == 3
+    assert pos >= wal.HEADER_SIZE and int(after[META_DB][FORMAT_KEY]) == 4  # a log, keyed records
     log = wal.Log(store_path, readonly=True, create=False, initial_size=1 << 20, max_size=1 << 26)
     try:
         st = log.state()
@@ -220,7 +220,7 @@ def test_a_store_without_a_log_is_upgraded_in_place(store_path):
     with kvstore.open(store_path, wal=True) as db:
         assert db.get("old") == 1
         db.put("new", 2)
-    assert int(_raw_lmdb(store_path)[META_DB][FORMAT_KEY]) == 3
+    assert int(_raw_lmdb(store_path)[META_DB][FORMAT_KEY]) == 4  # a log, keyed records
     with kvstore.open(store_path) as db:  # a store with a log always uses it
         db.put("newer", 3)
         assert (db.get("old"), db.get("new")) == (1, 2)

@@ -35,7 +35,8 @@ def group_of(db, pairs, durable=True, before=None, ns="default"):
     """A Group writing pairs into ns, encoded as the store encodes them."""
     env = db._engine
     dbi = env.dbi(ns, create=False)
-    ops = [(ns, dbi, key, None if value is None else db._codec.encode(value)) for key, value in pairs]
+    ops = [(ns, dbi, key, None if value is None else db._codec.encode(value, key=key if env.keyed else None))
+           for key, value in pairs]
     return Group(ops, durable, sum(len(r) for *_x, r in ops if r is not None), before=before)
 
 
@@ -341,7 +342,7 @@ def test_run_is_applied_after_a_buffered_put_submitted_before_it(tmp_path):
         db.put("earlier", {"v": 1})
         assert stored(db, b"earlier") is None  # still queued
         seen = env.writer.run(lambda txn: txn.get(b"earlier", db=dbi))
-        assert seen is not None and db._codec.decode(bytes(seen)) == {"v": 1}
+        assert seen is not None and db._codec.decode(bytes(seen), key=b"earlier") == {"v": 1}
 
 
 def test_run_raising_refused_fails_only_its_call_and_a_put_in_the_same_commit_commits(tmp_path):
@@ -416,7 +417,7 @@ def test_group_before_runs_in_the_transaction_of_its_ops_just_ahead_of_them(tmp_
         seen = []
 
         def before(txn):
-            seen.append(db._codec.decode(bytes(txn.get(b"k", db=dbi))))
+            seen.append(db._codec.decode(bytes(txn.get(b"k", db=dbi)), key=b"k"))
             prev = SEQ.unpack(txn.get(SEQ_KEY, db=env.meta_db))[0]
             txn.put(b"test:marker", SEQ.pack(prev), db=env.meta_db)
 
@@ -427,7 +428,7 @@ def test_group_before_runs_in_the_transaction_of_its_ops_just_ahead_of_them(tmp_
         # the last commit, the one holding the new value.
         assert env.commit_seq() == marker + 1
         both = env.read(lambda txn: (txn.get(b"test:marker", db=env.meta_db), txn.get(b"k", db=dbi)))
-        assert both[0] is not None and db._codec.decode(bytes(both[1])) == "new"
+        assert both[0] is not None and db._codec.decode(bytes(both[1]), key=b"k") == "new"
 
 
 def test_group_before_replayed_after_a_map_grow_commits_once_with_its_values(tmp_path):

@@ -1,12 +1,17 @@
 """The value codec: turns values into stored records and back.
 
-The record layout (value format v1) is defined, as a byte grammar, in
-`kvstore.codec.format`; `docs/format.md` explains it. This module picks the
-backend and exposes its functions:
+The record layout (value formats v1 and v3) is defined, as a byte grammar,
+in `kvstore.codec.format`; `docs/format.md` explains it. This module picks
+the backend and exposes its functions:
 
-    encode(value, *, dictionary=None) -> bytes     one record, header included
-    decode(data, *, dictionaries=None) -> value    CorruptionError if damaged
-    encode_many(values) / decode_many(records)     batch forms
+    encode(value, *, dictionary=None, key=None) -> bytes
+                                     one record, header included: version 3
+                                     (checksum bound to key) with a key, else 1
+    decode(data, *, dictionaries=None, key=None) -> value
+                                     CorruptionError if damaged, or if a
+                                     version 3 record is not key's (or no key)
+    encode_many(values, *, keys=None) / decode_many(records, *, keys=None)
+                                     batch forms: keys, one per record
     hash64(data) -> int                            XXH64, seed 0
     backend                                        name of the active backend
     backends() -> list[str]                        backends that work here
@@ -36,7 +41,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from . import pycodec
 from ..errors import CodecSelectionError
 from .dictionary import Dictionary
-from .format import HEADER_SIZE, MAX_VALUE_SIZE, VERSION, Buffer, parse_header, stored_checksum
+from .format import (HEADER_SIZE, KEYED_VERSION, MAX_VALUE_SIZE, VERSION, Buffer, key_seed, parse_header,
+                     stored_checksum)
 
 __all__ = [
     "Codec",
@@ -57,6 +63,8 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_VALUE_SIZE",
     "VERSION",
+    "KEYED_VERSION",
+    "key_seed",
 ]
 
 ENV_VAR = "KVSTORE_CODEC"
@@ -76,22 +84,34 @@ class CodecLike(Protocol):
 
     def serialize(self, value: Any) -> tuple[int, bytes]: ...
 
-    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None) -> bytes: ...
+    # key / keys: the key each record is stored under. Given, encoding
+    # writes version 3 records (checksum seeded with the key's hash) and
+    # decoding checks version 3 records against it; None: version 1 records,
+    # and version 3 ones are refused (format.py).
 
-    def encode(self, value: Any, *, dictionary: Dictionary | None = None) -> bytes: ...
+    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None, *,
+              key: bytes | None = None) -> bytes: ...
 
-    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None) -> list[bytes]: ...
+    def encode(self, value: Any, *, dictionary: Dictionary | None = None,
+               key: bytes | None = None) -> bytes: ...
+
+    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None,
+                    keys: Iterable[bytes] | None = None) -> list[bytes]: ...
 
     def frame_many(self, items: Iterable[tuple[int, bytes]], *,
-                   dictionary: Dictionary | None = None) -> list[bytes]: ...
+                   dictionary: Dictionary | None = None,
+                   keys: Iterable[bytes] | None = None) -> list[bytes]: ...
 
-    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None) -> Any: ...
+    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None,
+               key: bytes | None = None) -> Any: ...
 
     def decode_many(self, records: Iterable[Any], *,
-                    dictionaries: Mapping[int, Dictionary] | None = None) -> list[Any]: ...
+                    dictionaries: Mapping[int, Dictionary] | None = None,
+                    keys: Iterable[bytes] | None = None) -> list[Any]: ...
 
     def unframe_many(self, records: Iterable[Any], *,
-                     dictionaries: Mapping[int, Dictionary] | None = None) -> list[tuple[int, bytes]]: ...
+                     dictionaries: Mapping[int, Dictionary] | None = None,
+                     keys: Iterable[bytes] | None = None) -> list[tuple[int, bytes]]: ...
 
 
 _native_module: ModuleType | None = None

@@ -1,12 +1,15 @@
-"""Value format v1, and the TTL record around it: the bytes kvstore stores
-for each value. Frozen.
+"""Value formats v1 and v3, and the TTL record around them: the bytes
+kvstore stores for each value. Frozen.
 
 Every value in every namespace is one record, plain or with an expiry::
 
     stored     := record | ttl_record
     record     := header payload
     header   := version flags raw_len dict_id checksum          (18 bytes)
-    version  := u8      = 1; a larger number was written by a newer kvstore
+    version  := u8      = 1 (VERSION) or 3 (KEYED_VERSION), which says what
+                        checksum covers; 0 is corruption; 2 is the TTL prefix's first
+                        byte (below), refused as newer, as version 1 readers
+                        do; a larger number was written by a newer kvstore
     flags    := u8      bit 0 FLAG_MSGPACK   payload decodes with msgpack
                                              (clear: the value is raw bytes)
                         bit 1 FLAG_ZSTD      payload is one zstd frame
@@ -16,15 +19,25 @@ Every value in every namespace is one record, plain or with an expiry::
                         len(payload) when FLAG_ZSTD is clear); at most the
                         reader's max_value_size, checked before allocating
     dict_id  := u32le   id of the zstd dictionary; 0 unless FLAG_DICT is set
-    checksum := u64le   XXH64, seed 0, of the stored payload bytes
+    checksum := u64le   version 1: XXH64, seed 0, of the stored payload bytes;
+                        version 3: XXH64 of the stored payload bytes, seeded
+                        with XXH64 (seed 0) of the key the record is stored
+                        under (key_seed): a record moved to another key, or
+                        whose key's bytes changed, fails its checksum
     payload  := bytes   the rest of the record
+
+Version 3 differs from version 1 in the checksum's seed only. Writers of a
+store whose format is 4 or more (layout.py) write version 3; version 1 is
+read forever (stores written before, and stores kept at format 1 to 3). A
+version 3 record cannot be checked without its key: the codec's encode and
+decode take it (`key=`), and refuse to decode a version 3 record without one.
 
 A zstd payload is a single frame whose header declares its content size, equal
 to raw_len. FLAG_DICT implies FLAG_ZSTD. Values are msgpack'd with the bin type
 (bytes stay bytes, str stays str); a top-level `bytes` value is stored raw so
 that LMDB's own tools see it verbatim.
 
-A value written with a time to live is a v1 record behind a 22-byte prefix::
+A value written with a time to live is a record behind a 22-byte prefix::
 
     ttl_record := ttl_header record
     ttl_header := version flags expires ttl check               (22 bytes)
@@ -38,7 +51,7 @@ A value written with a time to live is a v1 record behind a 22-byte prefix::
     check      := u32le   XXH32, seed 0, of the 18 bytes before it
 
 The inner record is exactly what the value would be without a TTL (version
-1); the codec backends never see the prefix: `wrap_ttl` and `parse_ttl` here
+1 or 3); the codec backends never see the prefix: `wrap_ttl` and `parse_ttl` here
 add and check it, in Python, for both. `check` exists because nothing else
 covers the times: a flipped bit must not make a live value look expired to
 the background sweep, which would delete it.
@@ -52,14 +65,18 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Any, TypeAlias, Union
+from typing import Any, Iterable, TypeAlias, Union
 
 import xxhash
 
-from ..errors import CorruptionError, EncodeError, FormatError, KVStoreError
+from ..errors import CorruptionError, EncodeError, FormatError, InvalidArgumentError, KVStoreError
 
 __all__ = [
     "VERSION",
+    "KEYED_VERSION",
+    "VERSIONS",
+    "key_seed",
+    "group_keys",
     "FLAG_MSGPACK",
     "FLAG_ZSTD",
     "FLAG_DICT",
@@ -85,7 +102,9 @@ __all__ = [
     "refusal",
 ]
 
-VERSION = 1
+VERSION = 1  # frozen: checksum seed 0
+KEYED_VERSION = 3  # frozen: checksum seeded with key_seed(key)
+VERSIONS = (VERSION, KEYED_VERSION)  # what this kvstore reads
 
 FLAG_MSGPACK = 0x01  # frozen
 FLAG_ZSTD = 0x02  # frozen
@@ -108,6 +127,7 @@ _TTL_CHECKED = struct.Struct("<BBQQ")  # the 18 bytes check covers
 _CHECK = struct.Struct("<I")
 _EXPIRES = struct.Struct("<Q")  # at offset 2
 _xxh32 = xxhash.xxh32_intdigest
+_xxh64 = xxhash.xxh64_intdigest
 
 # What records are read from: bytes, or buffers of an LMDB transaction.
 Buffer: TypeAlias = Union[bytes, bytearray, memoryview]
@@ -135,6 +155,8 @@ class Reason(enum.Enum):
     TOO_LARGE = enum.auto()       # KVC_E_TOO_LARGE
     RAW_LEN = enum.auto()         # KVC_E_RAW_LEN
     CHECKSUM = enum.auto()        # KVC_E_CHECKSUM
+    KEY_CHECKSUM = enum.auto()    # KVC_E_KEY_CHECKSUM
+    NO_KEY = enum.auto()          # KVC_E_NO_KEY
     NOT_FRAME = enum.auto()       # KVC_E_NOT_FRAME
     FRAME_SIZE = enum.auto()      # KVC_E_FRAME_SIZE
     NO_DICT = enum.auto()         # KVC_E_NO_DICT
@@ -154,14 +176,14 @@ class Reason(enum.Enum):
 
 # reason: (error class, message, the numbers it takes, in order). {detail} is
 # text from elsewhere (zstd's or msgpack's error); {HEADER_SIZE},
-# {TTL_HEADER_SIZE} and {VERSION} are this module's constants.
+# {TTL_HEADER_SIZE}, {VERSION} and {KEYED_VERSION} are this module's constants.
 _REFUSALS: dict[Reason, tuple[type[KVStoreError], str, tuple[str, ...]]] = {
     Reason.SHORT: (CorruptionError,
                    "record is {length} bytes, shorter than the {HEADER_SIZE}-byte header",
                    ("length",)),
     Reason.NEWER: (FormatError,
                    "value written by a newer kvstore (format version {version}, this one reads "
-                   "{VERSION}); upgrade kvstore to read it",
+                   "{VERSION} and {KEYED_VERSION}); upgrade kvstore to read it",
                    ("version",)),
     Reason.VERSION: (CorruptionError, "bad format version {version} in record header",
                      ("version",)),
@@ -181,6 +203,12 @@ _REFUSALS: dict[Reason, tuple[type[KVStoreError], str, tuple[str, ...]]] = {
                      "record declares {raw_len} bytes but holds {held} uncompressed",
                      ("raw_len", "held")),
     Reason.CHECKSUM: (CorruptionError, "checksum mismatch: the stored bytes were damaged", ()),
+    Reason.KEY_CHECKSUM: (CorruptionError,
+                          "checksum mismatch with the key: the stored bytes or the key were "
+                          "damaged, or the record was written for another key", ()),
+    Reason.NO_KEY: (CorruptionError,
+                    "a version {KEYED_VERSION} record is checked against its key, and none was "
+                    "given; decode it with key= (the key it is stored under)", ()),
     Reason.NOT_FRAME: (CorruptionError, "payload is not a zstd frame ({detail})", ()),
     Reason.FRAME_SIZE: (CorruptionError,
                         "zstd frame declares {declared} bytes, the record header {raw_len}",
@@ -210,7 +238,8 @@ _REFUSALS: dict[Reason, tuple[type[KVStoreError], str, tuple[str, ...]]] = {
                        ("flags",)),
     Reason.TTL_ZERO: (CorruptionError, "the TTL prefix holds a time to live of 0", ()),
     Reason.TTL_INNER: (CorruptionError,
-                       "the record inside the TTL prefix has version {version}, not {VERSION}",
+                       "the record inside the TTL prefix has version {version}, not {VERSION} "
+                       "or {KEYED_VERSION}",
                        ("version",)),
     Reason.ENCODE_SIZE: (EncodeError,
                          "value is {length} bytes serialized, over max_value_size ({limit}); "
@@ -222,7 +251,8 @@ _REFUSALS: dict[Reason, tuple[type[KVStoreError], str, tuple[str, ...]]] = {
                          ("type",)),
 }
 
-_CONSTANTS = {"HEADER_SIZE": HEADER_SIZE, "TTL_HEADER_SIZE": TTL_HEADER_SIZE, "VERSION": VERSION}
+_CONSTANTS = {"HEADER_SIZE": HEADER_SIZE, "TTL_HEADER_SIZE": TTL_HEADER_SIZE, "VERSION": VERSION,
+              "KEYED_VERSION": KEYED_VERSION}
 
 
 def refusal(reason: Reason, *values: Any, detail: str = "") -> KVStoreError:
@@ -242,7 +272,7 @@ def parse_header(data: Buffer, max_value_size: int = MAX_VALUE_SIZE) -> tuple[in
     if len(data) < HEADER_SIZE:
         raise refusal(Reason.SHORT, len(data))
     version, flags, raw_len, dict_id, checksum = HEADER.unpack_from(data)
-    if version != VERSION:
+    if version != VERSION and version != KEYED_VERSION:
         raise refusal(Reason.NEWER if version > VERSION else Reason.VERSION, version)
     if flags & ~KNOWN_FLAGS:
         raise refusal(Reason.FLAGS, flags)
@@ -260,6 +290,20 @@ def parse_header(data: Buffer, max_value_size: int = MAX_VALUE_SIZE) -> tuple[in
     return flags, raw_len, dict_id, checksum
 
 
+def key_seed(key: bytes) -> int:
+    """The seed of a version 3 record's checksum: XXH64 (seed 0) of its key."""
+    return _xxh64(key)
+
+
+def group_keys(keys: Iterable[bytes], n: int) -> list[bytes]:
+    """The keys of a group call's n records as a list (the codecs' keys=)."""
+    keys = keys if type(keys) is list else list(keys)
+    if len(keys) != n:
+        raise InvalidArgumentError(f"a group call was given {len(keys)} keys for {n} records; "
+                                   f"pass one key per record")
+    return keys
+
+
 def stored_checksum(data: Buffer) -> int:
     """The checksum field of a record, without checking anything else."""
     if len(data) < HEADER_SIZE:
@@ -269,7 +313,7 @@ def stored_checksum(data: Buffer) -> int:
 
 
 def wrap_ttl(record: bytes, expires_ms: int, ttl_ms: int) -> bytes:
-    """The ttl_record of a v1 record that expires at expires_ms (Unix epoch,
+    """The ttl_record of a record that expires at expires_ms (Unix epoch,
     milliseconds) and was given ttl_ms to live."""
     head = _TTL_CHECKED.pack(TTL_VERSION, 0, expires_ms, ttl_ms)
     return head + _CHECK.pack(_xxh32(head)) + record
@@ -287,7 +331,7 @@ def parse_ttl(data: Buffer) -> tuple[int, int]:
         raise refusal(Reason.TTL_FLAGS, flags)
     if ttl == 0:
         raise refusal(Reason.TTL_ZERO)
-    if data[TTL_HEADER_SIZE] != VERSION:
+    if data[TTL_HEADER_SIZE] not in VERSIONS:
         raise refusal(Reason.TTL_INNER, data[TTL_HEADER_SIZE])
     return expires, ttl
 
@@ -304,7 +348,7 @@ def ttl_expired(data: Buffer, now_ms: int) -> bool:
 
 
 def inner_record(data: Buffer) -> Buffer:
-    """The v1 record of a stored value: data itself, or what follows the TTL
+    """The record of a stored value: data itself, or what follows the TTL
     prefix (a slice: a memoryview stays a memoryview). Checks nothing."""
     if len(data) and data[0] == TTL_VERSION:
         return data[TTL_HEADER_SIZE:]
@@ -325,7 +369,7 @@ def is_ttl(stored: Buffer) -> bool:
 
 
 def header_at(stored: Buffer) -> int:
-    """The offset of the v1 record's header in stored bytes."""
+    """The offset of the record's header in stored bytes."""
     return TTL_HEADER_SIZE if len(stored) and stored[0] == TTL_VERSION else 0
 
 

@@ -1,4 +1,4 @@
-"""The native codec backend: value format v1 (see format.py) done in C.
+"""The native codec backend: value formats v1 and v3 (see format.py) done in C.
 
 `kvstore._native` (native/kvcodec.c, built by cffi when kvstore is installed)
 builds and checks record headers, computes XXH64 and drives zstd; Python
@@ -26,7 +26,7 @@ import msgpack
 from ..errors import CorruptionError, EncodeError
 from .serial import unpack
 from .dictionary import Dictionary
-from .format import HEADER_SIZE, MAX_VALUE_SIZE, Buffer
+from .format import HEADER_SIZE, MAX_VALUE_SIZE, Buffer, group_keys
 
 try:
     from .._native import ffi, lib
@@ -100,6 +100,25 @@ def hash64(data: Buffer) -> int:
 
 
 # ------------------------------------------------------------- helpers
+
+
+def _key_arrays(keys: Iterable[bytes] | None, n: int) -> tuple[Any, Any]:
+    """(keys end to end, their lengths) for a group call of n records, as
+    C takes them; (NULL, NULL) without keys (version 1 records)."""
+    if keys is None:
+        return _NULL, _NULL
+    keys = [k if type(k) is bytes else bytes(k) for k in group_keys(keys, n)]
+    return b"".join(keys), _alloc("size_t[]", list(map(len, keys)))
+
+
+def _key_arg(key: Buffer | None) -> tuple[Any, int]:
+    """(pointer or bytes, length) of a key as C takes it; (NULL, 0): none."""
+    if key is None:
+        return _NULL, 0
+    if type(key) is not bytes:
+        key = bytes(key)
+    return key, len(key)
+
 
 
 def _encode_room(size: int, count: int = 1) -> int:
@@ -303,8 +322,10 @@ class Codec:
             t.packer = _new_packer()
             raise _encode_type_error(value, exc) from None
 
-    def encode(self, value: Any, *, dictionary: Dictionary | None = None) -> bytes:
-        """One stored record (header included) for `value`."""
+    def encode(self, value: Any, *, dictionary: Dictionary | None = None,
+               key: bytes | None = None) -> bytes:
+        """One stored record (header included) for `value`: version 3, its
+        checksum bound to `key`, when a key is given, else version 1."""
         t: _Thread
         raw: bytes
         try:
@@ -325,14 +346,21 @@ class Codec:
                 t.packer = _new_packer()
                 raise _encode_type_error(value, exc) from None
         if dictionary is None:
-            r = _encode(t.ctx, flags, raw, len(raw))
+            if key is None:
+                r = _encode(t.ctx, flags, raw, len(raw), _NULL, 0)
+            else:
+                if type(key) is not bytes:
+                    key = bytes(key)  # a bytearray or memoryview, as the Python backend takes
+                r = _encode(t.ctx, flags, raw, len(raw), key, len(key))
             if r >= 0:
                 record: bytes = t.buf[:r]
                 return record
-        return self._frame(t, flags, raw, dictionary)
+        return self._frame(t, flags, raw, dictionary, key)
 
-    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None) -> bytes:
-        """Compress (when worth it), checksum and frame serialized bytes."""
+    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None, *,
+              key: bytes | None = None) -> bytes:
+        """Compress (when worth it), checksum and frame serialized bytes
+        (version 3 with `key`, else version 1)."""
         t: _Thread
         if type(raw) is not bytes:
             raw = bytes(raw)
@@ -340,26 +368,30 @@ class Codec:
             t = self._local.t
         except AttributeError:
             t = self._thread()
-        return self._frame(t, flags, raw, dictionary)
+        return self._frame(t, flags, raw, dictionary, key)
 
-    def _frame(self, t: _Thread, flags: int, raw: bytes, dictionary: Dictionary | None) -> bytes:
+    def _frame(self, t: _Thread, flags: int, raw: bytes, dictionary: Dictionary | None,
+               key: bytes | None) -> bytes:
         if dictionary is None:
             cdict, dict_id = _NULL, 0
         else:
             cdict, dict_id = self._cdict(dictionary), dictionary.id
         n = len(raw)
+        c_key, key_len = _key_arg(key)
         out, cap, buf = t.room(_encode_room(n) if n <= self._max_value_size else 0)
-        r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, out, cap)
+        r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, c_key, key_len, out, cap)
         if r == _E_SPACE:  # a zstd whose compressBound exceeds our estimate
             out, cap, buf = t.room(t.err.a)
-            r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, out, cap)
+            r = _encode_into(t.ctx, flags, raw, n, cdict, dict_id, c_key, key_len, out, cap)
         if r < 0:
             raise _encode_error(r, t.err, self._max_value_size)
         record: bytes = buf[:r]
         return record
 
-    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None) -> list[bytes]:
-        """Records for many values; the C work is one call for all of them."""
+    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None,
+                    keys: Iterable[bytes] | None = None) -> list[bytes]:
+        """Records for many values; the C work is one call for all of them.
+        keys: the key of each (version 3 records), None: version 1."""
         t = self._thread()
         raws: list[bytes] = []
         flags = bytearray()
@@ -381,19 +413,21 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             t.packer = _new_packer()
             raise _encode_type_error(value, exc) from None
-        return self._frame_group(t, bytes(flags), raws, dictionary)
+        return self._frame_group(t, bytes(flags), raws, dictionary, keys)
 
     def frame_many(self, items: Iterable[tuple[int, bytes]], *,
-                   dictionary: Dictionary | None = None) -> list[bytes]:
+                   dictionary: Dictionary | None = None,
+                   keys: Iterable[bytes] | None = None) -> list[bytes]:
         """frame() of many (flags, serialized bytes) pairs, as serialize()
         gives them: compressed, checksummed and framed in one C call."""
         pairs = items if type(items) is list else list(items)
         raws = [raw if type(raw) is bytes else bytes(raw) for _, raw in pairs]
-        return self._frame_group(self._thread(), bytes(f for f, _ in pairs), raws, dictionary)
+        return self._frame_group(self._thread(), bytes(f for f, _ in pairs), raws, dictionary, keys)
 
     def _frame_group(self, t: _Thread, flags: bytes, raws: list[bytes],
-                     dictionary: Dictionary | None) -> list[bytes]:
+                     dictionary: Dictionary | None, keys: Iterable[bytes] | None) -> list[bytes]:
         n = len(raws)
+        c_keys, c_key_lens = _key_arrays(keys, n)
         if n == 0:
             return []
         if dictionary is None:
@@ -405,10 +439,12 @@ class Codec:
         c_lens = _alloc("size_t[]", lens)
         out_lens = _alloc("size_t[]", n)
         out, cap, buf = t.room(_encode_room(len(blob), n))
-        r = _encode_many(t.ctx, n, flags, blob, c_lens, cdict, dict_id, out, cap, out_lens)
+        r = _encode_many(t.ctx, n, flags, blob, c_lens, cdict, dict_id, c_keys, c_key_lens,
+                         out, cap, out_lens)
         if r == _E_SPACE:
             out, cap, buf = t.room(t.err.a)
-            r = _encode_many(t.ctx, n, flags, blob, c_lens, cdict, dict_id, out, cap, out_lens)
+            r = _encode_many(t.ctx, n, flags, blob, c_lens, cdict, dict_id, c_keys, c_key_lens,
+                             out, cap, out_lens)
         if r < 0:
             raise _encode_error(r, t.err, self._max_value_size)
         records = buf[:r]
@@ -417,24 +453,31 @@ class Codec:
 
     # ---------------------------------------------------------------- decode
 
-    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None) -> Any:
-        """The value of a record. CorruptionError/FormatError if it is damaged."""
+    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None,
+               key: bytes | None = None) -> Any:
+        """The value of a record stored under `key`. CorruptionError/FormatError
+        if it is damaged (or is a version 3 record of another key, or of none)."""
         t: _Thread
         try:
             t = self._local.t
         except AttributeError:
             t = self._thread()
         if dictionaries:
-            return self._decode(t, data, dictionaries)
+            return self._decode(t, data, dictionaries, key)
         if type(data) is not bytes:
             # Stores read with buffers=True: memoryviews. Copying a small
             # one costs less than ffi.from_buffer.
             if type(data) is not memoryview or data.nbytes > _COPY_MAX:
-                return self._decode(t, data, None)
+                return self._decode(t, data, None, key)
             data = data.tobytes()
-        r = _decode(t.ctx, data, len(data))
+        if key is None:
+            r = _decode(t.ctx, data, len(data), _NULL, 0)
+        else:
+            if type(key) is not bytes:
+                key = bytes(key)
+            r = _decode(t.ctx, data, len(data), key, len(key))
         if r < 0:  # an error, or a value larger than the buffer
-            return self._decode(t, data, dictionaries)
+            return self._decode(t, data, dictionaries, key)
         raw = t.buf[:r >> 8]
         if not r & 1:
             return raw
@@ -445,18 +488,20 @@ class Codec:
         except Exception as exc:  # msgpack raises several unrelated types on bad input
             raise _msgpack_refusal(exc) from None
 
-    def _decode(self, t: _Thread, data: Buffer, dictionaries: Mapping[int, Dictionary] | None) -> Any:
+    def _decode(self, t: _Thread, data: Buffer, dictionaries: Mapping[int, Dictionary] | None,
+                key: bytes | None) -> Any:
         """decode() for any bytes-like record, dictionaries, large values, errors."""
         if dictionaries:
             dict_id, ddict = self._dict_for(data, dictionaries)
         else:
             dict_id, ddict = 0, _NULL
         rec = data if type(data) is bytes else ffi.from_buffer(data)
+        c_key, key_len = _key_arg(key)
         out, cap, buf = t.out, t.cap, t.buf
-        r = _decode_into(t.ctx, rec, len(rec), dict_id, ddict, out, cap)
+        r = _decode_into(t.ctx, rec, len(rec), dict_id, ddict, c_key, key_len, out, cap)
         if r == _E_SPACE:
             out, cap, buf = t.room(t.err.a)
-            r = _decode_into(t.ctx, rec, len(rec), dict_id, ddict, out, cap)
+            r = _decode_into(t.ctx, rec, len(rec), dict_id, ddict, c_key, key_len, out, cap)
         if r < 0:
             raise _decode_error(r, t.err, self._max_value_size)
         raw = buf[:r >> 8]
@@ -491,15 +536,21 @@ class Codec:
         return len(ids), ffi.new("uint32_t[]", ids), (table, ddicts)
 
     def decode_many(self, records: Iterable[Any], *,
-                    dictionaries: Mapping[int, Dictionary] | None = None) -> list[Any]:
+                    dictionaries: Mapping[int, Dictionary] | None = None,
+                    keys: Iterable[bytes] | None = None) -> list[Any]:
         """Values of many records; None stays None (a missing key). The C work
-        (checks, checksums, decompression) is one call for all of them."""
+        (checks, checksums, decompression) is one call for all of them.
+        keys: the key each record is stored under (None: none given)."""
         recs = records if type(records) is list else list(records)
         present = [r for r in recs if r is not None]
         if not present:
             return [None] * len(recs)
+        if keys is not None:
+            keys = group_keys(keys, len(recs))
+            if len(present) != len(recs):
+                keys = [k for k, rec in zip(keys, recs) if rec is not None]
         t = self._thread()
-        r, infos, buf = self._unframe_group(t, present, dictionaries)
+        r, infos, buf = self._unframe_group(t, present, dictionaries, keys)
         if r < 0:
             # Records before the bad one decoded: unpack them first, so a
             # msgpack error earlier in the batch wins, as it would one by one.
@@ -514,15 +565,17 @@ class Codec:
         return [None if rec is None else next(it) for rec in recs]
 
     def unframe_many(self, records: Iterable[Any], *,
-                     dictionaries: Mapping[int, Dictionary] | None = None) -> list[tuple[int, bytes]]:
+                     dictionaries: Mapping[int, Dictionary] | None = None,
+                     keys: Iterable[bytes] | None = None) -> list[tuple[int, bytes]]:
         """(flags, serialized bytes) of many records: the checks, checksums
         and decompression of decode_many, in one C call, without msgpack.
-        CorruptionError/FormatError for the first damaged record."""
+        CorruptionError/FormatError for the first damaged record. keys: the
+        key each record is stored under (None: none given)."""
         present = records if type(records) is list else list(records)
         if not present:
             return []
         t = self._thread()
-        r, infos, buf = self._unframe_group(t, present, dictionaries)
+        r, infos, buf = self._unframe_group(t, present, dictionaries, keys)
         if r < 0:
             raise _decode_error(r, t.err, self._max_value_size)
         raws = buf[:r]
@@ -536,10 +589,12 @@ class Codec:
         return out
 
     def _unframe_group(self, t: _Thread, present: list[Any],
-                       dictionaries: Mapping[int, Dictionary] | None) -> tuple[int, list[int], Any]:
+                       dictionaries: Mapping[int, Dictionary] | None,
+                       keys: Iterable[bytes] | None) -> tuple[int, list[int], Any]:
         """One kvc_decode_many over records (no None among them): (its
         result, the infos of the records it decoded, the buffer they are in)."""
         n = len(present)
+        c_keys, c_key_lens = _key_arrays(keys, n)
         blob = b"".join(present)
         c_lens = _alloc("size_t[]", list(map(len, present)))
         if dictionaries:
@@ -549,10 +604,12 @@ class Codec:
             ndicts, c_ids, c_ddicts = 0, _NULL, _NULL
         info = _alloc("uint64_t[]", n)
         out, cap, buf = t.out, t.cap, t.buf
-        r = _decode_many(t.ctx, n, blob, c_lens, ndicts, c_ids, c_ddicts, out, cap, info)
+        r = _decode_many(t.ctx, n, blob, c_lens, ndicts, c_ids, c_ddicts, c_keys, c_key_lens,
+                         out, cap, info)
         if r == _E_SPACE:
             out, cap, buf = t.room(t.err.a)
-            r = _decode_many(t.ctx, n, blob, c_lens, ndicts, c_ids, c_ddicts, out, cap, info)
+            r = _decode_many(t.ctx, n, blob, c_lens, ndicts, c_ids, c_ddicts, c_keys, c_key_lens,
+                             out, cap, info)
         return r, ffi.unpack(info, t.err.index if r < 0 else n), buf
 
     @staticmethod

@@ -47,6 +47,8 @@ _REASONS: dict[int, Reason] = {
     lib.KVC_E_TOO_LARGE: Reason.TOO_LARGE,
     lib.KVC_E_RAW_LEN: Reason.RAW_LEN,
     lib.KVC_E_CHECKSUM: Reason.CHECKSUM,
+    lib.KVC_E_KEY_CHECKSUM: Reason.KEY_CHECKSUM,
+    lib.KVC_E_NO_KEY: Reason.NO_KEY,
     lib.KVC_E_NOT_FRAME: Reason.NOT_FRAME,
     lib.KVC_E_FRAME_SIZE: Reason.FRAME_SIZE,
     lib.KVC_E_NO_DICT: Reason.NO_DICT,

@@ -1,4 +1,4 @@
-"""The Python codec backend: value format v1 (see format.py) with msgpack,
+"""The Python codec backend: value formats v1 and v3 (see format.py) with msgpack,
 zstandard and xxhash. The native backend reads and writes the same bytes.
 
 zstd contexts and msgpack packers are not thread-safe, so each thread gets
@@ -23,10 +23,12 @@ from .format import (
     FLAG_ZSTD,
     HEADER,
     HEADER_SIZE,
+    KEYED_VERSION,
     MAX_VALUE_SIZE,
     VERSION,
     Buffer,
     Reason,
+    group_keys,
     parse_header,
     refusal,
 )
@@ -39,6 +41,11 @@ hash64 = xxhash.xxh64_intdigest
 
 _BYTES_LIKE = (bytearray, memoryview)
 _EMPTY: Mapping[int, Dictionary] = {}
+
+
+def _keys(keys: Iterable[bytes] | None, n: int) -> list[bytes] | list[None]:
+    """The key of each of n items of a group call (None each: no keys)."""
+    return [None] * n if keys is None else group_keys(keys, n)
 
 
 class Codec:
@@ -126,13 +133,17 @@ class Codec:
             del self._local.packer
             raise refusal(Reason.ENCODE_TYPE, type(value).__name__, detail=str(exc)) from None
 
-    def encode(self, value: Any, *, dictionary: Dictionary | None = None) -> bytes:
-        """One stored record (header included) for `value`."""
+    def encode(self, value: Any, *, dictionary: Dictionary | None = None,
+               key: bytes | None = None) -> bytes:
+        """One stored record (header included) for `value`: version 3, its
+        checksum bound to `key`, when a key is given, else version 1."""
         flags, raw = self.serialize(value)
-        return self.frame(flags, raw, dictionary)
+        return self.frame(flags, raw, dictionary, key=key)
 
-    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None) -> bytes:
-        """Compress (when worth it), checksum and frame serialized bytes."""
+    def frame(self, flags: int, raw: bytes, dictionary: Dictionary | None = None, *,
+              key: bytes | None = None) -> bytes:
+        """Compress (when worth it), checksum and frame serialized bytes
+        (version 3 with `key`, else version 1)."""
         raw_len = len(raw)
         if raw_len > self.max_value_size:
             raise refusal(Reason.ENCODE_SIZE, raw_len, self.max_value_size)
@@ -146,44 +157,64 @@ class Codec:
                 if dictionary is not None:
                     flags |= FLAG_DICT
                     dict_id = dictionary.id
-        return HEADER.pack(VERSION, flags, raw_len, dict_id, hash64(payload)) + payload
+        if key is None:
+            return HEADER.pack(VERSION, flags, raw_len, dict_id, hash64(payload)) + payload
+        return HEADER.pack(KEYED_VERSION, flags, raw_len, dict_id,
+                           hash64(payload, hash64(key))) + payload
 
-    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None) -> list[bytes]:
-        return [self.encode(v, dictionary=dictionary) for v in values]
+    def encode_many(self, values: Iterable[Any], *, dictionary: Dictionary | None = None,
+                    keys: Iterable[bytes] | None = None) -> list[bytes]:
+        """encode() of many values; keys: the key of each (None: version 1)."""
+        values = values if type(values) is list else list(values)
+        encode = self.encode
+        return [encode(v, dictionary=dictionary, key=k) for v, k in zip(values, _keys(keys, len(values)))]
 
     def frame_many(self, items: Iterable[tuple[int, bytes]], *,
-                   dictionary: Dictionary | None = None) -> list[bytes]:
+                   dictionary: Dictionary | None = None,
+                   keys: Iterable[bytes] | None = None) -> list[bytes]:
         """frame() of many (flags, serialized bytes) pairs, one at a time."""
         frame = self.frame
-        return [frame(flags, raw, dictionary) for flags, raw in items]
+        pairs = items if type(items) is list else list(items)
+        return [frame(flags, raw, dictionary, key=k) for (flags, raw), k in zip(pairs, _keys(keys, len(pairs)))]
 
     # ---------------------------------------------------------------- decode
 
-    def _unframe(self, data: Buffer, dictionaries: Mapping[int, Dictionary]) -> tuple[int, Buffer]:
+    def _unframe(self, data: Buffer, dictionaries: Mapping[int, Dictionary],
+                 key: bytes | None) -> tuple[int, Buffer]:
         """(flags, serialized bytes or a view of them) of a checked record."""
         flags, raw_len, dict_id, checksum = parse_header(data, self.max_value_size)
         payload = memoryview(data)[HEADER_SIZE:]
-        if hash64(payload) != checksum:
+        if data[0] == KEYED_VERSION:
+            if key is None:
+                raise refusal(Reason.NO_KEY)
+            if hash64(payload, hash64(key)) != checksum:
+                raise refusal(Reason.KEY_CHECKSUM)
+        elif hash64(payload) != checksum:
             raise refusal(Reason.CHECKSUM)
         if flags & FLAG_ZSTD:
             return flags, self._inflate(payload, raw_len, dict_id, dictionaries)
         return flags, payload
 
     def unframe_many(self, records: Iterable[Any], *,
-                     dictionaries: Mapping[int, Dictionary] | None = None) -> list[tuple[int, bytes]]:
+                     dictionaries: Mapping[int, Dictionary] | None = None,
+                     keys: Iterable[bytes] | None = None) -> list[tuple[int, bytes]]:
         """(flags, serialized bytes) of many records, one at a time, without
-        msgpack. CorruptionError/FormatError for the first damaged record."""
+        msgpack. CorruptionError/FormatError for the first damaged record.
+        keys: the key each record is stored under (None: none given)."""
         unframe = self._unframe
         dicts = dictionaries or _EMPTY
         out: list[tuple[int, bytes]] = []
-        for record in records:
-            flags, raw = unframe(record, dicts)
+        records = records if type(records) is list else list(records)
+        for record, key in zip(records, _keys(keys, len(records))):
+            flags, raw = unframe(record, dicts, key)
             out.append((flags, raw if type(raw) is bytes else bytes(raw)))
         return out
 
-    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None) -> Any:
-        """The value of a record. CorruptionError/FormatError if it is damaged."""
-        flags, raw = self._unframe(data, dictionaries or _EMPTY)
+    def decode(self, data: Buffer, *, dictionaries: Mapping[int, Dictionary] | None = None,
+               key: bytes | None = None) -> Any:
+        """The value of a record stored under `key`. CorruptionError/FormatError
+        if it is damaged (or is a version 3 record of another key, or of none)."""
+        flags, raw = self._unframe(data, dictionaries or _EMPTY, key)
         if not flags & FLAG_MSGPACK:
             return bytes(raw)
         try:
@@ -211,7 +242,11 @@ class Codec:
         return raw
 
     def decode_many(self, records: Iterable[Any], *,
-                    dictionaries: Mapping[int, Dictionary] | None = None) -> list[Any]:
-        """Values of many records; None stays None (a missing key)."""
+                    dictionaries: Mapping[int, Dictionary] | None = None,
+                    keys: Iterable[bytes] | None = None) -> list[Any]:
+        """Values of many records; None stays None (a missing key). keys: the
+        key each record is stored under (None: none given)."""
         decode = self.decode
-        return [None if r is None else decode(r, dictionaries=dictionaries) for r in records]
+        records = records if type(records) is list else list(records)
+        return [None if r is None else decode(r, dictionaries=dictionaries, key=k)
+                for r, k in zip(records, _keys(keys, len(records)))]

@@ -430,7 +430,7 @@ def check_mdb_records(binary: BinaryIO, plan: Plan, codec: Any, store_dicts: dic
                 check_key(key)
             except KVStoreError as exc:
                 raise CommandError(f"line {lineno}: {exc}") from None
-            ex = examine(record, codec, dictionaries, decode=False)
+            ex = examine(record, codec, dictionaries, decode=False, key=key)
             if ex.problem is not None:
                 hint = ""
                 if section.printable:

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 import msgpack
+from xxhash import xxh64_intdigest as xxh64
 
 from kvstore import engine
-from kvstore import codec as _codec
 from kvstore.codec import Dictionary
 from kvstore.codec.format import (FLAG_DICT, FLAG_MSGPACK, FLAG_ZSTD, HEADER, HEADER_SIZE, TTL_HEADER_SIZE,
-                                  TTL_VERSION, parse_header, parse_ttl)
+                                  KEYED_VERSION, TTL_VERSION, key_seed, parse_header, parse_ttl)
 from kvstore.layout import CURRENT_PREFIX, DICT_PREFIX, FORMAT_KEY, SEQ_KEY, TTL_PREFIX
 from kvstore.errors import CorruptionError, FormatError
 from kvstore.ttl import ttl_of
@@ -159,9 +159,10 @@ class Examined:
 
 
 def examine(record: bytes | memoryview, codec: Any, dictionaries: dict[int, Dictionary],
-            decode: bool = True) -> Examined:
-    """Check a record the way a reader does, one layer at a time, and say
-    which layer failed: TTL prefix, header, checksum, dictionary, or decode."""
+            decode: bool = True, *, key: bytes | None) -> Examined:
+    """Check a record stored under `key` the way a reader does, one layer at
+    a time, and say which layer failed: TTL prefix, header, checksum (of a
+    version 3 record: with the key), dictionary, or decode."""
     record = bytes(record)
     ex = Examined(size=len(record))
     if record[:1] == bytes([TTL_VERSION]):
@@ -176,22 +177,28 @@ def examine(record: bytes | memoryview, codec: Any, dictionaries: dict[int, Dict
         ex.problem = f"header: record is {len(record)} bytes, shorter than the {HEADER_SIZE}-byte header"
         return ex
     ex.version, ex.flags, ex.raw_len, ex.dict_id, ex.checksum_stored = HEADER.unpack_from(record)
-    ex.checksum_computed = _codec.hash64(record[HEADER_SIZE:])  # set by codec.use()
+    keyed = ex.version == KEYED_VERSION and key is not None
+    ex.checksum_computed = xxh64(record[HEADER_SIZE:], key_seed(key) if keyed else 0)  # type: ignore[arg-type]
     try:
         parse_header(record, codec.max_value_size)
     except (CorruptionError, FormatError) as exc:
         ex.problem = f"header: {getattr(exc, 'reason', exc)}"
         return ex
+    if ex.version == KEYED_VERSION and key is None:
+        ex.problem = "checksum: a version 3 record, and no key to check it with"
+        return ex
     if ex.checksum_computed != ex.checksum_stored:
         ex.problem = (f"checksum mismatch: stored 0x{ex.checksum_stored:016x}, "
-                      f"computed 0x{ex.checksum_computed:016x} (the stored bytes were damaged)")
+                      f"computed 0x{ex.checksum_computed:016x} "
+                      + ("with the key (the stored bytes or the key were damaged, or the record was "
+                         "written for another key)" if keyed else "(the stored bytes were damaged)"))
         return ex
     if ex.dict_id and ex.dict_id not in dictionaries:
         ex.problem = f"dictionary: the record uses dictionary {ex.dict_id}, which the store does not hold"
         return ex
     if decode:
         try:
-            ex.value = codec.decode(record, dictionaries=dictionaries)
+            ex.value = codec.decode(record, dictionaries=dictionaries, key=key)
         except (CorruptionError, FormatError) as exc:
             ex.problem = f"decode: {getattr(exc, 'reason', exc)}"
     return ex

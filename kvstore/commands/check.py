@@ -154,7 +154,7 @@ def run(args: Args, out: Out) -> int:
                     n = nbad = with_ttl = expired = 0
                     if dbi is not None:
                         for key, record in txn.cursor(db=dbi):
-                            ex = examine(record, codec, meta.dictionaries)
+                            ex = examine(record, codec, meta.dictionaries, key=bytes(key))
                             n += 1
                             with_ttl += ex.prefix_size > 0
                             expired += ex.expired(now)
@@ -177,7 +177,7 @@ def run(args: Args, out: Out) -> int:
             for ns, logged_key, logged in [] if log is None else log.ops:
                 if logged is None:
                     continue
-                ex = examine(logged, codec, meta.dictionaries)
+                ex = examine(logged, codec, meta.dictionaries, key=logged_key)
                 if ex.dict_id:
                     referenced[ex.dict_id] = referenced.get(ex.dict_id, 0) + 1
                 if not ex.ok:

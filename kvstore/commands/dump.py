@@ -103,7 +103,7 @@ def _dump_jsonl(txn: lmdb.Transaction, env: Engine, codec: Any, sections: Sectio
             if expiry is not None and expiry[0] <= now:
                 continue
             try:
-                value = codec.decode(inner_record(record), dictionaries=dictionaries)
+                value = codec.decode(inner_record(record), dictionaries=dictionaries, key=bytes(key))
             except (CorruptionError, FormatError) as exc:
                 raise _damaged(key, name, exc) from None
             line = {"k": key_to_json(key), "v": to_json(value)}

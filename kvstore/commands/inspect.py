@@ -46,7 +46,7 @@ def run(args: Args, out: Out) -> int:
             raise NotFound(f"key {quote_key(key)} not found in namespace {args.namespace!r}")
         dict_id = inner_dict_id(record)
         dictionaries = env.dicts.for_decoding(dict_id) if dict_id else env.dicts.by_id
-        ex: Any = examine(record, engine.codec_of(db), dictionaries)  # its fields are set by the layers read
+        ex: Any = examine(record, engine.codec_of(db), dictionaries, key=key)  # its fields are set by the layers read
         now = now_of(db)
     doc = {
         "namespace": args.namespace,

@@ -156,6 +156,7 @@ def _load_jsonl(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader,
     lines of other tools."""
     codec = engine.codec_of(db)
     dicts = engine.of(db).dicts
+    keyed = engine.of(db).keyed  # version 3 records (the key in their checksum)
     dest = None
     section_iter = iter(plan.sections)
     started = False
@@ -176,7 +177,7 @@ def _load_jsonl(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader,
         else:
             key, value, expiry = record_from_object(line, lineno, *fields)
         try:
-            record = codec.encode(value, dictionary=dicts.for_encoding(dest))
+            record = codec.encode(value, dictionary=dicts.for_encoding(dest), key=key if keyed else None)
         except KVStoreError as exc:
             raise CommandError(f"line {lineno}: key {quote_key(key)}: {exc}") from None
         if expiry is not None:
@@ -225,6 +226,7 @@ def _load_mdb(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader, conflict
     raw: each value is bytes to store (encoded as a bytes value)."""
     codec = engine.codec_of(db)
     env = engine.of(db)
+    keyed = env.keyed  # records encoded here are version 3 (the key in their checksum)
     dump_dicts = {did: d for did, (_, d) in plan.dump_dicts.items()}
     sections = iter(plan.sections)
     dest = None
@@ -236,13 +238,15 @@ def _load_mdb(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader, conflict
             _, key, record, lineno = event
             if raw:
                 try:
-                    record = codec.encode(bytes(record), dictionary=env.dicts.for_encoding(dest))
+                    record = codec.encode(bytes(record), dictionary=env.dicts.for_encoding(dest),
+                                          key=key if keyed else None)
                 except KVStoreError as exc:
                     raise CommandError(f"line {lineno}: key {quote_key(key)}: {exc}") from None
             elif conflicts and inner_dict_id(record) in conflicts:
-                value = codec.decode(inner_record(record), dictionaries=dump_dicts)
+                value = codec.decode(inner_record(record), dictionaries=dump_dicts, key=key)
                 prefix = record[:TTL_HEADER_SIZE] if record[0] == TTL_VERSION else b""  # kept as it is
-                record = prefix + codec.encode(value, dictionary=env.dicts.for_encoding(dest))
+                record = prefix + codec.encode(value, dictionary=env.dicts.for_encoding(dest),
+                                               key=key if keyed else None)
             loader.add(dest, key, record)
 
 

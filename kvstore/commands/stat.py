@@ -11,7 +11,7 @@ apart). The pages come from a walk of every page of the newest snapshot
 branch and leaf pages are, the bytes left in the last page of each
 overflow run, the free pages LMDB will reuse, and the zero-filled room
 kvstore keeps past the last page (preallocation). A store with a
-write-ahead log (format 3) shows the log too: its file size, its
+write-ahead log (format 3 or 4) shows the log too: its file size, its
 generation, the records LMDB does not hold yet (other processes' writes
 since this command applied the log: it opens the store as `dump` does) and
 how far an fdatasync has covered it.
@@ -35,7 +35,7 @@ import time
 from collections import Counter
 
 from kvstore import codec, engine, lmdbwalk
-from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, parse_ttl
+from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, VERSIONS, parse_ttl
 from kvstore.errors import CorruptionError
 from kvstore.wal import HEADER_SIZE as LOG_HEADER_SIZE, decode_ops, seed as log_seed
 from kvstore.lmdbfile import newest_meta
@@ -95,7 +95,7 @@ def _namespace_stats(txn: lmdb.Transaction, dbi: Any, now: int) -> dict[str, Any
                 bad += 1
                 continue
             version, _flags, raw_len, dict_id, _ = unpack(record, at)
-            if version != 1:
+            if version not in VERSIONS:
                 bad += 1
                 continue
             decoded += raw_len

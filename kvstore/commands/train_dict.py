@@ -41,19 +41,19 @@ def _sample_values(db: Store[Any], dbi: Any, limit: int) -> list[Any]:
     """Up to `limit` values of the namespace, chosen uniformly."""
     env = engine.of(db)
 
-    def read(txn: lmdb.Transaction) -> list[bytes]:
+    def read(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
         n = txn.stat(dbi)["entries"]
         keep = set(random.Random(0x6B76).sample(range(n), limit)) if n > limit else None
         records = []
-        for i, (_key, record) in enumerate(txn.cursor(db=dbi)):
+        for i, (key, record) in enumerate(txn.cursor(db=dbi)):
             if keep is None or i in keep:
-                records.append(bytes(record))
+                records.append((bytes(key), bytes(record)))
         return records
 
     values = []
     dictionaries = env.dicts.by_id
-    for record in env.read(read):
-        ex = examine(record, engine.codec_of(db), dictionaries)
+    for key, record in env.read(read):
+        ex = examine(record, engine.codec_of(db), dictionaries, key=key)
         if ex.ok:
             values.append(ex.value)
     return values

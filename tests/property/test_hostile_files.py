@@ -303,7 +303,7 @@ def _set_format(path, value):
     env.close()
 
 
-@pytest.mark.parametrize("value", [b"4", b"999", b"18446744073709551616", b"abc", b"", b"1\x00", b"-1", None])
+@pytest.mark.parametrize("value", [b"5", b"999", b"18446744073709551616", b"abc", b"", b"1\x00", b"-1", None])
 def test_newer_or_damaged_store_format(tmp_path, probe, value):
     path = _real_store(str(tmp_path / "store"), n=200)
     _set_format(path, value)
@@ -315,12 +315,12 @@ def test_newer_or_damaged_store_format(tmp_path, probe, value):
             continue
         _assert_clean_failure(result, path, before)
         assert result["type"] == "FormatError", result
-        assert ("newer kvstore" in result["msg"]) == (value in (b"4", b"999", b"18446744073709551616")), result
+        assert ("newer kvstore" in result["msg"]) == (value in (b"5", b"999", b"18446744073709551616")), result
 
 
 # 2 is the TTL prefix's version byte (a v1 record with it is a damaged TTL
-# record: tests/test_ttl.py)
-@pytest.mark.parametrize("version", [3, 9, 255])
+# record: tests/test_ttl.py); 3 is a record version (tests/test_keyed_checksum.py)
+@pytest.mark.parametrize("version", [4, 9, 255])
 def test_value_with_a_newer_record_version(tmp_path, probe, version):
     path = _real_store(str(tmp_path / "store"), n=200)
     env = lmdb.open(path, max_dbs=70)
