@@ -177,17 +177,14 @@ class Reads(Generic[KeyT]):
         engine = root._engine
         if self._closed or root._closed or engine.forked:
             engine = self._live_engine()
-        if type(key) is bytes:
-            if not 0 < len(key) <= MAX_KEY_SIZE:
-                key = check_key(key)
-        elif type(key) is str:
+        if type(key) is str:  # type(), not a local of it: what mypy narrows key by
             try:
                 raw = key.encode()
             except UnicodeEncodeError:
                 raw = b""
             # a bad key raises InvalidKeyError naming the key as given
             key = raw if 0 < len(raw) <= MAX_KEY_SIZE else check_key(key)
-        else:
+        elif type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = check_key(key)
         ns = self._ns
         overlay = engine.overlay
