@@ -26,7 +26,9 @@ its header written) under a lock on the header's bytes. A publisher rewrites
 its slot with one pwrite when a counter moved, from a thread of its own
 every CACHE_STATS_INTERVAL (the read path never touches the file); a reader
 reads the file twice and keeps a slot only when both reads agree (a pwrite
-may be read half done).
+may be read half done). Between taking a slot's lock and its first write (a
+few microseconds) a slot still holds its previous owner's counters; a
+reader that looks just then counts those once more.
 
 Not published: read-only handles (they write nothing beside the store), a
 store whose directory this process may not write, a cache turned off, and
