@@ -511,12 +511,21 @@ class ReadCache:
     def __len__(self) -> int:
         return len(self._lru)
 
+    def counters(self) -> tuple[int, int, int]:
+        """(hits, revalidations, misses) as stats() counts them: what
+        cachestats.py publishes for `kvstore stat --watch`."""
+        with self._lock:
+            return self._counters()
+
+    def _counters(self) -> tuple[int, int, int]:  # guarded by _lock
+        hits = next(self._hit_count) - self._hit_count_reads
+        self._hit_count_reads += 1
+        return hits, self._revalidations, self._misses + self._deferred
+
     def stats(self) -> dict[str, Any]:
         """Counters for Store.stats()['cache']."""
         with self._lock:
-            hits = next(self._hit_count) - self._hit_count_reads
-            self._hit_count_reads += 1
-            reval, misses = self._revalidations, self._misses + self._deferred
+            hits, reval, misses = self._counters()
             served = hits + reval
             return {
                 "hits": hits,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import ttl as _ttl
 from .cache import LastTxnid, ReadCache
+from .cachestats import Publisher
 from .dictionaries import Dictionaries
 from .environment import Environment
 from .layout import KEYED_STORE_FORMAT
@@ -85,6 +86,9 @@ class Engine:
         self.sweeper: _ttl.Sweeper | None = None  # when writable (attach)
         self.cache: ReadCache | None = None
         self.last_txnid: LastTxnid | None = None
+        # the cache's counters in cache.stats, for `kvstore stat --watch`
+        # (cachestats.py): writable engines with a cache only
+        self.cache_stats: Publisher | None = None
         # with a write-ahead log (wal.py): the log, its tail as this process
         # reads it (tail.py), and the applier that moves it into LMDB
         self.log: Log | None = None
@@ -101,6 +105,8 @@ class Engine:
             self.dicts = Dictionaries(env)
             self.ttl = _ttl.TTLMeta(env, env.options.clock)
             self.cache, self.last_txnid = _start_cache(env)
+            if self.cache is not None and not self.readonly:
+                self.cache_stats = Publisher.start(env.path, self.cache.counters)
         except BaseException:
             if self.log is not None:
                 self.log.close()
@@ -207,6 +213,8 @@ class Engine:
     def close(self) -> None:
         if self.forked:
             return
+        if self.cache_stats is not None:
+            self.cache_stats.close()
         if self.last_txnid is not None:
             self.last_txnid.close()
         if self.log is not None:
@@ -465,6 +473,8 @@ def _after_fork_in_child() -> None:
             env._data_lock_fd = None
         if env._gate is not None:
             env._gate.close()  # likewise: the parent's write gate must go when the parent dies
+        if engine.cache_stats is not None:
+            engine.cache_stats.abandon()  # likewise: its cache.stats slot
     _registry.clear()
 
 

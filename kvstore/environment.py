@@ -122,9 +122,9 @@ class Environment:
         self.pid = os.getpid()
         self.forked = False  # set in a forked child: this object must not be used
         self.map_lock = MapLock()
-        self._dbis: dict[str, object] = {}  # name -> LMDB handle; guarded by _dbi_lock
+        self._dbis: dict[str, lmdb._Database] = {}  # name -> LMDB handle; guarded by _dbi_lock
         self._dbi_lock = threading.Lock()
-        self._new_dbis: dict[str, object] = {}  # opened in the applier's transaction (open_db_in)
+        self._new_dbis: dict[str, lmdb._Database] = {}  # opened in the applier's transaction (open_db_in)
         # How write transactions other than commits run: self.write until the
         # writer exists, then Writer.run (route_writes), so that they queue
         # behind the commits instead of racing them for LMDB's write lock.

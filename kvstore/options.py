@@ -314,6 +314,11 @@ ENTRY_OVERHEAD = 400
 OBJECT_FACTOR = 5
 MAX_DEPTH = 100
 
+# cachestats.py: how often a process publishes its read cache's counters to
+# cache.stats for `kvstore stat --watch`, seconds (a thread of its own wakes
+# this often and writes only when a counter moved: a pwrite of 64 bytes).
+CACHE_STATS_INTERVAL = 0.1
+
 # aio.py: aget_many of at most this many keys runs inline (about 3.5 us a key:
 # 128 keys hold the loop under half a millisecond), more in a worker thread;
 # completions are settled this many per turn of the loop (100 tasks writing

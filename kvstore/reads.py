@@ -11,7 +11,10 @@ missing wherever it is found.
 store's default handle: `_engine`, the path's Engine (engine.py); `_codec`),
 `_ns` (the namespace), `_live_engine()` (the engine, after checking the
 handle is open and reopening it after a fork), `_dbi(engine, ns)` and
-`_writer(engine)`. Expiry is judged by the store's clock, `_root._options.clock`
+`_writer(engine)`: the class declares them (`Host`, for type checkers
+only), so its methods are checked against them, and Store's are checked to
+match. Reads is generic in the type of the keys scans return (KeyT, as
+Store): its own scans yield bytes; Namespace wraps them for keys=str. Expiry is judged by the store's clock, `_root._options.clock`
 (time.time unless the store was opened with another; every handle of a
 path shares one, as the engine's cache does). `get` and its cache protocol
 are kept flat on purpose: they are the hot path of every read.
@@ -20,7 +23,7 @@ are kept flat on purpose: they are the hot path of every read.
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, Iterable, Iterator, Union, overload
 
 import lmdb
 
@@ -33,6 +36,23 @@ from .options import SCAN_CHUNK, SCAN_FIRST_CHUNK  # tunables: see there
 from .layout import MAX_KEY_SIZE, check_bound, check_key, prefix_end
 from .validate import check_keys_iterable
 from .writer import ConditionalGroup
+from ._types import Key, KeyT
+
+if TYPE_CHECKING:
+    from typing_extensions import Literal
+
+    from lmdb import Cursor, Transaction, _Database
+
+    from .engine import Engine
+    from .store import Store
+    from .writer import Writer
+
+    # A stored record (TTL prefix included): a copy, or LMDB's memory in a
+    # read transaction (buffers=True).
+    Record = Union[bytes, memoryview]
+    # (key, a copy of its record, or None: deleted by a pending write), as
+    # a scan merges the stored and the pending ones.
+    Pair = tuple[bytes, Union[bytes, None]]
 
 __all__ = ["Reads", "SCAN_CHUNK", "SCAN_FIRST_CHUNK"]
 
@@ -40,7 +60,7 @@ __all__ = ["Reads", "SCAN_CHUNK", "SCAN_FIRST_CHUNK"]
 _MISSING = object()
 
 
-def _live(record, now: int) -> bool:
+def _live(record: Record, now: int) -> bool:
     """Whether stored bytes (TTL prefix included) hold a value that has not
     expired at now (ms). A damaged prefix counts as live: presence needs no
     decoding (reading the value reports the damage)."""
@@ -52,7 +72,7 @@ def _live(record, now: int) -> bool:
         return True
 
 
-def scan_bounds(prefix, start, stop) -> tuple[bytes | None, bytes | None]:
+def scan_bounds(prefix: object, start: object, stop: object) -> tuple[bytes | None, bytes | None]:
     """The key range [lo, hi) (None: unbounded) of scan's prefix, start and stop."""
     prefix = check_bound(prefix, "prefix")
     lo, hi = check_bound(start, "start"), check_bound(stop, "stop")
@@ -64,12 +84,22 @@ def scan_bounds(prefix, start, stop) -> tuple[bytes | None, bytes | None]:
     return lo, hi
 
 
-class Reads:
+class Reads(Generic[KeyT]):
     """The read methods of Store and Namespace (see the module docstring)."""
 
     __slots__ = ()
 
-    def _pending(self, engine, key: bytes):
+    if TYPE_CHECKING:
+        # Host: what Store gives the mixin (store.py defines each).
+        _root: Store[Any]
+        _ns: str
+        _closed: bool
+
+        def _live_engine(self) -> Engine: ...
+        def _dbi(self, engine: Engine, ns: str) -> _Database | None: ...
+        def _writer(self, engine: Engine) -> Writer: ...
+
+    def _pending(self, engine: Engine, key: bytes) -> tuple[bytes | None] | None:
         """(record-or-None,) if key has a pending write in this process, else None."""
         overlay = engine.overlay
         if overlay is not None:
@@ -82,7 +112,7 @@ class Reads:
                     return (entry[1],)
         return None
 
-    def _current(self, engine, key: bytes):
+    def _current(self, engine: Engine, key: bytes) -> tuple[bytes | None, int | None]:
         """(stored bytes, txnid) of key: its pending write in this process
         (txnid None), else a copy of what the database holds and the txnid
         it was read at; (None, ...) when neither has it. Expiry unchecked."""
@@ -93,7 +123,7 @@ class Reads:
         if dbi is None:
             return None, None
 
-        def read(txn):
+        def read(txn: Transaction) -> tuple[bytes | None, int]:
             record = txn.get(key, db=dbi)
             return (None if record is None else bytes(record)), txn.id()
 
@@ -103,7 +133,7 @@ class Reads:
         """Now on the store's clock, in ms (the scale of stored expiries)."""
         return now_ms(self._root._options.clock)
 
-    def _expired(self, key: bytes, record) -> bool:
+    def _expired(self, key: bytes, record: Record) -> bool:
         """Whether a TTL record (stored bytes starting with TTL_VERSION) has
         expired. CorruptionError naming the key if its prefix is damaged."""
         try:
@@ -111,7 +141,7 @@ class Reads:
         except CorruptionError as exc:
             raise CorruptionError(exc.reason, key=key, namespace=self._ns) from None
 
-    def _decode(self, key: bytes, record):
+    def _decode(self, key: bytes, record: Record) -> Any:
         """The value of stored bytes (its expiry, if any, is the caller's to check)."""
         if record and record[0] == TTL_VERSION:
             record = record[TTL_HEADER_SIZE:]
@@ -126,7 +156,7 @@ class Reads:
         except FormatError as exc:
             raise FormatError(f"key {key!r}: {exc}") from None
 
-    def get(self, key, default=None, *, refresh_ttl: bool = False):
+    def get(self, key: Key, default: Any = None, *, refresh_ttl: bool = False) -> Any:
         """The value stored under key, or default (also once it has expired).
 
         Served from the read cache when the cached value is known current
@@ -147,15 +177,14 @@ class Reads:
         engine = root._engine
         if self._closed or root._closed or engine.forked:
             engine = self._live_engine()
-        kind = type(key)
-        if kind is str:
+        if type(key) is str:  # type(), not a local of it: what mypy narrows key by
             try:
                 raw = key.encode()
             except UnicodeEncodeError:
                 raw = b""
             # a bad key raises InvalidKeyError naming the key as given
             key = raw if 0 < len(raw) <= MAX_KEY_SIZE else check_key(key)
-        elif kind is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+        elif type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = check_key(key)
         ns = self._ns
         overlay = engine.overlay
@@ -174,7 +203,7 @@ class Reads:
         cache = engine.cache
         cached = SKIP
         if cache is not None:
-            cached = cache.lookup(ns, key, engine.last_txnid.view)
+            cached = cache.lookup(ns, key, engine.last_txnid.view)  # type: ignore[union-attr]  # with the cache
             if type(cached) is not Sentinel:
                 return cached
         dbi = self._dbi(engine, ns)
@@ -193,7 +222,7 @@ class Reads:
                         return self._decode(key, record)  # names the key, or finds a new dictionary
                 if record and record[0] == TTL_VERSION and self._expired(key, record):
                     record = None
-                if cached is SKIP:
+                if cached is SKIP or cache is None:  # (never None when not SKIP)
                     return default if record is None else self._decode(key, record)
                 value = cache.load(cached, ns, key, record, txn.id(), partial(self._decode, key))
                 return default if value is ABSENT else value
@@ -212,7 +241,7 @@ class Reads:
         engine.adopt_map_size()
         return self.get(key, default)
 
-    def _get_refreshing(self, key, default):
+    def _get_refreshing(self, key: Key, default: Any) -> Any:
         """get(key, default, refresh_ttl=True): see get."""
         engine = self._live_engine()
         writer = self._writer(engine)
@@ -223,14 +252,15 @@ class Reads:
         if cache is not None and self._pending(engine, key) is None:
             # A value cached, valid at the last commit and without a TTL
             # has nothing to refresh: serve it.
-            cached = cache.lookup(ns, key, engine.last_txnid.view, untimed_only=True)
+            cached = cache.lookup(ns, key, engine.last_txnid.view,  # type: ignore[union-attr]  # with the cache
+                                  untimed_only=True)
             if type(cached) is not Sentinel:
                 return cached
         record, txnid = self._current(engine, key)
         if record is None:
             return default
         if not len(record) or record[0] != TTL_VERSION:
-            if txnid is None or cached is SKIP:  # a pending write, or nothing to do with the cache
+            if txnid is None or cached is SKIP or cache is None:  # a pending write, or nothing to do with the cache
                 return self._decode(key, record)
             return cache.load(cached, ns, key, record, txnid, partial(self._decode, key))
         try:
@@ -247,7 +277,7 @@ class Reads:
                                            _ttl.Refresh(engine, [(record, txnid)])))
         return value
 
-    def expiry(self, key) -> tuple[float, float] | None:
+    def expiry(self, key: Key) -> tuple[float, float] | None:
         """(expires_at, ttl) of key's value: when it expires, in seconds on
         time.time()'s scale, and the TTL it was written (or last refreshed)
         with, in seconds. None when the value has no TTL.
@@ -266,11 +296,11 @@ class Reads:
         expires, ttl_ms = parse_ttl(record)
         return expires / 1000, ttl_ms / 1000
 
-    def get_many(self, keys: Iterable) -> list:
+    def get_many(self, keys: Iterable[Key]) -> list[Any]:
         """Values of keys (None where missing), in the order given, from one snapshot."""
         engine = self._live_engine()
-        keys = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
-        out = [None] * len(keys)
+        wanted = [check_key(k) for k in check_keys_iterable(keys, "get_many")]
+        out: list[Any] = [None] * len(wanted)
         todo = []
         ns = self._ns
         # the pending writes: another process's appends read in once, so
@@ -279,7 +309,7 @@ class Reads:
         if overlay is not None and engine.tail is not None:
             engine.tail.refresh()
         pending = None if overlay is None else overlay.get(ns)
-        for i, key in enumerate(keys):
+        for i, key in enumerate(wanted):
             entry = pending.get(key) if pending else None
             if entry is None:
                 todo.append(i)
@@ -290,11 +320,11 @@ class Reads:
             codec = self._root._codec
             cache = engine.cache
 
-            def read(txn):
+            def read(txn: Transaction) -> None:
                 txnid = txn.id() if cache is not None else 0
-                found = []  # (index, record, fill it)
+                found: list[tuple[int, Record, bool]] = []  # (index, record, fill it)
                 for i in todo:
-                    key = keys[i]
+                    key = wanted[i]
                     cached = SKIP
                     if cache is not None:
                         # a hit must be valid at this snapshot exactly: the
@@ -306,7 +336,7 @@ class Reads:
                     record = txn.get(key, db=dbi)
                     if record and record[0] == TTL_VERSION and self._expired(key, record):
                         record = None
-                    if cached is STALE:
+                    if cached is STALE and cache is not None:  # (never None when STALE)
                         value = cache.revalidate(ns, key, record, txnid)
                         if value is not MISS:
                             out[i] = value
@@ -317,37 +347,38 @@ class Reads:
                 records = [inner_record(r) for _, r, _ in found]
                 try:  # one call into the codec for the whole batch
                     values = codec.decode_many(records, dictionaries=engine.dicts.by_id,
-                                               keys=[keys[i] for i, _, _ in found])
+                                               keys=[wanted[i] for i, _, _ in found])
                 except (CorruptionError, FormatError):
-                    values = [self._decode(keys[i], r) for i, r, _ in found]  # names the bad key
+                    values = [self._decode(wanted[i], r) for i, r, _ in found]  # names the bad key
                 for (i, record, fill), value in zip(found, values):
                     out[i] = value
-                    if fill:
-                        cache.fill(ns, keys[i], value, record, txnid)
+                    if fill and cache is not None:  # (never None when fill)
+                        cache.fill(ns, wanted[i], value, record, txnid)
 
             engine.read(read)
         return out
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Key) -> Any:
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         engine = self._live_engine()
         key = check_key(key)
         hit = self._pending(engine, key)
         if hit is not None:
             return hit[0] is not None and _live(hit[0], self._now())
         cache = engine.cache
-        if cache is not None and cache.contains(self._ns, key, engine.last_txnid.view):
+        if cache is not None and cache.contains(self._ns, key,
+                                                engine.last_txnid.view):  # type: ignore[union-attr]  # with the cache
             return True
         dbi = self._dbi(engine, self._ns)
         if dbi is None:
             return False
 
-        def present(txn):
+        def present(txn: Transaction) -> bool:
             record = txn.get(key, db=dbi)
             return record is not None and _live(record, self._now())
 
@@ -365,7 +396,7 @@ class Reads:
             return sum(1 for _, r in pending if r is not None and _live(r, now))
         marker = _ttl.TTL_PREFIX + self._ns.encode("utf-8")
 
-        def count(txn):
+        def count(txn: Transaction) -> int:
             if txn.get(marker, db=engine.meta_db) is None:  # no TTL value in the namespace
                 n = txn.stat(dbi)["entries"]
             else:
@@ -377,16 +408,27 @@ class Reads:
 
         return engine.read(count)
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[KeyT]:
         return self.scan(keys_only=True)
 
-    def keys(self) -> Iterator[bytes]:
+    def keys(self) -> Iterator[KeyT]:
         return self.scan(keys_only=True)
 
-    def items(self) -> Iterator[tuple[bytes, object]]:
+    def items(self) -> Iterator[tuple[KeyT, Any]]:
         return self.scan()
 
-    def scan(self, prefix=None, *, start=None, stop=None, reverse=False, keys_only=False):
+    @overload
+    def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+             reverse: bool = False, keys_only: Literal[False] = False) -> Iterator[tuple[KeyT, Any]]: ...
+    @overload
+    def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+             reverse: bool = False, keys_only: Literal[True]) -> Iterator[KeyT]: ...
+    @overload
+    def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+             reverse: bool = False, keys_only: bool) -> Iterator[KeyT] | Iterator[tuple[KeyT, Any]]: ...
+
+    def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
+             reverse: bool = False, keys_only: bool = False) -> Iterator[Any]:
         """Iterate (key, value) pairs (keys alone with keys_only) in key order.
 
         :param prefix: only keys starting with it (bytes or str)
@@ -402,7 +444,8 @@ class Reads:
         lo, hi = scan_bounds(prefix, start, stop)
         return self._scan(engine, lo, hi, bool(reverse), bool(keys_only))
 
-    def _scan(self, engine, lo, hi, reverse, keys_only):
+    def _scan(self, engine: Engine, lo: bytes | None, hi: bytes | None, reverse: bool,
+              keys_only: bool) -> Iterator[Any]:
         # One flat loop per record: the merged chunk's (key, record) pairs,
         # a tombstone or TTL test, then the codec's decode (or the key alone).
         pending = engine.snapshot(self._ns, lo, hi)  # in key order when bounded
@@ -437,12 +480,13 @@ class Reads:
             if record is not None and not (record[0] == TTL_VERSION and self._gone(key, record, keys_only)):
                 yield key if keys_only else (key, self._decode(key, record))
 
-    def _gone(self, key, record, keys_only) -> bool:
+    def _gone(self, key: bytes, record: Record, keys_only: bool) -> bool:
         """Whether a TTL record has expired; a damaged prefix raises, unless
         only the key is wanted (presence needs no decoding)."""
         return not _live(record, self._now()) if keys_only else self._expired(key, record)
 
-    def _scan_stored(self, engine, lo, hi, reverse):
+    def _scan_stored(self, engine: Engine, lo: bytes | None, hi: bytes | None,
+                     reverse: bool) -> Iterator[list[Pair]]:
         """The database's (key, record) pairs of [lo, hi), chunk by chunk
         (lists), each read in a read transaction of its own."""
         after = None  # last key returned
@@ -461,12 +505,12 @@ class Reads:
             size = min(2 * size, SCAN_CHUNK)
 
 
-def _merged(chunk: list, pending: list, pi: int, reverse: bool) -> tuple[list, int]:
+def _merged(chunk: list[Pair], pending: list[Pair], pi: int, reverse: bool) -> tuple[list[Pair], int]:
     """The stored pairs of a chunk with the pending writes (in the scan's
     order, from pending[pi]) up to its last key merged in, a pending write
     replacing the stored record of its key; and the index of the first
     pending write past the chunk."""
-    out = []
+    out: list[Pair] = []
     n = len(pending)
     for key, record in chunk:
         while pi < n and (pending[pi][0] > key if reverse else pending[pi][0] < key):
@@ -480,11 +524,12 @@ def _merged(chunk: list, pending: list, pi: int, reverse: bool) -> tuple[list, i
     return out, pi
 
 
-def _chunk(cur, lo, hi, reverse, after, size) -> list:
+def _chunk(cur: Cursor, lo: bytes | None, hi: bytes | None, reverse: bool, after: bytes | None,
+           size: int) -> list[Pair]:
     """Up to size (key, record) pairs of [lo, hi) after `after` (exclusive;
     None: from the range's start), copied out of the transaction. The
     cursor stops at the range's end: a chunk reads no record past it."""
-    out = []
+    out: list[Pair] = []
     if not reverse:
         first = after if after is not None else lo
         ok = cur.set_range(first) if first is not None else cur.first()

@@ -12,7 +12,7 @@ reads as missing once it has expired, wherever it is found.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterator, ParamSpec, TypeVar, overload
 
 import lmdb
 
@@ -42,7 +42,7 @@ from ._types import Items, Key, KeyT, Value
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from typing_extensions import Literal, Self, Unpack
+    from typing_extensions import Self, Unpack
 
     from .options import OptionsDict
 
@@ -66,7 +66,7 @@ def open(path: str | os.PathLike[str], **options: Unpack[OptionsDict]) -> Store:
     return Store(path, Options.from_kwargs(options))
 
 
-class Store(Reads, Generic[KeyT]):
+class Store(Reads[KeyT]):
     """A kvstore store: the default namespace of the store at `path`.
 
     Thread-safe: share one handle between threads. Opening the same path again
@@ -219,7 +219,7 @@ class Store(Reads, Generic[KeyT]):
             raise ReadOnlyError(f"the store at {self.path!r} is open read-only; reopen it without readonly=True to write")
         return engine.writer  # type: ignore[return-value]  # None only on a read-only engine
 
-    def _dbi(self, engine: Engine, ns: str) -> Any:
+    def _dbi(self, engine: Engine, ns: str) -> lmdb._Database | None:
         dbi = engine.dbis.get(ns)
         if dbi is None:
             dbi = engine.dbi(ns, create=not (engine.readonly or self.readonly))
@@ -535,32 +535,6 @@ class Store(Reads, Generic[KeyT]):
     def __repr__(self) -> str:
         state = "closed" if (self._closed or self._root._closed) else "open"
         return f"<kvstore.{type(self).__name__} {self._root._path!r} namespace={self._ns!r} {state}>"
-
-    if TYPE_CHECKING:
-        # The read methods, defined (unannotated) in reads.py, as type
-        # checkers should see them; nothing of this exists at run time.
-        def get(self, key: Key, default: Any = None, *, refresh_ttl: bool = False) -> Any: ...
-        def get_many(self, keys: Iterable[Key]) -> list[Any]: ...
-        def expiry(self, key: Key) -> tuple[float, float] | None: ...
-        def __getitem__(self, key: Key) -> Any: ...
-        def __contains__(self, key: object) -> bool: ...
-        def __len__(self) -> int: ...
-        def __iter__(self) -> Iterator[KeyT]: ...  # type: ignore[override]
-        def keys(self) -> Iterator[KeyT]: ...  # type: ignore[override]
-        def items(self) -> Iterator[tuple[KeyT, Any]]: ...  # type: ignore[override]
-
-        @overload
-        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
-                 reverse: bool = False, keys_only: Literal[False] = False) -> Iterator[tuple[KeyT, Any]]: ...
-        @overload
-        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
-                 reverse: bool = False, keys_only: Literal[True]) -> Iterator[KeyT]: ...
-        @overload
-        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
-                 reverse: bool = False, keys_only: bool) -> Iterator[KeyT] | Iterator[tuple[KeyT, Any]]: ...
-        def scan(self, prefix: Key | None = None, *, start: Key | None = None, stop: Key | None = None,
-                 reverse: bool = False, keys_only: bool = False
-                 ) -> Iterator[KeyT] | Iterator[tuple[KeyT, Any]]: ...
 
 
 class Namespace(Store[KeyT]):

@@ -447,10 +447,10 @@ class Transaction:
         for (wns, key), op in self._writes.items():
             if wns == ns and (lo is None or key >= lo) and (hi is None or key < hi):
                 view[key] = op[3]
-        keys = sorted((k for k, r in view.items() if r is not None), reverse=bool(reverse))
+        live = sorted(((k, r) for k, r in view.items() if r is not None), reverse=bool(reverse))
         if keys_only:
-            return iter(keys)
-        return iter([(k, handle._decode(k, view[k])) for k in keys])
+            return iter([k for k, _ in live])
+        return iter([(k, handle._decode(k, r)) for k, r in live])
 
     # ------------------------------------------------------------ writes
 

@@ -135,7 +135,8 @@ def test_stat_watch_prints_a_line_per_interval(tmp_path):
         text = stat(path, "--watch", "0.05", "--count", "3")
     lines = text.splitlines()
     assert len(lines) == 4
-    assert lines[0].split() == ["time", "commits/s", "groups/s", "ops/s", "log", "used", "unapplied", "map"]
+    assert lines[0].split() == ["time", "commits/s", "groups/s", "ops/s", "caches", "hit", "ratio", "since", "open",
+                                "log", "used", "unapplied", "map"]
     for line in lines[1:]:
         assert " of 64.0 MiB (" in line  # map use against the map size
 
@@ -192,3 +193,121 @@ def test_stat_watch_arguments_are_checked(tmp_path):
         args.clock = None
         assert kvstore.commands.dispatch(args, io.StringIO(), err) == 2
         assert said in err.getvalue()
+
+
+# ---------------------------------------------------------------- --watch: the read caches of other processes
+
+READER = textwrap.dedent("""
+    import json, sys, kvstore
+    path, hot, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    db = kvstore.open(path)
+    def read(n):
+        for _ in range(n):
+            for i in range(hot):
+                assert db.get(f"k{i:03d}") == i
+        print(json.dumps(db.stats()["cache"]), flush=True)
+    read(rounds)
+    for line in sys.stdin:  # "again": one more round, all hits; EOF: close
+        read(1)
+    """)
+
+
+class _Reader:
+    """A process reading `hot` keys `rounds` times through its read cache,
+    then one more round (all hits) for each line given; its cache stats
+    after each. The store stays open until it is told to close."""
+
+    def __init__(self, path, hot, rounds):
+        self.proc = subprocess.Popen([sys.executable, "-c", READER, str(path), str(hot), str(rounds)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.stats = json.loads(self.proc.stdout.readline())
+
+    def again(self):
+        self.proc.stdin.write("again\n")
+        self.proc.stdin.flush()
+        self.stats = json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.communicate("", timeout=60)
+
+
+def _readers_store(path, keys=100):
+    with kvstore.open(str(path)) as db:
+        db.put_many({f"k{i:03d}": i for i in range(keys)})
+
+
+def _ratio(*stats):
+    served = sum(s["hits"] + s["revalidations"] for s in stats)
+    return served / (served + sum(s["misses"] for s in stats))
+
+
+def _published(path, n):
+    """Wait until n processes have published counters that stopped moving."""
+    import time
+
+    from kvstore import cachestats
+
+    last = None
+    for _ in range(200):
+        slots = cachestats.read_slots(str(path))
+        if len(slots) == n and slots == last:
+            return
+        last = slots
+        time.sleep(0.3)  # > CACHE_STATS_INTERVAL
+    raise AssertionError(f"{n} publishers expected, cache.stats has {last}")
+
+
+def test_stat_watch_shows_the_hit_ratio_of_the_processes_reading(tmp_path):
+    path = tmp_path / "store"
+    _readers_store(path)
+    # first misses mark a key, second ones fill, then hits (cache.py):
+    # 50 keys x 3 rounds: 1/3 hits; 10 keys x 10 rounds: 80%
+    a, b = _Reader(path, 50, 3), _Reader(path, 10, 10)
+    try:
+        assert (a.stats["hit_ratio"], b.stats["hit_ratio"]) == (50 / 150, 80 / 100)
+        _published(path, 2)
+        doc = json.loads(stat(path, "--watch", "0.05", "--count", "1", "--json"))
+        assert doc["cache_processes"] == 2
+        assert doc["cache_hit_ratio_since_open"] == _ratio(a.stats, b.stats) == 130 / 250
+        assert doc["cache_hit_ratio"] is None and doc["cache_reads_per_second"] == 0  # idle meanwhile
+        # a read-only process does not publish (it writes nothing beside the store)
+        with kvstore.open(str(path), readonly=True) as ro:
+            ro.get("k000")
+            line = stat(path, "--watch", "0.05", "--count", "1").splitlines()[1].split()
+        assert line[4:7] == ["2", "-", "52.0%"]  # caches, hit ratio, since open
+
+        # reads during the watch: the interval's ratio is theirs alone
+        watch = subprocess.Popen([sys.executable, "-m", "kvstore", "stat", str(path), "--watch", "2", "--count",
+                                  "2", "--json"], stdout=subprocess.PIPE, text=True)
+        try:
+            _wait_until_open(watch.pid)
+            a.again()
+            b.again()  # 60 hits
+            docs = [json.loads(line) for line in watch.communicate(timeout=120)[0].splitlines()]
+        finally:
+            watch.kill()
+        assert len(docs) == 2
+        reads = [d["cache_reads_per_second"] * d["seconds"] for d in docs]
+        assert round(sum(reads)) == 60
+        assert all(d["cache_hit_ratio"] == 1.0 for d, n in zip(docs, reads) if round(n))
+        assert docs[-1]["cache_hit_ratio_since_open"] == _ratio(a.stats, b.stats) == 190 / 310
+    finally:
+        a.close()
+        b.close()
+    _published(path, 0)  # closed: their slots are free
+    doc = json.loads(stat(path, "--watch", "0.01", "--count", "1", "--json"))
+    assert doc["cache_processes"] == 0 and doc["cache_hit_ratio_since_open"] is None
+
+
+def _wait_until_open(pid):
+    """Wait until the watch process has the store open (its first sample
+    follows at once): LMDB's locks on lock.mdb, which /proc/locks lists
+    with its pid."""
+    import time
+
+    for _ in range(600):
+        if any(f" {pid} " in line for line in open("/proc/locks")):
+            time.sleep(0.2)
+            return
+        time.sleep(0.05)
+    raise AssertionError("the watch did not open the store")

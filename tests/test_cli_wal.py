@@ -196,7 +196,7 @@ def test_checkpoint_of_a_store_without_a_log_leaves_it_without_one(tmp_path):
     status, text = run(["checkpoint", path])
     assert status == 0
     assert text == f"{path}: no write-ahead log (store format below 3); data.mdb holds everything\n"
-    assert sorted(os.listdir(path)) == ["data.mdb", "lock.mdb"]
+    assert sorted(os.listdir(path)) == ["cache.stats", "data.mdb", "lock.mdb"]  # no data.wal
     assert json.loads(run(["stat", path, "--json"])[1])["environment"]["format_version"] == "2"
     assert json.loads(run(["checkpoint", path, "--json"])[1]) == {"path": path, "log": False, "applied_bytes": 0}
 

@@ -65,6 +65,18 @@ def test_misuse_is_flagged(mypy_cache):
     assert text.count("# type: ignore[") >= 20  # the file still holds its misuse
 
 
+def test_no_module_of_the_package_is_exempt():
+    """mypy --strict checks every module: no override ignores a module's
+    errors or lets typed code call into an untyped one."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert "untyped_calls_exclude" not in config
+    for override in config.get("overrides", []):
+        modules = override["module"] if isinstance(override["module"], list) else [override["module"]]
+        exempt = override.get("ignore_errors") or override.get("disallow_untyped_defs") is False
+        assert not (exempt and any(m.startswith("kvstore") for m in modules)), override
+
+
 def test_py_typed_is_shipped():
     assert (Path(kvstore.__file__).parent / "py.typed").is_file()
     pyproject = (ROOT / "pyproject.toml").read_text()

@@ -24,9 +24,12 @@ a put_many, a batch, a transaction) and their operations appended to the
 log, read back from it (a log reset between two samples loses the records
 appended just before it: then they count low); the log's size in use and
 its part not yet applied to data.mdb. Map: its use against the map size its
-last writer recorded. The read cache's hit ratio is not there: it is a
-counter of each process (`Store.stats()["cache"]`), which another process
-cannot read."""
+last writer recorded. The read cache: each writable process with a cache
+publishes its counters to cache.stats (kvstore/cachestats.py); the hit
+ratio of the interval sums what the processes alive at both samples (and
+those that opened between them) counted in it, and the ratio since open
+sums every live process's counters since it opened (what each one's
+`Store.stats()["cache"]["hit_ratio"]` says of itself)."""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import os
 import time
 from collections import Counter
 
-from kvstore import codec, engine, lmdbwalk
+from kvstore import cachestats, codec, engine, lmdbwalk
 from kvstore.codec.format import HEADER, HEADER_SIZE, TTL_HEADER_SIZE, TTL_VERSION, VERSIONS, parse_ttl
 from kvstore.errors import CorruptionError
 from kvstore.wal import HEADER_SIZE as LOG_HEADER_SIZE, decode_ops, seed as log_seed
@@ -67,8 +70,9 @@ def add_parser(subparsers: Subparsers) -> Parser:
     p.add_argument("path", help="store directory")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
     p.add_argument("--watch", metavar="SECONDS", type=float,
-                   help="live: every SECONDS, a line of commits, write groups and ops per second, log "
-                        "and map use, until Ctrl-C")
+                   help="live: every SECONDS, a line of commits, write groups and ops per second, the "
+                        "read cache's hit ratio in the processes using the store, log and map use, until "
+                        "Ctrl-C")
     p.add_argument("--count", metavar="N", type=int, help="with --watch: stop after N lines")
     return p
 
@@ -279,6 +283,32 @@ class _Sample:
         log: Any = env.log if env.tail is not None else None
         self.log = log
         self.state = log.state() if log is not None else None
+        # (slot, pid, opened) -> (served: hits + revalidations, misses) of
+        # each process publishing its read cache's counters; None: unreadable
+        slots = cachestats.read_slots(env.path)
+        self.caches = None if slots is None else {
+            (c.slot, c.pid, c.opened_ns): (c.hits + c.revalidations, c.misses) for c in slots}
+
+
+def _cache_use(before: _Sample, now: _Sample) -> tuple[int, int, int, int] | None:
+    """(served, missed) reads of the read caches between two samples, and
+    since each live process opened; None when cache.stats is unreadable. A
+    process that opened since the last sample counts from zero; one that
+    closed meanwhile is left out."""
+    if now.caches is None:
+        return None
+    old = before.caches or {}
+    served = missed = 0
+    for key, (s, m) in now.caches.items():
+        s0, m0 = old.get(key, (0, 0))
+        served += s - s0
+        missed += m - m0
+    return (served, missed, sum(s for s, _ in now.caches.values()),
+            sum(m for _, m in now.caches.values()))
+
+
+def _ratio(served: int, missed: int) -> float | None:
+    return served / (served + missed) if served + missed else None
 
 
 def _log_ops(before: _Sample, now: _Sample) -> tuple[int, int] | None:
@@ -304,6 +334,7 @@ def _log_ops(before: _Sample, now: _Sample) -> tuple[int, int] | None:
 def _watch_doc(before: _Sample, now: _Sample) -> dict[str, Any]:
     dt = max(now.at - before.at, 1e-9)
     appended = _log_ops(before, now)
+    cache = _cache_use(before, now)
     st = now.state
     return {
         "time": time.time(),
@@ -311,6 +342,10 @@ def _watch_doc(before: _Sample, now: _Sample) -> dict[str, Any]:
         "commits_per_second": (now.commits - before.commits) / dt,
         "groups_per_second": appended[0] / dt if appended is not None else None,
         "ops_per_second": appended[1] / dt if appended is not None else None,
+        "cache_processes": len(now.caches) if now.caches is not None else None,
+        "cache_reads_per_second": (cache[0] + cache[1]) / dt if cache is not None else None,
+        "cache_hit_ratio": _ratio(cache[0], cache[1]) if cache is not None else None,
+        "cache_hit_ratio_since_open": _ratio(cache[2], cache[3]) if cache is not None else None,
         "log_used_bytes": st.end - LOG_HEADER_SIZE if st is not None else None,
         "log_unapplied_bytes": st.end - st.applied if st is not None else None,
         "map_used": now.map_used,
@@ -325,13 +360,16 @@ def _watch_line(doc: dict[str, Any]) -> list[str]:
     pct = 100.0 * doc["map_used"] / doc["map_size"] if doc["map_size"] else 0.0
     return [time.strftime("%H:%M:%S", time.localtime(doc["time"])), rate(doc["commits_per_second"]),
             rate(doc["groups_per_second"]), rate(doc["ops_per_second"]),
+            "-" if doc["cache_processes"] is None else str(doc["cache_processes"]),
+            _pct(doc["cache_hit_ratio"]), _pct(doc["cache_hit_ratio_since_open"]),
             "-" if doc["log_used_bytes"] is None else human_size(doc["log_used_bytes"]),
             "-" if doc["log_unapplied_bytes"] is None else human_size(doc["log_unapplied_bytes"]),
             f"{human_size(doc['map_used'])} of {human_size(doc['map_size'])} ({pct:.1f}%)"]
 
 
-_WATCH_HEADER = ["time", "commits/s", "groups/s", "ops/s", "log used", "unapplied", "map"]
-_WATCH_WIDTHS = [8, 10, 9, 10, 10, 10, 0]
+_WATCH_HEADER = ["time", "commits/s", "groups/s", "ops/s", "caches", "hit ratio", "since open", "log used",
+                 "unapplied", "map"]
+_WATCH_WIDTHS = [8, 10, 9, 10, 6, 9, 10, 10, 10, 0]
 
 
 def _watch(args: Args, out: Out) -> int:
