@@ -177,3 +177,36 @@ def test_stats_count_commits(store):
     store.put("a", 1, durable=True)
     stats = store.stats()
     assert stats["commits"] >= 1 and stats["ops_committed"] >= 1
+
+
+def test_the_asyncio_api(store, tmp_path):
+    import asyncio
+
+    import kvstore.aio
+
+    url = store.path
+    store.close()
+
+    async def main():
+        async with kvstore.aio.open(url) as db:
+            await db.aput("a", 1, durable=True)
+            await asyncio.gather(*(db.aput(f"k{i}", i, durable=True) for i in range(20)))
+            assert await db.aget("a") == 1
+            assert await db.aget_many(["k3", "nope"]) == [3, None]
+            async with db.abatch() as b:
+                b.put("b", 2)
+            await db.aflush()
+            assert [k async for k in db.ascan(prefix="k1", keys_only=True)] == [b"k1", b"k10", b"k11", b"k12",
+                                                                                 b"k13", b"k14", b"k15",
+                                                                                 b"k16", b"k17", b"k18", b"k19"]
+            assert await db.aincr("n", 2) == 2
+            assert await db.acompare_and_set("n", 2, 3) is True
+            assert await db.aupdate("n", lambda v: v * 10) == 30
+            ns = await db.anamespace("other")
+            await ns.aput("x", 1, durable=True)
+            assert await db.anamespaces() == ["default", "other"]
+            async with db.atransaction() as tx:
+                tx.put("t", tx.get("n") + 1)
+            assert await db.aget("t") == 31
+
+    asyncio.run(main())
