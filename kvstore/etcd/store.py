@@ -332,9 +332,38 @@ class EtcdStore:
         return self._read(remote, remote.keys.key(self._ns, raw), default)
 
     def get_many(self, keys: Iterable[Any]) -> list[Any]:
-        """Values of keys, None for missing ones, in order."""
+        """Values of keys, None for missing ones, in order. The keys neither
+        pending nor fresh in the cache are read in etcd transactions of
+        max_txn_ops reads each: one round trip, one revision, per part."""
         remote = self._live()
-        return [self._read(remote, remote.keys.key(self._ns, check_key(k)), None) for k in list(keys)]
+        fulls = [remote.keys.key(self._ns, check_key(k)) for k in list(keys)]
+        out: list[Any] = [None] * len(fulls)
+        todo: list[int] = []
+        pending, cache = remote.committer.pending, remote.cache
+        for i, full in enumerate(fulls):
+            if full in pending:
+                record = pending[full][1]
+                out[i] = None if record is None else decode(remote.codec, full, record)
+                continue
+            if cache is not None:
+                entry, fresh = cache.lookup(full)
+                if fresh:
+                    out[i] = entry.value  # type: ignore[union-attr]  # fresh: an entry
+                    continue
+            todo.append(i)
+        step = remote.options.max_txn_ops
+        for part in range(0, len(todo), step):
+            wanted = todo[part:part + step]
+            reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=fulls[i])) for i in wanted]
+            resp = remote.client.call("KV", "Txn", rpc.TxnRequest(success=reads), doing="reading keys")
+            revision = int(resp.header.revision)
+            for i, r in zip(wanted, resp.responses):
+                kvs = r.response_range.kvs
+                if kvs:
+                    out[i] = decode(remote.codec, fulls[i], kvs[0].value)
+                    if cache is not None:
+                        cache.fill(fulls[i], out[i], int(kvs[0].mod_revision), revision)
+        return out
 
     def __getitem__(self, key: Any) -> Any:
         missing = object()
@@ -481,12 +510,20 @@ class EtcdStore:
         }
 
     def close(self) -> None:
-        """Send pending writes and close the connection (a namespace handle: only itself). Idempotent."""
+        """Send pending writes and close the connection (a namespace handle:
+        only itself). Idempotent.
+
+        :raises UnavailableError, OutcomeUnknownError: a buffered write since
+            the last flush failed (the connection is closed all the same)
+        """
         if self._closed:
             return
         self._closed = True
-        if self._root:
-            self._remote.close()
+        if self._root and not self._remote.closed:
+            try:
+                self._remote.committer.flush()  # a buffered write's failure is raised here
+            finally:
+                self._remote.close()
 
     def __enter__(self) -> EtcdStore:
         return self
