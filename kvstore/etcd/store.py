@@ -78,7 +78,8 @@ class Remote:
                                options.cache_max_age)
         invalidate = self.cache.invalidate if self.cache is not None else (lambda keys: None)
         self.committer = Committer(self.client, options.max_txn_ops, options.max_request_bytes,
-                                   options.flush_interval, options.max_pending_ops, invalidate)
+                                   options.flush_interval, options.max_pending_ops, invalidate,
+                                   options.commit_linger)
         self.ttl_ms: dict[str, int] = {}  # namespace -> default TTL in ms (0: none), as last read
         self.registered: set[str] = set()
 
