@@ -221,3 +221,11 @@ def test_get_many_of_more_keys_than_one_etcd_transaction_holds(store):
     expected = list(range(300)) + [None]
     expected[7] = "pending"
     assert store.get_many(keys) == expected
+
+
+def test_a_transaction_writes_to_another_namespace(store):
+    with store.transaction() as tx:
+        tx.put("x", 1, namespace="elsewhere")
+        tx.put("y", 2)
+    assert store.namespace("elsewhere").get("x") == 1 and store.get("y") == 2
+    assert "elsewhere" in store.namespaces()
