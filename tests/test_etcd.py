@@ -249,3 +249,29 @@ def test_a_threads_own_write_is_never_hidden_by_a_racing_read_filling_the_cache(
             for t in readers:
                 t.join()
         assert not stale, f"{len(stale)} reads after the thread's own durable write saw an older value: {stale[:5]}"
+
+
+def test_without_a_majority_writes_and_reads_raise_unavailable_and_nothing_is_written(etcd_cluster, etcd_url):
+    db = kvstore.open(etcd_url, durable=True, timeout=0.5, retry_time=1.0, cache_entries=0)
+    db.put("before", 1)
+    down = [i for i in range(3) if i != etcd_cluster.leader()]
+    try:
+        for i in down:
+            etcd_cluster.kill(i)
+        started = time.monotonic()
+        # Sent to the leader before it noticed it lost its majority: no
+        # answer, so the outcome is unknown; once it stepped down: refused.
+        with pytest.raises((kvstore.UnavailableError, kvstore.OutcomeUnknownError)) as info:
+            db.put("during", 2)
+        assert time.monotonic() - started < 10
+        with pytest.raises(kvstore.UnavailableError, match="majority"):
+            db.get("before")
+    finally:
+        for i in down:
+            etcd_cluster.restart(i)
+    assert db.get("before") == 1
+    if isinstance(info.value, kvstore.UnavailableError):  # refused: never written
+        assert db.get("during") is None
+    db.put("after", 3)
+    assert db.get("after") == 3
+    db.close()
