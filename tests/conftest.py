@@ -146,13 +146,12 @@ def small_tmpfs(tmp_path):
 def etcd_cluster(tmp_path_factory):
     """A real 3-member etcd cluster on 127.0.0.1 for the whole session
     (tests/support/etcd_cluster.py), stopped by its PIDs at the end.
-    Skips only when the etcd binary is missing (.ci/run installs it) or
-    the extra is not installed."""
+    Skips only when the etcd binary is missing (.ci/run installs it);
+    without the etcd extra the tests fail, saying what to install."""
     from support import etcd_cluster
 
     if etcd_cluster.ETCD is None:
         pytest.skip("no etcd binary on PATH: install Debian's etcd-server (.ci/run does)")
-    pytest.importorskip("pyetcd", reason="the etcd extra is not installed: pip install -e '.[etcd]'")
     cluster = etcd_cluster.EtcdCluster.start(str(tmp_path_factory.mktemp("etcd")))
     yield cluster
     cluster.stop()

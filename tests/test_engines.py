@@ -229,3 +229,11 @@ def test_a_transaction_writes_to_another_namespace(store):
         tx.put("y", 2)
     assert store.namespace("elsewhere").get("x") == 1 and store.get("y") == 2
     assert "elsewhere" in store.namespaces()
+
+
+def test_a_namespace_with_another_default_ttl_is_refused(store):
+    store.namespace("s", ttl=5)
+    with pytest.raises(kvstore.TTLMismatchError):
+        store.namespace("s", ttl=7)
+    store.namespace("s").set_default_ttl(7)
+    assert store.namespace("s", ttl=7).default_ttl == 7

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from .. import memoize as _memoize
 from ..errors import (InvalidArgumentError, InvalidKeyError, NotSupportedError, ReadOnlyError,
-                      StoreClosedError)
+                      StoreClosedError, TTLMismatchError)
 from ..layout import DEFAULT_NAMESPACE, check_key, check_namespace_name
 from ..reads import SCAN_CHUNK, scan_bounds
 from ..store import _decoded
@@ -121,7 +121,6 @@ class EtcdStore:
         handle = EtcdStore(remote, name, keys, root=False)
         if wanted is not None and current != wanted:
             if current:
-                from ..errors import TTLMismatchError
                 raise TTLMismatchError(
                     f"namespace {name!r} has a default TTL of {current / 1000:g} s, not {ttl!r} s; change "
                     f"it with db.namespace({name!r}).set_default_ttl({ttl!r}), or leave ttl= out")
