@@ -237,3 +237,15 @@ def test_a_namespace_with_another_default_ttl_is_refused(store):
         store.namespace("s", ttl=7)
     store.namespace("s").set_default_ttl(7)
     assert store.namespace("s", ttl=7).default_ttl == 7
+
+
+def test_a_transaction_inside_another_of_the_same_thread_is_refused(store):
+    with store.transaction() as tx:
+        tx.put("a", 1)
+        with pytest.raises(kvstore.NestedTransactionError):
+            with store.transaction():
+                pass
+        with pytest.raises(kvstore.NestedTransactionError):
+            store.incr("n")
+    assert store.get("a") == 1
+    assert store.incr("n") == 1  # the outer one ended: allowed again

@@ -131,7 +131,7 @@ class AsyncEtcdStore:
         for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(backoff(attempt - 1))
-            tx = await _thread(EtcdTransaction(self._store, durable).__enter__)
+            tx = await _thread(EtcdTransaction(self._store, durable)._begin, False)
             try:
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(tx)
@@ -223,7 +223,7 @@ class _AsyncTransaction:
         self._tx = tx
 
     async def __aenter__(self) -> EtcdTransaction:
-        return await _thread(self._tx.__enter__)
+        return await _thread(self._tx._begin, False)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         await _thread(self._tx.__exit__, exc_type, None, None)

@@ -22,9 +22,11 @@ of kvstore/retry.py.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
-from ..errors import ConflictError, InvalidArgumentError, OutcomeUnknownError, TransactionClosedError
+from ..errors import (ConflictError, InvalidArgumentError, NestedTransactionError, OutcomeUnknownError,
+                      TransactionClosedError)
 from ..layout import check_key
 from ..reads import scan_bounds
 from ..retry import RETRIES, backoff, gave_up
@@ -41,6 +43,8 @@ __all__ = ["EtcdTransaction", "transact", "STATS"]
 
 _R = TypeVar("_R")
 STATS = {"calls": 0, "conflicts": 0}  # this process's transact calls and their conflicted runs
+# The transaction a thread has open (sync API), for NestedTransactionError.
+_current: ContextVar[EtcdTransaction | None] = ContextVar("kvstore_etcd_transaction", default=None)
 
 
 class EtcdTransaction:
@@ -58,7 +62,21 @@ class EtcdTransaction:
         return self._state
 
     def __enter__(self) -> EtcdTransaction:
-        self._store._settle(self._remote)  # this store's buffered writes first: reads see them
+        return self._begin(nesting=True)
+
+    def _begin(self, nesting: bool) -> EtcdTransaction:
+        """Start: NestedTransactionError inside another open transaction of
+        this thread (nesting=True; kvstore.aio's worker threads pass False:
+        a thread there runs many tasks' calls); then this store's buffered
+        writes are sent, so that its reads see them."""
+        if nesting:
+            outer = _current.get()
+            if outer is not None and outer._state == "open":
+                raise NestedTransactionError(
+                    "a transaction was begun inside another one of the same thread: do this work with "
+                    "the outer transaction's tx (it reads and writes every namespace), or after it ends")
+            _current.set(self)
+        self._store._settle(self._remote)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
