@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # The clock a command's stores judge expiry by (kvstore.cli.main's; None: time.time)
 Clock = Callable[[], float] | None
 
-__all__ = ["CommandError", "NotFound", "open_readonly", "open_writable", "namespace_handle",
+__all__ = ["CommandError", "NotFound", "is_url", "open_readonly", "open_writable", "namespace_handle",
            "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal",
            "utc_text", "expiry_doc", "expiry_text", "now_of"]
 
@@ -117,6 +117,22 @@ def expiry_text(expires_ms: int | None, ttl_ms: Any, now_ms: int) -> str:
 
 # ---------------------------------------------------------------- stores
 
+# Where a command takes a store PATH it also takes the URL of a store on an
+# etcd cluster (docs/distributed.md): it then works through the public Store
+# API only, since there is no LMDB file to read.
+URL_SCHEMES = ("etcd://",)
+
+
+def is_url(path: str) -> bool:
+    """Whether a command's PATH argument names a store on a cluster, not a directory."""
+    return isinstance(path, str) and path.startswith(URL_SCHEMES)
+
+
+def _open_url(url: str, clock: Clock, **options: Any) -> Store:
+    if clock is not None:
+        options["clock"] = clock
+    return kvstore.open(url, **options)
+
 
 def _open(path: str, clock: Clock, **options: Any) -> Store:
     if clock is not None:
@@ -141,6 +157,8 @@ def open_readonly(path: str, clock: Clock = None) -> Store:
     may write it), so that commands reading LMDB see every acknowledged write."""
     from .checkpoint import unapplied_bytes  # checkpoint.py imports this module
 
+    if is_url(path):
+        return _open_url(path, clock)
     pending = unapplied_bytes(path)
     if pending and os.access(os.fspath(path), os.W_OK):
         _open(path, clock).close()  # a writable close applies the log
@@ -158,6 +176,8 @@ def open_writable(path: str, create: bool, clock: Clock = None, **options: Any) 
     the store only when create is True. clock: as for open_readonly;
     options: more of kvstore.open's (wal=False: never add a log to a store
     that has none; a store that has one uses it anyway)."""
+    if is_url(path):
+        return _open_url(path, clock, durable=True, **options)
     if not create and not os.path.exists(os.path.join(os.fspath(path), "data.mdb")):
         raise StoreNotFoundError(f"no kvstore store at {os.fspath(path)!r}")
     return _open(path, clock, durable=True, **options)
@@ -185,7 +205,11 @@ def namespace_handle(db: Store, name: str, create: bool = False) -> Store:
     """A handle on namespace name (the store itself for the default one)."""
     if name == DEFAULT_NAMESPACE:
         return db
-    if not create:
+    if not create and is_url(db.path):
+        names = db.namespaces()
+        if name not in names:
+            raise NotFound(f"no namespace {name!r} in the store at {db.path!r} (it holds: {', '.join(names)})")
+    elif not create:
         namespace_dbi(db, name)
     return db.namespace(name)
 

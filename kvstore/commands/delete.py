@@ -25,7 +25,7 @@ def add_parser(subparsers: Subparsers) -> Parser:
                     "1 when it is missing. Several keys or a pattern: prints how many were deleted; a "
                     "named key that is missing is reported on stderr (exit status 1), the others are "
                     "deleted. --dry-run lists the keys that would be deleted and deletes nothing.")
-    p.add_argument("path", help="store directory")
+    p.add_argument("path", help="store directory, or etcd://HOST:PORT[,...]/PREFIX")
     p.add_argument("key", nargs="*", help="the key (several: all in one commit)")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     add_pattern_arguments(p, "delete")
