@@ -28,6 +28,7 @@ from .errors import (
     NamespaceLimitError,
     NestedTransactionError,
     NotSupportedError,
+    OutcomeUnknownError,
     ReadersFullError,
     ReadOnlyError,
     StoreClosedError,
@@ -36,6 +37,7 @@ from .errors import (
     TimeoutError,
     TransactionClosedError,
     TTLMismatchError,
+    UnavailableError,
 )
 from ._types import Items, Key, Value
 from .memoize import Memoized
@@ -74,6 +76,7 @@ __all__ = [
     "NamespaceLimitError",
     "NestedTransactionError",
     "NotSupportedError",
+    "OutcomeUnknownError",
     "ReadersFullError",
     "ReadOnlyError",
     "StoreClosedError",
@@ -82,4 +85,5 @@ __all__ = [
     "TimeoutError",
     "TransactionClosedError",
     "TTLMismatchError",
+    "UnavailableError",
 ]

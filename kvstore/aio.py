@@ -86,7 +86,13 @@ def open(path: str | os.PathLike[str], **options: Unpack[OptionsDict]) -> _Openi
 
     :param options: those of `kvstore.open()` (`kvstore.Options`); a bad one
         raises here, before anything is opened
+
+    An ``etcd://`` URL opens a store on an etcd cluster (kvstore/etcd/aio.py):
+    an `AsyncEtcdStore`, with the same methods.
     """
+    if isinstance(path, str) and path.startswith("etcd://"):
+        from .etcd import aio as _etcd_aio  # imports the etcd client libraries
+        return _etcd_aio.open(path, **options)  # type: ignore[return-value]  # the same API, another class
     return _Opening(path, Options.from_kwargs(options))
 
 

@@ -46,6 +46,9 @@ __all__ = [
     "LockFileReplacedError",
     "TimeoutError",
     "ConflictError",
+    # -- a remote engine (kvstore/etcd/)
+    "UnavailableError",
+    "OutcomeUnknownError",
     "translate",
 ]
 
@@ -323,6 +326,33 @@ def translate(exc: lmdb.Error, doing: str, path: str | None = None) -> KVStoreEr
     if isinstance(exc, lmdb.ReadonlyError):
         return ReadOnlyError(f"{doing}: the store's files are read-only ({exc})")
     return StoreFailedError(f"{doing} failed: {exc}; reopen the store", exc)
+
+
+# ---------------------------------------------------------------- a remote engine (kvstore/etcd/)
+
+
+class UnavailableError(KVStoreError, ConnectionError):
+    """The cluster could not be reached, had no leader, or did not answer in
+    time, after the bounded retries of calls that are safe to repeat (reads,
+    and writes that certainly never reached it). Nothing of the failed call
+    was written. Check that a majority of the cluster's members are up and
+    reachable, then call again."""
+
+
+class OutcomeUnknownError(KVStoreError):
+    """A write reached the cluster but no answer came back (a timeout, or the
+    leader was lost while it was in flight): it may or may not have been
+    applied, and it is never retried behind your back (that could apply it
+    twice). Read the keys to see whether it was, then write again if needed.
+
+    ``keys``: the (namespace, key) pairs the write touched."""
+
+    def __init__(self, message: str, keys: Iterable[tuple[str, bytes]] = ()):
+        super().__init__(message)
+        self.keys = list(keys)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.keys))
 
 
 class Refused(Exception):

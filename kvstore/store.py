@@ -62,7 +62,15 @@ def open(path: str | os.PathLike[str], **options: Unpack[OptionsDict]) -> Store:
     :param options: see `kvstore.Options` for every option and its default
     :raises FormatError: path is not a kvstore store, or a newer format
     :raises StoreNotFoundError: readonly=True and no store at path
+
+    An ``etcd://host:port[,host:port...]/prefix`` URL opens a store on an
+    etcd cluster instead (kvstore/etcd/, docs/distributed.md): an
+    `kvstore.etcd.store.EtcdStore`, with the same methods, taking the
+    options of `kvstore.etcd.options.EtcdOptions`.
     """
+    if isinstance(path, str) and path.startswith("etcd://"):
+        from . import etcd
+        return etcd.open(path, **options)  # type: ignore[return-value]  # the same API, another class
     return Store(path, Options.from_kwargs(options))
 
 

@@ -134,3 +134,28 @@ def small_tmpfs(tmp_path):
     finally:
         if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# ---------------------------------------------------------------- etcd (kvstore/etcd/)
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster(tmp_path_factory):
+    """A real 3-member etcd cluster on 127.0.0.1 for the whole session
+    (tests/support/etcd_cluster.py), stopped by its PIDs at the end.
+    Skips only when the etcd binary is missing (.ci/run installs it) or
+    the extra is not installed."""
+    from support import etcd_cluster
+
+    if etcd_cluster.ETCD is None:
+        pytest.skip("no etcd binary on PATH: install Debian's etcd-server (.ci/run does)")
+    pytest.importorskip("pyetcd", reason="the etcd extra is not installed: pip install -e '.[etcd]'")
+    cluster = etcd_cluster.EtcdCluster.start(str(tmp_path_factory.mktemp("etcd")))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def etcd_url(etcd_cluster):
+    """The URL of a store of its own (a fresh prefix) on the session's cluster."""
+    return etcd_cluster.url(f"t-{uuid.uuid4().hex[:12]}")

@@ -1,0 +1,222 @@
+"""What is particular to stores on etcd (kvstore/etcd/), on a real 3-member
+cluster (tests/support/etcd_cluster.py): the limits of one etcd transaction,
+an unreachable cluster, the missing extra, the grouping of writes, the read
+cache across processes, and the loss of the leader under durable writers."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import kvstore
+from support.etcd_cluster import free_port
+
+
+def test_a_put_many_over_max_txn_ops_raises_before_sending_and_names_the_flag(etcd_url):
+    with kvstore.open(etcd_url) as db:
+        with pytest.raises(kvstore.InvalidArgumentError, match=r"max_txn_ops=128.*--max-txn-ops"):
+            db.put_many({f"k{i}": i for i in range(129)}, durable=True)
+        with pytest.raises(kvstore.InvalidArgumentError, match="--max-txn-ops"):
+            with db.batch() as b:
+                for i in range(129):
+                    b.put(f"b{i}", i)
+        db.put_many({f"k{i}": i for i in range(128)}, durable=True)  # exactly the limit
+        assert len(db) == 128 and db.get("b0") is None
+
+
+def test_a_request_over_max_request_bytes_raises_before_sending_and_names_the_flag(etcd_url):
+    blob = os.urandom(400_000)  # incompressible
+    with kvstore.open(etcd_url) as db:
+        with pytest.raises(kvstore.InvalidArgumentError, match="--max-request-bytes"):
+            db.put_many({f"k{i}": blob for i in range(4)}, durable=True)
+        assert db.get("k0") is None
+        db.put_many({f"k{i}": blob for i in range(3)}, durable=True)
+        assert db.get("k2") == blob
+
+
+def test_a_limit_set_above_the_clusters_is_refused_by_the_cluster_with_the_flag_named(etcd_url):
+    with kvstore.open(etcd_url, max_txn_ops=200) as db:
+        with pytest.raises(kvstore.InvalidArgumentError, match="--max-txn-ops"):
+            db.put_many({f"k{i}": i for i in range(150)}, durable=True)
+        assert db.get("k0") is None
+
+
+def test_an_unreachable_cluster_raises_unavailable_after_bounded_retries():
+    url = f"etcd://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/x"
+    started = time.monotonic()
+    with pytest.raises(kvstore.UnavailableError, match="majority") as info:
+        kvstore.open(url, retry_time=0.5)
+    assert time.monotonic() - started < 5
+    assert isinstance(info.value, kvstore.KVStoreError)
+
+
+def test_options_of_local_stores_only_are_refused_by_name(etcd_url):
+    with pytest.raises(kvstore.NotSupportedError, match="map_size"):
+        kvstore.open(etcd_url, map_size=1 << 30)
+    with pytest.raises(kvstore.InvalidArgumentError, match="no_such"):
+        kvstore.open(etcd_url, no_such=1)
+    with pytest.raises(kvstore.InvalidArgumentError):
+        kvstore.open("etcd:///x")
+
+
+def test_without_the_extra_kvstore_works_and_an_etcd_url_says_what_to_install(tmp_path):
+    code = (
+        "import sys; sys.modules['pyetcd'] = None; sys.modules['grpc'] = None\n"
+        "import kvstore\n"
+        f"db = kvstore.open({str(tmp_path / 's')!r}); db.put('a', 1, durable=True); assert db.get('a') == 1\n"
+        "try:\n"
+        "    kvstore.open('etcd://127.0.0.1:2379/x')\n"
+        "except kvstore.KVStoreError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("NotSupportedError") and "pip install 'kvstore[etcd]'" in out.stdout
+
+
+def test_namespace_options_and_refusals(etcd_url):
+    with kvstore.open(etcd_url) as db:
+        with pytest.raises(kvstore.NotSupportedError, match="refresh"):
+            db.get("a", refresh_ttl=True)
+        with pytest.raises(kvstore.NotSupportedError, match="dictionar"):
+            db.train_dictionary()
+        with pytest.raises(kvstore.NotSupportedError, match="NUL"):
+            db.namespace("a\x00b")
+    with kvstore.open(etcd_url, readonly=True) as ro:
+        with pytest.raises(kvstore.ReadOnlyError):
+            ro.put("a", 1)
+
+
+def test_buffered_puts_share_etcd_transactions(etcd_url):
+    with kvstore.open(etcd_url) as db:
+        for i in range(1000):
+            db.put(f"k{i}", i)
+        db.flush()
+        stats = db.stats()
+        assert stats["ops_committed"] == 1000
+        assert stats["commits"] <= 100, stats  # grouped: at most max_txn_ops per transaction
+        assert stats["ops_per_commit"]["max"] <= 128
+
+
+def test_durable_writes_of_concurrent_threads_share_round_trips(etcd_url):
+    with kvstore.open(etcd_url, durable=True) as db:
+        def work(t):
+            for i in range(25):
+                db.put(f"{t}:{i}", i)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = db.stats()
+        assert stats["ops_committed"] == 400
+        assert stats["ops_per_commit"]["max"] > 1, stats
+        assert len(db) == 400
+
+
+_WRITER = """
+import sys, kvstore
+db = kvstore.open(sys.argv[1], cache_entries=0)
+db.put("shared", int(sys.argv[2]), durable=True)
+db.close()
+print("written", flush=True)
+"""
+
+
+def _write_in_another_process(url, value):
+    out = subprocess.run([sys.executable, "-c", _WRITER, url, str(value)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "written", out.stderr
+
+
+def test_another_processes_write_is_seen_by_the_next_read_through_the_cache(etcd_url):
+    # cache_max_age=0: a hit always checks the key's mod_revision (keys-only),
+    # so the read after another process's acknowledged write is exact.
+    with kvstore.open(etcd_url, cache_max_age=0) as db:
+        db.put("shared", 1, durable=True)
+        for _ in range(3):
+            assert db.get("shared") == 1
+        assert db.stats()["cache"]["hits"] >= 2
+        _write_in_another_process(etcd_url, 2)
+        assert db.get("shared") == 2
+        _write_in_another_process(etcd_url, 3)
+        assert db.get("shared") == 3
+
+
+def test_the_watch_drops_a_cached_value_another_process_changed(etcd_url):
+    # With the default cache_max_age, hits come from memory; the watch drops
+    # the entry as the cluster applies the other process's write.
+    with kvstore.open(etcd_url, cache_max_age=30) as db:
+        db.put("shared", 1, durable=True)
+        assert db.get("shared") == 1
+        assert db.get("shared") == 1
+        before = db.stats()["cache"]
+        _write_in_another_process(etcd_url, 2)
+        deadline = time.monotonic() + 5
+        while db.get("shared") != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert db.get("shared") == 2
+        assert db.stats()["cache"]["invalidations"] > before["invalidations"]
+
+
+def test_killing_the_leader_under_8_durable_writers_loses_no_acknowledged_write(etcd_cluster, etcd_url):
+    acked: dict[str, int] = {}
+    unknown: list[tuple[str, kvstore.OutcomeUnknownError]] = []
+    unavailable: list[str] = []
+    after_kill = [0]
+    killed = threading.Event()
+    stop = threading.Event()
+    lock = threading.Lock()
+    db = kvstore.open(etcd_url, durable=True, timeout=1.0, retry_time=15)
+
+    def writer(t):
+        i = 0
+        while not stop.is_set():
+            key = f"w{t}:{i:05d}"
+            try:
+                db.put(key, i)
+            except kvstore.OutcomeUnknownError as exc:
+                assert ("default", key.encode()) in exc.keys
+                with lock:
+                    unknown.append((key, exc))
+            except kvstore.UnavailableError:
+                with lock:
+                    unavailable.append(key)
+            else:
+                with lock:
+                    acked[key] = i
+                    if killed.is_set():
+                        after_kill[0] += 1
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    victim = None
+    try:
+        time.sleep(0.5)
+        victim = etcd_cluster.leader()
+        etcd_cluster.kill(victim)
+        killed.set()
+        deadline = time.monotonic() + 20
+        while after_kill[0] < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        if victim is not None:
+            etcd_cluster.restart(victim)
+    assert after_kill[0] >= 200, "the writers did not resume after the leader was killed"
+    db.close()
+    with kvstore.open(etcd_url, cache_entries=0) as check:
+        stored = dict(check.scan())
+    missing = [k for k, v in acked.items() if stored.get(k.encode()) != v]
+    assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+    extra = set(stored) - {k.encode() for k in acked} - {k.encode() for k, _ in unknown}
+    assert not extra, f"writes neither acknowledged nor reported unknown are stored: {sorted(extra)[:5]}"
+    print(f"acked {len(acked)}, outcome unknown {len(unknown)}, unavailable {len(unavailable)}")
