@@ -43,7 +43,8 @@ def fill(path, clock, n=300):
 def contents(target, clock):
     """{namespace: {key: (msgpack-comparable value, expires_at or None)}} and default TTLs."""
     found = {}
-    with kvstore.open(target, readonly=not target.startswith("etcd://"), clock=clock) as db:
+    options = {} if target.startswith("etcd://") else {"clock": clock}  # etcd: the cluster's leases
+    with kvstore.open(target, readonly=True, **options) as db:
         for name in db.namespaces():
             handle = db if name == "default" else db.namespace(name)
             found[name] = ({k: (json.dumps(v, default=repr), handle.expiry(k)) for k, v in handle.scan()},

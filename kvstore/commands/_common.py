@@ -7,6 +7,7 @@ import datetime
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import kvstore
@@ -33,7 +34,7 @@ Clock = Callable[[], float] | None
 
 __all__ = ["CommandError", "NotFound", "is_url", "open_readonly", "open_writable", "namespace_handle",
            "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal",
-           "utc_text", "expiry_doc", "expiry_text", "now_of"]
+           "utc_text", "expiry_doc", "expiry_text", "now_of", "clock_of"]
 
 # The CLI opens stores with room for many namespaces, so that it can show a
 # store whose application raised max_namespaces; it costs a few bytes each.
@@ -128,10 +129,10 @@ def is_url(path: str) -> bool:
     return isinstance(path, str) and path.startswith(URL_SCHEMES)
 
 
-def _open_url(url: str, clock: Clock, **options: Any) -> Store:
-    if clock is not None:
-        options["clock"] = clock
-    return kvstore.open(url, **options)
+def _open_url(url: str, **options: Any) -> Store:
+    # No clock: a store on etcd judges expiry by the cluster's leases
+    store: Store = kvstore.open(url, **options)
+    return store
 
 
 def _open(path: str, clock: Clock, **options: Any) -> Store:
@@ -158,7 +159,7 @@ def open_readonly(path: str, clock: Clock = None) -> Store:
     from .checkpoint import unapplied_bytes  # checkpoint.py imports this module
 
     if is_url(path):
-        return _open_url(path, clock)
+        return _open_url(path, readonly=True)
     pending = unapplied_bytes(path)
     if pending and os.access(os.fspath(path), os.W_OK):
         _open(path, clock).close()  # a writable close applies the log
@@ -177,16 +178,23 @@ def open_writable(path: str, create: bool, clock: Clock = None, **options: Any) 
     options: more of kvstore.open's (wal=False: never add a log to a store
     that has none; a store that has one uses it anyway)."""
     if is_url(path):
-        return _open_url(path, clock, durable=True, **options)
+        return _open_url(path, durable=True, **options)
     if not create and not os.path.exists(os.path.join(os.fspath(path), "data.mdb")):
         raise StoreNotFoundError(f"no kvstore store at {os.fspath(path)!r}")
     return _open(path, clock, durable=True, **options)
 
 
+def clock_of(db: Store[Any]) -> Callable[[], float]:
+    """The clock an opened store judges expiry by: its Options.clock, or
+    time.time for a store on etcd (its leases run on the cluster's)."""
+    clock: Callable[[], float] = getattr(db.options, "clock", time.time)
+    return clock
+
+
 def now_of(db: Store[Any]) -> int:
     """Now in ms on the clock of an opened store: what a command judges
     expiry by."""
-    return now_ms(db.options.clock)
+    return now_ms(clock_of(db))
 
 
 def namespace_dbi(db: Store, name: str) -> Any:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator
 
 from kvstore.errors import KVStoreError
 from kvstore.layout import DEFAULT_NAMESPACE
 
-from ._common import is_url
+from ._common import clock_of, is_url
 from ._encoding import dumps, key_to_json, to_json
 
 if TYPE_CHECKING:
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
 __all__ = ["is_local", "handle_of", "counts", "records", "put_with_expiry", "dump_jsonl", "check_records",
            "CHUNK"]
 
-# Keys read per get_many when checking records (one round trip on a cluster)
+# Records read per step: keys per get_many when checking records, records
+# whose expiries are read together
 CHUNK = 256
+# Threads reading the expiries of a chunk of records on a cluster
+EXPIRY_THREADS = 8
 # (expires_at, ttl) in seconds, as Store.expiry gives it, or None: no TTL
 Expiry = tuple[float, float] | None
 
@@ -57,13 +61,36 @@ def counts(db: Store[Any]) -> list[tuple[str, int]]:
 def records(handle: Store[Any]) -> Iterator[tuple[bytes, Any, Expiry]]:
     """(key, value, expiry) of every live record of a namespace, in key
     order; one that expires or goes between the scan and its expiry's read
-    is left out."""
-    for key, value in handle.scan():
-        try:
-            expiry = handle.expiry(key)
-        except KeyError:
-            continue
-        yield key, value, expiry
+    is left out. On a cluster, where each expiry is a round trip or two, the
+    expiries of a chunk of records are read by EXPIRY_THREADS threads."""
+    local = is_local(handle)
+    chunk: list[tuple[bytes, Any]] = []
+    for item in handle.scan():
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            yield from _with_expiry(handle, chunk, local)
+            chunk = []
+    yield from _with_expiry(handle, chunk, local)
+
+
+def _expiry_or_gone(handle: Store[Any], key: bytes) -> Expiry | bool:
+    try:
+        return handle.expiry(key)
+    except KeyError:
+        return False
+
+
+def _with_expiry(handle: Store[Any], chunk: list[tuple[bytes, Any]], local: bool
+                 ) -> Iterator[tuple[bytes, Any, Expiry]]:
+    keys = [key for key, _ in chunk]
+    if local or len(keys) < 2:
+        found = [_expiry_or_gone(handle, key) for key in keys]
+    else:
+        with ThreadPoolExecutor(EXPIRY_THREADS) as pool:
+            found = list(pool.map(lambda key: _expiry_or_gone(handle, key), keys))
+    for (key, value), expiry in zip(chunk, found):
+        if expiry is not False:
+            yield key, value, expiry  # type: ignore[misc]  # not False: an Expiry
 
 
 def put_with_expiry(handle: Store[Any], key: bytes, value: Any, expires_at: float | None, has_default: bool,
@@ -74,7 +101,7 @@ def put_with_expiry(handle: Store[Any], key: bytes, value: Any, expires_at: floa
     if expires_at is None:
         ttl = math.inf if has_default else None
     else:
-        ttl = expires_at - handle.options.clock()
+        ttl = expires_at - clock_of(handle)()
         if ttl <= 0:
             return False
     handle.put(key, value, ttl=ttl, durable=durable)
@@ -180,7 +207,7 @@ def stat_doc(db: Store[Any]) -> dict[str, Any]:
         stats: Any = db.stats()
     except KVStoreError as exc:
         stats = {"error": str(exc)}
-    return {"path": str(db.path), "engine": type(db).__module__, "namespaces": namespaces, "dictionaries": found,
+    return {"path": str(db.path), "engine": stats.get("engine", "lmdb"), "namespaces": namespaces, "dictionaries": found,
             "dictionaries_unavailable": why, "stats": stats}
 
 

@@ -31,11 +31,11 @@ import msgpack
 
 from kvstore.errors import StoreNotFoundError
 
-from ._common import CommandError, Progress, human_size, is_url, open_readonly, open_writable, plural, quote_key, \
+from ._common import CommandError, Progress, clock_of, human_size, is_url, open_readonly, open_writable, plural, quote_key, \
     write_json
 from ._copy import check_dest, copy_store
 from ._output import AtomicOutput
-from ._portable import CHUNK, counts, dump_jsonl, handle_of, put_with_expiry, records
+from ._portable import counts, dump_jsonl, handle_of, put_with_expiry, records
 
 from typing import TYPE_CHECKING, Any
 
@@ -158,36 +158,40 @@ def _copy(src: Store[Any], dst: Store[Any], total: int) -> tuple[dict[str, Copie
 
 
 def _verify(dst: Store[Any], copied: dict[str, Copied]) -> tuple[list[tuple[str, bytes, str]], int]:
-    """Read every copied record back from dst: ([(namespace, key, what
-    differs)], values that expired since)."""
+    """Read every copied record back from dst, by a scan of each namespace
+    (on etcd, pages of keys read at one revision, then each record's lease):
+    ([(namespace, key, what differs)], values that expired since)."""
     bad = []
     expired = 0
     with Progress("copy: checking", sum(len(c) for c in copied.values())) as progress:
         for name, done in copied.items():
             dest = handle_of(dst, name)
-            for at in range(0, len(done), CHUNK):
-                chunk = done[at:at + CHUNK]
-                values = dest.get_many([key for key, _, _ in chunk])
-                for (key, digest, expires_at), value in zip(chunk, values):
-                    problem = _compare(dest, key, digest, expires_at, value)
-                    if problem == "expired":
-                        expired += 1
-                    elif problem is not None:
-                        bad.append((name, key, problem))
-                progress.update(len(chunk))
+            wanted = {key: (digest, expires_at) for key, digest, expires_at in done}
+            for key, value, expiry in records(dest):
+                if key not in wanted:
+                    continue  # a key DST held before the copy
+                digest, expires_at = wanted.pop(key)
+                problem = _compare(digest, expires_at, value, expiry)
+                if problem is not None:
+                    bad.append((name, key, problem))
+                progress.update()
+            now = clock_of(dest)()
+            for key, (_, expires_at) in sorted(wanted.items()):  # not found by the scan
+                if expires_at is not None and expires_at <= now + EXPIRY_SLACK:
+                    expired += 1
+                else:
+                    bad.append((name, key, "missing"))
+                progress.update()
     return bad, expired
 
 
-def _compare(dest: Store[Any], key: bytes, digest: bytes, expires_at: float | None, value: Any) -> str | None:
-    now = dest.options.clock()
-    if value is None and key not in dest:
-        return "expired" if expires_at is not None and expires_at <= now + EXPIRY_SLACK else "missing"
+def _compare(digest: bytes, expires_at: float | None, value: Any, expiry: tuple[float, float] | None) -> str | None:
+    """What differs between a record read back and the source's (None: nothing)."""
     if _digest(value)[0] != digest:
         return "its value differs from the source's"
-    if expires_at is None and dest.expiry(key) is not None:
+    if expires_at is None and expiry is not None:
         return "it expires, and the source's does not"
     if expires_at is not None:
-        expiry = dest.expiry(key)
         if expiry is None:
             return "it never expires, and the source's does"
         if abs(expiry[0] - expires_at) > EXPIRY_SLACK:
