@@ -210,3 +210,22 @@ def test_the_asyncio_api(store, tmp_path):
             assert await db.aget("t") == 31
 
     asyncio.run(main())
+
+
+def test_get_many_of_more_keys_than_one_etcd_transaction_holds(store):
+    for i in range(0, 300, 100):
+        store.put_many({f"k{j:03d}": j for j in range(i, i + 100)}, durable=True)
+    store.get("k005")  # cached on etcd
+    store.put("k007", "pending")  # buffered
+    keys = [f"k{j:03d}" for j in range(300)] + ["missing"]
+    expected = list(range(300)) + [None]
+    expected[7] = "pending"
+    assert store.get_many(keys) == expected
+
+
+def test_a_transaction_writes_to_another_namespace(store):
+    with store.transaction() as tx:
+        tx.put("x", 1, namespace="elsewhere")
+        tx.put("y", 2)
+    assert store.namespace("elsewhere").get("x") == 1 and store.get("y") == 2
+    assert "elsewhere" in store.namespaces()

@@ -8,8 +8,9 @@ without it. docs/distributed.md has the mapping onto etcd and the limits.
 
 Modules: url (parsing), options (EtcdOptions), client (gRPC calls, error
 mapping, retries), keys (the key layout), records (the codec), grouping
-(writes into etcd transactions), cache (revisions and a watch), txn
-(transactions), store (the handles), aio (the asyncio API).
+(writes into etcd transactions), cache (revisions and a watch), remote
+(what a store's handles share), store (the handles), batch, txn
+(transactions), aio (the asyncio API).
 """
 
 from __future__ import annotations

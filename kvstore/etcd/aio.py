@@ -25,7 +25,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterable,
 from ..errors import ConflictError
 from ..retry import RETRIES, RMW_RETRIES, backoff, cas_step, gave_up, incr_step
 from ..validate import check_count
-from .store import EtcdBatch, EtcdStore, open_url
+from .batch import EtcdBatch
+from .store import EtcdStore, open_url
 from .txn import STATS, EtcdTransaction
 
 __all__ = ["open", "AsyncEtcdStore"]

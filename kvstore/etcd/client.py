@@ -48,8 +48,10 @@ BACKOFF_FIRST = 0.02  # seconds before the first retry; doubles up to BACKOFF_MA
 BACKOFF_MAX = 0.4
 
 
-class Compacted(Exception):
-    """Internal: a read or watch asked for a revision etcd has compacted away."""
+class Compacted(KVStoreError):
+    """A read asked for a revision etcd has compacted away (a long scan
+    outlived the cluster's history). Read again: it starts from the
+    current revision."""
 
 
 class Client:
@@ -134,7 +136,8 @@ class Client:
                     grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
             return None
         if "compacted" in details:
-            return Compacted(details)
+            return Compacted(f"{doing}: etcd compacted the revision this read was pinned to ({details}); "
+                             f"read again (a scan longer than the cluster's history keeps is cut)")
         if "too many operations in txn request" in details:
             return InvalidArgumentError(
                 f"{doing}: the cluster refused the transaction: {details}; the cluster's --max-txn-ops "

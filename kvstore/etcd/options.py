@@ -57,6 +57,9 @@ class EtcdOptions:
     """Seconds a buffered write may wait for others to share its etcd
     transaction when nothing is in flight; while one is, writes queue
     anyway and go together in the next one."""
+    commit_linger: float = 0.001
+    """Seconds the sender waits for more durable writes when fewer are
+    queued than its last transaction carried (grouping.py); 0: never."""
     max_pending_ops: int = 20000
     """Buffered writes queued but not yet sent; past it a buffered write
     waits (back-pressure)."""
@@ -100,7 +103,7 @@ class EtcdOptions:
                 raise InvalidArgumentError(f"{name} must be an int >= 0, not {value!r}")
         if self.max_txn_ops < 1 or self.max_request_bytes < 1024:
             raise InvalidArgumentError("max_txn_ops must be >= 1 and max_request_bytes >= 1024")
-        for name in ("timeout", "retry_time", "flush_interval", "cache_max_age"):
+        for name in ("timeout", "retry_time", "flush_interval", "commit_linger", "cache_max_age"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:

@@ -19,26 +19,27 @@ raises NotSupportedError saying why (dictionaries, get(refresh_ttl=True)).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
-from .. import codec as _codec
 from .. import memoize as _memoize
 from ..errors import (InvalidArgumentError, InvalidKeyError, NotSupportedError, ReadOnlyError,
                       StoreClosedError)
 from ..layout import DEFAULT_NAMESPACE, check_key, check_namespace_name
 from ..reads import SCAN_CHUNK, scan_bounds
 from ..store import _decoded
-from ..ttl import default_to_ms, to_ms
+from ..ttl import default_to_ms
 from ..validate import check_timeout
-from .cache import Cache
-from .client import Client, rpc
-from .grouping import Committer, Group, Op, whole_seconds
-from .keys import Keys
+from .client import rpc
+from .grouping import Group, Op
 from .options import EtcdOptions
-from .records import decode, encode
-from .url import Target, parse
+from .records import decode
+from .remote import Remote, make_op, ttl_seconds
+from .url import parse
 
-__all__ = ["open_url", "EtcdStore", "EtcdBatch", "Remote"]
+if TYPE_CHECKING:
+    from .batch import EtcdBatch
+
+__all__ = ["open_url", "EtcdStore"]
 
 _R = TypeVar("_R")
 
@@ -51,75 +52,6 @@ def open_url(url: str, **options: Any) -> EtcdStore:
     """
     target = parse(url)
     return EtcdStore(Remote(target, EtcdOptions.from_kwargs(options)), DEFAULT_NAMESPACE, bytes)
-
-
-class Remote:
-    """What the handles of one opened store share: the connection, the
-    sender of writes, the cache, the codec, the namespaces' TTLs."""
-
-    def __init__(self, target: Target, options: EtcdOptions):
-        self.target = target
-        self.options = options
-        self.keys = Keys(target.prefix)
-        self.codec = _codec.Codec(options.compression, options.compression_level,
-                                  options.compress_min_size, options.max_value_size)
-        self.client = Client(target.endpoints, options.timeout, options.retry_time)
-        self.closed = False
-        try:
-            self.client.call("KV", "Range", rpc.RangeRequest(key=self.keys.registry, count_only=True),
-                             doing=f"opening {target.url()}")
-        except BaseException:
-            self.client.close()
-            raise
-        self.cache = None
-        if options.cache_entries:
-            assert self.keys.data_end is not None
-            self.cache = Cache(self.client, self.keys.data, self.keys.data_end, options.cache_entries,
-                               options.cache_max_age)
-        invalidate = self.cache.invalidate if self.cache is not None else (lambda keys: None)
-        self.committer = Committer(self.client, options.max_txn_ops, options.max_request_bytes,
-                                   options.flush_interval, options.max_pending_ops, invalidate)
-        self.ttl_ms: dict[str, int] = {}  # namespace -> default TTL in ms (0: none), as last read
-        self.registered: set[str] = set()
-
-    def range(self, request: Any, doing: str) -> Any:
-        return self.client.call("KV", "Range", request, doing=doing)
-
-    def load_namespace(self, ns: str) -> int:
-        """The namespace's default TTL in ms (0: none), read from the cluster."""
-        resp = self.range(rpc.RangeRequest(key=self.keys.namespace_key(ns)), f"reading namespace {ns!r}")
-        ms = int(resp.kvs[0].value or b"0") if resp.kvs else 0
-        self.ttl_ms[ns] = ms
-        if resp.kvs:
-            self.registered.add(ns)
-        return ms
-
-    def register(self, ns: str, ttl_ms: int | None) -> None:
-        """Create the namespace's registry key (if missing), or set its default TTL."""
-        key = self.keys.namespace_key(ns)
-        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=str(ttl_ms or 0).encode()
-                                                       if ttl_ms is not None else b""))
-        if ttl_ms is None:  # create only if missing: never reset a stored TTL
-            compare = [rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
-                                   create_revision=0)]
-            self.client.call("KV", "Txn", rpc.TxnRequest(compare=compare, success=[put]), write=True,
-                             doing=f"creating namespace {ns!r}", keys=[(ns, b"")])
-        else:
-            self.client.call("KV", "Txn", rpc.TxnRequest(success=[put]), write=True,
-                             doing=f"setting the default TTL of namespace {ns!r}", keys=[(ns, b"")])
-            self.ttl_ms[ns] = ttl_ms
-        self.registered.add(ns)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.committer.close()
-        finally:
-            if self.cache is not None:
-                self.cache.close()
-            self.client.close()
 
 
 class EtcdStore:
@@ -216,32 +148,17 @@ class EtcdStore:
 
     # ------------------------------------------------------------ writes
 
-    def _ttl_seconds(self, remote: Remote, ttl: float | None) -> int:
-        if ttl is None:
-            ms = remote.ttl_ms.get(self._ns)
-            if ms is None:
-                ms = remote.load_namespace(self._ns)
-            return whole_seconds(ms / 1000) if ms else 0
-        ms = to_ms(ttl)  # 0: math.inf, never expires
-        return whole_seconds(ms / 1000) if ms else 0
-
-    def _op(self, remote: Remote, ns: str, key: Any, value: Any, ttl: int) -> Op:
-        raw = check_key(key)
-        return ns, raw, remote.keys.key(ns, raw), encode(remote.codec, raw, value), ttl
-
     def _submit(self, remote: Remote, ops: list[Op], durable: bool | None, what: str) -> None:
         if not ops:
             return
-        for ns in {op[0] for op in ops}:
-            if ns not in remote.registered and ns != DEFAULT_NAMESPACE:
-                remote.register(ns, None)
+        remote.register_all({op[0] for op in ops})
         durable = remote.options.durable if durable is None else bool(durable)
         remote.committer.submit(Group(ops, durable), what)
 
     def put(self, key: Any, value: Any, *, durable: bool | None = None, ttl: float | None = None) -> None:
         """Store value under key; as `kvstore.Store.put` (ttl: rounded up to whole seconds)."""
         remote = self._writable()
-        op = self._op(remote, self._ns, key, value, self._ttl_seconds(remote, ttl))
+        op = make_op(remote, self._ns, key, value, ttl_seconds(remote, self._ns, ttl))
         self._submit(remote, [op], durable, "put")
 
     def delete(self, key: Any, *, durable: bool | None = None) -> None:
@@ -258,18 +175,19 @@ class EtcdStore:
         elif not hasattr(items, "__iter__"):
             raise InvalidArgumentError(f"put_many takes a mapping or an iterable of (key, value) "
                                        f"pairs, not {type(items).__name__}")
-        seconds = self._ttl_seconds(remote, ttl)
+        seconds = ttl_seconds(remote, self._ns, ttl)
         ops = []
         for pair in items:
             try:
                 key, value = pair
             except (TypeError, ValueError):
                 raise InvalidKeyError(f"put_many takes (key, value) pairs, got {pair!r}") from None
-            ops.append(self._op(remote, self._ns, key, value, seconds))
+            ops.append(make_op(remote, self._ns, key, value, seconds))
         self._submit(remote, ops, durable, "put_many")
 
     def batch(self, durable: bool | None = None) -> EtcdBatch:
         self._writable()
+        from .batch import EtcdBatch
         return EtcdBatch(self, durable)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -332,9 +250,38 @@ class EtcdStore:
         return self._read(remote, remote.keys.key(self._ns, raw), default)
 
     def get_many(self, keys: Iterable[Any]) -> list[Any]:
-        """Values of keys, None for missing ones, in order."""
+        """Values of keys, None for missing ones, in order. The keys neither
+        pending nor fresh in the cache are read in etcd transactions of
+        max_txn_ops reads each: one round trip, one revision, per part."""
         remote = self._live()
-        return [self._read(remote, remote.keys.key(self._ns, check_key(k)), None) for k in list(keys)]
+        fulls = [remote.keys.key(self._ns, check_key(k)) for k in list(keys)]
+        out: list[Any] = [None] * len(fulls)
+        todo: list[int] = []
+        pending, cache = remote.committer.pending, remote.cache
+        for i, full in enumerate(fulls):
+            if full in pending:
+                record = pending[full][1]
+                out[i] = None if record is None else decode(remote.codec, full, record)
+                continue
+            if cache is not None:
+                entry, fresh = cache.lookup(full)
+                if fresh:
+                    out[i] = entry.value  # type: ignore[union-attr]  # fresh: an entry
+                    continue
+            todo.append(i)
+        step = remote.options.max_txn_ops
+        for part in range(0, len(todo), step):
+            wanted = todo[part:part + step]
+            reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=fulls[i])) for i in wanted]
+            resp = remote.client.call("KV", "Txn", rpc.TxnRequest(success=reads), doing="reading keys")
+            revision = int(resp.header.revision)
+            for i, r in zip(wanted, resp.responses):
+                kvs = r.response_range.kvs
+                if kvs:
+                    out[i] = decode(remote.codec, fulls[i], kvs[0].value)
+                    if cache is not None:
+                        cache.fill(fulls[i], out[i], int(kvs[0].mod_revision), revision)
+        return out
 
     def __getitem__(self, key: Any) -> Any:
         missing = object()
@@ -481,12 +428,20 @@ class EtcdStore:
         }
 
     def close(self) -> None:
-        """Send pending writes and close the connection (a namespace handle: only itself). Idempotent."""
+        """Send pending writes and close the connection (a namespace handle:
+        only itself). Idempotent.
+
+        :raises UnavailableError, OutcomeUnknownError: a buffered write since
+            the last flush failed (the connection is closed all the same)
+        """
         if self._closed:
             return
         self._closed = True
-        if self._root:
-            self._remote.close()
+        if self._root and not self._remote.closed:
+            try:
+                self._remote.committer.flush()  # a buffered write's failure is raised here
+            finally:
+                self._remote.close()
 
     def __enter__(self) -> EtcdStore:
         return self
@@ -497,49 +452,6 @@ class EtcdStore:
     def __repr__(self) -> str:
         state = "closed" if (self._closed or self._remote.closed) else "open"
         return f"<kvstore.etcd.EtcdStore {self.url!r} namespace={self._ns!r} {state}>"
-
-
-class EtcdBatch:
-    """Writes that commit atomically, in one etcd transaction, when the `with` block exits normally."""
-
-    def __init__(self, store: EtcdStore, durable: bool | None):
-        self._store = store
-        self._durable = durable
-        self._ops: list[Op] = []
-        self._state = "open"
-
-    def _check(self, namespace: str | None) -> tuple[Remote, str]:
-        if self._state != "open":
-            raise StoreClosedError(f"this batch is {self._state}; start a new one with db.batch()")
-        if namespace is not None:
-            check_namespace_name(namespace)
-        return self._store._writable(), self._store._ns if namespace is None else namespace
-
-    def put(self, key: Any, value: Any, *, namespace: str | None = None, ttl: float | None = None) -> None:
-        remote, ns = self._check(namespace)
-        handle = self._store if ns == self._store._ns else EtcdStore(remote, ns, bytes, root=False)
-        self._ops.append(self._store._op(remote, ns, key, value, handle._ttl_seconds(remote, ttl)))
-
-    def delete(self, key: Any, *, namespace: str | None = None) -> None:
-        remote, ns = self._check(namespace)
-        raw = check_key(key)
-        self._ops.append((ns, raw, remote.keys.key(ns, raw), None, 0))
-
-    def __len__(self) -> int:
-        return len(self._ops)
-
-    def __enter__(self) -> EtcdBatch:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if self._state != "open":
-            return
-        ops, self._ops = self._ops, []
-        if exc_type is not None:
-            self._state = "discarded"
-            return
-        self._state = "committed"
-        self._store._submit(self._store._live(), ops, self._durable, "batch")
 
 
 def _end(prefix: bytes) -> bytes:

@@ -32,6 +32,7 @@ from ..txn import MISSING, conflict_error
 from ..validate import check_count
 from .client import Compacted, rpc
 from .grouping import Op, grant
+from .remote import make_op, ttl_seconds
 
 if TYPE_CHECKING:
     from .store import EtcdStore
@@ -155,8 +156,7 @@ class EtcdTransaction:
 
     def put(self, key: Any, value: Any, *, ttl: float | None = None, namespace: str | None = None) -> None:
         ns = self._ns(namespace)
-        store = self._store if ns == self._store._ns else self._store.namespace(ns)
-        op = store._op(self._remote, ns, key, value, store._ttl_seconds(self._remote, ttl))
+        op = make_op(self._remote, ns, key, value, ttl_seconds(self._remote, ns, ttl))
         self._writes.pop(op[2], None)
         self._writes[op[2]] = op
 
@@ -201,6 +201,7 @@ class EtcdTransaction:
                 f"or raise --max-txn-ops and open the store with the same max_txn_ops=")
         from .grouping import check_limits
         check_limits(writes, limit, remote.options.max_request_bytes, "the transaction")
+        remote.register_all({op[0] for op in writes})
         leases: dict[int, int] = {}
         success = []
         for ns, raw, full, record, ttl in writes:
