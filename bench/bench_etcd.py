@@ -30,9 +30,13 @@ corpus's (bench/data.py), cycled.
   copy etcd -> local          records (20,000: the whole corpus) and back: time,
                               records/s, with the read-back check included
 
-What bounds the grouping: `etcd put per call` is one round trip and one Raft
-commit (an fsync on a majority) per write; the durable rows print the
-writes per etcd Txn kvstore made (its stats), when the engine reports them.
+What bounds each figure, printed beside it (the last round's): the CPU per
+op of this process (client: kvstore or the bare client, gRPC's threads
+included) and of the three members together, and how many cores both kept
+busy (this machine has 2, shared: near 2, the CPU is the bound, not the
+network or the fsyncs); for kvstore's writes, the writes per etcd Txn it
+made (its stats). `etcd put per call` is one round trip and one Raft commit
+(an fsync on each member) per write.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -86,20 +91,35 @@ class Direct:
         self.channel.close()
 
 
-def rate(fn, n: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - start)
+def member_cpu(cluster) -> float:
+    """CPU seconds the cluster's members have used (user + system, /proc)."""
+    total = 0.0
+    for m in cluster.members:
+        with open(f"/proc/{m.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def contenders(cluster, direct: Direct, records: list, ops: int, hits: int):
     """name -> fn(prefix) returning (ops/s, note)."""
-    items = [(k.encode(), v) for k, v in (records[i % len(records)] for i in range(ops))]
 
-    def groups_note(db) -> str:
-        st = db.stats()
-        per = st.get("ops_per_commit") or {}
-        return f"{per.get('mean', 0):.1f} writes per etcd Txn (mean)" if per.get("mean") else ""
+    def rate(fn, n: int) -> tuple[float, str]:
+        """(ops/s, where the CPU went): this process's and the members', per
+        op, and the cores both kept busy (2 here: near 2, the CPU bounds it)."""
+        c0, e0, t0 = time.process_time(), member_cpu(cluster), time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+        client, members = time.process_time() - c0, member_cpu(cluster) - e0
+        return n / wall, (f"CPU per op: client {1e6 * client / n:,.0f} us, etcd {1e6 * members / n:,.0f} us; "
+                          f"{(client + members) / wall:.2f} cores busy")
+
+    def with_groups(measured: tuple[float, str], db) -> tuple[float, str]:
+        per = db.stats().get("ops_per_commit") or {}
+        extra = f"; {per['mean']:.1f} writes per etcd Txn (mean)" if per.get("mean") else ""
+        return measured[0], measured[1] + extra
+
+    items = [(k.encode(), v) for k, v in (records[i % len(records)] for i in range(ops))]
 
     def kv_buffered(prefix):
         with kvstore.open(cluster.url(prefix)) as db:
@@ -107,23 +127,23 @@ def contenders(cluster, direct: Direct, records: list, ops: int, hits: int):
                 for k, v in items:
                     db.put(k, v, durable=False)
                 db.flush()
-            return rate(run, ops), groups_note(db)
+            return with_groups(rate(run, ops), db)
 
     def etcd_per_call(prefix):
         p = prefix.encode() + b"/"
-        return rate(lambda: [direct.put(p + k, msgpack.packb(v, use_bin_type=True)) for k, v in items], ops), ""
+        return rate(lambda: [direct.put(p + k, msgpack.packb(v, use_bin_type=True)) for k, v in items], ops)
 
     def kv_durable_threads(prefix):
         with kvstore.open(cluster.url(prefix)) as db:
             parts = [items[i::THREADS] for i in range(THREADS)]
-            r = rate(lambda: threaded(THREADS, lambda i: [db.put(k, v, durable=True) for k, v in parts[i]]), ops)
-            return r, groups_note(db)
+            return with_groups(rate(lambda: threaded(THREADS, lambda i: [db.put(k, v, durable=True)
+                                                                         for k, v in parts[i]]), ops), db)
 
     def etcd_threads(prefix):
         p = prefix.encode() + b"/"
         parts = [items[i::THREADS] for i in range(THREADS)]
         return rate(lambda: threaded(THREADS, lambda i: [direct.put(p + k, msgpack.packb(v, use_bin_type=True))
-                                                         for k, v in parts[i]]), ops), ""
+                                                         for k, v in parts[i]]), ops)
 
     key, value = items[0]
 
@@ -131,13 +151,13 @@ def contenders(cluster, direct: Direct, records: list, ops: int, hits: int):
         with kvstore.open(cluster.url(prefix)) as db:
             db.put(key, value, durable=True)
             db.get(key)
-            return rate(lambda: [db.get(key) for _ in range(hits)], hits), ""
+            return rate(lambda: [db.get(key) for _ in range(hits)], hits)
 
     def etcd_get(prefix):
         k = prefix.encode() + b"/" + key
         direct.put(k, msgpack.packb(value, use_bin_type=True))
         n = max(1, hits // 20)  # a round trip each: fewer of them
-        return rate(lambda: [direct.get(k) for _ in range(n)], n), ""
+        return rate(lambda: [direct.get(k) for _ in range(n)], n)
 
     return {
         "kvstore buffered puts": kv_buffered,
@@ -184,6 +204,7 @@ def main(argv=None) -> int:
     if ETCD is None:
         raise SystemExit("bench_etcd: no etcd binary on PATH (Debian: apt-get install etcd-server)")
     records, where = data.load(None)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the cluster (finally)
     tmp = tempfile.mkdtemp(prefix="kvstore-bench-etcd-")
     cluster = EtcdCluster.start(tmp)  # member directories and logs under tmp
     direct = Direct(cluster.members[0].endpoint)
