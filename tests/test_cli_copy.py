@@ -14,7 +14,7 @@ import pytest
 
 import kvstore
 
-from test_cli_keys import Clock, run
+from test_cli_keys import NOW, Clock, run
 
 
 
@@ -151,3 +151,16 @@ def test_copy_refuses_to_copy_a_store_onto_itself(tmp_path, clock, capsys):
     fill(src, clock, n=2)
     assert run(["copy", src, src + "/"], clock)[0] == 2
     assert "SRC and DST are the same store" in capsys.readouterr().err
+
+
+def test_the_check_after_a_copy_names_what_differs():
+    from kvstore.commands.copy import _compare, _digest
+
+    digest = _digest({"a": [1, math.nan]})[0]
+    assert _compare(digest, None, {"a": [1, math.nan]}, None) is None  # a NaN equals itself here
+    assert _compare(digest, None, {"a": [1, 2.0]}, None) == "its value differs from the source's"
+    assert _compare(digest, None, {"a": [1, math.nan]}, (NOW + 60, 60.0)) == "it expires, and the source's does not"
+    assert _compare(digest, NOW + 60, {"a": [1, math.nan]}, None) == "it never expires, and the source's does"
+    assert _compare(digest, NOW + 60, {"a": [1, math.nan]}, (NOW + 61.5, 62.0)) is None  # within 2 s
+    assert _compare(digest, NOW + 60, {"a": [1, math.nan]}, (NOW + 63, 63.0)) == \
+        "it expires +3.000 s from the source's"

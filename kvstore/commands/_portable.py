@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ._common import Progress
 
 __all__ = ["is_local", "handle_of", "counts", "records", "put_with_expiry", "dump_jsonl", "check_records",
-           "CHUNK"]
+           "dictionaries", "stat_doc", "Tally", "load_records", "CHUNK"]
 
 # Records read per step: keys per get_many when checking records, records
 # whose expiries are read together
@@ -63,14 +63,18 @@ def records(handle: Store[Any]) -> Iterator[tuple[bytes, Any, Expiry]]:
     order; one that expires or goes between the scan and its expiry's read
     is left out. On a cluster, where each expiry is a round trip or two, the
     expiries of a chunk of records are read by EXPIRY_THREADS threads."""
-    local = is_local(handle)
-    chunk: list[tuple[bytes, Any]] = []
-    for item in handle.scan():
-        chunk.append(item)
-        if len(chunk) >= CHUNK:
-            yield from _with_expiry(handle, chunk, local)
-            chunk = []
-    yield from _with_expiry(handle, chunk, local)
+    pool = None if is_local(handle) else ThreadPoolExecutor(EXPIRY_THREADS)
+    try:
+        chunk: list[tuple[bytes, Any]] = []
+        for item in handle.scan():
+            chunk.append(item)
+            if len(chunk) >= CHUNK:
+                yield from _with_expiry(handle, chunk, pool)
+                chunk = []
+        yield from _with_expiry(handle, chunk, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def _expiry_or_gone(handle: Store[Any], key: bytes) -> Expiry | bool:
@@ -80,14 +84,13 @@ def _expiry_or_gone(handle: Store[Any], key: bytes) -> Expiry | bool:
         return False
 
 
-def _with_expiry(handle: Store[Any], chunk: list[tuple[bytes, Any]], local: bool
+def _with_expiry(handle: Store[Any], chunk: list[tuple[bytes, Any]], pool: ThreadPoolExecutor | None
                  ) -> Iterator[tuple[bytes, Any, Expiry]]:
     keys = [key for key, _ in chunk]
-    if local or len(keys) < 2:
+    if pool is None:
         found = [_expiry_or_gone(handle, key) for key in keys]
     else:
-        with ThreadPoolExecutor(EXPIRY_THREADS) as pool:
-            found = list(pool.map(lambda key: _expiry_or_gone(handle, key), keys))
+        found = list(pool.map(lambda key: _expiry_or_gone(handle, key), keys))
     for (key, value), expiry in zip(chunk, found):
         if expiry is not False:
             yield key, value, expiry  # type: ignore[misc]  # not False: an Expiry
