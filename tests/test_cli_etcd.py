@@ -184,3 +184,13 @@ def test_load_of_an_mdb_dump_is_refused_on_an_etcd_url(tmp_path, clock, etcd_url
     assert run(["dump", local, "--format", "mdb", "-o", tmp_path / "d.mdb"], clock)[0] == 0
     assert run(["load", etcd_url, "-i", tmp_path / "d.mdb"], clock) == (2, "")
     assert "load a jsonl dump" in capsys.readouterr().err
+
+
+def test_del_of_more_keys_than_one_etcd_transaction_holds(clock, etcd_url):
+    with kvstore.open(etcd_url) as db:
+        for i in range(300):
+            db.put(f"k{i:03d}", i)
+        db.put("other", 1, durable=True)
+    assert run(["del", etcd_url, "--prefix", "k"], clock) == (
+        0, "deleted 300 keys from namespace 'default' in 3 etcd transactions (max_txn_ops=128)\n")
+    assert run(["keys", etcd_url], clock) == (0, "other\n")
