@@ -12,7 +12,10 @@ from support import profiles  # registers and loads the hypothesis profile (HYPO
 # The whole suite runs once per codec backend built here (test modules that
 # parametrise over the backends themselves are left alone).
 BACKENDS = kvstore.codec.backends()
-_OWN_BACKEND_PARAMS = {"test_codec_backends"}
+# test_etcd: the etcd engine's own behaviours (failover, limits, the cache's
+# watch), which do not depend on the codec; tests/test_engines.py runs the
+# API on etcd with both.
+_OWN_BACKEND_PARAMS = {"test_codec_backends", "test_etcd"}
 
 
 def pytest_generate_tests(metafunc):

@@ -220,3 +220,58 @@ def test_killing_the_leader_under_8_durable_writers_loses_no_acknowledged_write(
     extra = set(stored) - {k.encode() for k in acked} - {k.encode() for k, _ in unknown}
     assert not extra, f"writes neither acknowledged nor reported unknown are stored: {sorted(extra)[:5]}"
     print(f"acked {len(acked)}, outcome unknown {len(unknown)}, unavailable {len(unavailable)}")
+
+
+def test_a_threads_own_write_is_never_hidden_by_a_racing_read_filling_the_cache(etcd_url):
+    # Another thread's read of the old value may come back after the write's
+    # transaction was answered: it must not fill the cache with it.
+    with kvstore.open(etcd_url, cache_max_age=30) as db:
+        db.put("k", -1, durable=True)
+        stop = threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                db.get("k")
+                time.sleep(0)  # let the writer run
+
+        readers = [threading.Thread(target=reader) for _ in range(3)]
+        for t in readers:
+            t.start()
+        try:
+            stale = []
+            for i in range(300):
+                db.put("k", i, durable=True)
+                got = db.get("k")
+                if got != i:
+                    stale.append((i, got))
+        finally:
+            stop.set()
+            for t in readers:
+                t.join()
+        assert not stale, f"{len(stale)} reads after the thread's own durable write saw an older value: {stale[:5]}"
+
+
+def test_without_a_majority_writes_and_reads_raise_unavailable_and_nothing_is_written(etcd_cluster, etcd_url):
+    db = kvstore.open(etcd_url, durable=True, timeout=0.5, retry_time=1.0, cache_entries=0)
+    db.put("before", 1)
+    down = [i for i in range(3) if i != etcd_cluster.leader()]
+    try:
+        for i in down:
+            etcd_cluster.kill(i)
+        started = time.monotonic()
+        # Sent to the leader before it noticed it lost its majority: no
+        # answer, so the outcome is unknown; once it stepped down: refused.
+        with pytest.raises((kvstore.UnavailableError, kvstore.OutcomeUnknownError)) as info:
+            db.put("during", 2)
+        assert time.monotonic() - started < 10
+        with pytest.raises(kvstore.UnavailableError, match="majority"):
+            db.get("before")
+    finally:
+        for i in down:
+            etcd_cluster.restart(i)
+    assert db.get("before") == 1
+    if isinstance(info.value, kvstore.UnavailableError):  # refused: never written
+        assert db.get("during") is None
+    db.put("after", 3)
+    assert db.get("after") == 3
+    db.close()

@@ -6,8 +6,10 @@ mod_revision they had, kept right by a watch.
     fill(key, value, mod_revision, read_revision)
                          after a read from the cluster at read_revision
     revalidated(key)     a keys-only read found the entry's mod_revision still current
-    invalidate(keys)     this process wrote keys (called before its pending
-                         writes are dropped, so no read falls between)
+    invalidate(keys, revision)
+                         this process wrote keys at revision (called before
+                         its pending writes are dropped, so no read falls
+                         between; a racing read older than it is not filled)
 
 The watch (one stream per store, on the whole data prefix, from the
 revision of the cache's first read) drops the entry of every key another
@@ -109,11 +111,23 @@ class Cache:
         self.hits += 1
         entry.checked = self._clock()
 
-    def invalidate(self, keys: list[bytes]) -> None:
+    def invalidate(self, keys: list[bytes], revision: int = 0) -> None:
+        """This process wrote keys, at revision (0: not known, the outcome
+        of the write is unknown): drop their entries, and refuse fills from
+        reads older than the write (a read of another thread, racing)."""
         with self._lock:
             for key in keys:
                 if self._entries.pop(key, None) is not None:
                     self.invalidations += 1
+                if revision:
+                    self._seen[key] = max(revision, self._seen.get(key, 0))
+                    self._seen.move_to_end(key)
+            self._trim_seen()
+
+    def _trim_seen(self) -> None:
+        while len(self._seen) > SEEN_MAX_FACTOR * self._max:
+            _, rev = self._seen.popitem(last=False)
+            self._forgot = max(self._forgot, rev)
 
     def clear(self) -> None:
         with self._lock:
@@ -141,13 +155,11 @@ class Cache:
         with self._lock:
             for ev in events:
                 key = ev.kv.key
-                self._seen[key] = ev.kv.mod_revision
+                self._seen[key] = max(int(ev.kv.mod_revision), self._seen.get(key, 0))
                 self._seen.move_to_end(key)
                 if self._entries.pop(key, None) is not None:
                     self.invalidations += 1
-            while len(self._seen) > SEEN_MAX_FACTOR * self._max:
-                _, rev = self._seen.popitem(last=False)
-                self._forgot = max(self._forgot, rev)
+            self._trim_seen()
             self.watched_revision = max(self.watched_revision, revision)
 
     def _watch_loop(self, revision: int) -> None:

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from ..errors import InvalidArgumentError, KVStoreError, StoreClosedError, TimeoutError
+from ..errors import InvalidArgumentError, KVStoreError, OutcomeUnknownError, StoreClosedError, TimeoutError
 from .client import Client, rpc
 
 __all__ = ["Op", "Group", "Committer", "request_bytes", "check_limits"]
@@ -91,14 +91,16 @@ class Group:
 
 class Committer:
     def __init__(self, client: Client, max_ops: int, max_bytes: int, flush_interval: float,
-                 max_pending: int, on_commit: Callable[[list[bytes]], None], linger: float = 0.0):
+                 max_pending: int, on_commit: Callable[[list[bytes], int], None], linger: float = 0.0):
         self._client = client
         self._max_ops = max_ops
         self._max_bytes = max_bytes
         self._interval = flush_interval
         self._linger = linger
         self._max_pending = max_pending
-        self._on_commit = on_commit  # called with the full keys of a transaction that applied
+        # called with the full keys of a transaction that applied, and its
+        # revision (0: its outcome is unknown)
+        self._on_commit = on_commit
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[Group] = deque()  # guarded
         self._queued_ops = 0  # guarded
@@ -219,15 +221,16 @@ class Committer:
                     ops[op[2]] = op
             error: BaseException | None = None
             started = time.monotonic()
+            revision = 0
             try:
-                self._send(list(ops.values()))
+                revision = self._send(list(ops.values()))
             except KVStoreError as exc:
                 error = exc
             except BaseException as exc:  # never leave a waiter hanging
                 error = KVStoreError(f"sending writes to etcd failed: {exc!r}")
             elapsed = time.monotonic() - started
-            if error is None:
-                self._on_commit(list(ops))
+            if error is None or isinstance(error, OutcomeUnknownError):
+                self._on_commit(list(ops), revision)
             with self._cond:
                 for group in groups:
                     group.error = error
@@ -246,7 +249,8 @@ class Committer:
                     self.txn_seconds.append(elapsed)
                 self._cond.notify_all()
 
-    def _send(self, ops: list[Op]) -> None:
+    def _send(self, ops: list[Op]) -> int:
+        """Send ops as one Txn; its revision."""
         leases: dict[int, int] = {}
         for op in ops:
             if op[3] is not None and op[4] and op[4] not in leases:
@@ -258,8 +262,9 @@ class Committer:
             else:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(
                     key=full, value=record, lease=leases.get(ttl, 0) if ttl else 0)))
-        self._client.call("KV", "Txn", rpc.TxnRequest(success=success), write=True,
-                          doing=f"writing {len(ops)} keys", keys=[(op[0], op[1]) for op in ops])
+        resp = self._client.call("KV", "Txn", rpc.TxnRequest(success=success), write=True,
+                                 doing=f"writing {len(ops)} keys", keys=[(op[0], op[1]) for op in ops])
+        return int(resp.header.revision)
 
 
 def grant(client: Client, seconds: int) -> int:

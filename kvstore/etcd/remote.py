@@ -44,7 +44,7 @@ class Remote:
             assert self.keys.data_end is not None
             self.cache = Cache(self.client, self.keys.data, self.keys.data_end, options.cache_entries,
                                options.cache_max_age)
-        invalidate = self.cache.invalidate if self.cache is not None else (lambda keys: None)
+        invalidate = self.cache.invalidate if self.cache is not None else (lambda keys, revision: None)
         self.committer = Committer(self.client, options.max_txn_ops, options.max_request_bytes,
                                    options.flush_interval, options.max_pending_ops, invalidate,
                                    options.commit_linger)

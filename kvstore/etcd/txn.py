@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
-from ..errors import ConflictError, InvalidArgumentError, TransactionClosedError
+from ..errors import ConflictError, InvalidArgumentError, OutcomeUnknownError, TransactionClosedError
 from ..layout import check_key
 from ..reads import scan_bounds
 from ..retry import RETRIES, backoff, gave_up
@@ -220,11 +220,16 @@ class EtcdTransaction:
                                                                   failure=failure),
                                       write=True, doing="committing a transaction",
                                       keys=[(op[0], op[1]) for op in writes])
+        except OutcomeUnknownError:
+            self._state = "failed"
+            if remote.cache is not None:
+                remote.cache.invalidate([op[2] for op in writes])
+            raise
         except BaseException:
             self._state = "failed"
             raise
-        if remote.cache is not None:
-            remote.cache.invalidate([op[2] for op in writes])
+        if remote.cache is not None and resp.succeeded:
+            remote.cache.invalidate([op[2] for op in writes], int(resp.header.revision))
         if resp.succeeded:
             self._state = "committed"
             return
