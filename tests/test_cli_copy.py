@@ -164,3 +164,19 @@ def test_the_check_after_a_copy_names_what_differs():
     assert _compare(digest, NOW + 60, {"a": [1, math.nan]}, (NOW + 61.5, 62.0)) is None  # within 2 s
     assert _compare(digest, NOW + 60, {"a": [1, math.nan]}, (NOW + 63, 63.0)) == \
         "it expires +3.000 s from the source's"
+
+
+def test_copy_says_which_dictionaries_it_leaves_behind(tmp_path, clock):
+    from test_dictionaries import records
+
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    with kvstore.open(src, clock=clock) as db:
+        db.namespace("episodes").put_many(records(600, seed=1), durable=True)
+        db.namespace("episodes").train_dictionary()
+    status, text = run(["copy", src, dst], clock)
+    assert status == 0
+    assert (f"namespace 'episodes' was compressed with dictionary 1 at {src}; dictionaries are not copied, so "
+            f"{dst} compresses its values without one (`kvstore train-dict {dst} -n episodes` trains one "
+            f"there)") in text.splitlines()
+    with kvstore.open(dst, readonly=True, clock=clock) as db:
+        assert db.dictionaries() == [] and len(db.namespace("episodes")) == 600

@@ -35,7 +35,7 @@ from ._common import CommandError, Progress, clock_of, human_size, is_url, open_
     write_json
 from ._copy import check_dest, copy_store
 from ._output import AtomicOutput
-from ._portable import counts, dump_jsonl, handle_of, put_with_expiry, records
+from ._portable import counts, dictionaries, dump_jsonl, handle_of, put_with_expiry, records
 
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +215,7 @@ def run(args: Args, out: Out) -> int:
             return _dry_run(args, out, _survey(src), held)
         backup = _backup(args, held) if args.backup is not None else None
         total = sum(n for _, n in counts(src))
+        trained = sorted({(d["namespace"], d["id"]) for d in dictionaries(src)[0] if d.get("current")})
         dst = open_writable(args.dest, create=True, clock=args.clock)
         try:
             started = time.perf_counter()
@@ -230,6 +231,7 @@ def run(args: Args, out: Out) -> int:
            "records": n, "bytes": sum(sizes.values()), "seconds": seconds, "copy_seconds": copy_s,
            "records_per_s": n / seconds if seconds else None, "expired_left_out": expired,
            "expired_since": expired_since, "default_ttls_set": defaults, "backup": backup,
+           "dictionaries_not_copied": [{"namespace": ns, "id": did} for ns, did in trained],
            "mismatches": [{"namespace": ns, "key": quote_key(key), "problem": p} for ns, key, p in bad]}
     if args.json:
         write_json(out, doc)
@@ -244,6 +246,11 @@ def run(args: Args, out: Out) -> int:
               f"({rate}; writing {copy_s:.2f} s, checking {seconds - copy_s:.2f} s)\n")
     if expired:
         out.write(f"left out {plural(expired, 'value')} that expired before it was copied\n")
+    for ns, did in trained:
+        hint = ("a store on etcd takes none" if is_url(args.dest) else
+                f"`kvstore train-dict {args.dest} -n {ns}` trains one there")
+        out.write(f"namespace {ns!r} was compressed with dictionary {did} at {args.source}; dictionaries are not "
+                  f"copied, so {args.dest} compresses its values without one ({hint})\n")
     for ns, key, problem in bad:
         out.write(f"DIFFERS  namespace {ns!r}  key {quote_key(key)}: {problem}\n")
     checked = n - expired_since
