@@ -194,3 +194,10 @@ def test_del_of_more_keys_than_one_etcd_transaction_holds(clock, etcd_url):
     assert run(["del", etcd_url, "--prefix", "k"], clock) == (
         0, "deleted 300 keys from namespace 'default' in 3 etcd transactions (max_txn_ops=128)\n")
     assert run(["keys", etcd_url], clock) == (0, "other\n")
+
+
+def test_an_unreachable_cluster_is_an_error_that_says_what_to_check(clock, capsys):
+    pytest.importorskip("pyetcd", reason="the etcd extra is not installed: pip install -e '.[etcd]'")
+    assert run(["ls", "etcd://127.0.0.1:1/x"], clock) == (2, "")
+    err = capsys.readouterr().err
+    assert err.startswith("kvstore: error: opening etcd://127.0.0.1:1/x: ") and "majority of its members" in err
