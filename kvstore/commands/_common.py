@@ -155,7 +155,9 @@ def open_readonly(path: str, clock: Clock = None) -> Store:
     clock: its Options.clock (None: the default); commands pass args.clock,
     which kvstore.cli.main sets. A store whose write-ahead log holds
     records LMDB does not have yet is checkpointed first (when this process
-    may write it), so that commands reading LMDB see every acknowledged write."""
+    may write it), so that commands reading LMDB see every acknowledged write.
+    An etcd URL opens that store with readonly=True, on the cluster's clock
+    (its leases), whatever clock says."""
     from .checkpoint import unapplied_bytes  # checkpoint.py imports this module
 
     if is_url(path):
@@ -176,7 +178,8 @@ def open_writable(path: str, create: bool, clock: Clock = None, **options: Any) 
     """The store at path for writing; every write durable by default. Creates
     the store only when create is True. clock: as for open_readonly;
     options: more of kvstore.open's (wal=False: never add a log to a store
-    that has none; a store that has one uses it anyway)."""
+    that has none; a store that has one uses it anyway). An etcd URL opens
+    that store (there is nothing to create; clock is not used)."""
     if is_url(path):
         return _open_url(path, durable=True, **options)
     if not create and not os.path.exists(os.path.join(os.fspath(path), "data.mdb")):
@@ -210,7 +213,8 @@ def namespace_dbi(db: Store, name: str) -> Any:
 
 
 def namespace_handle(db: Store, name: str, create: bool = False) -> Store:
-    """A handle on namespace name (the store itself for the default one)."""
+    """A handle on namespace name (the store itself for the default one);
+    NotFound, unless create, when the store lacks it."""
     if name == DEFAULT_NAMESPACE:
         return db
     if not create and is_url(db.path):
