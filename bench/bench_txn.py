@@ -37,8 +37,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import kvstore  # noqa: E402
+from harness import alternated_rounds, ratio_line  # noqa: E402
 
 
 def per_second(fn, n: int) -> float:
@@ -143,26 +145,19 @@ def main(argv=None) -> int:
     print(f"bench_txn: {args.ops} ops per contender, {args.rounds} rounds, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
     for wal in modes:
-        rates: dict[str, list[float]] = {n: [] for n in names}
-        notes: dict[str, str] = {}
-        for r in range(args.rounds):
-            order = names if r % 2 == 0 else names[::-1]  # alternate: drift hits both sides
-            for name in order:
-                d = tempfile.mkdtemp(prefix="kvstore-bench-txn-")
-                try:
-                    rate, note = runs[name](d, wal)
-                finally:
-                    shutil.rmtree(d, ignore_errors=True)
-                rates[name].append(rate)
-                if note:
-                    notes[name] = note
+        def one(d_round, name, wal=wal):
+            d = tempfile.mkdtemp(prefix="kvstore-bench-txn-")
+            try:
+                return runs[name](d, wal)
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+
+        rates, notes = alternated_rounds({name: one for name in names}, args.rounds)
         print(f"\nwal={wal} (load average now {os.getloadavg()[0]:.1f})")
         for name in names:
             print(f"  {name:<26} {statistics.median(rates[name]):>10,.0f} ops/s  {notes.get(name, '')}")
         for a, b, target in RATIOS:
-            ratio = statistics.median(x / y for x, y in zip(rates[a], rates[b]))
-            verdict = "meets" if ratio >= target else "MISSES"
-            print(f"  {a} / {b}: {ratio:.3f}x (target >= {target}x: {verdict})")
+            print("  " + ratio_line(rates, a, b, target))
     return 0
 
 

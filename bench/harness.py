@@ -390,3 +390,35 @@ def median_result(results: list[Result]) -> Result:
     chosen = sorted(results, key=lambda r: r.ops_per_sec)[(len(results) - 1) // 2]
     chosen.runs = runs
     return chosen
+
+
+# ---------------------------------------------------------------- alternated rounds of peers
+
+
+def alternated_rounds(runs: dict, rounds: int, after_round: Callable | None = None) -> tuple[dict, dict]:
+    """Run every contender once per round, in alternating order (drift on a
+    shared machine hits both sides of a ratio): ({name: [ops/s per round]},
+    {name: its last note}). runs: name -> fn(round, name) -> (ops/s, note);
+    after_round(round), if given, runs at the end of each round."""
+    names = list(runs)
+    rates: dict = {n: [] for n in names}
+    notes: dict = {}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            value, note = runs[name](r, name)
+            rates[name].append(value)
+            if note:
+                notes[name] = note
+        if after_round is not None:
+            after_round(r)
+    return rates, notes
+
+
+def ratio_line(rates: dict, a: str, b: str, target: float, digits: int = 3) -> str:
+    """`a / b: RATIO x (target >= T x: meets|MISSES)`, the ratio the median of
+    the per-round ratios."""
+    import statistics
+
+    ratio = statistics.median(x / y for x, y in zip(rates[a], rates[b]))
+    verdict = "meets" if ratio >= target else "MISSES"
+    return f"{a} / {b}: {ratio:.{digits}f}x (target >= {target:g}x: {verdict})"

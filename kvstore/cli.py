@@ -30,7 +30,10 @@ Stores: PATH is a store directory. Commands that only read (stat, ls, keys,
 get, inspect, dump, check, compact, backup) open it read-only: they work
 while other processes write and never create a store. put, load and demo
 create one; del, expire, persist and train-dict never do. Writes are
-durable: a command returns once its writes are synced to disk.
+durable: a command returns once its writes are synced to disk. stat, ls,
+keys, get, put, del, dump, load, check and copy also take the URL of a store
+on an etcd cluster, etcd://HOST:PORT[,HOST:PORT...]/PREFIX, and work on it
+through the Store API (`kvstore copy` moves a store between the two).
 
 Keys on the command line are bytes in one escaped form: a printable
 character stands for itself, a backslash is \\\\, any other byte \\xNN. Every

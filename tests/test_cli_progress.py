@@ -61,6 +61,8 @@ ETA = re.compile(r"\[\d\d:\d\d<\d\d:\d\d")
     (["backup", "{store}", "{top}/backup-{n}"], "backup"),
     (["load", "{top}/loaded-{n}", "-i", "{top}/all.jsonl"], "load: checking"),
     (["load", "{top}/loaded2-{n}", "-i", "{top}/all.jsonl"], "load:"),
+    (["copy", "{store}", "{top}/copied-{n}"], "copy:"),
+    (["copy", "{store}", "{top}/copied2-{n}"], "copy: checking"),
 ])
 def test_long_commands_draw_progress_with_rate_and_eta_on_a_terminal(big, argv, label, request):
     n = request.node.callspec.id.replace("-", "_").replace("/", "_")[:40]

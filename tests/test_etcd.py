@@ -275,3 +275,24 @@ def test_without_a_majority_writes_and_reads_raise_unavailable_and_nothing_is_wr
     db.put("after", 3)
     assert db.get("after") == 3
     db.close()
+
+
+def test_values_on_etcd_carry_the_key_in_their_checksum(etcd_url):
+    """Records on etcd are version 3 (docs/format.md): a value copied under
+    another key, as damage or a misdirected write would leave it, is refused
+    with the key named rather than read as that key's value."""
+    from kvstore.etcd.client import rpc
+
+    with kvstore.open(etcd_url, cache_entries=0) as db:
+        db.put("msg:00246", {"text": "hello"}, durable=True)
+        remote = db._remote
+        full = remote.keys.key(db.name, b"msg:00246")
+        stored = remote.range(rpc.RangeRequest(key=full), "test").kvs[0].value
+        assert stored[0] == 3  # the keyed record version
+        moved = remote.keys.key(db.name, b"msg:00247")
+        remote.client.call("KV", "Put", rpc.PutRequest(key=moved, value=stored), doing="test", write=True)
+        assert db.get("msg:00246") == {"text": "hello"}
+        with pytest.raises(kvstore.CorruptionError, match="msg:00247"):
+            db.get("msg:00247")
+        with pytest.raises(kvstore.CorruptionError, match="msg:00247"):
+            list(db.scan())

@@ -23,19 +23,31 @@ if TYPE_CHECKING:
 
 from kvstore.errors import KVStoreError
 
-from . import (backup, check, checkpoint, compact, delete, demo, dump, expire, get, inspect, keys, load,
+from . import (backup, check, checkpoint, compact, copy, delete, demo, dump, expire, get, inspect, keys, load,
                ls, persist, put, stat, train_dict)
-from ._common import CommandError
+from ._common import CommandError, is_url
 
 __all__ = ["COMMANDS", "add_parsers", "dispatch", "CommandError"]
 
-COMMANDS = (stat, ls, keys, get, put, delete, expire, persist, inspect, dump, load, check, compact, backup,
+COMMANDS = (stat, ls, keys, get, put, delete, expire, persist, inspect, dump, load, check, compact, backup, copy,
             checkpoint, train_dict, demo)
+
+
+# The commands that take an etcd:// URL where they take a store PATH (through
+# the public Store API; the others read or write LMDB's files themselves)
+URL_COMMANDS = frozenset(("stat", "ls", "keys", "get", "put", "del", "dump", "load", "check", "copy"))
 
 
 def add_parsers(subparsers: Any) -> None:
     for module in COMMANDS:
         module.add_parser(subparsers).set_defaults(run=module.run)
+
+
+def _check_url(args: argparse.Namespace) -> None:
+    if args.command not in URL_COMMANDS and is_url(getattr(args, "path", None) or ""):
+        raise CommandError(f"kvstore {args.command} works on a local store directory (it reads or writes "
+                           f"LMDB's files), not on {args.path!r}; the commands that take an etcd URL are "
+                           f"{', '.join(sorted(URL_COMMANDS))}")
 
 
 def _error(message: str, status: int, err: TextIO) -> int:
@@ -46,6 +58,7 @@ def _error(message: str, status: int, err: TextIO) -> int:
 def dispatch(args: argparse.Namespace, out: TextIO, err: TextIO | None = None) -> int:
     err = err if err is not None else sys.stderr
     try:
+        _check_url(args)
         status: int = args.run(args, out)
         return status
     except CommandError as exc:

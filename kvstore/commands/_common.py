@@ -7,6 +7,7 @@ import datetime
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import kvstore
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
 # The clock a command's stores judge expiry by (kvstore.cli.main's; None: time.time)
 Clock = Callable[[], float] | None
 
-__all__ = ["CommandError", "NotFound", "open_readonly", "open_writable", "namespace_handle",
+__all__ = ["CommandError", "NotFound", "is_url", "open_readonly", "open_writable", "namespace_handle",
            "namespace_dbi", "Progress", "human_size", "plural", "quote_key", "write_json", "is_terminal",
-           "utc_text", "expiry_doc", "expiry_text", "now_of"]
+           "utc_text", "expiry_doc", "expiry_text", "now_of", "clock_of"]
 
 # The CLI opens stores with room for many namespaces, so that it can show a
 # store whose application raised max_namespaces; it costs a few bytes each.
@@ -117,6 +118,22 @@ def expiry_text(expires_ms: int | None, ttl_ms: Any, now_ms: int) -> str:
 
 # ---------------------------------------------------------------- stores
 
+# Where a command takes a store PATH it also takes the URL of a store on an
+# etcd cluster (docs/distributed.md): it then works through the public Store
+# API only, since there is no LMDB file to read.
+URL_SCHEMES = ("etcd://",)
+
+
+def is_url(path: str) -> bool:
+    """Whether a command's PATH argument names a store on a cluster, not a directory."""
+    return isinstance(path, str) and path.startswith(URL_SCHEMES)
+
+
+def _open_url(url: str, **options: Any) -> Store:
+    # No clock: a store on etcd judges expiry by the cluster's leases
+    store: Store = kvstore.open(url, **options)
+    return store
+
 
 def _open(path: str, clock: Clock, **options: Any) -> Store:
     if clock is not None:
@@ -138,9 +155,13 @@ def open_readonly(path: str, clock: Clock = None) -> Store:
     clock: its Options.clock (None: the default); commands pass args.clock,
     which kvstore.cli.main sets. A store whose write-ahead log holds
     records LMDB does not have yet is checkpointed first (when this process
-    may write it), so that commands reading LMDB see every acknowledged write."""
+    may write it), so that commands reading LMDB see every acknowledged write.
+    An etcd URL opens that store with readonly=True, on the cluster's clock
+    (its leases), whatever clock says."""
     from .checkpoint import unapplied_bytes  # checkpoint.py imports this module
 
+    if is_url(path):
+        return _open_url(path, readonly=True)
     pending = unapplied_bytes(path)
     if pending and os.access(os.fspath(path), os.W_OK):
         _open(path, clock).close()  # a writable close applies the log
@@ -157,16 +178,26 @@ def open_writable(path: str, create: bool, clock: Clock = None, **options: Any) 
     """The store at path for writing; every write durable by default. Creates
     the store only when create is True. clock: as for open_readonly;
     options: more of kvstore.open's (wal=False: never add a log to a store
-    that has none; a store that has one uses it anyway)."""
+    that has none; a store that has one uses it anyway). An etcd URL opens
+    that store (there is nothing to create; clock is not used)."""
+    if is_url(path):
+        return _open_url(path, durable=True, **options)
     if not create and not os.path.exists(os.path.join(os.fspath(path), "data.mdb")):
         raise StoreNotFoundError(f"no kvstore store at {os.fspath(path)!r}")
     return _open(path, clock, durable=True, **options)
 
 
+def clock_of(db: Store[Any]) -> Callable[[], float]:
+    """The clock an opened store judges expiry by: its Options.clock, or
+    time.time for a store on etcd (its leases run on the cluster's)."""
+    clock: Callable[[], float] = getattr(db.options, "clock", time.time)
+    return clock
+
+
 def now_of(db: Store[Any]) -> int:
     """Now in ms on the clock of an opened store: what a command judges
     expiry by."""
-    return now_ms(db.options.clock)
+    return now_ms(clock_of(db))
 
 
 def namespace_dbi(db: Store, name: str) -> Any:
@@ -182,10 +213,15 @@ def namespace_dbi(db: Store, name: str) -> Any:
 
 
 def namespace_handle(db: Store, name: str, create: bool = False) -> Store:
-    """A handle on namespace name (the store itself for the default one)."""
+    """A handle on namespace name (the store itself for the default one);
+    NotFound, unless create, when the store lacks it."""
     if name == DEFAULT_NAMESPACE:
         return db
-    if not create:
+    if not create and is_url(db.path):
+        names = db.namespaces()
+        if name not in names:
+            raise NotFound(f"no namespace {name!r} in the store at {db.path!r} (it holds: {', '.join(names)})")
+    elif not create:
         namespace_dbi(db, name)
     return db.namespace(name)
 

@@ -19,9 +19,10 @@ from kvstore.layout import META_DB
 from kvstore.errors import CorruptionError, FormatError
 
 from . import _mdbtext
-from ._common import Progress, namespace_dbi, now_of, open_readonly, plural, quote_key
+from ._common import CommandError, Progress, namespace_dbi, namespace_handle, now_of, open_readonly, plural, quote_key
 from ._encoding import dumps, key_to_json, to_json
 from ._output import AtomicOutput
+from ._portable import dump_jsonl, handle_of, is_local
 from ._records import namespaces, snapshot_meta
 
 from typing import TYPE_CHECKING, Any, Callable
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import lmdb
 
     from kvstore.engine import Engine
+    from kvstore.store import Store
 
     Write = Callable[[str], Any]
     Sections = list[tuple[str, Any]]
@@ -53,7 +55,7 @@ def add_parser(subparsers: Subparsers) -> Parser:
                     "tagged encoding of `kvstore --help` (lossless); expired values are left out. mdb: the stored records verbatim in "
                     "the format of LMDB's mdb_dump (-a style with all namespaces, the __kvstore__ "
                     "metadata included).")
-    p.add_argument("path", help="store directory")
+    p.add_argument("path", help="store directory, or etcd://HOST:PORT[,...]/PREFIX")
     p.add_argument("-n", "--namespace", help="only this namespace (default: all)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
     p.add_argument("--format", choices=("jsonl", "mdb"), default="jsonl", help="jsonl (default) or mdb")
@@ -134,8 +136,28 @@ def _dump_mdb(txn: lmdb.Transaction, env: Engine, sections: Sections, write: Wri
     return total
 
 
+def _run_portable(db: Store[Any], args: Args, write: Write) -> tuple[int, list[str]]:
+    """dump through the Store API (an etcd URL): jsonl only."""
+    if args.format == "mdb":
+        raise CommandError(f"--format mdb writes LMDB's stored records, and {args.path!r} is not an LMDB "
+                           f"store; use --format jsonl (the default), which `kvstore load` reads into "
+                           f"either engine")
+    names = [namespace_handle(db, args.namespace).name] if args.namespace is not None else db.namespaces()
+    with Progress("dump", sum(len(handle_of(db, name)) for name in names)) as progress:
+        return dump_jsonl(db, names, write, progress), names
+
+
 def run(args: Args, out: Out) -> int:
     with open_readonly(args.path, clock=args.clock) as db:
+        if not is_local(db):
+            if args.output is None:
+                _run_portable(db, args, out.write)
+                out.flush()
+                return 0
+            with AtomicOutput(args.output) as f:
+                n, names = _run_portable(db, args, f.write)
+            sections: Sections = [(name, None) for name in names]
+            return _report(args, out, n, sections)
         env = engine.of(db)
         if args.namespace is not None:
             sections = [(args.namespace, namespace_dbi(db, args.namespace))]
@@ -164,6 +186,10 @@ def run(args: Args, out: Out) -> int:
             return 0
         with AtomicOutput(args.output) as f:
             n = work(f.write)
+    return _report(args, out, n, sections)
+
+
+def _report(args: Args, out: Out, n: int, sections: Sections) -> int:
     users = [name for name, _ in sections if name != META_DB.decode()]
     what = f"namespace {users[0]!r}" if args.namespace is not None else plural(len(users), "namespace")
     extra = f", with the {META_DB.decode()} metadata" if args.format == "mdb" else ""

@@ -33,7 +33,7 @@ def add_parser(subparsers: Subparsers) -> Parser:
                     "object {\"k\": KEY, \"v\": VALUE} (dump's record line, which load reads), "
                     "otherwise the escaped key, a tab and the value; a named key that is missing is "
                     "reported on stderr, and the exit status is then 1.")
-    p.add_argument("path", help="store directory")
+    p.add_argument("path", help="store directory, or etcd://HOST:PORT[,...]/PREFIX")
     p.add_argument("key", nargs="*", help="the key (several: one line each)")
     add_pattern_arguments(p, "print")
     p.set_defaults(keys_dest="key")  # KEYs may follow the options (cli._parse)

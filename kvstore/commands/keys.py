@@ -19,7 +19,7 @@ def add_parser(subparsers: Subparsers) -> Parser:
                     "is \\\\ and a non-printable byte \\xNN, the form KEY arguments take. PATTERN "
                     "selects keys as redis-cli's KEYS does: * any bytes, ? one byte, [a-z] one byte of "
                     "a set ([!a-z] any other); a literal *, ? or [ is \\x2a, \\x3f, \\x5b.")
-    p.add_argument("path", help="store directory")
+    p.add_argument("path", help="store directory, or etcd://HOST:PORT[,...]/PREFIX")
     p.add_argument("pattern", nargs="?", help="only keys matching this glob (escaped form)")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("--prefix", help="only keys starting with P (escaped form)")

@@ -39,13 +39,14 @@ from kvstore.options import LOAD_BATCH_BYTES, LOAD_BATCH_RECORDS
 from kvstore.writer import Group
 
 from . import _mdbtext
-from ._common import CommandError, Progress, now_of, open_writable, plural, quote_key
+from ._common import CommandError, Progress, is_url, now_of, open_writable, plural, quote_key
+from ._portable import Tally, handle_of, load_records
 from ._loadplan import DICT_ID as _ID
 from ._loadplan import (Plan, check_mdb_records, detect_format, input_lines, jsonl_header, open_input,
                         record_from_jsonl, record_from_object, route, scan_jsonl, scan_mdb, scan_objects)
 from ._records import inner_dict_id
 
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 if TYPE_CHECKING:
     import lmdb
@@ -68,7 +69,7 @@ def add_parser(subparsers: Subparsers) -> Parser:
                     "checked before anything is written. Without -n every section goes to the "
                     "namespace it names; with -n NS, a dump of one namespace is loaded into NS, "
                     "and from a dump of several only the section named NS is loaded.")
-    p.add_argument("path", help="store directory (created if missing)")
+    p.add_argument("path", help="store directory (created if missing), or etcd://HOST:PORT[,...]/PREFIX")
     p.add_argument("-i", "--input", metavar="FILE", help="read FILE instead of stdin")
     p.add_argument("-n", "--namespace", help="destination namespace (see above)")
     p.add_argument("--format", choices=("jsonl", "mdb"),
@@ -150,13 +151,11 @@ class _Loader:
         self.batch, self.nbytes = [], 0
 
 
-def _load_jsonl(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader,
-                fields: tuple[str, str | None] | None = None) -> None:
-    """Pass 2 for jsonl: a kvstore dump, or with fields (key, value) JSON
-    lines of other tools."""
-    codec = engine.codec_of(db)
-    dicts = engine.of(db).dicts
-    keyed = engine.of(db).keyed  # version 3 records (the key in their checksum)
+def jsonl_records(binary: BinaryIO, plan: Plan, fields: tuple[str, str | None] | None = None
+                  ) -> Iterator[tuple[int, str, bytes, Any, tuple[int, int] | None]]:
+    """Pass 2's records of jsonl input: (line number, destination namespace,
+    key, value, (expires_ms, ttl_ms) or None), of the sections loaded. With
+    fields (key, value): JSON lines of other tools."""
     dest = None
     section_iter = iter(plan.sections)
     started = False
@@ -176,6 +175,17 @@ def _load_jsonl(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader,
             key, value, expiry = record_from_jsonl(line, lineno)
         else:
             key, value, expiry = record_from_object(line, lineno, *fields)
+        yield lineno, dest, key, value, expiry
+
+
+def _load_jsonl(binary: BinaryIO, plan: Plan, db: Store, loader: _Loader,
+                fields: tuple[str, str | None] | None = None) -> None:
+    """Pass 2 for jsonl: a kvstore dump, or with fields (key, value) JSON
+    lines of other tools."""
+    codec = engine.codec_of(db)
+    dicts = engine.of(db).dicts
+    keyed = engine.of(db).keyed  # version 3 records (the key in their checksum)
+    for lineno, dest, key, value, expiry in jsonl_records(binary, plan, fields):
         try:
             record = codec.encode(value, dictionary=dicts.for_encoding(dest), key=key if keyed else None)
         except KVStoreError as exc:
@@ -280,30 +290,11 @@ def run(args: Args, out: Out) -> int:
                 plan = scan_mdb(binary, args.raw, progress)
         route(plan, args.namespace)
         chosen = [s for s in plan.sections if s.dest is not None]
-        exists = os.path.exists(os.path.join(args.path, "data.mdb"))
-        if fmt == "mdb" and not exists and not args.raw:
-            with Progress("load: checking records", size, unit="bytes") as progress:
-                check_mdb_records(binary, plan, _codec.Codec(), {}, progress)  # set by codec.use()
-        db = open_writable(args.path, create=True, clock=args.clock)
-        try:
-            if fmt == "mdb" and exists and not args.raw:
-                with Progress("load: checking records", size, unit="bytes") as progress:
-                    check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id, progress)
-            for s in chosen:  # create every destination, even for an empty section
-                if s.dest != DEFAULT_NAMESPACE:
-                    db.namespace(s.dest)  # type: ignore[arg-type]  # chosen: dest set
-            defaults = _give_default_ttls(db, chosen)
-            with Progress("load", sum(s.count for s in chosen)) as progress:
-                loader = _Loader(db, not args.no_overwrite, progress)
-                for s in chosen:
-                    loader.dbi(s.dest)  # type: ignore[arg-type]  # chosen: dest set
-                if fmt == "jsonl":
-                    _load_jsonl(binary, plan, db, loader, fields)
-                else:
-                    _load_mdb(binary, plan, db, loader, _merge_dictionaries(db, plan), args.raw)
-                loader.flush()
-        finally:
-            db.close()
+        loader: Tally | _Loader
+        if is_url(args.path):
+            loader, defaults = _load_portable(binary, plan, chosen, args, fmt, fields)
+        else:
+            loader, defaults = _load_local(binary, plan, chosen, args, fmt, fields, size)
     finally:
         binary.close()
     if not loader.loaded:
@@ -318,6 +309,65 @@ def run(args: Args, out: Out) -> int:
     for line in defaults:
         out.write(line + "\n")
     return 0
+
+
+def _load_portable(binary: BinaryIO, plan: Plan, chosen: list[Section], args: Args, fmt: str,
+                   fields: tuple[str, str | None] | None) -> tuple[Tally, list[str]]:
+    """Pass 2 into a store reached through the API (an etcd URL): each value
+    put with what is left of its TTL, buffered, then flushed (durable)."""
+    if fmt == "mdb":
+        raise CommandError(f"{args.path!r} is not an LMDB store, and an mdb dump holds LMDB's stored "
+                           f"records: load a jsonl dump (`kvstore dump --format jsonl`) instead")
+    db = open_writable(args.path, create=True, clock=args.clock)
+    try:
+        defaults = []
+        for s in chosen:
+            handle = handle_of(db, s.dest)  # type: ignore[arg-type]  # chosen: dest set
+            have, wanted = handle.default_ttl, s.default_ttl / 1000 if s.default_ttl else None
+            if wanted and not have:
+                handle.set_default_ttl(wanted)
+                defaults.append(f"namespace {s.dest!r}: default TTL {wanted:g} s, from the dump")
+            elif wanted and have != wanted:
+                defaults.append(f"namespace {s.dest!r}: kept its default TTL of {have:g} s (the dump's is "
+                                f"{wanted:g} s; change it with set_default_ttl)")
+        items = ((dest, key, value, None if expiry is None else expiry[0] / 1000)
+                 for _, dest, key, value, expiry in jsonl_records(binary, plan, fields))
+        with Progress("load", sum(s.count for s in chosen)) as progress:
+            tally = load_records(db, [s.dest for s in chosen], items,  # type: ignore[misc]  # chosen: dest set
+                                 not args.no_overwrite, progress)
+    finally:
+        db.close()
+    return tally, defaults
+
+
+def _load_local(binary: BinaryIO, plan: Plan, chosen: list[Section], args: Args, fmt: str,
+                fields: tuple[str, str | None] | None, size: int) -> tuple[_Loader, list[str]]:
+    """Pass 2 into a local store: records in synced LMDB transactions."""
+    exists = os.path.exists(os.path.join(args.path, "data.mdb"))
+    if fmt == "mdb" and not exists and not args.raw:
+        with Progress("load: checking records", size, unit="bytes") as progress:
+            check_mdb_records(binary, plan, _codec.Codec(), {}, progress)  # set by codec.use()
+    db = open_writable(args.path, create=True, clock=args.clock)
+    try:
+        if fmt == "mdb" and exists and not args.raw:
+            with Progress("load: checking records", size, unit="bytes") as progress:
+                check_mdb_records(binary, plan, engine.codec_of(db), engine.of(db).dicts.by_id, progress)
+        for s in chosen:  # create every destination, even for an empty section
+            if s.dest != DEFAULT_NAMESPACE:
+                db.namespace(s.dest)  # type: ignore[arg-type]  # chosen: dest set
+        defaults = _give_default_ttls(db, chosen)
+        with Progress("load", sum(s.count for s in chosen)) as progress:
+            loader = _Loader(db, not args.no_overwrite, progress)
+            for s in chosen:
+                loader.dbi(s.dest)  # type: ignore[arg-type]  # chosen: dest set
+            if fmt == "jsonl":
+                _load_jsonl(binary, plan, db, loader, fields)
+            else:
+                _load_mdb(binary, plan, db, loader, _merge_dictionaries(db, plan), args.raw)
+            loader.flush()
+    finally:
+        db.close()
+    return loader, defaults
 
 
 def _give_default_ttls(db: Store, chosen: list[Section]) -> list[str]:

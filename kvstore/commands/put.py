@@ -20,7 +20,7 @@ def add_parser(subparsers: Subparsers) -> Parser:
         description="Store VALUE under KEY (escaped form) and return once it is synced to disk. "
                     "Creates the store and the namespace if missing. Without --ttl, the value gets "
                     "the namespace's default TTL, if it has one.")
-    p.add_argument("path", help="store directory (created if missing)")
+    p.add_argument("path", help="store directory (created if missing), or etcd://HOST:PORT[,...]/PREFIX")
     p.add_argument("key", help="the key")
     p.add_argument("value", help="the value: a string, or JSON with --json")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default; created if missing)")

@@ -43,7 +43,8 @@ from kvstore.errors import CorruptionError
 from kvstore.wal import HEADER_SIZE as LOG_HEADER_SIZE, decode_ops, seed as log_seed
 from kvstore.lmdbfile import newest_meta
 
-from ._common import CommandError, human_size, now_of, open_readonly, plural, write_json
+from ._common import CommandError, human_size, is_url, now_of, open_readonly, plural, write_json
+from ._portable import is_local, stat_doc
 from ._encoding import escape_key
 from ._records import namespaces, snapshot_meta
 
@@ -67,7 +68,7 @@ def add_parser(subparsers: Subparsers) -> Parser:
                     "compression ratio, dictionaries in use, values with a TTL and how many of them "
                     "have expired, the default TTL), the write-ahead log (its size, the records not yet "
                     "applied to LMDB, how far it is synced) and the codec backend.")
-    p.add_argument("path", help="store directory")
+    p.add_argument("path", help="store directory, or etcd://HOST:PORT[,...]/PREFIX")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
     p.add_argument("--watch", metavar="SECONDS", type=float,
                    help="live: every SECONDS, a line of commits, write groups and ops per second, the "
@@ -372,6 +373,31 @@ _WATCH_HEADER = ["time", "commits/s", "groups/s", "ops/s", "caches", "hit ratio"
 _WATCH_WIDTHS = [8, 10, 9, 10, 6, 9, 10, 10, 10, 0]
 
 
+def _run_portable(db: Store[Any], args: Args, out: Out) -> int:
+    """stat of a store reached through the API (an etcd URL): its namespaces
+    and the engine's counters; it has no pages or files to show."""
+    doc = stat_doc(db)
+    if args.json:
+        write_json(out, doc)
+        return 0
+    total = sum(ns["entries"] for ns in doc["namespaces"].values())
+    out.write(f"{'store':<10}  {doc['path']}\n{'engine':<10}  {doc['engine']} (read through the Store API: "
+              f"no pages, files or log of its own to show)\n{'entries':<10}  {total:,} in "
+              f"{plural(len(doc['namespaces']), 'namespace')}\n\n")
+    rows = [[escape_key(name.encode("utf-8")), f"{ns['entries']:,}",
+             "-" if ns["default_ttl"] is None else f"{ns['default_ttl']:g} s"]
+            for name, ns in doc["namespaces"].items()]
+    _table(out, ["namespace", "entries", "default ttl"], rows, "lrr")
+    if doc["dictionaries_unavailable"]:
+        out.write(f"\ndictionaries: not listed ({doc['dictionaries_unavailable']})\n")
+    elif doc["dictionaries"]:
+        out.write("\ndictionaries:\n")
+        drows = [[str(d["id"]), escape_key(str(d["namespace"]).encode("utf-8")), human_size(d["size"])]
+                 for d in doc["dictionaries"]]
+        _table(out, ["id", "namespace", "size"], drows, "rlr")
+    return 0
+
+
 def _watch(args: Args, out: Out) -> int:
     if not args.watch > 0:
         raise CommandError(f"--watch takes a number of seconds > 0, not {args.watch!r}")
@@ -382,6 +408,9 @@ def _watch(args: Args, out: Out) -> int:
         out.write("  ".join(c.rjust(w) for c, w in zip(cells, _WATCH_WIDTHS)).rstrip() + "\n")
         out.flush()
 
+    if is_url(args.path):
+        raise CommandError("stat --watch samples the LMDB engine's counters and files; an etcd store has "
+                           "none: watch the cluster with `etcdctl endpoint status` instead")
     with open_readonly(args.path, clock=args.clock) as db:
         env = engine.of(db)
         data_file = os.path.join(env.path, "data.mdb")
@@ -412,6 +441,8 @@ def run(args: Args, out: Out) -> int:
     if args.count is not None:
         raise CommandError("--count goes with --watch SECONDS")
     with open_readonly(args.path, clock=args.clock) as db:
+        if not is_local(db):
+            return _run_portable(db, args, out)
         report = collect(db)
     if args.json:
         write_json(out, report)

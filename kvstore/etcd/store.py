@@ -208,12 +208,13 @@ class EtcdStore:
 
     # ------------------------------------------------------------ reads
 
-    def _read(self, remote: Remote, full: bytes, missing: Any) -> Any:
-        """The value under a full etcd key: pending writes, cache, cluster."""
+    def _read(self, remote: Remote, raw: bytes, missing: Any) -> Any:
+        """The value under key raw of this namespace: pending writes, cache, cluster."""
+        full = remote.keys.key(self._ns, raw)
         pending = remote.committer.pending.get(full)
         if pending is not None:
             record = pending[1]
-            return missing if record is None else decode(remote.codec, full, record)
+            return missing if record is None else decode(remote.codec, raw, record, self._ns)
         cache = remote.cache
         entry = None
         if cache is not None:
@@ -229,7 +230,7 @@ class EtcdStore:
         if not resp.kvs:
             return missing
         kv = resp.kvs[0]
-        value = decode(remote.codec, full, kv.value)
+        value = decode(remote.codec, raw, kv.value, self._ns)
         if cache is not None:
             cache.fill(full, value, int(kv.mod_revision), int(resp.header.revision))
         return value
@@ -246,21 +247,22 @@ class EtcdStore:
                                     "refreshing it would extend theirs too; put the value again instead")
         remote = self._live()
         raw = check_key(key)
-        return self._read(remote, remote.keys.key(self._ns, raw), default)
+        return self._read(remote, raw, default)
 
     def get_many(self, keys: Iterable[Any]) -> list[Any]:
         """Values of keys, None for missing ones, in order. The keys neither
         pending nor fresh in the cache are read in etcd transactions of
         max_txn_ops reads each: one round trip, one revision, per part."""
         remote = self._live()
-        fulls = [remote.keys.key(self._ns, check_key(k)) for k in list(keys)]
+        raws = [check_key(k) for k in list(keys)]
+        fulls = [remote.keys.key(self._ns, raw) for raw in raws]
         out: list[Any] = [None] * len(fulls)
         todo: list[int] = []
         pending, cache = remote.committer.pending, remote.cache
         for i, full in enumerate(fulls):
             if full in pending:
                 record = pending[full][1]
-                out[i] = None if record is None else decode(remote.codec, full, record)
+                out[i] = None if record is None else decode(remote.codec, raws[i], record, self._ns)
                 continue
             if cache is not None:
                 entry, fresh = cache.lookup(full)
@@ -277,7 +279,7 @@ class EtcdStore:
             for i, r in zip(wanted, resp.responses):
                 kvs = r.response_range.kvs
                 if kvs:
-                    out[i] = decode(remote.codec, fulls[i], kvs[0].value)
+                    out[i] = decode(remote.codec, raws[i], kvs[0].value, self._ns)
                     if cache is not None:
                         cache.fill(fulls[i], out[i], int(kvs[0].mod_revision), revision)
         return out
@@ -356,7 +358,7 @@ class EtcdStore:
             for kv in resp.kvs:
                 key = kv.key[base:]
                 out = _decoded(key, self._ns) if as_str else key
-                yield out if keys_only else (out, decode(remote.codec, kv.key, kv.value))
+                yield out if keys_only else (out, decode(remote.codec, key, kv.value, self._ns))
             if not resp.more or not resp.kvs:
                 return
             if reverse:

@@ -127,11 +127,11 @@ class EtcdTransaction:
         ns = self._ns(namespace)
         raw = check_key(key)
         record = self._stored(ns, raw)
-        return default if record is None else self._decode(raw, record)
+        return default if record is None else self._decode(raw, record, ns)
 
-    def _decode(self, key: bytes, record: bytes) -> Any:
+    def _decode(self, key: bytes, record: bytes, ns: str) -> Any:
         from .records import decode
-        return decode(self._remote.codec, key, record)
+        return decode(self._remote.codec, key, record, ns)
 
     def __contains__(self, key: Any) -> bool:
         return self.get(key, MISSING) is not MISSING
@@ -168,7 +168,7 @@ class EtcdTransaction:
         found = sorted((k for k, r in view.items() if r is not None), reverse=bool(reverse))
         if keys_only:
             return iter(found)
-        return iter([(k, self._decode(k, view[k])) for k in found])
+        return iter([(k, self._decode(k, view[k], ns)) for k in found])
 
     # ------------------------------------------------------------ writes
 
