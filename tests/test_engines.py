@@ -249,3 +249,40 @@ def test_a_transaction_inside_another_of_the_same_thread_is_refused(store):
             store.incr("n")
     assert store.get("a") == 1
     assert store.incr("n") == 1  # the outer one ended: allowed again
+
+
+def _public(cls):
+    return {n: getattr(cls, n) for n in dir(cls)
+            if not n.startswith("_") or n in ("__len__", "__iter__", "__contains__", "__getitem__",
+                                              "__setitem__", "__delitem__", "__enter__", "__exit__",
+                                              "__aenter__", "__aexit__")}
+
+
+@pytest.mark.parametrize("local, remote", [
+    ("kvstore.store:Store", "kvstore.etcd.store:EtcdStore"),
+    ("kvstore.store:Batch", "kvstore.etcd.batch:EtcdBatch"),
+    ("kvstore.txn:Transaction", "kvstore.etcd.txn:EtcdTransaction"),
+    ("kvstore.aio:AsyncStore", "kvstore.etcd.aio:AsyncEtcdStore"),
+    ("kvstore.aio:AsyncBatch", "kvstore.etcd.aio:AsyncEtcdBatch"),
+    ("kvstore.aio:AsyncTransaction", "kvstore.etcd.aio:_AsyncTransaction"),
+])
+def test_each_engine_offers_every_public_name_with_the_same_parameters(local, remote):
+    """The etcd engine implements the public API itself (docs/design.md):
+    every method and property of the local class exists on it, taking the
+    same parameters by the same names, so code moves between the engines
+    unchanged (what etcd cannot do raises NotSupportedError when called)."""
+    import importlib
+    import inspect
+
+    def load(spec):
+        module, name = spec.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    a, b = _public(load(local)), _public(load(remote))
+    assert sorted(set(a) - set(b)) == []
+    for name, member in a.items():
+        if not callable(member) or isinstance(member, type) or name in ("__exit__", "__aexit__"):
+            continue  # (exit methods take the exception triple by position)
+        params = [(p.name, p.kind, p.default) for p in inspect.signature(member).parameters.values()]
+        theirs = [(p.name, p.kind, p.default) for p in inspect.signature(b[name]).parameters.values()]
+        assert theirs == params, name

@@ -26,6 +26,7 @@ from ..errors import ConflictError
 from ..retry import RETRIES, RMW_RETRIES, backoff, cas_step, gave_up, incr_step
 from ..validate import check_count
 from .batch import EtcdBatch
+from .options import EtcdOptions
 from .store import EtcdStore, open_url
 from .txn import STATS, EtcdTransaction
 
@@ -81,6 +82,14 @@ class AsyncEtcdStore:
     @property
     def path(self) -> str:
         return self._store.url
+
+    @property
+    def readonly(self) -> bool:
+        return self._store.readonly
+
+    @property
+    def options(self) -> EtcdOptions:
+        return self._store.options
 
     # ------------------------------------------------------------ writes
 

@@ -398,7 +398,8 @@ class EtcdStore:
         handle = self if namespace is None else self.namespace(namespace)
         return _memoize.memoize(handle, ttl, name=name, key=key)  # type: ignore[arg-type]  # same API
 
-    def train_dictionary(self, *args: Any, **kwargs: Any) -> int:
+    def train_dictionary(self, namespace: str | None = None, samples: int = 5000,
+                         dict_size: int = 112640) -> int:
         raise NotSupportedError("zstd dictionaries are not supported on etcd: a dictionary must reach "
                                 "every reader before any value that uses it, which this engine does "
                                 "not order; values are compressed without one")
