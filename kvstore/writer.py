@@ -44,7 +44,7 @@ through the Appender (appender.py), which knows how:
    whole log first, then the step, in one transaction (`Appender.write`).
 3'. The flusher syncs the log within flush_interval of seeing unsynced
    records (anyone's) (`_log_work`); the apply thread applies it to LMDB
-   every apply_interval (`_applying`), in a thread of its own because an
+   every apply_interval (applythread.py), in a thread of its own because an
    apply may wait for LMDB's write lock and appends must not; flush() asks
    it for a sync and an apply (`checkpoint`).
    The commit hooks run after each apply (the applier shares `_hooks`).
@@ -73,7 +73,8 @@ commit with that error, fails every group still queued, and puts the store
 into the failed state: further writes raise StoreFailedError, because a
 failed fsync cannot be retried safely.
 
-One lock, `_lock`, guards all the state below; the LMDB transaction itself
+One lock, `_lock`, guards all the state below (and the counters of
+commitstats.py, and the apply thread's requests); the LMDB transaction itself
 runs outside it, in the leader's thread (`_leading` says one is running).
 A sleeping writer is woken by the release of its group's `waiter` lock,
 after `done` or `lead` was set, so waking a writer never contends `_lock`.
@@ -87,7 +88,9 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import killpoints
+from .applythread import ApplyThread
 from .codec.format import raw_len
+from .commitstats import CommitStats
 from .errors import DiskFullError, KVStoreError, MapFullError, StoreClosedError, StoreFailedError, TimeoutError
 from .options import ACTIVE_WINDOW, MAX_GATHER, OVERLAY_SLICE  # tunables: see there
 from .appender import Appender
@@ -146,15 +149,6 @@ class Writer:
         self._flush_wanted = False
         self._scheduled: list[Callable[[], Any]] = []  # steps for the flusher to run between commits (schedule)
         self._step_turn = False  # a leader handed the lead to the flusher for one step
-        # flush() asks the apply thread to sync and apply the log: requests
-        # are numbered; done is the number of the last request whose
-        # checkpoint started after it was made (so a flush never counts one
-        # already under way when it asked)
-        self._checkpoint_requested = 0
-        self._checkpoints_done = 0
-        self._apply_wake = threading.Condition(self._lock)  # the apply thread sleeps here
-        self._apply_stop = False
-        self._apply_steps: list[Callable[[], Any]] = []  # with a log, schedule()'s steps, run by the apply thread
         self._hooks: list[Hook] = []  # on_commit hooks; appended before the first write
         self.hook_error: Exception | None = None  # the last exception an on_commit hook raised
         self._next_seq = 1
@@ -166,24 +160,15 @@ class Writer:
         # pending writes: mutated under _lock, read without it (overlay.py);
         # with a log, the tail's overlay (tail.py: its own lock)
         self.overlay = Overlay() if log is None else log.tail.overlay
-        # statistics, guarded by _lock
-        self.commits = 0
-        self.ops_committed = 0
-        self.max_ops_in_commit = 0
-        self.bytes_in = 0
-        self.bytes_stored = 0
-        self.durable_groups = 0
-        self.buffered_groups = 0
-        self.last_commit_seq = 0
-        self.commit_seconds: collections.deque[float] = collections.deque(maxlen=4096)
+        self.counts = CommitStats()  # guarded by _lock
         self._thread = threading.Thread(target=self._flusher, name=f"kvstore-writer:{env.path}",
                                         daemon=True)
         self._thread.start()
-        self._apply_thread = None
+        # with a log, the apply thread (applythread.py): the log into LMDB
+        self._apply_thread: ApplyThread | None = None
         if log is not None:
-            self._apply_thread = threading.Thread(target=self._applying, name=f"kvstore-apply:{env.path}",
-                                                  daemon=True)
-            self._apply_thread.start()
+            self._apply_thread = ApplyThread(log, self._lock, self._released, lambda: self._failed,
+                                        self._set_failed, f"kvstore-apply:{env.path}")
 
     # ------------------------------------------------------------ hooks
 
@@ -206,10 +191,8 @@ class Writer:
         between applies and exclusive groups (LMDB is the applier's), and
         appends never wait for a step."""
         with self._lock:
-            if self._log is not None:
-                if step not in self._apply_steps:
-                    self._apply_steps.append(step)
-                    self._apply_wake.notify()
+            if self._apply_thread is not None:
+                self._apply_thread.add_step(step)
                 return
             if step not in self._scheduled:
                 self._scheduled.append(step)
@@ -411,7 +394,7 @@ class Writer:
     def _gather(self) -> None:
         """Give durable writers that were active lately a moment to queue."""
         with self._lock:
-            horizon = self.commits - ACTIVE_WINDOW
+            horizon = self.counts.commits - ACTIVE_WINDOW
             expected = sum(1 for last in self._durable_seen.values() if last >= horizon)
             if expected <= 1 or self._queued_durable >= expected:
                 return
@@ -542,21 +525,22 @@ class Writer:
         with self._lock:
             group.done = True
             self._in_flight_ops -= n
-            self.commits += 1
-            self.ops_committed += n
-            self.max_ops_in_commit = max(self.max_ops_in_commit, n)
-            self.commit_seconds.append(time.perf_counter() - started)
+            st = self.counts  # field by field: no call on this path (commitstats.py)
+            st.commits += 1
+            st.ops_committed += n
+            st.max_ops_in_commit = max(st.max_ops_in_commit, n)
+            st.commit_seconds.append(time.perf_counter() - started)
             if durable:
-                self.durable_groups += 1
+                st.durable_groups += 1
             else:
-                self.buffered_groups += 1
-            self.bytes_stored += group.nbytes
+                st.buffered_groups += 1
+            st.bytes_stored += group.nbytes
             ops = group.ops
             if len(ops) == 1:  # a put or a delete, the common case
                 record = ops[0][3]
-                self.bytes_in += raw_len(record) if record is not None else 0
+                st.bytes_in += raw_len(record) if record is not None else 0
             else:
-                self.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in ops if r is not None)
+                st.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in ops if r is not None)
             if self._queue or self._scheduled or self._closing:
                 quiet = False
             else:
@@ -642,12 +626,9 @@ class Writer:
             # writers have their error
             self._drop_overlay(groups)
         else:
-            for g in groups:
-                for _ns, _dbi, _key, record in g.ops:
-                    if record is not None:
-                        bytes_in += raw_len(record)
-                        bytes_stored += len(record)
+            bytes_in, bytes_stored = CommitStats.sizes(groups)
         callbacks = False
+        st = self.counts
         with self._lock:
             for g in groups:
                 g.error = error
@@ -657,23 +638,17 @@ class Writer:
                 callbacks = callbacks or g.callback is not None
                 if error is None and seq:
                     if g.durable:
-                        self.durable_groups += 1
+                        st.durable_groups += 1
                         if g.callback is None:
-                            self._durable_seen[g.thread] = self.commits
+                            self._durable_seen[g.thread] = st.commits
                     else:
-                        self.buffered_groups += 1
+                        st.buffered_groups += 1
             self._in_flight_ops -= ops
             if error is None and seq:
-                self.commits += 1
-                self.ops_committed += ops
-                self.bytes_in += bytes_in
-                self.bytes_stored += bytes_stored
-                self.max_ops_in_commit = max(self.max_ops_in_commit, ops)
-                self.commit_seconds.append(seconds)
-                self.last_commit_seq = seq
+                st.committed(ops, bytes_in, bytes_stored, seq, seconds)
                 self._gather_seconds = min(seconds / 2, MAX_GATHER)
                 if len(self._durable_seen) > 4 * ACTIVE_WINDOW:
-                    horizon = self.commits - ACTIVE_WINDOW
+                    horizon = st.commits - ACTIVE_WINDOW
                     self._durable_seen = {t: c for t, c in self._durable_seen.items() if c >= horizon}
             if self._flush_waiters:
                 self._released.notify_all()
@@ -714,7 +689,8 @@ class Writer:
             if self._failed is None:
                 self._failed = error
             self._released.notify_all()
-            self._apply_wake.notify()
+            if self._apply_thread is not None:
+                self._apply_thread.wake.notify()
 
     def _fail(self, groups: list[Group], ops: int, exc: KVStoreError) -> None:
         """A commit failed: its groups get exc; the store takes no more writes."""
@@ -840,62 +816,15 @@ class Writer:
         assert log is not None
         log.sync_upkeep()
 
-    def _applying(self) -> None:
-        """The apply thread, with a log: applies it to LMDB when due
-        (Appender.apply_upkeep), and the checkpoints flush() asks for. Its
-        own thread: an apply may wait for LMDB's write lock, which another
-        process can hold for long, and appends (the flusher's too) must not
-        wait behind it."""
-        log = self._log
-        assert log is not None  # started only with a log
-        while True:
-            with self._lock:
-                while True:
-                    if self._apply_stop:
-                        return
-                    serving = self._checkpoint_requested
-                    wanted = serving > self._checkpoints_done
-                    if wanted or self._failed is not None or self._apply_steps:
-                        break
-                    due = log.apply_due()
-                    if due <= 0:
-                        break
-                    self._apply_wake.wait(due)
-                failed = self._failed
-                steps, self._apply_steps = self._apply_steps, []
-            if failed is None:
-                for step in steps:  # between applies and exclusive groups (schedule)
-                    try:
-                        more = log.run_step(step)
-                    except Exception:  # best effort, as in the flusher
-                        more = False
-                    if more:
-                        with self._lock:
-                            if step not in self._apply_steps:
-                                self._apply_steps.append(step)
-                try:
-                    log.apply_upkeep(wanted)
-                except BaseException as exc:  # never die silently: fail the store
-                    self._set_failed(exc, f"applying the write-ahead log failed: {exc!r}; the writes are "
-                                          f"safe in the log and are applied when the store is next "
-                                          f"opened: reopen it")
-            with self._lock:
-                if wanted:
-                    self._checkpoints_done = serving
-                    self._released.notify_all()
-                if (self._failed is not None and not self._apply_stop
-                        and self._checkpoint_requested == self._checkpoints_done):
-                    self._apply_wake.wait()  # failed: only answer checkpoints (with the failure)
-
     def checkpoint(self, timeout: float | None = None) -> None:
         """With a log: sync it and apply everything to LMDB, in the apply
         thread (so a timeout holds while another process keeps LMDB's write
         lock)."""
+        applying = self._apply_thread
+        assert applying is not None  # only with a log (flush)
         with self._lock:
-            self._checkpoint_requested += 1
-            target = self._checkpoint_requested
-            self._apply_wake.notify()
-            self._await(lambda: self._checkpoints_done >= target or self._failed is not None,
+            target = applying.request()
+            self._await(lambda: applying.done >= target or self._failed is not None,
                         timeout, f"the write-ahead log was not applied within {timeout} s (another "
                                  f"process may hold LMDB's write lock); the writes are safe in the "
                                  f"log (call flush() again to wait for them)")
@@ -915,28 +844,12 @@ class Writer:
             return self._queued_ops + self._in_flight_ops
 
     def stats(self) -> dict[str, Any]:
-        """This writer's counters, for Store.stats()."""
+        """This writer's counters (commitstats.py), for Store.stats()."""
         with self._lock:
-            times = sorted(self.commit_seconds)
-            out = {
-                "commits": self.commits,
-                "ops_committed": self.ops_committed,
-                "ops_per_commit": {"mean": self.ops_committed / self.commits if self.commits else 0.0,
-                                   "max": self.max_ops_in_commit},
-                "durable_groups": self.durable_groups,
-                "buffered_groups": self.buffered_groups,
-                "bytes_in": self.bytes_in,
-                "bytes_stored": self.bytes_stored,
-                "failed": repr(_cause(self._failed)) if self._failed is not None else None,
-                "pending": self._queued_ops + self._in_flight_ops,
-                "hook_error": repr(self.hook_error) if self.hook_error is not None else None,
-                "commit_seconds": {"p50": 0.0, "p99": 0.0},
-                "compression_ratio": self.bytes_stored / self.bytes_in if self.bytes_in else None,
-            }
-        if times:
-            out["commit_seconds"] = {"p50": times[len(times) // 2],
-                                     "p99": times[min(len(times) - 1, int(len(times) * 0.99))]}
-        return out
+            return self.counts.report(
+                repr(_cause(self._failed)) if self._failed is not None else None,
+                self._queued_ops + self._in_flight_ops,
+                repr(self.hook_error) if self.hook_error is not None else None)
 
     def snapshot(self, ns: str, lo: bytes | None = None, hi: bytes | None = None) -> list[tuple[bytes, Any]]:
         """[(key, record-or-TOMBSTONE)] pending in namespace ns; only keys in
@@ -951,13 +864,8 @@ class Writer:
             self._wake.notify()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
-        applying = self._apply_thread
-        if applying is not None:
-            with self._lock:
-                self._apply_stop = True
-                self._apply_wake.notify()
-            if applying.is_alive() and applying is not threading.current_thread():
-                applying.join()
+        if self._apply_thread is not None:
+            self._apply_thread.stop()
         if self._log is not None and self._failed is None:
             try:
                 self._log.close()

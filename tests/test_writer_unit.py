@@ -81,7 +81,7 @@ def test_on_commit_hook_sees_exactly_the_groups_of_each_commit_before_their_writ
         db.put("f", 6, durable=True)
         assert len(commits) == 2
         assert commits[1] == [(1, [b"f"], False), [True]]
-        assert sum(n for c in commits for n, *_ in c[:-1]) == writer.ops_committed
+        assert sum(n for c in commits for n, *_ in c[:-1]) == writer.stats()["ops_committed"]
     finally:
         db.close()
 

@@ -56,10 +56,8 @@ def drop_engine(db) -> None:
     with w._lock:
         w._closing = True  # the flusher stops without its close work
         w._wake.notify()
-        w._apply_stop = True  # and the apply thread after the apply it is in, if any
-        w._apply_wake.notify()
+    w._apply_thread.stop()  # and the apply thread after the apply it is in, if any
     w._thread.join()
-    w._apply_thread.join()
     _engine.release(eng)
     eng.close()
     db._closed = True
