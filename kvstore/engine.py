@@ -38,6 +38,7 @@ from .cache import LastTxnid, ReadCache
 from .cachestats import Publisher
 from .dictionaries import Dictionaries
 from .environment import Environment
+from .preallocate import Preallocator
 from .layout import KEYED_STORE_FORMAT
 from . import lockfile
 from .appender import Appender
@@ -98,6 +99,8 @@ class Engine:
         self._without_log: int | None = None  # lockfile descriptors (_open_log)
         self._adding_log: int | None = None
         try:
+            # the zeroed room in data.mdb (preallocate.py): sized before the log is applied
+            self.preallocator = Preallocator(env)
             self._open_log(env)
             # whether records are written with the key in their checksum
             # (version 3; codec/format.py): in a store of format 4
@@ -309,9 +312,11 @@ def _start_writer(engine: Engine, options: Options) -> Writer:
 
         writer.on_commit(invalidate)
 
+    room = engine.preallocator
+
     def check_room(groups: list[Any]) -> None:
-        if env.space_low():  # the zeroed room past LMDB's pages fell below half
-            writer.schedule(env.preallocate)
+        if room.space_low():  # the zeroed room past LMDB's pages fell below half
+            writer.schedule(room.step)
 
     writer.on_commit(check_room)
     writer.on_commit(engine.ttl.committed)

@@ -9,7 +9,7 @@ LMDB allows an environment to be opened only once per process, so every
 - the store's own metadata (format version, commit sequence) in the reserved
   namespace ``__kvstore__``, and what the TTL module keeps there (`ttl`);
 - namespace handles (LMDB named databases);
-- the map size: growing it when a commit fills it, adopting a size grown by
+- the map size (maplock.py): growing it when a commit fills it, adopting a size grown by
   another process. LMDB requires that no transaction be active in this
   process while the map is resized, so every transaction runs under
   `map_lock` held shared, and a resize holds it exclusively;
@@ -28,7 +28,6 @@ import lmdb
 
 from .errors import (
     FormatError,
-    KVStoreError,
     LockFileReplacedError,
     MapFullError,
     NamespaceLimitError,
@@ -38,9 +37,10 @@ from .errors import (
     translate,
 )
 from . import lockfile
+from .maplock import MapLock
 from .lmdbfile import check_data_file
 from .wal import HEADER_SIZE as WAL_HEADER_SIZE, LOG_FILE, Applied, seed as wal_seed
-from .options import FILL_STEP, PREALLOCATE_MAX, PREALLOCATE_MIN, Options  # tunables: see there
+from .options import Options
 from .layout import (APPLIED_KEY, BASE_STORE_FORMAT, DEFAULT_NAMESPACE, FORMAT_KEY, KEYED_STORE_FORMAT,
                      META_DB, SEQ, SEQ_KEY, STORE_FORMAT, WAL_STORE_FORMAT)
 
@@ -50,13 +50,6 @@ __all__ = ["Environment", "MapLock", "check_data_file"]
 _T = TypeVar("_T")
 # A function run in a transaction (Environment.read, write), given the transaction
 Step = Callable[[lmdb.Transaction], _T]
-
-
-def _slack(used: int) -> int:
-    """The zeroed room preallocate() keeps past the used pages."""
-    return min(max(used // 8, PREALLOCATE_MIN), PREALLOCATE_MAX)
-
-
 
 
 def range_items(txn: Any, dbi: Any, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, bytes]]:
@@ -72,44 +65,6 @@ def range_items(txn: Any, dbi: Any, lo: bytes | None, hi: bytes | None) -> list[
         out.append((key, bytes(cur.value())))
         found = cur.next()
     return out
-
-
-class MapLock:
-    """A readers-writer lock that prefers the writer (the map resize).
-
-    Shared: any LMDB transaction in this process. Exclusive: set_mapsize.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0  # guarded by _cond
-        self._resizing = False  # guarded by _cond
-        self._waiting = 0  # resizers waiting; guarded by _cond
-
-    def acquire_shared(self) -> None:
-        with self._cond:
-            while self._resizing or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def release_shared(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers and self._waiting:
-                self._cond.notify_all()
-
-    def acquire_exclusive(self) -> None:
-        with self._cond:
-            self._waiting += 1
-            while self._readers or self._resizing:
-                self._cond.wait()
-            self._waiting -= 1
-            self._resizing = True
-
-    def release_exclusive(self) -> None:
-        with self._cond:
-            self._resizing = False
-            self._cond.notify_all()
 
 
 class Environment:
@@ -136,10 +91,6 @@ class Environment:
         try:
             self.clear_stale_readers()
             self.meta_db = self._init_meta()
-            self._psize = self.env.stat()["psize"]
-            # bytes of data.mdb known allocated; -1: not preallocating
-            self._allocated = (os.path.getsize(os.path.join(path, "data.mdb"))
-                               if options.preallocate and not options.readonly else -1)
         except BaseException:
             self._release_data_file()
             self.env.close()
@@ -578,62 +529,6 @@ class Environment:
         """Number of commits the store has seen, from any process."""
         raw = self.read(lambda txn: txn.get(SEQ_KEY, db=self.meta_db))
         return SEQ.unpack(raw)[0] if raw is not None else 0
-
-    # ------------------------------------------------------------ preallocation
-
-    def space_low(self) -> bool:
-        """After a commit: is the zero-filled space past LMDB's last page
-        below half of what preallocate() keeps ready?"""
-        if self._allocated < 0:
-            return False
-        # Under the map lock, as every LMDB call: py-lmdb counts a call in
-        # progress, and a fork() meanwhile (which takes the lock exclusive)
-        # would leave the child an environment that never closes.
-        self.map_lock.acquire_shared()
-        try:
-            used = (self.env.info()["last_pgno"] + 1) * self._psize
-        except lmdb.Error:
-            return False  # ask again after the next commit
-        finally:
-            self.map_lock.release_shared()
-        return used + _slack(used) // 2 > self._allocated
-
-    def preallocate(self) -> bool:
-        """Zero-fill data.mdb past the last page LMDB uses, toward _slack of
-        room (Options.preallocate), and sync it: one step of at most
-        FILL_STEP bytes in one write transaction; True if there is more to
-        fill. The transaction holds LMDB's write lock, so no process writes
-        pages meanwhile, and the fill starts at the end of the file or of
-        the used pages, whichever is further: it never touches a page LMDB
-        uses. LMDB then writes its new pages into space that is already
-        allocated and initialised, and its syncs stop changing the file's
-        size. Best effort: an error (disk full) stops filling and disables
-        it for this process."""
-        if self._allocated < 0:
-            return False
-        try:
-            return self.write(self._fill_step, "preallocating disk space")
-        except (KVStoreError, OSError):
-            self._allocated = -1
-            return False
-
-    def _fill_step(self, _txn: lmdb.Transaction) -> bool:
-        info = self.env.info()  # inside our write transaction: nobody commits meanwhile
-        used = (info["last_pgno"] + 1) * self._psize
-        target = min(used + _slack(used), info["map_size"])
-        fd = os.open(os.path.join(self.path, "data.mdb"), os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            start = max(os.fstat(fd).st_size, used)
-            end = min(target, start + FILL_STEP)
-            if end - start >= self._psize:
-                zeros = bytes(min(FILL_STEP, 256 * 1024))
-                for at in range(start, end, len(zeros)):
-                    os.pwrite(fd, zeros[:end - at], at)
-                os.fdatasync(fd)
-            self._allocated = max(start, end)
-        finally:
-            os.close(fd)
-        return end < target
 
     def bump_seq(self, txn: lmdb.Transaction) -> int:
         """Inside a write transaction: count one more commit; return its number."""

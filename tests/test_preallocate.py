@@ -109,7 +109,7 @@ def test_a_fill_the_disk_refuses_costs_no_write(store_path):
             db.flush()
             time.sleep(0.5)
             db.put("after", 2, durable=True)
-            tried = db._root._engine.env._allocated == -1  # the failed fill turned it off
+            tried = db._root._engine.preallocator._allocated == -1  # the failed fill turned it off
         print(os.path.getsize(os.path.join(path, "data.mdb")) == size, tried)
     """)
     p = subprocess.run([sys.executable, "-c", code, store_path], capture_output=True, text=True,
