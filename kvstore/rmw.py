@@ -36,6 +36,7 @@ from . import txn as _txn
 from .errors import InvalidArgumentTypeError
 from .group import ConditionalGroup, Group, Op
 from .layout import check_key
+from .txnvalidate import _alive
 
 if TYPE_CHECKING:
     from ._types import Key
@@ -81,7 +82,7 @@ class Compute:
         ns, dbi, key = self.target
         self.error = None  # computed again (an LMDB transaction replayed after the map grew)
         try:
-            record, self.result = self.fn(_txn._alive(get(ns, key), self.now))
+            record, self.result = self.fn(_alive(get(ns, key), self.now))
         except Exception as exc:  # the caller's to raise: the write path must go on
             self.error = exc
             record = _KEEP

@@ -21,11 +21,11 @@ Optimistic: no lock is held while the caller's code runs.
    keys read have not moved); if not, that read raises ConflictError: the
    reads are always of one state, though no LMDB snapshot is held.
 2. Writes are encoded at the call (a bad value raises there) and buffered.
-3. The commit is one `ConditionalGroup` whose condition, `Validate`, runs
-   inside the write path: in the LMDB write transaction (with a log: after
-   the whole log is applied in that same transaction), it compares every
-   read key's stored bytes and every scanned range with what the
-   transaction saw. All equal: the writes are applied, in the same LMDB
+3. The commit is one `ConditionalGroup` whose condition, `Validate`
+   (txnvalidate.py), runs inside the write path: in the LMDB write
+   transaction (with a log: after the whole log is applied in that same
+   transaction), it compares every read key's stored bytes and every
+   scanned range with what the transaction saw. All equal: the writes are applied, in the same LMDB
    transaction. Anything different: nothing is written, and the caller gets
    `ConflictError` naming the keys.
 
@@ -62,15 +62,15 @@ retry.py's; `incr` and `compare_and_set` are computed in the write path
 from __future__ import annotations
 
 import contextvars
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from . import killpoints
 from . import ttl as _ttl
-from .errors import ConflictError, NestedTransactionError, TransactionClosedError
+from .errors import NestedTransactionError, TransactionClosedError
 from .group import ConditionalGroup
 from .layout import check_key, check_namespace_name
 from .environment import range_items
-from .reads import _live, scan_bounds
+from .reads import scan_bounds
+from .txnvalidate import NsKey, Op, Seen, Stored, Validate, _alive, _copy, conflict_error
 from .validate import check_keys_iterable
 
 if TYPE_CHECKING:
@@ -80,14 +80,7 @@ if TYPE_CHECKING:
     from .group import Group
     from .store import Namespace, Store
 
-__all__ = ["Transaction", "Validate", "MISSING"]
-
-NsKey = Tuple[str, bytes]  # (namespace, key)
-Stored = Optional[bytes]  # a key's stored bytes; None: absent (or expired)
-Op = Tuple[str, Any, bytes, Optional[bytes]]  # (namespace, LMDB handle, key, stored or None: delete)
-Seen = Tuple[str, Optional[bytes], Optional[bytes], "list[tuple[bytes, bytes]]"]  # a scan: ns, lo, hi, found
-Get = Callable[[str, bytes], Any]  # (namespace, key) -> stored bytes (or a buffer), None if absent
-Scan = Callable[[str, Optional[bytes], Optional[bytes]], Any]  # -> [(key, stored)] in key order
+__all__ = ["Transaction", "Validate", "MISSING", "conflict_error"]
 
 
 class _Missing:
@@ -112,91 +105,6 @@ MISSING = _Missing()
 # the transaction open in this thread or asyncio task, if any
 _current_tx: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("kvstore_transaction",
                                                                               default=None)
-
-
-def conflict_error(keys: list[NsKey]) -> ConflictError:
-    shown = ", ".join(f"{key!r}" + ("" if ns == "default" else f" in {ns!r}") for ns, key in keys[:5])
-    return ConflictError(f"the transaction did not commit: {shown}{' ...' if len(keys) > 5 else ''} "
-                         f"changed since it read them; nothing was written: run it again "
-                         f"(db.transact(fn) retries for you)", keys)
-
-
-# ---------------------------------------------------------------- the condition
-
-
-def _copy(record: Any) -> Stored:
-    """Bytes out of a read transaction (its buffers die with it)."""
-    return None if record is None else bytes(record)
-
-
-def _alive(record: Any, now: int) -> Stored:
-    """Stored bytes as a transaction compares them: None when absent or
-    expired at now (ms)."""
-    if record is None or not _live(record, now):
-        return None
-    return bytes(record)
-
-
-class Validate:
-    """The condition of a transaction's group (writer.ConditionalGroup).
-
-    reads: {(namespace, key): stored bytes or None}; scans: [(namespace, lo,
-    hi, [(key, stored bytes)])]; dbis: {namespace: LMDB handle}; now: the
-    transaction's start (ms) by which expiry is judged; durable: what the
-    caller asked for (the group itself is always waited for). After apply,
-    `conflicts` is [] (written) or the (namespace, key) pairs that changed
-    (nothing written)."""
-
-    __slots__ = ("reads", "scans", "dbis", "now", "durable", "conflicts")
-
-    def __init__(self, reads: dict[NsKey, Stored], scans: list[Seen], dbis: dict[str, Any], now: int,
-                 durable: bool):
-        self.reads = reads
-        self.scans = scans
-        self.dbis = dbis
-        self.now = now
-        self.durable = durable
-        self.conflicts: list[NsKey] | None = None
-
-    def enter(self, overlay: Any, seq: int, ops: list[Op]) -> None:
-        """A transaction's writes are invisible until it has committed."""
-
-    def validate(self, get: Get, scan: Scan) -> list[NsKey]:
-        """The (namespace, key) pairs whose state differs from what the
-        transaction saw, judged by get(ns, key) -> stored bytes or None and
-        scan(ns, lo, hi) -> [(key, stored bytes)] in key order."""
-        now = self.now
-        out: list[NsKey] = []
-        for (ns, key), seen in self.reads.items():
-            if _alive(get(ns, key), now) != seen:
-                out.append((ns, key))
-        for ns, lo, hi, found in self.scans:
-            current = [(k, r) for k, r in ((k, _alive(r, now)) for k, r in scan(ns, lo, hi)) if r is not None]
-            if current != found:
-                changed = set(current).symmetric_difference(found)
-                out.extend(sorted({(ns, k) for k, _r in changed}))
-        return out
-
-    def apply(self, txn: Any, ops: list[Op]) -> None:
-        dbis = self.dbis
-
-        def get(ns: str, key: bytes) -> Any:
-            return txn.get(key, db=dbis[ns])
-
-        def scan(ns: str, lo: bytes | None, hi: bytes | None) -> Any:
-            return range_items(txn, dbis[ns], lo, hi)
-
-        self.conflicts = self.validate(get, scan)
-        if self.conflicts:
-            return
-        half = len(ops) // 2 if killpoints.armed else -1
-        for n, (_ns, dbi, key, record) in enumerate(ops, 1):
-            if record is None:
-                txn.delete(key, db=dbi)
-            else:
-                txn.put(key, record, db=dbi)
-            if n == half:
-                killpoints.reached("mid-apply")
 
 
 # ---------------------------------------------------------------- the transaction
