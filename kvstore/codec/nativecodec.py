@@ -10,7 +10,8 @@ no usable libzstd can be loaded (nativezstd.py finds and loads it);
 `kvstore.codec` then falls back to the Python backend.
 
 Thread safety: zstd contexts, msgpack packers and the output buffer belong to
-one thread each (a `threading.local`); digested dictionaries are read-only
+one thread each (a `threading.local` of nativethread.Thread, with the helpers
+that put arguments in C's shape); digested dictionaries are read-only
 and shared. The C calls release the GIL (cffi's default) and touch no Python
 object.
 """
@@ -21,12 +22,11 @@ import threading
 from itertools import accumulate
 from typing import Any, Iterable, Mapping
 
-import msgpack
 
 from ..errors import CorruptionError, EncodeError
 from .serial import unpack
 from .dictionary import Dictionary
-from .format import HEADER_SIZE, MAX_VALUE_SIZE, Buffer, group_keys
+from .format import MAX_VALUE_SIZE, Buffer, group_keys
 
 try:
     from .._native import ffi, lib
@@ -38,6 +38,9 @@ except ImportError as exc:  # not built (no C compiler at install time)
 from .nativeerrors import CData, decode_error as _decode_error, encode_error as _encode_error
 from .nativeerrors import encode_type_error as _encode_type_error, msgpack_refusal as _msgpack_refusal
 from .nativezstd import zstd_library, zstd_version  # loads zstd, or raises ImportError
+from .nativethread import Thread as _Thread, alloc as _alloc, encode_room as _encode_room
+from .nativethread import key_arg as _key_arg, key_arrays as _key_arrays, new_packer as _new_packer
+from .nativethread import unpack_value as _unpack
 
 __all__ = ["Codec", "hash64", "NAME", "zstd_library", "zstd_version"]
 
@@ -49,10 +52,6 @@ _SIZE_MAX = (1 << (8 * ffi.sizeof("size_t"))) - 1
 _FLAG_DICT = lib.KVC_FLAG_DICT
 _E_SPACE = lib.KVC_E_SPACE
 
-# Output buffers: each thread keeps one of _INITIAL_CAP bytes, grown up to
-# _KEEP_CAP on demand; larger outputs get a buffer of their own for one call.
-_INITIAL_CAP = 64 << 10
-_KEEP_CAP = 4 << 20
 # decode() copies memoryview records up to this size rather than pass a
 # pointer into them (cheaper than ffi.from_buffer for small records).
 _COPY_MAX = 4096
@@ -70,9 +69,6 @@ _MAX_DICTS_PASSED = 32
 SPLIT_OFF = (0, 0)
 SPLIT_LARGE = (32 << 10, 64 << 10)  # the least sizes where a sleeping worker paid, in most runs
 
-
-# Buffers that C fills completely need no zeroing.
-_alloc = ffi.new_allocator(should_clear_after_alloc=False)
 
 _xxh64 = lib.kvc_xxh64
 _encode = lib.kvc_encode
@@ -97,86 +93,6 @@ def hash64(data: Buffer) -> int:
     buf = ffi.from_buffer(data)
     h = _xxh64(buf, len(buf))
     return h
-
-
-# ------------------------------------------------------------- helpers
-
-
-def _key_arrays(keys: Iterable[bytes] | None, n: int) -> tuple[Any, Any]:
-    """(keys end to end, their lengths) for a group call of n records, as
-    C takes them; (NULL, NULL) without keys (version 1 records)."""
-    if keys is None:
-        return _NULL, _NULL
-    keys = [k if type(k) is bytes else bytes(k) for k in group_keys(keys, n)]
-    return b"".join(keys), _alloc("size_t[]", list(map(len, keys)))
-
-
-def _key_arg(key: Buffer | None) -> tuple[Any, int]:
-    """(pointer or bytes, length) of a key as C takes it; (NULL, 0): none."""
-    if key is None:
-        return _NULL, 0
-    if type(key) is not bytes:
-        key = bytes(key)
-    return key, len(key)
-
-
-
-def _encode_room(size: int, count: int = 1) -> int:
-    """Output room for `count` values of `size` bytes in all: header plus
-    zstd's worst case (ZSTD_compressBound <= n + n/256 + 64) each."""
-    return size + (size >> 8) + (HEADER_SIZE + 64) * count
-
-
-def _unpack(raw: Buffer) -> Any:
-    try:
-        return unpack(raw)
-    except CorruptionError:
-        raise
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise _msgpack_refusal(exc) from None
-
-
-def _new_packer() -> Any:  # a msgpack.Packer (msgpack has no type stubs)
-    return msgpack.Packer(use_bin_type=True, autoreset=True)
-
-
-class _Thread:
-    """What one thread needs: a kvc_ctx (zstd contexts, the codec's settings,
-    an error slot), the output buffer it writes to, a msgpack packer."""
-
-    __slots__ = ("ctx", "err", "out", "cap", "buf", "packer")
-    ctx: CData  # kvc_ctx *
-    err: CData  # kvc_err *, inside ctx
-    out: CData  # char[cap]: the output buffer
-    cap: int
-    buf: CData  # ffi.buffer(out)
-    packer: Any  # msgpack.Packer
-
-    def __init__(self, level: int, min_size: int, max_value_size: int, split: tuple[int, int]):
-        ctx = lib.kvc_ctx_new(level, min_size, max_value_size)
-        if ctx == _NULL:
-            raise MemoryError("cannot create zstd contexts")
-        self.ctx = ffi.gc(ctx, lib.kvc_ctx_free)
-        self.err = lib.kvc_ctx_err(ctx)  # inside ctx: lives as long as it
-        lib.kvc_ctx_set_split(ctx, split[0], split[1])
-        self.packer = _new_packer()
-        self._set_buffer(_INITIAL_CAP)
-
-    def _set_buffer(self, cap: int) -> None:
-        self.out = _alloc("char[]", cap)
-        self.cap = cap
-        self.buf = ffi.buffer(self.out)
-        lib.kvc_ctx_set_output(self.ctx, self.out, cap)
-
-    def room(self, need: int) -> tuple[CData, int, CData]:
-        """(pointer, capacity, buffer) with at least `need` bytes."""
-        if need <= self.cap:
-            return self.out, self.cap, self.buf
-        if need <= _KEEP_CAP:
-            self._set_buffer(max(need, min(2 * self.cap, _KEEP_CAP)))
-            return self.out, self.cap, self.buf
-        out = _alloc("char[]", need)
-        return out, need, ffi.buffer(out)
 
 
 class Codec:
@@ -481,7 +397,7 @@ class Codec:
         raw = t.buf[:r >> 8]
         if not r & 1:
             return raw
-        try:
+        try:  # unpack_value (nativethread.py) inline: one call fewer on the read path
             return unpack(raw)
         except CorruptionError:
             raise
