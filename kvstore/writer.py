@@ -168,7 +168,7 @@ class Writer:
         self._apply_thread: ApplyThread | None = None
         if log is not None:
             self._apply_thread = ApplyThread(log, self._lock, self._released, lambda: self._failed,
-                                        self._set_failed, f"kvstore-apply:{env.path}")
+                                             self._set_failed, f"kvstore-apply:{env.path}")
 
     # ------------------------------------------------------------ hooks
 
