@@ -41,11 +41,15 @@ records kvstore.demo generates when it is missing, as bench/run.py does).
    each, as their from_conn_string opens them); sync graph.invoke one
    conversation at a time, and asyncio graph.ainvoke of 32 conversations at
    once (AsyncSqliteSaver + AsyncSqliteStore), in each durability mode
-   ("sync", "async", "exit"). Each round plays both contenders (the order
-   alternating by round); the ratio is the median of the rounds' ratios.
-   Targets: invoke >= 1.5x ("sync", "exit"), 32 conversations >= 3x.
-   Then where a kvstore turn goes ("sync" and "exit"): the saver's and the
-   store's calls timed, their durable writes, serializer, and commits.
+   ("sync", "async", "exit"). A third contender, kv-allsync, is
+   KVStoreSaver with every call synced by itself (as before a task's writes
+   could wait for the next put's sync): the before/after of that change in
+   the same rounds. Each round plays the three (each leading a round in
+   turn); a ratio is the median of the rounds' ratios. Targets: invoke >=
+   1.5x ("sync", "exit"), 32 conversations >= 3x. Then where a kvstore turn
+   goes ("sync", "async", "exit"): the saver's and the store's calls timed,
+   their batches, serializer, commits, syncs (kvstore's fdatasync calls,
+   counted in the process) and durable and buffered write groups.
 
 Repetitions alternate kvstore and its peer, so a slow spell of the shared
 machine hits both; the table shows the median run. The targets (issue 8):
@@ -392,10 +396,42 @@ def graph_conversations(tag: str, n: int, seed: int) -> list[tuple[str, list[str
                              for _ in range(rng.randint(10, 30))]) for i in range(n)]
 
 
-def _kv_pair(path: str):
+class AllSyncSaver(KVStoreSaver):
+    """KVStoreSaver as it was before a task's writes could wait for the next
+    put's sync: every put and put_writes syncs by itself (the "before" of
+    the graph section, played in the same rounds)."""
+
+    def _deferring(self, config, writes):
+        return None
+
+
+class _SyncCounter:
+    """kvstore's fdatasync calls (its write-ahead log and data file syncs go
+    through os.fdatasync), counted process-wide; SQLite syncs in C, unseen."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+        self._real = os.fdatasync
+
+    def install(self) -> None:
+        real = self._real
+
+        def fdatasync(fd):
+            with self._lock:
+                self.n += 1
+            return real(fd)
+        os.fdatasync = fdatasync
+
+
+SYNCS = _SyncCounter()
+KV_SYSTEMS = {"kvstore": KVStoreSaver, "kv-allsync": AllSyncSaver}
+
+
+def _kv_pair(path: str, saver_cls=KVStoreSaver):
     from kvstore.integrations.langgraph import KVStore
     db = kvstore.open(path)
-    return KVStoreSaver(db), KVStore(db), db.close, db
+    return saver_cls(db), KVStore(db), db.close, db
 
 
 def _sqlite_pair(path: str):
@@ -418,10 +454,12 @@ def _sqlite_pair(path: str):
 def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
     """Play the conversations one at a time through graph.invoke; turns/s."""
     path = tempfile.mkdtemp(prefix=f"graph-{system}-", dir=tmpdir)
-    saver, store, close, db = (_kv_pair if system == "kvstore" else _sqlite_pair)(path)
+    saver, store, close, db = (_kv_pair(path, KV_SYSTEMS[system]) if system in KV_SYSTEMS
+                               else _sqlite_pair(path))
     try:
         graph = build_graph(saver, store)
         before = db.stats() if db is not None else None
+        syncs = SYNCS.n
         turns = 0
         start = time.perf_counter()
         for thread, messages in convos:
@@ -433,6 +471,7 @@ def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
         out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
         if db is not None:
             out["commits"] = _commits(db.stats()) - _commits(before)
+            out["syncs"] = SYNCS.n - syncs
     finally:
         close()
         shutil.rmtree(path, ignore_errors=True)
@@ -449,11 +488,11 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
     stack = contextlib.AsyncExitStack()
     db = None
     try:
-        if system == "kvstore":
+        if system in KV_SYSTEMS:
             from kvstore.integrations.langgraph import KVStore
             db = kvstore.open(path)
             stack.callback(db.close)
-            saver, store = KVStoreSaver(db), KVStore(db)
+            saver, store = KV_SYSTEMS[system](db), KVStore(db)
         else:
             from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
             from langgraph.store.sqlite.aio import AsyncSqliteStore
@@ -465,6 +504,7 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
             await store.setup()
         graph = build_graph(saver, store)
         before = db.stats() if db is not None else None
+        syncs = SYNCS.n
 
         async def play(thread, messages):
             config = {"configurable": {"thread_id": thread}}
@@ -479,6 +519,7 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
         out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
         if db is not None:
             out["commits"] = _commits(db.stats()) - _commits(before)
+            out["syncs"] = SYNCS.n - syncs
     finally:
         await stack.aclose()
         shutil.rmtree(path, ignore_errors=True)
@@ -489,14 +530,14 @@ def graph_section(args, repeats: int) -> dict:
     """Rounds alternating kvstore and SQLite in each case; the ratio of each
     round, and their median."""
     sync_convos = 2 if args.quick else 4
-    cases = [("sync", d, "kvstore", "sqlite") for d in ("sync", "async", "exit")]
-    cases += [("asyncio", d, "kvstore", "sqlite") for d in ("sync", "async", "exit")]
+    contenders = ("kvstore", "sqlite", "kv-allsync")
+    cases = [("sync", d, *contenders) for d in ("sync", "async", "exit")]
+    cases += [("asyncio", d, *contenders) for d in ("sync", "async", "exit")]
     out: dict = {}
     for r in range(repeats):
         for kind, durability, *systems in cases:
             name = f"{kind}/{durability}"
-            if r % 2:
-                systems = systems[::-1]
+            systems = systems[r % 3:] + systems[:r % 3]  # each leads a round in turn
             for system in systems:
                 tag = f"{system}{r}"
                 if kind == "sync":
@@ -508,13 +549,15 @@ def graph_section(args, repeats: int) -> dict:
                         convos = [(t, m[:8]) for t, m in convos]
                     res = asyncio.run(graph_async_run(system, durability, convos, args.tmpdir))
                 out.setdefault(name, {}).setdefault(system, []).append(res)
-                print(f"  [{r + 1}/{repeats}] graph {name:14s} {system:8s} {res['turns']:5,d} turns "
+                print(f"  [{r + 1}/{repeats}] graph {name:14s} {system:10s} {res['turns']:5,d} turns "
                       f"{res['turns_per_sec']:8,.1f} turns/s", flush=True)
     for name, runs in out.items():
         ratios = [k["turns_per_sec"] / s["turns_per_sec"]
                   for k, s in zip(runs["kvstore"], runs["sqlite"])]
         runs["ratios"] = ratios
         runs["ratio"] = statistics.median(ratios)
+        runs["vs_allsync"] = statistics.median(
+            k["turns_per_sec"] / a["turns_per_sec"] for k, a in zip(runs["kvstore"], runs["kv-allsync"]))
     return out
 
 
@@ -542,7 +585,7 @@ def graph_split(durability: str, tmpdir) -> dict:
         setattr(obj, name, wrapper)
 
     for obj, name, label in ((saver, "put", "put"), (saver, "put_writes", "put_writes"),
-                             (saver, "_write", "their durable writes"),
+                             (saver, "_write", "their batches"),
                              (saver.serde, "dumps_typed", "their serializer"),
                              (saver, "get_tuple", "get_tuple"), (store, "batch", "store")):
         timed(obj, name, label)
@@ -552,6 +595,7 @@ def graph_split(durability: str, tmpdir) -> dict:
                      {"configurable": {"thread_id": "warm"}}, durability=durability)
         spent.clear()
         before = db.stats()
+        syncs = SYNCS.n
         turns = 0
         start = time.perf_counter()
         for thread, messages in graph_conversations("split", 2, seed=7):
@@ -560,11 +604,15 @@ def graph_split(durability: str, tmpdir) -> dict:
                              {"configurable": {"thread_id": thread}}, durability=durability)
                 turns += 1
         took = time.perf_counter() - start
-        commits = _commits(db.stats()) - _commits(before)
+        after = db.stats()
+        commits = _commits(after) - _commits(before)
+        syncs = SYNCS.n - syncs
+        groups = {k: (after[k] - before[k]) / turns for k in ("durable_groups", "buffered_groups")}
     finally:
         close()
         shutil.rmtree(path, ignore_errors=True)
     return {"turns": turns, "turn_ms": took / turns * 1e3, "commits": commits / turns,
+            "syncs": syncs / turns, **groups,
             "calls": {k: {"ms": sum(v) / turns * 1e3, "calls": len(v) / turns}
                       for k, v in spent.items()}}
 
@@ -575,8 +623,10 @@ def print_split(splits: dict) -> None:
           "calls per turn; put/put_writes run in LangGraph's threads and overlap)")
     for durability, out in splits.items():
         print(f"  durability={durability}: {out['turn_ms']:.2f} ms a turn, "
-              f"{out['commits']:.1f} commits a turn")
-        for label in ("get_tuple", "put", "put_writes", "their durable writes",
+              f"{out['commits']:.1f} commits, {out['syncs']:.1f} syncs (fdatasync), "
+              f"{out['durable_groups']:.1f} durable and {out['buffered_groups']:.1f} buffered "
+              f"write groups a turn")
+        for label in ("get_tuple", "put", "put_writes", "their batches",
                       "their serializer", "store"):
             if label in out["calls"]:
                 c = out["calls"][label]
@@ -587,16 +637,20 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
     print()
     print(f"realistic graph: MessagesState, fake LLM (tool calls in {GRAPH_TOOL_SHARE:.0%} of turns), "
           f"ToolNode, store reads/writes")
-    print(f"  {'case/durability':16s} {'kvstore':>9s} {'SQLite':>9s}  {'ratio':>6s}  rounds"
-          f"          kvstore commits/turn")
+    print(f"  {'case/durability':16s} {'kvstore':>9s} {'SQLite':>9s}  {'ratio':>6s}  {'rounds':16s}"
+          f" {'all-sync':>9s} {'gain':>6s}  commits/turn  syncs/turn (all-sync)")
     targets = []
+
+    def per_turn(runs: list, what: str) -> float:
+        return sum(x.get(what, 0) for x in runs) / max(1, sum(x["turns"] for x in runs))
     for name, runs in results.items():
         k = statistics.median(x["turns_per_sec"] for x in runs["kvstore"])
         s = statistics.median(x["turns_per_sec"] for x in runs["sqlite"])
-        commits = sum(x.get("commits", 0) for x in runs["kvstore"]) / max(
-            1, sum(x["turns"] for x in runs["kvstore"]))
+        a = statistics.median(x["turns_per_sec"] for x in runs["kv-allsync"])
         rounds = " ".join(f"{x:.2f}" for x in runs["ratios"])
-        print(f"  {name:16s} {k:9.1f} {s:9.1f}  {runs['ratio']:5.2f}x  {rounds:16s} {commits:5.1f}")
+        print(f"  {name:16s} {k:9.1f} {s:9.1f}  {runs['ratio']:5.2f}x  {rounds:16s} {a:9.1f} "
+              f"{runs['vs_allsync']:5.2f}x  {per_turn(runs['kvstore'], 'commits'):12.1f}  "
+              f"{per_turn(runs['kvstore'], 'syncs'):10.1f} ({per_turn(runs['kv-allsync'], 'syncs'):.1f})")
         kind, durability = name.split("/")
         goal = 1.5 if kind == "sync" else 3.0
         if kind == "asyncio" or durability in ("sync", "exit"):
@@ -604,7 +658,9 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
             what = (f"graph {'invoke' if kind == 'sync' else f'{GRAPH_CONCURRENT} conversations'}, "
                     f"durability={durability} >= {goal:g}x {peer}")
             targets.append((what, f"{runs['ratio']:.2f}x", runs["ratio"] >= goal))
-    print("  (turns/s: medians over rounds; ratio: median of the rounds' ratios)")
+    print("  (turns/s: medians over rounds; ratio: median of the rounds' ratios against SQLite; "
+          "all-sync: KVStoreSaver with every call synced by itself, as before, and gain: kvstore "
+          "against it, median of the rounds' ratios; syncs: kvstore's fdatasync calls)")
     return targets
 
 
@@ -618,6 +674,7 @@ def main(argv=None) -> int:
                     help="sections to run, separated by commas: checkpoint, asyncio, graph "
                          "(default: all)")
     args = ap.parse_args(argv)
+    SYNCS.install()
     sections = set(args.only.split(","))
     unknown = sections - {"checkpoint", "asyncio", "graph"}
     if unknown:
@@ -649,7 +706,7 @@ def main(argv=None) -> int:
     targets: list[tuple[str, str, bool]] = []
     if "graph" in sections:
         results["graph"] = graph_section(args, repeats)
-        results["graph_split"] = {d: graph_split(d, args.tmpdir) for d in ("sync", "exit")}
+        results["graph_split"] = {d: graph_split(d, args.tmpdir) for d in ("sync", "async", "exit")}
         targets += print_graph(results["graph"])
         print_split(results["graph_split"])
         print()
