@@ -80,14 +80,15 @@ def quiet_db(store_path):
     db.close()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + (None,))  # None: LangGraph's default, "async"
 def test_everything_is_synced_when_invoke_returns(quiet_db, mode):
     graph = build().compile(checkpointer=KVStoreSaver(quiet_db))
-    graph.invoke({"log": ["in"]}, {"configurable": {"thread_id": "warm"}}, durability=mode)
+    kw = {"durability": mode} if mode else {}
+    graph.invoke({"log": ["in"]}, {"configurable": {"thread_id": "warm"}}, **kw)
     before = groups(quiet_db)
     for i in range(3):
         cfg = {"configurable": {"thread_id": f"t{i}"}}
-        out = graph.invoke({"log": ["in"]}, cfg, durability=mode)
+        out = graph.invoke({"log": ["in"]}, cfg, **kw)
         assert out["log"] == ["in", "a", "b", "c", "d"]
         assert unsynced(quiet_db) == 0, mode  # a power loss now keeps the whole run
     durable, buffered = (b - a for a, b in zip(before, groups(quiet_db)))

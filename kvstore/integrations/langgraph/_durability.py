@@ -27,8 +27,9 @@ calls from outside a graph run (no durability mode in their config).
 
 In asyncio the check and the submission run in the event loop's thread
 with no await between them (kvstore's AsyncBatch submits before it awaits),
-so a deferred write takes no lock there (a put takes it, free unless a
-thread of the same process is submitting writes of the same thread).
+so a deferred write takes no lock there. A put takes it: free unless, in
+the same process, a thread submits deferred writes under the same lock
+(one of 64, by thread and namespace), which then holds the loop that long.
 """
 
 from __future__ import annotations

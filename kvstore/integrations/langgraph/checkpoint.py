@@ -93,7 +93,9 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
 
     :param db: an open `kvstore.Store` (or `kvstore.aio.AsyncStore`); the saver
         does not close it
-    :param durable: True (default): put/put_writes return once synced to disk;
+    :param durable: True (default): put/put_writes return once synced to disk
+        (in a graph run under durability "sync"/"async", a task's put_writes
+        once appended, synced by the run's next put: docs/langgraph.md);
         False: at once, committed within the store's flush_interval
     :param prefix: names of the kvstore namespaces used (``<prefix>:checkpoints``...)
     :param serde: LangGraph serializer (default: LangGraph's JsonPlusSerializer)
