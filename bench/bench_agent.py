@@ -5,7 +5,7 @@ Run from the repository root, with the langgraph extra installed
 (pip install -e '.[langgraph]')::
 
     python bench/bench_agent.py [--quick] [--repeats N] [--tmpdir DIR] [--json FILE]
-                                [--only checkpoint,asyncio,graph]
+                                [--only checkpoint,asyncio,graph,trace]
 
 Data: agent states built from the sessions of
 ../shared/corpus/agent_memory.jsonl.zst (relative to the repository root; the
@@ -50,6 +50,8 @@ records kvstore.demo generates when it is missing, as bench/run.py does).
    goes ("sync", "async", "exit"): the saver's and the store's calls timed,
    their batches, serializer, commits, syncs (kvstore's fdatasync calls,
    counted in the process) and durable and buffered write groups.
+   --only trace (not run by default) prints one turn's saver calls in each
+   mode: when, how long, from which thread, for which checkpoint.
 
 Repetitions alternate kvstore and its peer, so a slow spell of the shared
 machine hits both; the table shows the median run. The targets (issue 8):
@@ -617,6 +619,55 @@ def graph_split(durability: str, tmpdir) -> dict:
                       for k, v in spent.items()}}
 
 
+def graph_trace(durability: str, tmpdir) -> list[str]:
+    """One turn in which the LLM calls a tool, every put and put_writes
+    logged: start and duration (ms from the invoke), thread, checkpoint of
+    the config, and the channels written or the put's parent -> id. The
+    instrument behind docs/langgraph.md, "What a turn asks of the saver"."""
+    path = tempfile.mkdtemp(prefix="graph-trace-", dir=tmpdir)
+    saver, store, close, _db = _kv_pair(path)
+    log: list[tuple[float, float, str, str, str]] = []
+    t0 = [0.0]
+
+    def logged(name: str) -> None:
+        call = getattr(saver, name)
+
+        def wrapper(config, *a, **kw):
+            start = time.perf_counter()
+            try:
+                return call(config, *a, **kw)
+            finally:
+                conf = config["configurable"]
+                if name == "put":
+                    what = f"parent {str(conf.get('checkpoint_id'))[-6:]} -> {a[0]['id'][-6:]}"
+                else:
+                    what = (f"for {conf['checkpoint_id'][-6:]}: "
+                            + ",".join(channel for channel, _ in a[0]))
+                log.append((start - t0[0], time.perf_counter() - start,
+                            threading.current_thread().name, name, what))
+        setattr(saver, name, wrapper)
+
+    logged("put")
+    logged("put_writes")
+    try:
+        graph = build_graph(saver, store)
+        cfg = {"configurable": {"thread_id": "trace"}}
+        graph.invoke({"messages": [HumanMessage("warm up")]}, cfg, durability=durability)
+        for i in range(50):  # until a turn calls the tool (45% of turns)
+            log.clear()
+            t0[0] = time.perf_counter()
+            graph.invoke({"messages": [HumanMessage(f"turn {i}")]}, cfg, durability=durability)
+            took = time.perf_counter() - t0[0]
+            if len(log) > 6 or durability == "exit":
+                break
+    finally:
+        close()
+        shutil.rmtree(path, ignore_errors=True)
+    lines = [f"  {start * 1e3:7.2f} ms {spent * 1e3:6.2f} ms  {thread:26s} {name:10s} {what}"
+             for start, spent, thread, name, what in sorted(log)]
+    return lines + [f"  invoke returned at {took * 1e3:.2f} ms"]
+
+
 def print_split(splits: dict) -> None:
     print()
     print("where a kvstore turn goes (one conversation at a time, warm; wall ms per turn, "
@@ -671,14 +722,15 @@ def main(argv=None) -> int:
     ap.add_argument("--tmpdir", default=None, help="where the temporary stores go")
     ap.add_argument("--json", default=None, help="write the results to this file")
     ap.add_argument("--only", default="checkpoint,asyncio,graph",
-                    help="sections to run, separated by commas: checkpoint, asyncio, graph "
+                    help="sections to run, separated by commas: checkpoint, asyncio, graph; "
+                         "trace (one turn's saver calls, not in the default) "
                          "(default: all)")
     args = ap.parse_args(argv)
     SYNCS.install()
     sections = set(args.only.split(","))
-    unknown = sections - {"checkpoint", "asyncio", "graph"}
+    unknown = sections - {"checkpoint", "asyncio", "graph", "trace"}
     if unknown:
-        ap.error(f"unknown sections {sorted(unknown)}: use checkpoint, asyncio, graph")
+        ap.error(f"unknown sections {sorted(unknown)}: use checkpoint, asyncio, graph, trace")
     repeats = args.repeats or 3
     sync_ops = 200 if args.quick else 400
     thread_ops = 640 if args.quick else 1280
@@ -704,6 +756,12 @@ def main(argv=None) -> int:
 
     results: dict = {"checkpoint": {}, "asyncio": {}}
     targets: list[tuple[str, str, bool]] = []
+    if "trace" in sections:
+        for durability in ("sync", "async", "exit"):
+            print(f"one turn of the graph, durability={durability}: the saver's calls "
+                  f"(start, duration, thread, call, what)")
+            print("\n".join(graph_trace(durability, args.tmpdir)))
+        print()
     if "graph" in sections:
         results["graph"] = graph_section(args, repeats)
         results["graph_split"] = {d: graph_split(d, args.tmpdir) for d in ("sync", "async", "exit")}
