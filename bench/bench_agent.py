@@ -5,7 +5,7 @@ Run from the repository root, with the langgraph extra installed
 (pip install -e '.[langgraph]')::
 
     python bench/bench_agent.py [--quick] [--repeats N] [--tmpdir DIR] [--json FILE]
-                                [--only checkpoint,asyncio,graph]
+                                [--only checkpoint,asyncio,graph,trace]
 
 Data: agent states built from the sessions of
 ../shared/corpus/agent_memory.jsonl.zst (relative to the repository root; the
@@ -41,11 +41,17 @@ records kvstore.demo generates when it is missing, as bench/run.py does).
    each, as their from_conn_string opens them); sync graph.invoke one
    conversation at a time, and asyncio graph.ainvoke of 32 conversations at
    once (AsyncSqliteSaver + AsyncSqliteStore), in each durability mode
-   ("sync", "async", "exit"). Each round plays both contenders (the order
-   alternating by round); the ratio is the median of the rounds' ratios.
-   Targets: invoke >= 1.5x ("sync", "exit"), 32 conversations >= 3x.
-   Then where a kvstore turn goes ("sync" and "exit"): the saver's and the
-   store's calls timed, their durable writes, serializer, and commits.
+   ("sync", "async", "exit"). A third contender, kv-allsync, is
+   KVStoreSaver with every call synced by itself (as before a task's writes
+   could wait for the next put's sync): the before/after of that change in
+   the same rounds. Each round plays the three (each leading a round in
+   turn); a ratio is the median of the rounds' ratios. Targets: invoke >=
+   1.5x ("sync", "exit"), 32 conversations >= 3x. Then where a kvstore turn
+   goes ("sync", "async", "exit"): the saver's and the store's calls timed,
+   their batches, serializer, commits, syncs (kvstore's fdatasync calls,
+   counted in the process) and durable and buffered write groups.
+   --only trace (not run by default) prints one turn's saver calls in each
+   mode: when, how long, from which thread, for which checkpoint.
 
 Repetitions alternate kvstore and its peer, so a slow spell of the shared
 machine hits both; the table shows the median run. The targets (issue 8):
@@ -392,10 +398,42 @@ def graph_conversations(tag: str, n: int, seed: int) -> list[tuple[str, list[str
                              for _ in range(rng.randint(10, 30))]) for i in range(n)]
 
 
-def _kv_pair(path: str):
+class AllSyncSaver(KVStoreSaver):
+    """KVStoreSaver as it was before a task's writes could wait for the next
+    put's sync: every put and put_writes syncs by itself (the "before" of
+    the graph section, played in the same rounds)."""
+
+    def _deferring(self, config, writes):
+        return None
+
+
+class _SyncCounter:
+    """kvstore's fdatasync calls (its write-ahead log and data file syncs go
+    through os.fdatasync), counted process-wide; SQLite syncs in C, unseen."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+        self._real = os.fdatasync
+
+    def install(self) -> None:
+        real = self._real
+
+        def fdatasync(fd):
+            with self._lock:
+                self.n += 1
+            return real(fd)
+        os.fdatasync = fdatasync
+
+
+SYNCS = _SyncCounter()
+KV_SYSTEMS = {"kvstore": KVStoreSaver, "kv-allsync": AllSyncSaver}
+
+
+def _kv_pair(path: str, saver_cls=KVStoreSaver):
     from kvstore.integrations.langgraph import KVStore
     db = kvstore.open(path)
-    return KVStoreSaver(db), KVStore(db), db.close, db
+    return saver_cls(db), KVStore(db), db.close, db
 
 
 def _sqlite_pair(path: str):
@@ -418,10 +456,12 @@ def _sqlite_pair(path: str):
 def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
     """Play the conversations one at a time through graph.invoke; turns/s."""
     path = tempfile.mkdtemp(prefix=f"graph-{system}-", dir=tmpdir)
-    saver, store, close, db = (_kv_pair if system == "kvstore" else _sqlite_pair)(path)
+    saver, store, close, db = (_kv_pair(path, KV_SYSTEMS[system]) if system in KV_SYSTEMS
+                               else _sqlite_pair(path))
     try:
         graph = build_graph(saver, store)
         before = db.stats() if db is not None else None
+        syncs = SYNCS.n
         turns = 0
         start = time.perf_counter()
         for thread, messages in convos:
@@ -433,6 +473,7 @@ def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
         out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
         if db is not None:
             out["commits"] = _commits(db.stats()) - _commits(before)
+            out["syncs"] = SYNCS.n - syncs
     finally:
         close()
         shutil.rmtree(path, ignore_errors=True)
@@ -449,11 +490,11 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
     stack = contextlib.AsyncExitStack()
     db = None
     try:
-        if system == "kvstore":
+        if system in KV_SYSTEMS:
             from kvstore.integrations.langgraph import KVStore
             db = kvstore.open(path)
             stack.callback(db.close)
-            saver, store = KVStoreSaver(db), KVStore(db)
+            saver, store = KV_SYSTEMS[system](db), KVStore(db)
         else:
             from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
             from langgraph.store.sqlite.aio import AsyncSqliteStore
@@ -465,6 +506,7 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
             await store.setup()
         graph = build_graph(saver, store)
         before = db.stats() if db is not None else None
+        syncs = SYNCS.n
 
         async def play(thread, messages):
             config = {"configurable": {"thread_id": thread}}
@@ -479,6 +521,7 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
         out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
         if db is not None:
             out["commits"] = _commits(db.stats()) - _commits(before)
+            out["syncs"] = SYNCS.n - syncs
     finally:
         await stack.aclose()
         shutil.rmtree(path, ignore_errors=True)
@@ -489,14 +532,14 @@ def graph_section(args, repeats: int) -> dict:
     """Rounds alternating kvstore and SQLite in each case; the ratio of each
     round, and their median."""
     sync_convos = 2 if args.quick else 4
-    cases = [("sync", d, "kvstore", "sqlite") for d in ("sync", "async", "exit")]
-    cases += [("asyncio", d, "kvstore", "sqlite") for d in ("sync", "async", "exit")]
+    contenders = ("kvstore", "sqlite", "kv-allsync")
+    cases = [("sync", d, *contenders) for d in ("sync", "async", "exit")]
+    cases += [("asyncio", d, *contenders) for d in ("sync", "async", "exit")]
     out: dict = {}
     for r in range(repeats):
         for kind, durability, *systems in cases:
             name = f"{kind}/{durability}"
-            if r % 2:
-                systems = systems[::-1]
+            systems = systems[r % 3:] + systems[:r % 3]  # each leads a round in turn
             for system in systems:
                 tag = f"{system}{r}"
                 if kind == "sync":
@@ -508,13 +551,15 @@ def graph_section(args, repeats: int) -> dict:
                         convos = [(t, m[:8]) for t, m in convos]
                     res = asyncio.run(graph_async_run(system, durability, convos, args.tmpdir))
                 out.setdefault(name, {}).setdefault(system, []).append(res)
-                print(f"  [{r + 1}/{repeats}] graph {name:14s} {system:8s} {res['turns']:5,d} turns "
+                print(f"  [{r + 1}/{repeats}] graph {name:14s} {system:10s} {res['turns']:5,d} turns "
                       f"{res['turns_per_sec']:8,.1f} turns/s", flush=True)
     for name, runs in out.items():
         ratios = [k["turns_per_sec"] / s["turns_per_sec"]
                   for k, s in zip(runs["kvstore"], runs["sqlite"])]
         runs["ratios"] = ratios
         runs["ratio"] = statistics.median(ratios)
+        runs["vs_allsync"] = statistics.median(
+            k["turns_per_sec"] / a["turns_per_sec"] for k, a in zip(runs["kvstore"], runs["kv-allsync"]))
     return out
 
 
@@ -542,7 +587,7 @@ def graph_split(durability: str, tmpdir) -> dict:
         setattr(obj, name, wrapper)
 
     for obj, name, label in ((saver, "put", "put"), (saver, "put_writes", "put_writes"),
-                             (saver, "_write", "their durable writes"),
+                             (saver, "_write", "their batches"),
                              (saver.serde, "dumps_typed", "their serializer"),
                              (saver, "get_tuple", "get_tuple"), (store, "batch", "store")):
         timed(obj, name, label)
@@ -552,6 +597,7 @@ def graph_split(durability: str, tmpdir) -> dict:
                      {"configurable": {"thread_id": "warm"}}, durability=durability)
         spent.clear()
         before = db.stats()
+        syncs = SYNCS.n
         turns = 0
         start = time.perf_counter()
         for thread, messages in graph_conversations("split", 2, seed=7):
@@ -560,13 +606,66 @@ def graph_split(durability: str, tmpdir) -> dict:
                              {"configurable": {"thread_id": thread}}, durability=durability)
                 turns += 1
         took = time.perf_counter() - start
-        commits = _commits(db.stats()) - _commits(before)
+        after = db.stats()
+        commits = _commits(after) - _commits(before)
+        syncs = SYNCS.n - syncs
+        groups = {k: (after[k] - before[k]) / turns for k in ("durable_groups", "buffered_groups")}
     finally:
         close()
         shutil.rmtree(path, ignore_errors=True)
     return {"turns": turns, "turn_ms": took / turns * 1e3, "commits": commits / turns,
+            "syncs": syncs / turns, **groups,
             "calls": {k: {"ms": sum(v) / turns * 1e3, "calls": len(v) / turns}
                       for k, v in spent.items()}}
+
+
+def graph_trace(durability: str, tmpdir) -> list[str]:
+    """One turn in which the LLM calls a tool, every put and put_writes
+    logged: start and duration (ms from the invoke), thread, checkpoint of
+    the config, and the channels written or the put's parent -> id. The
+    instrument behind docs/langgraph.md, "What a turn asks of the saver"."""
+    path = tempfile.mkdtemp(prefix="graph-trace-", dir=tmpdir)
+    saver, store, close, _db = _kv_pair(path)
+    log: list[tuple[float, float, str, str, str]] = []
+    t0 = [0.0]
+
+    def logged(name: str) -> None:
+        call = getattr(saver, name)
+
+        def wrapper(config, *a, **kw):
+            start = time.perf_counter()
+            try:
+                return call(config, *a, **kw)
+            finally:
+                conf = config["configurable"]
+                if name == "put":
+                    what = f"parent {str(conf.get('checkpoint_id'))[-6:]} -> {a[0]['id'][-6:]}"
+                else:
+                    what = (f"for {conf['checkpoint_id'][-6:]}: "
+                            + ",".join(channel for channel, _ in a[0]))
+                log.append((start - t0[0], time.perf_counter() - start,
+                            threading.current_thread().name, name, what))
+        setattr(saver, name, wrapper)
+
+    logged("put")
+    logged("put_writes")
+    try:
+        graph = build_graph(saver, store)
+        cfg = {"configurable": {"thread_id": "trace"}}
+        graph.invoke({"messages": [HumanMessage("warm up")]}, cfg, durability=durability)
+        for i in range(50):  # until a turn calls the tool (45% of turns)
+            log.clear()
+            t0[0] = time.perf_counter()
+            graph.invoke({"messages": [HumanMessage(f"turn {i}")]}, cfg, durability=durability)
+            took = time.perf_counter() - t0[0]
+            if len(log) > 6 or durability == "exit":
+                break
+    finally:
+        close()
+        shutil.rmtree(path, ignore_errors=True)
+    lines = [f"  {start * 1e3:7.2f} ms {spent * 1e3:6.2f} ms  {thread:26s} {name:10s} {what}"
+             for start, spent, thread, name, what in sorted(log)]
+    return lines + [f"  invoke returned at {took * 1e3:.2f} ms"]
 
 
 def print_split(splits: dict) -> None:
@@ -575,8 +674,10 @@ def print_split(splits: dict) -> None:
           "calls per turn; put/put_writes run in LangGraph's threads and overlap)")
     for durability, out in splits.items():
         print(f"  durability={durability}: {out['turn_ms']:.2f} ms a turn, "
-              f"{out['commits']:.1f} commits a turn")
-        for label in ("get_tuple", "put", "put_writes", "their durable writes",
+              f"{out['commits']:.1f} commits, {out['syncs']:.1f} syncs (fdatasync), "
+              f"{out['durable_groups']:.1f} durable and {out['buffered_groups']:.1f} buffered "
+              f"write groups a turn")
+        for label in ("get_tuple", "put", "put_writes", "their batches",
                       "their serializer", "store"):
             if label in out["calls"]:
                 c = out["calls"][label]
@@ -587,16 +688,20 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
     print()
     print(f"realistic graph: MessagesState, fake LLM (tool calls in {GRAPH_TOOL_SHARE:.0%} of turns), "
           f"ToolNode, store reads/writes")
-    print(f"  {'case/durability':16s} {'kvstore':>9s} {'SQLite':>9s}  {'ratio':>6s}  rounds"
-          f"          kvstore commits/turn")
+    print(f"  {'case/durability':16s} {'kvstore':>9s} {'SQLite':>9s}  {'ratio':>6s}  {'rounds':16s}"
+          f" {'all-sync':>9s} {'gain':>6s}  commits/turn  syncs/turn (all-sync)")
     targets = []
+
+    def per_turn(runs: list, what: str) -> float:
+        return sum(x.get(what, 0) for x in runs) / max(1, sum(x["turns"] for x in runs))
     for name, runs in results.items():
         k = statistics.median(x["turns_per_sec"] for x in runs["kvstore"])
         s = statistics.median(x["turns_per_sec"] for x in runs["sqlite"])
-        commits = sum(x.get("commits", 0) for x in runs["kvstore"]) / max(
-            1, sum(x["turns"] for x in runs["kvstore"]))
+        a = statistics.median(x["turns_per_sec"] for x in runs["kv-allsync"])
         rounds = " ".join(f"{x:.2f}" for x in runs["ratios"])
-        print(f"  {name:16s} {k:9.1f} {s:9.1f}  {runs['ratio']:5.2f}x  {rounds:16s} {commits:5.1f}")
+        print(f"  {name:16s} {k:9.1f} {s:9.1f}  {runs['ratio']:5.2f}x  {rounds:16s} {a:9.1f} "
+              f"{runs['vs_allsync']:5.2f}x  {per_turn(runs['kvstore'], 'commits'):12.1f}  "
+              f"{per_turn(runs['kvstore'], 'syncs'):10.1f} ({per_turn(runs['kv-allsync'], 'syncs'):.1f})")
         kind, durability = name.split("/")
         goal = 1.5 if kind == "sync" else 3.0
         if kind == "asyncio" or durability in ("sync", "exit"):
@@ -604,7 +709,9 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
             what = (f"graph {'invoke' if kind == 'sync' else f'{GRAPH_CONCURRENT} conversations'}, "
                     f"durability={durability} >= {goal:g}x {peer}")
             targets.append((what, f"{runs['ratio']:.2f}x", runs["ratio"] >= goal))
-    print("  (turns/s: medians over rounds; ratio: median of the rounds' ratios)")
+    print("  (turns/s: medians over rounds; ratio: median of the rounds' ratios against SQLite; "
+          "all-sync: KVStoreSaver with every call synced by itself, as before, and gain: kvstore "
+          "against it, median of the rounds' ratios; syncs: kvstore's fdatasync calls)")
     return targets
 
 
@@ -615,13 +722,15 @@ def main(argv=None) -> int:
     ap.add_argument("--tmpdir", default=None, help="where the temporary stores go")
     ap.add_argument("--json", default=None, help="write the results to this file")
     ap.add_argument("--only", default="checkpoint,asyncio,graph",
-                    help="sections to run, separated by commas: checkpoint, asyncio, graph "
+                    help="sections to run, separated by commas: checkpoint, asyncio, graph; "
+                         "trace (one turn's saver calls, not in the default) "
                          "(default: all)")
     args = ap.parse_args(argv)
+    SYNCS.install()
     sections = set(args.only.split(","))
-    unknown = sections - {"checkpoint", "asyncio", "graph"}
+    unknown = sections - {"checkpoint", "asyncio", "graph", "trace"}
     if unknown:
-        ap.error(f"unknown sections {sorted(unknown)}: use checkpoint, asyncio, graph")
+        ap.error(f"unknown sections {sorted(unknown)}: use checkpoint, asyncio, graph, trace")
     repeats = args.repeats or 3
     sync_ops = 200 if args.quick else 400
     thread_ops = 640 if args.quick else 1280
@@ -647,9 +756,15 @@ def main(argv=None) -> int:
 
     results: dict = {"checkpoint": {}, "asyncio": {}}
     targets: list[tuple[str, str, bool]] = []
+    if "trace" in sections:
+        for durability in ("sync", "async", "exit"):
+            print(f"one turn of the graph, durability={durability}: the saver's calls "
+                  f"(start, duration, thread, call, what)")
+            print("\n".join(graph_trace(durability, args.tmpdir)))
+        print()
     if "graph" in sections:
         results["graph"] = graph_section(args, repeats)
-        results["graph_split"] = {d: graph_split(d, args.tmpdir) for d in ("sync", "exit")}
+        results["graph_split"] = {d: graph_split(d, args.tmpdir) for d in ("sync", "async", "exit")}
         targets += print_graph(results["graph"])
         print_split(results["graph_split"])
         print()

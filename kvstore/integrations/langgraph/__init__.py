@@ -12,7 +12,9 @@ which opens a store they own and close. Both write durably by default:
 a `put` returns once its commit is synced, as LangGraph's SQL savers do;
 ``durable=False`` returns at once and commits within the store's
 ``flush_interval`` (a crash then loses the last moments of checkpoints,
-never an older one: kvstore commits in order). Async methods never block
+never an older one: kvstore commits in order). In a graph run under
+durability "sync" or "async", a task's `put_writes` is synced by the run's
+next checkpoint instead of by itself (_durability.py). Async methods never block
 the event loop on a commit, and concurrent ones share commits (kvstore.aio).
 
 Layout (kvstore namespaces; key parts joined by NUL, which LangGraph's ids

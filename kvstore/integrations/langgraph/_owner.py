@@ -92,14 +92,16 @@ class _Owner:
         """The kvstore store this object reads and writes."""
         return self._db
 
-    def _write(self, ops: list[Op]) -> None:
+    def _write(self, ops: list[Op], durable: bool = True) -> None:
+        """Commit ops as one atomic batch: synced if the object is durable
+        and `durable`, else buffered (in order with every other write)."""
         if ops:
-            with self._db.batch(self._durable) as batch:
+            with self._db.batch(self._durable and durable) as batch:
                 _apply(batch, ops)
 
-    async def _awrite(self, ops: list[Op]) -> None:
+    async def _awrite(self, ops: list[Op], durable: bool = True) -> None:
         if ops:
-            async with self._adb.abatch(self._durable) as batch:
+            async with self._adb.abatch(self._durable and durable) as batch:
                 _apply(batch, ops)
 
     @classmethod

@@ -15,6 +15,7 @@ from ...errors import InvalidArgumentError
 from ...store import MAX_KEY_SIZE, Store
 from ..._types import Key
 from ...ttl import MAX_TTL
+from ._durability import DEFERRING, Ordering, run_mode
 from ._owner import _SEP, Handle, Op, _Owner, _check_ttl_config, _langgraph_missing, _ttl_seconds
 
 try:
@@ -92,7 +93,9 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
 
     :param db: an open `kvstore.Store` (or `kvstore.aio.AsyncStore`); the saver
         does not close it
-    :param durable: True (default): put/put_writes return once synced to disk;
+    :param durable: True (default): put/put_writes return once synced to disk
+        (in a graph run under durability "sync"/"async", a task's put_writes
+        once appended, synced by the run's next put: docs/langgraph.md);
         False: at once, committed within the store's flush_interval
     :param prefix: names of the kvstore namespaces used (``<prefix>:checkpoints``...)
     :param serde: LangGraph serializer (default: LangGraph's JsonPlusSerializer)
@@ -145,6 +148,7 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
         self._checkpoints = store.namespace(self._ns_checkpoints)
         self._blobs = store.namespace(self._ns_blobs)
         self._writes = store.namespace(self._ns_writes)
+        self._order = Ordering()  # which pending writes a later put syncs
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], *, durable: bool = True, prefix: str = "langgraph",
@@ -176,23 +180,55 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
             new_versions: ChannelVersions) -> RunnableConfig:
         """Store a checkpoint and the channel values of `new_versions`, atomically."""
         ops, stored = self._put_ops(config, checkpoint, metadata, new_versions)
+        self._order.supersede(*_ids(config))
         self._write(ops)
         return stored
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
         ops, stored = self._put_ops(config, checkpoint, metadata, new_versions)
+        self._order.supersede(*_ids(config))
         await self._awrite(ops)
         return stored
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
-        """Store a task's pending writes for the checkpoint of `config`, atomically."""
-        self._write(self._put_writes_ops(config, writes, task_id, task_path))
+        """Store a task's pending writes for the checkpoint of `config`,
+        atomically; synced, or, in a graph run, buffered when the run's next
+        put will sync them (_durability.py)."""
+        ids = self._deferring(config, writes)
+        if ids is None:
+            self._write(self._put_writes_ops(config, writes, task_id, task_path))
+            return
+        # locked from the start: a put of the next checkpoint arriving
+        # meanwhile is submitted after these writes, and syncs them
+        with self._order.lock(ids[0], ids[1]):
+            ops = self._put_writes_ops(config, writes, task_id, task_path)
+            if self._order.deferrable(*ids):
+                self._write(ops, durable=False)
+                return
+        self._write(ops)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                           task_id: str, task_path: str = "") -> None:
-        await self._awrite(self._put_writes_ops(config, writes, task_id, task_path))
+        ops = self._put_writes_ops(config, writes, task_id, task_path)
+        ids = self._deferring(config, writes)
+        # no await between the check and the submission (in _awrite): no lock
+        await self._awrite(ops, durable=ids is None or not self._order.deferrable(*ids))
+
+    def _deferring(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]]
+                   ) -> tuple[str, str, str] | None:
+        """(thread, namespace, checkpoint id) of writes that may wait for the
+        run's next put; None if they must sync by themselves. A special
+        write (error, interrupt...) ends the step: it syncs, and writes for
+        its checkpoint arriving after it sync too."""
+        thread_id, checkpoint_ns, checkpoint_id = _ids(config)
+        if checkpoint_id is None or run_mode(config) not in DEFERRING:
+            return None
+        if any(channel in WRITES_IDX_MAP for channel, _ in writes):
+            self._order.supersede(thread_id, checkpoint_ns, checkpoint_id)
+            return None
+        return thread_id, checkpoint_ns, checkpoint_id
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, blob and write of a thread, in every namespace."""
