@@ -296,3 +296,32 @@ def test_values_on_etcd_carry_the_key_in_their_checksum(etcd_url):
             db.get("msg:00247")
         with pytest.raises(kvstore.CorruptionError, match="msg:00247"):
             list(db.scan())
+
+
+def test_the_expiries_of_a_range_are_read_in_a_few_round_trips(etcd_url):
+    """scan_expiry (what `kvstore copy` and `dump` read on a cluster): a
+    scan's pages and one call per distinct lease, not a call or two per key."""
+    from kvstore.commands._portable import records
+
+    with kvstore.open(etcd_url) as db:
+        ns = db.namespace("e", keys=str)
+        for ttl, first in ((60, 0), (60, 100), (120, 200), (120, 300)):
+            ns.put_many({f"k{i:04}": {"i": i} for i in range(first, first + 100)}, ttl=ttl, durable=True)
+        ns.put_many({f"k{i:04}": i for i in range(400, 500)}, durable=True)
+        before = db.stats()["calls"]
+        found = list(records(ns))
+        calls = db.stats()["calls"] - before
+        assert calls <= 2 + 4  # two pages of keys, four leases (one per transaction and TTL)
+        assert [k for k, _, _ in found] == [f"k{i:04}" for i in range(500)]
+        assert found[5][1] == {"i": 5} and found[450][1] == 450
+        now = time.time()
+        for key, _, expiry in found:
+            i = int(key[1:])
+            if i >= 400:
+                assert expiry is None
+            else:
+                wanted = 60 if i < 200 else 120
+                assert expiry[1] == wanted and now + wanted - 3 < expiry[0] <= now + wanted + 1
+                assert abs(expiry[0] - ns.expiry(key)[0]) < 2
+        assert [k for k, _, _ in ns.scan_expiry(start="k0100", stop="k0103", reverse=True)] == \
+            ["k0102", "k0101", "k0100"]

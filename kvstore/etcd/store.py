@@ -18,7 +18,6 @@ raises NotSupportedError saying why (dictionaries, get(refresh_ttl=True)).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from .. import memoize as _memoize
@@ -30,6 +29,7 @@ from ..store import _decoded
 from ..ttl import default_to_ms
 from ..validate import check_timeout
 from .client import rpc
+from .expiries import lease_expiry, with_expiry
 from .grouping import Group, Op
 from .options import EtcdOptions
 from .records import decode
@@ -307,11 +307,10 @@ class EtcdStore:
         lease = int(resp.kvs[0].lease)
         if not lease:
             return None
-        info = remote.client.call("Lease", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease),
-                                  doing="reading a lease")
-        if info.TTL < 0:
+        expiry = lease_expiry(remote, lease)
+        if expiry is None:  # the lease ended: the key is going
             raise KeyError(key)
-        return time.time() + info.TTL, float(info.grantedTTL)
+        return expiry
 
     def _settle(self, remote: Remote) -> None:
         """Scans and counts read the cluster only: send this store's pending writes first."""
@@ -344,10 +343,20 @@ class EtcdStore:
 
     def _scan(self, remote: Remote, lo: bytes | None, hi: bytes | None, reverse: bool,
               keys_only: bool) -> Iterator[Any]:
-        first, end = remote.keys.range(self._ns, lo, hi)
         base = len(remote.keys.base(self._ns))
-        revision = 0
         as_str = self._keys is str
+        for kvs in self._pages(remote, lo, hi, reverse, keys_only):
+            for kv in kvs:
+                key = kv.key[base:]
+                out = _decoded(key, self._ns) if as_str else key
+                yield out if keys_only else (out, decode(remote.codec, key, kv.value, self._ns))
+
+    def _pages(self, remote: Remote, lo: bytes | None, hi: bytes | None, reverse: bool,
+               keys_only: bool) -> Iterator[Any]:
+        """The KeyValues of the namespace's keys in [lo, hi), a page of
+        SCAN_CHUNK at a time, every page read at the first one's revision."""
+        first, end = remote.keys.range(self._ns, lo, hi)
+        revision = 0
         while first < end:
             request = rpc.RangeRequest(
                 key=first, range_end=end, limit=SCAN_CHUNK, revision=revision, keys_only=keys_only,
@@ -355,16 +364,28 @@ class EtcdStore:
                 sort_target=rpc.RangeRequest.KEY)
             resp = remote.range(request, "scanning")
             revision = revision or int(resp.header.revision)
-            for kv in resp.kvs:
-                key = kv.key[base:]
-                out = _decoded(key, self._ns) if as_str else key
-                yield out if keys_only else (out, decode(remote.codec, key, kv.value, self._ns))
+            if resp.kvs:
+                yield resp.kvs
             if not resp.more or not resp.kvs:
                 return
             if reverse:
                 end = resp.kvs[-1].key
             else:
                 first = resp.kvs[-1].key + b"\x00"
+
+    def scan_expiry(self, prefix: Any = None, *, start: Any = None, stop: Any = None,
+                    reverse: bool = False) -> Iterator[tuple[Any, Any, tuple[float, float] | None]]:
+        """(key, value, expiry) in key order, as scan() and expiry() of each
+        key give them, in few round trips: the pages of a scan, and one
+        LeaseTimeToLive per distinct lease (the puts of a transaction with
+        the same TTL share one). A key whose lease ends before its lease is
+        read is left out (it expired). An etcd engine's call: a local store
+        has none (its expiry() reads no network)."""
+        remote = self._live()
+        lo, hi = scan_bounds(prefix, start, stop)
+        self._settle(remote)
+        return with_expiry(remote, self._pages(remote, lo, hi, reverse, False), self._ns,
+                           len(remote.keys.base(self._ns)), self._keys is str)
 
     # ------------------------------------------------------------ transactions (txn.py)
 
