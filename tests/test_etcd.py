@@ -101,22 +101,45 @@ def test_buffered_puts_share_etcd_transactions(etcd_url):
         assert stats["ops_per_commit"]["max"] <= 128
 
 
+def _in_threads(n, work):
+    """work(t) in n threads, t = 0..n-1; returns when all are done."""
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_durable_writes_of_concurrent_threads_share_round_trips(etcd_url):
     with kvstore.open(etcd_url, durable=True) as db:
         def work(t):
             for i in range(25):
                 db.put(f"{t}:{i}", i)
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _in_threads(16, work)
         stats = db.stats()
         assert stats["ops_committed"] == 400
         assert stats["ops_per_commit"]["max"] > 1, stats
         assert len(db) == 400
 
+
+
+def test_the_sender_lingers_for_every_durable_writer_it_just_answered(etcd_url):
+    """commit_linger waits for all the callers the last transaction answered
+    (not only the first to write again), so 16 durable writers keep sharing
+    one transaction instead of splitting into two that alternate."""
+    with kvstore.open(etcd_url, durable=True, commit_linger=0.2) as db:
+        start = threading.Barrier(16)
+
+        def work(t):
+            start.wait()
+            for i in range(10):
+                db.put(f"{t}:{i}", i)
+
+        _in_threads(16, work)
+        stats = db.stats()
+        assert stats["ops_committed"] == 160
+        assert stats["ops_per_commit"]["mean"] >= 12, stats
 
 _WRITER = """
 import sys, kvstore
