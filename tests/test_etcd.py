@@ -79,8 +79,6 @@ def test_without_the_extra_kvstore_works_and_an_etcd_url_says_what_to_install(tm
 
 def test_namespace_options_and_refusals(etcd_url):
     with kvstore.open(etcd_url) as db:
-        with pytest.raises(kvstore.NotSupportedError, match="refresh"):
-            db.get("a", refresh_ttl=True)
         with pytest.raises(kvstore.NotSupportedError, match="dictionar"):
             db.train_dictionary()
         with pytest.raises(kvstore.NotSupportedError, match="NUL"):
@@ -348,3 +346,26 @@ def test_the_expiries_of_a_range_are_read_in_a_few_round_trips(etcd_url):
                 assert abs(expiry[0] - ns.expiry(key)[0]) < 2
         assert [k for k, _, _ in ns.scan_expiry(start="k0100", stop="k0103", reverse=True)] == \
             ["k0102", "k0101", "k0100"]
+
+
+def test_get_refresh_ttl_gives_the_value_a_lease_of_its_own(etcd_url):
+    """As on a local store, get(refresh_ttl=True) pushes the value's expiry
+    to now + its TTL; on etcd through a new lease for that key alone, so
+    the other puts that shared its lease keep their expiry."""
+    with kvstore.open(etcd_url) as db:
+        db.put_many({"a": 1, "b": 2}, ttl=5, durable=True)  # one transaction: one lease
+        db.put("plain", 3, durable=True)
+        time.sleep(2.2)
+        assert db.get("a", refresh_ttl=True) == 1
+        now = time.time()  # etcd gives a lease's time left in whole seconds, rounded down
+        a_at, a_ttl = db.expiry("a")
+        b_at, _ = db.expiry("b")
+        assert a_ttl == 5 and now + 3.9 < a_at <= now + 5.1
+        assert b_at <= now + 3
+        assert db.get("plain", refresh_ttl=True) == 3 and db.expiry("plain") is None
+        assert db.get("missing", "dflt", refresh_ttl=True) == "dflt"
+        db.put("queued", 4, ttl=5)  # buffered: sent first, then refreshed
+        assert db.get("queued", refresh_ttl=True) == 4
+    with kvstore.open(etcd_url, readonly=True) as ro:
+        with pytest.raises(kvstore.ReadOnlyError):
+            ro.get("a", refresh_ttl=True)

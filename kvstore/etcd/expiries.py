@@ -1,4 +1,6 @@
-"""The expiries of a range of keys in few round trips (`EtcdStore.scan_expiry`).
+"""Reading and refreshing expiries, which on etcd are leases: the expiries
+of a range of keys in few round trips (`EtcdStore.scan_expiry`), and
+`get(refresh_ttl=True)` (`get_refreshing`).
 
 A key's TTL on etcd is its lease: each KeyValue a Range returns names its
 lease id (0: none), and a lease's remaining time is one LeaseTimeToLive call.
@@ -15,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..store import _decoded
 from .client import rpc
+from .grouping import grant
 from .records import decode
 
 if TYPE_CHECKING:
     from .remote import Remote
 
-__all__ = ["with_expiry", "lease_expiry", "Expiry"]
+__all__ = ["with_expiry", "lease_expiry", "get_refreshing", "Expiry"]
 
 # (expires_at on time.time()'s scale, ttl in seconds), or None: no TTL
 Expiry = tuple[float, float] | None
@@ -52,3 +55,34 @@ def lease_expiry(remote: Remote, lease: int) -> tuple[float, float] | None:
     if info.TTL < 0:
         return None
     return time.time() + info.TTL, float(info.grantedTTL)
+
+
+def get_refreshing(remote: Remote, ns: str, raw: bytes, default: Any) -> Any:
+    """get(key, default, refresh_ttl=True): the value, whose expiry, if it
+    has a TTL, moves to now + that TTL. Its lease may be shared with the
+    other puts of its transaction, so the key gets a new lease of its own,
+    of the same TTL, by a put that keeps its value (etcd's ignore_value),
+    applied only if the key still holds the value read (a compare on its
+    mod_revision; a write in between wins). Skipped, as on a local store,
+    when it would move the expiry by less than 1% of the TTL, or by less
+    than a second (a lease's granularity)."""
+    full = remote.keys.key(ns, raw)
+    resp = remote.range(rpc.RangeRequest(key=full), "reading a key")
+    if not resp.kvs:
+        return default
+    kv = resp.kvs[0]
+    value = decode(remote.codec, raw, kv.value, ns)
+    lease = int(kv.lease)
+    if not lease:
+        return value
+    expiry = lease_expiry(remote, lease)
+    if expiry is None:  # its lease ended: the key is going
+        return default
+    expires_at, ttl = expiry
+    if time.time() + ttl - expires_at >= max(1.0, ttl / 100):
+        compare = rpc.Compare(key=full, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
+                              mod_revision=kv.mod_revision)
+        put = rpc.PutRequest(key=full, lease=grant(remote.client, int(ttl)), ignore_value=True)
+        remote.client.call("KV", "Txn", rpc.TxnRequest(compare=[compare], success=[rpc.RequestOp(request_put=put)]),
+                           write=True, doing="refreshing a value's TTL", keys=[(ns, raw)])
+    return value

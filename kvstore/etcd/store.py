@@ -13,7 +13,7 @@ handle on the same connection. How each part maps onto etcd:
 - transactions: txn.py (compares on mod_revision).
 
 What a local store offers and this one cannot keep the same promise for
-raises NotSupportedError saying why (dictionaries, get(refresh_ttl=True)).
+raises NotSupportedError saying why (zstd dictionaries).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..store import _decoded
 from ..ttl import default_to_ms
 from ..validate import check_timeout
 from .client import rpc
-from .expiries import lease_expiry, with_expiry
+from .expiries import get_refreshing, lease_expiry, with_expiry
 from .grouping import Group, Op
 from .options import EtcdOptions
 from .records import decode
@@ -238,13 +238,15 @@ class EtcdStore:
     def get(self, key: Any, default: Any = None, *, refresh_ttl: bool = False) -> Any:
         """The value under key, or default; as `kvstore.Store.get`.
 
-        :raises NotSupportedError: refresh_ttl=True (a lease is shared by
-            the puts of one etcd transaction: refreshing it would extend theirs)
+        :param refresh_ttl: as on a local store, but sent at once (a new
+            lease for the key alone: expiries.get_refreshing); needs a
+            writable store
         """
         if refresh_ttl:
-            raise NotSupportedError("get(refresh_ttl=True) is not supported on etcd: a value's TTL is an "
-                                    "etcd lease shared with the other puts of its transaction, so "
-                                    "refreshing it would extend theirs too; put the value again instead")
+            remote = self._writable()
+            raw = check_key(key)
+            self._settle(remote)
+            return get_refreshing(remote, self._ns, raw, default)
         remote = self._live()
         raw = check_key(key)
         return self._read(remote, raw, default)
