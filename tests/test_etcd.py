@@ -362,6 +362,9 @@ def test_get_refresh_ttl_gives_the_value_a_lease_of_its_own(etcd_url):
         b_at, _ = db.expiry("b")
         assert a_ttl == 5 and now + 3.9 < a_at <= now + 5.1
         assert b_at <= now + 3
+        calls = db.stats()["calls"]
+        assert db.get("a", refresh_ttl=True) == 1  # just refreshed: only read (the key, its lease)
+        assert db.stats()["calls"] - calls == 2
         assert db.get("plain", refresh_ttl=True) == 3 and db.expiry("plain") is None
         assert db.get("missing", "dflt", refresh_ttl=True) == "dflt"
         db.put("queued", 4, ttl=5)  # buffered: sent first, then refreshed

@@ -65,7 +65,10 @@ def get_refreshing(remote: Remote, ns: str, raw: bytes, default: Any) -> Any:
     applied only if the key still holds the value read (a compare on its
     mod_revision; a write in between wins). Skipped, as on a local store,
     when it would move the expiry by less than 1% of the TTL, or by less
-    than a second (a lease's granularity)."""
+    than a second (a lease's granularity); etcd gives a lease's time left
+    rounded down to whole seconds, so one more second is asked for (else a
+    lease just granted would look a second old, and be replaced at every
+    read)."""
     full = remote.keys.key(ns, raw)
     resp = remote.range(rpc.RangeRequest(key=full), "reading a key")
     if not resp.kvs:
@@ -79,7 +82,7 @@ def get_refreshing(remote: Remote, ns: str, raw: bytes, default: Any) -> Any:
     if expiry is None:  # its lease ended: the key is going
         return default
     expires_at, ttl = expiry
-    if time.time() + ttl - expires_at >= max(1.0, ttl / 100):
+    if time.time() + ttl - expires_at >= max(1.0, ttl / 100) + 1:
         compare = rpc.Compare(key=full, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
                               mod_revision=kv.mod_revision)
         put = rpc.PutRequest(key=full, lease=grant(remote.client, int(ttl)), ignore_value=True)
