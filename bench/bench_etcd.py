@@ -22,6 +22,10 @@ corpus's (bench/data.py), cycled.
                               concurrent callers share Txns
   etcd client, 16 threads     16 threads calling Put on one client, N in all;
                               target: kvstore durable >= 2x this
+  etcd Txns of 16, 1 sender   the bound of kvstore durable: a hand-written loop
+                              sending Txns of 16 Puts (what 16 durable writers
+                              make at best) one at a time, built beforehand; its
+                              note has the members' CPU per Txn
   kvstore cache hit           get(k) of one key read before (the read cache)
   etcd get                    a Range of one key (serializable=False: linearizable,
                               what a get that must see every write costs);
@@ -83,6 +87,9 @@ class Direct:
     def put(self, key: bytes, value: bytes) -> None:
         self.kv.Put(self.rpc.PutRequest(key=key, value=value), timeout=10, metadata=HASLEADER)
 
+    def txn(self, request) -> None:
+        self.kv.Txn(request, timeout=10, metadata=HASLEADER)
+
     def get(self, key: bytes) -> bytes | None:
         kvs = self.kv.Range(self.rpc.RangeRequest(key=key), timeout=10, metadata=HASLEADER).kvs
         return kvs[0].value if kvs else None
@@ -119,6 +126,11 @@ def contenders(cluster, direct: Direct, records: list, ops: int, hits: int):
         extra = f"; {per['mean']:.1f} writes per etcd Txn (mean)" if per.get("mean") else ""
         return measured[0], measured[1] + extra
 
+    def per_txn(fn, n: int, txns: int) -> tuple[float, str]:
+        e0 = member_cpu(cluster)
+        measured = rate(fn, n)
+        return measured[0], measured[1] + f"; etcd CPU per Txn {1e6 * (member_cpu(cluster) - e0) / txns:,.0f} us"
+
     items = [(k.encode(), v) for k, v in (records[i % len(records)] for i in range(ops))]
 
     def kv_buffered(prefix):
@@ -136,14 +148,25 @@ def contenders(cluster, direct: Direct, records: list, ops: int, hits: int):
     def kv_durable_threads(prefix):
         with kvstore.open(cluster.url(prefix)) as db:
             parts = [items[i::THREADS] for i in range(THREADS)]
-            return with_groups(rate(lambda: threaded(THREADS, lambda i: [db.put(k, v, durable=True)
-                                                                         for k, v in parts[i]]), ops), db)
+            e0 = member_cpu(cluster)
+            measured = with_groups(rate(lambda: threaded(THREADS, lambda i: [db.put(k, v, durable=True)
+                                                                             for k, v in parts[i]]), ops), db)
+            txns = db.stats()["commits"] or 1
+            return measured[0], measured[1] + f"; etcd CPU per Txn {1e6 * (member_cpu(cluster) - e0) / txns:,.0f} us"
 
     def etcd_threads(prefix):
         p = prefix.encode() + b"/"
         parts = [items[i::THREADS] for i in range(THREADS)]
         return rate(lambda: threaded(THREADS, lambda i: [direct.put(p + k, msgpack.packb(v, use_bin_type=True))
                                                          for k, v in parts[i]]), ops)
+
+    def etcd_txns_of_16(prefix):
+        p = prefix.encode() + b"/"
+        packed = [(p + b"%d/" % i + k, msgpack.packb(v, use_bin_type=True)) for i, (k, v) in enumerate(items)]
+        rpc = direct.rpc
+        txns = [rpc.TxnRequest(success=[rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v))
+                                        for k, v in packed[i:i + THREADS]]) for i in range(0, ops, THREADS)]
+        return per_txn(lambda: [direct.txn(t) for t in txns], ops, len(txns))
 
     key, value = items[0]
 
@@ -164,6 +187,7 @@ def contenders(cluster, direct: Direct, records: list, ops: int, hits: int):
         "etcd put per call": etcd_per_call,
         "kvstore durable, 16 threads": kv_durable_threads,
         "etcd client, 16 threads": etcd_threads,
+        "etcd Txns of 16, 1 sender": etcd_txns_of_16,
         "kvstore cache hit": kv_cache_hit,
         "etcd get": etcd_get,
     }
@@ -228,6 +252,10 @@ def main(argv=None) -> int:
             print(f"  {name:<28} {statistics.median(rates[name]):>12,.0f} ops/s  {notes.get(name, '')}")
         for a, b, target in RATIOS:
             print("  " + ratio_line(rates, a, b, target, digits=1))
+        bound = statistics.median(x / y for x, y in zip(rates["etcd Txns of 16, 1 sender"],
+                                                        rates["etcd client, 16 threads"]))
+        print(f"  etcd Txns of 16, 1 sender / etcd client, 16 threads: {bound:.1f}x (the bound of kvstore "
+              f"durable's ratio: one Txn of 16 writes in flight, nothing else done)")
         for label, i in (("copy local -> etcd", 0), ("copy etcd -> local", 1)):
             if not copies:
                 break

@@ -212,6 +212,55 @@ def test_the_asyncio_api(store, tmp_path):
     asyncio.run(main())
 
 
+def test_a_transaction_inside_another_of_the_same_task_is_refused_in_asyncio(store):
+    """As the sync API: in one task (or a sync function it runs), a second
+    transaction inside an open one raises; another task may run its own."""
+    import asyncio
+
+    import kvstore.aio
+
+    url = store.path
+    store.close()
+
+    async def main():
+        async with kvstore.aio.open(url) as db:
+            async with db.atransaction() as tx:
+                tx.put("a", 1)
+                with pytest.raises(kvstore.NestedTransactionError):
+                    async with db.atransaction():
+                        pass
+                with pytest.raises(kvstore.NestedTransactionError):
+                    await db.atransact(lambda inner: inner.put("b", 1))
+                with pytest.raises(kvstore.NestedTransactionError):
+                    await db.aupdate("n", lambda v: (v or 0) + 1)
+            assert await db.aget("a") == 1 and await db.aget("b") is None
+
+            def nested_sync(tx):  # atransact runs a sync function: the sync API inside it is checked too
+                with pytest.raises(kvstore.NestedTransactionError):
+                    db._store.transact(lambda inner: None)
+                tx.put("c", 1)
+
+            await db.atransact(nested_sync)
+            assert await db.aget("c") == 1
+            assert await db.aupdate("n", lambda v: (v or 0) + 1) == 1  # the outer ones ended: allowed
+            release = asyncio.Event()
+
+            async def other_task():  # begun before the outer transaction: its own context
+                await release.wait()
+                async with db.atransaction() as tx:
+                    tx.put("d", 1)
+
+            task = asyncio.create_task(other_task())
+            await asyncio.sleep(0)
+            async with db.atransaction() as tx:
+                tx.put("e", 1)
+                release.set()
+                await task
+            assert await db.aget_many(["d", "e"]) == [1, 1]
+
+    asyncio.run(main())
+
+
 def test_get_many_of_more_keys_than_one_etcd_transaction_holds(store):
     for i in range(0, 300, 100):
         store.put_many({f"k{j:03d}": j for j in range(i, i + 100)}, durable=True)

@@ -79,8 +79,6 @@ def test_without_the_extra_kvstore_works_and_an_etcd_url_says_what_to_install(tm
 
 def test_namespace_options_and_refusals(etcd_url):
     with kvstore.open(etcd_url) as db:
-        with pytest.raises(kvstore.NotSupportedError, match="refresh"):
-            db.get("a", refresh_ttl=True)
         with pytest.raises(kvstore.NotSupportedError, match="dictionar"):
             db.train_dictionary()
         with pytest.raises(kvstore.NotSupportedError, match="NUL"):
@@ -101,22 +99,45 @@ def test_buffered_puts_share_etcd_transactions(etcd_url):
         assert stats["ops_per_commit"]["max"] <= 128
 
 
+def _in_threads(n, work):
+    """work(t) in n threads, t = 0..n-1; returns when all are done."""
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_durable_writes_of_concurrent_threads_share_round_trips(etcd_url):
     with kvstore.open(etcd_url, durable=True) as db:
         def work(t):
             for i in range(25):
                 db.put(f"{t}:{i}", i)
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _in_threads(16, work)
         stats = db.stats()
         assert stats["ops_committed"] == 400
         assert stats["ops_per_commit"]["max"] > 1, stats
         assert len(db) == 400
 
+
+
+def test_the_sender_lingers_for_every_durable_writer_it_just_answered(etcd_url):
+    """commit_linger waits for all the callers the last transaction answered
+    (not only the first to write again), so 16 durable writers keep sharing
+    one transaction instead of splitting into two that alternate."""
+    with kvstore.open(etcd_url, durable=True, commit_linger=0.5) as db:
+        start = threading.Barrier(16)
+
+        def work(t):
+            start.wait()
+            for i in range(10):
+                db.put(f"{t}:{i}", i)
+
+        _in_threads(16, work)
+        stats = db.stats()
+        assert stats["ops_committed"] == 160
+        assert stats["ops_per_commit"]["mean"] >= 10, stats  # about 8 when the linger ended at the first
 
 _WRITER = """
 import sys, kvstore
@@ -296,3 +317,58 @@ def test_values_on_etcd_carry_the_key_in_their_checksum(etcd_url):
             db.get("msg:00247")
         with pytest.raises(kvstore.CorruptionError, match="msg:00247"):
             list(db.scan())
+
+
+def test_the_expiries_of_a_range_are_read_in_a_few_round_trips(etcd_url):
+    """scan_expiry (what `kvstore copy` and `dump` read on a cluster): a
+    scan's pages and one call per distinct lease, not a call or two per key."""
+    from kvstore.commands._portable import records
+
+    with kvstore.open(etcd_url) as db:
+        ns = db.namespace("e", keys=str)
+        for ttl, first in ((60, 0), (60, 100), (120, 200), (120, 300)):
+            ns.put_many({f"k{i:04}": {"i": i} for i in range(first, first + 100)}, ttl=ttl, durable=True)
+        ns.put_many({f"k{i:04}": i for i in range(400, 500)}, durable=True)
+        before = db.stats()["calls"]
+        found = list(records(ns))
+        calls = db.stats()["calls"] - before
+        assert calls <= 2 + 4  # two pages of keys, four leases (one per transaction and TTL)
+        assert [k for k, _, _ in found] == [f"k{i:04}" for i in range(500)]
+        assert found[5][1] == {"i": 5} and found[450][1] == 450
+        now = time.time()
+        for key, _, expiry in found:
+            i = int(key[1:])
+            if i >= 400:
+                assert expiry is None
+            else:
+                wanted = 60 if i < 200 else 120
+                assert expiry[1] == wanted and now + wanted - 3 < expiry[0] <= now + wanted + 1
+                assert abs(expiry[0] - ns.expiry(key)[0]) < 2
+        assert [k for k, _, _ in ns.scan_expiry(start="k0100", stop="k0103", reverse=True)] == \
+            ["k0102", "k0101", "k0100"]
+
+
+def test_get_refresh_ttl_gives_the_value_a_lease_of_its_own(etcd_url):
+    """As on a local store, get(refresh_ttl=True) pushes the value's expiry
+    to now + its TTL; on etcd through a new lease for that key alone, so
+    the other puts that shared its lease keep their expiry."""
+    with kvstore.open(etcd_url) as db:
+        db.put_many({"a": 1, "b": 2}, ttl=5, durable=True)  # one transaction: one lease
+        db.put("plain", 3, durable=True)
+        time.sleep(2.2)
+        assert db.get("a", refresh_ttl=True) == 1
+        now = time.time()  # etcd gives a lease's time left in whole seconds, rounded down
+        a_at, a_ttl = db.expiry("a")
+        b_at, _ = db.expiry("b")
+        assert a_ttl == 5 and now + 3.9 < a_at <= now + 5.1
+        assert b_at <= now + 3
+        calls = db.stats()["calls"]
+        assert db.get("a", refresh_ttl=True) == 1  # just refreshed: only read (the key, its lease)
+        assert db.stats()["calls"] - calls == 2
+        assert db.get("plain", refresh_ttl=True) == 3 and db.expiry("plain") is None
+        assert db.get("missing", "dflt", refresh_ttl=True) == "dflt"
+        db.put("queued", 4, ttl=5)  # buffered: sent first, then refreshed
+        assert db.get("queued", refresh_ttl=True) == 4
+    with kvstore.open(etcd_url, readonly=True) as ro:
+        with pytest.raises(kvstore.ReadOnlyError):
+            ro.get("a", refresh_ttl=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator
 
 from kvstore.errors import KVStoreError
@@ -36,8 +35,6 @@ __all__ = ["is_local", "handle_of", "counts", "records", "put_with_expiry", "dum
 # Records read per step: keys per get_many when checking records, records
 # whose expiries are read together
 CHUNK = 256
-# Threads reading the expiries of a chunk of records on a cluster
-EXPIRY_THREADS = 8
 # (expires_at, ttl) in seconds, as Store.expiry gives it, or None: no TTL
 Expiry = tuple[float, float] | None
 
@@ -61,39 +58,29 @@ def counts(db: Store[Any]) -> list[tuple[str, int]]:
 def records(handle: Store[Any]) -> Iterator[tuple[bytes, Any, Expiry]]:
     """(key, value, expiry) of every live record of a namespace, in key
     order; one that expires or goes between the scan and its expiry's read
-    is left out. On a cluster, where each expiry is a round trip or two, the
-    expiries of a chunk of records are read by EXPIRY_THREADS threads."""
-    pool = None if is_local(handle) else ThreadPoolExecutor(EXPIRY_THREADS)
-    try:
-        chunk: list[tuple[bytes, Any]] = []
-        for item in handle.scan():
-            chunk.append(item)
-            if len(chunk) >= CHUNK:
-                yield from _with_expiry(handle, chunk, pool)
-                chunk = []
-        yield from _with_expiry(handle, chunk, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    is left out. On a cluster, the engine reads them together
+    (`EtcdStore.scan_expiry`: a scan's pages and one call per distinct
+    lease); a local store reads each record's expiry from its own file."""
+    scan_expiry = getattr(handle, "scan_expiry", None)
+    if scan_expiry is not None:
+        yield from scan_expiry()
+        return
+    chunk: list[tuple[bytes, Any]] = []
+    for item in handle.scan():
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            yield from _with_expiry(handle, chunk)
+            chunk = []
+    yield from _with_expiry(handle, chunk)
 
 
-def _expiry_or_gone(handle: Store[Any], key: bytes) -> Expiry | bool:
-    try:
-        return handle.expiry(key)
-    except KeyError:
-        return False
-
-
-def _with_expiry(handle: Store[Any], chunk: list[tuple[bytes, Any]], pool: ThreadPoolExecutor | None
-                 ) -> Iterator[tuple[bytes, Any, Expiry]]:
-    keys = [key for key, _ in chunk]
-    if pool is None:
-        found = [_expiry_or_gone(handle, key) for key in keys]
-    else:
-        found = list(pool.map(lambda key: _expiry_or_gone(handle, key), keys))
-    for (key, value), expiry in zip(chunk, found):
-        if expiry is not False:
-            yield key, value, expiry  # type: ignore[misc]  # not False: an Expiry
+def _with_expiry(handle: Store[Any], chunk: list[tuple[bytes, Any]]) -> Iterator[tuple[bytes, Any, Expiry]]:
+    for key, value in chunk:
+        try:
+            expiry = handle.expiry(key)
+        except KeyError:
+            continue  # gone since the scan
+        yield key, value, expiry
 
 
 def put_with_expiry(handle: Store[Any], key: bytes, value: Any, expires_at: float | None, has_default: bool,

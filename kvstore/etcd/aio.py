@@ -18,6 +18,7 @@ thread and sleep the backoff with asyncio.sleep.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterable, TypeVar
@@ -36,7 +37,21 @@ _R = TypeVar("_R")
 
 
 async def _thread(fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+    """fn(*args, **kwargs) in the loop's executor, in a copy of the task's
+    context (as asyncio.to_thread): the transaction it has open goes along."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+async def _begin(tx: EtcdTransaction) -> EtcdTransaction:
+    """Start tx for a task: claimed in the task's context (nested ones
+    raise), its setup done in a worker thread."""
+    tx._claim()
+    try:
+        return await _thread(tx._begin, False)
+    except BaseException:
+        tx.discard()
+        raise
 
 
 class _Opening:
@@ -140,7 +155,7 @@ class AsyncEtcdStore:
         for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(backoff(attempt - 1))
-            tx = await _thread(EtcdTransaction(self._store, durable)._begin, False)
+            tx = await _begin(EtcdTransaction(self._store, durable))
             try:
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(tx)
@@ -232,7 +247,7 @@ class _AsyncTransaction:
         self._tx = tx
 
     async def __aenter__(self) -> EtcdTransaction:
-        return await _thread(self._tx._begin, False)
+        return await _begin(self._tx)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         await _thread(self._tx.__exit__, exc_type, None, None)

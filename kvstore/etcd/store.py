@@ -13,12 +13,11 @@ handle on the same connection. How each part maps onto etcd:
 - transactions: txn.py (compares on mod_revision).
 
 What a local store offers and this one cannot keep the same promise for
-raises NotSupportedError saying why (dictionaries, get(refresh_ttl=True)).
+raises NotSupportedError saying why (zstd dictionaries).
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from .. import memoize as _memoize
@@ -30,6 +29,7 @@ from ..store import _decoded
 from ..ttl import default_to_ms
 from ..validate import check_timeout
 from .client import rpc
+from .expiries import get_refreshing, lease_expiry, with_expiry
 from .grouping import Group, Op
 from .options import EtcdOptions
 from .records import decode
@@ -238,13 +238,15 @@ class EtcdStore:
     def get(self, key: Any, default: Any = None, *, refresh_ttl: bool = False) -> Any:
         """The value under key, or default; as `kvstore.Store.get`.
 
-        :raises NotSupportedError: refresh_ttl=True (a lease is shared by
-            the puts of one etcd transaction: refreshing it would extend theirs)
+        :param refresh_ttl: as on a local store, but sent at once (a new
+            lease for the key alone: expiries.get_refreshing); needs a
+            writable store
         """
         if refresh_ttl:
-            raise NotSupportedError("get(refresh_ttl=True) is not supported on etcd: a value's TTL is an "
-                                    "etcd lease shared with the other puts of its transaction, so "
-                                    "refreshing it would extend theirs too; put the value again instead")
+            remote = self._writable()
+            raw = check_key(key)
+            self._settle(remote)
+            return get_refreshing(remote, self._ns, raw, default)
         remote = self._live()
         raw = check_key(key)
         return self._read(remote, raw, default)
@@ -307,11 +309,10 @@ class EtcdStore:
         lease = int(resp.kvs[0].lease)
         if not lease:
             return None
-        info = remote.client.call("Lease", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease),
-                                  doing="reading a lease")
-        if info.TTL < 0:
+        expiry = lease_expiry(remote, lease)
+        if expiry is None:  # the lease ended: the key is going
             raise KeyError(key)
-        return time.time() + info.TTL, float(info.grantedTTL)
+        return expiry
 
     def _settle(self, remote: Remote) -> None:
         """Scans and counts read the cluster only: send this store's pending writes first."""
@@ -344,10 +345,20 @@ class EtcdStore:
 
     def _scan(self, remote: Remote, lo: bytes | None, hi: bytes | None, reverse: bool,
               keys_only: bool) -> Iterator[Any]:
-        first, end = remote.keys.range(self._ns, lo, hi)
         base = len(remote.keys.base(self._ns))
-        revision = 0
         as_str = self._keys is str
+        for kvs in self._pages(remote, lo, hi, reverse, keys_only):
+            for kv in kvs:
+                key = kv.key[base:]
+                out = _decoded(key, self._ns) if as_str else key
+                yield out if keys_only else (out, decode(remote.codec, key, kv.value, self._ns))
+
+    def _pages(self, remote: Remote, lo: bytes | None, hi: bytes | None, reverse: bool,
+               keys_only: bool) -> Iterator[Any]:
+        """The KeyValues of the namespace's keys in [lo, hi), a page of
+        SCAN_CHUNK at a time, every page read at the first one's revision."""
+        first, end = remote.keys.range(self._ns, lo, hi)
+        revision = 0
         while first < end:
             request = rpc.RangeRequest(
                 key=first, range_end=end, limit=SCAN_CHUNK, revision=revision, keys_only=keys_only,
@@ -355,16 +366,28 @@ class EtcdStore:
                 sort_target=rpc.RangeRequest.KEY)
             resp = remote.range(request, "scanning")
             revision = revision or int(resp.header.revision)
-            for kv in resp.kvs:
-                key = kv.key[base:]
-                out = _decoded(key, self._ns) if as_str else key
-                yield out if keys_only else (out, decode(remote.codec, key, kv.value, self._ns))
+            if resp.kvs:
+                yield resp.kvs
             if not resp.more or not resp.kvs:
                 return
             if reverse:
                 end = resp.kvs[-1].key
             else:
                 first = resp.kvs[-1].key + b"\x00"
+
+    def scan_expiry(self, prefix: Any = None, *, start: Any = None, stop: Any = None,
+                    reverse: bool = False) -> Iterator[tuple[Any, Any, tuple[float, float] | None]]:
+        """(key, value, expiry) in key order, as scan() and expiry() of each
+        key give them, in few round trips: the pages of a scan, and one
+        LeaseTimeToLive per distinct lease (the puts of a transaction with
+        the same TTL share one). A key whose lease ends before its lease is
+        read is left out (it expired). An etcd engine's call: a local store
+        has none (its expiry() reads no network)."""
+        remote = self._live()
+        lo, hi = scan_bounds(prefix, start, stop)
+        self._settle(remote)
+        return with_expiry(remote, self._pages(remote, lo, hi, reverse, False), self._ns,
+                           len(remote.keys.base(self._ns)), self._keys is str)
 
     # ------------------------------------------------------------ transactions (txn.py)
 

@@ -43,7 +43,7 @@ __all__ = ["EtcdTransaction", "transact", "STATS"]
 
 _R = TypeVar("_R")
 STATS = {"calls": 0, "conflicts": 0}  # this process's transact calls and their conflicted runs
-# The transaction a thread has open (sync API), for NestedTransactionError.
+# The transaction a thread or asyncio task has open, for NestedTransactionError.
 _current: ContextVar[EtcdTransaction | None] = ContextVar("kvstore_etcd_transaction", default=None)
 
 
@@ -65,19 +65,24 @@ class EtcdTransaction:
         return self._begin(nesting=True)
 
     def _begin(self, nesting: bool) -> EtcdTransaction:
-        """Start: NestedTransactionError inside another open transaction of
-        this thread (nesting=True; kvstore.aio's worker threads pass False:
-        a thread there runs many tasks' calls); then this store's buffered
-        writes are sent, so that its reads see them."""
+        """Start: _claim() it (nesting=True; kvstore.aio claims it in the
+        task, then calls this in a worker thread with False); then this
+        store's buffered writes are sent, so that its reads see them."""
         if nesting:
-            outer = _current.get()
-            if outer is not None and outer._state == "open":
-                raise NestedTransactionError(
-                    "a transaction was begun inside another one of the same thread: do this work with "
-                    "the outer transaction's tx (it reads and writes every namespace), or after it ends")
-            _current.set(self)
+            self._claim()
         self._store._settle(self._remote)
         return self
+
+    def _claim(self) -> None:
+        """NestedTransactionError inside another open transaction of this
+        thread, or of this asyncio task (a context variable: the executor
+        calls of kvstore.aio run in a copy of their task's context)."""
+        outer = _current.get()
+        if outer is not None and outer._state == "open":
+            raise NestedTransactionError(
+                "a transaction was begun inside another one of the same thread or task: do this work "
+                "with the outer transaction's tx (it reads and writes every namespace), or after it ends")
+        _current.set(self)
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if self._state != "open":
