@@ -27,7 +27,6 @@ one runs. It prints:
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import random
 import re

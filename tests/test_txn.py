@@ -2,7 +2,6 @@
 update, on real stores, without and with the write-ahead log."""
 
 import math
-import os
 import subprocess
 import sys
 import threading
