@@ -469,11 +469,7 @@ def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
             for text in messages:
                 graph.invoke({"messages": [HumanMessage(text)]}, config, durability=durability)
                 turns += 1
-        took = time.perf_counter() - start
-        out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
-        if db is not None:
-            out["commits"] = _commits(db.stats()) - _commits(before)
-            out["syncs"] = SYNCS.n - syncs
+        out = _turns_result(turns, time.perf_counter() - start, db, before, syncs)
     finally:
         close()
         shutil.rmtree(path, ignore_errors=True)
@@ -482,6 +478,15 @@ def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
 
 def _commits(stats: dict) -> int:
     return int(stats.get("commits", 0))
+
+
+def _turns_result(turns: int, took: float, db, before, syncs: int) -> dict:
+    """A graph run's row: turns, time, and for kvstore its commits and syncs."""
+    out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
+    if db is not None:
+        out["commits"] = _commits(db.stats()) - _commits(before)
+        out["syncs"] = SYNCS.n - syncs
+    return out
 
 
 async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
@@ -517,11 +522,7 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
 
         start = time.perf_counter()
         turns = sum(await asyncio.gather(*(play(t, m) for t, m in convos)))
-        took = time.perf_counter() - start
-        out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
-        if db is not None:
-            out["commits"] = _commits(db.stats()) - _commits(before)
-            out["syncs"] = SYNCS.n - syncs
+        out = _turns_result(turns, time.perf_counter() - start, db, before, syncs)
     finally:
         await stack.aclose()
         shutil.rmtree(path, ignore_errors=True)

@@ -34,6 +34,7 @@ from ..txn import MISSING, conflict_error
 from ..validate import check_count
 from .client import Compacted, rpc
 from .grouping import Op, grant
+from .records import decode
 from .remote import make_op, ttl_seconds
 
 if TYPE_CHECKING:
@@ -135,7 +136,6 @@ class EtcdTransaction:
         return default if record is None else self._decode(raw, record, ns)
 
     def _decode(self, key: bytes, record: bytes, ns: str) -> Any:
-        from .records import decode
         return decode(self._remote.codec, key, record, ns)
 
     def __contains__(self, key: Any) -> bool:
