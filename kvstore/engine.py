@@ -472,6 +472,8 @@ def _after_fork_in_child() -> None:
         engine.forked = engine.env.forked = True
         if engine.log is not None:
             engine.log.abandon()  # the parent's append and apply locks stay the parent's
+        if engine.writer is not None:
+            engine.writer.abandon_worker()  # likewise: its apply worker
         env = engine.env
         if env._data_lock_fd is not None:
             os.close(env._data_lock_fd)  # the parent's lock stays: its own descriptor holds it

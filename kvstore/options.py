@@ -128,6 +128,14 @@ class Options:
     # With a log: apply at once when this many bytes of records wait.
     apply_bytes: int = 8 * MiB
 
+    # With a log: who applies it. "auto": this process's apply thread, until
+    # its applies take a noticeable share of the process's time (a busy
+    # writer); then a worker process it starts applies instead, on the other
+    # core, with a GIL of its own (kvstore/applyworker.py). "always": start
+    # the worker at open. "never": always the apply thread. The worker
+    # exits when the store is closed or this process dies.
+    apply_worker: str = "auto"
+
     # ---------------------------------------------------- values (performance)
 
     # "zstd" or "none". Compression happens in the caller's thread.
@@ -208,6 +216,8 @@ class Options:
         if self.log_initial_size > self.log_size or self.log_size < 64 * 1024:
             raise ValueError(f"log_size ({self.log_size}) must be at least 64 KiB and at least "
                              f"log_initial_size ({self.log_initial_size})")
+        if self.apply_worker not in ("auto", "always", "never"):
+            raise ValueError(f"apply_worker must be 'auto', 'always' or 'never', not {self.apply_worker!r}")
         if self.compression not in ("zstd", "none"):
             raise ValueError(f"compression must be 'zstd' or 'none', not {self.compression!r}")
         if not 1 <= self.compression_level <= 22:
@@ -260,6 +270,7 @@ class OptionsDict(TypedDict, total=False):
     log_initial_size: int
     apply_interval: float
     apply_bytes: int
+    apply_worker: Literal["auto", "always", "never"]
     compression: Literal["zstd", "none"]
     compression_level: int
     compress_min_size: int

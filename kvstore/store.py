@@ -515,6 +515,8 @@ class Store(Reads[KeyT]):
             out.update(w.stats())
         if engine.tail is not None:  # the write-ahead log (wal.py): its size, tail, applies
             out["log"] = {**engine.tail.stats(), **engine.applier.stats()}  # type: ignore[union-attr]  # with the tail
+            if w is not None:
+                out["log"].update(w.worker_stats())
         if w is not None:
             out["transactions"] = _retry.stats(self)
         return out
