@@ -86,12 +86,14 @@ def test_py_typed_is_shipped():
 def test_options_dict_matches_options():
     """open()'s keyword arguments, as type checkers see them (OptionsDict),
     are exactly Options' fields, with the same types (compression narrowed
-    to its two values)."""
+    to its two values, apply_worker to its three)."""
     fields = typing.get_type_hints(Options)
     assert set(fields) == {f.name for f in dataclasses.fields(Options)}
     typed = typing.get_type_hints(OptionsDict)
     assert typed.pop("compression") == typing.Literal["zstd", "none"]
     assert fields.pop("compression") is str
+    assert typed.pop("apply_worker") == typing.Literal["auto", "always", "never"]
+    assert fields.pop("apply_worker") is str
     assert typed == fields
     assert OptionsDict.__total__ is False
 
