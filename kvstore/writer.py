@@ -238,9 +238,11 @@ class Writer:
                 appended = self._append_alone(group)
             except BaseException:  # interrupted (KeyboardInterrupt): never keep the lead
                 with self._lock:
-                    self._in_flight_ops -= len(group.ops)
-                    group.done = True
-                self._hand_off()
+                    if not group.done:
+                        self._in_flight_ops -= len(group.ops)
+                        group.done = True
+                if group.lead:  # not if it gave the lead up before its sync
+                    self._hand_off()
                 raise
             if not appended:
                 try:
@@ -516,11 +518,16 @@ class Writer:
             return True
         gen, end, durable = appended
         if durable:
+            # Give the lead up before the sync: writers that queued meanwhile
+            # are appended by the next leader while this one waits for the
+            # disk (a buffered write no longer waits for another's sync), and
+            # a sync covers every record appended before it, so a durable
+            # one among them shares it or the next.
+            self._give_up_lead(group)
             try:
                 log.sync(gen, end)
             except KVStoreError as exc:
                 self._fail([group], n, exc)
-                self._hand_off()
                 return True
         with self._lock:
             group.done = True
@@ -541,6 +548,18 @@ class Writer:
                 st.bytes_in += raw_len(record) if record is not None else 0
             else:
                 st.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in ops if r is not None)
+            if durable:  # the lead went before the sync
+                if self._flush_waiters:
+                    self._released.notify_all()
+                return True
+        self._give_up_lead(group)
+        return True
+
+    def _give_up_lead(self, group: Group) -> None:
+        """The lone leader (_append_alone) is done leading: nobody queued,
+        no step waiting, not closing: just let go; else hand the lead on."""
+        with self._lock:
+            group.lead = False
             if self._queue or self._scheduled or self._closing:
                 quiet = False
             else:
@@ -550,7 +569,6 @@ class Writer:
                     self._released.notify_all()
         if not quiet:
             self._hand_off()
-        return True
 
     def _log_groups(self, groups: list[Group], ops: int, nbytes: int, durable: int, started: float) -> None:
         """With a log: append plain groups as records (and sync them if one

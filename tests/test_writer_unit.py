@@ -506,3 +506,46 @@ def test_with_a_log_the_commit_hook_sees_the_groups_of_each_apply_after_lmdb_has
     finally:
         db.close()
 
+
+
+def test_with_a_log_a_buffered_put_does_not_wait_for_another_writers_sync(tmp_path):
+    """A durable put appends, then gives the lead up before its fdatasync:
+    a buffered put from another thread is appended and returns while that
+    sync is still under way (before, it queued behind the sync). The sync
+    is held open by wrapping the log's real sync, and the durable put still
+    returns only after it."""
+    with kvstore.open(str(tmp_path / "s"), wal=True, flush_interval=SLOW) as db:
+        log = db._engine.writer._log.tail.log
+        real_sync = log.sync
+        entered, release = threading.Event(), threading.Event()
+
+        def held_sync(upto, gen):
+            if threading.current_thread().name == "durable":
+                entered.set()
+                assert release.wait(30)
+            real_sync(upto, gen)
+
+        log.sync = held_sync
+        returned = threading.Event()
+
+        def durable():
+            db.put("d", 1, durable=True)
+            returned.set()
+
+        t = threading.Thread(target=durable, name="durable")
+        t.start()
+        try:
+            assert entered.wait(30), "the durable put never reached its sync"
+            done = threading.Event()
+            b = threading.Thread(target=lambda: (db.put("b", 2), db.put_many({"c": 3, "e": 4}),
+                                                 done.set()))
+            b.start()
+            assert done.wait(10), "a buffered put waited for another writer's sync"
+            assert not returned.is_set(), "the durable put returned before its sync"
+            assert db.get("b") == 2 and db.get("e") == 4 and db.get("d") == 1
+        finally:
+            release.set()
+            t.join(30)
+            b.join(30)
+        assert returned.is_set()
+        assert db.stats()["durable_groups"] >= 1
