@@ -11,6 +11,10 @@ write-ahead-log issue asks for, all from this one run:
     fillsync-8t-*                   8 threads, durable puts (syncs shared)
     fillrandom-*                    1 thread, buffered puts (with the log:
                                     each in the kernel when put returns)
+    *-worker                        the same with apply_worker="always": the
+                                    log applied by a worker process from the
+                                    start (its start is not timed); the
+                                    others run with the default, "auto"
     sqlite-full / sqlite-normal     sqlite3 WAL mode, a commit per put,
                                     synchronous=FULL / NORMAL
     lmdb-txn-per-put-sync           raw py-lmdb, a synced txn per put
@@ -56,8 +60,12 @@ def _timed_threads(work, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def _kv(path, ops, durable, threads, wal):
-    db = kvstore.open(path, wal=wal)
+def _kv(path, ops, durable, threads, wal, worker="auto"):
+    db = kvstore.open(path, wal=wal, apply_worker=worker)
+    if worker == "always":  # its start is part of open: not timed
+        end = time.monotonic() + 30
+        while db.stats()["log"]["apply_worker"] is None and time.monotonic() < end:
+            time.sleep(0.005)
     per = ops // threads
 
     def work(t):
@@ -181,6 +189,8 @@ def main(argv=None):
         "fillsync-8t-lmdb": lambda p: _kv(p, 4 * n, True, 8, False),
         "fillsync-32t-wal": lambda p: _kv(p, 8 * n, True, 32, True),
         "fillrandom-wal": lambda p: _kv(p, nb, False, 1, True),
+        "fillrandom-wal-worker": lambda p: _kv(p, nb, False, 1, True, "always"),
+        "fillsync-8t-wal-worker": lambda p: _kv(p, 4 * n, True, 8, True, "always"),
         "fillrandom-lmdb": lambda p: _kv(p, nb, False, 1, False),
         "sqlite-full": lambda p: _sqlite(p, n, "FULL"),
         "sqlite-normal": lambda p: _sqlite(p, nb // 4, "NORMAL"),
@@ -215,6 +225,11 @@ def main(argv=None):
         ("fillrandom-wal / sqlite-full", "fillrandom-wal", "sqlite-full", 10.0),
         ("fillrandom-wal / sqlite-normal", "fillrandom-wal", "sqlite-normal", 1.5),
         ("fillrandom-wal / fillrandom-lmdb", "fillrandom-wal", "fillrandom-lmdb", 0.9),
+        ("fillrandom-wal-worker / sqlite-normal", "fillrandom-wal-worker", "sqlite-normal", 1.5),
+        ("fillrandom-wal-worker / fillrandom-lmdb", "fillrandom-wal-worker", "fillrandom-lmdb", 0.9),
+        ("fillrandom-wal-worker / fillrandom-wal", "fillrandom-wal-worker", "fillrandom-wal", None),
+        ("fillsync-8t-wal-worker / lmdb-txn-per-put-sync-8t", "fillsync-8t-wal-worker",
+         "lmdb-txn-per-put-sync-8t", 5.0),
         ("fillsync-wal / fdatasync (the limit)", "fillsync-wal", "fdatasync", None),
     ]
     print()
