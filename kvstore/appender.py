@@ -116,19 +116,21 @@ class Appender:
         durable = group.durable if group.condition is None else getattr(group.condition, "durable", True)
         return gen, end, durable
 
-    def write(self, groups: list[Group]) -> int:
-        """Write the groups a leader took (one, if exclusive or validated);
-        returns the lsn of the last record, 0 for a transaction whose reads
-        changed, 1 for an exclusive group. Raises DiskFullError or
-        MapFullError (nothing written: these groups fail, the store goes on)
-        or another KVStoreError (fail the store)."""
+    def write(self, groups: list[Group], defer_sync: bool = False) -> tuple[int, tuple[int, int] | None]:
+        """Write the groups a leader took (one, if exclusive or validated).
+        Returns (the lsn of the last record, 0 for a transaction whose reads
+        changed, 1 for an exclusive group; with defer_sync, the (gen, end)
+        the caller must sync() for plain groups of which one is durable,
+        else None). Raises DiskFullError or MapFullError (nothing written:
+        these groups fail, the store goes on) or another KVStoreError (fail
+        the store)."""
         first = groups[0]
         if self.exclusive(first):
             self._exclusive(first)
-            return 1
+            return 1, None
         if first.condition is not None:
-            return self._append_validated(first)
-        return self._append(groups)
+            return self._append_validated(first), None
+        return self._append(groups, defer_sync)
 
     def _appended(self) -> None:
         if killpoints.armed:
@@ -160,7 +162,7 @@ class Appender:
         raise StoreFailedError("the write-ahead log's index stays half changed after recovering it "
                                "ten times (processes keep dying inside changes of it); reopen the store")
 
-    def _append(self, groups: list[Group]) -> int:
+    def _append(self, groups: list[Group], defer_sync: bool) -> tuple[int, tuple[int, int] | None]:
         tail = self.tail
         payloads = [encode_group(g.ops) for g in groups]
         if len(groups) == 1:
@@ -181,8 +183,10 @@ class Appender:
                 start = stop
         self._appended()
         if any(g.durable for g in groups):
+            if defer_sync:
+                return last, (gen, end)
             self.sync(gen, end)
-        return last
+        return last, None
 
     def _validator(self, group: Group) -> Callable[[], bool]:
         """The check a validated group (txn.Validate) makes at its append,

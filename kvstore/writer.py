@@ -143,6 +143,11 @@ class Writer:
         self._queued_durable = 0
         self._in_flight_ops = 0
         self._leading = False  # a thread is running a commit
+        # With a log: leaders now waiting for their sync (fdatasync), their
+        # records appended; and buffered groups being appended beside them
+        # meanwhile (_append_beside), which close() waits for.
+        self._syncing = 0
+        self._beside = 0
         self._gathering = False  # the leader waits for durable groups to arrive
         self._gather_target = 0
         self._flush_waiters = 0
@@ -231,18 +236,30 @@ class Writer:
                 self._last = group
                 self._in_flight_ops += len(group.ops)
                 alone = True
+                beside = False
             else:
                 alone = False
+                # A leader waits for its sync, its records appended: a plain
+                # buffered group needs no sync and nothing queued has
+                # returned yet, so it is appended now, beside the leader,
+                # instead of waiting for the sync and the next leader.
+                beside = (self._syncing > 0 and self._log is not None and not group.durable
+                          and group.callback is None and group.before is None
+                          and group.condition is None)
+                if beside:
+                    self._beside += 1
+                    self._last = group
+                    self._in_flight_ops += len(group.ops)
+        if beside and self._append_beside(group):
+            return True
         if alone:
             try:
                 appended = self._append_alone(group)
             except BaseException:  # interrupted (KeyboardInterrupt): never keep the lead
                 with self._lock:
-                    if not group.done:
-                        self._in_flight_ops -= len(group.ops)
-                        group.done = True
-                if group.lead:  # not if it gave the lead up before its sync
-                    self._hand_off()
+                    self._in_flight_ops -= len(group.ops)
+                    group.done = True
+                self._hand_off()
                 raise
             if not appended:
                 try:
@@ -518,48 +535,14 @@ class Writer:
             return True
         gen, end, durable = appended
         if durable:
-            # Give the lead up before the sync: writers that queued meanwhile
-            # are appended by the next leader while this one waits for the
-            # disk (a buffered write no longer waits for another's sync), and
-            # a sync covers every record appended before it, so a durable
-            # one among them shares it or the next.
-            self._give_up_lead(group)
             try:
-                log.sync(gen, end)
+                self._sync_leading(gen, end)
             except KVStoreError as exc:
                 self._fail([group], n, exc)
+                self._hand_off()
                 return True
         with self._lock:
-            group.done = True
-            self._in_flight_ops -= n
-            st = self.counts  # field by field: no call on this path (commitstats.py)
-            st.commits += 1
-            st.ops_committed += n
-            st.max_ops_in_commit = max(st.max_ops_in_commit, n)
-            st.commit_seconds.append(time.perf_counter() - started)
-            if durable:
-                st.durable_groups += 1
-            else:
-                st.buffered_groups += 1
-            st.bytes_stored += group.nbytes
-            ops = group.ops
-            if len(ops) == 1:  # a put or a delete, the common case
-                record = ops[0][3]
-                st.bytes_in += raw_len(record) if record is not None else 0
-            else:
-                st.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in ops if r is not None)
-            if durable:  # the lead went before the sync
-                if self._flush_waiters:
-                    self._released.notify_all()
-                return True
-        self._give_up_lead(group)
-        return True
-
-    def _give_up_lead(self, group: Group) -> None:
-        """The lone leader (_append_alone) is done leading: nobody queued,
-        no step waiting, not closing: just let go; else hand the lead on."""
-        with self._lock:
-            group.lead = False
+            self._counted(group, n, started, durable)
             if self._queue or self._scheduled or self._closing:
                 quiet = False
             else:
@@ -569,6 +552,67 @@ class Writer:
                     self._released.notify_all()
         if not quiet:
             self._hand_off()
+        return True
+
+    def _counted(self, group: Group, n: int, started: float, durable: bool) -> None:
+        """Under _lock: a group appended alone (or beside a leader) is done:
+        count it, field by field (commitstats.py)."""
+        group.done = True
+        self._in_flight_ops -= n
+        st = self.counts
+        st.commits += 1
+        st.ops_committed += n
+        st.max_ops_in_commit = max(st.max_ops_in_commit, n)
+        st.commit_seconds.append(time.perf_counter() - started)
+        if durable:
+            st.durable_groups += 1
+        else:
+            st.buffered_groups += 1
+        st.bytes_stored += group.nbytes
+        ops = group.ops
+        if len(ops) == 1:  # a put or a delete, the common case
+            record = ops[0][3]
+            st.bytes_in += raw_len(record) if record is not None else 0
+        else:
+            st.bytes_in += sum(raw_len(r) for _ns, _d, _k, r in ops if r is not None)
+
+    def _sync_leading(self, gen: int, end: int) -> None:
+        """The leader syncs the log up to end; buffered groups arriving
+        meanwhile are appended beside it (submit, _append_beside)."""
+        log = self._log
+        assert log is not None
+        with self._lock:
+            self._syncing += 1
+        try:
+            log.sync(gen, end)
+        finally:
+            with self._lock:
+                self._syncing -= 1
+
+    def _append_beside(self, group: Group) -> bool:
+        """Append a plain buffered group while a leader syncs, without the
+        lead (the append lock orders it with any other append). False:
+        nothing appended (too large, the log full, an error): the caller
+        queues it as usual and the general path answers it."""
+        log = self._log
+        assert log is not None  # only with a log (submit)
+        started = time.perf_counter()
+        n = len(group.ops)
+        appended = None
+        try:
+            appended = log.append_alone(group)
+        except Exception:
+            pass
+        finally:
+            with self._lock:
+                self._beside -= 1
+                if appended is None:
+                    self._in_flight_ops -= n
+                else:
+                    self._counted(group, n, started, False)
+                if self._flush_waiters or self._closing:
+                    self._released.notify_all()
+        return appended is not None
 
     def _log_groups(self, groups: list[Group], ops: int, nbytes: int, durable: int, started: float) -> None:
         """With a log: append plain groups as records (and sync them if one
@@ -577,7 +621,9 @@ class Writer:
         log = self._log
         assert log is not None  # only with a log (_commit_next)
         try:
-            seq = log.write(groups)
+            seq, to_sync = log.write(groups, defer_sync=True)
+            if to_sync is not None:
+                self._sync_leading(*to_sync)
         except (DiskFullError, MapFullError) as exc:  # nothing written: these fail, the store goes on
             self._finish(groups, ops, exc)
             return
@@ -893,6 +939,9 @@ class Writer:
             self._wake.notify()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+        with self._lock:
+            while self._beside:  # buffered groups appended beside a leader (_append_beside)
+                self._released.wait()
         if self._apply_thread is not None:
             self._apply_thread.stop()
         if self._log is not None:

@@ -509,11 +509,11 @@ def test_with_a_log_the_commit_hook_sees_the_groups_of_each_apply_after_lmdb_has
 
 
 def test_with_a_log_a_buffered_put_does_not_wait_for_another_writers_sync(tmp_path):
-    """A durable put appends, then gives the lead up before its fdatasync:
-    a buffered put from another thread is appended and returns while that
-    sync is still under way (before, it queued behind the sync). The sync
-    is held open by wrapping the log's real sync, and the durable put still
-    returns only after it."""
+    """While a durable put's leader waits for its fdatasync (its record
+    appended), a buffered put or put_many from another thread is appended
+    beside it and returns while that sync is still under way (before, it
+    queued behind the sync). The sync is held open by wrapping the log's
+    real sync, and the durable put still returns only after it."""
     with kvstore.open(str(tmp_path / "s"), wal=True, flush_interval=SLOW) as db:
         log = db._engine.writer._log.tail.log
         real_sync = log.sync
