@@ -40,6 +40,10 @@ kvstore (default options unless stated):
   fillrandom     buffered puts, 1 thread, keys in random order, timed until flush() returns;
                  then (untimed) where its bytes go (kvstore stat) and its size after kvstore compact
                  python bench/run.py --only fillrandom
+  fillrandom-worker  fillrandom with apply_worker="always": a worker process applies the log
+                 from the start (its start is part of open, not timed); fillrandom runs with the
+                 default "auto", which starts it once applies take 5% of the writer's time
+                 python bench/run.py --only 'fillrandom*'
   fillsync       durable puts (durable=True), 1 thread
                  python bench/run.py --only fillsync
   fillsync-{T}t  durable puts from {T} threads sharing one handle (group commit)
@@ -255,6 +259,11 @@ TARGETS = [
            "buffered puts vs a txn + fsync per put, 1 thread", "issue 2"),
     Target("fillrandom", "handloop-one-txn", 0.8,
            "buffered puts vs the hand loop (same encoding, one txn, no batching layer)", "issue 2"),
+    Target("fillrandom-worker", "handloop-one-txn", None,
+           "buffered puts, the log applied by a worker process from the start, vs the hand loop",
+           "issues 14, 16"),
+    Target("fillrandom-worker", "fillrandom", None,
+           "the apply worker from open vs the default ('auto')", "issue 14"),
     Target("fillsync", "lmdb-txn-per-put-sync", 0.9,
            "durable puts, 1 thread: the batching layer's cost when there is nothing to batch", "issue 2"),
     # issue 3: the native codec (bench/bench_codec.py measures it in detail)

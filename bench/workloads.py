@@ -46,7 +46,12 @@ MiB = 1 << 20
 
 
 def _open(d, **options):
-    return kvstore.open(os.path.join(d, "store"), **options)
+    db = kvstore.open(os.path.join(d, "store"), **options)
+    if options.get("apply_worker") == "always":  # its start is part of open: wait for it, untimed
+        end = time.monotonic() + 30
+        while db.stats()["log"]["apply_worker"] is None and time.monotonic() < end:
+            time.sleep(0.005)
+    return db
 
 
 def _commit_stats(db) -> dict:
@@ -127,6 +132,13 @@ def fillseq(ctx):
 @workload("fillrandom", "buffered puts, 1 thread, keys in random order, timed until flush() returns")
 def fillrandom(ctx):
     return _buffered_fill(ctx, "fillrandom", ctx.random_order, disk=True)
+
+
+@workload("fillrandom-worker", "fillrandom with apply_worker='always': the log applied by a worker process "
+                               "from the start")
+def fillrandom_worker(ctx):
+    return _buffered_fill(ctx, "fillrandom-worker", ctx.random_order, note="apply worker from open",
+                          apply_worker="always")
 
 
 @workload("fillsync", "durable puts (durable=True), 1 thread")
