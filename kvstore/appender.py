@@ -36,7 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import killpoints
-from .applyworker import BUSY_SHARE, WINDOW, ApplyWorker, worker_options
+from .applyworker import BUSY_SHARE, WINDOW, ApplyWorker, available, worker_options
 from .errors import StoreFailedError
 from .environment import range_items
 from .group import Step
@@ -72,7 +72,8 @@ class Appender:
         # share of this window decides "auto". The writer takes the applies
         # back when the worker's `applied` has not moved for _stale seconds
         # while records wait, or when _behind bytes wait.
-        self._worker_mode = options.apply_worker
+        self._worker_mode = options.apply_worker if available() else "never"
+        self._retry_at = 0.0  # the apply lock was busy: try again from then on
         self._worker_options = options
         self.worker: ApplyWorker | None = None
         self._window_start = time.monotonic()
@@ -300,6 +301,9 @@ class Appender:
         st = self.tail.log.state()
         if st is None:
             return 0.0
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            return wait
         unapplied = st.end - st.applied
         if self.worker is not None and self.worker.serving():
             return 0.0 if unapplied >= self._behind else self._apply_interval  # the worker's applies
@@ -322,8 +326,15 @@ class Appender:
         if wanted or st.end - st.applied >= self._apply_bytes or (
                 st.end > st.applied and time.monotonic() - self._last_apply >= self._apply_interval):
             began = time.monotonic()
-            self._applier.checkpoint(block=wanted)
+            if not self._applier.checkpoint(block=wanted):
+                # another apply holds the lock (the worker's, another
+                # process's): not again before a while, never in a spin
+                self._retry_at = began + min(0.01, self._apply_interval)
+                return
             self._last_apply = time.monotonic()
+            after = self.tail.log.state()
+            if after is not None:
+                self._seen_applied = after.applied  # this apply is not the worker's progress
             if not wanted:
                 self._busy(self._last_apply - began)
 

@@ -47,6 +47,8 @@ import subprocess
 import sys
 from typing import Any
 
+from .errors import KVStoreError
+
 __all__ = ["ApplyWorker", "MODES", "BUSY_SHARE", "WINDOW", "worker_options"]
 
 MODES = ("auto", "always", "never")
@@ -63,13 +65,20 @@ STOP_TIMEOUT = 30.0
 
 # The options the worker takes from the writer's: those that shape the
 # files and the applies. The rest are the worker's own (WORKER_OWN).
-SHARED = ("max_namespaces", "max_readers", "map_size", "max_map_size", "preallocate", "log_size",
-          "log_initial_size", "apply_interval", "apply_bytes", "max_value_size")
+SHARED = ("max_namespaces", "max_readers", "map_size", "max_map_size", "preallocate", "flush_interval",
+          "log_size", "log_initial_size", "apply_interval", "apply_bytes", "max_value_size")
 WORKER_OWN = {"cache_entries": 0, "ttl_sweep_interval": 0, "apply_worker": "never", "wal": True}
 
 # A kill point for the worker alone (tests): the writer's own
 # KVSTORE_KILL_POINT is never passed on to it.
 WORKER_KILL_POINT = "KVSTORE_WORKER_KILL_POINT"
+
+
+def available() -> bool:
+    """Whether this process can start a worker: `sys.executable -c` must
+    be a Python that runs code (not a frozen application or an embedding
+    host, whose executable is the application itself)."""
+    return bool(sys.executable) and not getattr(sys, "frozen", False)
 
 
 def worker_options(options: Any) -> dict[str, Any]:
@@ -98,6 +107,9 @@ class ApplyWorker:
 
     def __init__(self, path: str, options: dict[str, Any]):
         env = dict(os.environ)
+        # this process's kvstore, wherever it was imported from
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         env.pop("KVSTORE_KILL_POINT", None)
         if env.get(WORKER_KILL_POINT):
             env["KVSTORE_KILL_POINT"] = env[WORKER_KILL_POINT]
@@ -120,20 +132,19 @@ class ApplyWorker:
     def serving(self) -> bool:
         """Whether the worker is up and applying (no system call once it
         said so, but one waitpid to see it is still alive)."""
-        if self.gone or self._proc is None:
+        proc = self._proc  # once: stop() may clear it meanwhile (stats() from another thread)
+        if self.gone or proc is None:
             return False
         if not self.ready:
-            self._read()
+            self._read(proc)
             return self.ready and not self.gone
-        if self._proc.poll() is not None:
-            self._lost(f"the apply worker (pid {self._proc.pid}) exited with status "
-                       f"{self._proc.returncode}")
+        if proc.poll() is not None:
+            self._lost(f"the apply worker (pid {proc.pid}) exited with status {proc.returncode}")
             return False
         return True
 
-    def _read(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
         try:
             data = os.read(proc.stdout.fileno(), 4096)
         except BlockingIOError:
@@ -142,9 +153,8 @@ class ApplyWorker:
             self._lost(f"the apply worker's pipe failed: {exc}")
             return
         if not data:
-            proc.poll()
             self._lost(f"the apply worker (pid {proc.pid}) exited before it was ready "
-                       f"(status {proc.returncode})")
+                       f"(status {_reap(proc)})")
             return
         self._buf += data
         line, sep, rest = self._buf.partition(b"\n")
@@ -153,8 +163,9 @@ class ApplyWorker:
         self._buf = rest
         if line == b"ready":
             self.ready = True
-        else:
+        else:  # why it could not open the store; it exits next
             self._lost(line.decode("utf-8", "replace"))
+            _reap(proc)
 
     def _lost(self, why: str) -> None:
         self.gone = True
@@ -194,6 +205,15 @@ class ApplyWorker:
         proc.returncode = 0  # never waited for here: the parent reaps it
 
 
+def _reap(proc: subprocess.Popen[bytes]) -> int | None:
+    """Wait for a worker that is exiting (no zombie left); its status."""
+    try:
+        return proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 # ---------------------------------------------------------------- the worker
 
 
@@ -219,8 +239,13 @@ def main(argv: list[str]) -> int:
             readable, _, _ = select.select([stdin], [], [], 1.0)
             if readable and not os.read(stdin, 4096):
                 break  # the writer closed the store, or its process died
+            if db.stats()["failed"] is not None:
+                return 2  # a failed apply: the writer sees the exit and applies again itself
     finally:
-        db.close()
+        try:
+            db.close()
+        except KVStoreError:
+            pass  # failed: the writer applies what is left
     return 0
 
 

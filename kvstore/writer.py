@@ -270,7 +270,14 @@ class Writer:
                 raise group.error
             return True
         with self._lock:
-            self._check_open()
+            try:
+                self._check_open()
+            except KVStoreError as exc:
+                if beside:  # _last may be this group: a flush() must not wait for it for ever
+                    group.error = exc
+                    group.done = True
+                    self._released.notify_all()
+                raise
             group.queued_at = time.monotonic()
             self._queue.append(group)
             self._last = group
@@ -599,17 +606,21 @@ class Writer:
         started = time.perf_counter()
         n = len(group.ops)
         appended = None
+        interrupted = True
         try:
             appended = log.append_alone(group)
+            interrupted = False
         except Exception:
-            pass
+            interrupted = False
         finally:
             with self._lock:
                 self._beside -= 1
-                if appended is None:
-                    self._in_flight_ops -= n
-                else:
+                if appended is not None:
                     self._counted(group, n, started, False)
+                else:
+                    self._in_flight_ops -= n
+                    if interrupted:  # KeyboardInterrupt, SystemExit: nothing appended, none to come
+                        group.done = True
                 if self._flush_waiters or self._closing:
                     self._released.notify_all()
         return appended is not None
@@ -622,8 +633,6 @@ class Writer:
         assert log is not None  # only with a log (_commit_next)
         try:
             seq, to_sync = log.write(groups, defer_sync=True)
-            if to_sync is not None:
-                self._sync_leading(*to_sync)
         except (DiskFullError, MapFullError) as exc:  # nothing written: these fail, the store goes on
             self._finish(groups, ops, exc)
             return
@@ -638,6 +647,22 @@ class Writer:
         except BaseException:
             self._requeue(groups, ops, nbytes, durable)  # interrupted before anything was published
             raise
+        if to_sync is not None:  # appended and published: never requeued from here on
+            try:
+                self._sync_leading(*to_sync)
+            except KVStoreError as exc:
+                self._fail(groups, ops, exc)
+                return
+            except BaseException:
+                # interrupted (the fdatasync itself may be done): the writers
+                # of these groups hear only once a sync covered them
+                try:
+                    self._sync_leading(*to_sync)
+                except KVStoreError as exc:
+                    self._fail(groups, ops, exc)
+                else:
+                    self._finish(groups, ops, None, seq, time.perf_counter() - started)
+                raise
         self._finish(groups, ops, None, seq, time.perf_counter() - started)
 
     def _apply(self, txn: Any, groups: list[Group], ops: int) -> int:

@@ -162,6 +162,7 @@ def test_a_worker_that_cannot_open_the_store_says_why(tmp_path, monkeypatch):
     with kvstore.open(path, apply_worker="always") as db:
         _wait(lambda: _appender(db).worker.gone, what="the worker to fail")
         assert "could not open the store" in db.stats()["log"]["apply_worker_error"]
+        assert not _alive(_appender(db).worker.pid), "the failed worker was left a zombie"
         for i in range(100):
             db.put(f"k{i}", i)
         db.flush()
@@ -287,3 +288,55 @@ def test_closing_with_a_worker_leaves_no_process_and_a_closed_store(tmp_path):
     assert not _alive(pid)
     with pytest.raises(KVStoreError):
         db.get("k")
+
+
+def test_the_worker_keeps_the_writers_flush_interval(tmp_path):
+    """The worker runs a flusher too: it must not sync the writer's buffered
+    appends more often than the writer's flush_interval asks."""
+    with kvstore.open(str(tmp_path / "s"), apply_worker="always", flush_interval=3600,
+                      apply_interval=3600) as db:
+        _wait(lambda: _serving(db), what="the worker to be ready")
+        for i in range(50):
+            db.put(f"k{i}", i)
+        time.sleep(0.6)
+        assert db.stats()["log"]["log_unsynced_bytes"] > 0
+
+
+_HOLD_APPLY_LOCK = textwrap.dedent("""
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_an_apply_lock_held_elsewhere_is_retried_not_spun_on(tmp_path):
+    """Another process holds the apply lock (the worker's, or any other
+    applier's) while more than apply_bytes wait: the apply thread tries
+    again every 10 ms at most, it does not spin on the lock."""
+    path = str(tmp_path / "s")
+    with kvstore.open(path, apply_worker="never", apply_bytes=4096) as db:
+        db.put("first", 1)
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_APPLY_LOCK, os.path.join(path, "data.wal")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout.readline() == b"held\n"
+            applier = _engine.of(db).applier
+            tries = []
+            real = applier.checkpoint
+
+            def counted(*args, **kwargs):
+                tries.append(1)
+                return real(*args, **kwargs)
+
+            applier.checkpoint = counted
+            for i in range(100):
+                db.put(f"k{i}", "v" * 100)  # well past apply_bytes
+            time.sleep(0.5)
+            assert 5 <= len(tries) <= 150, f"{len(tries)} tries in 0.5 s"
+        finally:
+            holder.stdin.close()
+            holder.wait(10)
+        db.flush()
+        assert db.stats()["log"]["log_unapplied_bytes"] == 0

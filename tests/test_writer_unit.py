@@ -549,3 +549,56 @@ def test_with_a_log_a_buffered_put_does_not_wait_for_another_writers_sync(tmp_pa
             b.join(30)
         assert returned.is_set()
         assert db.stats()["durable_groups"] >= 1
+
+
+def test_a_beside_append_that_fails_as_the_store_fails_leaves_flush_an_answer(tmp_path):
+    """A buffered put appended beside a syncing leader fails (an I/O error)
+    just as the leader's sync fails the store: the put raises, and flush()
+    then says the store failed instead of waiting for that put for ever."""
+    import errno
+
+    with kvstore.open(str(tmp_path / "s"), wal=True, flush_interval=SLOW) as db:
+        writer = db._engine.writer
+        log = writer._log.tail.log
+        appender = writer._log
+        real_sync, real_append = log.sync, appender.append_alone
+        entered, go = threading.Event(), threading.Event()
+
+        def failing_sync(upto, gen):
+            if threading.current_thread().name == "durable":
+                entered.set()
+                assert go.wait(30)
+                raise OSError(errno.EIO, "injected")
+            real_sync(upto, gen)
+
+        def failing_append(group):
+            if threading.current_thread().name == "beside":
+                go.set()  # the leader's sync fails now
+                wait_for(lambda: writer._failed is not None, what="the store to fail")
+                raise OSError(errno.EIO, "injected")
+            return real_append(group)
+
+        log.sync = failing_sync
+        appender.append_alone = failing_append
+        errors = {}
+
+        def run(name, fn):
+            try:
+                fn()
+            except BaseException as exc:  # recorded for the asserts below
+                errors[name] = exc
+
+        d = threading.Thread(target=run, args=("durable", lambda: db.put("d", 1, durable=True)),
+                             name="durable")
+        d.start()
+        assert entered.wait(30)
+        b = threading.Thread(target=run, args=("beside", lambda: db.put("b", 2)), name="beside")
+        b.start()
+        b.join(30)
+        d.join(30)
+        assert isinstance(errors.get("durable"), StoreFailedError)
+        assert isinstance(errors.get("beside"), StoreFailedError)
+        with pytest.raises(StoreFailedError):
+            db.flush(timeout=5)
+        with pytest.raises(StoreFailedError):
+            db.close()
