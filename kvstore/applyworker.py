@@ -45,6 +45,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from .errors import KVStoreError
@@ -118,6 +119,7 @@ class ApplyWorker:
         self.ready = False
         self.gone = False
         self._buf = b""
+        self._reading = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [sys.executable, "-c", _BOOT, path, json.dumps(options)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -136,7 +138,9 @@ class ApplyWorker:
         if self.gone or proc is None:
             return False
         if not self.ready:
-            self._read(proc)
+            with self._reading:  # the apply thread and stats() may both ask
+                if not self.ready and not self.gone:
+                    self._read(proc)
             return self.ready and not self.gone
         if proc.poll() is not None:
             self._lost(f"the apply worker (pid {proc.pid}) exited with status {proc.returncode}")
