@@ -114,7 +114,6 @@ class ApplyWorker:
         env.pop("KVSTORE_KILL_POINT", None)
         if env.get(WORKER_KILL_POINT):
             env["KVSTORE_KILL_POINT"] = env[WORKER_KILL_POINT]
-        self.pid_of_parent = os.getpid()
         self.error: str | None = None  # why it stopped serving, if it did
         self.ready = False
         self.gone = False
