@@ -36,7 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import killpoints
-from .applyworker import BUSY_SHARE, WINDOW, ApplyWorker, available, worker_options
+from .applyworker import Handover
 from .errors import StoreFailedError
 from .environment import range_items
 from .group import Step
@@ -68,22 +68,9 @@ class Appender:
         self._unsynced_since = 0.0  # when this process first saw records past the last sync; 0: none
         # groups from this size on are written into LMDB directly (exclusive)
         self._large = min(tail.log.max_size // 2 + 1, options.max_map_size // 8)
-        # The apply worker (applyworker.py), when there is one; the applies'
-        # share of this window decides "auto". The writer takes the applies
-        # back when the worker's `applied` has not moved for _stale seconds
-        # while records wait, or when _behind bytes wait.
-        self._worker_mode = options.apply_worker if available() else "never"
+        # a worker process may hold the periodic applies (applyworker.py)
+        self.handover = Handover(env.path, options)
         self._retry_at = 0.0  # the apply lock was busy: try again from then on
-        self._worker_options = options
-        self.worker: ApplyWorker | None = None
-        self._window_start = time.monotonic()
-        self._window_busy = 0.0
-        self._seen_applied = -1
-        self._seen_at = 0.0
-        self._stale = max(1.0, 20 * options.apply_interval)
-        self._behind = 2 * options.apply_bytes
-        if self._worker_mode == "always":
-            self._start_worker()
 
     def exclusive(self, group: Group) -> bool:
         """A group the applier writes into LMDB itself (_exclusive): one
@@ -305,8 +292,8 @@ class Appender:
         if wait > 0:
             return wait
         unapplied = st.end - st.applied
-        if self.worker is not None and self.worker.serving():
-            return 0.0 if unapplied >= self._behind else self._apply_interval  # the worker's applies
+        if self.handover.serving():
+            return 0.0 if unapplied >= self.handover.behind else self._apply_interval  # the worker's
         if unapplied >= self._apply_bytes:
             return 0.0
         if unapplied:
@@ -321,7 +308,7 @@ class Appender:
         if wanted:
             self.sync_upkeep(now_wanted=True)
         st = self.tail.log.state()
-        if st is None or (not wanted and self._worker_serving(st.applied, st.end - st.applied)):
+        if st is None or (not wanted and self.handover.holds(st.applied, st.end - st.applied)):
             return
         if wanted or st.end - st.applied >= self._apply_bytes or (
                 st.end > st.applied and time.monotonic() - self._last_apply >= self._apply_interval):
@@ -334,66 +321,7 @@ class Appender:
             self._last_apply = time.monotonic()
             after = self.tail.log.state()
             if after is not None:
-                self._seen_applied = after.applied  # this apply is not the worker's progress
-            if not wanted:
-                self._busy(self._last_apply - began)
-
-    # ------------------------------------------------------------ the apply worker
-
-    def _start_worker(self) -> None:
-        try:
-            self.worker = ApplyWorker(self._env.path, worker_options(self._worker_options))
-        except OSError:  # no process to spare: this process keeps applying
-            self._worker_mode = "never"
-            return
-        self._seen_at = time.monotonic()
-
-    def _busy(self, spent: float) -> None:
-        """A periodic apply took `spent` seconds: in "auto", start the
-        worker once applies take BUSY_SHARE of a WINDOW."""
-        if self._worker_mode != "auto" or self.worker is not None:
-            return
-        self._window_busy += spent
-        now = time.monotonic()
-        if now - self._window_start < WINDOW:
-            return
-        share = self._window_busy / (now - self._window_start)
-        self._window_start, self._window_busy = now, 0.0
-        if share >= BUSY_SHARE and not killpoints.armed:  # a crash test kills this process's applies
-            self._start_worker()
-
-    def _worker_serving(self, applied: int, unapplied: int) -> bool:
-        """Whether the worker applies for this process now. Not when it is
-        not up yet, is gone, or has fallen behind: `applied` still for
-        _stale seconds while records wait, or _behind bytes waiting."""
-        worker = self.worker
-        if worker is None or not worker.serving():
-            return False
-        now = time.monotonic()
-        if applied != self._seen_applied or not unapplied:
-            self._seen_applied, self._seen_at = applied, now
-            return unapplied < self._behind
-        return now - self._seen_at < self._stale and unapplied < self._behind
-
-    def worker_stats(self) -> dict[str, Any]:
-        worker = self.worker
-        if worker is None:
-            return {"apply_worker": None, "apply_worker_error": None}
-        return {"apply_worker": worker.pid if worker.serving() else None,
-                "apply_worker_error": worker.error}
-
-    def stop_worker(self) -> None:
-        """Stop the worker, if there is one (Writer.close, before the
-        last checkpoint)."""
-        worker = self.worker
-        if worker is not None:
-            worker.stop()
-
-    def abandon_worker(self) -> None:
-        """In a forked child: the worker stays the parent's."""
-        worker = self.worker
-        if worker is not None:
-            worker.abandon()
+                self.handover.applied_here(after.applied, None if wanted else self._last_apply - began)
 
     def run_step(self, step: Callable[[], _T]) -> _T:
         """step() holding the apply lock: between applies and exclusive

@@ -46,11 +46,16 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
+from . import killpoints
 from .errors import KVStoreError
 
-__all__ = ["ApplyWorker", "MODES", "BUSY_SHARE", "WINDOW", "worker_options"]
+if TYPE_CHECKING:
+    from .options import Options
+
+__all__ = ["ApplyWorker", "Handover", "MODES", "BUSY_SHARE", "WINDOW", "worker_options"]
 
 MODES = ("auto", "always", "never")
 
@@ -82,7 +87,7 @@ def available() -> bool:
     return bool(sys.executable) and not getattr(sys, "frozen", False)
 
 
-def worker_options(options: Any) -> dict[str, Any]:
+def worker_options(options: Options) -> dict[str, Any]:
     """The keyword arguments the worker opens the store with."""
     opts = {name: getattr(options, name) for name in SHARED}
     opts.update(WORKER_OWN)
@@ -184,10 +189,7 @@ class ApplyWorker:
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _reap(proc, timeout)
         finally:
             if proc.stdout is not None:
                 proc.stdout.close()
@@ -208,13 +210,96 @@ class ApplyWorker:
         proc.returncode = 0  # never waited for here: the parent reaps it
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> int | None:
-    """Wait for a worker that is exiting (no zombie left); its status."""
+def _reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
+    """Wait for a worker that is exiting (no zombie left), killing it after
+    timeout seconds; its status."""
     try:
-        return proc.wait(5)
+        return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+class Handover:
+    """One writer's side of the worker: when it starts one, and whether
+    the worker holds the periodic applies now (the Appender's apply upkeep
+    asks). Without a worker the writer applies; it takes the applies back
+    when the worker is gone, or falls behind: `applied` still for `stale`
+    seconds while records wait, or `behind` bytes waiting."""
+
+    def __init__(self, path: str, options: Options):
+        self._path = path
+        self._options = worker_options(options)
+        self._mode = options.apply_worker if available() else "never"
+        self.worker: ApplyWorker | None = None
+        self._window_start = time.monotonic()  # "auto": the applies' share of this window
+        self._window_busy = 0.0
+        self._seen_applied = -1  # the worker's progress: `applied` as last seen move, and when
+        self._seen_at = 0.0
+        self._stale = max(1.0, 20 * options.apply_interval)
+        self.behind = 2 * options.apply_bytes
+        if self._mode == "always":
+            self._start()
+
+    def _start(self) -> None:
+        try:
+            self.worker = ApplyWorker(self._path, self._options)
+        except OSError:  # no process to spare: the writer keeps applying
+            self._mode = "never"
+            return
+        self._seen_at = time.monotonic()
+
+    def serving(self) -> bool:
+        """The worker is up and applying (it may still have fallen behind)."""
+        return self.worker is not None and self.worker.serving()
+
+    def holds(self, applied: int, unapplied: int) -> bool:
+        """Whether the worker holds the periodic applies now, given the
+        log's `applied` and its unapplied bytes."""
+        if not self.serving():
+            return False
+        now = time.monotonic()
+        if applied != self._seen_applied or not unapplied:
+            self._seen_applied, self._seen_at = applied, now
+            return unapplied < self.behind
+        return now - self._seen_at < self._stale and unapplied < self.behind
+
+    def applied_here(self, applied: int, periodic_seconds: float | None) -> None:
+        """The writer applied the log itself, up to `applied` (not the
+        worker's progress); periodic_seconds: how long a periodic apply
+        took (None for a checkpoint flush() asked for). In "auto", the
+        worker starts once periodic applies take BUSY_SHARE of a WINDOW."""
+        self._seen_applied = applied
+        if periodic_seconds is None or self._mode != "auto" or self.worker is not None:
+            return
+        self._window_busy += periodic_seconds
+        now = time.monotonic()
+        if now - self._window_start < WINDOW:
+            return
+        share = self._window_busy / (now - self._window_start)
+        self._window_start, self._window_busy = now, 0.0
+        if share >= BUSY_SHARE and not killpoints.armed:  # a crash test kills this process's applies
+            self._start()
+
+    def stats(self) -> dict[str, Any]:
+        """stats()["log"]'s apply_worker (its pid while it applies) and
+        apply_worker_error (why it stopped, if it did)."""
+        worker = self.worker
+        if worker is None:
+            return {"apply_worker": None, "apply_worker_error": None}
+        return {"apply_worker": worker.pid if worker.serving() else None,
+                "apply_worker_error": worker.error}
+
+    def stop(self) -> None:
+        """Writer.close, before its last checkpoint: the worker closes the
+        store and exits."""
+        if self.worker is not None:
+            self.worker.stop()
+
+    def abandon(self) -> None:
+        """In a forked child: the worker stays the parent's."""
+        if self.worker is not None:
+            self.worker.abandon()
 
 
 # ---------------------------------------------------------------- the worker

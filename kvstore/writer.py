@@ -949,13 +949,13 @@ class Writer:
     def worker_stats(self) -> dict[str, Any]:
         """With a log: the apply worker's pid while it applies (else None),
         and why it stopped, if it did."""
-        return self._log.worker_stats() if self._log is not None else {}
+        return self._log.handover.stats() if self._log is not None else {}
 
     def abandon_worker(self) -> None:
         """In a child forked from this process: the apply worker, if any,
         stays the parent's (applyworker.py)."""
         if self._log is not None:
-            self._log.abandon_worker()
+            self._log.handover.abandon()
 
     def close(self) -> None:
         """Commit everything queued, stop the flusher. Raises if the store failed."""
@@ -970,7 +970,7 @@ class Writer:
         if self._apply_thread is not None:
             self._apply_thread.stop()
         if self._log is not None:
-            self._log.stop_worker()  # it closes the store and exits; the checkpoint below is ours
+            self._log.handover.stop()  # it closes the store and exits; the checkpoint below is ours
         if self._log is not None and self._failed is None:
             try:
                 self._log.close()

@@ -23,8 +23,8 @@ from kvstore.errors import KVStoreError
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and fork")
 
 
-def _appender(db):
-    return _engine.of(db).writer._log
+def _handover(db):
+    return _engine.of(db).writer._log.handover
 
 
 def _wait(predicate, timeout=20.0, what="the condition"):
@@ -105,13 +105,13 @@ def test_never_and_a_light_load_start_no_worker(tmp_path):
         for i in range(3000):
             db.put(f"k{i}", i)
         db.flush()
-        assert _appender(db).worker is None
+        assert _handover(db).worker is None
     with kvstore.open(str(tmp_path / "b")) as db:  # "auto", a few writes a second
         for i in range(20):
             db.put(f"k{i}", i)
             time.sleep(0.02)
         db.flush()
-        assert _appender(db).worker is None
+        assert _handover(db).worker is None
         assert db.stats()["log"]["apply_worker"] is None
 
 
@@ -120,11 +120,11 @@ def test_auto_starts_the_worker_for_a_busy_writer(tmp_path):
     with kvstore.open(str(tmp_path / "s")) as db:
         end = time.monotonic() + 10
         i = 0
-        while _appender(db).worker is None and time.monotonic() < end:
+        while _handover(db).worker is None and time.monotonic() < end:
             for _ in range(500):
                 db.put(f"k{i:07d}", value)
                 i += 1
-        assert _appender(db).worker is not None, "a writer applying all the time started no worker"
+        assert _handover(db).worker is not None, "a writer applying all the time started no worker"
         _wait(lambda: _serving(db), what="the worker to be ready")
         db.flush()
         assert len(db) == i
@@ -160,9 +160,9 @@ def test_a_worker_that_cannot_open_the_store_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("KVSTORE_CODEC", "no-such-backend")  # the worker's import fails
     path = str(tmp_path / "s")
     with kvstore.open(path, apply_worker="always") as db:
-        _wait(lambda: _appender(db).worker.gone, what="the worker to fail")
+        _wait(lambda: _handover(db).worker.gone, what="the worker to fail")
         assert "could not open the store" in db.stats()["log"]["apply_worker_error"]
-        assert not _alive(_appender(db).worker.pid), "the failed worker was left a zombie"
+        assert not _alive(_handover(db).worker.pid), "the failed worker was left a zombie"
         for i in range(100):
             db.put(f"k{i}", i)
         db.flush()
@@ -176,8 +176,8 @@ def test_the_worker_killed_at_a_kill_point_loses_nothing(tmp_path, monkeypatch, 
     path = str(tmp_path / "s")
     expected = {}
     with kvstore.open(path, apply_worker="always") as db:
-        _wait(lambda: _appender(db).worker.ready or _appender(db).worker.gone, what="the worker")
-        pid = _appender(db).worker.pid
+        _wait(lambda: _handover(db).worker.ready or _handover(db).worker.gone, what="the worker")
+        pid = _handover(db).worker.pid
         for i in range(300):
             expected[f"k{i:03d}"] = {"i": i, "pad": "p" * 200}
             db.put(f"k{i:03d}", expected[f"k{i:03d}"])
