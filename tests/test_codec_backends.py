@@ -387,6 +387,36 @@ def test_threads(name):
     assert not failures, failures[:5]
 
 
+def test_native_thread_states_outlive_their_threads():
+    # LangGraph runs each graph invocation in threads of its own: a thread
+    # that ends leaves its codec state (zstd contexts, buffer) to the next
+    # new thread, made with the settings of the day, never older ones.
+    if "native" not in BACKENDS:
+        pytest.skip("the native codec is not built here")
+    c = make("native", min_size=0)
+    value = {"content": "reused " * 60}
+    states = []
+
+    def work(expect_zstd):
+        record = c.encode(value)
+        states.append((c._thread(), bool(record[1] & format.FLAG_ZSTD) == expect_zstd,
+                       c.decode(record) == value))
+
+    def in_thread(*args):
+        t = threading.Thread(target=work, args=args)
+        t.start()
+        t.join()
+
+    for _ in range(3):
+        in_thread(True)
+    assert len({id(state) for state, _, _ in states}) == 1  # one state, three threads
+    c.compress = False  # a state made before this must not serve again
+    in_thread(False)
+    in_thread(False)
+    assert all(ok and same for _, ok, same in states), states
+    assert states[3][0] is not states[0][0] and states[4][0] is states[3][0]
+
+
 # ---------------------------------------------------------------- hash64
 
 _FUNCS = [codec.get_backend(name).hash64 for name in BACKENDS]

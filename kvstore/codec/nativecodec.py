@@ -95,6 +95,26 @@ def hash64(data: Buffer) -> int:
     return h
 
 
+# Most idle thread states a codec keeps for threads yet to come.
+_IDLE_MAX = 16
+
+
+class _Lease:
+    """Held in a thread's locals beside its codec state: when the thread
+    ends and its locals are dropped, the state goes to the codec's idle
+    list (the one of the settings it was made with), for the next new thread."""
+
+    __slots__ = ("idle", "t")
+
+    def __init__(self, idle: list[_Thread], t: _Thread):
+        self.idle = idle
+        self.t = t
+
+    def __del__(self) -> None:
+        if len(self.idle) < _IDLE_MAX:
+            self.idle.append(self.t)
+
+
 class Codec:
     """Encodes values into records and back, with one set of settings.
 
@@ -116,6 +136,7 @@ class Codec:
         self._level = level
         self._max_value_size = max_value_size
         self._local = threading.local()
+        self._idle: list[_Thread] = []  # states of threads that ended, for new threads
         self._lock = threading.Lock()
         self._cdicts: dict[int, tuple[Dictionary, CData]] = {}  # id(Dictionary) -> (it, kvc_cdict)
         self._ddicts: dict[int, tuple[Dictionary, CData]] = {}  # id(Dictionary) -> (it, kvc_ddict)
@@ -126,6 +147,7 @@ class Codec:
     def _reset(self) -> None:
         with self._lock:
             self._local = threading.local()
+            self._idle = []
 
     @property
     def split(self) -> tuple[int, int]:
@@ -178,6 +200,7 @@ class Codec:
         with self._lock:
             self._level = value
             self._local = threading.local()
+            self._idle = []
             self._cdicts = {}
 
     # ------------------------------------------------------------ per thread
@@ -187,10 +210,20 @@ class Codec:
             t: _Thread = self._local.t
             return t
         except AttributeError:
-            t = self._local.t = _Thread(self._level,
-                                        self._min_size if self._compress else _SIZE_MAX,
-                                        self._max_value_size, self._split)
-            return t
+            pass
+        # A thread's first call: the state of a thread that ended, if one
+        # waits (LangGraph, for one, runs each graph invocation in threads of
+        # its own: a new state each time costs 50 us, and its zstd contexts'
+        # first use more), else a new one.
+        with self._lock:
+            local, idle = self._local, self._idle
+            t = idle.pop() if idle else None
+        if t is None:
+            t = _Thread(self._level, self._min_size if self._compress else _SIZE_MAX,
+                        self._max_value_size, self._split)
+        local.t = t
+        local.lease = _Lease(idle, t)
+        return t
 
     def _cdict(self, dictionary: Dictionary) -> CData:
         entry = self._cdicts.get(id(dictionary))
