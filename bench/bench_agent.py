@@ -453,23 +453,37 @@ def _sqlite_pair(path: str):
     return saver, store, close, None
 
 
+def _memory_pair(path: str):
+    """LangGraph's InMemorySaver + InMemoryStore: no disk, nothing durable;
+    the ceiling a saver could reach (LangGraph's own work alone)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.store.memory import InMemoryStore
+    return InMemorySaver(), InMemoryStore(), lambda: None, None
+
+
 def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
     """Play the conversations one at a time through graph.invoke; turns/s."""
     path = tempfile.mkdtemp(prefix=f"graph-{system}-", dir=tmpdir)
-    saver, store, close, db = (_kv_pair(path, KV_SYSTEMS[system]) if system in KV_SYSTEMS
-                               else _sqlite_pair(path))
+    if system in KV_SYSTEMS:
+        saver, store, close, db = _kv_pair(path, KV_SYSTEMS[system])
+    elif system == "memory":
+        saver, store, close, db = _memory_pair(path)
+    else:
+        saver, store, close, db = _sqlite_pair(path)
     try:
         graph = build_graph(saver, store)
         before = db.stats() if db is not None else None
         syncs = SYNCS.n
         turns = 0
+        cpu = time.process_time()
         start = time.perf_counter()
         for thread, messages in convos:
             config = {"configurable": {"thread_id": thread}}
             for text in messages:
                 graph.invoke({"messages": [HumanMessage(text)]}, config, durability=durability)
                 turns += 1
-        out = _turns_result(turns, time.perf_counter() - start, db, before, syncs)
+        out = _turns_result(turns, time.perf_counter() - start, db, before, syncs,
+                            time.process_time() - cpu)
     finally:
         close()
         shutil.rmtree(path, ignore_errors=True)
@@ -480,9 +494,12 @@ def _commits(stats: dict) -> int:
     return int(stats.get("commits", 0))
 
 
-def _turns_result(turns: int, took: float, db, before, syncs: int) -> dict:
-    """A graph run's row: turns, time, and for kvstore its commits and syncs."""
-    out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took}
+def _turns_result(turns: int, took: float, db, before, syncs: int, cpu: float) -> dict:
+    """A graph run's row: turns, time, the process's CPU time a turn (every
+    thread; an apply worker's not included), and for kvstore its commits
+    and syncs."""
+    out = {"turns": turns, "seconds": took, "turns_per_sec": turns / took,
+           "cpu_ms_per_turn": cpu / turns * 1e3}
     if db is not None:
         out["commits"] = _commits(db.stats()) - _commits(before)
         out["syncs"] = SYNCS.n - syncs
@@ -500,6 +517,8 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
             db = kvstore.open(path)
             stack.callback(db.close)
             saver, store = KV_SYSTEMS[system](db), KVStore(db)
+        elif system == "memory":
+            saver, store, _, _ = _memory_pair(path)
         else:
             from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
             from langgraph.store.sqlite.aio import AsyncSqliteStore
@@ -520,9 +539,11 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
                                     durability=durability)
             return len(messages)
 
+        cpu = time.process_time()
         start = time.perf_counter()
         turns = sum(await asyncio.gather(*(play(t, m) for t, m in convos)))
-        out = _turns_result(turns, time.perf_counter() - start, db, before, syncs)
+        out = _turns_result(turns, time.perf_counter() - start, db, before, syncs,
+                            time.process_time() - cpu)
     finally:
         await stack.aclose()
         shutil.rmtree(path, ignore_errors=True)
@@ -533,14 +554,15 @@ def graph_section(args, repeats: int) -> dict:
     """Rounds alternating kvstore and SQLite in each case; the ratio of each
     round, and their median."""
     sync_convos = 2 if args.quick else 4
-    contenders = ("kvstore", "sqlite", "kv-allsync")
+    contenders = ("kvstore", "sqlite", "kv-allsync", "memory")
     cases = [("sync", d, *contenders) for d in ("sync", "async", "exit")]
     cases += [("asyncio", d, *contenders) for d in ("sync", "async", "exit")]
     out: dict = {}
     for r in range(repeats):
         for kind, durability, *systems in cases:
             name = f"{kind}/{durability}"
-            systems = systems[r % 3:] + systems[:r % 3]  # each leads a round in turn
+            lead = r % len(systems)
+            systems = systems[lead:] + systems[:lead]  # each leads a round in turn
             for system in systems:
                 tag = f"{system}{r}"
                 if kind == "sync":
@@ -561,6 +583,8 @@ def graph_section(args, repeats: int) -> dict:
         runs["ratio"] = statistics.median(ratios)
         runs["vs_allsync"] = statistics.median(
             k["turns_per_sec"] / a["turns_per_sec"] for k, a in zip(runs["kvstore"], runs["kv-allsync"]))
+        runs["ceiling"] = statistics.median(
+            m["turns_per_sec"] / s["turns_per_sec"] for m, s in zip(runs["memory"], runs["sqlite"]))
     return out
 
 
@@ -690,18 +714,21 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
     print(f"realistic graph: MessagesState, fake LLM (tool calls in {GRAPH_TOOL_SHARE:.0%} of turns), "
           f"ToolNode, store reads/writes")
     print(f"  {'case/durability':16s} {'kvstore':>9s} {'SQLite':>9s}  {'ratio':>6s}  {'rounds':16s}"
-          f" {'all-sync':>9s} {'gain':>6s}  commits/turn  syncs/turn (all-sync)")
+          f" {'all-sync':>9s} {'gain':>6s} {'memory':>9s} {'ceiling':>7s}  commits/turn"
+          f"  syncs/turn (all-sync)")
     targets = []
 
     def per_turn(runs: list, what: str) -> float:
         return sum(x.get(what, 0) for x in runs) / max(1, sum(x["turns"] for x in runs))
+
+    def rate(runs: list) -> float:
+        return statistics.median(x["turns_per_sec"] for x in runs)
     for name, runs in results.items():
-        k = statistics.median(x["turns_per_sec"] for x in runs["kvstore"])
-        s = statistics.median(x["turns_per_sec"] for x in runs["sqlite"])
-        a = statistics.median(x["turns_per_sec"] for x in runs["kv-allsync"])
         rounds = " ".join(f"{x:.2f}" for x in runs["ratios"])
-        print(f"  {name:16s} {k:9.1f} {s:9.1f}  {runs['ratio']:5.2f}x  {rounds:16s} {a:9.1f} "
-              f"{runs['vs_allsync']:5.2f}x  {per_turn(runs['kvstore'], 'commits'):12.1f}  "
+        print(f"  {name:16s} {rate(runs['kvstore']):9.1f} {rate(runs['sqlite']):9.1f}  "
+              f"{runs['ratio']:5.2f}x  {rounds:16s} {rate(runs['kv-allsync']):9.1f} "
+              f"{runs['vs_allsync']:5.2f}x {rate(runs['memory']):9.1f} {runs['ceiling']:6.2f}x  "
+              f"{per_turn(runs['kvstore'], 'commits'):12.1f}  "
               f"{per_turn(runs['kvstore'], 'syncs'):10.1f} ({per_turn(runs['kv-allsync'], 'syncs'):.1f})")
         kind, durability = name.split("/")
         goal = 1.5 if kind == "sync" else 3.0
@@ -712,7 +739,18 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
             targets.append((what, f"{runs['ratio']:.2f}x", runs["ratio"] >= goal))
     print("  (turns/s: medians over rounds; ratio: median of the rounds' ratios against SQLite; "
           "all-sync: KVStoreSaver with every call synced by itself, as before, and gain: kvstore "
-          "against it, median of the rounds' ratios; syncs: kvstore's fdatasync calls)")
+          "against it, median of the rounds' ratios; memory: LangGraph's InMemorySaver + "
+          "InMemoryStore, nothing on disk, and ceiling: it against SQLite, the most any saver "
+          "could reach; syncs: kvstore's fdatasync calls)")
+    print()
+    print("  CPU time of the process a turn, ms (every thread; medians over rounds):")
+    print(f"  {'case/durability':16s} {'kvstore':>8s} {'SQLite':>8s} {'memory':>8s}  "
+          f"kvstore - memory  SQLite - memory")
+    for name, runs in results.items():
+        cpu = {k: statistics.median(x["cpu_ms_per_turn"] for x in runs[k])
+               for k in ("kvstore", "sqlite", "memory")}
+        print(f"  {name:16s} {cpu['kvstore']:8.2f} {cpu['sqlite']:8.2f} {cpu['memory']:8.2f}  "
+              f"{cpu['kvstore'] - cpu['memory']:16.2f}  {cpu['sqlite'] - cpu['memory']:15.2f}")
     return targets
 
 
