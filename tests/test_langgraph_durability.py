@@ -203,3 +203,95 @@ def test_a_sigkilled_process_keeps_every_returned_run(store_path, mode):
     with KVStoreSaver.from_path(store_path) as saver:
         state = build().compile(checkpointer=saver).get_state({"configurable": {"thread_id": "t"}})
         assert len(state.values["log"]) >= 5 * returned  # every run invoke returned, at least
+
+
+# ---------------------------------------------------------------- the store's writes in a run
+
+def buffered_by(db, put) -> int:
+    """How many buffered write groups put() made (under "async" a put of the
+    run may sync concurrently, so the log's unsynced bytes cannot tell)."""
+    before = groups(db)[1]
+    put()
+    return groups(db)[1] - before
+
+
+def build_remembering(store, seen):
+    """START -> remember -> END: the node puts an item in `store` and notes
+    whether that put was buffered (1) or synced (0)."""
+
+    def remember(state: State) -> dict:
+        seen.append(buffered_by(store.db, lambda: store.put(
+            ("memories",), f"m{len(state['log'])}", {"text": state["log"][-1]})))
+        return {"log": ["remembered"]}
+
+    builder = StateGraph(State)
+    builder.add_node("remember", remember)
+    builder.add_edge(START, "remember")
+    builder.add_edge("remember", END)
+    return builder
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_nodes_store_writes_are_synced_by_the_runs_next_put(quiet_db, mode):
+    from kvstore.integrations.langgraph import KVStore
+    store, seen = KVStore(quiet_db), []
+    graph = build_remembering(store, seen).compile(checkpointer=KVStoreSaver(quiet_db))
+    for i in range(3):
+        cfg = {"configurable": {"thread_id": f"t{i}"}}
+        assert graph.invoke({"log": [f"hello {i}"]}, cfg, durability=mode)["log"][-1] == "remembered"
+        # the store's put was an append, not a sync (under "async" a task's
+        # writes of the run may be buffered meanwhile too)
+        assert seen[-1] == 1 if mode != "async" else seen[-1] >= 1, (mode, seen)
+        assert unsynced(quiet_db) == 0, mode  # the run's put synced it before invoke returned
+        assert store.get(("memories",), "m1").value == {"text": f"hello {i}"}
+    # not in a run: synced by itself
+    assert buffered_by(quiet_db, lambda: store.put(("memories",), "outside", {"text": "x"})) == 0
+    assert unsynced(quiet_db) == 0
+
+
+def test_async_nodes_store_writes_are_synced_by_the_runs_next_put(store_path):
+    from kvstore.integrations.langgraph import KVStore
+
+    async def main():
+        async with kvstore.aio.open(store_path, **QUIET) as adb:
+            store, seen = KVStore(adb), []
+
+            async def remember(state: State) -> dict:
+                before = groups(adb.store)[1]
+                await store.aput(("memories",), f"m{len(state['log'])}", {"text": "x"})
+                seen.append(groups(adb.store)[1] - before)
+                return {"log": ["remembered"]}
+
+            builder = StateGraph(State)
+            builder.add_node("remember", remember)
+            builder.add_edge(START, "remember")
+            builder.add_edge("remember", END)
+            graph = builder.compile(checkpointer=KVStoreSaver(adb))
+            for mode in MODES:
+                await graph.ainvoke({"log": ["in"]}, {"configurable": {"thread_id": mode}},
+                                    durability=mode)
+                assert seen[-1] == 1 if mode != "async" else seen[-1] >= 1, (mode, seen)
+                assert unsynced(adb.store) == 0, mode
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ("other store", "buffered saver", "other checkpointer"))
+def test_a_nodes_store_writes_sync_by_themselves_unless_the_run_syncs_them(quiet_db, tmp_path, how):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from kvstore.integrations.langgraph import KVStore
+    other = kvstore.open(str(tmp_path / "other"), **QUIET)
+    try:
+        if how == "other store":  # the saver's syncs are of another log
+            store, saver = KVStore(other), KVStoreSaver(quiet_db)
+        elif how == "buffered saver":  # its puts sync nothing
+            store, saver = KVStore(quiet_db), KVStoreSaver(quiet_db, durable=False)
+        else:
+            store, saver = KVStore(quiet_db), InMemorySaver()
+        seen = []
+        graph = build_remembering(store, seen).compile(checkpointer=saver)
+        graph.invoke({"log": ["in"]}, {"configurable": {"thread_id": "t"}}, durability="sync")
+        assert seen == [0]  # synced before the node went on
+    finally:
+        other.close()

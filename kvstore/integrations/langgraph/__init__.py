@@ -14,7 +14,9 @@ a `put` returns once its commit is synced, as LangGraph's SQL savers do;
 ``flush_interval`` (a crash then loses the last moments of checkpoints,
 never an older one: kvstore commits in order). In a graph run under
 durability "sync" or "async", a task's `put_writes` is synced by the run's
-next checkpoint instead of by itself (_durability.py). Async methods never block
+next checkpoint instead of by itself, and in any mode so is a task's
+`KVStore` write when the run's checkpointer is a durable KVStoreSaver on the
+same kvstore store (_durability.py). Async methods never block
 the event loop on a commit, and concurrent ones share commits (kvstore.aio).
 
 Layout (kvstore namespaces; key parts joined by NUL, which LangGraph's ids

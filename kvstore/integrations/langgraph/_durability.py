@@ -25,6 +25,13 @@ sibling finishing later syncs too), every call under "exit" (the final put
 and the writes are submitted together and may arrive in either order), and
 calls from outside a graph run (no durability mode in their config).
 
+A KVStore's writes from a task of such a run (a node's `store.put`) are
+buffered the same way when the run's checkpointer is a durable KVStoreSaver
+on the same kvstore store (`synced_by_run`): the task's writes and the next
+checkpoint's put come after them, in every mode (under "exit", the run's
+final put, which syncs). Outside a run, or with another checkpointer, they
+sync by themselves.
+
 In asyncio the check and the submission run in the event loop's thread
 with no await between them (kvstore's AsyncBatch submits before it awaits),
 so a deferred write takes no lock there. A put takes it: free unless, in
@@ -38,9 +45,18 @@ import threading
 from collections import OrderedDict
 from typing import Any, Mapping
 
+from ._owner import _langgraph_missing
+
+try:
+    from langgraph.config import get_config
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise _langgraph_missing(exc) from exc
+
 try:  # LangGraph's config keys (langgraph/_internal/_constants.py)
-    from langgraph._internal._constants import CONFIG_KEY_DURABILITY, CONFIG_KEY_RUNTIME
+    from langgraph._internal._constants import (CONFIG_KEY_CHECKPOINTER, CONFIG_KEY_DURABILITY,
+                                                CONFIG_KEY_RUNTIME)
 except ImportError:  # pragma: no cover - moved in another LangGraph version
+    CONFIG_KEY_CHECKPOINTER = "__pregel_checkpointer"
     CONFIG_KEY_DURABILITY = "__pregel_durability"
     CONFIG_KEY_RUNTIME = "__pregel_runtime"
 
@@ -59,6 +75,26 @@ def run_mode(config: Mapping[str, Any]) -> str | None:
     if mode is None and CONFIG_KEY_RUNTIME in conf:
         return "async"
     return str(mode) if mode is not None else None
+
+
+def synced_by_run(db: Any) -> bool:
+    """Whether a store write to `db` (a kvstore Store) made now may be
+    buffered because the graph run it comes from syncs it: it runs in a task
+    of a run (LangGraph's config, a context variable, is set) whose
+    checkpointer is a durable KVStoreSaver on the same kvstore store. The
+    task's writes come after it, then the next checkpoint's put (synced), or
+    under "exit" the run's final put (synced); a sync of the log covers
+    every record appended before it, so those make this write durable,
+    before LangGraph moves on ("sync") and before `invoke` returns."""
+    try:
+        config = get_config()
+    except RuntimeError:  # not in a graph run: a plain call
+        return False
+    if run_mode(config) is None:
+        return False
+    saver = (config.get("configurable") or {}).get(CONFIG_KEY_CHECKPOINTER)
+    syncs = getattr(saver, "_syncs_writes_to", None)  # KVStoreSaver's
+    return syncs is not None and bool(syncs(db))
 
 
 class Ordering:

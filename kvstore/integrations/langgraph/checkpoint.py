@@ -174,6 +174,18 @@ class KVStoreSaver(_Owner, BaseCheckpointSaver[str]):
             current_v = int(current.split(".")[0])
         return f"{current_v + 1:032}.{random.random():016}"
 
+    def _syncs_writes_to(self, db: Store[Any]) -> bool:
+        """Whether the syncs of this saver's puts make a write to `db`
+        durable: it syncs them, and db is the same kvstore store (one log)."""
+        if not self._durable:
+            return False
+        if db is self._db:
+            return True
+        try:
+            return os.path.samefile(db.path, self._db.path)
+        except OSError:
+            return False
+
     # ------------------------------------------------------------ writes
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,

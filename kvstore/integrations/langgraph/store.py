@@ -36,7 +36,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise _langgraph_missing(exc) from exc
 
-from .semantic import Item as ItemId, Semantic  # noqa: E402 (after LangGraph's import check)
+from ._durability import synced_by_run  # noqa: E402 (after LangGraph's import check)
+from .semantic import Item as ItemId, Semantic  # noqa: E402
 
 # What a batch's puts embedded: (texts, their vectors, {query: vector})
 Embedded = tuple[list[Any], list[list[float]], dict[str, list[float]]]
@@ -150,7 +151,10 @@ class KVStore(_Owner, BaseStore):
     """A LangGraph long-term memory store (`BaseStore`) on kvstore.
 
     :param db: an open `kvstore.Store` (or `kvstore.aio.AsyncStore`); not closed by this object
-    :param durable: True (default): a put/delete returns once synced; False: at once
+    :param durable: True (default): a put/delete returns once synced (in a
+        graph run whose checkpointer is a durable KVStoreSaver on the same
+        kvstore store, once appended: the run's next checkpoint put syncs
+        it, docs/langgraph.md); False: at once
     :param namespace: the kvstore namespace holding the items
     :param ttl: LangGraph's TTLConfig: ``default_ttl`` (minutes) for puts
         that give no ttl, ``refresh_on_read`` (default True) for reads that
@@ -221,7 +225,7 @@ class KVStore(_Owner, BaseStore):
             texts = self._semantic.texts(puts)
             embedded = (texts, *self._semantic.embed(texts, self._semantic.queries(todo)))
         results, writes = self._run(todo, puts, embedded)
-        self._write(writes)
+        self._write(writes, durable=not (writes and synced_by_run(self._db)))
         return results
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -231,7 +235,7 @@ class KVStore(_Owner, BaseStore):
             texts = self._semantic.texts(puts)
             embedded = (texts, *await self._semantic.aembed(texts, self._semantic.queries(todo)))
         results, writes = self._run(todo, puts, embedded)
-        await self._awrite(writes)
+        await self._awrite(writes, durable=not (writes and synced_by_run(self._db)))
         return results
 
     @staticmethod
