@@ -484,10 +484,21 @@ def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
                 turns += 1
         out = _turns_result(turns, time.perf_counter() - start, db, before, syncs,
                             time.process_time() - cpu)
+        if db is not None:  # the log applied: LMDB's pages in use (records and free pages)
+            db.flush()
+            out["disk_bytes"] = db.stats()["map_used"]
+        close()
+        close = _no_close
+        if system == "sqlite":  # the files, their WAL checkpointed at close
+            out["disk_bytes"] = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     finally:
         close()
         shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+def _no_close() -> None:
+    pass
 
 
 def _commits(stats: dict) -> int:
@@ -614,7 +625,9 @@ def graph_split(durability: str, tmpdir) -> dict:
     for obj, name, label in ((saver, "put", "put"), (saver, "put_writes", "put_writes"),
                              (saver, "_write", "their batches"),
                              (saver.serde, "dumps_typed", "their serializer"),
-                             (saver, "get_tuple", "get_tuple"), (store, "batch", "store")):
+                             (saver, "get_tuple", "get_tuple"), (store, "batch", "store"),
+                             (db._codec, "encode", "kvstore encode"),
+                             (db._codec, "decode", "kvstore decode")):
         timed(obj, name, label)
     try:
         graph = build_graph(saver, store)
@@ -703,7 +716,7 @@ def print_split(splits: dict) -> None:
               f"{out['durable_groups']:.1f} durable and {out['buffered_groups']:.1f} buffered "
               f"write groups a turn")
         for label in ("get_tuple", "put", "put_writes", "their batches",
-                      "their serializer", "store"):
+                      "their serializer", "store", "kvstore encode", "kvstore decode"):
             if label in out["calls"]:
                 c = out["calls"][label]
                 print(f"    {label:22s} {c['ms']:6.2f} ms  {c['calls']:5.1f} calls")
@@ -742,6 +755,16 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
           "against it, median of the rounds' ratios; memory: LangGraph's InMemorySaver + "
           "InMemoryStore, nothing on disk, and ceiling: it against SQLite, the most any saver "
           "could reach; syncs: kvstore's fdatasync calls)")
+    print()
+    print("  storage a turn, one conversation at a time (kvstore: LMDB's pages in use after its "
+          "log is applied; SQLite: its files after close), KB, medians over rounds:")
+    for name, runs in results.items():
+        if "disk_bytes" not in runs["kvstore"][0]:
+            continue
+        per = {k: statistics.median(x["disk_bytes"] / x["turns"] for x in runs[k]) / 1024
+               for k in ("kvstore", "sqlite")}
+        print(f"  {name:16s} kvstore {per['kvstore']:7.1f}  SQLite {per['sqlite']:7.1f}  "
+              f"({per['kvstore'] / per['sqlite']:.2f}x)")
     print()
     print("  CPU time of the process a turn, ms (every thread; medians over rounds):")
     print(f"  {'case/durability':16s} {'kvstore':>8s} {'SQLite':>8s} {'memory':>8s}  "
