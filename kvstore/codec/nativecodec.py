@@ -217,10 +217,10 @@ class Codec:
         # first use more), else a new one.
         with self._lock:
             local, idle = self._local, self._idle
-            t = idle.pop() if idle else None
-        if t is None:
-            t = _Thread(self._level, self._min_size if self._compress else _SIZE_MAX,
-                        self._max_value_size, self._split)
+            reused = idle.pop() if idle else None
+        t = reused if reused is not None else _Thread(
+            self._level, self._min_size if self._compress else _SIZE_MAX, self._max_value_size,
+            self._split)
         local.t = t
         local.lease = _Lease(idle, t)
         return t
