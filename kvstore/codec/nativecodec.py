@@ -110,8 +110,8 @@ class _Lease:
         self.idle = idle
         self.t = t
 
-    def __del__(self) -> None:
-        if len(self.idle) < _IDLE_MAX:
+    def __del__(self, _max: int = _IDLE_MAX) -> None:  # a default: no global needed at exit
+        if len(self.idle) < _max:
             self.idle.append(self.t)
 
 
