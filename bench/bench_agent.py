@@ -44,12 +44,16 @@ records kvstore.demo generates when it is missing, as bench/run.py does).
    ("sync", "async", "exit"). A third contender, kv-allsync, is
    KVStoreSaver with every call synced by itself (as before a task's writes
    could wait for the next put's sync): the before/after of that change in
-   the same rounds. Each round plays the three (each leading a round in
-   turn); a ratio is the median of the rounds' ratios. Targets: invoke >=
-   1.5x ("sync", "exit"), 32 conversations >= 3x. Then where a kvstore turn
-   goes ("sync", "async", "exit"): the saver's and the store's calls timed,
-   their batches, serializer, commits, syncs (kvstore's fdatasync calls,
-   counted in the process) and durable and buffered write groups.
+   the same rounds. A fourth, memory, is LangGraph's InMemorySaver +
+   InMemoryStore (nothing on disk): the ceiling any saver could reach. Each
+   round plays the four (each leading a round in turn); a ratio is the
+   median of the rounds' ratios. Each run also reports the process's CPU
+   time a turn, and one conversation at a time the storage it left a turn.
+   Targets: invoke >= 1.5x ("sync", "exit"), 32 conversations >= 3x. Then
+   where a kvstore turn goes ("sync", "async", "exit"): the saver's and the
+   store's calls timed, their batches, serializer, kvstore's encodes and
+   decodes, commits, syncs (kvstore's fdatasync calls, counted in the
+   process) and durable and buffered write groups.
    --only trace (not run by default) prints one turn's saver calls in each
    mode: when, how long, from which thread, for which checkpoint.
 
@@ -562,8 +566,9 @@ async def graph_async_run(system: str, durability: str, convos, tmpdir) -> dict:
 
 
 def graph_section(args, repeats: int) -> dict:
-    """Rounds alternating kvstore and SQLite in each case; the ratio of each
-    round, and their median."""
+    """Rounds alternating the contenders in each case; the ratio of each
+    round against SQLite (and of kvstore against kv-allsync, of memory
+    against SQLite), and their medians."""
     sync_convos = 2 if args.quick else 4
     contenders = ("kvstore", "sqlite", "kv-allsync", "memory")
     cases = [("sync", d, *contenders) for d in ("sync", "async", "exit")]
