@@ -475,34 +475,30 @@ def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
     else:
         saver, store, close, db = _sqlite_pair(path)
     try:
-        graph = build_graph(saver, store)
-        before = db.stats() if db is not None else None
-        syncs = SYNCS.n
-        turns = 0
-        cpu = time.process_time()
-        start = time.perf_counter()
-        for thread, messages in convos:
-            config = {"configurable": {"thread_id": thread}}
-            for text in messages:
-                graph.invoke({"messages": [HumanMessage(text)]}, config, durability=durability)
-                turns += 1
-        out = _turns_result(turns, time.perf_counter() - start, db, before, syncs,
-                            time.process_time() - cpu)
-        if db is not None:  # the log applied: LMDB's pages in use (records and free pages)
-            db.flush()
-            out["disk_bytes"] = db.stats()["map_used"]
-        close()
-        close = _no_close
+        try:
+            graph = build_graph(saver, store)
+            before = db.stats() if db is not None else None
+            syncs = SYNCS.n
+            turns = 0
+            cpu = time.process_time()
+            start = time.perf_counter()
+            for thread, messages in convos:
+                config = {"configurable": {"thread_id": thread}}
+                for text in messages:
+                    graph.invoke({"messages": [HumanMessage(text)]}, config, durability=durability)
+                    turns += 1
+            out = _turns_result(turns, time.perf_counter() - start, db, before, syncs,
+                                time.process_time() - cpu)
+            if db is not None:  # the log applied: LMDB's pages in use (records and free pages)
+                db.flush()
+                out["disk_bytes"] = db.stats()["map_used"]
+        finally:
+            close()
         if system == "sqlite":  # the files, their WAL checkpointed at close
             out["disk_bytes"] = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     finally:
-        close()
         shutil.rmtree(path, ignore_errors=True)
     return out
-
-
-def _no_close() -> None:
-    pass
 
 
 def _commits(stats: dict) -> int:

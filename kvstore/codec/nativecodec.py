@@ -144,8 +144,14 @@ class Codec:
     # The settings are attributes, as in the Python backend. Each thread's
     # C context holds a copy: changing one starts every thread afresh.
 
-    def _reset(self) -> None:
+    def _reset(self, level: int | None = None) -> None:
+        """Every thread starts afresh (a new context on its next call, and no
+        idle context of the old settings); a new level also drops the
+        digested dictionaries, which carry it."""
         with self._lock:
+            if level is not None:
+                self._level = level
+                self._cdicts = {}
             self._local = threading.local()
             self._idle = []
 
@@ -196,12 +202,7 @@ class Codec:
 
     @level.setter
     def level(self, value: int) -> None:
-        # Digested compression dictionaries carry the level too.
-        with self._lock:
-            self._level = value
-            self._local = threading.local()
-            self._idle = []
-            self._cdicts = {}
+        self._reset(level=value)
 
     # ------------------------------------------------------------ per thread
 
