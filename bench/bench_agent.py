@@ -45,9 +45,12 @@ records kvstore.demo generates when it is missing, as bench/run.py does).
    KVStoreSaver with every call synced by itself (as before a task's writes
    could wait for the next put's sync): the before/after of that change in
    the same rounds. A fourth, memory, is LangGraph's InMemorySaver +
-   InMemoryStore (nothing on disk): the ceiling any saver could reach. Each
-   round plays the four (each leading a round in turn); a ratio is the
-   median of the rounds' ratios. Each run also reports the process's CPU
+   InMemoryStore (nothing on disk): the ceiling any saver could reach. One
+   conversation at a time, a fifth, floor, is memory with one 512-byte
+   append and fdatasync a checkpoint put: the most a saver whose
+   checkpoints are durable when put returns could reach. Each round plays
+   them all (each leading a round in turn); a ratio is the median of the
+   rounds' ratios. Each run also reports the process's CPU
    time a turn, and one conversation at a time the storage it left a turn.
    Targets: invoke >= 1.5x ("sync", "exit"), 32 conversations >= 3x. Then
    where a kvstore turn goes ("sync", "async", "exit"): the saver's and the
@@ -465,6 +468,26 @@ def _memory_pair(path: str):
     return InMemorySaver(), InMemoryStore(), lambda: None, None
 
 
+def _floor_pair(path: str):
+    """InMemorySaver + InMemoryStore, with every checkpoint put appending a
+    512-byte record to a file and syncing it (fdatasync): the least work of
+    a saver whose checkpoints are durable when put returns (a step's
+    writes and the store's may wait for that sync, as kvstore's do), with
+    nothing serialized to disk. Its ratio against SQLite is the floor's:
+    the most such a saver could reach here."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.store.memory import InMemoryStore
+    fd = os.open(os.path.join(path, "floor.log"), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+
+    class SyncedMemorySaver(InMemorySaver):
+        def put(self, config, checkpoint, metadata, new_versions):
+            stored = super().put(config, checkpoint, metadata, new_versions)
+            os.write(fd, b"\0" * 512)
+            os.fdatasync(fd)
+            return stored
+    return SyncedMemorySaver(), InMemoryStore(), lambda: os.close(fd), None
+
+
 def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
     """Play the conversations one at a time through graph.invoke; turns/s."""
     path = tempfile.mkdtemp(prefix=f"graph-{system}-", dir=tmpdir)
@@ -472,6 +495,8 @@ def graph_sync_run(system: str, durability: str, convos, tmpdir) -> dict:
         saver, store, close, db = _kv_pair(path, KV_SYSTEMS[system])
     elif system == "memory":
         saver, store, close, db = _memory_pair(path)
+    elif system == "floor":
+        saver, store, close, db = _floor_pair(path)
     else:
         saver, store, close, db = _sqlite_pair(path)
     try:
@@ -567,7 +592,9 @@ def graph_section(args, repeats: int) -> dict:
     against SQLite), and their medians."""
     sync_convos = 2 if args.quick else 4
     contenders = ("kvstore", "sqlite", "kv-allsync", "memory")
-    cases = [("sync", d, *contenders) for d in ("sync", "async", "exit")]
+    # the floor only one conversation at a time: many at once, a durable
+    # saver shares its syncs, and one sync a put would be no floor
+    cases = [("sync", d, *contenders, "floor") for d in ("sync", "async", "exit")]
     cases += [("asyncio", d, *contenders) for d in ("sync", "async", "exit")]
     out: dict = {}
     for r in range(repeats):
@@ -597,6 +624,9 @@ def graph_section(args, repeats: int) -> dict:
             k["turns_per_sec"] / a["turns_per_sec"] for k, a in zip(runs["kvstore"], runs["kv-allsync"]))
         runs["ceiling"] = statistics.median(
             m["turns_per_sec"] / s["turns_per_sec"] for m, s in zip(runs["memory"], runs["sqlite"]))
+        if "floor" in runs:
+            runs["floor_ratio"] = statistics.median(
+                f["turns_per_sec"] / s["turns_per_sec"] for f, s in zip(runs["floor"], runs["sqlite"]))
     return out
 
 
@@ -756,6 +786,14 @@ def print_graph(results: dict) -> list[tuple[str, str, bool]]:
           "against it, median of the rounds' ratios; memory: LangGraph's InMemorySaver + "
           "InMemoryStore, nothing on disk, and ceiling: it against SQLite, the most any saver "
           "could reach; syncs: kvstore's fdatasync calls)")
+    print()
+    print("  one conversation at a time, the floor: InMemorySaver + InMemoryStore with one "
+          "512-byte append and fdatasync a checkpoint put, the least a saver durable at each "
+          "checkpoint does; against SQLite, the most such a saver could reach:")
+    for name, runs in results.items():
+        if "floor_ratio" in runs:
+            print(f"  {name:16s} floor {rate(runs['floor']):7.1f} turns/s {runs['floor_ratio']:5.2f}x"
+                  f"   kvstore {runs['ratio']:5.2f}x   memory {runs['ceiling']:5.2f}x")
     print()
     print("  storage a turn, one conversation at a time (kvstore: LMDB's pages in use after its "
           "log is applied; SQLite: its files after close), KB, medians over rounds:")
